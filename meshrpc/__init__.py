@@ -1,0 +1,26 @@
+"""meshrpc: Python remote objects on a zero-config service mesh, wire-compatible with Pyro5.
+
+The public API, re-exported here (names follow Pyro5's api module)."""
+
+from __future__ import annotations
+
+from . import errors
+from .blob import SerializedBlob
+from .client.batch import BatchProxy
+from .client.proxy import Proxy
+from .config import Settings, config
+from .context import current_context
+from .server.daemon import Daemon, DaemonObject, serve
+from .server.decorators import behavior, callback, expose, idempotent, oneway
+from .uri import URI
+from .wire.serializers import (register_class_to_dict, register_dict_to_class, unregister_class_to_dict,
+                               unregister_dict_to_class)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchProxy", "Daemon", "DaemonObject", "Proxy", "SerializedBlob", "Settings", "URI", "__version__",
+    "behavior", "callback", "config", "current_context", "errors", "expose", "idempotent", "oneway",
+    "register_class_to_dict", "register_dict_to_class", "serve", "unregister_class_to_dict",
+    "unregister_dict_to_class",
+]

@@ -1,0 +1,415 @@
+"""Proxy: calls a remote object with plain method calls. Safe to share between threads."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import marshal
+import threading
+import time
+from typing import Any, Iterator
+
+from .. import errors
+from ..blob import SerializedBlob
+from ..config import Settings, config as default_config
+from ..context import current_context
+from ..errors import CommunicationError, ConnectionClosedError, ProtocolError, SerializeError
+from ..transport.sockets import FramedConnection, connect
+from ..uri import URI
+from ..wire import frame as wire
+from ..wire.serializers import WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
+
+log = logging.getLogger("meshrpc.client")
+
+DAEMON_OBJECT_ID = "Pyro.Daemon"
+RECONNECT_PAUSE = 2.0  # seconds between attempts of _pyroReconnect (Pyro5's pace)
+
+# names that live on the proxy itself, never forwarded to the remote object
+_LOCAL_ATTRS = frozenset({
+    "_pyroUri", "_pyroConnection", "_pyroMethods", "_pyroOneway", "_pyroAttrs", "_pyroIdempotent",
+    "_pyroTimeout", "_pyroSeq", "_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries",
+    "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroTarget", "_pyroRawWireResponse",
+    "__pyroTimeout", "_Proxy__pyroTimeout",
+})
+
+
+class _RemoteMethod:
+    __slots__ = ("_proxy", "_name")
+
+    def __init__(self, proxy: "Proxy", name: str) -> None:
+        self._proxy = proxy
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        proxy = self._proxy
+        flags = wire.FLAG_ONEWAY if self._name in proxy._pyroOneway else 0
+        return proxy._pyroInvoke(self._name, args, kwargs, flags)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name} of {self._proxy._pyroUri}>"
+
+
+class Proxy:
+    """A stand-in for a remote object: `Proxy("PYRO:obj@host:port")`, `Proxy("PYRONAME:name")`.
+
+    Connects lazily on the first call; `with Proxy(...) as p:` closes the connection at the end.
+    One proxy may be used from many threads (calls are serialized on its connection);
+    `copy.copy(proxy)` gives an independent proxy with its own connection.
+    """
+
+    def __init__(self, uri: str | URI, connected_socket: Any = None, *, settings: Settings | None = None) -> None:
+        if connected_socket is not None:
+            raise errors.MeshError("connected_socket proxies are not supported")
+        settings = settings or default_config
+        object.__setattr__(self, "_pyroSettings", settings)
+        self._pyroUri = URI(uri)
+        self._pyroTarget: URI | None = None  # the resolved PYRO: URI of the current connection
+        self._pyroConnection: FramedConnection | None = None
+        self._pyroMethods: frozenset[str] = frozenset()
+        self._pyroOneway: frozenset[str] = frozenset()
+        self._pyroAttrs: frozenset[str] = frozenset()
+        self._pyroIdempotent: frozenset[str] = frozenset()
+        self._pyroMethodCache: dict[str, _RemoteMethod] = {}
+        self._pyroSeq = itertools.count(1)
+        self._pyroHandshake: Any = "hello"
+        self._pyroSerializer: str | None = None
+        self._pyroMaxRetries = settings.MAX_RETRIES
+        self.__pyroTimeout = settings.COMMTIMEOUT or None
+        self._pyroLock = threading.RLock()
+        self._pyroRawWireResponse = False
+
+    # --- attributes: local ones are plain, exposed remote properties go over the wire
+    def __getattr__(self, name: str) -> Any:
+        if name in _LOCAL_ATTRS or name.startswith("__"):
+            raise AttributeError(name)
+        cached = self._pyroMethodCache.get(name)
+        if cached is not None:
+            return cached
+        if not self._pyroMethods and not self._pyroAttrs:
+            self._pyroGetMetadata()
+        if name in self._pyroAttrs:
+            return self._pyroInvoke("__getattr__", (name,), None)
+        if name in self._pyroMethods:
+            method = self._pyroMethodCache[name] = _RemoteMethod(self, name)
+            return method
+        raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LOCAL_ATTRS or name.startswith("_"):
+            return object.__setattr__(self, name, value)
+        if not self._pyroMethods and not self._pyroAttrs:
+            self._pyroGetMetadata()
+        if name in self._pyroAttrs:
+            self._pyroInvoke("__setattr__", (name, value), None)
+            return None
+        raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute '{name}' to set")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | self._pyroMethods | self._pyroAttrs)
+
+    # --- lifecycle
+    def __enter__(self) -> "Proxy":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._pyroRelease()
+
+    def __del__(self) -> None:
+        conn = self.__dict__.get("_pyroConnection")
+        if conn is not None:
+            conn.close()
+
+    def __copy__(self) -> "Proxy":
+        twin = Proxy(self._pyroUri, settings=self._pyroSettings)
+        twin._pyroProcessMetadata({"methods": self._pyroMethods, "oneway": self._pyroOneway,
+                                   "attrs": self._pyroAttrs, "idempotent": self._pyroIdempotent})
+        twin._pyroHandshake = self._pyroHandshake
+        twin._pyroSerializer = self._pyroSerializer
+        twin._pyroMaxRetries = self._pyroMaxRetries
+        twin._pyroTimeout = self._pyroTimeout
+        return twin
+
+    def __repr__(self) -> str:
+        state = "connected" if self._pyroConnection else "not connected"
+        return f"<meshrpc.Proxy at 0x{id(self):x}; {state}; for {self._pyroUri}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Proxy) and other._pyroUri == self._pyroUri
+
+    def __hash__(self) -> int:
+        return hash(self._pyroUri)
+
+    # --- Pyro5-compatible wire form: (uri, oneway, methods, attrs, handshake, serializer)
+    def __wire_dict__(self) -> dict:
+        return {"__class__": "Pyro5.client.Proxy", "state": self.__getstate__()}
+
+    def __getstate__(self) -> tuple:
+        return (str(self._pyroUri), tuple(self._pyroOneway), tuple(self._pyroMethods),
+                tuple(self._pyroAttrs), self._pyroHandshake, self._pyroSerializer)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.__init__(state[0])  # type: ignore[misc]
+        self._pyroProcessMetadata({"oneway": state[1], "methods": state[2], "attrs": state[3]})
+        self._pyroHandshake = state[4]
+        self._pyroSerializer = state[5]
+
+    @property
+    def _pyroTimeout(self) -> float | None:
+        return self.__pyroTimeout
+
+    @_pyroTimeout.setter
+    def _pyroTimeout(self, timeout: float | None) -> None:
+        self.__pyroTimeout = timeout or None
+        conn = self._pyroConnection
+        if conn is not None:
+            conn.sock.settimeout(self.__pyroTimeout)
+
+    def _pyroBind(self) -> bool:
+        """Connect now (instead of at the first call) and fetch the object's metadata."""
+        with self._pyroLock:
+            return self.__connect()
+
+    def _pyroRelease(self) -> None:
+        """Close the connection; the next call connects again."""
+        with self._pyroLock:
+            if self._pyroConnection is not None:
+                self._pyroConnection.close()
+                self._pyroConnection = None
+                log.debug("released connection to %s", self._pyroTarget or self._pyroUri)
+
+    def _pyroReconnect(self, tries: int = 100000000) -> None:
+        """Drop the connection and connect again, trying `tries` times (RECONNECT_PAUSE apart)."""
+        self._pyroRelease()
+        for attempt in range(tries):
+            try:
+                self._pyroBind()
+                return
+            except CommunicationError:
+                if attempt + 1 >= tries:
+                    raise
+                time.sleep(RECONNECT_PAUSE)
+
+    def _pyroGetMetadata(self, objectId: str | None = None, known_metadata: dict | None = None) -> None:
+        if known_metadata is not None:
+            self._pyroProcessMetadata(known_metadata)
+            return
+        with self._pyroLock:
+            if self._pyroConnection is None:
+                self.__connect()
+            else:
+                meta = self._pyroInvoke("get_metadata", (objectId or self._pyroTargetObject(),), None,
+                                        object_id=DAEMON_OBJECT_ID)
+                self._pyroProcessMetadata(meta)
+
+    def _pyroProcessMetadata(self, meta: dict) -> None:
+        self._pyroMethods = frozenset(meta.get("methods") or ())
+        self._pyroOneway = frozenset(meta.get("oneway") or ())
+        self._pyroAttrs = frozenset(meta.get("attrs") or ())
+        self._pyroIdempotent = frozenset(meta.get("idempotent") or ())
+        self._pyroMethodCache = {}
+        if not self._pyroMethods and not self._pyroAttrs:
+            log.warning("remote object %s exposes no methods or attributes (forgot @expose?)", self._pyroUri)
+
+    def _pyroValidateHandshake(self, response: Any) -> None:
+        """Override to check the daemon's handshake answer; raise to refuse the connection."""
+
+    def _pyroAnnotations(self) -> dict[str, bytes]:
+        """Override to add annotations to every message this proxy sends."""
+        return {}
+
+    def _pyroResponseAnnotations(self, annotations: dict[str, bytes], msgtype: int) -> None:
+        """Override to see the annotations of every reply."""
+
+    # --- connecting
+    def _pyroSerializerObject(self) -> Serializer:
+        return by_name(self._pyroSerializer or self._pyroSettings.SERIALIZER)
+
+    def _pyroTargetObject(self) -> str:
+        return (self._pyroTarget or self._pyroUri).object
+
+    def _pyroResolve(self) -> URI:
+        if self._pyroUri.is_direct:
+            return self._pyroUri
+        from ..resolve import resolve
+        return resolve(self._pyroUri, self._pyroSettings)
+
+    def __connect(self) -> bool:
+        if self._pyroConnection is not None:
+            return True
+        target = self._pyroResolve()
+        settings = self._pyroSettings
+        timeout = self.__pyroTimeout
+        sock = connect(target.host, target.port, target.sockname, timeout or settings.CONNECT_TIMEOUT,
+                       settings.SOCK_NODELAY)
+        conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE,
+                                settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1,
+                                settings.PROTOCOL_ANNOTATIONS_MAX)
+        serializer = self._pyroSerializerObject()
+        try:
+            payload = serializer.dumps({"handshake": self._pyroHandshake, "object": target.object})
+            seq = next(self._pyroSeq) & 0xFFFF
+            conn.send(wire.Frame(wire.MSG_CONNECT, serializer.id, seq, payload, 0, self._pyroAnnotations(),
+                                 current_context.correlation_id))
+            reply = conn.recv()
+            self._pyroResponseAnnotations(reply.annotations, reply.type)
+            if reply.type == wire.MSG_CONNECTFAIL:
+                reason = _safe_loads(serializer, reply.payload)
+                raise CommunicationError(f"connection to {target} rejected: {reason}")
+            if reply.type != wire.MSG_CONNECTOK:
+                raise ProtocolError(f"expected CONNECTOK from {target}, got message type {reply.type}")
+            if reply.serializer_id != serializer.id:
+                raise ProtocolError(f"{target} answered in serializer {reply.serializer_id}, not {serializer.name}")
+            answer = serializer.loads(reply.payload)
+            self._pyroValidateHandshake(answer.get("handshake"))
+            self._pyroProcessMetadata(answer.get("meta") or {})
+        except BaseException:
+            conn.close()
+            raise
+        sock.settimeout(timeout)
+        self._pyroConnection = conn
+        self._pyroTarget = target
+        log.debug("connected to %s", target)
+        return True
+
+    # --- calling
+    def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int = 0,
+                    object_id: str | None = None) -> Any:
+        """Send one call and return its result (None for oneway calls)."""
+        attempts = self._pyroMaxRetries + 1
+        with self._pyroLock:
+            for attempt in range(attempts):
+                try:
+                    return self.__invoke_once(methodname, vargs, kwargs, flags, object_id)
+                except (ConnectionClosedError, errors.TimeoutError) as exc:
+                    self._pyroRelease()
+                    if attempt + 1 >= attempts or isinstance(exc, errors.TimeoutError):
+                        raise
+                    log.info("retrying %s after: %s", methodname, exc)
+        raise AssertionError("unreachable")
+
+    def __invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
+                      object_id: str | None) -> Any:
+        if self._pyroConnection is None:
+            self.__connect()
+        conn = self._pyroConnection
+        assert conn is not None
+        serializer = self._pyroSerializerObject()
+        object_id = object_id or self._pyroTarget.object  # type: ignore[union-attr]
+        annotations = self._pyroAnnotations()
+        if vargs and isinstance(vargs[0], SerializedBlob):
+            payload, flags = self.__blob_payload(serializer, object_id, methodname, vargs, kwargs, flags, annotations)
+        else:
+            payload = serializer.dumps_call(object_id, methodname, vargs, kwargs)
+        seq = next(self._pyroSeq) & 0xFFFF
+        conn.send(wire.Frame(wire.MSG_INVOKE, serializer.id, seq, payload, flags, annotations,
+                             current_context.correlation_id))
+        if flags & wire.FLAG_ONEWAY:
+            return None
+        reply = conn.recv()
+        if reply.type != wire.MSG_RESULT or reply.seq != seq:
+            self._pyroRelease()
+            raise ProtocolError(f"invalid reply from {self._pyroTarget} (type {reply.type}, seq {reply.seq}, "
+                                f"expected {seq}); connection closed")
+        if reply.serializer_id != serializer.id:
+            self._pyroRelease()
+            raise ProtocolError(f"reply in serializer {reply.serializer_id}, expected {serializer.name}")
+        current_context.response_annotations = reply.annotations
+        self._pyroResponseAnnotations(reply.annotations, reply.type)
+        if self._pyroRawWireResponse:
+            return reply
+        data = serializer.loads(reply.payload)
+        if reply.flags & wire.FLAG_ITEMSTREAMRESULT:
+            stream_id = reply.annotations.get("STRM")
+            if not stream_id:
+                raise ProtocolError("stream result without a stream id")
+            return StreamResultIterator(stream_id.decode("ascii"), self)
+        if reply.flags & wire.FLAG_EXCEPTION:
+            raise _as_exception(data)
+        return data
+
+    def __blob_payload(self, serializer: Serializer, object_id: str, method: str, vargs: Any,
+                       kwargs: dict | None, flags: int, annotations: dict[str, bytes]) -> tuple[bytes, int]:
+        if len(vargs) > 1 or kwargs:
+            raise SerializeError("a SerializedBlob must be the only argument of the call")
+        blob: SerializedBlob = vargs[0]
+        annotations["BLBI"] = marshal.dumps((blob.info, object_id, method))
+        flags |= wire.FLAG_KEEPSERIALIZED
+        if blob._contains_blob:
+            if blob._serializer_id != serializer.id:
+                raise SerializeError("a forwarded blob must use the same serializer as the proxy")
+            return blob._data, flags
+        return serializer.dumps_call(object_id, method, blob._data, kwargs), flags
+
+    def _pyroInvokeBatch(self, calls: list[tuple[str, tuple, dict]], oneway: bool = False) -> Any:
+        flags = wire.FLAG_BATCH | (wire.FLAG_ONEWAY if oneway else 0)
+        return self._pyroInvoke("<batch>", calls, None, flags)
+
+
+class StreamResultIterator:
+    """Items of a remote iterator, pulled from the daemon one at a time."""
+
+    def __init__(self, stream_id: str, proxy: Proxy) -> None:
+        self.streamId = stream_id
+        self.proxy = proxy
+        self._done = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        try:
+            return self.proxy._pyroInvoke("get_next_stream_item", (self.streamId,), None,
+                                          object_id=DAEMON_OBJECT_ID)
+        except (StopIteration, GeneratorExit):
+            self._done = True
+            raise StopIteration from None
+        except Exception:
+            self._done = True
+            raise
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            if self.proxy._pyroConnection is not None:
+                try:
+                    self.proxy._pyroInvoke("close_stream", (self.streamId,), None, wire.FLAG_ONEWAY,
+                                           object_id=DAEMON_OBJECT_ID)
+                except errors.MeshError:
+                    pass
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _safe_loads(serializer: Serializer, payload: bytes) -> Any:
+    try:
+        return serializer.loads(payload)
+    except errors.MeshError:
+        return "<unreadable reason>"
+
+
+def _as_exception(data: Any) -> BaseException:
+    if isinstance(data, BaseException):
+        return data
+    return ProtocolError(f"the daemon flagged an exception but sent {type(data).__name__}: {data!r}")
+
+
+def _proxy_from_wire(data: dict) -> Proxy:
+    proxy = Proxy.__new__(Proxy)
+    proxy.__setstate__(tuple(data["state"]))
+    return proxy
+
+
+WIRE_CLASSES["Pyro5.client.Proxy"] = _proxy_from_wire
+WIRE_CLASSES["meshrpc.client.proxy.Proxy"] = _proxy_from_wire
+
+
+def raise_batch_item(item: Any) -> Any:
+    if isinstance(item, ExceptionWrapper):
+        raise _as_exception(item.exception)
+    return item

@@ -1,0 +1,168 @@
+"""One typed settings object: every default, timing and limit of meshrpc is named here once.
+
+`Settings()` holds the documented defaults; `Settings.from_env()` applies `MESHRPC_<ITEM>` environment
+variables on top. `meshrpc.config` is the process-wide default instance: daemons and proxies copy it
+when they are created (or take their own `settings=`), so nothing reads a global at every call site.
+The configuration reference in docs/ is generated from the field docs below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+ENV_PREFIX = "MESHRPC_"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass
+class Settings:
+    # --- network
+    HOST: str = field(default="localhost", metadata=_doc(
+        "Address a daemon binds by default. `localhost` keeps the daemon and its discovery traffic on "
+        "this machine; use `0.0.0.0` (or an address) to serve the LAN."))
+    NATHOST: str = field(default="", metadata=_doc(
+        "Host name or address published in URIs instead of the bound one (daemon behind NAT)."))
+    NATPORT: int = field(default=0, metadata=_doc(
+        "Port published in URIs instead of the bound one; 0 means the bound port."))
+    SOCK_REUSE: bool = field(default=True, metadata=_doc(
+        "Set SO_REUSEADDR on server sockets so a restarted daemon can bind its port at once."))
+    SOCK_NODELAY: bool = field(default=True, metadata=_doc(
+        "Set TCP_NODELAY on connections (small calls are latency bound)."))
+    # --- wire
+    SERIALIZER: str = field(default="serpent", metadata=_doc(
+        "Serializer proxies use: serpent, json, marshal or msgpack. Daemons accept all of them."))
+    COMPRESSION: bool = field(default=False, metadata=_doc(
+        "Compress request and response payloads with zlib (worth it on slow links only)."))
+    COMPRESSION_MIN_SIZE: int = field(default=256, metadata=_doc(
+        "Payloads smaller than this many bytes are never compressed."))
+    MAX_MESSAGE_SIZE: int = field(default=1024 ** 3, metadata=_doc(
+        "Largest message (annotations plus payload, in bytes) sent or accepted; checked before "
+        "anything is allocated."))
+    PROTOCOL_ANNOTATIONS_MAX: int = field(default=64, metadata=_doc(
+        "Largest number of annotations accepted in one message."))
+    # --- timeouts
+    COMMTIMEOUT: float = field(default=0.0, metadata=_doc(
+        "Seconds a proxy waits for connect and for each reply; 0 waits forever."))
+    CONNECT_TIMEOUT: float = field(default=10.0, metadata=_doc(
+        "Seconds a proxy waits for a TCP connection and handshake when COMMTIMEOUT is 0."))
+    POLLTIMEOUT: float = field(default=2.0, metadata=_doc(
+        "Seconds the daemon's request loop waits before it runs housekeeping and checks its loop "
+        "condition."))
+    MAX_RETRIES: int = field(default=0, metadata=_doc(
+        "Times a proxy re-sends a call after a connection failure, idempotent or not (Pyro5 "
+        "semantics; opt-in)."))
+    # --- server
+    THREADPOOL_SIZE: int = field(default=64, metadata=_doc(
+        "Most worker threads a daemon runs calls on. Idle connections hold no worker, so this "
+        "bounds concurrency, not the number of connected proxies."))
+    WORKER_LINGER: float = field(default=0.25, metadata=_doc(
+        "Seconds a worker keeps watching a connection after a reply before it hands the "
+        "connection back to the daemon's selector (saves a thread hand-off for chatty clients)."))
+    ONEWAY_THREADED: bool = field(default=True, metadata=_doc(
+        "Run oneway calls on the worker pool so the calling proxy's next call need not wait; "
+        "False runs them in order on the connection's worker."))
+    MAX_CONNECTIONS: int = field(default=10000, metadata=_doc(
+        "Most client connections a daemon holds at once; more are refused and closed."))
+    DETAILED_TRACEBACK: bool = field(default=False, metadata=_doc(
+        "Include local variables in remote tracebacks (may leak data; debugging only)."))
+    # --- streaming
+    ITER_STREAMING: bool = field(default=True, metadata=_doc(
+        "Return iterators and generators as remote streams; False refuses to return them."))
+    ITER_STREAM_LIFETIME: float = field(default=0.0, metadata=_doc(
+        "Seconds a remote stream may live at most; 0 means no limit."))
+    ITER_STREAM_LINGER: float = field(default=30.0, metadata=_doc(
+        "Seconds a stream is kept after its client disconnected, so a reconnecting proxy can go on."))
+    MAX_STREAMS_PER_CONNECTION: int = field(default=1000, metadata=_doc(
+        "Most open remote streams one connection may hold."))
+    # --- name server (fallback)
+    NS_HOST: str = field(default="", metadata=_doc(
+        "Name server host; empty means: the same as HOST."))
+    NS_PORT: int = field(default=9090, metadata=_doc("Name server port (Pyro5's default)."))
+    NS_BCPORT: int = field(default=9091, metadata=_doc(
+        "UDP port of the name server's broadcast responder (Pyro5's default)."))
+    # --- mesh
+    REALM: str = field(default="default", metadata=_doc(
+        "Mesh realm: processes only see announcements of their own realm, so several meshes can "
+        "share a LAN."))
+    INTERFACES: str = field(default="", metadata=_doc(
+        "Comma-separated interface addresses for mDNS; empty means: follow the daemon's host "
+        "(localhost -> loopback only, 0.0.0.0 -> every non-loopback interface)."))
+    LOOKUP_TIMEOUT: float = field(default=3.0, metadata=_doc(
+        "Seconds a PYRONAME/PYROMETA lookup waits for an answer before NamingError."))
+    RESOLVE: str = field(default="mesh,ns", metadata=_doc(
+        "Sources that resolve PYRONAME/PYROMETA, in order: mesh, ns, or both."))
+    # --- diagnostics
+    LOGLEVEL: str = field(default="", metadata=_doc(
+        "Level for the `meshrpc` logger (DEBUG, INFO, WARNING...); empty leaves logging to the "
+        "application."))
+    LOGWIRE: bool = field(default=False, metadata=_doc(
+        "Log every frame sent and received at DEBUG level (very verbose)."))
+
+    def copy(self, **changes: Any) -> "Settings":
+        """A copy with `changes` applied (checked like environment values)."""
+        new = dataclasses.replace(self)
+        for key, value in changes.items():
+            new.set(key, value)
+        return new
+
+    def set(self, key: str, value: Any) -> None:
+        """Set one item by name, converting strings to the item's type."""
+        known = {f.name: f for f in fields(self)}
+        name = key.upper()
+        if name not in known:
+            raise AttributeError(f"unknown setting {key!r}; `python -m meshrpc config` lists them")
+        setattr(self, name, _coerce(name, known[name].type, value))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Defaults with every `MESHRPC_<ITEM>` environment variable applied."""
+        environ = os.environ if environ is None else environ
+        settings = cls()
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name)
+            if raw is not None:
+                settings.set(f.name, raw)
+        return settings
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def reference(cls) -> list[tuple[str, str, Any, str]]:
+        """(name, type, default, doc) of every item, for the generated docs and `meshrpc config`."""
+        return [(f.name, str(f.type), f.default, f.metadata.get("doc", "")) for f in fields(cls)]
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    type_name = str(type_name)
+    try:
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(value)
+        if type_name == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if type_name == "float":
+            return float(value)
+        return str(value)
+    except ValueError:
+        raise ValueError(f"setting {name} needs a {type_name} value, got {value!r}") from None
+
+
+config = Settings.from_env()

@@ -1,0 +1,125 @@
+"""The meshrpc exception tree and remote tracebacks.
+
+On the wire these classes travel under Pyro5's names (`Pyro5.errors.CommunicationError`, ...) so that
+Pyro5 peers rebuild them too; `MeshError` is Pyro5's `PyroError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import traceback
+from types import TracebackType
+from typing import Any
+
+
+class MeshError(Exception):
+    """Base of every meshrpc error."""
+
+
+class CommunicationError(MeshError):
+    """A connection could not be made or failed."""
+
+
+class ConnectionClosedError(CommunicationError):
+    """The peer closed the connection (or it broke) before the reply arrived."""
+
+
+class TimeoutError(CommunicationError, builtins.TimeoutError):  # noqa: A001 - Pyro5's name
+    """No reply within the proxy's timeout. Also a builtin TimeoutError."""
+
+
+class ProtocolError(CommunicationError):
+    """The peer sent something that is not valid protocol 502."""
+
+
+class MessageTooLargeError(ProtocolError):
+    """A message is larger than MAX_MESSAGE_SIZE."""
+
+
+class SerializeError(ProtocolError):
+    """Data could not be serialized or deserialized."""
+
+
+class NamingError(MeshError):
+    """A name could not be resolved or registered."""
+
+
+class DaemonError(MeshError):
+    """The daemon refused a request (unknown object, bad registration...)."""
+
+
+class SecurityError(MeshError):
+    """Something was refused for safety (unsafe class, failed authentication...)."""
+
+
+ALL_ERRORS: tuple[type[MeshError], ...] = (
+    MeshError, CommunicationError, ConnectionClosedError, TimeoutError, ProtocolError,
+    MessageTooLargeError, SerializeError, NamingError, DaemonError, SecurityError,
+)
+
+#: wire name (Pyro5's) -> our class, and back
+_PYRO5_NAMES = {cls: ("PyroError" if cls is MeshError else cls.__name__) for cls in ALL_ERRORS}
+WIRE_NAME_OF: dict[type, str] = {cls: "Pyro5.errors." + name for cls, name in _PYRO5_NAMES.items()}
+CLASS_OF_WIRE_NAME: dict[str, type] = {}
+for _cls, _name in _PYRO5_NAMES.items():
+    CLASS_OF_WIRE_NAME["Pyro5.errors." + _name] = _cls
+    CLASS_OF_WIRE_NAME["meshrpc.errors." + _cls.__name__] = _cls
+
+REMOTE_TRACEBACK_ATTR = "_pyroTraceback"
+
+
+def get_remote_traceback(exc: BaseException) -> str | None:
+    """The traceback text of a remote exception, as formatted where it was raised; None if local."""
+    lines = getattr(exc, REMOTE_TRACEBACK_ATTR, None)
+    if lines is None:
+        return None
+    return "".join(lines) if isinstance(lines, (list, tuple)) else str(lines)
+
+
+def format_traceback(exc: BaseException, detailed: bool = False) -> list[str]:
+    """Lines describing where `exc` was raised, for sending to the caller."""
+    tbe = traceback.TracebackException.from_exception(exc, capture_locals=detailed)
+    return list(tbe.format())
+
+
+def format_remote_error(exc: BaseException) -> str:
+    """Local traceback followed by the remote one, as the excepthook prints it."""
+    local = "".join(traceback.format_exception(exc))
+    remote = get_remote_traceback(exc)
+    if not remote:
+        return local
+    return local + " +--- This exception was raised remotely; remote traceback:\n" + "".join(
+        " | " + line + "\n" for line in remote.rstrip("\n").split("\n")) + " +--- End of remote traceback\n"
+
+
+def excepthook(ex_type: type[BaseException], ex_value: BaseException, ex_tb: TracebackType | None) -> None:
+    """`sys.excepthook = meshrpc.errors.excepthook` prints remote tracebacks of uncaught errors too."""
+    sys.stderr.write(format_remote_error(ex_value.with_traceback(ex_tb)))
+
+
+def exception_from_wire(classname: str, args: Any, attributes: dict[str, Any] | None) -> BaseException:
+    """Rebuild an exception of a known class (builtins and meshrpc errors); otherwise SerializeError."""
+    cls = CLASS_OF_WIRE_NAME.get(classname)
+    if cls is None:
+        module, _, name = classname.rpartition(".")
+        if module in ("builtins", "exceptions") and "__" not in name:
+            candidate = getattr(builtins, name, None)
+            if isinstance(candidate, type) and issubclass(candidate, BaseException):
+                cls = candidate
+    if cls is None:
+        raise SerializeError(f"unsupported serialized exception class: {classname}")
+    if not isinstance(args, (list, tuple)):
+        args = (args,)
+    try:
+        exc = cls(*args)
+    except Exception:  # an exception class with an unusual constructor
+        exc = cls.__new__(cls)
+        exc.args = tuple(args)
+    for key, value in (attributes or {}).items():
+        if isinstance(key, str) and not (key.startswith("__") and key.endswith("__")):
+            try:
+                setattr(exc, key, value)
+            except (AttributeError, TypeError):
+                pass
+    return exc

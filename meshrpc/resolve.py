@@ -1,0 +1,56 @@
+"""Resolution of PYRONAME and PYROMETA URIs to a PYRO URI: the mesh registry first, then the name server."""
+
+from __future__ import annotations
+
+import logging
+
+from .config import Settings
+from .errors import NamingError
+from .uri import URI
+
+log = logging.getLogger("meshrpc.resolve")
+
+SOURCES = ("mesh", "ns")
+
+
+def resolve_sources(settings: Settings) -> list[str]:
+    sources = [s.strip() for s in settings.RESOLVE.split(",") if s.strip()]
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or not sources:
+        raise NamingError(f"RESOLVE={settings.RESOLVE!r}: use mesh, ns or mesh,ns")
+    return sources
+
+
+def resolve(uri: URI, settings: Settings) -> URI:
+    """The PYRO URI of a provider of `uri` (a PYRO URI is returned as is)."""
+    if uri.is_direct:
+        return uri
+    tried = []
+    for source in resolve_sources(settings):
+        try:
+            found = _RESOLVERS[source](uri, settings)
+        except NamingError as exc:
+            tried.append(f"{source}: {exc}")
+            continue
+        if found is not None:
+            return found
+        tried.append(f"{source}: not found")
+    what = "name" if uri.protocol == "PYRONAME" else "tags"
+    raise NamingError(f"cannot resolve {uri}: no provider of that {what} found ({'; '.join(tried)})")
+
+
+def _resolve_mesh(uri: URI, settings: Settings) -> URI | None:
+    from .mesh import get_registry
+    registry = get_registry(settings)
+    if uri.protocol == "PYRONAME":
+        entry = registry.choose(uri.object, timeout=settings.LOOKUP_TIMEOUT)
+    else:
+        entry = registry.choose_meta(uri.tags, timeout=settings.LOOKUP_TIMEOUT)
+    return URI(entry.uri) if entry is not None else None
+
+
+def _resolve_ns(uri: URI, settings: Settings) -> URI | None:
+    raise NamingError("no name server support yet")
+
+
+_RESOLVERS = {"mesh": _resolve_mesh, "ns": _resolve_ns}

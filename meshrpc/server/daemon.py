@@ -1,0 +1,679 @@
+"""The Daemon: serves registered objects to proxies over protocol 502.
+
+Concurrency model (see docs/architecture.md): one selector loop (`requestLoop`, or an external loop
+through `sockets`/`events`) watches the listening socket and every *idle* connection. When an idle
+connection has data, it is handed to a worker of a bounded pool, which reads and answers requests on
+it and keeps watching it for WORKER_LINGER seconds (a chatty client then pays no thread hand-off),
+then hands it back. Idle connections hold no thread, so hundreds of connected proxies are fine.
+"""
+
+from __future__ import annotations
+
+import collections
+import collections.abc
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import types
+import uuid
+from typing import Any, Callable, Iterable
+
+from .. import errors
+from ..config import Settings, config as default_config
+from ..context import current_context
+from ..errors import DaemonError, ProtocolError, SerializeError
+from ..transport.sockets import FramedConnection, create_server_socket
+from ..uri import URI
+from ..wire import frame as wire
+from ..wire.serializers import ExceptionWrapper, Serializer, by_id
+from .decorators import Registration, expose, oneway
+from .pool import WorkerPool
+from .streams import StreamTable
+
+log = logging.getLogger("meshrpc.server")
+
+DAEMON_OBJECT_ID = "Pyro.Daemon"
+STREAM_ANNOTATION = "STRM"
+BLOB_ANNOTATION = "BLBI"
+HOUSEKEEPING_INTERVAL = 1.0  # seconds between stream expiry sweeps
+
+
+class ClientConnection(FramedConnection):
+    """A client's connection as the daemon sees it."""
+
+    def __init__(self, sock: socket.socket, addr: Any, settings: Settings) -> None:
+        super().__init__(sock, settings.MAX_MESSAGE_SIZE,
+                         settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1,
+                         settings.PROTOCOL_ANNOTATIONS_MAX)
+        self.addr = addr
+        self.handshaken = False
+        self.object_id: str | None = None  # the object named in the handshake
+        self.serializer: Serializer | None = None
+        self.session: dict[str, Any] = {}  # per-connection instances ("session" mode)
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+        self.connected_at = time.time()
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.addr}>"
+
+
+@expose
+class DaemonObject:
+    """The object every daemon serves as `Pyro.Daemon`."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+
+    def registered(self) -> list[str]:
+        return list(self.daemon._objects)
+
+    def ping(self) -> None:
+        pass
+
+    def info(self) -> str:
+        return (f"meshrpc daemon {self.daemon.locationStr}, {len(self.daemon._objects)} objects, "
+                f"{len(self.daemon._connections)} connections")
+
+    def get_metadata(self, objectId: str, as_lists: bool = False) -> dict[str, Any]:
+        return self.daemon._metadata(objectId, as_lists)
+
+    def get_next_stream_item(self, streamId: str) -> Any:
+        return self.daemon._streams.next_item(streamId, current_context.client)
+
+    @oneway
+    def close_stream(self, streamId: str) -> None:
+        self.daemon._streams.close(streamId)
+
+
+class Daemon:
+    """Serves objects to proxies. `Daemon(host=None, port=0, unixsocket=None, nathost=None, natport=None)`."""
+
+    def __init__(self, host: str | None = None, port: int = 0, unixsocket: str | None = None,
+                 nathost: str | None = None, natport: int | None = None,
+                 interface: type = DaemonObject, connected_socket: socket.socket | None = None,
+                 *, settings: Settings | None = None) -> None:
+        self.settings = settings = (settings or default_config).copy()
+        if connected_socket is not None:
+            raise DaemonError("connected_socket daemons are not supported; use a Unix socket or TCP port")
+        host = settings.HOST if host is None else str(host)
+        nathost = nathost if nathost is not None else (settings.NATHOST or None)
+        natport = natport if natport is not None else settings.NATPORT
+        if natport and not nathost:
+            raise ValueError("natport needs nathost too")
+        self._listener = create_server_socket(host, port, unixsocket, reuse=settings.SOCK_REUSE)
+        self._listener.setblocking(False)
+        self._unixsocket = unixsocket
+        if unixsocket:
+            self._host, self._port = None, 0
+        else:
+            self._host, self._port = host, self._listener.getsockname()[1]
+            if self._host in ("", "0.0.0.0", "::"):
+                self._host = _primary_address(self._host)
+        self._nathost, self._natport = nathost, (natport or self._port if nathost else 0)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._objects: dict[str, Registration] = {}
+        self._objects_lock = threading.RLock()
+        self._connections: set[ClientConnection] = set()
+        self._parked: dict[socket.socket, ClientConnection] = {}
+        self._to_park: collections.deque[ClientConnection] = collections.deque()
+        self._pool = WorkerPool(settings.THREADPOOL_SIZE)
+        self._streams = StreamTable(settings.ITER_STREAM_LIFETIME, settings.ITER_STREAM_LINGER,
+                                    settings.MAX_STREAMS_PER_CONNECTION)
+        self._stop = threading.Event()
+        self._loop_done = threading.Event()
+        self._loop_done.set()
+        self._closed = False
+        self._next_housekeeping = 0.0
+        self._publisher: Any = None  # mesh publisher, created on the first named registration
+        self._register_daemon_object(interface)
+        log.info("daemon listening on %s", self.locationStr)
+
+    # ------------------------------------------------------------------ registration
+    def _register_daemon_object(self, interface: type) -> None:
+        obj = interface(self)
+        self._objects[DAEMON_OBJECT_ID] = Registration(DAEMON_OBJECT_ID, obj, None, frozenset())
+        obj._pyroId, obj._pyroDaemon = DAEMON_OBJECT_ID, None  # never autoproxied
+
+    def register(self, obj_or_class: Any, objectId: str | None = None, force: bool = False, *,
+                 name: str | None = None, metadata: Iterable[str] | None = None) -> URI:
+        """Serve an object (or a class, instantiated per its @behavior) and return its URI.
+
+        `name` and `metadata` tags advertise it on the mesh, so that `PYRONAME:<name>` and
+        `PYROMETA:<tag>` find it."""
+        if objectId is not None and not isinstance(objectId, str):
+            raise DaemonError("objectId must be a string")
+        if objectId == "":
+            raise DaemonError("objectId must not be empty")
+        is_class = isinstance(obj_or_class, type)
+        tags = frozenset(metadata or ())
+        if any(not isinstance(t, str) for t in tags):
+            raise DaemonError("metadata tags must be strings")
+        with self._objects_lock:
+            if not is_class:
+                existing = getattr(obj_or_class, "_pyroId", None)
+                if existing and not force and getattr(obj_or_class, "_pyroDaemon", None) is self:
+                    raise DaemonError(f"object already registered as {existing!r}")
+            object_id = objectId or "obj_" + uuid.uuid4().hex
+            if object_id in self._objects and not force:
+                raise DaemonError(f"object id {object_id!r} is already registered")
+            if object_id in self._objects:
+                self.unregister(object_id)
+            self._objects[object_id] = Registration(object_id, obj_or_class, name, tags)
+            if not is_class:
+                try:
+                    obj_or_class._pyroId, obj_or_class._pyroDaemon = object_id, self
+                except AttributeError:
+                    pass  # objects with __slots__ are served but not autoproxied
+        uri = self.uriFor(object_id)
+        if name:
+            self._announce(name, uri, tags)
+        return uri
+
+    def unregister(self, objectOrId: Any) -> None:
+        object_id = objectOrId if isinstance(objectOrId, str) else getattr(objectOrId, "_pyroId", None)
+        if object_id is None or object_id == DAEMON_OBJECT_ID:
+            return
+        with self._objects_lock:
+            registration = self._objects.pop(object_id, None)
+        if registration is None:
+            return
+        if getattr(registration.target, "_pyroDaemon", None) is self:
+            registration.target._pyroDaemon = None
+            registration.target._pyroId = ""
+        if registration.name and self._publisher is not None:
+            self._publisher.withdraw(registration.name, str(self.uriFor(object_id)))
+
+    def _announce(self, name: str, uri: URI, tags: frozenset[str]) -> None:
+        if self._publisher is None:
+            from ..mesh import MeshPublisher  # discovery is loaded only by daemons that use names
+            self._publisher = MeshPublisher(self._host or "localhost", self.settings)
+        self._publisher.publish(name, str(uri), set(tags))
+
+    @property
+    def objectsById(self) -> dict[str, Any]:
+        return {oid: reg.target for oid, reg in self._objects.items()}
+
+    def uriFor(self, objectOrId: Any, nat: bool = True) -> URI:
+        object_id = objectOrId if isinstance(objectOrId, str) else getattr(objectOrId, "_pyroId", None)
+        if not object_id:
+            raise DaemonError("object is not registered in this daemon")
+        if self._unixsocket:
+            return URI.from_parts(object_id, sockname=self._unixsocket)
+        if nat and self._nathost:
+            return URI.from_parts(object_id, self._nathost, self._natport)
+        return URI.from_parts(object_id, self._host, self._port)
+
+    def proxyFor(self, objectOrId: Any, nat: bool = True) -> Any:
+        from ..client.proxy import Proxy
+        object_id = objectOrId if isinstance(objectOrId, str) else getattr(objectOrId, "_pyroId", None)
+        registration = self._objects.get(object_id or "")
+        if registration is None:
+            raise DaemonError("object is not registered in this daemon")
+        proxy = Proxy(self.uriFor(object_id, nat), settings=self.settings)
+        proxy._pyroProcessMetadata(registration.members)
+        return proxy
+
+    @property
+    def locationStr(self) -> str:
+        if self._unixsocket:
+            return "./u:" + self._unixsocket
+        host = f"[{self._host}]" if self._host and ":" in self._host else self._host
+        return f"{host}:{self._port}"
+
+    @property
+    def sock(self) -> socket.socket:
+        return self._listener
+
+    # ------------------------------------------------------------------ the loop
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """Sockets for an external select loop: pass the readable ones to `events()`."""
+        self._drain_parking()
+        return [self._listener, self._wake_r, *self._parked]
+
+    def events(self, eventsockets: Iterable[socket.socket]) -> None:
+        """Handle readable sockets (from `sockets`) found by an external select loop."""
+        for sock in eventsockets:
+            if sock is self._listener:
+                self._accept()
+            elif sock is self._wake_r:
+                self._drain_wakeups()
+            else:
+                conn = self._parked.pop(sock, None)
+                if conn is not None:
+                    self._unpark(conn)
+                    self._pool.submit(self._serve, conn)
+        self._drain_parking()
+        self._housekeeping()
+
+    def requestLoop(self, loopCondition: Callable[[], bool] = lambda: True) -> None:
+        """Serve until `shutdown()` is called or `loopCondition()` returns false."""
+        import selectors
+        self._loop_done.clear()
+        selector = selectors.DefaultSelector()
+        self._selector = selector
+        try:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            for sock in self._parked:
+                selector.register(sock, selectors.EVENT_READ)
+            while not self._stop.is_set() and loopCondition():
+                ready = selector.select(self.settings.POLLTIMEOUT)
+                self.events([key.fileobj for key, _ in ready])  # type: ignore[misc]
+        finally:
+            self._selector = None
+            selector.close()
+            self._loop_done.set()
+            if self._stop.is_set():
+                self.close()
+
+    _selector: Any = None
+
+    def _park(self, conn: ClientConnection) -> None:
+        if conn.closed:
+            return
+        self._parked[conn.sock] = conn
+        if self._selector is not None:
+            import selectors
+            self._selector.register(conn.sock, selectors.EVENT_READ)
+
+    def _unpark(self, conn: ClientConnection) -> None:
+        if self._selector is not None:
+            try:
+                self._selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _drain_parking(self) -> None:
+        while self._to_park:
+            self._park(self._to_park.popleft())
+
+    def _hand_back(self, conn: ClientConnection) -> None:
+        """From a worker: the connection is idle, let the selector watch it again."""
+        self._to_park.append(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or we are closing
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            if len(self._connections) >= self.settings.MAX_CONNECTIONS:
+                log.warning("refusing connection from %s: MAX_CONNECTIONS (%d) reached", addr,
+                            self.settings.MAX_CONNECTIONS)
+                sock.close()
+                continue
+            sock.setblocking(True)
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and self.settings.SOCK_NODELAY:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = ClientConnection(sock, addr, self.settings)
+            self._connections.add(conn)
+            log.debug("connection from %s", addr)
+            self._park(conn)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            expired = self._streams.expire()
+            if expired:
+                log.debug("expired %d streams", expired)
+
+    # ------------------------------------------------------------------ a connection's worker
+    def _serve(self, conn: ClientConnection) -> None:
+        """Answer requests on `conn` until it is idle for WORKER_LINGER, closes, or others need the worker."""
+        linger_ms = self.settings.WORKER_LINGER * 1000
+        reader = conn.reader
+        try:
+            conn.fill()  # the selector saw it readable
+            while True:
+                frame = reader.next_frame()
+                if frame is not None:
+                    self._handle(conn, frame)
+                    continue
+                if self._stop.is_set():
+                    return
+                # idle: keep watching a little, unless other connections are waiting for a worker
+                waited = 0.0
+                while True:
+                    if self._pool.backlog():
+                        self._hand_back(conn)
+                        return
+                    slice_ms = min(20.0, linger_ms - waited)
+                    if slice_ms <= 0:
+                        self._hand_back(conn)
+                        return
+                    if conn.poller.poll(slice_ms):
+                        break
+                    waited += slice_ms
+                conn.fill()
+        except (errors.ConnectionClosedError, errors.TimeoutError):
+            self._drop(conn)
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: %s", conn.addr, exc)
+            self._drop(conn)
+        except Exception:
+            log.exception("closing connection from %s after an unexpected error", conn.addr)
+            self._drop(conn)
+
+    def _drop(self, conn: ClientConnection) -> None:
+        if conn.closed:
+            return
+        conn.close()
+        self._connections.discard(conn)
+        self._streams.orphan(conn)
+        try:
+            self.clientDisconnect(conn)
+        except Exception:
+            log.exception("clientDisconnect hook failed")
+
+    def _handle(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        if self.settings.LOGWIRE:
+            log.debug("received from %s: %r", conn.addr, frame)
+        if frame.type == wire.MSG_PING:
+            conn.send(wire.Frame(wire.MSG_PING, frame.serializer_id, frame.seq, b"pong"))
+        elif not conn.handshaken:
+            if frame.type != wire.MSG_CONNECT:
+                raise ProtocolError(f"expected CONNECT as the first message, got type {frame.type}")
+            self._handshake(conn, frame)
+        elif frame.type == wire.MSG_INVOKE:
+            self._invoke(conn, frame)
+        else:
+            raise ProtocolError(f"unexpected message type {frame.type} after the handshake")
+
+    def _handshake(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        try:
+            serializer = by_id(frame.serializer_id)
+        except SerializeError:
+            raise ProtocolError(f"client asked for unknown serializer id {frame.serializer_id}") from None
+        conn.serializer = serializer
+
+        def fail(reason: str) -> None:
+            log.info("handshake from %s refused: %s", conn.addr, reason)
+            conn.send(wire.Frame(wire.MSG_CONNECTFAIL, serializer.id, frame.seq, serializer.dumps(reason)))
+
+        try:
+            data = serializer.loads(frame.payload)
+            handshake, object_id = data["handshake"], data["object"]
+        except (SerializeError, errors.SecurityError, KeyError, TypeError) as exc:
+            return fail(f"invalid handshake data: {exc}")
+        registration = self._objects.get(object_id) if isinstance(object_id, str) else None
+        if registration is None:
+            return fail("unknown object")
+        self._set_context(conn, frame)
+        try:
+            answer = self.validateHandshake(conn, handshake)
+        except Exception as exc:
+            return fail(f"handshake denied: {exc}" if str(exc) else "handshake denied")
+        try:
+            payload = serializer.dumps({"handshake": answer, "meta": self._metadata(object_id, False)})
+        except SerializeError as exc:
+            return fail(f"cannot serialize the handshake answer: {exc}")
+        conn.handshaken, conn.object_id = True, object_id
+        conn.send(wire.Frame(wire.MSG_CONNECTOK, serializer.id, frame.seq, payload,
+                             correlation_id=frame.correlation_id))
+
+    def validateHandshake(self, conn: ClientConnection, data: Any) -> Any:
+        """Override to check the proxy's handshake data; raise to refuse. Returns the data sent back."""
+        return "hello"
+
+    def clientDisconnect(self, conn: ClientConnection) -> None:
+        """Override to learn that a client connection closed."""
+
+    def _set_context(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        ctx = current_context
+        ctx.client = conn
+        ctx.client_sock_addr = conn.addr
+        ctx.seq = frame.seq
+        ctx.msg_flags = frame.flags
+        ctx.serializer_id = frame.serializer_id
+        ctx.annotations = frame.annotations
+        ctx.response_annotations = {}
+        ctx.correlation_id = frame.correlation_id
+
+    def _invoke(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        try:
+            serializer = by_id(frame.serializer_id)
+        except SerializeError:
+            raise ProtocolError(f"unknown serializer id {frame.serializer_id}") from None
+        is_oneway = bool(frame.flags & wire.FLAG_ONEWAY)
+        try:
+            if frame.flags & wire.FLAG_KEEPSERIALIZED:
+                call = self._blob_call(frame)
+            else:
+                call = serializer.loads_call(frame.payload)
+        except (SerializeError, errors.SecurityError) as exc:
+            if not is_oneway:
+                self._reply_error(conn, frame, serializer, exc)
+            else:
+                log.warning("dropped oneway call from %s: %s", conn.addr, exc)
+            return
+        if is_oneway and self.settings.ONEWAY_THREADED:
+            self._pool.submit(self._run_oneway, conn, frame, call)
+            return
+        self._set_context(conn, frame)
+        flags, result = self._run(conn, frame, call)
+        if is_oneway:
+            return
+        if flags & wire.FLAG_EXCEPTION and not flags & wire.FLAG_ITEMSTREAMRESULT:
+            self._reply_error(conn, frame, serializer, result)
+            return
+        try:
+            payload = serializer.dumps(result)
+        except (SerializeError, errors.SecurityError) as exc:
+            self._reply_error(conn, frame, serializer, SerializeError(f"cannot serialize the result: {exc}"))
+            return
+        annotations = current_context.response_annotations
+        if flags & wire.FLAG_ITEMSTREAMRESULT:
+            annotations = {**annotations, STREAM_ANNOTATION: result.encode("ascii")}
+            payload = serializer.dumps(ProtocolError("result of call is an iterator"))
+        conn.send(wire.Frame(wire.MSG_RESULT, serializer.id, frame.seq, payload, flags, annotations,
+                             frame.correlation_id))
+
+    def _run_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
+        self._set_context(conn, frame)
+        flags, result = self._run(conn, frame, call)
+        if flags & wire.FLAG_EXCEPTION:
+            log.warning("oneway call %s failed: %r", call[1], result)
+
+    def _blob_call(self, frame: wire.Frame) -> tuple:
+        import marshal
+        from ..blob import SerializedBlob
+        try:
+            info, object_id, method = marshal.loads(frame.annotations[BLOB_ANNOTATION])
+        except (KeyError, ValueError, EOFError, TypeError):
+            raise SerializeError("blob call without a valid BLBI annotation") from None
+        return object_id, method, (SerializedBlob(info, frame.payload, True, frame.serializer_id),), {}
+
+    def _run(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any]:
+        """Run one call (or a batch): (reply flags, result or exception)."""
+        object_id, method, vargs, kwargs = call
+        try:
+            registration = self._objects.get(object_id) if isinstance(object_id, str) else None
+            if registration is None:
+                raise DaemonError(f"unknown object {object_id!r}")
+            instance = registration.instance(conn.session)
+            if frame.flags & wire.FLAG_BATCH and method == "<batch>":
+                return wire.FLAG_BATCH, self._run_batch(registration, instance, vargs)
+            result = self._call(registration, instance, method, vargs, kwargs)
+        except Exception as exc:
+            return wire.FLAG_EXCEPTION, self._traced(exc, method)
+        if self._is_stream(result):
+            if not self.settings.ITER_STREAMING:
+                return wire.FLAG_EXCEPTION, errors.MeshError(
+                    "the result is an iterator and ITER_STREAMING is off; return a list instead")
+            try:
+                stream_id = self._streams.add(iter(result), conn)
+            except DaemonError as exc:
+                return wire.FLAG_EXCEPTION, exc
+            return wire.FLAG_EXCEPTION | wire.FLAG_ITEMSTREAMRESULT, stream_id
+        return 0, result
+
+    def _run_batch(self, registration: Registration, instance: Any, calls: Any) -> list[Any]:
+        results: list[Any] = []
+        for item in calls:
+            try:
+                method, vargs, kwargs = item
+                results.append(self._call(registration, instance, method, tuple(vargs), kwargs or {}))
+            except Exception as exc:
+                results.append(ExceptionWrapper(self._traced(exc, item[0] if isinstance(item, (list, tuple)) else "?")))
+                break
+        return results
+
+    def _call(self, registration: Registration, instance: Any, method: str, vargs: tuple, kwargs: dict) -> Any:
+        members = registration.members
+        if method == "__getattr__":
+            if len(vargs) != 1 or vargs[0] not in members["attrs"]:
+                raise AttributeError(f"remote object {registration.object_id!r} has no exposed attribute "
+                                     f"{vargs[0] if vargs else '?'!r}")
+            return getattr(instance, vargs[0])
+        if method == "__setattr__":
+            if len(vargs) != 2 or vargs[0] not in members["attrs"]:
+                raise AttributeError(f"remote object {registration.object_id!r} has no exposed attribute "
+                                     f"{vargs[0] if vargs else '?'!r}")
+            setattr(instance, vargs[0], vargs[1])
+            return None
+        if method not in members["methods"]:
+            raise AttributeError(f"remote object {registration.object_id!r} has no exposed method {method!r}")
+        func = getattr(instance, method)
+        try:
+            return func(*vargs, **kwargs)
+        except Exception:
+            if getattr(func, "_pyroCallback", False):
+                log.warning("exception in callback %s", method, exc_info=True)
+            raise
+
+    def _traced(self, exc: BaseException, method: str) -> BaseException:
+        if not hasattr(exc, errors.REMOTE_TRACEBACK_ATTR):
+            try:
+                setattr(exc, errors.REMOTE_TRACEBACK_ATTR,
+                        errors.format_traceback(exc, self.settings.DETAILED_TRACEBACK))
+            except (AttributeError, TypeError):
+                pass
+        log.debug("call %s raised %r", method, exc)
+        return exc
+
+    def _reply_error(self, conn: ClientConnection, frame: wire.Frame, serializer: Serializer,
+                     exc: BaseException) -> None:
+        try:
+            payload = serializer.dumps(exc)
+        except Exception as inner:  # the exception itself does not serialize: send a description
+            payload = serializer.dumps(errors.SerializeError(f"{type(exc).__name__}: {exc} "
+                                                             f"(the exception could not be serialized: {inner})"))
+        conn.send(wire.Frame(wire.MSG_RESULT, serializer.id, frame.seq, payload, wire.FLAG_EXCEPTION,
+                             current_context.response_annotations if current_context.client is conn else {},
+                             frame.correlation_id))
+
+    @staticmethod
+    def _is_stream(result: Any) -> bool:
+        return isinstance(result, (types.GeneratorType, collections.abc.Iterator)) and not isinstance(
+            result, (str, bytes, dict, list, tuple, set))
+
+    def _metadata(self, object_id: str, as_lists: bool) -> dict[str, Any]:
+        registration = self._objects.get(object_id)
+        if registration is None:
+            raise DaemonError("unknown object")
+        members = registration.members
+        convert = list if as_lists else set
+        meta = {key: convert(members[key]) for key in ("methods", "oneway", "attrs")}
+        if members["idempotent"]:
+            meta["idempotent"] = convert(members["idempotent"])
+        return meta
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        """Stop the request loop and close the daemon; safe from any thread, including a call."""
+        self._stop.set()
+        self._wake()
+        if self._loop_done.is_set() or threading.current_thread().name.startswith(self._pool.name):
+            self.close()
+
+    def close(self) -> None:
+        """Close every connection and the listening socket, and withdraw mesh announcements."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._publisher is not None:
+            try:
+                self._publisher.close()
+            except Exception:
+                log.exception("withdrawing mesh announcements failed")
+        for conn in list(self._connections):
+            self._drop(conn)
+        self._streams.close_all()
+        self._pool.close()
+        self._listener.close()
+        self._wake_w.close()
+        if self._loop_done.is_set():
+            self._wake_r.close()
+        if self._unixsocket:
+            try:
+                os.unlink(self._unixsocket)
+            except OSError:
+                pass
+        log.info("daemon %s closed", self.locationStr)
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<meshrpc.Daemon {self.locationStr}>"
+
+    def __wire_dict__(self) -> dict:
+        return {"__class__": "Pyro5.server.Daemon", "state": {}}
+
+
+def _primary_address(wildcard: str) -> str:
+    """The address to publish in URIs when bound to all interfaces."""
+    family = socket.AF_INET6 if wildcard == "::" else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        # no packet is sent: connecting a UDP socket only picks the outgoing interface
+        probe.connect(("fd00::1" if family == socket.AF_INET6 else "10.255.255.255", 9))
+        return probe.getsockname()[0]
+    except OSError:
+        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def serve(objects: dict[Any, str], host: str | None = None, port: int = 0, daemon: Daemon | None = None,
+          use_ns: bool = False, verbose: bool = True) -> None:
+    """Register `objects` ({object or class: name}) on a daemon, advertise them by name, and serve."""
+    daemon = daemon or Daemon(host, port)
+    with daemon:
+        for obj, name in objects.items():
+            uri = daemon.register(obj, name, name=name)
+            if verbose:
+                log.info("serving %s as %s", name, uri)
+        daemon.requestLoop()
+
+
+__all__ = ["Daemon", "DaemonObject", "serve"]

@@ -1,0 +1,160 @@
+"""Decorators that mark what a daemon exposes and how it runs it, and the metadata derived from them."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from typing import Any, Callable, TypeVar
+
+from ..errors import DaemonError
+
+T = TypeVar("T")
+
+INSTANCE_MODES = ("single", "session", "percall")
+
+
+def expose(target: T) -> T:
+    """Expose a class (all its public methods and properties), a method, or a property."""
+    if isinstance(target, property):
+        if target.fget is not None:
+            target.fget._pyroExposed = True  # type: ignore[attr-defined]
+        return target
+    if isinstance(target, (staticmethod, classmethod)):
+        target.__func__._pyroExposed = True  # type: ignore[attr-defined]
+        return target
+    if inspect.isclass(target) or callable(target):
+        name = getattr(target, "__name__", "")
+        if name.startswith("_") and not (name.startswith("__") and name.endswith("__")) and not inspect.isclass(target):
+            raise AttributeError(f"private method {name!r} cannot be exposed")
+        target._pyroExposed = True  # type: ignore[attr-defined]
+        return target
+    raise TypeError(f"@expose applies to classes, methods and properties, not {type(target).__name__}")
+
+
+def oneway(method: T) -> T:
+    """The caller does not wait for this method: no result, no exception comes back."""
+    method._pyroOneway = True  # type: ignore[attr-defined]
+    return method
+
+
+def callback(method: T) -> T:
+    """A method called back from a remote peer: its exceptions are also logged where it runs."""
+    method._pyroCallback = True  # type: ignore[attr-defined]
+    return method
+
+
+def idempotent(method: T) -> T:
+    """Running this method twice has the effect of running it once: proxies may re-send it after a
+    connection failure (announced to proxies in the object's metadata)."""
+    method._meshIdempotent = True  # type: ignore[attr-defined]
+    return method
+
+
+def behavior(instance_mode: str = "session", instance_creator: Callable[[type], Any] | None = None) -> Callable[[T], T]:
+    """How a registered class is instantiated: once ("single"), per connection ("session", the default),
+    or per call ("percall"); `instance_creator(cls)` builds instances when given."""
+    if not isinstance(instance_mode, str):  # used bare as @behavior
+        raise SyntaxError("use @behavior(instance_mode=...) with parentheses")
+    if instance_mode not in INSTANCE_MODES:
+        raise ValueError(f"instance_mode must be one of {INSTANCE_MODES}, not {instance_mode!r}")
+    if instance_creator is not None and not callable(instance_creator):
+        raise TypeError("instance_creator must be callable")
+
+    def mark(cls: T) -> T:
+        if not inspect.isclass(cls):
+            raise TypeError("@behavior applies to classes")
+        cls._pyroInstancing = (instance_mode, instance_creator)  # type: ignore[attr-defined]
+        return cls
+    return mark
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _exposed_flag(member: Any) -> bool:
+    target = member.fget if isinstance(member, property) else member
+    target = getattr(target, "__func__", target)
+    return bool(getattr(target, "_pyroExposed", False))
+
+
+@functools.lru_cache(maxsize=1024)
+def exposed_members_of_class(cls: type) -> dict[str, frozenset[str]]:
+    """{"methods", "oneway", "attrs", "idempotent"} of a class, as announced in handshakes."""
+    class_exposed = bool(cls.__dict__.get("_pyroExposed", False)) or any(
+        getattr(base, "__dict__", {}).get("_pyroExposed", False) for base in cls.__mro__[1:-1])
+    methods, oneways, attrs, idempotents = set(), set(), set(), set()
+    for name in dir(cls):
+        if _is_private(name):
+            continue
+        member = inspect.getattr_static(cls, name)
+        dunder = name.startswith("__")
+        exposed = _exposed_flag(member) or (class_exposed and not dunder)
+        if not exposed or name in ("_pyroExposed",):
+            continue
+        if isinstance(member, property):
+            attrs.add(name)
+            continue
+        func = getattr(member, "__func__", member)
+        if not callable(func) or inspect.isclass(func):
+            continue
+        if dunder and not _exposed_flag(member):
+            continue
+        methods.add(name)
+        if getattr(func, "_pyroOneway", False):
+            oneways.add(name)
+        if getattr(func, "_meshIdempotent", False):
+            idempotents.add(name)
+    return {"methods": frozenset(methods), "oneway": frozenset(oneways), "attrs": frozenset(attrs),
+            "idempotent": frozenset(idempotents)}
+
+
+def exposed_members(obj: Any) -> dict[str, frozenset[str]]:
+    return exposed_members_of_class(obj if inspect.isclass(obj) else type(obj))
+
+
+class Registration:
+    """An object or class registered in a daemon, and how to get the instance for a call."""
+
+    __slots__ = ("object_id", "target", "mode", "creator", "name", "metadata", "_single", "_lock")
+
+    def __init__(self, object_id: str, target: Any, name: str | None, metadata: frozenset[str]) -> None:
+        self.object_id = object_id
+        self.target = target
+        self.name = name
+        self.metadata = metadata
+        self._single: Any = None
+        self._lock = threading.Lock()
+        if inspect.isclass(target):
+            self.mode, self.creator = getattr(target, "_pyroInstancing", ("session", None))
+        else:
+            self.mode, self.creator = "instance", None
+
+    @property
+    def members(self) -> dict[str, frozenset[str]]:
+        return exposed_members(self.target)
+
+    def instance(self, session: dict[str, Any]) -> Any:
+        """The object a call runs on; `session` holds the per-connection instances."""
+        if self.mode == "instance":
+            return self.target
+        if self.mode == "percall":
+            return self._create()
+        if self.mode == "single":
+            if self._single is None:
+                with self._lock:
+                    if self._single is None:
+                        self._single = self._create()
+            return self._single
+        obj = session.get(self.object_id)
+        if obj is None:
+            obj = session[self.object_id] = self._create()
+        return obj
+
+    def _create(self) -> Any:
+        try:
+            return self.creator(self.target) if self.creator else self.target()
+        except Exception as exc:
+            raise DaemonError(f"could not create an instance of {self.target.__name__} for "
+                              f"{self.object_id!r}: {exc}") from exc

@@ -1,0 +1,154 @@
+"""Sockets: server sockets, client connections, and a framed connection over either."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+
+from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
+from ..wire import frame as wire
+
+log = logging.getLogger("meshrpc.transport")
+
+RECV_CHUNK = 256 * 1024
+RECV_MAX = 4 * 1024 * 1024
+
+
+def is_ipv6(host: str) -> bool:
+    return ":" in host
+
+
+def create_server_socket(host: str, port: int = 0, unixsocket: str | None = None, *,
+                         reuse: bool = True, backlog: int = 200) -> socket.socket:
+    """A listening socket on host:port (IPv4 or IPv6) or on a Unix socket path."""
+    if unixsocket:
+        if os.path.exists(unixsocket) and _is_stale_unix_socket(unixsocket):
+            os.unlink(unixsocket)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(unixsocket)
+        except OSError as exc:
+            sock.close()
+            raise CommunicationError(f"cannot bind unix socket {unixsocket}: {exc.strerror}") from None
+    else:
+        try:
+            infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                       socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise CommunicationError(f"cannot bind {host}:{port}: unknown host ({exc.strerror})") from None
+        # prefer IPv4 for names such as localhost that resolve to both
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            hint = " (is another daemon using that port?)" if exc.errno == errno.EADDRINUSE else ""
+            raise CommunicationError(f"cannot bind {host}:{port}: {exc.strerror}{hint}") from None
+    sock.listen(backlog)
+    return sock
+
+
+def _is_stale_unix_socket(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+
+
+def connect(host: str | None, port: int, sockname: str | None, timeout: float | None,
+            nodelay: bool = True) -> socket.socket:
+    """A connected client socket, or CommunicationError that says what failed."""
+    where = sockname or f"{host}:{port}"
+    try:
+        if sockname:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(sockname)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            if nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except socket.timeout:
+        raise TimeoutError(f"connecting to {where} timed out") from None
+    except ConnectionRefusedError:
+        raise CommunicationError(f"cannot connect to {where}: connection refused (is the daemon running?)") from None
+    except socket.gaierror as exc:
+        raise CommunicationError(f"cannot connect to {where}: unknown host ({exc.strerror})") from None
+    except OSError as exc:
+        raise CommunicationError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+    return sock
+
+
+class FramedConnection:
+    """A socket carrying protocol 502 frames: whole frames out, whole frames in.
+
+    Sending is serialized by a lock, so several threads may send on one connection; receiving is
+    meant for one reader at a time (the proxy's lock or the daemon's worker guarantees that).
+    """
+
+    def __init__(self, sock: socket.socket, max_size: int, compress_min: int = -1,
+                 max_annotations: int = 64) -> None:
+        self.sock = sock
+        self.reader = wire.FrameReader(max_size, max_annotations)
+        self.max_size = max_size
+        self.compress_min = compress_min
+        self.send_lock = threading.Lock()
+        self.closed = False
+
+    def send(self, frame: wire.Frame) -> None:
+        parts = wire.encode_parts(frame, compress_min=self.compress_min, max_size=self.max_size)
+        with self.send_lock:
+            try:
+                for part in parts:
+                    self.sock.sendall(part)
+            except socket.timeout:
+                raise TimeoutError("sending timed out") from None
+            except OSError as exc:
+                raise ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
+
+    def recv(self) -> wire.Frame:
+        """The next frame; blocks (within the socket's timeout)."""
+        reader = self.reader
+        frame = reader.next_frame()
+        while frame is None:
+            self.fill()
+            frame = reader.next_frame()
+        return frame
+
+    def fill(self) -> None:
+        """Read what the socket has (at least one byte) into the frame reader."""
+        size = min(max(self.reader.wanted(), RECV_CHUNK), RECV_MAX)
+        try:
+            data = self.sock.recv(size)
+        except socket.timeout:
+            raise TimeoutError("no reply within the timeout") from None
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+        if not data:
+            raise ConnectionClosedError("the peer closed the connection")
+        self.reader.feed(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()

@@ -1,0 +1,134 @@
+"""URI grammar and the URI value type.
+
+    PYRO:<object>@<host>:<port>        a direct object; host may be [ipv6]
+    PYRO:<object>@./u:<socket path>    a direct object on a Unix domain socket
+    PYRONAME:<name>[@<host>:<port>]    by logical name (the optional location is a name server)
+    PYROMETA:<tag>[,<tag>...][@<host>:<port>]   by metadata tags (all must match)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import MeshError
+
+PROTOCOLS = ("PYRO", "PYRONAME", "PYROMETA")
+DEFAULT_NS_PORT = 9090
+
+_LOCATION = re.compile(r"""
+    (?:\./u:(?P<sockname>.+))                         # unix socket path
+  | (?:\[(?P<ipv6>[0-9a-fA-F:.%a-zA-Z]+)\]|(?P<host>[^:\[\]@/\s]+))(?::(?P<port>\d+))?
+""", re.VERBOSE)
+
+
+class InvalidURIError(MeshError, ValueError):
+    """A string that is not a valid meshrpc/Pyro URI."""
+
+
+class URI:
+    """A parsed URI. Compare, hash and print it like a string; it serializes as Pyro5's URI does."""
+
+    __slots__ = ("protocol", "object", "host", "port", "sockname")
+
+    def __init__(self, uri: "str | URI") -> None:
+        if isinstance(uri, URI):
+            self.protocol, self.object, self.host, self.port, self.sockname = (
+                uri.protocol, uri.object, uri.host, uri.port, uri.sockname)
+            return
+        if not isinstance(uri, str):
+            raise TypeError(f"a URI must be a str or URI, not {type(uri).__name__}")
+        self.protocol, self.object, self.host, self.port, self.sockname = _parse(uri.strip())
+
+    @classmethod
+    def from_parts(cls, object_id: str, host: str | None = None, port: int = 0,
+                   sockname: str | None = None, protocol: str = "PYRO") -> "URI":
+        uri = cls.__new__(cls)
+        uri.protocol, uri.object, uri.host, uri.port, uri.sockname = protocol, object_id, host, port, sockname
+        return uri
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """The metadata tags of a PYROMETA URI (empty for the others)."""
+        if self.protocol != "PYROMETA":
+            return frozenset()
+        return frozenset(t for t in self.object.split(",") if t)
+
+    @property
+    def location(self) -> str | None:
+        if self.sockname:
+            return "./u:" + self.sockname
+        if self.host is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}" if self.port else host
+
+    @property
+    def is_direct(self) -> bool:
+        return self.protocol == "PYRO"
+
+    def __str__(self) -> str:
+        location = self.location
+        return f"{self.protocol}:{self.object}" + (f"@{location}" if location else "")
+
+    def __repr__(self) -> str:
+        return f"<meshrpc.URI {self}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, URI):
+            return self._key() == other._key()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.protocol, self.object, self.host, self.port, self.sockname)
+
+    def __wire_dict__(self) -> dict[str, Any]:
+        return {"__class__": "Pyro5.core.URI", "state": self.__getstate__()}
+
+    # Pyro5-compatible state: (protocol, object, sockname, host, port)
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.protocol, self.object, self.sockname, self.host, self.port)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.protocol, self.object, self.sockname, self.host, self.port = state
+
+
+def _parse(text: str) -> tuple[str, str, str | None, int, str | None]:
+    protocol, sep, rest = text.partition(":")
+    protocol = protocol.upper()
+    if not sep or protocol not in PROTOCOLS:
+        raise InvalidURIError(f"invalid URI {text!r}: expected PYRO:, PYRONAME: or PYROMETA: at the start")
+    if any(c.isspace() for c in rest):
+        raise InvalidURIError(f"invalid URI {text!r}: whitespace is not allowed")
+    # the object part may itself contain '@' only for PYRONAME/PYROMETA without location; split on the last '@'
+    obj, at, location = rest.rpartition("@")
+    if not at:
+        obj, location = rest, ""
+    if not obj:
+        raise InvalidURIError(f"invalid URI {text!r}: the object {'name' if protocol != 'PYRO' else 'id'} is empty")
+    if protocol == "PYROMETA" and not any(t for t in obj.split(",")):
+        raise InvalidURIError(f"invalid URI {text!r}: PYROMETA needs at least one tag")
+    if not location:
+        if protocol == "PYRO":
+            raise InvalidURIError(f"invalid URI {text!r}: PYRO URIs need a location, as in PYRO:obj@host:port")
+        return protocol, obj, None, 0, None
+    match = _LOCATION.fullmatch(location)
+    if not match:
+        raise InvalidURIError(f"invalid URI {text!r}: bad location {location!r} (expected host:port, "
+                              "[ipv6]:port or ./u:/socket/path)")
+    if match["sockname"]:
+        if protocol != "PYRO":
+            raise InvalidURIError(f"invalid URI {text!r}: unix sockets only with PYRO:")
+        return protocol, obj, None, 0, match["sockname"]
+    host = match["ipv6"] or match["host"]
+    port = int(match["port"]) if match["port"] else 0
+    if port > 65535:
+        raise InvalidURIError(f"invalid URI {text!r}: port {port} out of range")
+    if protocol == "PYRO" and not port:
+        raise InvalidURIError(f"invalid URI {text!r}: PYRO URIs need a port, as in PYRO:obj@host:port")
+    if protocol != "PYRO" and not port:
+        port = DEFAULT_NS_PORT
+    return protocol, obj, host, port, None

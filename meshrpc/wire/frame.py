@@ -1,0 +1,202 @@
+"""Protocol 502 frames, sans-I/O: bytes in, frames out, and back. No sockets here.
+
+A frame is a 40-byte big-endian header, then annotations (4-byte id, u32 length, data), then the
+payload. `FrameReader` is an incremental decoder fed with whatever a socket returned; it checks the
+tag and version as soon as 6 bytes are in, and the declared sizes before it buffers a body.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from ..errors import MessageTooLargeError, ProtocolError
+
+PROTOCOL_VERSION = 502
+TAG = b"PYRO"
+MAGIC = 0x4DC5
+HEADER = struct.Struct("!4sHBBHHII16sHH")
+HEADER_SIZE = HEADER.size  # 40
+_PREFIX = struct.Struct("!4sH")
+_ANNOTATION = struct.Struct("!4sI")
+_ZERO_ID = bytes(16)
+
+# message types
+MSG_CONNECT = 1
+MSG_CONNECTOK = 2
+MSG_CONNECTFAIL = 3
+MSG_INVOKE = 4
+MSG_RESULT = 5
+MSG_PING = 6
+MESSAGE_TYPES = {MSG_CONNECT, MSG_CONNECTOK, MSG_CONNECTFAIL, MSG_INVOKE, MSG_RESULT, MSG_PING}
+
+# flags
+FLAG_EXCEPTION = 1
+FLAG_COMPRESSED = 2
+FLAG_ONEWAY = 4
+FLAG_BATCH = 8
+FLAG_ITEMSTREAMRESULT = 16
+FLAG_KEEPSERIALIZED = 32
+FLAG_CORR_ID = 64
+
+
+@dataclass(slots=True)
+class Frame:
+    type: int
+    serializer_id: int
+    seq: int
+    payload: bytes
+    flags: int = 0
+    annotations: dict[str, bytes] = field(default_factory=dict)
+    correlation_id: bytes | None = None
+
+    def __repr__(self) -> str:
+        return (f"<Frame type={self.type} ser={self.serializer_id} seq={self.seq} flags={self.flags:#x} "
+                f"payload={len(self.payload)}B annotations={sorted(self.annotations)}>")
+
+
+def encode(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> bytes:
+    """The frame as bytes. `compress_min` >= 0 compresses payloads of at least that size."""
+    return b"".join(encode_parts(frame, compress_min=compress_min, max_size=max_size))
+
+
+def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> list[bytes]:
+    """The frame as a list of buffers (header+annotations, payload): large payloads are not copied."""
+    payload = frame.payload
+    flags = frame.flags
+    if 0 <= compress_min <= len(payload) and not flags & FLAG_COMPRESSED:
+        packed = zlib.compress(payload)
+        if len(packed) < len(payload):
+            payload, flags = packed, flags | FLAG_COMPRESSED
+    if frame.annotations:
+        parts = []
+        for key, value in frame.annotations.items():
+            key_bytes = key.encode("ascii")
+            if len(key_bytes) != 4:
+                raise ProtocolError(f"annotation id must be 4 ASCII characters, not {key!r}")
+            parts.append(_ANNOTATION.pack(key_bytes, len(value)))
+            parts.append(bytes(value))
+        annotations = b"".join(parts)
+    else:
+        annotations = b""
+    if max_size and len(annotations) + len(payload) > max_size:
+        raise MessageTooLargeError(f"message of {len(annotations) + len(payload)} bytes exceeds "
+                                   f"MAX_MESSAGE_SIZE ({max_size}); send less or raise the limit")
+    corr = frame.correlation_id
+    if corr:
+        flags |= FLAG_CORR_ID
+    header = HEADER.pack(TAG, PROTOCOL_VERSION, frame.type, frame.serializer_id, flags,
+                         frame.seq & 0xFFFF, len(payload), len(annotations), corr or _ZERO_ID, 0, MAGIC)
+    if len(payload) < 65536:
+        return [header + annotations + payload]
+    return [header + annotations, payload]
+
+
+def parse_annotations(data: bytes | memoryview, limit: int = 64) -> dict[str, bytes]:
+    result: dict[str, bytes] = {}
+    view = memoryview(data)
+    pos, end = 0, len(view)
+    while pos < end:
+        if end - pos < _ANNOTATION.size:
+            raise ProtocolError("truncated annotation header")
+        key, length = _ANNOTATION.unpack_from(view, pos)
+        pos += _ANNOTATION.size
+        if length > end - pos:
+            raise ProtocolError("annotation length runs past the annotations block")
+        try:
+            name = key.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"annotation id is not ASCII: {key!r}") from None
+        result[name] = bytes(view[pos:pos + length])
+        pos += length
+        if len(result) > limit:
+            raise ProtocolError(f"more than {limit} annotations in one message")
+    return result
+
+
+class FrameReader:
+    """Incremental decoder: `feed(data)`, then take frames with `next_frame()` until it returns None.
+
+    Errors (bad tag, version, magic, type, sizes) raise ProtocolError; the connection is unusable after.
+    """
+
+    __slots__ = ("max_size", "max_annotations", "_buf", "_header")
+
+    def __init__(self, max_size: int = 1024 ** 3, max_annotations: int = 64) -> None:
+        self.max_size = max_size
+        self.max_annotations = max_annotations
+        self._buf = bytearray()
+        self._header: tuple | None = None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+        if self._header is None and len(self._buf) >= 6:
+            check_prefix(self._buf)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def wanted(self) -> int:
+        """Bytes still needed to complete the frame being read (at least 1 when nothing is buffered)."""
+        if self._header is None:
+            return max(1, HEADER_SIZE - len(self._buf))
+        return max(0, HEADER_SIZE + self._header[6] + self._header[7] - len(self._buf))
+
+    def next_frame(self) -> Frame | None:
+        buf = self._buf
+        header = self._header
+        if header is None:
+            if len(buf) < HEADER_SIZE:
+                return None
+            header = self._header = parse_header(buf, self.max_size)
+        _, _, msg_type, ser_id, flags, seq, data_len, ann_len, corr, _, _ = header
+        end = HEADER_SIZE + ann_len + data_len
+        if len(buf) < end:
+            return None
+        annotations = parse_annotations(memoryview(buf)[HEADER_SIZE:HEADER_SIZE + ann_len],
+                                        self.max_annotations) if ann_len else {}
+        payload = bytes(buf[HEADER_SIZE + ann_len:end])
+        del buf[:end]
+        self._header = None
+        if buf and len(buf) >= 6:
+            check_prefix(buf)
+        if flags & FLAG_COMPRESSED:
+            payload = decompress(payload, self.max_size)
+            flags &= ~FLAG_COMPRESSED
+        return Frame(msg_type, ser_id, seq, payload, flags, annotations,
+                     corr if flags & FLAG_CORR_ID else None)
+
+
+def check_prefix(data: bytes | bytearray) -> None:
+    tag, version = _PREFIX.unpack_from(data)
+    if tag != TAG:
+        raise ProtocolError(f"not a Pyro/meshrpc message (starts with {bytes(data[:4])!r}); "
+                            "is the peer speaking another protocol?")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION} (Pyro5)")
+
+
+def parse_header(data: bytes | bytearray, max_size: int) -> tuple:
+    header = HEADER.unpack_from(data)
+    check_prefix(data)
+    if header[10] != MAGIC:
+        raise ProtocolError("bad magic number in message header")
+    if header[2] not in MESSAGE_TYPES:
+        raise ProtocolError(f"unknown message type {header[2]}")
+    size = header[6] + header[7]
+    if size > max_size:
+        raise MessageTooLargeError(f"peer announced a message of {size} bytes, above MAX_MESSAGE_SIZE ({max_size})")
+    return header
+
+
+def decompress(payload: bytes, max_size: int) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(payload, max_size + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"compressed payload is corrupt: {exc}") from None
+    if len(data) > max_size or inflater.unconsumed_tail:
+        raise MessageTooLargeError(f"compressed payload expands beyond MAX_MESSAGE_SIZE ({max_size})")
+    return data

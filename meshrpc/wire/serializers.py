@@ -1,0 +1,456 @@
+"""Serializers, sans-I/O: serpent (default), json, marshal and msgpack. Never pickle.
+
+Every serializer turns Python values into bytes and back, with the same class conventions as Pyro5:
+objects it cannot represent natively travel as dicts with a `"__class__"` key; receivers rebuild only
+classes they know (URIs, proxies, builtin and meshrpc exceptions, and classes with a registered
+`dict_to_class` hook) and refuse the rest with SerializeError.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import datetime
+import decimal
+import json
+import marshal
+import struct
+import threading
+import uuid
+from typing import Any, Callable
+
+import serpent
+
+from ..uri import URI
+from ..errors import (WIRE_NAME_OF, SecurityError, SerializeError,
+                      exception_from_wire)
+
+try:  # optional extra
+    import msgpack
+except ImportError:  # pragma: no cover - depends on the environment
+    msgpack = None
+
+ToDict = Callable[[Any], dict]
+FromDict = Callable[[str, dict], Any]
+
+
+class ClassHooks:
+    """User hooks: class -> dict converters and class name -> object factories (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.to_dict: dict[type, ToDict] = {}
+        self.from_dict: dict[str, FromDict] = {}
+        self.version = 0
+
+    def register_class_to_dict(self, cls: type, converter: ToDict) -> None:
+        if not isinstance(cls, type) or cls is type:
+            raise TypeError("register_class_to_dict needs a class")
+        with self._lock:
+            self.to_dict = {**self.to_dict, cls: converter}
+            self.version += 1
+
+    def unregister_class_to_dict(self, cls: type) -> None:
+        with self._lock:
+            self.to_dict = {k: v for k, v in self.to_dict.items() if k is not cls}
+            self.version += 1
+
+    def register_dict_to_class(self, classname: str, converter: FromDict) -> None:
+        with self._lock:
+            self.from_dict = {**self.from_dict, classname: converter}
+
+    def unregister_dict_to_class(self, classname: str) -> None:
+        with self._lock:
+            self.from_dict = {k: v for k, v in self.from_dict.items() if k != classname}
+
+
+hooks = ClassHooks()
+register_class_to_dict = hooks.register_class_to_dict
+unregister_class_to_dict = hooks.unregister_class_to_dict
+register_dict_to_class = hooks.register_dict_to_class
+unregister_dict_to_class = hooks.unregister_dict_to_class
+
+#: factories for meshrpc's own wire classes (URI, Proxy, ...), filled in by the modules that own them
+WIRE_CLASSES: dict[str, Callable[[dict], Any]] = {}
+
+
+class ExceptionWrapper:
+    """An exception as an element of a batch result (Pyro5's `_ExceptionWrapper`)."""
+
+    __slots__ = ("exception",)
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+    def __wire_dict__(self) -> dict:
+        return {"__class__": "Pyro5.core._ExceptionWrapper", "exception": exception_to_dict(self.exception)}
+
+
+def _uri_from_wire(data: dict) -> URI:
+    uri = URI.__new__(URI)
+    uri.__setstate__(tuple(data["state"]))
+    return uri
+
+
+WIRE_CLASSES["Pyro5.core.URI"] = _uri_from_wire
+WIRE_CLASSES["meshrpc.uri.URI"] = _uri_from_wire
+WIRE_CLASSES["Pyro5.core._ExceptionWrapper"] = lambda d: ExceptionWrapper(
+    d["exception"] if isinstance(d["exception"], BaseException) else dict_to_object(d["exception"]))
+
+
+def class_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def exception_to_dict(exc: BaseException) -> dict:
+    attributes = {k: v for k, v in vars(exc).items() if not k.startswith("__")}
+    return {"__class__": WIRE_NAME_OF.get(type(exc)) or class_name(exc), "__exception__": True,
+            "args": exc.args, "attributes": attributes}
+
+
+def object_to_dict(obj: Any) -> dict:
+    """The dict form of an object no serializer represents natively."""
+    for cls in type(obj).__mro__:
+        converter = hooks.to_dict.get(cls)
+        if converter is not None:
+            return converter(obj)
+    wire_dict = getattr(obj, "__wire_dict__", None)
+    if wire_dict is not None and not isinstance(obj, type):
+        return wire_dict()
+    if isinstance(obj, BaseException):
+        return exception_to_dict(obj)
+    daemon = getattr(obj, "_pyroDaemon", None)
+    if daemon is not None and not isinstance(obj, type):
+        # an object registered in a daemon travels as a proxy to it (autoproxy)
+        return daemon.proxyFor(obj).__wire_dict__()
+    getstate = getattr(type(obj), "__getstate__", None)
+    if getstate is not None and getstate is not object.__getstate__:
+        state = obj.__getstate__()
+        if isinstance(state, dict):
+            return {"__class__": class_name(obj), **state}
+    try:
+        value = dict(vars(obj))
+    except TypeError:
+        slots = getattr(obj, "__slots__", None)
+        if slots is None:
+            raise SerializeError(f"cannot serialize an object of class {class_name(obj)}: give it vars(), "
+                                 "__getstate__ or a meshrpc.register_class_to_dict hook") from None
+        value = {slot: getattr(obj, slot) for slot in ((slots,) if isinstance(slots, str) else slots)}
+    value["__class__"] = class_name(obj)
+    return value
+
+
+def dict_to_object(data: dict) -> Any:
+    """Rebuild an object from its dict form, for the classes this side knows; SerializeError otherwise."""
+    classname = data.get("__class__")
+    if isinstance(classname, bytes):
+        classname = classname.decode("utf-8", "replace")
+    if not isinstance(classname, str):
+        raise SerializeError(f"bad __class__ value in serialized data: {classname!r}")
+    converter = hooks.from_dict.get(classname)
+    if converter is not None:
+        return converter(classname, data)
+    factory = WIRE_CLASSES.get(classname)
+    if factory is not None:
+        try:
+            return factory(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SerializeError(f"malformed serialized {classname}: {exc}") from None
+    if "__" in classname:
+        raise SecurityError(f"refused to deserialize a class with double underscores in its name: {classname}")
+    if data.get("__exception__"):
+        try:
+            return exception_from_wire(classname, data.get("args", ()), data.get("attributes"))
+        except SerializeError:
+            pass
+    if classname == "float" and "value" in data:  # serpent's form of nan
+        return float(data["value"])
+    raise SerializeError(f"unsupported serialized class: {classname}; register a hook with "
+                         f"meshrpc.register_dict_to_class({classname!r}, converter) to accept it")
+
+
+def recreate_objects(data: Any) -> Any:
+    """Walk decoded data and replace every dict with a `__class__` key by its object."""
+    t = type(data)
+    if t is dict:
+        if "__class__" in data:
+            converted = {k: recreate_objects(v) for k, v in data.items()}
+            return dict_to_object(converted)
+        return {k: recreate_objects(v) for k, v in data.items()}
+    if t is list:
+        return [recreate_objects(v) for v in data]
+    if t is tuple:
+        return tuple(recreate_objects(v) for v in data)
+    if t is set or t is frozenset:
+        return t(recreate_objects(v) for v in data)
+    return data
+
+
+class Serializer:
+    """Base: `dumps`/`loads` for values, `dumps_call`/`loads_call` for INVOKE payloads."""
+
+    id: int = 0
+    name: str = ""
+
+    def dumps(self, obj: Any) -> bytes:
+        raise NotImplementedError
+
+    def loads(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+    def dumps_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None) -> bytes:
+        return self.dumps((object_id, method, vargs if vargs is not None else (), kwargs or {}))
+
+    def split_call(self, data: bytes) -> tuple[Any, Any, Any, Any]:
+        """The four parts of an INVOKE payload, unchecked."""
+        try:
+            object_id, method, vargs, kwargs = self.loads(data)
+        except (TypeError, ValueError):
+            raise SerializeError("malformed call: expected (object, method, vargs, kwargs)") from None
+        return object_id, method, vargs, kwargs
+
+    def loads_call(self, data: bytes) -> tuple[str, str, tuple, dict]:
+        object_id, method, vargs, kwargs = self.split_call(data)
+        if not isinstance(vargs, (tuple, list)) or not isinstance(kwargs, (dict, type(None))):
+            raise SerializeError("malformed call: vargs must be a sequence and kwargs a dict")
+        if not isinstance(method, str):
+            raise SerializeError("malformed call: the method name must be a string")
+        return object_id, method, tuple(vargs), kwargs or {}
+
+    def _decode_error(self, exc: Exception) -> SerializeError:
+        if isinstance(exc, SerializeError):
+            return exc
+        return SerializeError(f"cannot decode {self.name} data: {type(exc).__name__}: {exc}")
+
+    def __repr__(self) -> str:
+        return f"<{self.name} serializer id={self.id}>"
+
+
+class _SerpentWriter(serpent.Serializer):
+    """serpent's writer, with meshrpc's conversions for every class it has no rule for."""
+
+    dispatch = dict(serpent.Serializer.dispatch)
+
+    def _ser_via_dict(self, obj: Any, out: list, level: int) -> None:
+        if id(obj) in self.serialized_obj_ids:
+            raise ValueError("circular reference detected")
+        self.serialized_obj_ids.add(id(obj))
+        try:
+            self._serialize(object_to_dict(obj), out, level)
+        finally:
+            self.serialized_obj_ids.discard(id(obj))
+
+    dispatch[object] = _ser_via_dict
+    dispatch[BaseException] = _ser_via_dict
+
+
+class SerpentSerializer(Serializer):
+    id, name = 1, "serpent"
+
+    def __init__(self) -> None:
+        self._hooks_version = -1
+        self._dispatch = _SerpentWriter.dispatch
+
+    def _writer(self) -> _SerpentWriter:
+        writer = _SerpentWriter(False, True, False)
+        if self._hooks_version != hooks.version:  # user hooks win over serpent's own rules
+            table = dict(_SerpentWriter.dispatch)
+            for cls in hooks.to_dict:
+                table[cls] = _SerpentWriter._ser_via_dict
+            self._dispatch, self._hooks_version = table, hooks.version
+        writer.dispatch = self._dispatch
+        return writer
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return self._writer().serialize(obj)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializeError(f"cannot serialize with serpent: {exc}") from None
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            value = serpent.loads(data)
+        except Exception as exc:  # serpent raises ValueError, SyntaxError, MemoryError...
+            raise self._decode_error(exc) from None
+        if b"__class__" in data:
+            value = recreate_objects(value)
+        return value
+
+
+_MARSHAL_TYPES = (str, int, float, type(None), bool, complex, bytes, bytearray)
+
+
+class MarshalSerializer(Serializer):
+    id, name = 2, "marshal"
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return marshal.dumps(obj)
+        except ValueError:
+            pass  # something marshal cannot represent: convert, then try again
+        try:
+            return marshal.dumps(self._convert(obj))
+        except (ValueError, RecursionError) as exc:
+            raise SerializeError(f"cannot serialize with marshal: {exc}") from None
+
+    def _convert(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in _MARSHAL_TYPES:
+            return obj
+        if t is tuple or t is list:
+            return t(self._convert(v) for v in obj)
+        if t is dict:
+            return {self._convert(k): self._convert(v) for k, v in obj.items()}
+        if t is set or t is frozenset:
+            return t(self._convert(v) for v in obj)
+        if isinstance(obj, uuid.UUID):
+            return str(obj)
+        if isinstance(obj, array.array):
+            return obj.tounicode() if obj.typecode == "u" else obj.tolist()
+        return self._convert(object_to_dict(obj))
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            value = marshal.loads(data)
+        except Exception as exc:
+            raise self._decode_error(exc) from None
+        if b"__class__" in data:
+            value = recreate_objects(value)
+        return value
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset)):
+        return tuple(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"data": base64.b64encode(obj).decode("ascii"), "encoding": "base64"}
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        return obj.isoformat()
+    if isinstance(obj, decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, complex):
+        return [obj.real, obj.imag]
+    if isinstance(obj, array.array):
+        return obj.tounicode() if obj.typecode == "u" else obj.tolist()
+    return object_to_dict(obj)
+
+
+def _object_hook(d: dict) -> Any:
+    return dict_to_object(d) if "__class__" in d else d
+
+
+class JsonSerializer(Serializer):
+    id, name = 3, "json"
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return json.dumps(obj, ensure_ascii=False, default=_json_default).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializeError(f"cannot serialize with json: {exc}") from None
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return json.loads(bytes(data).decode("utf-8"), object_hook=_object_hook)
+        except Exception as exc:
+            raise self._decode_error(exc) from None
+
+    def dumps_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None) -> bytes:
+        return self.dumps({"object": object_id, "method": method,
+                           "params": vargs if vargs is not None else [], "kwargs": kwargs or {}})
+
+    def split_call(self, data: bytes) -> tuple[Any, Any, Any, Any]:
+        call = self.loads(data)
+        try:
+            return call["object"], call["method"], call["params"], call["kwargs"]
+        except (KeyError, TypeError):
+            raise SerializeError("malformed json call: expected object, method, params and kwargs") from None
+
+
+# msgpack extension codes, as Pyro5 uses them
+_EXT_COMPLEX, _EXT_BIGINT, _EXT_DATETIME, _EXT_DATE = 0x30, 0x31, 0x32, 0x33
+
+
+def _msgpack_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset)):
+        return tuple(obj)
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    if isinstance(obj, complex):
+        return msgpack.ExtType(_EXT_COMPLEX, struct.pack("dd", obj.real, obj.imag))
+    if isinstance(obj, datetime.datetime):
+        if obj.tzinfo:
+            raise SerializeError("msgpack cannot carry a datetime with a timezone; convert it first")
+        return msgpack.ExtType(_EXT_DATETIME, struct.pack("d", obj.timestamp()))
+    if isinstance(obj, datetime.date):
+        return msgpack.ExtType(_EXT_DATE, struct.pack("l", obj.toordinal()))
+    if isinstance(obj, decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, int):
+        return msgpack.ExtType(_EXT_BIGINT, str(obj).encode("ascii"))
+    if isinstance(obj, array.array):
+        return obj.tounicode() if obj.typecode == "u" else obj.tolist()
+    return object_to_dict(obj)
+
+
+def _msgpack_ext(code: int, data: bytes) -> Any:
+    if code == _EXT_COMPLEX:
+        return complex(*struct.unpack("dd", data))
+    if code == _EXT_BIGINT:
+        return int(data)
+    if code == _EXT_DATETIME:
+        return datetime.datetime.fromtimestamp(struct.unpack("d", data)[0])
+    if code == _EXT_DATE:
+        return datetime.date.fromordinal(struct.unpack("l", data)[0])
+    raise SerializeError(f"unknown msgpack extension code {code}")
+
+
+class MsgpackSerializer(Serializer):
+    id, name = 4, "msgpack"
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise SerializeError(f"cannot serialize with msgpack: {exc}") from None
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return msgpack.unpackb(data, raw=False, object_hook=_object_hook, ext_hook=_msgpack_ext,
+                                   strict_map_key=False)
+        except Exception as exc:
+            raise self._decode_error(exc) from None
+
+
+_ALL: list[Serializer] = [SerpentSerializer(), MarshalSerializer(), JsonSerializer()]
+if msgpack is not None:
+    _ALL.append(MsgpackSerializer())
+BY_ID: dict[int, Serializer] = {s.id: s for s in _ALL}
+BY_NAME: dict[str, Serializer] = {s.name: s for s in _ALL}
+KNOWN_NAMES = ("serpent", "marshal", "json", "msgpack")
+REFUSED_NAMES = ("pickle", "dill", "cloudpickle")
+
+
+def by_name(name: str) -> Serializer:
+    serializer = BY_NAME.get(name)
+    if serializer is not None:
+        return serializer
+    if name in REFUSED_NAMES:
+        raise SerializeError(f"serializer {name!r} is unsafe (it can run code on the receiver) and is not "
+                             f"supported; use one of {', '.join(BY_NAME)}")
+    if name == "msgpack":
+        raise SerializeError("serializer 'msgpack' needs the msgpack package: pip install 'meshrpc[msgpack]'")
+    raise SerializeError(f"unknown serializer {name!r}; choose one of {', '.join(BY_NAME)}")
+
+
+def by_id(serializer_id: int) -> Serializer:
+    serializer = BY_ID.get(serializer_id)
+    if serializer is None:
+        raise SerializeError(f"unknown serializer id {serializer_id}")
+    return serializer
+
+
+__all__ = ["Serializer", "by_name", "by_id", "hooks", "register_class_to_dict", "register_dict_to_class",
+           "unregister_class_to_dict", "unregister_dict_to_class", "ExceptionWrapper"]

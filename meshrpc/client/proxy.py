@@ -97,6 +97,8 @@ class Proxy:
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _LOCAL_ATTRS or name.startswith("_"):
             return object.__setattr__(self, name, value)
+        if type(self) is not Proxy and name not in self._pyroAttrs:
+            return object.__setattr__(self, name, value)  # subclasses may keep state of their own
         if not self._pyroMethods and not self._pyroAttrs:
             self._pyroGetMetadata()
         if name in self._pyroAttrs:

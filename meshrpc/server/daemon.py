@@ -39,6 +39,7 @@ DAEMON_OBJECT_ID = "Pyro.Daemon"
 STREAM_ANNOTATION = "STRM"
 BLOB_ANNOTATION = "BLBI"
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between stream expiry sweeps
+SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may have asked for the shutdown)
 
 
 class ClientConnection(FramedConnection):
@@ -130,6 +131,8 @@ class Daemon:
         self._loop_done.set()
         self._closed = False
         self._next_housekeeping = 0.0
+        self._calls_lock = threading.Lock()
+        self._calls_in_progress = 0
         self._publisher: Any = None  # mesh publisher, created on the first named registration
         self._register_daemon_object(interface)
         log.info("daemon listening on %s", self.locationStr)
@@ -400,7 +403,13 @@ class Daemon:
                 raise ProtocolError(f"expected CONNECT as the first message, got type {frame.type}")
             self._handshake(conn, frame)
         elif frame.type == wire.MSG_INVOKE:
-            self._invoke(conn, frame)
+            with self._calls_lock:
+                self._calls_in_progress += 1
+            try:
+                self._invoke(conn, frame)
+            finally:
+                with self._calls_lock:
+                    self._calls_in_progress -= 1
         else:
             raise ProtocolError(f"unexpected message type {frame.type} after the handshake")
 
@@ -608,8 +617,8 @@ class Daemon:
         """Stop the request loop and close the daemon; safe from any thread, including a call."""
         self._stop.set()
         self._wake()
-        if self._loop_done.is_set() or threading.current_thread().name.startswith(self._pool.name):
-            self.close()
+        if self._loop_done.is_set():
+            self.close()  # no loop running to do it
 
     def close(self) -> None:
         """Close every connection and the listening socket, and withdraw mesh announcements."""
@@ -617,6 +626,7 @@ class Daemon:
             return
         self._closed = True
         self._stop.set()
+        self._wait_for_calls(SHUTDOWN_GRACE)
         if self._publisher is not None:
             try:
                 self._publisher.close()
@@ -636,6 +646,13 @@ class Daemon:
             except OSError:
                 pass
         log.info("daemon %s closed", self.locationStr)
+
+    def _wait_for_calls(self, grace: float) -> None:
+        """Let calls in progress send their replies; the caller's own call does not count."""
+        own = 1 if threading.current_thread().name.startswith(self._pool.name) else 0
+        deadline = time.monotonic() + grace
+        while self._calls_in_progress > own and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def __enter__(self) -> "Daemon":
         return self

@@ -1,0 +1,49 @@
+"""Shared fixtures: daemons running in a background thread, unique mesh realms."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import meshrpc
+
+
+class RunningDaemon:
+    """A meshrpc Daemon serving from a background thread; closed by the fixture."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("host", "127.0.0.1")
+        self.daemon = meshrpc.Daemon(**kwargs)
+        self.thread = threading.Thread(target=self.daemon.requestLoop, name="test-daemon", daemon=True)
+        self.thread.start()
+
+    def register(self, obj: Any, object_id: str | None = None, **kwargs: Any) -> meshrpc.URI:
+        return self.daemon.register(obj, object_id, **kwargs)
+
+    def stop(self) -> None:
+        self.daemon.shutdown()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "daemon loop did not stop"
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[..., RunningDaemon]]:
+    daemons: list[RunningDaemon] = []
+
+    def start(**kwargs: Any) -> RunningDaemon:
+        running = RunningDaemon(**kwargs)
+        daemons.append(running)
+        return running
+
+    yield start
+    for running in daemons:
+        running.stop()
+
+
+@pytest.fixture
+def realm() -> str:
+    """A mesh realm of this test's own, so parallel runs never see each other."""
+    return "test-" + uuid.uuid4().hex[:12]

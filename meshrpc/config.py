@@ -60,6 +60,10 @@ class Settings:
     MAX_RETRIES: int = field(default=0, metadata=_doc(
         "Times a proxy re-sends a call after a connection failure, idempotent or not (Pyro5 "
         "semantics; opt-in)."))
+    SPIN_WAIT: float = field(default=0.0002, metadata=_doc(
+        "Seconds a thread waiting for a message polls without sleeping, while recent messages came "
+        "that fast (saves a scheduler wake-up per call on fast links; 0 turns it off; off on "
+        "single-core machines). At most one thread per process spins at a time."))
     # --- server
     THREADPOOL_SIZE: int = field(default=64, metadata=_doc(
         "Most worker threads a daemon runs calls on. Idle connections hold no worker, so this "
@@ -100,6 +104,50 @@ class Settings:
         "Seconds a PYRONAME/PYROMETA lookup waits for an answer before NamingError."))
     RESOLVE: str = field(default="mesh,ns", metadata=_doc(
         "Sources that resolve PYRONAME/PYROMETA, in order: mesh, ns, or both."))
+    MESH_NODE_ID: str = field(default="", metadata=_doc(
+        "Stable mesh node id of a daemon (letters, digits, '-', at most 32); a restart with the same "
+        "id replaces the old announcements at once. Empty: a random id per daemon."))
+    MESH_HEARTBEAT_INTERVAL: float = field(default=1.0, metadata=_doc(
+        "Seconds between a daemon's heartbeats, one small multicast record per daemon that keeps all "
+        "its objects alive in other registries."))
+    MESH_LIVENESS_WINDOW: float = field(default=3.5, metadata=_doc(
+        "Seconds without a heartbeat or announcement after which a daemon's objects disappear from "
+        "registries (keep above twice MESH_HEARTBEAT_INTERVAL). Also the heartbeat record's TTL."))
+    MESH_SWEEP_INTERVAL: float = field(default=0.25, metadata=_doc(
+        "Seconds between liveness checks of a registry."))
+    MESH_SUSPECT_HOLD: float = field(default=2.0, metadata=_doc(
+        "Seconds an entry reported unreachable (report_failure, failed probe) stays hidden at least; "
+        "it returns when heard from after that."))
+    MESH_DORMANT_KEEP: float = field(default=300.0, metadata=_doc(
+        "Seconds an expired entry is kept hidden so it can come back when its daemon is heard again."))
+    MESH_TOMBSTONE_KEEP: float = field(default=60.0, metadata=_doc(
+        "Seconds a withdrawn entry is remembered so late copies of its announcement are ignored."))
+    MESH_MAX_ENTRIES: int = field(default=5000, metadata=_doc(
+        "Most entries (live and dormant) a registry holds; beyond it new announcements are refused."))
+    MESH_MAX_NODES: int = field(default=1000, metadata=_doc(
+        "Most daemons (nodes) a registry tracks."))
+    MESH_FEED_QUEUE_MAX: int = field(default=10000, metadata=_doc(
+        "Most received records waiting to be decoded; more are dropped (flood protection)."))
+    MESH_TXT_MAX: int = field(default=1300, metadata=_doc(
+        "Largest TXT record (bytes) published or accepted; a publish with more metadata fails with "
+        "NamingError."))
+    MESH_HOST_TTL: int = field(default=120, metadata=_doc(
+        "TTL (s) of published SRV and address records."))
+    MESH_OTHER_TTL: int = field(default=4500, metadata=_doc(
+        "TTL (s) of published PTR and TXT records (liveness does not depend on it)."))
+    MESH_PUBLISH_TIMEOUT: float = field(default=0.5, metadata=_doc(
+        "Seconds publish() waits for the first announcement to be handed to the network."))
+    MESH_GOODBYE_TIMEOUT: float = field(default=1.0, metadata=_doc(
+        "Seconds withdraw() and close() wait for goodbye packets to be sent."))
+    MESH_PROBE_CONTESTED: bool = field(default=True, metadata=_doc(
+        "When a newer provider of a name appears on another daemon, probe the older ones with a TCP "
+        "connect and hide them if refused (restart on another host/port replaces at once)."))
+    MESH_PROBE_TIMEOUT: float = field(default=0.5, metadata=_doc(
+        "Seconds a contested provider's TCP probe may take; no answer counts as unreachable."))
+    MESH_PROBE_CONCURRENCY: int = field(default=8, metadata=_doc(
+        "Most probes running at once per process; more contested entries are left alone."))
+    MESH_INTERFACE_CHECK_INTERVAL: float = field(default=5.0, metadata=_doc(
+        "Seconds between checks of the machine's addresses when discovery follows 0.0.0.0."))
     # --- diagnostics
     LOGLEVEL: str = field(default="", metadata=_doc(
         "Level for the `meshrpc` logger (DEBUG, INFO, WARNING...); empty leaves logging to the "

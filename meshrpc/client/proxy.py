@@ -245,7 +245,7 @@ class Proxy:
                        settings.SOCK_NODELAY)
         conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE,
                                 settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1,
-                                settings.PROTOCOL_ANNOTATIONS_MAX)
+                                settings.PROTOCOL_ANNOTATIONS_MAX, settings.SPIN_WAIT)
         serializer = self._pyroSerializerObject()
         try:
             payload = serializer.dumps({"handshake": self._pyroHandshake, "object": target.object})

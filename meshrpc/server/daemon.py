@@ -13,7 +13,6 @@ import collections
 import collections.abc
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -48,14 +47,12 @@ class ClientConnection(FramedConnection):
     def __init__(self, sock: socket.socket, addr: Any, settings: Settings) -> None:
         super().__init__(sock, settings.MAX_MESSAGE_SIZE,
                          settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1,
-                         settings.PROTOCOL_ANNOTATIONS_MAX)
+                         settings.PROTOCOL_ANNOTATIONS_MAX, settings.SPIN_WAIT)
         self.addr = addr
         self.handshaken = False
         self.object_id: str | None = None  # the object named in the handshake
         self.serializer: Serializer | None = None
         self.session: dict[str, Any] = {}  # per-connection instances ("session" mode)
-        self.poller = select.poll()
-        self.poller.register(sock, select.POLLIN)
         self.connected_at = time.time()
 
     def __repr__(self) -> str:
@@ -359,6 +356,8 @@ class Daemon:
                     continue
                 if self._stop.is_set():
                     return
+                if not self._calls_in_progress and conn.try_fill():
+                    continue  # the next request came quickly: no sleep, no wake-up
                 # idle: keep watching a little, unless other connections are waiting for a worker
                 waited = 0.0
                 while True:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import threading
+import time
 
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
 from ..wire import frame as wire
@@ -94,6 +96,14 @@ def connect(host: str | None, port: int, sockname: str | None, timeout: float | 
     return sock
 
 
+# at most one thread per process spins at a time: spinning threads share the GIL and the cores
+_spin_gate = threading.Lock()
+
+
+def _single_core() -> bool:
+    return (os.cpu_count() or 1) < 2
+
+
 class FramedConnection:
     """A socket carrying protocol 502 frames: whole frames out, whole frames in.
 
@@ -102,13 +112,19 @@ class FramedConnection:
     """
 
     def __init__(self, sock: socket.socket, max_size: int, compress_min: int = -1,
-                 max_annotations: int = 64) -> None:
+                 max_annotations: int = 64, spin_wait: float = 0.0) -> None:
         self.sock = sock
         self.reader = wire.FrameReader(max_size, max_annotations)
         self.max_size = max_size
         self.compress_min = compress_min
         self.send_lock = threading.Lock()
         self.closed = False
+        # adaptive spin: poll without sleeping for up to spin_wait seconds when recent answers came
+        # faster than that; a sleeping thread costs a scheduler wake-up (tens of microseconds) per reply
+        self.spin_wait = 0.0 if _single_core() else spin_wait
+        self._slow_streak = 0
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
 
     def send(self, frame: wire.Frame) -> None:
         parts = wire.encode_parts(frame, compress_min=self.compress_min, max_size=self.max_size)
@@ -130,8 +146,22 @@ class FramedConnection:
             frame = reader.next_frame()
         return frame
 
+    def try_fill(self) -> bool:
+        """Poll without sleeping for up to spin_wait (when worthwhile); True when data was read."""
+        if not self.spin_wait or not self._worth_spinning():
+            return False
+        data = self._spin_recv(min(max(self.reader.wanted(), RECV_CHUNK), RECV_MAX))
+        if data is None:
+            return False
+        if not data:
+            raise ConnectionClosedError("the peer closed the connection")
+        self.reader.feed(data)
+        return True
+
     def fill(self) -> None:
         """Read what the socket has (at least one byte) into the frame reader."""
+        if self.try_fill():
+            return
         size = min(max(self.reader.wanted(), RECV_CHUNK), RECV_MAX)
         try:
             data = self.sock.recv(size)
@@ -142,6 +172,32 @@ class FramedConnection:
         if not data:
             raise ConnectionClosedError("the peer closed the connection")
         self.reader.feed(data)
+
+    def _worth_spinning(self) -> bool:
+        if self._slow_streak >= 4:  # answers have been slow: spin again only now and then, to re-check
+            self._slow_streak = (self._slow_streak + 1) % 64
+            return self._slow_streak == 0
+        return True
+
+    def _spin_recv(self, size: int) -> bytes | None:
+        """Data, b"" on close, or None when nothing came within spin_wait."""
+        if not _spin_gate.acquire(blocking=False):
+            return None
+        try:
+            # poll(0) never sleeps and works the same whether or not the socket has a timeout
+            poll, clock = self.poller.poll, time.perf_counter
+            deadline = clock() + self.spin_wait
+            while not poll(0):
+                if clock() > deadline:
+                    self._slow_streak += 1
+                    return None
+        finally:
+            _spin_gate.release()
+        self._slow_streak = 0
+        try:
+            return self.sock.recv(size)
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         if self.closed:

@@ -1,0 +1,57 @@
+"""Output for the command line: colours only on a terminal (NO_COLOR honoured), JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+_CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
+
+
+class Output:
+    def __init__(self, json_mode: bool = False, stream: Any = None) -> None:
+        self.json_mode = json_mode
+        self.stream = stream or sys.stdout
+        self.colour = (hasattr(self.stream, "isatty") and self.stream.isatty() and "NO_COLOR" not in os.environ
+                       and os.environ.get("TERM") != "dumb")
+
+    def style(self, text: str, *styles: str) -> str:
+        if not self.colour or not styles:
+            return text
+        return "\x1b[" + ";".join(_CODES[s] for s in styles) + "m" + text + "\x1b[0m"
+
+    def line(self, text: str = "", *styles: str) -> None:
+        self.stream.write(self.style(text, *styles) + "\n")
+        self.stream.flush()
+
+    def json(self, value: Any) -> None:
+        self.stream.write(json.dumps(value, default=_json_default, sort_keys=True) + "\n")
+        self.stream.flush()
+
+    def err(self, text: str) -> None:
+        colour = sys.stderr.isatty() and "NO_COLOR" not in os.environ
+        prefix = "\x1b[31merror:\x1b[0m " if colour else "error: "
+        sys.stderr.write(prefix + text + "\n")
+        sys.stderr.flush()
+
+    def status(self, text: str) -> None:
+        """Progress on stderr (never mixed into JSON output)."""
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        cells = [[str(c) for c in row] for row in rows]
+        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+        self.line("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "bold")
+        for row in cells:
+            self.line("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)

@@ -54,3 +54,15 @@ def _resolve_ns(uri: URI, settings: Settings) -> URI | None:
 
 
 _RESOLVERS = {"mesh": _resolve_mesh, "ns": _resolve_ns}
+
+
+def report_failure(target: URI, settings: Settings) -> None:
+    """Tell the mesh registry (if this process runs one) that a provider failed, so it is skipped."""
+    import sys
+    if "meshrpc.mesh" not in sys.modules:
+        return
+    from .mesh import get_registry
+    try:
+        get_registry(settings).report_failure(str(target))
+    except Exception:  # reporting is advice; it must never break the caller
+        log.debug("could not report the failure of %s", target, exc_info=True)

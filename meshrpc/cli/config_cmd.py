@@ -6,13 +6,14 @@ import argparse
 import os
 import platform
 
-from ..config import ENV_PREFIX, Settings, config
+from ..config import ENV_PREFIX, Settings, config, reference_markdown
 from .output import Output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print the effective configuration")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--reference", action="store_true", help="the Markdown reference of every setting")
     p.set_defaults(run=run_config)
     p = sub.add_parser("version", help="print versions")
     p.add_argument("--json", action="store_true", help="one JSON object")
@@ -20,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_config(args: argparse.Namespace, out: Output) -> int:
+    if args.reference:
+        out.stream.write(reference_markdown())
+        return 0
     values = config.as_dict()
     if out.json_mode:
         out.json(values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import marshal
+import random
 import threading
 import time
 from typing import Any, Iterator
@@ -28,7 +29,7 @@ RECONNECT_PAUSE = 2.0  # seconds between attempts of _pyroReconnect (Pyro5's pac
 _LOCAL_ATTRS = frozenset({
     "_pyroUri", "_pyroConnection", "_pyroMethods", "_pyroOneway", "_pyroAttrs", "_pyroIdempotent",
     "_pyroTimeout", "_pyroSeq", "_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries",
-    "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroTarget", "_pyroRawWireResponse",
+    "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroLocator", "_pyroRawWireResponse",
     "__pyroTimeout", "_Proxy__pyroTimeout",
 })
 
@@ -62,8 +63,9 @@ class Proxy:
             raise errors.MeshError("connected_socket proxies are not supported")
         settings = settings or default_config
         object.__setattr__(self, "_pyroSettings", settings)
-        self._pyroUri = URI(uri)
-        self._pyroTarget: URI | None = None  # the resolved PYRO: URI of the current connection
+        given = URI(uri)
+        self._pyroUri = given  # the current target: replaced by the resolved PYRO URI once connected
+        self._pyroLocator: URI | None = None if given.is_direct else given  # PYRONAME/PYROMETA to re-resolve
         self._pyroConnection: FramedConnection | None = None
         self._pyroMethods: frozenset[str] = frozenset()
         self._pyroOneway: frozenset[str] = frozenset()
@@ -122,7 +124,7 @@ class Proxy:
             conn.close()
 
     def __copy__(self) -> "Proxy":
-        twin = Proxy(self._pyroUri, settings=self._pyroSettings)
+        twin = Proxy(self._pyroLocator or self._pyroUri, settings=self._pyroSettings)
         twin._pyroProcessMetadata({"methods": self._pyroMethods, "oneway": self._pyroOneway,
                                    "attrs": self._pyroAttrs, "idempotent": self._pyroIdempotent})
         twin._pyroHandshake = self._pyroHandshake
@@ -146,7 +148,7 @@ class Proxy:
         return {"__class__": "Pyro5.client.Proxy", "state": self.__getstate__()}
 
     def __getstate__(self) -> tuple:
-        return (str(self._pyroUri), tuple(self._pyroOneway), tuple(self._pyroMethods),
+        return (str(self._pyroLocator or self._pyroUri), tuple(self._pyroOneway), tuple(self._pyroMethods),
                 tuple(self._pyroAttrs), self._pyroHandshake, self._pyroSerializer)
 
     def __setstate__(self, state: tuple) -> None:
@@ -177,7 +179,7 @@ class Proxy:
             if self._pyroConnection is not None:
                 self._pyroConnection.close()
                 self._pyroConnection = None
-                log.debug("released connection to %s", self._pyroTarget or self._pyroUri)
+                log.debug("released connection to %s", self._pyroUri)
 
     def _pyroReconnect(self, tries: int = 100000000) -> None:
         """Drop the connection and connect again, trying `tries` times (RECONNECT_PAUSE apart)."""
@@ -227,13 +229,14 @@ class Proxy:
         return by_name(self._pyroSerializer or self._pyroSettings.SERIALIZER)
 
     def _pyroTargetObject(self) -> str:
-        return (self._pyroTarget or self._pyroUri).object
+        return self._pyroUri.object
 
     def _pyroResolve(self) -> URI:
-        if self._pyroUri.is_direct:
+        """The PYRO URI to connect to: the given one, or a provider of the logical name or tags."""
+        if self._pyroLocator is None:
             return self._pyroUri
         from ..resolve import resolve
-        return resolve(self._pyroUri, self._pyroSettings)
+        return resolve(self._pyroLocator, self._pyroSettings)
 
     def __connect(self) -> bool:
         if self._pyroConnection is not None:
@@ -241,8 +244,11 @@ class Proxy:
         target = self._pyroResolve()
         settings = self._pyroSettings
         timeout = self.__pyroTimeout
-        sock = connect(target.host, target.port, target.sockname, timeout or settings.CONNECT_TIMEOUT,
-                       settings.SOCK_NODELAY)
+        try:
+            sock = connect(target.host, target.port, target.sockname, timeout or settings.CONNECT_TIMEOUT,
+                           settings.SOCK_NODELAY)
+        except CommunicationError as exc:
+            raise _NotDelivered(str(exc), target) from None
         conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE,
                                 settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1,
                                 settings.PROTOCOL_ANNOTATIONS_MAX, settings.SPIN_WAIT)
@@ -250,12 +256,17 @@ class Proxy:
         try:
             payload = serializer.dumps({"handshake": self._pyroHandshake, "object": target.object})
             seq = next(self._pyroSeq) & 0xFFFF
-            conn.send(wire.Frame(wire.MSG_CONNECT, serializer.id, seq, payload, 0, self._pyroAnnotations(),
-                                 current_context.correlation_id))
-            reply = conn.recv()
+            try:
+                conn.send(wire.Frame(wire.MSG_CONNECT, serializer.id, seq, payload, 0, self._pyroAnnotations(),
+                                     current_context.correlation_id))
+                reply = conn.recv()
+            except (ConnectionClosedError, errors.TimeoutError) as exc:
+                raise _NotDelivered(f"handshake with {target} failed: {exc}", target) from None
             self._pyroResponseAnnotations(reply.annotations, reply.type)
             if reply.type == wire.MSG_CONNECTFAIL:
                 reason = _safe_loads(serializer, reply.payload)
+                if self._pyroLocator is not None and reason == "unknown object":
+                    raise _NotDelivered(f"{target} no longer serves that object", target)
                 raise CommunicationError(f"connection to {target} rejected: {reason}")
             if reply.type != wire.MSG_CONNECTOK:
                 raise ProtocolError(f"expected CONNECTOK from {target}, got message type {reply.type}")
@@ -269,48 +280,90 @@ class Proxy:
             raise
         sock.settimeout(timeout)
         self._pyroConnection = conn
-        self._pyroTarget = target
+        if self._pyroUri != target:
+            if self._pyroLocator is not None and self._pyroUri != self._pyroLocator:
+                log.info("rebound %s from %s to %s", self._pyroLocator, self._pyroUri, target)
+            self._pyroUri = target
         log.debug("connected to %s", target)
         return True
 
     # --- calling
     def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int = 0,
                     object_id: str | None = None) -> Any:
-        """Send one call and return its result (None for oneway calls)."""
-        attempts = self._pyroMaxRetries + 1
+        """Send one call and return its result (None for oneway calls).
+
+        Recovery (docs/resilience.md): a call that certainly did not reach a daemon is retried, for
+        PYRONAME/PYROMETA proxies on a freshly resolved provider, until REBIND_TIMEOUT; a call that may
+        have reached one is re-sent only when the method is idempotent or `_pyroMaxRetries` allows it."""
         with self._pyroLock:
-            for attempt in range(attempts):
+            retries_left = self._pyroMaxRetries
+            rebind = _Rebind(self._pyroSettings)
+            while True:
                 try:
                     return self.__invoke_once(methodname, vargs, kwargs, flags, object_id)
-                except (ConnectionClosedError, errors.TimeoutError) as exc:
-                    self._pyroRelease()
-                    if attempt + 1 >= attempts or isinstance(exc, errors.TimeoutError):
-                        raise
-                    log.info("retrying %s after: %s", methodname, exc)
-        raise AssertionError("unreachable")
+                except _NotDelivered as exc:
+                    self.__drop(exc.target, exc)
+                    if self._pyroLocator is None and not rebind.first:
+                        raise CommunicationError(str(exc)) from None  # a PYRO URI has nowhere else to go
+                    if not rebind.wait():
+                        raise self.__gave_up(exc, rebind) from None
+                except ConnectionClosedError as exc:  # sent, but no reply: it may have run
+                    self.__drop(self._pyroUri, exc)
+                    if methodname in self._pyroIdempotent and methodname != "<batch>" and rebind.wait():
+                        log.info("re-sending idempotent %s after: %s", methodname, exc)
+                        continue
+                    if retries_left > 0:
+                        retries_left -= 1
+                        log.info("re-sending %s (MAX_RETRIES) after: %s", methodname, exc)
+                        continue
+                    raise
+
+    def __drop(self, target: URI | None, reason: Exception) -> None:
+        self._pyroRelease()
+        if self._pyroLocator is not None and target is not None:
+            from ..resolve import report_failure
+            report_failure(target, self._pyroSettings)
+        log.info("connection to %s failed: %s", target or self._pyroUri, reason)
+
+    def __gave_up(self, exc: Exception, rebind: "_Rebind") -> CommunicationError:
+        what = self._pyroLocator or self._pyroUri
+        return CommunicationError(f"cannot reach {what} after {rebind.attempts} attempts in "
+                                  f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); last error: {exc}")
 
     def __invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
                       object_id: str | None) -> Any:
-        if self._pyroConnection is None:
-            self.__connect()
         conn = self._pyroConnection
-        assert conn is not None
+        if conn is not None and conn.poller.poll(0):
+            # an idle connection that is readable was closed by the daemon (or is out of step):
+            # replace it before sending, so the call certainly is not lost
+            raise _NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri)
+        if conn is None:
+            self.__connect()
+            conn = self._pyroConnection
+            assert conn is not None
         serializer = self._pyroSerializerObject()
-        object_id = object_id or self._pyroTarget.object  # type: ignore[union-attr]
+        object_id = object_id or self._pyroUri.object
         annotations = self._pyroAnnotations()
         if vargs and isinstance(vargs[0], SerializedBlob):
             payload, flags = self.__blob_payload(serializer, object_id, methodname, vargs, kwargs, flags, annotations)
         else:
             payload = serializer.dumps_call(object_id, methodname, vargs, kwargs)
         seq = next(self._pyroSeq) & 0xFFFF
-        conn.send(wire.Frame(wire.MSG_INVOKE, serializer.id, seq, payload, flags, annotations,
-                             current_context.correlation_id))
+        try:
+            conn.send(wire.Frame(wire.MSG_INVOKE, serializer.id, seq, payload, flags, annotations,
+                                 current_context.correlation_id))
+        except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
+            raise _NotDelivered(str(exc), self._pyroUri) from None
         if flags & wire.FLAG_ONEWAY:
             return None
-        reply = conn.recv()
+        try:
+            reply = conn.recv()
+        except errors.TimeoutError:
+            self._pyroRelease()  # a late reply would put the connection out of step
+            raise
         if reply.type != wire.MSG_RESULT or reply.seq != seq:
             self._pyroRelease()
-            raise ProtocolError(f"invalid reply from {self._pyroTarget} (type {reply.type}, seq {reply.seq}, "
+            raise ProtocolError(f"invalid reply from {self._pyroUri} (type {reply.type}, seq {reply.seq}, "
                                 f"expected {seq}); connection closed")
         if reply.serializer_id != serializer.id:
             self._pyroRelease()
@@ -345,6 +398,43 @@ class Proxy:
     def _pyroInvokeBatch(self, calls: list[tuple[str, tuple, dict]], oneway: bool = False) -> Any:
         flags = wire.FLAG_BATCH | (wire.FLAG_ONEWAY if oneway else 0)
         return self._pyroInvoke("<batch>", calls, None, flags)
+
+
+class _NotDelivered(ConnectionClosedError):
+    """A call that certainly did not reach a daemon: connecting, the handshake or sending failed."""
+
+    def __init__(self, message: str, target: URI | None) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class _Rebind:
+    """Backoff with jitter between attempts, bounded by REBIND_TIMEOUT."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.timeout = settings.REBIND_TIMEOUT
+        self.pause = settings.REBIND_BACKOFF_MIN
+        self.pause_max = settings.REBIND_BACKOFF_MAX
+        self.started = time.monotonic()
+        self.attempts = 1
+        self.first = True
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def wait(self) -> bool:
+        """Pause before the next attempt; False when the time is up."""
+        if self.first:  # the first retry goes at once: a stale connection is the common case
+            self.first = False
+            self.attempts += 1
+            return self.elapsed() < self.timeout
+        remaining = self.timeout - self.elapsed()
+        if remaining <= 0:
+            return False
+        time.sleep(min(remaining, self.pause * random.uniform(0.5, 1.5)))
+        self.pause = min(self.pause * 2, self.pause_max)
+        self.attempts += 1
+        return True
 
 
 class StreamResultIterator:

@@ -647,3 +647,29 @@ def test_class_hooks(start_daemon):
     finally:
         meshrpc.unregister_class_to_dict(Point)
         meshrpc.unregister_dict_to_class("geo.Point")
+
+
+def test_next_call_reconnects_after_daemon_restart(start_daemon):
+    """A PYRO proxy whose daemon restarted (same id, host, port) goes on with its next call, even a
+    non-idempotent one: the closed connection is noticed before sending."""
+    first = start_daemon()
+    port = first.daemon.sock.getsockname()[1]
+    calc = Calculator()
+    uri = first.register(calc, "calc")
+    proxy = meshrpc.Proxy(uri)
+    assert proxy.add(1, 1) == 2
+    first.stop()
+    second = start_daemon(port=port)
+    second.register(calc, "calc", force=True)
+    assert proxy.add(2, 2) == 4
+    proxy._pyroRelease()
+
+
+def test_down_daemon_fails_fast_with_clear_error(start_daemon):
+    running = start_daemon()
+    uri = running.register(Calculator(), "calc")
+    running.stop()
+    started = time.monotonic()
+    with pytest.raises(errors.CommunicationError, match="connection refused"):
+        meshrpc.Proxy(uri).add(1, 2)
+    assert time.monotonic() - started < 2

@@ -74,7 +74,7 @@ def get_remote_traceback(exc: BaseException) -> str | None:
     lines = getattr(exc, REMOTE_TRACEBACK_ATTR, None)
     if lines is None:
         return None
-    return "".join(lines) if isinstance(lines, (list, tuple)) else str(lines)
+    return "".join(map(str, lines)) if isinstance(lines, (list, tuple)) else str(lines)
 
 
 def format_traceback(exc: BaseException, detailed: bool = False) -> list[str]:
@@ -114,8 +114,13 @@ def exception_from_wire(classname: str, args: Any, attributes: dict[str, Any] | 
     try:
         exc = cls(*args)
     except Exception:  # an exception class with an unusual constructor
-        exc = cls.__new__(cls)
-        exc.args = tuple(args)
+        try:
+            exc = cls.__new__(cls)
+            exc.args = tuple(args)
+        except Exception:
+            raise SerializeError(f"cannot rebuild exception {classname} from {args!r}") from None
+    if attributes is not None and not isinstance(attributes, dict):
+        raise SerializeError(f"exception attributes must be a dict, not {type(attributes).__name__}")
     for key, value in (attributes or {}).items():
         if isinstance(key, str) and not (key.startswith("__") and key.endswith("__")):
             try:

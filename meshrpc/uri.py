@@ -18,8 +18,8 @@ DEFAULT_NS_PORT = 9090
 
 _LOCATION = re.compile(r"""
     (?:\./u:(?P<sockname>.+))                         # unix socket path
-  | (?:\[(?P<ipv6>[0-9a-fA-F:.%a-zA-Z]+)\]|(?P<host>[^:\[\]@/\s]+))(?::(?P<port>\d+))?
-""", re.VERBOSE)
+  | (?:\[(?P<ipv6>[0-9a-fA-F]*:[0-9a-fA-F:.]*(?:%[\w.-]+)?)\]|(?P<host>[^:\[\]@/\s]+))(?::(?P<port>[0-9]+))?
+""", re.VERBOSE | re.ASCII)
 
 
 class InvalidURIError(MeshError, ValueError):
@@ -88,12 +88,29 @@ class URI:
     def __wire_dict__(self) -> dict[str, Any]:
         return {"__class__": "Pyro5.core.URI", "state": self.__getstate__()}
 
-    # Pyro5-compatible state: (protocol, object, sockname, host, port)
+    # Pyro5-compatible state: (protocol, object, sockname, host, port); Pyro5 keeps PYROMETA tags
+    # as a set and an absent port as None
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.protocol, self.object, self.sockname, self.host, self.port)
+        obj: Any = set(self.tags) if self.protocol == "PYROMETA" else self.object
+        return (self.protocol, obj, self.sockname, self.host, self.port or None)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.protocol, self.object, self.sockname, self.host, self.port = state
+        if not isinstance(state, (tuple, list)) or len(state) != 5:
+            raise InvalidURIError("a URI state is (protocol, object, sockname, host, port)")
+        protocol, obj, sockname, host, port = state
+        if protocol not in PROTOCOLS:
+            raise InvalidURIError(f"unknown URI protocol {protocol!r} in URI state")
+        if protocol == "PYROMETA" and isinstance(obj, (set, frozenset, list, tuple)):
+            obj = ",".join(sorted(str(tag) for tag in obj))
+        if not isinstance(obj, str) or not obj:
+            raise InvalidURIError("bad object in URI state")
+        if not (sockname is None or isinstance(sockname, str)) or not (host is None or isinstance(host, str)):
+            raise InvalidURIError("bad location in URI state")
+        if port is None:
+            port = 0
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise InvalidURIError(f"bad port {port!r} in URI state")
+        self.protocol, self.object, self.sockname, self.host, self.port = protocol, obj, sockname, host, port
 
 
 def _parse(text: str) -> tuple[str, str, str | None, int, str | None]:

@@ -72,8 +72,8 @@ def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> 
     if frame.annotations:
         parts = []
         for key, value in frame.annotations.items():
-            key_bytes = key.encode("ascii")
-            if len(key_bytes) != 4:
+            key_bytes = key.encode("ascii", "replace")
+            if len(key_bytes) != 4 or not key.isascii():
                 raise ProtocolError(f"annotation id must be 4 ASCII characters, not {key!r}")
             parts.append(_ANNOTATION.pack(key_bytes, len(value)))
             parts.append(bytes(value))
@@ -85,6 +85,8 @@ def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> 
                                    f"MAX_MESSAGE_SIZE ({max_size}); send less or raise the limit")
     corr = frame.correlation_id
     if corr:
+        if len(corr) != 16:
+            raise ProtocolError(f"a correlation id is 16 bytes (a UUID), not {len(corr)}")
         flags |= FLAG_CORR_ID
     header = HEADER.pack(TAG, PROTOCOL_VERSION, frame.type, frame.serializer_id, flags,
                          frame.seq & 0xFFFF, len(payload), len(annotations), corr or _ZERO_ID, 0, MAGIC)
@@ -199,4 +201,6 @@ def decompress(payload: bytes, max_size: int) -> bytes:
         raise ProtocolError(f"compressed payload is corrupt: {exc}") from None
     if len(data) > max_size or inflater.unconsumed_tail:
         raise MessageTooLargeError(f"compressed payload expands beyond MAX_MESSAGE_SIZE ({max_size})")
+    if not inflater.eof:
+        raise ProtocolError("compressed payload is truncated")
     return data

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import serpent
 
+from . import marshal_check
 from ..uri import URI
 from ..errors import (WIRE_NAME_OF, SecurityError, SerializeError,
                       exception_from_wire)
@@ -105,7 +106,9 @@ def class_name(obj: Any) -> str:
 
 def exception_to_dict(exc: BaseException) -> dict:
     attributes = {k: v for k, v in vars(exc).items() if not k.startswith("__")}
-    return {"__class__": WIRE_NAME_OF.get(type(exc)) or class_name(exc), "__exception__": True,
+    # a subclass of a meshrpc error travels as its nearest known ancestor, which every peer can rebuild
+    wire_name = next((WIRE_NAME_OF[c] for c in type(exc).__mro__ if c in WIRE_NAME_OF), None)
+    return {"__class__": wire_name or class_name(exc), "__exception__": True,
             "args": exc.args, "attributes": attributes}
 
 
@@ -143,6 +146,15 @@ def object_to_dict(obj: Any) -> dict:
 
 def dict_to_object(data: dict) -> Any:
     """Rebuild an object from its dict form, for the classes this side knows; SerializeError otherwise."""
+    try:
+        return _dict_to_object(data)
+    except (SerializeError, SecurityError):
+        raise
+    except Exception as exc:  # a malformed dict (or a hook that choked on it) is bad data, nothing else
+        raise SerializeError(f"malformed serialized {data.get('__class__')!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _dict_to_object(data: dict) -> Any:
     classname = data.get("__class__")
     if isinstance(classname, bytes):
         classname = classname.decode("utf-8", "replace")
@@ -153,10 +165,7 @@ def dict_to_object(data: dict) -> Any:
         return converter(classname, data)
     factory = WIRE_CLASSES.get(classname)
     if factory is not None:
-        try:
-            return factory(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SerializeError(f"malformed serialized {classname}: {exc}") from None
+        return factory(data)
     if "__" in classname:
         raise SecurityError(f"refused to deserialize a class with double underscores in its name: {classname}")
     if data.get("__exception__"):
@@ -185,6 +194,15 @@ def recreate_objects(data: Any) -> Any:
     if t is set or t is frozenset:
         return t(recreate_objects(v) for v in data)
     return data
+
+
+def _recreate(value: Any, raw: bytes) -> Any:
+    if b"__class__" not in raw:  # the common case costs one C-speed search
+        return value
+    try:
+        return recreate_objects(value)
+    except RecursionError:
+        raise SerializeError("serialized data nested too deeply") from None
 
 
 class Serializer:
@@ -219,7 +237,7 @@ class Serializer:
         return object_id, method, tuple(vargs), kwargs or {}
 
     def _decode_error(self, exc: Exception) -> SerializeError:
-        if isinstance(exc, SerializeError):
+        if isinstance(exc, (SerializeError, SecurityError)):
             return exc
         return SerializeError(f"cannot decode {self.name} data: {type(exc).__name__}: {exc}")
 
@@ -269,13 +287,12 @@ class SerpentSerializer(Serializer):
             raise SerializeError(f"cannot serialize with serpent: {exc}") from None
 
     def loads(self, data: bytes) -> Any:
+        data = bytes(data)
         try:
             value = serpent.loads(data)
         except Exception as exc:  # serpent raises ValueError, SyntaxError, MemoryError...
             raise self._decode_error(exc) from None
-        if b"__class__" in data:
-            value = recreate_objects(value)
-        return value
+        return _recreate(value, data)
 
 
 _MARSHAL_TYPES = (str, int, float, type(None), bool, complex, bytes, bytearray)
@@ -311,13 +328,13 @@ class MarshalSerializer(Serializer):
         return self._convert(object_to_dict(obj))
 
     def loads(self, data: bytes) -> Any:
+        data = bytes(data)
         try:
+            marshal_check.check(data)  # marshal trusts declared sizes: never let a peer choose them
             value = marshal.loads(data)
         except Exception as exc:
             raise self._decode_error(exc) from None
-        if b"__class__" in data:
-            value = recreate_objects(value)
-        return value
+        return _recreate(value, data)
 
 
 def _json_default(obj: Any) -> Any:

@@ -30,7 +30,7 @@ _LOCAL_ATTRS = frozenset({
     "_pyroUri", "_pyroConnection", "_pyroMethods", "_pyroOneway", "_pyroAttrs", "_pyroIdempotent",
     "_pyroTimeout", "_pyroSeq", "_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries",
     "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroLocator", "_pyroRawWireResponse",
-    "__pyroTimeout", "_Proxy__pyroTimeout",
+    "_Proxy__pyroTimeout",
 })
 
 
@@ -110,6 +110,35 @@ class Proxy:
 
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | self._pyroMethods | self._pyroAttrs)
+
+    # --- container protocol: forwarded when the remote object exposes the dunder method
+    def __remote_dunder(self, name: str, *args: Any) -> Any:
+        if not self._pyroMethods and not self._pyroAttrs:
+            self._pyroGetMetadata()
+        if name not in self._pyroMethods:
+            raise TypeError(f"remote object '{self._pyroUri}' does not expose {name}")
+        return self._pyroInvoke(name, args, None)
+
+    def __len__(self) -> int:
+        return self.__remote_dunder("__len__")
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.__remote_dunder("__getitem__", key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__remote_dunder("__setitem__", key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.__remote_dunder("__delitem__", key)
+
+    def __contains__(self, item: Any) -> bool:
+        return self.__remote_dunder("__contains__", item)
+
+    def __iter__(self) -> Any:
+        return self.__remote_dunder("__iter__")
+
+    def __bool__(self) -> bool:
+        return True  # a proxy is always true; `if proxy:` must not call a remote __len__
 
     # --- lifecycle
     def __enter__(self) -> "Proxy":

@@ -69,6 +69,18 @@ def behavior(instance_mode: str = "session", instance_creator: Callable[[type], 
     return mark
 
 
+# dunder methods a class-level @expose never exposes: object lifecycle, identity, comparison and
+# attribute protocol hooks are the server's own business (container and numeric dunders are exposed)
+_NEVER_EXPOSED_DUNDERS = frozenset("""
+    __init__ __new__ __del__ __call__ __repr__ __str__ __format__ __bool__ __eq__ __ne__ __hash__
+    __lt__ __le__ __gt__ __ge__ __dir__ __enter__ __exit__ __copy__ __deepcopy__ __sizeof__
+    __getattr__ __setattr__ __getattribute__ __delattr__ __getstate__ __setstate__ __reduce__
+    __reduce_ex__ __init_subclass__ __class_getitem__ __subclasshook__ __instancecheck__
+    __subclasscheck__ __getnewargs__ __getnewargs_ex__ __set_name__ __get__ __set__ __delete__
+    __wire_dict__ __class__ __module__ __weakref__ __dict__ __doc__
+""".split())
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
@@ -89,17 +101,19 @@ def exposed_members_of_class(cls: type) -> dict[str, frozenset[str]]:
         if _is_private(name):
             continue
         member = inspect.getattr_static(cls, name)
-        dunder = name.startswith("__")
-        exposed = _exposed_flag(member) or (class_exposed and not dunder)
-        if not exposed or name in ("_pyroExposed",):
+        if name.startswith("__"):
+            # dunders: explicitly exposed ones, or, for an exposed class, the ones it defines itself
+            exposed = _exposed_flag(member) or (class_exposed and name not in _NEVER_EXPOSED_DUNDERS
+                                                 and not hasattr(object, name))
+        else:
+            exposed = _exposed_flag(member) or class_exposed
+        if not exposed:
             continue
         if isinstance(member, property):
             attrs.add(name)
             continue
         func = getattr(member, "__func__", member)
         if not callable(func) or inspect.isclass(func):
-            continue
-        if dunder and not _exposed_flag(member):
             continue
         methods.add(name)
         if getattr(func, "_pyroOneway", False):

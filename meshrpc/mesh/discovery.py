@@ -1,0 +1,477 @@
+"""The zeroconf side: the process's one `zeroconf.Zeroconf` and everything that talks to it.
+
+Owns: lazy creation of the Zeroconf instance on the union of the interfaces its users need, service
+registration for publishers, heartbeats (timers on zeroconf's loop, so slow subscriber callbacks
+cannot silence them), the browser and record listener that feed registries, the `meshrpc-mesh`
+worker thread (decode, feed, sweep, watch interfaces) and endpoint probes.
+
+Threading rule from zeroconf: its sync API must not be called from its loop thread. Nothing here
+blocks on the loop; calls made *on* the loop thread (e.g. from an asyncio-based user) are scheduled
+instead of awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import math
+import queue
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from zeroconf import (
+    DNSOutgoing,
+    DNSText,
+    RecordUpdate,
+    RecordUpdateListener,
+    ServiceBrowser,
+    ServiceInfo,
+    Zeroconf,
+    current_time_millis,
+)
+
+from ..config import Settings
+from ..errors import NamingError
+from . import net, records
+from .records import Entry, Heartbeat
+
+if TYPE_CHECKING:
+    from .publisher import MeshPublisher
+    from .registry import Registry
+
+log = logging.getLogger("meshrpc.mesh")
+
+# DNS constants (RFC 1035 / RFC 6762), spelled out rather than taken from zeroconf's private const
+_TYPE_TXT = 16
+_CLASS_IN_UNIQUE = 1 | 0x8000           # IN with the mDNS cache-flush bit: replaces older copies
+_FLAGS_RESPONSE_AA = 0x8000 | 0x0400    # QR (response) + AA (authoritative)
+_SUFFIX = "." + records.SERVICE_TYPE.lower()
+_STOP = object()
+
+
+@dataclass
+class _Beat:
+    realm: str
+    node: str
+    incarnation: int
+    interval: float
+    ttl: int
+    seq: int = 0
+
+    def record(self, goodbye: bool = False) -> DNSText:
+        # receivers pass a TTL-0 record on only if it equals a cached one: a goodbye repeats the last beat
+        if not goodbye or self.seq == 0:
+            self.seq += 1
+        text = records.encode_heartbeat(Heartbeat(self.realm, self.node, self.incarnation, self.seq))
+        return DNSText(records.service_name(records.heartbeat_label(self.node)), _TYPE_TXT,
+                       _CLASS_IN_UNIQUE, 0 if goodbye else self.ttl, text)
+
+
+class _Listener(RecordUpdateListener):
+    """Runs on zeroconf's loop: picks our TXT records and queues them, nothing more."""
+
+    def __init__(self, discovery: Discovery) -> None:
+        self._discovery = discovery
+
+    def async_update_records(self, zc: Zeroconf, now: float, updates: list[RecordUpdate]) -> None:
+        if not self._discovery.has_registries:
+            return                            # a publish-only process: attach() seeds from the cache later
+        for update in updates:
+            record = update.new
+            if record.type == _TYPE_TXT and record.name.lower().endswith(_SUFFIX):
+                self._discovery.enqueue_record(record)
+
+
+class Discovery:
+    """Process-wide: use get_discovery(). `settings` gives the process-wide limits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.copy()
+        self._lock = threading.Lock()
+        self._zc: Zeroconf | None = None
+        self._interfaces: list[str] = []
+        self._needs: dict[int, Callable[[], list[str]]] = {}
+        self._registries: list[Registry] = []
+        self._publishers: weakref.WeakSet[MeshPublisher] = weakref.WeakSet()
+        self._beats: dict[str, _Beat] = {}
+        self._beating = False                 # a heartbeat timer chain is armed on the loop
+        self._browser: ServiceBrowser | None = None
+        self._listener = _Listener(self)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.settings.MESH_FEED_QUEUE_MAX))
+        self._worker: threading.Thread | None = None
+        self._probe_slots = threading.BoundedSemaphore(max(1, self.settings.MESH_PROBE_CONCURRENCY))
+        self._warned: OrderedDict[str, None] = OrderedDict()
+        self._overflow_warned = False
+        self.closed = False
+
+    @property
+    def has_registries(self) -> bool:
+        return bool(self._registries)
+
+    # ------------------------------------------------------------ the Zeroconf instance
+
+    def zeroconf(self, owner: object, interfaces: Callable[[], list[str]]) -> Zeroconf:
+        """The shared Zeroconf, created or widened so that it covers owner's interfaces."""
+        with self._lock:
+            if self.closed:
+                raise NamingError("mesh discovery was closed")
+            self._needs[id(owner)] = interfaces
+            wanted = self._wanted_interfaces()
+            if self._zc is None:
+                log.debug("mesh: starting zeroconf on %s", wanted)
+                try:
+                    self._zc = Zeroconf(interfaces=wanted)   # a list, never InterfaceChoice.All
+                except Exception as exc:
+                    del self._needs[id(owner)]
+                    raise NamingError(f"cannot start mDNS on interfaces {wanted}: {exc}") from exc
+                self._interfaces = wanted
+                self._zc.add_listener(self._listener, None)
+                self._worker = threading.Thread(target=self._run, name="meshrpc-mesh", daemon=True)
+                self._worker.start()
+                atexit.register(self.close)          # normal exit sends goodbyes
+            elif wanted != self._interfaces:
+                self._set_interfaces(wanted)
+            return self._zc
+
+    def release(self, owner: object) -> None:
+        with self._lock:
+            if self._needs.pop(id(owner), None) is not None and self._needs and self._zc is not None \
+                    and not self.closed:
+                wanted = self._wanted_interfaces()
+                if wanted != self._interfaces:
+                    self._set_interfaces(wanted)
+
+    def _wanted_interfaces(self) -> list[str]:
+        wanted: dict[str, None] = {}
+        for interfaces in self._needs.values():
+            wanted.update(dict.fromkeys(interfaces()))
+        return list(wanted) or list(net.LOOPBACK)
+
+    def _set_interfaces(self, wanted: list[str]) -> None:
+        """Lock held. zeroconf re-announces our services on interfaces that appeared."""
+        assert self._zc is not None
+        log.info("mesh: interfaces %s -> %s", self._interfaces, wanted)
+        self._interfaces = wanted
+        self._schedule(self._zc.async_update_interfaces(wanted), wait=None)
+
+    # ------------------------------------------------------------ publishing (used by MeshPublisher)
+
+    def register(self, info: ServiceInfo, timeout: float) -> None:
+        # cooperating_responders: instance labels are unique by construction, so no 1.6 s probing
+        async def run(zc: Zeroconf) -> None:
+            await zc.async_register_service(info, cooperating_responders=True)
+        self._schedule(run(self._require_zc()), wait=timeout)
+
+    def update(self, info: ServiceInfo, timeout: float | None) -> None:
+        async def run(zc: Zeroconf) -> None:
+            await zc.async_update_service(info)
+        self._schedule(run(self._require_zc()), wait=timeout)
+
+    def unregister(self, infos: list[ServiceInfo], timeout: float) -> None:
+        """Goodbyes for infos, in parallel; waits until they were sent (at most timeout)."""
+        async def run(zc: Zeroconf) -> None:
+            broadcasts = [await zc.async_unregister_service(info) for info in infos]
+            await asyncio.gather(*broadcasts)
+        if infos and self._zc is not None and not self.closed:
+            self._schedule(run(self._zc), wait=timeout)
+
+    def add_publisher(self, publisher: MeshPublisher) -> None:
+        with self._lock:
+            self._publishers.add(publisher)
+
+    def start_heartbeat(self, realm: str, node: str, incarnation: int, settings: Settings) -> None:
+        with self._lock:
+            if node in self._beats:
+                return
+            self._beats[node] = _Beat(realm, node, incarnation, settings.MESH_HEARTBEAT_INTERVAL,
+                                      max(1, math.ceil(settings.MESH_LIVENESS_WINDOW)))
+            first, self._beating = not self._beating, True
+        if first:
+            self._call_on_loop(self._beat)
+
+    def stop_heartbeat(self, node: str, goodbye: bool) -> None:
+        """Stop node's heartbeats; goodbye: tell receivers the node is gone (all its entries)."""
+        with self._lock:
+            beat = self._beats.pop(node, None)
+            zc = self._zc
+        if beat is None or zc is None or not goodbye:
+            return
+        out = DNSOutgoing(_FLAGS_RESPONSE_AA)
+        out.add_answer_at_time(beat.record(goodbye=True), 0)
+        self._call_on_loop(lambda: zc.async_send(out))
+        self.local_feed(Heartbeat(beat.realm, beat.node, beat.incarnation, beat.seq), goodbye=True)
+
+    def _beat(self) -> None:
+        """On zeroconf's loop: one packet with the heartbeat of every local node, then re-arm."""
+        with self._lock:
+            zc, beats = self._zc, list(self._beats.values())
+            if self.closed or zc is None or not beats:
+                self._beating = False
+                return
+            out = DNSOutgoing(_FLAGS_RESPONSE_AA)
+            for beat in beats:
+                out.add_answer_at_time(beat.record(), 0)
+            interval = min(beat.interval for beat in beats)
+            assert zc.loop is not None
+            zc.loop.call_later(interval, self._beat)
+        zc.async_send(out)
+        heard = time.monotonic()
+        for beat in beats:   # registries of this process need not wait for the multicast loopback
+            self._put(("item", Heartbeat(beat.realm, beat.node, beat.incarnation, beat.seq), False, heard))
+
+    def local_feed(self, item: Entry | Heartbeat, goodbye: bool = False) -> None:
+        """This process's own publications reach its registries directly (at once, no network)."""
+        if self._on_loop():
+            self._put(("item", item, goodbye, time.monotonic()))   # keep callbacks off the loop
+        else:
+            self._dispatch(item, goodbye, time.monotonic())
+
+    # ------------------------------------------------------------ browsing (the registries' Source)
+
+    def attach(self, registry: Registry) -> None:
+        settings = registry.settings
+        fixed = net.interfaces_for(settings.HOST, settings.INTERFACES)
+        dynamic = net.is_wildcard(settings.HOST, settings.INTERFACES)
+        zc = self.zeroconf(registry, (lambda: net.interfaces_for(settings.HOST)) if dynamic
+                           else (lambda: fixed))
+        registry.set_local_hosts(net.local_hosts())
+        with self._lock:
+            self._registries.append(registry)
+            start_browser = self._browser is None
+            publishers = list(self._publishers)
+        if start_browser:
+            # The browser sends the queries (first within ~0.1 s, then backing off); answers reach
+            # registries through the record listener, so its own events are not needed.
+            self._browser = ServiceBrowser(zc, records.SERVICE_TYPE, handlers=[_ignore_browser_event])
+        for publisher in publishers:   # what this process publishes itself
+            for entry in publisher.entries():
+                registry.feed(entry)
+        self._seed_from_cache(zc)
+
+    def detach(self, registry: Registry) -> None:
+        with self._lock:
+            if registry in self._registries:
+                self._registries.remove(registry)
+        self.release(registry)
+
+    def probe(self, entry: Entry, timeout: float, done: Callable[[Entry, bool], None]) -> bool:
+        if not self._probe_slots.acquire(blocking=False):
+            return False
+
+        def run() -> None:
+            try:
+                reachable = net.probe(entry.uri, timeout)
+            finally:
+                self._probe_slots.release()
+            done(entry, reachable)
+        threading.Thread(target=run, name="meshrpc-mesh-probe", daemon=True).start()
+        return True
+
+    def _seed_from_cache(self, zc: Zeroconf) -> None:
+        """Records heard before we browsed (zeroconf caches everything) count with their age."""
+        async def collect() -> None:
+            for name in zc.cache.names():
+                if name.endswith(_SUFFIX):
+                    for record in zc.cache.async_entries_with_name(name):
+                        if record.type == _TYPE_TXT and not record.is_expired(current_time_millis()):
+                            self.enqueue_record(record)
+        if not self._on_loop():
+            self._schedule(collect(), wait=self.settings.MESH_PUBLISH_TIMEOUT)
+
+    # ------------------------------------------------------------ the worker thread
+
+    def enqueue_record(self, record: DNSText) -> None:
+        """From the loop: queue a TXT record with the monotonic time it was received."""
+        age = max(0.0, (current_time_millis() - record.created) / 1000.0)
+        self._put(("txt", record.name, record.text, record.ttl == 0, time.monotonic() - age))
+
+    def _put(self, item: Any) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            if not self._overflow_warned:   # flood: drop rather than grow without bound
+                self._overflow_warned = True
+                log.warning("mesh: more than %d records waiting; dropping (MESH_FEED_QUEUE_MAX)",
+                            self._queue.maxsize)
+
+    def _run(self) -> None:
+        next_sweep = next_check = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_sweep:
+                for registry in self._registry_list():
+                    registry.sweep()
+                next_sweep = now + min((r.settings.MESH_SWEEP_INTERVAL for r in self._registry_list()),
+                                       default=self.settings.MESH_SWEEP_INTERVAL)
+            if now >= next_check:
+                self._check_interfaces()
+                next_check = now + self.settings.MESH_INTERFACE_CHECK_INTERVAL
+            try:
+                item = self._queue.get(timeout=max(0.0, min(next_sweep, next_check) - time.monotonic()))
+            except queue.Empty:
+                continue
+            if item is _STOP:
+                return
+            try:
+                self._handle(item)
+            except Exception:  # the worker must survive anything the network sends
+                log.exception("mesh: failed to process %r", item[:2])
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind, first, second, third, *rest = item
+        if kind == "item":
+            self._dispatch(first, second, third)
+            return
+        name, text, goodbye, heard = first, second, third, rest[0]
+        label = records.label_of(name)
+        decoded, why = records.decode(text, label=label, max_size=self.settings.MESH_TXT_MAX) \
+            if label is not None else (None, "not a service instance name")
+        if decoded is None:
+            self._warn_once(name, why)
+            return
+        self._dispatch(decoded, goodbye, heard)
+
+    def _dispatch(self, item: Entry | Heartbeat, goodbye: bool, heard: float) -> None:
+        for registry in self._registry_list():
+            if registry.realm == item.realm:
+                if goodbye:
+                    registry.feed_goodbye(item)
+                else:
+                    registry.feed(item, heard)
+
+    def _warn_once(self, source: str, why: str) -> None:
+        key = source.lower()
+        if key in self._warned:
+            return
+        self._warned[key] = None
+        if len(self._warned) > self.settings.MESH_MAX_NODES:     # bounded like everything fed from outside
+            self._warned.popitem(last=False)
+        log.warning("mesh: ignoring record %s: %s", source[:200], why)
+
+    def _check_interfaces(self) -> None:
+        """Addresses change at runtime (DHCP, VPN, cable); zeroconf does not notice by itself."""
+        with self._lock:
+            if self._zc is None or self.closed:
+                return
+            try:
+                wanted = self._wanted_interfaces()
+            except Exception:  # a netifaces hiccup must not stop the worker
+                log.exception("mesh: could not read interfaces")
+                return
+            if wanted == self._interfaces:
+                return
+            self._set_interfaces(wanted)
+            publishers, registries = list(self._publishers), list(self._registries)
+        hosts = net.local_hosts()
+        for registry in registries:
+            registry.set_local_hosts(hosts)
+        for publisher in publishers:
+            publisher.refresh_addresses()
+
+    def _registry_list(self) -> list[Registry]:
+        with self._lock:
+            return list(self._registries)
+
+    # ------------------------------------------------------------ loop helpers and shutdown
+
+    def _require_zc(self) -> Zeroconf:
+        zc = self._zc
+        if zc is None or self.closed:
+            raise NamingError("mesh discovery is not running")
+        return zc
+
+    def _on_loop(self) -> bool:
+        zc = self._zc
+        try:
+            return zc is not None and asyncio.get_running_loop() is zc.loop
+        except RuntimeError:                  # no loop running in this thread
+            return False
+
+    def _call_on_loop(self, func: Callable[[], Any]) -> None:
+        zc = self._zc
+        if zc is not None and zc.loop is not None and not zc.loop.is_closed():
+            zc.loop.call_soon_threadsafe(func)
+
+    def _schedule(self, coro: Coroutine[Any, Any, Any], wait: float | None) -> None:
+        """Run coro on zeroconf's loop; wait up to `wait` seconds for it unless on the loop or None."""
+        zc = self._zc
+        assert zc is not None and zc.loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, zc.loop)
+        future.add_done_callback(_log_failure)
+        if wait is None or self._on_loop():
+            return
+        try:
+            future.result(wait)
+        except (concurrent.futures.TimeoutError, TimeoutError):
+            log.debug("mesh: zeroconf operation still running after %.2f s", wait)
+        except Exception as exc:
+            raise NamingError(f"mesh discovery failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Goodbyes for everything this process published, then stop (idempotent)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            zc, browser, worker, beats = self._zc, self._browser, self._worker, list(self._beats.values())
+            self._beats.clear()
+            self._browser = None
+        atexit.unregister(self.close)
+        if zc is not None:
+            if beats:
+                out = DNSOutgoing(_FLAGS_RESPONSE_AA)
+                for beat in beats:
+                    out.add_answer_at_time(beat.record(goodbye=True), 0)
+                zc.send(out)
+            if browser is not None:
+                browser.cancel()
+            if not self._on_loop():
+                zc.remove_listener(self._listener)
+                zc.close()                    # sends goodbyes for every registered service
+        try:
+            self._queue.put(_STOP, timeout=self.settings.MESH_GOODBYE_TIMEOUT)
+        except queue.Full:
+            pass
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=self.settings.MESH_GOODBYE_TIMEOUT)
+
+
+def _ignore_browser_event(**_: Any) -> None:
+    pass
+
+
+def _log_failure(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("mesh: zeroconf operation failed: %s", future.exception())
+
+
+_instance: Discovery | None = None
+_instance_lock = threading.Lock()
+
+
+def get_discovery(settings: Settings | None = None) -> Discovery:
+    """The process's discovery (created on first use with settings, default meshrpc.config.config)."""
+    global _instance
+    with _instance_lock:
+        if _instance is None or _instance.closed:
+            if settings is None:
+                from ..config import config as default_settings  # the current process default
+                settings = default_settings
+            _instance = Discovery(settings)
+        return _instance
+
+
+def reset() -> None:
+    """Close the process's discovery (goodbyes sent); the next use creates a fresh one."""
+    global _instance
+    with _instance_lock:
+        instance, _instance = _instance, None
+    if instance is not None:
+        instance.close()

@@ -1,0 +1,124 @@
+"""Which interfaces and addresses discovery uses, this machine's addresses, and endpoint probes."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+import netifaces
+
+from ..uri import URI
+
+log = logging.getLogger("meshrpc.mesh")
+
+LOOPBACK = ["127.0.0.1"]
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def is_wildcard(bind_host: str, override: str = "") -> bool:
+    """True when the interfaces follow the machine's addresses (and may change at runtime)."""
+    return not override.strip() and bind_host.strip() in ("0.0.0.0", "::")
+
+
+def interfaces_for(bind_host: str, override: str = "") -> list[str]:
+    """mDNS interface addresses for a daemon bound to bind_host (override: INTERFACES setting).
+
+    Never InterfaceChoice.All: a daemon on localhost must not send discovery traffic off the machine.
+    """
+    if override.strip():
+        return _dedup(part.strip() for part in override.split(",") if part.strip())
+    host = bind_host.strip()
+    if is_wildcard(host):
+        found = ipv4_addresses(include_loopback=False)
+        if not found:
+            log.warning("mesh: no non-loopback IPv4 interface for %r; announcing on loopback only", host)
+            return list(LOOPBACK)
+        return found
+    address = _address_of(host)
+    if address is None or _is_loopback(address):
+        return list(LOOPBACK)
+    return [address]
+
+
+def addresses_for(bind_host: str, interfaces: list[str]) -> list[str]:
+    """Addresses to publish in A/AAAA records: where a daemon bound to bind_host is reachable."""
+    host = bind_host.strip()
+    if is_wildcard(host):
+        return list(interfaces)
+    address = _address_of(host)
+    if address is None or _is_loopback(address):
+        return list(LOOPBACK)
+    return [address]
+
+
+def ipv4_addresses(include_loopback: bool = True) -> list[str]:
+    found = []
+    for name in netifaces.interfaces():
+        try:
+            infos = netifaces.ifaddresses(name).get(netifaces.AF_INET, [])
+        except ValueError:                   # the interface vanished meanwhile
+            continue
+        for info in infos:
+            address = info.get("addr")
+            if address and (include_loopback or not address.startswith("127.")):
+                found.append(address)
+    return _dedup(found)
+
+
+def local_hosts() -> set[str]:
+    """Names and addresses of this machine, for the replica policy's 'same host' preference."""
+    hosts = set(_LOOPBACK_NAMES) | {"127.0.0.1", "::1"}
+    try:
+        hosts.add(socket.gethostname())       # not getfqdn(): a reverse DNS lookup may hang
+    except OSError:
+        pass
+    hosts.update(ipv4_addresses())
+    for name in netifaces.interfaces():
+        try:
+            for info in netifaces.ifaddresses(name).get(netifaces.AF_INET6, []):
+                if info.get("addr"):
+                    hosts.add(info["addr"].split("%")[0])
+        except ValueError:
+            continue
+    return hosts
+
+
+def probe(uri: str, timeout: float) -> bool:
+    """Can a connection to uri's endpoint be opened? (Refused or no answer within timeout: False.)"""
+    try:
+        parsed = URI(uri)
+        if parsed.sockname:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(parsed.sockname)
+            return True
+        with socket.create_connection((parsed.host, parsed.port), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _address_of(host: str) -> str | None:
+    if host.startswith(("./u:", "/")) or host.lower() in _LOOPBACK_NAMES or not host:
+        return None                           # unix sockets and loopback names: this machine only
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        return socket.gethostbyname(host)     # a host name: the address it binds to
+    except OSError:
+        log.warning("mesh: cannot resolve bind host %r; announcing on loopback only", host)
+        return None
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return True
+
+
+def _dedup(items: object) -> list[str]:
+    return list(dict.fromkeys(items))  # type: ignore[call-overload]

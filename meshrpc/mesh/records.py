@@ -1,0 +1,320 @@
+"""What a mesh announcement looks like on the wire: pure functions, no I/O.
+
+An `Entry` (one published object) becomes a DNS-SD instance label plus TXT bytes; a `Heartbeat`
+(one per daemon) becomes TXT bytes. `decode` turns TXT bytes back into either, or into
+`(None, reason)`: it never raises, because everything it reads came from the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import NamingError
+from ..uri import URI
+
+SERVICE_TYPE = "_meshrpc._tcp.local."
+FORMAT_VERSION = "1"
+HEARTBEAT_PREFIX = "mrhb-"
+SERVER_PREFIX = "mr-"
+DEFAULT_TXT_MAX = 1300            # RFC 6763 advice: keep a TXT record inside one packet
+MAX_TXT_STRING = 255              # one length-prefixed string in a TXT record
+MAX_LABEL = 63                    # one DNS label
+_PREFIX_MAX = 50                  # readable part of a label; the rest is "-" + 12 hex digits
+_HASH_HEX = 12
+_MAX_INT = 2 ** 63 - 1
+_MAX_CHUNKS = 64
+_MAX_REALM = 63
+_NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}\Z")
+_UNSAFE_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+_TAG_ESCAPES = re.compile(r"%(25|2C)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One provider of a name, as a registry shows it. `last_seen` is `time.monotonic()` seconds."""
+
+    name: str
+    uri: str
+    metadata: frozenset[str]
+    host: str
+    node: str
+    version: int
+    incarnation: int
+    realm: str
+    last_seen: float = field(default=0.0, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.uri)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Newer news compares greater."""
+        return (self.incarnation, self.version)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """'Node `node` (this incarnation) is alive': vouches for all of the node's entries."""
+
+    realm: str
+    node: str
+    incarnation: int
+    seq: int
+
+
+Decoded = Entry | Heartbeat
+
+
+# ---- building and checking values (publisher side: errors raise NamingError)
+
+def make_entry(*, realm: str, name: str, uri: str, metadata: Iterable[str], node: str,
+               incarnation: int, version: int, last_seen: float = 0.0) -> Entry:
+    """A validated Entry with the uri in canonical form; NamingError when something cannot be sent."""
+    check_realm(realm)
+    check_node(node)
+    if not isinstance(name, str) or not name:
+        raise NamingError("a mesh name must be a non-empty string")
+    _utf8(name, "name")
+    try:
+        parsed = URI(uri)
+    except (ValueError, TypeError) as exc:
+        raise NamingError(f"cannot publish {name!r}: {exc}") from None
+    if not parsed.is_direct:
+        raise NamingError(f"cannot publish {name!r}: only PYRO: URIs can be published, not {uri}")
+    if isinstance(metadata, str):    # a str is iterable too, and would become single letters
+        raise NamingError("metadata must be a set of strings, not a string")
+    tags = frozenset(metadata or ())
+    for tag in tags:
+        if not isinstance(tag, str) or not tag:
+            raise NamingError(f"metadata tags must be non-empty strings, got {tag!r}")
+        _utf8(tag, "metadata tag")
+    for number in (incarnation, version):
+        if not isinstance(number, int) or not 0 <= number <= _MAX_INT:
+            raise NamingError(f"incarnation and version must be integers in 0..2**63-1, got {number!r}")
+    return Entry(name=name, uri=str(parsed), metadata=tags, host=_host_of(parsed), node=node,
+                 version=version, incarnation=incarnation, realm=realm, last_seen=last_seen)
+
+
+def check_realm(realm: str) -> None:
+    if not isinstance(realm, str) or not realm or len(_utf8(realm, "realm")) > _MAX_REALM \
+            or not realm.isprintable():
+        raise NamingError(f"a mesh realm must be 1..{_MAX_REALM} printable UTF-8 bytes, got {realm!r}")
+
+
+def check_node(node: str) -> None:
+    if not isinstance(node, str) or not _NODE_RE.match(node):
+        raise NamingError(f"a mesh node id is 1..32 letters, digits or '-', got {node!r}")
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NamingError(f"the {what} {text!r} cannot be encoded as UTF-8") from None
+
+
+def _host_of(uri: URI) -> str:
+    return uri.host if uri.host else "localhost"   # unix sockets are on this machine
+
+
+# ---- names
+
+def instance_label(entry: Entry) -> str:
+    """DNS-SD instance label: readable, no dots, at most 63 bytes, unique per (realm, name, uri, node)."""
+    readable = _UNSAFE_LABEL_CHARS.sub("-", entry.name).strip("-")[:_PREFIX_MAX] or "obj"
+    digest = hashlib.sha256(f"{entry.realm}\x00{entry.name}\x00{entry.uri}\x00{entry.node}"
+                            .encode()).hexdigest()[:_HASH_HEX]
+    return f"{readable}-{digest}"
+
+
+def heartbeat_label(node: str) -> str:
+    return HEARTBEAT_PREFIX + node
+
+
+def server_name(node: str) -> str:
+    return f"{SERVER_PREFIX}{node}.local."
+
+
+def service_name(label: str) -> str:
+    return f"{label}.{SERVICE_TYPE}"
+
+
+def label_of(record_name: str) -> str | None:
+    """The instance label of a full record name under our service type, else None."""
+    if not record_name.lower().endswith("." + SERVICE_TYPE):
+        return None
+    label = record_name[: -len(SERVICE_TYPE) - 1]
+    return label if label and "." not in label else None
+
+
+# ---- encoding
+
+def encode_entry(entry: Entry, max_size: int = DEFAULT_TXT_MAX) -> bytes:
+    """TXT bytes for an entry; NamingError when they would exceed max_size (nothing is dropped)."""
+    name, uri = entry.name.encode("utf-8"), entry.uri.encode("utf-8")
+    tags = encode_tags(entry.metadata).encode("utf-8")
+    if len(name) + len(uri) + len(tags) > max_size:      # before splitting anything enormous
+        raise _too_big(entry, len(name) + len(uri) + len(tags), max_size)
+    props: list[tuple[str, bytes]] = [
+        ("v", FORMAT_VERSION.encode()), ("r", entry.realm.encode("utf-8")),
+        ("o", entry.node.encode()), ("i", str(entry.incarnation).encode()),
+        ("s", str(entry.version).encode())]
+    _put(props, "n", name)
+    _put(props, "u", uri)
+    if tags:
+        _put(props, "t", tags)
+    size = sum(len(key) + len(value) + 2 for key, value in props)   # length byte + "="
+    if size > max_size:
+        raise _too_big(entry, size, max_size)
+    return _pack(props)
+
+
+def _too_big(entry: Entry, size: int, max_size: int) -> NamingError:
+    return NamingError(
+        f"cannot publish {entry.name[:80]!r}: its mesh announcement needs at least {size} bytes of "
+        f"TXT, more than MESH_TXT_MAX={max_size} (name {len(entry.name.encode())} bytes, uri "
+        f"{len(entry.uri)} bytes, {len(entry.metadata)} metadata tags); use fewer or shorter tags")
+
+
+def encode_heartbeat(hb: Heartbeat) -> bytes:
+    return _pack([("v", FORMAT_VERSION.encode()), ("r", hb.realm.encode("utf-8")),
+                  ("o", hb.node.encode()), ("i", str(hb.incarnation).encode()),
+                  ("h", str(hb.seq).encode())])
+
+
+def encode_tags(tags: Iterable[str]) -> str:
+    return ",".join(sorted(t.replace("%", "%25").replace(",", "%2C") for t in tags))
+
+
+def decode_tags(text: str) -> frozenset[str]:
+    if not text:
+        return frozenset()
+    return frozenset(_TAG_ESCAPES.sub(lambda m: "%" if m.group(1) == "25" else ",", part)
+                     for part in text.split(","))
+
+
+def _put(props: list[tuple[str, bytes]], key: str, value: bytes) -> None:
+    """Add key=value, split over numbered keys (key*=count, key0=, key1=...) if one string is too small."""
+    if len(key) + 1 + len(value) <= MAX_TXT_STRING:
+        props.append((key, value))
+        return
+    size = MAX_TXT_STRING - len(key) - 4          # room for "=" and a chunk number of up to 3 digits
+    chunks = [value[i:i + size] for i in range(0, len(value), size)]
+    if len(chunks) > _MAX_CHUNKS:
+        raise NamingError(f"value of TXT key {key!r} is too long ({len(value)} bytes)")
+    props.append((key + "*", str(len(chunks)).encode()))
+    props.extend((f"{key}{n}", chunk) for n, chunk in enumerate(chunks))
+
+
+def _pack(props: list[tuple[str, bytes]]) -> bytes:
+    out = bytearray()
+    for key, value in props:
+        item = key.encode("ascii") + b"=" + value
+        if len(item) > MAX_TXT_STRING:
+            raise NamingError(f"TXT string for key {key!r} is too long ({len(item)} bytes)")
+        out.append(len(item))
+        out += item
+    return bytes(out)
+
+
+# ---- decoding (receiver side: never raises)
+
+class _Reject(Exception):
+    pass
+
+
+def decode(txt: bytes, *, realm: str | None = None, label: str | None = None,
+           max_size: int = DEFAULT_TXT_MAX) -> tuple[Decoded | None, str]:
+    """Parse a TXT record: (Entry or Heartbeat, "") or (None, why it was ignored).
+
+    realm: accept only that realm (None: any). label: the record's instance label, checked against
+    the content so a record cannot claim someone else's name.
+    """
+    try:
+        return _decode(txt, realm, label, max_size), ""
+    except _Reject as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - network input must never crash the receiver
+        return None, f"undecodable ({type(exc).__name__}: {exc})"
+
+
+def _decode(txt: bytes, realm: str | None, label: str | None, max_size: int) -> Decoded:
+    if not isinstance(txt, (bytes, bytearray)):
+        raise _Reject("TXT is not bytes")
+    if len(txt) > max_size:
+        raise _Reject(f"TXT of {len(txt)} bytes exceeds {max_size}")
+    props = _unpack(bytes(txt))
+    version = props.get("v")
+    if version is None:
+        raise _Reject("no format version (not a meshrpc record)")
+    if version != FORMAT_VERSION.encode():
+        raise _Reject(f"unsupported format version {version[:16]!r}")
+    got_realm = _text(props, "r")
+    if realm is not None and got_realm != realm:
+        raise _Reject(f"other realm {got_realm[:64]!r}")
+    node = _text(props, "o")
+    if not _NODE_RE.match(node):
+        raise _Reject("bad node id")
+    incarnation = _int(props, "i")
+    if "h" in props:
+        if label is not None and label.lower() != heartbeat_label(node).lower():
+            raise _Reject("heartbeat label does not match its node")
+        return Heartbeat(realm=got_realm, node=node, incarnation=incarnation, seq=_int(props, "h"))
+    tags = decode_tags(_text(props, "t")) if ("t" in props or "t*" in props) else frozenset()
+    try:
+        entry = make_entry(realm=got_realm, name=_text(props, "n"), uri=_text(props, "u"),
+                           metadata=tags, node=node, incarnation=incarnation, version=_int(props, "s"))
+    except NamingError as exc:
+        raise _Reject(str(exc)) from None
+    if label is not None and label.lower() != instance_label(entry).lower():
+        raise _Reject("instance label does not match the record's content")
+    return entry
+
+
+def _unpack(txt: bytes) -> dict[str, bytes]:
+    props: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(txt):
+        length = txt[pos]
+        item = txt[pos + 1: pos + 1 + length]
+        if len(item) != length:
+            raise _Reject("truncated TXT string")
+        pos += 1 + length
+        key, eq, value = item.partition(b"=")
+        if not eq or not key:
+            continue                                # RFC 6763: boolean or empty attributes; not ours
+        name = key.decode("ascii", "replace").lower()
+        props.setdefault(name, value)               # RFC 6763 6.4: the first occurrence wins
+    return props
+
+
+def _raw(props: dict[str, bytes], key: str) -> bytes:
+    if key in props:
+        return props[key]
+    count_text = props.get(key + "*")
+    if count_text is None:
+        raise _Reject(f"missing key {key!r}")
+    if not count_text.isdigit() or not 1 <= int(count_text) <= _MAX_CHUNKS:
+        raise _Reject(f"bad chunk count for {key!r}")
+    parts = [props.get(f"{key}{n}") for n in range(int(count_text))]
+    if any(part is None for part in parts):
+        raise _Reject(f"incomplete chunks for {key!r}")
+    return b"".join(parts)  # type: ignore[arg-type]
+
+
+def _text(props: dict[str, bytes], key: str) -> str:
+    try:
+        return _raw(props, key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Reject(f"key {key!r} is not UTF-8") from None
+
+
+def _int(props: dict[str, bytes], key: str) -> int:
+    raw = _raw(props, key)
+    if not raw.isdigit() or len(raw) > 19 or int(raw) > _MAX_INT:
+        raise _Reject(f"key {key!r} is not a number")
+    return int(raw)

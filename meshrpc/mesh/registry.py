@@ -1,0 +1,551 @@
+"""The process's mirror of the mesh: pure logic, fed by a *source*.
+
+The source (discovery.py in production, a fake in unit tests) calls `feed`, `feed_goodbye` and
+`sweep`; users call the query methods. Rules (see docs/mesh.md): the announcing node owns an entry;
+(incarnation, version) orders news; a node's heartbeat vouches for all its entries; silent entries
+turn dormant after the liveness window and come back when heard; goodbyes leave tombstones;
+suspicion (report_failure, failed probes) hides an entry until it is heard again after a hold time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from ..config import Settings
+from ..errors import NamingError
+from ..uri import URI
+from .records import Entry, Heartbeat, check_realm
+
+log = logging.getLogger("meshrpc.mesh")
+
+ADDED, REMOVED, UPDATED = "added", "removed", "updated"
+Callback = Callable[[str, Entry], None]
+Matcher = str | Callable[[Entry], bool]
+_NEVER = float("-inf")
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class Source(Protocol):
+    """What feeds a registry. attach() starts feeding (it may feed synchronously)."""
+
+    def attach(self, registry: Registry) -> None: ...
+
+    def detach(self, registry: Registry) -> None: ...
+
+    def probe(self, entry: Entry, timeout: float, done: Callable[[Entry, bool], None]) -> bool:
+        """Check entry's endpoint in the background, then call done(entry, reachable).
+        False: no probe was started."""
+        ...
+
+
+# Set by meshrpc.mesh to the process-wide discovery, so that this module never imports zeroconf.
+default_source: Callable[[], Source] | None = None
+
+
+@dataclass(eq=False)
+class _Slot:
+    entry: Entry
+    heard: float                          # last own announcement (monotonic seconds)
+    dormant_since: float | None = None    # not vouched for within the liveness window
+    suspected_at: float | None = None     # reported unreachable
+    probing: bool = False
+
+    @property
+    def visible(self) -> bool:
+        return self.dormant_since is None and self.suspected_at is None
+
+
+@dataclass(eq=False)
+class _Node:
+    incarnation: int
+    heard: float                          # last heartbeat
+    created: float
+    keys: set[tuple[str, str]] = field(default_factory=set)
+
+
+class Registry:
+    """Entries of one realm, as announced on the mesh. Thread-safe."""
+
+    def __init__(self, settings: Settings | None = None, *, source: Source | None = None,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        if settings is None:
+            from ..config import config as default_settings  # the current process default
+            settings = default_settings
+        self.settings = settings.copy()
+        self.realm = self.settings.REALM
+        check_realm(self.realm)
+        if self.settings.MESH_LIVENESS_WINDOW < 2 * self.settings.MESH_HEARTBEAT_INTERVAL:
+            log.warning("mesh: MESH_LIVENESS_WINDOW %.2f s is under two heartbeat intervals (%.2f s): "
+                        "one lost packet will hide live daemons", self.settings.MESH_LIVENESS_WINDOW,
+                        self.settings.MESH_HEARTBEAT_INTERVAL)
+        self._source = source
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._slots: dict[tuple[str, str], _Slot] = {}
+        self._by_name: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        self._by_uri: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        self._nodes: dict[str, _Node] = {}
+        self._tombstones: dict[tuple[str, str], tuple[tuple[int, int], float]] = {}
+        self._local_hosts: frozenset[str] = _LOOPBACK_NAMES
+        self._subscribers: list[Callback] = []
+        self._pending: deque[tuple[str, Entry]] = deque()
+        self._deliverer: int | None = None
+        self._generation = 0                   # bumped whenever something became visible or changed
+        self._full_warned: set[str] = set()     # "entries"/"nodes": warned until below the cap again
+
+    # ---------------------------------------------------------------- queries
+
+    def lookup(self, name: str) -> list[Entry]:
+        """Live, unsuspected providers of name, newest first; [] when none (never waits)."""
+        self._ensure_started()
+        with self._lock:
+            return self._select(name, None)
+
+    def yplookup(self, meta_all: Iterable[str] | None = None,
+                 meta_any: Iterable[str] | None = None) -> list[Entry]:
+        """Entries having every tag of meta_all and at least one of meta_any (each filter optional)."""
+        self._ensure_started()
+        with self._lock:
+            return self._select(None, _meta_matcher(meta_all, meta_any))
+
+    def list(self, prefix: str | None = None, regex: str | None = None) -> list[Entry]:
+        """Entries whose name starts with prefix and matches regex (re.match, as Pyro5), by name."""
+        self._ensure_started()
+        try:
+            pattern = re.compile(regex) if regex is not None else None
+        except re.error as exc:
+            raise NamingError(f"invalid regex {regex!r}: {exc}") from None
+
+        def matches(entry: Entry) -> bool:
+            return ((prefix is None or entry.name.startswith(prefix))
+                    and (pattern is None or pattern.match(entry.name) is not None))
+        with self._lock:
+            found = self._select(None, matches)
+        return sorted(found, key=lambda e: e.name)
+
+    def choose(self, name: str, timeout: float = 0.0) -> Entry | None:
+        """One provider by the replica policy (same machine first, random within the group); waits
+        up to timeout seconds when none is known yet. None when there is none."""
+        return self._pick(self.wait_for(name, timeout) if timeout > 0 else self.lookup(name))
+
+    def choose_meta(self, meta_all: Iterable[str] | None = None, meta_any: Iterable[str] | None = None,
+                    timeout: float = 0.0) -> Entry | None:
+        """Like choose(), among the entries yplookup(meta_all, meta_any) returns."""
+        return self._pick(self.wait_for(_meta_matcher(meta_all, meta_any), max(0.0, timeout)))
+
+    def _pick(self, candidates: list[Entry]) -> Entry | None:
+        local = [e for e in candidates if self.is_local(e.host)]
+        pool = local or candidates
+        return self._rng.choice(pool) if pool else None
+
+    def wait_for(self, what: Matcher, timeout: float) -> list[Entry]:
+        """Matching live entries as soon as there is at least one; [] after timeout seconds.
+
+        what: a name, or a predicate over entries (called without the registry's lock held)."""
+        self._ensure_started()
+        name, predicate = (what, None) if isinstance(what, str) else (None, what)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            with self._lock:
+                candidates, generation = self._select(name, None), self._generation
+            found = candidates if predicate is None else [e for e in candidates if predicate(e)]
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return found
+            with self._changed:
+                if generation == self._generation:          # nothing new since we looked
+                    self._changed.wait(remaining)
+
+    def resolve(self, name: str, timeout: float | None = None) -> list[Entry]:
+        """Providers of name, waiting up to timeout (default LOOKUP_TIMEOUT) when none is known yet."""
+        return self.wait_for(name, self.settings.LOOKUP_TIMEOUT if timeout is None else timeout)
+
+    def resolve_meta(self, meta_all: Iterable[str] | None = None, meta_any: Iterable[str] | None = None,
+                     timeout: float | None = None) -> list[Entry]:
+        return self.wait_for(_meta_matcher(meta_all, meta_any),
+                             self.settings.LOOKUP_TIMEOUT if timeout is None else timeout)
+
+    def subscribe(self, callback: Callback) -> Callable[[], None]:
+        """callback(event, entry) for every change of what lookup() shows; returns unsubscribe.
+
+        Callbacks run one at a time, in order, on the thread that made the change; keep them short."""
+        self._ensure_started()
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+        return unsubscribe
+
+    def report_failure(self, uri: str | URI) -> None:
+        """A proxy could not reach uri: hide its entries until they are heard from again."""
+        try:
+            canonical = str(URI(uri))
+        except (ValueError, TypeError):
+            return
+        now = self._clock()
+        with self._lock:
+            for key in list(self._by_uri.get(canonical, ())):
+                self._suspect(self._slots[key], now)
+        self._drain()
+
+    def is_local(self, host: str) -> bool:
+        return host in self._local_hosts or host.startswith("127.")
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            slots = self._slots.values()
+            return {"entries": len(self._slots), "visible": sum(s.visible for s in slots),
+                    "dormant": sum(s.dormant_since is not None for s in slots),
+                    "suspected": sum(s.suspected_at is not None for s in slots),
+                    "nodes": len(self._nodes), "tombstones": len(self._tombstones)}
+
+    def close(self) -> None:
+        """Stop being fed (the process-wide registries are closed by reset_for_tests)."""
+        with self._start_lock:
+            self._closed = True
+            source, started, self._started = self._source, self._started, False
+        if started and source is not None:
+            source.detach(self)
+
+    # ---------------------------------------------------------------- feeding (called by the source)
+
+    def feed(self, item: Entry | Heartbeat, heard: float | None = None) -> None:
+        """An announcement or heartbeat was received at monotonic time heard (default: now)."""
+        if item.realm != self.realm:
+            return
+        heard = self._clock() if heard is None else heard
+        contested: list[Entry] = []
+        with self._lock:
+            if isinstance(item, Heartbeat):
+                self._apply_heartbeat(item, heard)
+            else:
+                self._apply_entry(item, heard, contested)
+        self._drain()
+        for entry in contested:
+            self._start_probe(entry)
+
+    def feed_goodbye(self, item: Entry | Heartbeat) -> None:
+        """The owner withdrew an entry (Entry) or all of a node's entries (Heartbeat)."""
+        if item.realm != self.realm:
+            return
+        now = self._clock()
+        with self._lock:
+            if isinstance(item, Heartbeat):
+                node = self._nodes.get(item.node)
+                if node is not None and item.incarnation >= node.incarnation:
+                    for key in list(node.keys):
+                        self._bury(key, self._slots[key].entry.order, now)
+                    del self._nodes[item.node]
+            else:
+                slot = self._slots.get(item.key)
+                if slot is None or (slot.entry.node == item.node and item.order >= slot.entry.order):
+                    self._bury(item.key, item.order, now)
+        self._drain()
+
+    def sweep(self, now: float | None = None) -> None:
+        """Liveness: hide entries nobody vouched for lately, forget old dormant ones and tombstones."""
+        now = self._clock() if now is None else now
+        window = self.settings.MESH_LIVENESS_WINDOW
+        keep = self.settings.MESH_DORMANT_KEEP
+        with self._lock:
+            for node_id, node in list(self._nodes.items()):
+                if now - node.heard <= window:
+                    continue                  # a fresh heartbeat vouches for every entry of the node
+                for key in list(node.keys):
+                    slot = self._slots[key]
+                    if slot.dormant_since is None:
+                        if now - slot.heard > window:
+                            if slot.visible:
+                                self._pending.append((REMOVED, self._public(slot)))
+                            slot.dormant_since = now
+                    elif now - slot.dormant_since > keep:
+                        self._unlink(key)
+                if not node.keys and now - max(node.heard, node.created) > keep:
+                    del self._nodes[node_id]
+            for key, (_, until) in list(self._tombstones.items()):
+                if until < now:
+                    del self._tombstones[key]
+            if len(self._slots) < self.settings.MESH_MAX_ENTRIES:
+                self._full_warned.discard("entries")
+            if len(self._nodes) < self.settings.MESH_MAX_NODES:
+                self._full_warned.discard("nodes")
+        self._drain()
+
+    def set_local_hosts(self, hosts: Iterable[str]) -> None:
+        """Addresses and names of this machine (for the replica policy)."""
+        self._local_hosts = _LOOPBACK_NAMES | frozenset(hosts)
+
+    # ---------------------------------------------------------------- internals (lock held)
+
+    def _apply_entry(self, entry: Entry, heard: float, contested: list[Entry]) -> None:
+        node = self._node(entry.node, entry.incarnation, heard)
+        if node is None:
+            return
+        key = entry.key
+        tomb = self._tombstones.get(key)
+        if tomb is not None and entry.order <= tomb[0]:
+            return                            # a late copy of something withdrawn
+        slot = self._slots.get(key)
+        if slot is None:
+            if not self._make_room(entry):
+                return
+            slot = self._slots[key] = _Slot(replace(entry, last_seen=heard), heard)
+            self._link(key, entry)
+            node.keys.add(key)
+            if not self._fresh(max(heard, node.heard)):
+                slot.dormant_since = self._clock()   # an old cached copy is no proof of life
+                return
+            self._pending.append((ADDED, self._public(slot)))
+            self._notify()
+            contested.extend(self._contest(slot.entry))
+            return
+        old = slot.entry
+        if entry.order < old.order or (entry.node != old.node and entry.order == old.order):
+            return                            # stale, or another node without newer news
+        if entry.node != old.node:            # takeover: the same uri restarted under another node
+            owner = self._nodes.get(old.node)
+            if owner is not None:
+                owner.keys.discard(key)
+            node.keys.add(key)
+        was_visible = slot.visible
+        slot.heard = max(slot.heard, heard)
+        slot.entry = replace(entry, last_seen=slot.heard)
+        self._revive(slot, heard)
+        if slot.visible and not was_visible:
+            self._pending.append((ADDED, self._public(slot)))
+            self._notify()
+        elif slot.visible and (old.metadata != entry.metadata or old.node != entry.node):
+            self._pending.append((UPDATED, self._public(slot)))
+            self._notify()
+
+    def _apply_heartbeat(self, hb: Heartbeat, heard: float) -> None:
+        node = self._node(hb.node, hb.incarnation, heard)
+        if node is None:
+            return
+        node.heard = max(node.heard, heard)
+        for key in node.keys:
+            slot = self._slots[key]
+            if not slot.visible:
+                self._revive(slot, heard)
+                if slot.visible:
+                    self._pending.append((ADDED, self._public(slot)))
+                    self._notify()
+
+    def _node(self, node_id: str, incarnation: int, heard: float) -> _Node | None:
+        """The node record, created or reset for a newer incarnation; None for stale news."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            if len(self._nodes) >= self.settings.MESH_MAX_NODES and not self._forget_idle_node():
+                self._warn_full("nodes", f"refusing node {node_id}")
+                return None
+            node = self._nodes[node_id] = _Node(incarnation, _NEVER, heard)
+            return node
+        if incarnation < node.incarnation:
+            return None                       # from before the node restarted
+        if incarnation > node.incarnation:    # restarted with the same node id: old entries are gone
+            for key in list(node.keys):
+                self._drop(key)
+            node.incarnation, node.heard = incarnation, _NEVER
+        return node
+
+    def _notify(self) -> None:
+        self._generation += 1
+        self._changed.notify_all()
+
+    def _fresh(self, heard: float) -> bool:
+        return self._clock() - heard <= self.settings.MESH_LIVENESS_WINDOW
+
+    def _revive(self, slot: _Slot, heard: float) -> None:
+        if not self._fresh(heard):
+            return
+        slot.dormant_since = None
+        if slot.suspected_at is not None and heard >= slot.suspected_at + self.settings.MESH_SUSPECT_HOLD:
+            slot.suspected_at = None
+
+    def _suspect(self, slot: _Slot, now: float) -> None:
+        if slot.visible:
+            self._pending.append((REMOVED, self._public(slot)))
+        slot.suspected_at = now
+
+    def _contest(self, newcomer: Entry) -> list[Entry]:
+        """Providers of newcomer's name older than the newest one, on other nodes: maybe the newest
+        is their restart elsewhere. Returned (and marked) for one probe each."""
+        if not self.settings.MESH_PROBE_CONTESTED or self._source is None:
+            return []
+        slots = [self._slots[key] for key in self._by_name.get(newcomer.name, ())]
+        newest = max((s.entry for s in slots if s.visible), key=lambda e: e.incarnation, default=None)
+        if newest is None:
+            return []
+        found = []
+        for slot in slots:
+            # only pairs involving the newcomer: replicas are probed once, when a provider appears
+            involved = newest.key == newcomer.key or slot.entry.key == newcomer.key
+            if (involved and slot.visible and not slot.probing and slot.entry.node != newest.node
+                    and slot.entry.incarnation < newest.incarnation):
+                slot.probing = True
+                found.append(slot.entry)
+        return found
+
+    def _bury(self, key: tuple[str, str], order: tuple[int, int], now: float) -> None:
+        """Drop an entry for good and remember it was withdrawn."""
+        self._drop(key)
+        old = self._tombstones.pop(key, None)
+        if len(self._tombstones) >= self.settings.MESH_MAX_ENTRIES:
+            del self._tombstones[next(iter(self._tombstones))]   # the oldest
+        self._tombstones[key] = (max(order, old[0]) if old else order,
+                                 now + self.settings.MESH_TOMBSTONE_KEEP)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        slot = self._slots.get(key)
+        if slot is None:
+            return
+        if slot.visible:
+            self._pending.append((REMOVED, self._public(slot)))
+        self._unlink(key)
+
+    def _link(self, key: tuple[str, str], entry: Entry) -> None:
+        self._by_name[entry.name].add(key)
+        self._by_uri[entry.uri].add(key)
+
+    def _unlink(self, key: tuple[str, str]) -> None:
+        slot = self._slots.pop(key)
+        for index, value in ((self._by_name, slot.entry.name), (self._by_uri, slot.entry.uri)):
+            keys = index.get(value)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[value]
+        node = self._nodes.get(slot.entry.node)
+        if node is not None:
+            node.keys.discard(key)
+
+    def _make_room(self, entry: Entry) -> bool:
+        if len(self._slots) < self.settings.MESH_MAX_ENTRIES:
+            return True
+        dormant = [(s.dormant_since, k) for k, s in self._slots.items() if s.dormant_since is not None]
+        if dormant:
+            self._unlink(min(dormant)[1])
+            return True
+        self._warn_full("entries", f"refusing {entry.name!r} from node {entry.node}")
+        return False
+
+    def _forget_idle_node(self) -> bool:
+        idle = [(n.heard, node_id) for node_id, n in self._nodes.items() if not n.keys]
+        if idle:
+            del self._nodes[min(idle)[1]]
+            return True
+        return False
+
+    def _warn_full(self, kind: str, detail: str) -> None:
+        if kind not in self._full_warned:
+            self._full_warned.add(kind)
+            log.warning("mesh registry of realm %r has too many %s: %s (MESH_MAX_ENTRIES=%d, "
+                        "MESH_MAX_NODES=%d)", self.realm, kind, detail, self.settings.MESH_MAX_ENTRIES,
+                        self.settings.MESH_MAX_NODES)
+
+    def _public(self, slot: _Slot) -> Entry:
+        """The entry with last_seen brought up to date (cached until it changes again)."""
+        node = self._nodes.get(slot.entry.node)
+        seen = max(slot.heard, node.heard if node is not None else _NEVER)
+        if slot.entry.last_seen != seen:
+            slot.entry = replace(slot.entry, last_seen=seen)
+        return slot.entry
+
+    def _select(self, name: str | None, predicate: Callable[[Entry], bool] | None) -> list[Entry]:
+        keys = self._by_name.get(name, ()) if name is not None else self._slots.keys()
+        found = []
+        for key in keys:
+            slot = self._slots[key]
+            if slot.visible and (predicate is None or predicate(slot.entry)):
+                found.append(self._public(slot))
+        found.sort(key=lambda e: e.order, reverse=True)
+        return found
+
+    # ---------------------------------------------------------------- outside the lock
+
+    def _drain(self) -> None:
+        """Deliver pending events in order, one deliverer at a time (others leave theirs to it)."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._deliverer is not None or not self._pending:
+                return                        # the active deliverer (maybe this very thread) takes them
+            self._deliverer = me
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        self._deliverer = None
+                        return
+                    event, entry = self._pending.popleft()
+                    subscribers = list(self._subscribers)
+                for callback in subscribers:
+                    try:
+                        callback(event, entry)
+                    except Exception:  # one bad subscriber must not stop the others
+                        log.exception("mesh subscriber %r failed on %s %s", callback, event, entry.name)
+        except BaseException:
+            with self._lock:
+                self._deliverer = None
+            raise
+
+    def _start_probe(self, entry: Entry) -> None:
+        source = self._source
+        if source is None or not source.probe(entry, self.settings.MESH_PROBE_TIMEOUT, self._probe_done):
+            with self._lock:
+                slot = self._slots.get(entry.key)
+                if slot is not None:
+                    slot.probing = False
+
+    def _probe_done(self, entry: Entry, reachable: bool) -> None:
+        with self._lock:
+            slot = self._slots.get(entry.key)
+            if slot is None or slot.entry.node != entry.node:
+                return
+            slot.probing = False
+            if not reachable:
+                log.info("mesh: %s at %s is unreachable and replaced by a newer provider",
+                         entry.name, entry.uri)
+                self._suspect(slot, self._clock())
+        self._drain()
+
+    def _ensure_started(self) -> None:
+        if self._started or self._closed:
+            return
+        with self._start_lock:
+            if self._started or self._closed:
+                return
+            if self._source is None:
+                if default_source is None:
+                    raise NamingError("no mesh discovery is available")
+                self._source = default_source()
+            self._started = True
+            try:
+                self._source.attach(self)
+            except Exception as exc:
+                self._started = False
+                raise NamingError(f"mesh discovery could not start: {exc}") from exc
+
+
+def _meta_matcher(meta_all: Iterable[str] | None, meta_any: Iterable[str] | None) -> Callable[[Entry], bool]:
+    all_tags = frozenset([meta_all] if isinstance(meta_all, str) else meta_all or ())
+    any_tags = frozenset([meta_any] if isinstance(meta_any, str) else meta_any or ())
+
+    def matches(entry: Entry) -> bool:
+        return all_tags <= entry.metadata and (not any_tags or not any_tags.isdisjoint(entry.metadata))
+    return matches

@@ -1,0 +1,339 @@
+"""Registry rules with an in-memory source and a hand-driven clock: no network, no sleeps."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from meshrpc.config import Settings
+from meshrpc.errors import NamingError
+from meshrpc.mesh import ADDED, REMOVED, UPDATED, Registry, records
+from meshrpc.mesh.records import Entry, Heartbeat
+
+pytestmark = pytest.mark.timeout(30)
+REALM = "unit"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSource:
+    """Stands in for discovery: counts attaches, answers probes from a table."""
+
+    def __init__(self) -> None:
+        self.attached: list[Registry] = []
+        self.reachable: dict[str, bool] = {}
+        self.probed: list[str] = []
+
+    def attach(self, registry: Registry) -> None:
+        self.attached.append(registry)
+
+    def detach(self, registry: Registry) -> None:
+        self.attached.remove(registry)
+
+    def probe(self, entry: Entry, timeout: float, done: Callable[[Entry, bool], None]) -> bool:
+        self.probed.append(entry.uri)
+        if entry.uri not in self.reachable:
+            return False
+        done(entry, self.reachable[entry.uri])
+        return True
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+def new_registry(clock: Clock, source: FakeSource, **changes: object) -> Registry:
+    settings = Settings().copy(REALM=REALM, **changes)
+    return Registry(settings, source=source, clock=clock, rng=random.Random(7))
+
+
+@pytest.fixture
+def reg(clock: Clock, source: FakeSource) -> Registry:
+    return new_registry(clock, source)
+
+
+@pytest.fixture
+def events(reg: Registry) -> list[tuple[str, str, str]]:
+    got: list[tuple[str, str, str]] = []
+    reg.subscribe(lambda event, e: got.append((event, e.name, e.uri)))
+    return got
+
+
+def entry(name: str = "svc", port: int = 1, node: str = "n1", inc: int = 1, ver: int = 1,
+          tags: set[str] | None = None, host: str = "10.0.0.1", realm: str = REALM) -> Entry:
+    return records.make_entry(realm=realm, name=name, uri=f"PYRO:o@{host}:{port}", metadata=tags or set(),
+                              node=node, incarnation=inc, version=ver)
+
+
+def uri(port: int = 1, host: str = "10.0.0.1") -> str:
+    return f"PYRO:o@{host}:{port}"
+
+
+# ---- queries
+
+def test_lazy_start_and_queries(reg: Registry, source: FakeSource, clock: Clock) -> None:
+    assert source.attached == []                       # constructing does not browse
+    assert reg.lookup("nothing") == []
+    assert source.attached == [reg]
+    reg.feed(entry("home.kitchen.light", 1, tags={"lamp", "kitchen"}))
+    reg.feed(entry("home.kitchen.fan", 2, tags={"fan", "kitchen"}))
+    reg.feed(entry("garage.door", 3, tags={"door"}))
+    assert [e.uri for e in reg.lookup("home.kitchen.light")] == [uri(1)]
+    assert {e.name for e in reg.yplookup(meta_all={"kitchen"})} == {"home.kitchen.light", "home.kitchen.fan"}
+    assert {e.name for e in reg.yplookup(meta_any={"door", "fan"})} == {"garage.door", "home.kitchen.fan"}
+    assert {e.name for e in reg.yplookup(meta_all={"kitchen"}, meta_any={"fan"})} == {"home.kitchen.fan"}
+    assert reg.yplookup(meta_all="lamp")[0].name == "home.kitchen.light"      # one tag as a str
+    assert [e.name for e in reg.list(prefix="home.")] == ["home.kitchen.fan", "home.kitchen.light"]
+    assert [e.name for e in reg.list(regex=r"garage|home\.kitchen\.l")] == ["garage.door", "home.kitchen.light"]
+    assert [e.name for e in reg.list(regex="door")] == []                   # re.match, like Pyro5
+    with pytest.raises(NamingError):
+        reg.list(regex="(")
+    assert reg.lookup("home.kitchen.light")[0].last_seen == clock.now
+
+
+def test_other_realm_is_ignored(reg: Registry) -> None:
+    reg.feed(entry(realm="elsewhere"))
+    reg.feed(Heartbeat("elsewhere", "n1", 1, 1))
+    assert reg.lookup("svc") == [] and reg.stats()["nodes"] == 0
+
+
+# ---- versions and ownership
+
+def test_versions_order_news(reg: Registry, events: list) -> None:
+    reg.feed(entry(ver=2, tags={"a"}))
+    reg.feed(entry(ver=1, tags={"old"}))               # older: ignored
+    reg.feed(entry(ver=2, tags={"a"}))                 # same: a refresh, no event
+    assert reg.lookup("svc")[0].metadata == {"a"}
+    reg.feed(entry(ver=3, tags={"b"}))
+    assert reg.lookup("svc")[0].metadata == {"b"}
+    assert events == [(ADDED, "svc", uri()), (UPDATED, "svc", uri())]
+
+
+def test_only_the_owner_writes(reg: Registry, events: list) -> None:
+    reg.feed(entry(node="owner", inc=5, tags={"mine"}))
+    reg.feed(entry(node="intruder", inc=4, ver=99, tags={"evil"}))   # older incarnation: no takeover
+    reg.feed_goodbye(entry(node="intruder", inc=9))                  # not the owner: no effect
+    assert reg.lookup("svc")[0].node == "owner"
+    reg.feed(entry(node="successor", inc=6, tags={"new"}))           # same uri restarted: takeover
+    assert reg.lookup("svc")[0].node == "successor"
+    reg.feed_goodbye(entry(node="owner", inc=5))                     # the old owner's late goodbye
+    assert reg.lookup("svc")[0].node == "successor"
+    assert events == [(ADDED, "svc", uri()), (UPDATED, "svc", uri())]
+
+
+def test_node_restart_replaces_all_its_entries_at_once(reg: Registry, events: list) -> None:
+    reg.feed(entry("a", 1, node="n1", inc=1))
+    reg.feed(entry("b", 2, node="n1", inc=1))
+    reg.feed(Heartbeat(REALM, "n1", 2, 1))              # same node id, newer incarnation
+    assert reg.lookup("a") == [] and reg.lookup("b") == []
+    reg.feed(entry("a", 7, node="n1", inc=1))           # stale news from the old incarnation
+    assert reg.lookup("a") == []
+    reg.feed(entry("a", 8, node="n1", inc=2))
+    assert [e.uri for e in reg.lookup("a")] == [uri(8)]
+    assert [ev for ev, *_ in events] == [ADDED, ADDED, REMOVED, REMOVED, ADDED]
+
+
+def test_goodbye_leaves_a_tombstone(reg: Registry, clock: Clock, events: list) -> None:
+    reg.feed(entry(ver=1))
+    reg.feed_goodbye(entry(ver=1))
+    reg.feed(entry(ver=1))                              # a late copy of the withdrawn announcement
+    assert reg.lookup("svc") == []
+    reg.feed(entry(ver=2))                              # published again: newer version
+    assert len(reg.lookup("svc")) == 1
+    reg.feed_goodbye(entry(ver=2))
+    clock.now += reg.settings.MESH_TOMBSTONE_KEEP + 1
+    reg.sweep()
+    assert reg.stats()["tombstones"] == 0
+    assert [ev for ev, *_ in events] == [ADDED, REMOVED, ADDED, REMOVED]
+
+
+def test_node_goodbye_removes_all_its_entries(reg: Registry) -> None:
+    reg.feed(entry("a", 1))
+    reg.feed(entry("b", 2))
+    reg.feed_goodbye(Heartbeat(REALM, "n1", 1, 5))
+    assert reg.list() == [] and reg.stats()["nodes"] == 0
+
+
+# ---- liveness
+
+def test_heartbeats_keep_entries_alive_and_silence_expires_them(reg: Registry, clock: Clock,
+                                                                 events: list) -> None:
+    window = reg.settings.MESH_LIVENESS_WINDOW
+    reg.feed(entry("a", 1, node="n1"))
+    reg.feed(entry("b", 2, node="n2"))
+    for _ in range(10):                                 # n1 heartbeats, n2 is silent
+        clock.now += 1.0
+        reg.feed(Heartbeat(REALM, "n1", 1, 1))
+        reg.sweep()
+    assert [e.name for e in reg.list()] == ["a"]
+    assert reg.stats()["dormant"] == 1
+    clock.now += window + 0.1                           # now n1 goes silent too
+    reg.sweep()
+    assert reg.list() == []
+    reg.feed(Heartbeat(REALM, "n1", 1, 2))              # it comes back (partition healed)
+    assert [e.name for e in reg.list()] == ["a"]
+    assert events == [(ADDED, "a", uri(1)), (ADDED, "b", uri(2)), (REMOVED, "b", uri(2)),
+                      (REMOVED, "a", uri(1)), (ADDED, "a", uri(1))]
+    clock.now += reg.settings.MESH_DORMANT_KEEP + 1     # dormant entries are forgotten eventually
+    reg.feed(Heartbeat(REALM, "n1", 1, 3))
+    reg.sweep()
+    assert reg.stats()["entries"] == 1 and reg.stats()["nodes"] == 1
+
+
+def test_expiry_is_exactly_the_window(reg: Registry, clock: Clock) -> None:
+    reg.feed(entry())
+    clock.now += reg.settings.MESH_LIVENESS_WINDOW
+    reg.sweep()
+    assert len(reg.lookup("svc")) == 1
+    clock.now += 0.01
+    reg.sweep()
+    assert reg.lookup("svc") == []
+
+
+def test_stale_cached_record_is_not_proof_of_life(reg: Registry, clock: Clock, events: list) -> None:
+    reg.feed(entry(), heard=clock.now - 100)            # heard long ago (seeded from a cache)
+    assert reg.lookup("svc") == [] and events == []
+    reg.feed(Heartbeat(REALM, "n1", 1, 1), heard=clock.now - 50)   # an old heartbeat neither
+    assert reg.lookup("svc") == []
+    reg.feed(Heartbeat(REALM, "n1", 1, 2))
+    assert len(reg.lookup("svc")) == 1 and events == [(ADDED, "svc", uri())]
+
+
+# ---- suspicion, probes, replica policy
+
+def test_report_failure_hides_until_heard_after_hold(reg: Registry, clock: Clock, events: list) -> None:
+    reg.feed(entry())
+    reg.report_failure(uri())
+    assert reg.lookup("svc") == [] and reg.choose("svc") is None
+    clock.now += reg.settings.MESH_SUSPECT_HOLD / 2
+    reg.feed(Heartbeat(REALM, "n1", 1, 1))              # too soon: may predate the failure
+    assert reg.lookup("svc") == []
+    clock.now += reg.settings.MESH_SUSPECT_HOLD
+    reg.feed(Heartbeat(REALM, "n1", 1, 2))
+    assert len(reg.lookup("svc")) == 1
+    reg.report_failure("not a uri")                      # ignored
+    assert events == [(ADDED, "svc", uri()), (REMOVED, "svc", uri()), (ADDED, "svc", uri())]
+
+
+def test_choose_prefers_this_machine_then_random(reg: Registry) -> None:
+    reg.set_local_hosts({"192.168.1.5"})
+    for port, host, node in [(1, "10.0.0.1", "a"), (2, "10.0.0.2", "b"), (3, "192.168.1.5", "c")]:
+        reg.feed(entry(port=port, host=host, node=node))
+    assert {reg.choose("svc").uri for _ in range(20)} == {uri(3, "192.168.1.5")}
+    reg.report_failure(uri(3, "192.168.1.5"))
+    assert {reg.choose("svc").uri for _ in range(50)} == {uri(1), uri(2, "10.0.0.2")}
+    assert reg.choose("other") is None
+    assert reg.choose_meta(meta_all=set()) is not None
+
+
+def test_newer_provider_elsewhere_replaces_an_unreachable_one(reg: Registry, source: FakeSource,
+                                                               events: list) -> None:
+    source.reachable = {uri(1): False, uri(3): True}
+    reg.feed(entry(port=1, node="old", inc=10))          # killed daemon
+    reg.feed(entry(port=3, node="replica", inc=11))      # a live replica
+    assert uri(1) in source.probed                      # contested by the newer replica: refused
+    assert [e.uri for e in reg.lookup("svc")] == [uri(3)]
+    source.probed.clear()
+    reg.feed(entry(port=2, node="new", inc=20))          # a restart elsewhere
+    assert source.probed == [uri(3)]                    # the replica answers: it stays
+    assert [e.uri for e in reg.lookup("svc")] == [uri(2), uri(3)]
+    reg.feed(entry(port=4, node="late", inc=5))          # an older newcomer is itself contested
+    assert uri(4) in source.probed
+    assert (REMOVED, "svc", uri(1)) in events
+
+
+def test_probing_can_be_disabled(clock: Clock, source: FakeSource) -> None:
+    reg = new_registry(clock, source, MESH_PROBE_CONTESTED=False)
+    reg.feed(entry(port=1, node="a", inc=1))
+    reg.feed(entry(port=2, node="b", inc=2))
+    assert source.probed == [] and len(reg.lookup("svc")) == 2
+
+
+# ---- bounds
+
+def test_flood_cannot_grow_memory(clock: Clock, source: FakeSource, caplog: pytest.LogCaptureFixture) -> None:
+    reg = new_registry(clock, source, MESH_MAX_ENTRIES=100, MESH_MAX_NODES=10)
+    with caplog.at_level(logging.WARNING, logger="meshrpc.mesh"):
+        for i in range(2000):
+            reg.feed(entry(f"flood{i}", i + 1, node=f"n{i % 50}"))
+            reg.feed_goodbye(entry(f"gone{i}", i + 1))
+    stats = reg.stats()
+    assert stats["entries"] <= 100 and stats["nodes"] <= 10 and stats["tombstones"] <= 100
+    assert sum("too many" in r.getMessage() for r in caplog.records) == 2   # once per kind
+
+
+def test_dormant_entries_make_room_first(clock: Clock, source: FakeSource) -> None:
+    reg = new_registry(clock, source, MESH_MAX_ENTRIES=3)
+    for i in range(3):
+        reg.feed(entry(f"s{i}", i + 1, node="silent"))
+    clock.now += 10
+    reg.sweep()
+    reg.feed(entry("fresh", 9, node="other"))
+    assert [e.name for e in reg.list()] == ["fresh"] and reg.stats()["entries"] == 3
+
+
+# ---- events and waiting
+
+def test_wait_for_returns_as_soon_as_an_answer_arrives(reg: Registry) -> None:
+    feeder = threading.Timer(0.05, lambda: reg.feed(entry("late.name", tags={"x"})))
+    started = time.monotonic()
+    feeder.start()
+    found = reg.resolve("late.name", timeout=10)
+    elapsed = time.monotonic() - started
+    assert [e.name for e in found] == ["late.name"] and elapsed < 2.0
+    assert reg.resolve_meta(meta_all={"x"}, timeout=0.01)[0].name == "late.name"
+    assert reg.wait_for(lambda e: e.name.startswith("late"), 0)[0].name == "late.name"
+    started = time.monotonic()
+    assert reg.resolve("never", timeout=0.05) == []
+    assert 0.04 <= time.monotonic() - started < 1.0
+    assert reg.choose("late.name", timeout=1).name == "late.name"
+
+
+def test_callbacks_in_order_survive_errors_and_reentrancy(reg: Registry) -> None:
+    seen: list[str] = []
+
+    def bad(event: str, e: Entry) -> None:
+        raise RuntimeError("subscriber bug")
+
+    def reentrant(event: str, e: Entry) -> None:
+        seen.append(f"{event}:{e.name}")
+        if e.name == "first":
+            reg.feed(entry("second", 2))               # a callback causing another change
+
+    reg.subscribe(bad)
+    unsubscribe = reg.subscribe(reentrant)
+    reg.feed(entry("first", 1))
+    assert seen == ["added:first", "added:second"]
+    unsubscribe()
+    reg.feed(entry("third", 3))
+    assert seen == ["added:first", "added:second"]
+
+
+def test_close_detaches(reg: Registry, source: FakeSource) -> None:
+    reg.lookup("x")
+    reg.close()
+    assert source.attached == []
+    reg.lookup("x")                                     # no restart after close
+    assert source.attached == []
+
+
+def test_realm_is_validated(clock: Clock, source: FakeSource) -> None:
+    with pytest.raises(NamingError):
+        Registry(Settings().copy(REALM=""), source=source, clock=clock)

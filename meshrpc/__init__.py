@@ -18,9 +18,17 @@ from .wire.serializers import (register_class_to_dict, register_dict_to_class, u
 
 __version__ = "0.1.0"
 
+
+def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool = True,
+              settings: Settings | None = None) -> Proxy:
+    """A proxy to a name server: found on the mesh, by broadcast, or at NS_HOST:NS_PORT."""
+    from .naming import locate_ns as _locate_ns
+    return _locate_ns(host, port, broadcast, settings)
+
+
 __all__ = [
     "BatchProxy", "Daemon", "DaemonObject", "Proxy", "SerializedBlob", "Settings", "URI", "__version__",
-    "behavior", "callback", "config", "current_context", "errors", "expose", "idempotent", "oneway",
+    "behavior", "callback", "config", "current_context", "errors", "expose", "idempotent", "locate_ns", "oneway",
     "register_class_to_dict", "register_dict_to_class", "serve", "unregister_class_to_dict",
     "unregister_dict_to_class",
 ]

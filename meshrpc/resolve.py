@@ -50,7 +50,8 @@ def _resolve_mesh(uri: URI, settings: Settings) -> URI | None:
 
 
 def _resolve_ns(uri: URI, settings: Settings) -> URI | None:
-    raise NamingError("no name server support yet")
+    from .naming import resolve_ns  # loaded only when the name server is used
+    return resolve_ns(uri, settings)
 
 
 _RESOLVERS = {"mesh": _resolve_mesh, "ns": _resolve_ns}

@@ -105,6 +105,7 @@ class Daemon:
         self._listener = create_server_socket(host, port, unixsocket, reuse=settings.SOCK_REUSE)
         self._listener.setblocking(False)
         self._unixsocket = unixsocket
+        self._bind_host = host  # discovery follows the bound host (0.0.0.0: every interface)
         if unixsocket:
             self._host, self._port = None, 0
         else:
@@ -192,7 +193,7 @@ class Daemon:
     def _announce(self, name: str, uri: URI, tags: frozenset[str]) -> None:
         if self._publisher is None:
             from ..mesh import MeshPublisher  # discovery is loaded only by daemons that use names
-            self._publisher = MeshPublisher(self._host or "localhost", self.settings)
+            self._publisher = MeshPublisher(self._bind_host if not self._unixsocket else "localhost", self.settings)
         self._publisher.publish(name, str(uri), set(tags))
 
     @property
@@ -685,10 +686,18 @@ def serve(objects: dict[Any, str], host: str | None = None, port: int = 0, daemo
     """Register `objects` ({object or class: name}) on a daemon, advertise them by name, and serve."""
     daemon = daemon or Daemon(host, port)
     with daemon:
+        ns = None
+        if use_ns:
+            from ..naming import locate_ns
+            ns = locate_ns(settings=daemon.settings)
         for obj, name in objects.items():
             uri = daemon.register(obj, name, name=name)
+            if ns is not None:
+                ns.register(name, uri)
             if verbose:
                 log.info("serving %s as %s", name, uri)
+        if ns is not None:
+            ns._pyroRelease()
         daemon.requestLoop()
 
 

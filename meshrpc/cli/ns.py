@@ -1,0 +1,112 @@
+"""`meshrpc ns`: run the fallback name server (Pyro5-compatible) until Ctrl-C or SIGTERM.
+
+Also runnable as `python -m meshrpc.cli.ns [options]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..config import config
+from .output import Output
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ns", help="run the fallback name server (Pyro5-compatible)",
+                       description="Run a name server that meshrpc and Pyro5 clients can use "
+                                   "(docs/nameserver.md).")
+    _add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None,
+                   help="address to bind (default: MESHRPC_NS_HOST, else MESHRPC_HOST, localhost)")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"TCP port, 0 for any free one (default: MESHRPC_NS_PORT, {config.NS_PORT})")
+    p.add_argument("--bcport", type=int, default=None,
+                   help=f"UDP port of the broadcast responder, 0 for any free one "
+                        f"(default: MESHRPC_NS_BCPORT, {config.NS_BCPORT})")
+    p.add_argument("--storage", default="memory", metavar="memory|sql:PATH",
+                   help="where entries live: memory (default) or an sqlite file that survives restarts")
+    p.add_argument("--no-broadcast", action="store_true", help="do not answer broadcast discovery")
+    p.add_argument("--autoclean", type=float, default=None, metavar="SECONDS",
+                   help="probe registered daemons this often and drop those that stay unreachable (default: off)")
+    p.add_argument("--mesh", action="store_true", help="also announce the name server on the mesh (mDNS)")
+    p.add_argument("--json", action="store_true", help="print the URI as JSON")
+
+
+@contextlib.contextmanager
+def _sigterm_stops(daemon: Any) -> Iterator[None]:
+    """SIGTERM shuts the name server down cleanly (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: daemon.shutdown())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    from ..naming import start_ns
+    uri, daemon, bcserver = start_ns(args.host, args.port, args.bcport, storage=args.storage,
+                                     enable_broadcast=not args.no_broadcast, autoclean=args.autoclean,
+                                     announce=args.mesh)
+    try:
+        if bcserver is not None:
+            bcserver.run_in_thread()
+        count = daemon.nameserver.count()
+        if out.json_mode:
+            out.json({"uri": str(uri), "broadcast": bcserver.locationStr if bcserver else None,
+                      "storage": args.storage, "entries": count})
+        else:
+            out.line(f"name server ready: {uri}")
+            if bcserver is not None:
+                where = ", ".join(f"{address or '0.0.0.0'}:{bcserver.port}" for address in bcserver.addresses)
+                broadcast = f"broadcast responder on {where}"
+            else:
+                broadcast = "no broadcast responder"
+            out.status(f"storage {args.storage}, {count} entries; {broadcast}")
+            out.status("Ctrl-C stops it")
+        with _sigterm_stops(daemon):
+            daemon.requestLoop()
+    finally:
+        daemon.close()
+        if bcserver is not None:
+            bcserver.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m meshrpc.cli.ns`: the sub-command on its own."""
+    import logging
+
+    from .. import errors
+    parser = argparse.ArgumentParser(prog="meshrpc ns", description="Run the fallback name server.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    out = Output(json_mode=args.json)
+    try:
+        return run(args, out)
+    except KeyboardInterrupt:
+        return 130
+    except (errors.MeshError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        out.err(f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

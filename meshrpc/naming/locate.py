@@ -1,0 +1,173 @@
+"""Finding a name server (`locate_ns`) and resolving PYRONAME/PYROMETA URIs through one (`resolve_ns`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+from typing import Any
+
+from ..client.proxy import Proxy
+from ..config import Settings
+from ..config import config as default_config
+from ..errors import CommunicationError, MeshError, NamingError
+from ..uri import URI
+from .broadcast import broadcast_locate
+from .constants import NAMESERVER_NAME, RESOLVE_MAX_HOPS
+
+log = logging.getLogger("meshrpc.naming")
+
+# the name server each configuration located last: tried first next time (a connect, no broadcast)
+_last_located: dict[tuple, str] = {}
+_last_lock = threading.Lock()
+
+
+def _ns_uri(host: str, port: int) -> URI:
+    return URI.from_parts(NAMESERVER_NAME, host.strip("[]"), port)
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bound_proxy(uri: URI, settings: Settings) -> Proxy:
+    """A proxy for the name server at uri, connected and handshaken; CommunicationError otherwise."""
+    proxy = Proxy(uri, settings=settings)
+    try:
+        proxy._pyroBind()
+    except BaseException:
+        proxy._pyroRelease()
+        raise
+    return proxy
+
+
+def _from_mesh(settings: Settings, tried: list[str]) -> Proxy | None:
+    from ..resolve import resolve_sources
+    if "mesh" not in resolve_sources(settings):
+        return None
+    try:
+        from ..mesh import get_registry  # the mesh package may not offer it (yet)
+        entries = get_registry(settings).lookup(NAMESERVER_NAME)
+    except (ImportError, AttributeError) as exc:
+        tried.append(f"mesh: unavailable ({exc})")
+        return None
+    except MeshError as exc:
+        tried.append(f"mesh: {exc}")
+        return None
+    if not entries:
+        tried.append("mesh: no name server announced")
+        return None
+    for entry in entries:
+        try:
+            return _bound_proxy(URI(entry.uri), settings)
+        except (MeshError, ValueError) as exc:
+            tried.append(f"mesh: {entry.uri}: {exc}")
+    return None
+
+
+def _direct(uri: URI, settings: Settings, tried: list[str], label: str = "direct") -> Proxy | None:
+    try:
+        return _bound_proxy(uri, settings)
+    except MeshError as exc:
+        tried.append(f"{label} {uri.location}: {exc}")
+        return None
+
+
+def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool = True,
+              settings: Settings | None = None) -> Proxy:
+    """A connected proxy for a name server (meshrpc's or Pyro5's).
+
+    With host: the name server at host:port (port defaults to NS_PORT). Without: the one located last,
+    the mesh, the configured NS_HOST (or HOST) when it is loopback, broadcast on NS_BCPORT, then the
+    configured host; NamingError naming each attempt when none answers."""
+    settings = settings or default_config
+    port = int(port) if port else settings.NS_PORT
+    tried: list[str] = []
+    if host:
+        proxy = _direct(_ns_uri(str(host), port), settings, tried)
+        if proxy is None:
+            raise NamingError("failed to locate the name server: " + "; ".join(tried))
+        return proxy
+    configured = settings.NS_HOST or settings.HOST
+    key = (configured, port, settings.NS_BCPORT, settings.RESOLVE)
+    with _last_lock:
+        last = _last_located.get(key)
+    proxy = None
+    if last is not None:
+        proxy = _direct(URI(last), settings, tried, "last located")
+    if proxy is None:
+        proxy = _from_mesh(settings, tried)
+    direct_uri = _ns_uri(configured, port)
+    direct_tried = False
+    if proxy is None and _is_loopback(configured):
+        direct_tried = True
+        proxy = _direct(direct_uri, settings, tried)
+    if proxy is None and broadcast:
+        found = broadcast_locate(configured, settings.NS_BCPORT)
+        if found is None:
+            tried.append(f"broadcast on port {settings.NS_BCPORT}: no answer")
+        else:
+            proxy = _direct(found, settings, tried, "broadcast answer")
+    if proxy is None and not direct_tried:
+        proxy = _direct(direct_uri, settings, tried)
+    if proxy is None:
+        raise NamingError("failed to locate the name server: " + "; ".join(tried))
+    with _last_lock:
+        _last_located[key] = str(proxy._pyroUri)
+    return proxy
+
+
+def resolve_ns(uri: URI, settings: Settings) -> URI | None:
+    """The PYRO URI of a PYRONAME/PYROMETA uri, asked of a name server: the one at the uri's location
+    when it has one, else locate_ns. None when the name (or tags) are unknown; NamingError when no
+    name server answers."""
+    uri = URI(uri)
+    for _ in range(RESOLVE_MAX_HOPS + 1):
+        if uri.is_direct:
+            return uri
+        found, ns_uri = _resolve_once(uri, settings)
+        if found is None:
+            return None
+        if not found.is_direct and found.host is None and not found.sockname:
+            # a logical name without a location, found in a name server: ask that same one next
+            found = URI.from_parts(found.object, ns_uri.host, ns_uri.port, protocol=found.protocol)
+        uri = found
+    raise NamingError(f"{uri}: more than {RESOLVE_MAX_HOPS} PYRONAME/PYROMETA hops; is there a loop?")
+
+
+def _resolve_once(uri: URI, settings: Settings) -> tuple[URI | None, URI]:
+    ns = locate_ns(uri.host, uri.port, settings=settings) if uri.host else locate_ns(settings=settings)
+    with ns:
+        ns._pyroTimeout = settings.COMMTIMEOUT or settings.LOOKUP_TIMEOUT  # a hung name server must not hang us
+        ns_uri = URI(ns._pyroUri)
+        try:
+            if uri.protocol == "PYRONAME":
+                try:
+                    result: Any = ns.lookup(uri.object)
+                except NamingError as exc:
+                    if str(exc).startswith("unknown name"):
+                        return None, ns_uri
+                    raise
+                return URI(result), ns_uri
+            candidates = ns.yplookup(meta_all=sorted(uri.tags), return_metadata=False)
+        except CommunicationError as exc:  # located, then failed: still a name-server problem
+            raise NamingError(f"name server {ns_uri.location} failed: {exc}") from exc
+        if not candidates:
+            return None, ns_uri
+        return URI(random.choice(list(candidates.values()))), ns_uri
+
+
+def forget_located() -> None:
+    """Forget which name servers were located (the next locate_ns searches afresh)."""
+    with _last_lock:
+        _last_located.clear()
+
+
+__all__ = ["forget_located", "locate_ns", "resolve_ns"]

@@ -1,0 +1,72 @@
+"""`meshrpc ns`: its options, and run() printing the URI (text and JSON) until the daemon stops."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import threading
+from typing import Any
+
+import pytest
+from support import wait_until
+
+import meshrpc.naming
+from meshrpc import URI
+from meshrpc.cli import ns as ns_cli
+from meshrpc.cli.output import Output
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    ns_cli.add_parser(sub)
+    return parser.parse_args(["ns", *argv])
+
+
+def test_options() -> None:
+    args = parse([])
+    assert (args.host, args.port, args.bcport, args.storage, args.no_broadcast, args.json) == (
+        None, None, None, "memory", False, False)
+    assert args.run is ns_cli.run
+    args = parse(["--host", "127.0.0.1", "--port", "0", "--bcport", "0", "--storage", "sql:/tmp/x.db",
+                  "--no-broadcast", "--autoclean", "5", "--mesh", "--json"])
+    assert (args.host, args.port, args.bcport, args.storage, args.no_broadcast, args.autoclean, args.mesh,
+            args.json) == ("127.0.0.1", 0, 0, "sql:/tmp/x.db", True, 5.0, True, True)
+
+
+def run_until_ready(monkeypatch: pytest.MonkeyPatch, argv: list[str], json_mode: bool) -> str:
+    """run() in a thread; once it printed, shut its daemon down; the printed text."""
+    started: list[Any] = []
+    original = meshrpc.naming.start_ns
+
+    def capturing_start_ns(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        started.append(result)
+        return result
+
+    monkeypatch.setattr(meshrpc.naming, "start_ns", capturing_start_ns)
+    stream = io.StringIO()
+    outcome: list[int] = []
+    thread = threading.Thread(target=lambda: outcome.append(ns_cli.run(parse(argv), Output(json_mode, stream))))
+    thread.start()
+    wait_until(lambda: started and stream.getvalue(), timeout=20, message="the name server to print its URI")
+    started[0][1].shutdown()
+    thread.join(15)
+    assert not thread.is_alive() and outcome == [0]
+    return stream.getvalue()
+
+
+def test_run_prints_the_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = run_until_ready(monkeypatch, ["--host", "127.0.0.1", "--port", "0", "--bcport", "0"], False)
+    assert text.startswith("name server ready: PYRO:Pyro.NameServer@127.0.0.1:")
+    URI(text.split(": ", 1)[1].strip())
+
+
+def test_run_prints_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = run_until_ready(monkeypatch, ["--host", "127.0.0.1", "--port", "0", "--no-broadcast", "--json"], True)
+    info = json.loads(text)
+    assert info["broadcast"] is None and info["storage"] == "memory" and info["entries"] == 1
+    assert URI(info["uri"]).object == "Pyro.NameServer"

@@ -101,6 +101,11 @@ class Settings:
     NS_PORT: int = field(default=9090, metadata=_doc("Name server port (Pyro5's default)."))
     NS_BCPORT: int = field(default=9091, metadata=_doc(
         "UDP port of the name server's broadcast responder (Pyro5's default)."))
+    NS_AUTOCLEAN: float = field(default=0.0, metadata=_doc(
+        "Seconds between the name server's liveness sweeps of the daemons behind its PYRO entries; "
+        "0 turns autoclean off (Pyro5's default)."))
+    NS_AUTOCLEAN_MISSES: int = field(default=3, metadata=_doc(
+        "Consecutive failed liveness probes after which the name server removes a daemon's entries."))
     # --- mesh
     REALM: str = field(default="default", metadata=_doc(
         "Mesh realm: processes only see announcements of their own realm, so several meshes can "
@@ -133,7 +138,8 @@ class Settings:
     MESH_MAX_ENTRIES: int = field(default=5000, metadata=_doc(
         "Most entries (live and dormant) a registry holds; beyond it new announcements are refused."))
     MESH_MAX_NODES: int = field(default=1000, metadata=_doc(
-        "Most daemons (nodes) a registry tracks."))
+        "Most daemons (nodes) a registry tracks; also how many sources of malformed records are "
+        "remembered so that each is logged once."))
     MESH_FEED_QUEUE_MAX: int = field(default=10000, metadata=_doc(
         "Most received records waiting to be decoded; more are dropped (flood protection)."))
     MESH_TXT_MAX: int = field(default=1300, metadata=_doc(
@@ -144,9 +150,11 @@ class Settings:
     MESH_OTHER_TTL: int = field(default=4500, metadata=_doc(
         "TTL (s) of published PTR and TXT records (liveness does not depend on it)."))
     MESH_PUBLISH_TIMEOUT: float = field(default=0.5, metadata=_doc(
-        "Seconds publish() waits for the first announcement to be handed to the network."))
+        "Seconds publish() waits for the first announcement to be handed to the network (and a new "
+        "registry for zeroconf's cache)."))
     MESH_GOODBYE_TIMEOUT: float = field(default=1.0, metadata=_doc(
-        "Seconds withdraw() and close() wait for goodbye packets to be sent."))
+        "Seconds withdraw() and close() wait for goodbye packets to be sent (and shutdown for the "
+        "mesh thread)."))
     MESH_PROBE_CONTESTED: bool = field(default=True, metadata=_doc(
         "When a newer provider of a name appears on another daemon, probe the older ones with a TCP "
         "connect and hide them if refused (restart on another host/port replaces at once)."))
@@ -211,13 +219,13 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
                 return False
             raise ValueError(value)
         if type_name == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if type_name == "float":
             return float(value)
         return str(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"setting {name} needs a {type_name} value, got {value!r}") from None
 
 

@@ -14,6 +14,8 @@ from .output import Output
 # sub-command name -> module (loaded only when used, so `meshrpc --help` stays fast)
 COMMANDS = {
     "demo": "demo",
+    "browse": "browse",
+    "ns": "ns",
     "echo": "echo",
     "call": "call",
     "ping": "call",

@@ -101,6 +101,12 @@ class Settings:
     NS_PORT: int = field(default=9090, metadata=_doc("Name server port (Pyro5's default)."))
     NS_BCPORT: int = field(default=9091, metadata=_doc(
         "UDP port of the name server's broadcast responder (Pyro5's default)."))
+    NS_AUTOREGISTER: bool = field(default=True, metadata=_doc(
+        "When NS_HOST is set, daemons also register the objects they give a name in that name server "
+        "(in the background) and withdraw them on unregister and shutdown."))
+    NS_REGISTER_REFRESH: float = field(default=30.0, metadata=_doc(
+        "Seconds between a daemon's re-registrations in the name server (so a restarted name server "
+        "learns its names back); failed attempts are retried at this pace too."))
     NS_AUTOCLEAN: float = field(default=0.0, metadata=_doc(
         "Seconds between the name server's liveness sweeps of the daemons behind its PYRO entries; "
         "0 turns autoclean off (Pyro5's default)."))

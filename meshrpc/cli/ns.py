@@ -39,6 +39,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoclean", type=float, default=None, metavar="SECONDS",
                    help="probe registered daemons this often and drop those that stay unreachable (default: off)")
     p.add_argument("--mesh", action="store_true", help="also announce the name server on the mesh (mDNS)")
+    p.add_argument("--bridge", action="store_true",
+                   help="mirror the services heard on the mesh into the name server, for clients that "
+                        "reach only the name server")
     p.add_argument("--json", action="store_true", help="print the URI as JSON")
 
 
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from ..naming import start_ns
     uri, daemon, bcserver = start_ns(args.host, args.port, args.bcport, storage=args.storage,
                                      enable_broadcast=not args.no_broadcast, autoclean=args.autoclean,
-                                     announce=args.mesh)
+                                     announce=args.mesh, bridge=args.bridge)
     try:
         if bcserver is not None:
             bcserver.run_in_thread()

@@ -8,7 +8,7 @@ import marshal
 import random
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .. import errors
 from ..blob import SerializedBlob
@@ -200,7 +200,7 @@ class Proxy:
     def _pyroBind(self) -> bool:
         """Connect now (instead of at the first call) and fetch the object's metadata."""
         with self._pyroLock:
-            return self.__connect()
+            return self.__recovering(self.__connect, "")
 
     def _pyroRelease(self) -> None:
         """Close the connection; the next call connects again."""
@@ -228,7 +228,7 @@ class Proxy:
             return
         with self._pyroLock:
             if self._pyroConnection is None:
-                self.__connect()
+                self.__recovering(self.__connect, "")
             else:
                 meta = self._pyroInvoke("get_metadata", (objectId or self._pyroTargetObject(),), None,
                                         object_id=DAEMON_OBJECT_ID)
@@ -325,27 +325,38 @@ class Proxy:
         PYRONAME/PYROMETA proxies on a freshly resolved provider, until REBIND_TIMEOUT; a call that may
         have reached one is re-sent only when the method is idempotent or `_pyroMaxRetries` allows it."""
         with self._pyroLock:
-            retries_left = self._pyroMaxRetries
-            rebind = _Rebind(self._pyroSettings)
-            while True:
-                try:
-                    return self.__invoke_once(methodname, vargs, kwargs, flags, object_id)
-                except _NotDelivered as exc:
-                    self.__drop(exc.target, exc)
-                    if self._pyroLocator is None and not rebind.first:
-                        raise CommunicationError(str(exc)) from None  # a PYRO URI has nowhere else to go
-                    if not rebind.wait():
-                        raise self.__gave_up(exc, rebind) from None
-                except ConnectionClosedError as exc:  # sent, but no reply: it may have run
-                    self.__drop(self._pyroUri, exc)
-                    if methodname in self._pyroIdempotent and methodname != "<batch>" and rebind.wait():
-                        log.info("re-sending idempotent %s after: %s", methodname, exc)
-                        continue
-                    if retries_left > 0:
-                        retries_left -= 1
-                        log.info("re-sending %s (MAX_RETRIES) after: %s", methodname, exc)
-                        continue
-                    raise
+            return self.__recovering(lambda: self.__invoke_once(methodname, vargs, kwargs, flags, object_id),
+                                     methodname)
+
+    def __recovering(self, attempt: Callable[[], Any], methodname: str) -> Any:
+        """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md."""
+        retries_left = self._pyroMaxRetries
+        rebind = _Rebind(self._pyroSettings)
+        while True:
+            try:
+                return attempt()
+            except _NotDelivered as exc:
+                self.__drop(exc.target, exc)
+                if self._pyroLocator is None and not rebind.first:
+                    raise CommunicationError(str(exc)) from None  # a PYRO URI has nowhere else to go
+                if not rebind.wait():
+                    raise self.__gave_up(exc, rebind) from None
+            except errors.NamingError as exc:
+                if rebind.first:
+                    raise  # the first resolution: nothing was known, say so at once
+                log.info("%s not resolvable yet: %s", self._pyroLocator, exc)
+                if not rebind.wait():
+                    raise self.__gave_up(exc, rebind) from None
+            except ConnectionClosedError as exc:  # sent, but no reply: it may have run
+                self.__drop(self._pyroUri, exc)
+                if methodname in self._pyroIdempotent and methodname != "<batch>" and rebind.wait():
+                    log.info("re-sending idempotent %s after: %s", methodname, exc)
+                    continue
+                if retries_left > 0:
+                    retries_left -= 1
+                    log.info("re-sending %s (MAX_RETRIES) after: %s", methodname, exc)
+                    continue
+                raise
 
     def __drop(self, target: URI | None, reason: Exception) -> None:
         self._pyroRelease()

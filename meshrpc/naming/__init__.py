@@ -25,7 +25,7 @@ log = logging.getLogger("meshrpc.naming")
 def start_ns(host: str | None = None, port: int | None = None, bcport: int | None = None,
              storage: str | Storage = "memory", settings: Settings | None = None, enable_broadcast: bool = True,
              *, autoclean: float | None = None, autoclean_misses: int | None = None, announce: bool = False,
-             nathost: str | None = None, natport: int | None = None
+             bridge: bool = False, nathost: str | None = None, natport: int | None = None
              ) -> tuple[URI, NameServerDaemon, BroadcastServer | None]:
     """Create a name server: (its URI, its daemon, its broadcast responder or None).
 
@@ -34,10 +34,12 @@ def start_ns(host: str | None = None, port: int | None = None, bcport: int | Non
     port to NS_PORT, bcport to NS_BCPORT; port 0 and bcport 0 pick free ports. storage: "memory",
     "sql:PATH" or a Storage. autoclean: seconds between liveness sweeps (default NS_AUTOCLEAN
     when that setting exists, else 0 = off). announce: also publish the name server on the mesh.
+    bridge: mirror the mesh (what the name server hears by mDNS) into the name server.
     There is no broadcast responder for IPv6 name servers."""
     settings = settings or default_config
     daemon = NameServerDaemon(host, port, storage, settings=settings, autoclean=autoclean,
-                              autoclean_misses=autoclean_misses, announce=announce, nathost=nathost, natport=natport)
+                              autoclean_misses=autoclean_misses, announce=announce, bridge=bridge,
+                              nathost=nathost, natport=natport)
     uri = daemon.uriFor(NAMESERVER_NAME)
     bcserver = None
     if enable_broadcast:

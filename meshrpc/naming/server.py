@@ -332,13 +332,14 @@ class NameServerDaemon(Daemon):
 
     def __init__(self, host: str | None = None, port: int | None = None, storage: Storage | str = "memory",
                  *, settings: Settings | None = None, autoclean: float | None = None,
-                 autoclean_misses: int | None = None, announce: bool = False,
+                 autoclean_misses: int | None = None, announce: bool = False, bridge: bool = False,
                  nathost: str | None = None, natport: int | None = None) -> None:
         settings = settings or default_config
         host = host if host is not None else (settings.NS_HOST or settings.HOST)
         port = settings.NS_PORT if port is None else port
         self.nameserver = NameServer(storage)
         self.autocleaner: AutoCleaner | None = None
+        self.bridge: Any = None
         try:
             super().__init__(host, port, nathost=nathost, natport=natport, settings=settings)
         except BaseException:
@@ -353,6 +354,10 @@ class NameServerDaemon(Daemon):
                              if autoclean_misses is None else autoclean_misses)
                 self.autocleaner = AutoCleaner(self.nameserver, interval, misses)
                 self.autocleaner.start()
+            if bridge:
+                from .bridge import MeshBridge
+                # the bridge listens where the name server serves (0.0.0.0: every interface)
+                self.bridge = MeshBridge(self.nameserver, self.settings.copy(HOST=host))
         except BaseException:
             self.close()
             raise
@@ -372,6 +377,8 @@ class NameServerDaemon(Daemon):
     def close(self) -> None:
         if self.autocleaner is not None:
             self.autocleaner.stop()
+        if self.bridge is not None:
+            self.bridge.close()
         super().close()
         self.nameserver.close()
 

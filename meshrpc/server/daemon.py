@@ -132,6 +132,7 @@ class Daemon:
         self._calls_lock = threading.Lock()
         self._calls_in_progress = 0
         self._publisher: Any = None  # mesh publisher, created on the first named registration
+        self._ns_registrar: Any = None  # name-server registrar, when NS_HOST is configured
         self._register_daemon_object(interface)
         log.info("daemon listening on %s", self.locationStr)
 
@@ -189,12 +190,19 @@ class Daemon:
             registration.target._pyroId = ""
         if registration.name and self._publisher is not None:
             self._publisher.withdraw(registration.name, str(self.uriFor(object_id)))
+        if registration.name and self._ns_registrar is not None:
+            self._ns_registrar.withdraw(registration.name, str(self.uriFor(object_id)))
 
     def _announce(self, name: str, uri: URI, tags: frozenset[str]) -> None:
         if self._publisher is None:
             from ..mesh import MeshPublisher  # discovery is loaded only by daemons that use names
             self._publisher = MeshPublisher(self._bind_host if not self._unixsocket else "localhost", self.settings)
         self._publisher.publish(name, str(uri), set(tags))
+        if self.settings.NS_HOST and self.settings.NS_AUTOREGISTER:
+            if self._ns_registrar is None:
+                from ..naming.registrar import NameServerRegistrar
+                self._ns_registrar = NameServerRegistrar(self.settings)
+            self._ns_registrar.register(name, str(uri), tags)
 
     @property
     def objectsById(self) -> dict[str, Any]:
@@ -627,11 +635,12 @@ class Daemon:
         self._closed = True
         self._stop.set()
         self._wait_for_calls(SHUTDOWN_GRACE)
-        if self._publisher is not None:
-            try:
-                self._publisher.close()
-            except Exception:
-                log.exception("withdrawing mesh announcements failed")
+        for withdrawing in (self._publisher, self._ns_registrar):
+            if withdrawing is not None:
+                try:
+                    withdrawing.close()
+                except Exception:
+                    log.exception("withdrawing announcements failed")
         for conn in list(self._connections):
             self._drop(conn)
         self._streams.close_all()
@@ -676,9 +685,15 @@ def _primary_address(wildcard: str) -> str:
         probe.connect(("fd00::1" if family == socket.AF_INET6 else "10.255.255.255", 9))
         return probe.getsockname()[0]
     except OSError:
-        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        pass  # no route out (a host without a default route): take an interface's address
     finally:
         probe.close()
+    if family == socket.AF_INET:
+        from ..mesh.net import interfaces_for
+        addresses = interfaces_for("0.0.0.0")
+        if addresses:
+            return addresses[0]
+    return "::1" if family == socket.AF_INET6 else "127.0.0.1"
 
 
 def serve(objects: dict[Any, str], host: str | None = None, port: int = 0, daemon: Daemon | None = None,

@@ -45,9 +45,9 @@ class StreamTable:
         if stream is None:
             raise DaemonError("unknown or expired stream; it may have ended, timed out, or its daemon restarted")
         if stream.owner is not caller:
-            if stream.owner is not None:
-                raise DaemonError("this stream belongs to another connection")
-            stream.owner, stream.orphaned_at = caller, 0.0  # a reconnected proxy takes its stream back
+            # the stream id (a random UUID) is the capability: a proxy that reconnected takes its
+            # stream along, even before the daemon noticed that the old connection broke
+            stream.owner, stream.orphaned_at = caller, 0.0
         with stream.lock:
             try:
                 return next(stream.iterator)

@@ -673,3 +673,30 @@ def test_down_daemon_fails_fast_with_clear_error(start_daemon):
     with pytest.raises(errors.CommunicationError, match="connection refused"):
         meshrpc.Proxy(uri).add(1, 2)
     assert time.monotonic() - started < 2
+
+
+def test_stream_lifetime_and_linger(start_daemon):
+    """Streams expire after ITER_STREAM_LIFETIME; after a disconnect they linger ITER_STREAM_LINGER
+    seconds, during which a reconnected proxy goes on pulling items."""
+    settings = meshrpc.config.copy(ITER_STREAM_LIFETIME=0.5, ITER_STREAM_LINGER=0.0)
+    running = start_daemon(settings=settings)
+    uri = running.register(Calculator(), "calc")
+    with meshrpc.Proxy(uri) as proxy:
+        stream = proxy.squares(100)
+        assert next(stream) == 0
+        wait_until(lambda: len(running.daemon._streams) == 0, 5, message="the stream to expire (lifetime)")
+        with pytest.raises(errors.DaemonError, match="unknown or expired stream"):
+            next(stream)
+        # linger 0: a disconnect drops the stream at once
+        stream = proxy.squares(100)
+        assert next(stream) == 0
+        proxy._pyroRelease()
+        wait_until(lambda: len(running.daemon._streams) == 0, 5, message="the stream of the closed connection")
+
+    lingering = start_daemon(settings=meshrpc.config.copy(ITER_STREAM_LINGER=30.0))
+    uri = lingering.register(Calculator(), "calc")
+    with meshrpc.Proxy(uri) as proxy:
+        stream = proxy.squares(5)
+        assert [next(stream), next(stream)] == [0, 1]
+        proxy._pyroConnection.sock.shutdown(socket.SHUT_RDWR)  # the connection breaks under the proxy
+        assert list(stream) == [4, 9, 16]  # the proxy reconnects and the stream goes on

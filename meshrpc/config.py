@@ -64,6 +64,9 @@ class Settings:
         "Seconds a thread waiting for a message polls without sleeping, while recent messages came "
         "that fast (saves a scheduler wake-up per call on fast links; 0 turns it off; off on "
         "single-core machines). At most one thread per process spins at a time."))
+    SERVER_SPIN: bool = field(default=False, metadata=_doc(
+        "Let daemon workers spin-wait (SPIN_WAIT) for a client's next request too. Faster on an idle "
+        "machine with a core to spare; on a loaded one it takes CPU from the calls themselves."))
     # --- resilience
     REBIND_TIMEOUT: float = field(default=10.0, metadata=_doc(
         "Seconds a proxy keeps trying to re-resolve and reconnect a PYRONAME/PYROMETA service for one "
@@ -73,7 +76,7 @@ class Settings:
     REBIND_BACKOFF_MAX: float = field(default=1.0, metadata=_doc(
         "Longest pause between reconnection attempts."))
     # --- server
-    THREADPOOL_SIZE: int = field(default=64, metadata=_doc(
+    THREADPOOL_SIZE: int = field(default=128, metadata=_doc(
         "Most worker threads a daemon runs calls on. Idle connections hold no worker, so this "
         "bounds concurrency, not the number of connected proxies."))
     WORKER_LINGER: float = field(default=0.25, metadata=_doc(

@@ -35,6 +35,7 @@ from .streams import StreamTable
 log = logging.getLogger("meshrpc.server")
 
 DAEMON_OBJECT_ID = "Pyro.Daemon"
+_PLAIN_RESULTS = frozenset({type(None), bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset})
 STREAM_ANNOTATION = "STRM"
 BLOB_ANNOTATION = "BLBI"
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between stream expiry sweeps
@@ -131,6 +132,7 @@ class Daemon:
         self._next_housekeeping = 0.0
         self._calls_lock = threading.Lock()
         self._calls_in_progress = 0
+        self._server_spin = settings.SERVER_SPIN
         self._publisher: Any = None  # mesh publisher, created on the first named registration
         self._ns_registrar: Any = None  # name-server registrar, when NS_HOST is configured
         self._register_daemon_object(interface)
@@ -341,7 +343,7 @@ class Daemon:
             conn = ClientConnection(sock, addr, self.settings)
             self._connections.add(conn)
             log.debug("connection from %s", addr)
-            self._park(conn)
+            self._pool.submit(self._serve, conn)  # its CONNECT follows at once: no trip through the selector
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -353,11 +355,14 @@ class Daemon:
 
     # ------------------------------------------------------------------ a connection's worker
     def _serve(self, conn: ClientConnection) -> None:
-        """Answer requests on `conn` until it is idle for WORKER_LINGER, closes, or others need the worker."""
+        """Answer requests on `conn` until it is idle for WORKER_LINGER, closes, or others need the worker.
+
+        A partial frame never pins the worker: it stays in the connection's reader while the
+        connection waits in the selector again (a slow client cannot hold a worker)."""
         linger_ms = self.settings.WORKER_LINGER * 1000
         reader = conn.reader
+        pool = self._pool
         try:
-            conn.fill()  # the selector saw it readable
             while True:
                 frame = reader.next_frame()
                 if frame is not None:
@@ -365,16 +370,16 @@ class Daemon:
                     continue
                 if self._stop.is_set():
                     return
-                if not self._calls_in_progress and conn.try_fill():
+                if pool.backlog():  # other connections are waiting for a worker: take turns
+                    self._hand_back(conn)
+                    return
+                if self._server_spin and not self._calls_in_progress and conn.try_fill():
                     continue  # the next request came quickly: no sleep, no wake-up
                 # idle: keep watching a little, unless other connections are waiting for a worker
                 waited = 0.0
                 while True:
-                    if self._pool.backlog():
-                        self._hand_back(conn)
-                        return
                     slice_ms = min(20.0, linger_ms - waited)
-                    if slice_ms <= 0:
+                    if slice_ms <= 0 or pool.backlog():
                         self._hand_back(conn)
                         return
                     if conn.poller.poll(slice_ms):
@@ -606,8 +611,9 @@ class Daemon:
 
     @staticmethod
     def _is_stream(result: Any) -> bool:
-        return isinstance(result, (types.GeneratorType, collections.abc.Iterator)) and not isinstance(
-            result, (str, bytes, dict, list, tuple, set))
+        if type(result) in _PLAIN_RESULTS:  # the common case, without an ABC check
+            return False
+        return isinstance(result, (types.GeneratorType, collections.abc.Iterator))
 
     def _metadata(self, object_id: str, as_lists: bool) -> dict[str, Any]:
         registration = self._objects.get(object_id)

@@ -131,7 +131,7 @@ def exposed_members(obj: Any) -> dict[str, frozenset[str]]:
 class Registration:
     """An object or class registered in a daemon, and how to get the instance for a call."""
 
-    __slots__ = ("object_id", "target", "mode", "creator", "name", "metadata", "_single", "_lock")
+    __slots__ = ("object_id", "target", "mode", "creator", "name", "metadata", "members", "_single", "_lock")
 
     def __init__(self, object_id: str, target: Any, name: str | None, metadata: frozenset[str]) -> None:
         self.object_id = object_id
@@ -144,10 +144,7 @@ class Registration:
             self.mode, self.creator = getattr(target, "_pyroInstancing", ("session", None))
         else:
             self.mode, self.creator = "instance", None
-
-    @property
-    def members(self) -> dict[str, frozenset[str]]:
-        return exposed_members(self.target)
+        self.members = exposed_members(target)  # computed once: every call checks against it
 
     def instance(self, session: dict[str, Any]) -> Any:
         """The object a call runs on; `session` holds the per-connection instances."""

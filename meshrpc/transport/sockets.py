@@ -15,7 +15,9 @@ from ..wire import frame as wire
 
 log = logging.getLogger("meshrpc.transport")
 
-RECV_CHUNK = 256 * 1024
+# reads of up to 64 KiB stay in malloc's small-block range (bigger buffers cost an mmap and munmap
+# per read); a frame known to be larger is read in chunks of up to RECV_MAX
+RECV_CHUNK = 64 * 1024
 RECV_MAX = 4 * 1024 * 1024
 
 
@@ -96,8 +98,25 @@ def connect(host: str | None, port: int, sockname: str | None, timeout: float | 
     return sock
 
 
-# at most one thread per process spins at a time: spinning threads share the GIL and the cores
-_spin_gate = threading.Lock()
+class _Waiters:
+    """How many threads of this process wait for a message right now. Spinning pays only when one
+    does: with several, a spinning thread takes the GIL and the cores from the others' work."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> int:
+        with self._lock:
+            self.count += 1
+            return self.count
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+_waiters = _Waiters()
 
 
 def _single_core() -> bool:
@@ -148,9 +167,28 @@ class FramedConnection:
 
     def try_fill(self) -> bool:
         """Poll without sleeping for up to spin_wait (when worthwhile); True when data was read."""
-        if not self.spin_wait or not self._worth_spinning():
+        with _waiters as waiting:
+            return self._try_spin(waiting)
+
+    def fill(self) -> None:
+        """Read what the socket has (at least one byte) into the frame reader."""
+        with _waiters as waiting:
+            if self._try_spin(waiting):
+                return
+            try:
+                data = self.sock.recv(self._read_size())
+            except socket.timeout:
+                raise TimeoutError("no reply within the timeout") from None
+            except OSError as exc:
+                raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+        if not data:
+            raise ConnectionClosedError("the peer closed the connection")
+        self.reader.feed(data)
+
+    def _try_spin(self, waiting: int) -> bool:
+        if waiting > 1 or not self.spin_wait or not self._worth_spinning():
             return False
-        data = self._spin_recv(min(max(self.reader.wanted(), RECV_CHUNK), RECV_MAX))
+        data = self._spin_recv(self._read_size())
         if data is None:
             return False
         if not data:
@@ -158,20 +196,9 @@ class FramedConnection:
         self.reader.feed(data)
         return True
 
-    def fill(self) -> None:
-        """Read what the socket has (at least one byte) into the frame reader."""
-        if self.try_fill():
-            return
-        size = min(max(self.reader.wanted(), RECV_CHUNK), RECV_MAX)
-        try:
-            data = self.sock.recv(size)
-        except socket.timeout:
-            raise TimeoutError("no reply within the timeout") from None
-        except OSError as exc:
-            raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
-        if not data:
-            raise ConnectionClosedError("the peer closed the connection")
-        self.reader.feed(data)
+    def _read_size(self) -> int:
+        wanted = self.reader.wanted()
+        return RECV_CHUNK if wanted <= RECV_CHUNK else min(wanted, RECV_MAX)
 
     def _worth_spinning(self) -> bool:
         if self._slow_streak >= 4:  # answers have been slow: spin again only now and then, to re-check
@@ -181,18 +208,15 @@ class FramedConnection:
 
     def _spin_recv(self, size: int) -> bytes | None:
         """Data, b"" on close, or None when nothing came within spin_wait."""
-        if not _spin_gate.acquire(blocking=False):
-            return None
-        try:
-            # poll(0) never sleeps and works the same whether or not the socket has a timeout
-            poll, clock = self.poller.poll, time.perf_counter
-            deadline = clock() + self.spin_wait
-            while not poll(0):
-                if clock() > deadline:
-                    self._slow_streak += 1
-                    return None
-        finally:
-            _spin_gate.release()
+        # poll(0) never sleeps and works the same whether or not the socket has a timeout
+        poll, clock = self.poller.poll, time.perf_counter
+        deadline = clock() + self.spin_wait
+        while not poll(0):
+            if clock() > deadline:
+                self._slow_streak += 1
+                return None
+            if _waiters.count > 1:  # another thread started waiting: leave the cores to it
+                return None
         self._slow_streak = 0
         try:
             return self.sock.recv(size)

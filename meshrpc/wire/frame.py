@@ -159,11 +159,14 @@ class FrameReader:
             return None
         annotations = parse_annotations(memoryview(buf)[HEADER_SIZE:HEADER_SIZE + ann_len],
                                         self.max_annotations) if ann_len else {}
-        payload = bytes(buf[HEADER_SIZE + ann_len:end])
-        del buf[:end]
+        payload = bytes(memoryview(buf)[HEADER_SIZE + ann_len:end])  # one copy, not two
+        if end == len(buf):
+            buf.clear()
+        else:
+            del buf[:end]
+            if len(buf) >= 6:
+                check_prefix(buf)
         self._header = None
-        if buf and len(buf) >= 6:
-            check_prefix(buf)
         if flags & FLAG_COMPRESSED:
             payload = decompress(payload, self.max_size)
             flags &= ~FLAG_COMPRESSED

@@ -127,6 +127,14 @@ def make_service(expose: Callable, oneway: Callable) -> type:
             with self._lock:
                 self._fired = 0
 
+        def rss(self) -> int:
+            """This server process's resident memory, KiB."""
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+            return 0
+
         def stream(self, total: int, chunk: int):
             block = b"\x5a" * chunk
             sent = 0
@@ -461,6 +469,7 @@ class Counts:
     threads: int
     duration: float
     discovery_ops: int
+    idle_proxies: int = 1000
 
 
 FULL = Counts(small_calls=5000, small_warmup=200, raw_msg_size=100, batch_size=1000, batch_repeats=5,
@@ -470,7 +479,7 @@ FULL = Counts(small_calls=5000, small_warmup=200, raw_msg_size=100, batch_size=1
 QUICK = Counts(small_calls=50, small_warmup=5, raw_msg_size=100, batch_size=20, batch_repeats=2,
                oneway_calls=50, connect_ops=5, large_bytes=64 * 1024, large_repeats=1,
                stream_total=256 * 1024, stream_chunk=64 * 1024, threads=4, duration=0.3,
-               discovery_ops=2)
+               discovery_ops=2, idle_proxies=20)
 
 
 # ====================================================================== cases
@@ -804,6 +813,26 @@ def measure_discovery(lib: str, srv: Server, c: Counts) -> dict[str, float]:
     return {"cold": times[0] * 1000.0, "warm": statistics.median(times[1:]) * 1000.0}
 
 
+def measure_idle(lib: str, srv: Server, c: Counts) -> dict[str, float]:
+    """Server memory with many connected idle proxies (each bound, then left alone)."""
+    probe = bound_proxy(lib, srv.uri)
+    before = probe.rss()
+    idle = [bound_proxy(lib, srv.uri) for _ in range(c.idle_proxies)]
+    time.sleep(0.5)  # not synchronisation: let workers finish lingering before reading memory
+    after = probe.rss()
+    still_served = all(p.echo(7) == 7 for p in idle[:: max(1, len(idle) // 20)])
+    for proxy in idle + [probe]:
+        proxy._pyroRelease()
+    if not still_served:
+        raise AssertionError("an idle proxy was not served")
+    return {"rss_growth": (after - before) / 1024.0, "per_connection": (after - before) / c.idle_proxies}
+
+
+def idle_env(lib: str, c: Counts) -> dict[str, str]:
+    # Pyro5 needs a pool thread per connection: without this it refuses connections past its pool
+    return {"PYRO_THREADPOOL_SIZE": str(c.idle_proxies + 20)} if lib == "pyro5" else {}
+
+
 def threads_env(lib: str, c: Counts) -> dict[str, str]:
     # Pyro5's thread pool gives each connection its own worker: raise it above the client count
     return {"PYRO_THREADPOOL_SIZE": str(c.threads + 20)} if lib == "pyro5" else {}
@@ -857,6 +886,12 @@ def build_cases(counts: Counts) -> list[Case]:
              [Row("cold", "cold registry (new realm)", "ms", False, False),
               Row("warm", "warm registry", "ms", False, False)],
              ("meshrpc",), measure_discovery, placeholder=True),
+        Case(8, "idle", f"server memory with {counts.idle_proxies} connected idle proxies (serpent)",
+             [Row("rss_growth", "server RSS growth", "MiB", False, False),
+              Row("per_connection", "per idle connection", "KiB", False, False)],
+             LIBS, measure_idle, env=idle_env,
+             note=f"Pyro5 server runs with PYRO_THREADPOOL_SIZE={counts.idle_proxies + 20} (a thread per "
+                  "connection); meshrpc with its defaults (idle connections hold no thread)"),
     ]
 
 
@@ -1203,13 +1238,21 @@ def parse_cases(text: str, all_cases: list[Case]) -> list[Case]:
     return sorted(chosen, key=lambda c: c.number)
 
 
+def raise_fd_limit() -> None:
+    """Many connected proxies need many descriptors, on both sides."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=None, help="rounds; figures are medians (default 3, quick 1)")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
     parser.add_argument("--cases", default="all", help="comma-separated case names or numbers "
-                        "(small,batch,oneway,connect,large,threads,discovery or 1-7)")
+                        "(small,batch,oneway,connect,large,threads,discovery,idle or 1-8)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout (no table)")
     parser.add_argument("--json-out", metavar="FILE", help="also write the JSON results to FILE")
     parser.add_argument("--threads", type=int, help="client threads in case 6 (default 100, quick 4)")
@@ -1227,6 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    raise_fd_limit()
 
     if args.serve:
         return serve_main(args.serve, args.profile_out, args.name)

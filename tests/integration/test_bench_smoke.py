@@ -12,7 +12,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench.py"
 
-EXPECTED_CASES = ("small", "batch", "oneway", "connect", "large", "threads", "discovery")
+EXPECTED_CASES = ("small", "batch", "oneway", "connect", "large", "threads", "discovery", "idle")
 PLACEHOLDERS = ("discovery",)  # may be skipped (with a note) until meshrpc.mesh has something to measure
 RAW_CASES = ("small", "oneway", "connect", "large", "threads")
 

@@ -83,8 +83,9 @@ class Settings:
         "Seconds a worker keeps watching a connection after a reply before it hands the "
         "connection back to the daemon's selector (saves a thread hand-off for chatty clients)."))
     ONEWAY_THREADED: bool = field(default=True, metadata=_doc(
-        "Run oneway calls on the worker pool so the calling proxy's next call need not wait; "
-        "False runs them in order on the connection's worker."))
+        "Run oneway calls on the worker pool, off the connection's reader, so the calling proxy's "
+        "next call need not wait (a connection's oneway calls still run in the order sent); False "
+        "runs them inline on the connection's worker."))
     MAX_CONNECTIONS: int = field(default=10000, metadata=_doc(
         "Most client connections a daemon holds at once; more are refused and closed."))
     DETAILED_TRACEBACK: bool = field(default=False, metadata=_doc(
@@ -173,6 +174,42 @@ class Settings:
         "Most probes running at once per process; more contested entries are left alone."))
     MESH_INTERFACE_CHECK_INTERVAL: float = field(default=5.0, metadata=_doc(
         "Seconds between checks of the machine's addresses when discovery follows 0.0.0.0."))
+    # --- security
+    SSL: bool = field(default=False, metadata=_doc(
+        "Use TLS (stdlib ssl) on every connection: daemons, the name server included, accept TLS only "
+        "(they need SSL_SERVERCERT), proxies connect with TLS and check the daemon's certificate. "
+        "See docs/security.md."))
+    SSL_SERVERCERT: str = field(default="", metadata=_doc(
+        "PEM file with the daemon's certificate (and chain); required on daemons when SSL is on."))
+    SSL_SERVERKEY: str = field(default="", metadata=_doc(
+        "PEM file with the daemon's private key; empty: the key is in SSL_SERVERCERT."))
+    SSL_SERVERKEYPASSWD: str = field(default="", metadata=_doc(
+        "Password of an encrypted SSL_SERVERKEY; empty: the key is not encrypted."))
+    SSL_CACERTS: str = field(default="", metadata=_doc(
+        "CA certificates (a PEM file, or a directory prepared with `openssl rehash`). Proxies then "
+        "trust only these for daemons' certificates, instead of the system's store; daemons verify "
+        "client certificates with them. A self-signed certificate can be its own CA file."))
+    SSL_CLIENTCERT: str = field(default="", metadata=_doc(
+        "PEM file with the proxy's certificate (and chain), for daemons that require one "
+        "(SSL_REQUIRECLIENTCERT)."))
+    SSL_CLIENTKEY: str = field(default="", metadata=_doc(
+        "PEM file with the proxy's private key; empty: the key is in SSL_CLIENTCERT."))
+    SSL_CLIENTKEYPASSWD: str = field(default="", metadata=_doc(
+        "Password of an encrypted SSL_CLIENTKEY; empty: the key is not encrypted."))
+    SSL_REQUIRECLIENTCERT: bool = field(default=False, metadata=_doc(
+        "Two-way TLS: daemons refuse clients without a certificate signed by one of SSL_CACERTS "
+        "(which must then be set)."))
+    HANDSHAKE_TIMEOUT: float = field(default=10.0, metadata=_doc(
+        "Seconds a new client connection has to complete the TLS handshake (if any) and its CONNECT "
+        "message; then the daemon closes it. 0 turns the limit off."))
+    IDLE_TIMEOUT: float = field(default=0.0, metadata=_doc(
+        "Seconds a daemon keeps a client connection on which nothing was received or sent and no call "
+        "runs; then it closes it. 0 (the default, as in Pyro5) keeps idle connections: meshrpc proxies "
+        "reconnect transparently after such a close, Pyro5 proxies get ConnectionClosedError."))
+    SEND_TIMEOUT: float = field(default=30.0, metadata=_doc(
+        "Seconds a daemon waits for a client to take more of a reply when the connection's send buffer "
+        "is full; then it closes the connection (a client that never reads cannot hold a worker). "
+        "0 waits forever."))
     # --- diagnostics
     LOGLEVEL: str = field(default="", metadata=_doc(
         "Level for the `meshrpc` logger (DEBUG, INFO, WARNING...); empty leaves logging to the "

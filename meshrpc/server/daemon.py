@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import ipaddress
 import logging
 import os
 import socket
@@ -18,13 +19,14 @@ import threading
 import time
 import types
 import uuid
+import weakref
 from typing import Any, Callable, Iterable
 
 from .. import errors
 from ..config import Settings, config as default_config
 from ..context import current_context
 from ..errors import DaemonError, ProtocolError, SerializeError
-from ..transport.sockets import FramedConnection, create_server_socket
+from ..transport.sockets import FramedConnection, create_server_socket, limit_send_time
 from ..uri import URI
 from ..wire import frame as wire
 from ..wire.serializers import ExceptionWrapper, Serializer, by_id
@@ -54,6 +56,9 @@ class ClientConnection(FramedConnection):
         self.object_id: str | None = None  # the object named in the handshake
         self.serializer: Serializer | None = None
         self.session: dict[str, Any] = {}  # per-connection instances ("session" mode)
+        self.oneways: collections.deque[tuple[wire.Frame, tuple]] = collections.deque()
+        self.oneway_lock = threading.Lock()
+        self.oneway_draining = False
         self.connected_at = time.time()
 
     def __repr__(self) -> str:
@@ -103,6 +108,11 @@ class Daemon:
         natport = natport if natport is not None else settings.NATPORT
         if natport and not nathost:
             raise ValueError("natport needs nathost too")
+        # --- security (docs/security.md): the TLS context first, so a bad certificate binds nothing
+        self._tls_context: Any = None
+        if settings.SSL:
+            from ..transport import tls
+            self._tls_context = tls.server_context(settings)
         self._listener = create_server_socket(host, port, unixsocket, reuse=settings.SOCK_REUSE)
         self._listener.setblocking(False)
         self._unixsocket = unixsocket
@@ -136,7 +146,11 @@ class Daemon:
         self._publisher: Any = None  # mesh publisher, created on the first named registration
         self._ns_registrar: Any = None  # name-server registrar, when NS_HOST is configured
         self._register_daemon_object(interface)
-        log.info("daemon listening on %s", self.locationStr)
+        # --- security: the plaintext warning, and the thread that enforces HANDSHAKE_TIMEOUT/IDLE_TIMEOUT
+        if not unixsocket and self._tls_context is None:
+            _warn_if_exposed(self._listener, self.locationStr)
+        self._start_reaper()
+        log.info("daemon listening on %s%s", self.locationStr, " (TLS)" if self._tls_context is not None else "")
 
     # ------------------------------------------------------------------ registration
     def _register_daemon_object(self, interface: type) -> None:
@@ -340,10 +354,78 @@ class Daemon:
             sock.setblocking(True)
             if sock.family in (socket.AF_INET, socket.AF_INET6) and self.settings.SOCK_NODELAY:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = ClientConnection(sock, addr, self.settings)
+            conn = self._secure_connection(sock, addr)
+            if conn is None:
+                continue
             self._connections.add(conn)
             log.debug("connection from %s", addr)
             self._pool.submit(self._serve, conn)  # its CONNECT follows at once: no trip through the selector
+
+    # ------------------------------------------------------------------ security (docs/security.md)
+    def _secure_connection(self, sock: socket.socket, addr: Any) -> ClientConnection | None:
+        """The ClientConnection of an accepted socket, under the daemon's limits: TLS sockets are
+        wrapped without a handshake (it advances on the worker, never blocking the selector; a
+        plain-protocol client is answered why it is refused), and sends are time limited."""
+        send_timeout = self.settings.SEND_TIMEOUT
+        if self._tls_context is not None:
+            from ..transport import tls
+            try:
+                sock = tls.wrap_server(sock, self._tls_context)
+            except OSError as exc:
+                log.info("connection from %s lost before TLS: %s", addr, exc)
+                sock.close()
+                return None
+        else:
+            limit_send_time(sock, send_timeout)
+        conn = ClientConnection(sock, addr, self.settings)
+        conn.accepted_at = time.monotonic()  # type: ignore[attr-defined]
+        if conn.tls is not None:
+            conn.tls.send_timeout = send_timeout or None
+            conn.tls.on_plaintext = self._refuse_plaintext
+        return conn
+
+    def _refuse_plaintext(self, channel: Any, data: bytes) -> None:
+        """A TLS daemon's answer, in the clear, to a client that sent plain protocol 502: a CONNECTFAIL
+        its proxy (meshrpc or Pyro5) shows as "connection rejected: <reason>"."""
+        ser_id, seq = 1, 0
+        if len(data) >= wire.HEADER_SIZE:
+            header = wire.HEADER.unpack_from(data)
+            ser_id, seq = header[3], header[5]
+        try:
+            serializer = by_id(ser_id)
+        except SerializeError:
+            serializer = by_id(1)
+        reason = ("this daemon accepts TLS connections only: set SSL=True on the client (and SSL_CACERTS to "
+                  "the CA of the daemon's certificate); see docs/security.md")
+        channel.send_plain(wire.encode(wire.Frame(wire.MSG_CONNECTFAIL, serializer.id, seq,
+                                                   serializer.dumps(reason))))
+
+    def _start_reaper(self) -> None:
+        limits = [t for t in (self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT) if t > 0]
+        if not limits:
+            return
+        interval = min(1.0, max(0.05, min(limits) / 4))
+        threading.Thread(target=_reaper_loop, args=(weakref.ref(self), self._stop, interval),
+                         name="meshrpc-reaper", daemon=True).start()
+
+    def _reap(self) -> None:
+        """Close connections past HANDSHAKE_TIMEOUT (no CONNECT completed) or IDLE_TIMEOUT (parked, with
+        no byte received or sent). Shutting a socket down makes it readable: its worker, or the
+        selector then a worker, finds it closed and drops it the usual way (clientDisconnect included)."""
+        now = time.monotonic()
+        handshake, idle = self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT
+        parked = set(self._parked.values()) if idle > 0 else ()
+        for conn in list(self._connections):
+            if conn.closed:
+                continue
+            if not conn.handshaken:
+                if handshake > 0 and now - getattr(conn, "accepted_at", now) > handshake:
+                    log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
+                             conn.addr, handshake)
+                    _abort(conn)
+            elif conn in parked and now - conn.last_active > idle:
+                log.debug("closing connection from %s: idle for IDLE_TIMEOUT (%g s)", conn.addr, idle)
+                _abort(conn)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -494,7 +576,7 @@ class Daemon:
                 log.warning("dropped oneway call from %s: %s", conn.addr, exc)
             return
         if is_oneway and self.settings.ONEWAY_THREADED:
-            self._pool.submit(self._run_oneway, conn, frame, call)
+            self._queue_oneway(conn, frame, call)
             return
         self._set_context(conn, frame)
         flags, result = self._run(conn, frame, call)
@@ -515,11 +597,27 @@ class Daemon:
         conn.send(wire.Frame(wire.MSG_RESULT, serializer.id, frame.seq, payload, flags, annotations,
                              frame.correlation_id))
 
-    def _run_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
-        self._set_context(conn, frame)
-        flags, result = self._run(conn, frame, call)
-        if flags & wire.FLAG_EXCEPTION:
-            log.warning("oneway call %s failed: %r", call[1], result)
+    def _queue_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
+        """Oneway calls of a connection run off its reader, in the order they were sent: one pool task
+        drains the connection's queue, so a flood of them costs no thread (or task) each."""
+        with conn.oneway_lock:
+            conn.oneways.append((frame, call))
+            if conn.oneway_draining:
+                return
+            conn.oneway_draining = True
+        self._pool.submit(self._drain_oneways, conn)
+
+    def _drain_oneways(self, conn: ClientConnection) -> None:
+        while True:
+            with conn.oneway_lock:
+                if not conn.oneways:
+                    conn.oneway_draining = False
+                    return
+                frame, call = conn.oneways.popleft()
+            self._set_context(conn, frame)
+            flags, result = self._run(conn, frame, call)
+            if flags & wire.FLAG_EXCEPTION:
+                log.warning("oneway call %s failed: %r", call[1], result)
 
     def _blob_call(self, frame: wire.Frame) -> tuple:
         import marshal
@@ -680,6 +778,46 @@ class Daemon:
 
     def __wire_dict__(self) -> dict:
         return {"__class__": "Pyro5.server.Daemon", "state": {}}
+
+
+_warned_plaintext = False
+
+
+def _warn_if_exposed(listener: socket.socket, location: str) -> None:
+    """Once per process: a daemon without TLS listens beyond this machine."""
+    global _warned_plaintext
+    if _warned_plaintext:
+        return
+    try:
+        address = ipaddress.ip_address(listener.getsockname()[0].split("%")[0])
+    except (ValueError, OSError, IndexError):
+        return
+    if address.is_loopback:
+        return
+    _warned_plaintext = True
+    logging.getLogger("meshrpc.security").warning(
+        "daemon %s listens on a non-loopback address without TLS: anyone who can reach it can call its "
+        "objects and read or change its traffic; set SSL with a certificate (docs/security.md), or bind "
+        "localhost", location)
+
+
+def _abort(conn: ClientConnection) -> None:
+    try:
+        socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the socket itself, not the SSL layer
+    except OSError:
+        pass
+
+
+def _reaper_loop(daemon_ref: "weakref.ref[Daemon]", stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        daemon = daemon_ref()
+        if daemon is None:
+            return
+        try:
+            daemon._reap()
+        except Exception:  # the reaper must not die of one odd connection
+            log.exception("connection reaper failed")
+        del daemon
 
 
 def _primary_address(wildcard: str) -> str:

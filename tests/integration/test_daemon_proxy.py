@@ -700,3 +700,13 @@ def test_stream_lifetime_and_linger(start_daemon):
         assert [next(stream), next(stream)] == [0, 1]
         proxy._pyroConnection.sock.shutdown(socket.SHUT_RDWR)  # the connection breaks under the proxy
         assert list(stream) == [4, 9, 16]  # the proxy reconnects and the stream goes on
+
+
+def test_oneway_flood_runs_in_order_off_the_reader(calc_uri):
+    uri, calc, _ = calc_uri
+    with meshrpc.Proxy(uri) as proxy:
+        for i in range(2000):
+            proxy.record(i)
+        assert proxy.add(1, 1) == 2  # answered while the oneways may still be running
+        wait_until(lambda: len(calc.events) == 2000, 10, message="all oneway calls to run")
+    assert calc.events == list(range(2000))

@@ -2,8 +2,10 @@
 
 Owns: lazy creation of the Zeroconf instance on the union of the interfaces its users need, service
 registration for publishers, heartbeats (timers on zeroconf's loop, so slow subscriber callbacks
-cannot silence them), the browser and record listener that feed registries, the `meshrpc-mesh`
-worker thread (decode, feed, sweep, watch interfaces) and endpoint probes.
+cannot silence them), the browser and record listener that feed registries, a one-shot query at
+cold start (unicast answers, `meshrpc-mesh-oneshot` thread, 1 s), TXT queries for services the
+browser saw without their TXT (lost answers), the `meshrpc-mesh` worker thread (decode, feed,
+sweep, watch interfaces) and endpoint probes.
 
 Threading rule from zeroconf: its sync API must not be called from its loop thread. Nothing here
 blocks on the loop; calls made *on* the loop thread (e.g. from an asyncio-based user) are scheduled
@@ -18,6 +20,9 @@ import concurrent.futures
 import logging
 import math
 import queue
+import random
+import select
+import socket
 import threading
 import time
 import weakref
@@ -27,12 +32,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zeroconf import (
+    DNSIncoming,
     DNSOutgoing,
+    DNSQuestion,
     DNSText,
     RecordUpdate,
     RecordUpdateListener,
     ServiceBrowser,
     ServiceInfo,
+    ServiceStateChange,
     Zeroconf,
     current_time_millis,
 )
@@ -49,9 +57,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshrpc.mesh")
 
 # DNS constants (RFC 1035 / RFC 6762), spelled out rather than taken from zeroconf's private const
+_TYPE_PTR = 12
 _TYPE_TXT = 16
+_CLASS_IN = 1
 _CLASS_IN_UNIQUE = 1 | 0x8000           # IN with the mDNS cache-flush bit: replaces older copies
+_FLAGS_QUERY = 0
 _FLAGS_RESPONSE_AA = 0x8000 | 0x0400    # QR (response) + AA (authoritative)
+# A service the browser reports whose TXT is not cached (its answer was lost: a burst of answers
+# overflowed the socket buffer) is asked for: multicast TXT questions at these delays after the
+# report (RFC 6762 lets a responder hold a repeat up to 1 s), then given up (logged).
+_TXT_QUERY_DELAYS = (0.2, 1.0, 2.0, 4.0)
+# Cold start (RFC 6762 5.1, 6.7): one PTR query from an ephemeral port per interface; responders
+# answer it by unicast to that port at once. The browser's own first query asks for unicast replies
+# to port 5353, which the kernel hands to just one of the host's mDNS sockets (SO_REUSEPORT: other
+# meshrpc processes, avahi), and its later queries are answered by multicast, which a responder
+# holds back for up to 1 s after it last multicast the same records.
+_MDNS_GROUP = ("224.0.0.251", 5353)
+_ONE_SHOT_LISTEN = 1.0                  # seconds the one-shot sockets wait for unicast answers
+_ONE_SHOT_RCVBUF = 1 << 20              # a burst of answers from many responders must fit
 _SUFFIX = "." + records.SERVICE_TYPE.lower()
 _STOP = object()
 
@@ -104,6 +127,8 @@ class Discovery:
         self._beating = False                 # a heartbeat timer chain is armed on the loop
         self._browser: ServiceBrowser | None = None
         self._listener = _Listener(self)
+        self._unresolved: dict[str, tuple[str, float, int]] = {}   # loop only: key -> (name, due, asked)
+        self._resolve_armed = False                                 # loop only
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.settings.MESH_FEED_QUEUE_MAX))
         self._worker: threading.Thread | None = None
         self._probe_slots = threading.BoundedSemaphore(max(1, self.settings.MESH_PROBE_CONCURRENCY))
@@ -163,7 +188,7 @@ class Discovery:
 
     # ------------------------------------------------------------ publishing (used by MeshPublisher)
 
-    def register(self, info: ServiceInfo, timeout: float) -> None:
+    def register(self, info: ServiceInfo, timeout: float | None) -> None:
         # cooperating_responders: instance labels are unique by construction, so no 1.6 s probing
         async def run(zc: Zeroconf) -> None:
             await zc.async_register_service(info, cooperating_responders=True)
@@ -174,8 +199,8 @@ class Discovery:
             await zc.async_update_service(info)
         self._schedule(run(self._require_zc()), wait=timeout)
 
-    def unregister(self, infos: list[ServiceInfo], timeout: float) -> None:
-        """Goodbyes for infos, in parallel; waits until they were sent (at most timeout)."""
+    def unregister(self, infos: list[ServiceInfo], timeout: float | None) -> None:
+        """Goodbyes for infos, in parallel; waits until they were sent (at most timeout; None: no wait)."""
         async def run(zc: Zeroconf) -> None:
             broadcasts = [await zc.async_unregister_service(info) for info in infos]
             await asyncio.gather(*broadcasts)
@@ -248,8 +273,13 @@ class Discovery:
             publishers = list(self._publishers)
         if start_browser:
             # The browser sends the queries (first within ~0.1 s, then backing off); answers reach
-            # registries through the record listener, so its own events are not needed.
-            self._browser = ServiceBrowser(zc, records.SERVICE_TYPE, handlers=[_ignore_browser_event])
+            # registries through the record listener. Its events only tell which services to
+            # resolve when their TXT did not come along (_resolve_missing).
+            self._browser = ServiceBrowser(zc, records.SERVICE_TYPE, handlers=[self._on_browser_event])
+            with self._lock:
+                interfaces = list(self._interfaces)
+            threading.Thread(target=self._one_shot_query, args=(zc, interfaces), name="meshrpc-mesh-oneshot",
+                             daemon=True).start()
         for publisher in publishers:   # what this process publishes itself
             for entry in publisher.entries():
                 registry.feed(entry)
@@ -273,6 +303,113 @@ class Discovery:
             done(entry, reachable)
         threading.Thread(target=run, name="meshrpc-mesh-probe", daemon=True).start()
         return True
+
+    def _on_browser_event(self, zeroconf: Zeroconf, service_type: str, name: str,
+                          state_change: ServiceStateChange) -> None:
+        """On the browser's thread: a service (PTR) appeared, changed or left."""
+        key = name.lower()
+        if state_change is ServiceStateChange.Removed:
+            self._call_on_loop(lambda: self._unresolved.pop(key, None))
+        elif key.endswith(_SUFFIX):
+            self._call_on_loop(lambda: self._note_service(key, name))
+
+    def _note_service(self, key: str, name: str) -> None:
+        """On the loop: check later that this service's TXT arrived."""
+        if key in self._unresolved or len(self._unresolved) >= self.settings.MESH_MAX_ENTRIES:
+            return
+        self._unresolved[key] = (name, time.monotonic() + _TXT_QUERY_DELAYS[0], 0)
+        self._arm_resolver(_TXT_QUERY_DELAYS[0])
+
+    def _arm_resolver(self, delay: float) -> None:
+        zc = self._zc
+        if not self._resolve_armed and zc is not None and zc.loop is not None and not self.closed:
+            self._resolve_armed = True
+            zc.loop.call_later(delay, self._resolve_missing)
+
+    def _resolve_missing(self) -> None:
+        """On the loop: ask for the TXT of reported services whose TXT is not cached."""
+        self._resolve_armed = False
+        zc = self._zc
+        if zc is None or self.closed:
+            self._unresolved.clear()
+            return
+        now, now_ms = time.monotonic(), current_time_millis()
+        out = DNSOutgoing(_FLAGS_QUERY)
+        asking = False
+        for key, (name, due, asked) in list(self._unresolved.items()):
+            if due > now:
+                continue
+            if any(record.type == _TYPE_TXT and not record.is_expired(now_ms)
+                   for record in zc.cache.async_entries_with_name(key)):
+                del self._unresolved[key]
+                continue
+            if asked >= len(_TXT_QUERY_DELAYS) - 1:
+                del self._unresolved[key]
+                log.info("mesh: no TXT record for %s after %d queries; ignoring it until it is "
+                         "announced again", name, asked)
+                continue
+            out.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
+            asking = True
+            self._unresolved[key] = (name, now + _TXT_QUERY_DELAYS[asked + 1] - _TXT_QUERY_DELAYS[asked],
+                                     asked + 1)
+        if asking:
+            log.debug("mesh: asking for %d missing TXT records", len(out.questions))
+            zc.async_send(out)
+        if self._unresolved:
+            self._arm_resolver(max(0.05, min(due for _, due, _ in self._unresolved.values()) - now))
+
+    def _one_shot_query(self, zc: Zeroconf, interfaces: list[str]) -> None:
+        """Thread: a one-shot PTR query on each (IPv4) interface; unicast answers go to zeroconf's
+        record manager, as if zeroconf had received them (the listener then feeds registries)."""
+        sockets: list[socket.socket] = []
+        query_ids: dict[socket.socket, int] = {}
+        try:
+            for address in interfaces:
+                if ":" in address:
+                    continue
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _ONE_SHOT_RCVBUF)
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+                    sock.bind((address, 0))      # this interface only, an ephemeral port
+                    # multicast=False: the packet carries our random id (zeroconf writes 0 otherwise), so
+                    # a second cold start within 0.8 s is not dropped by responders as a duplicate
+                    query_ids[sock] = random.randrange(1, 0x10000)
+                    out = DNSOutgoing(_FLAGS_QUERY, False, query_ids[sock])
+                    out.add_question(DNSQuestion(records.SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+                    for packet in out.packets():
+                        sock.sendto(packet, _MDNS_GROUP)
+                except OSError as exc:
+                    log.debug("mesh: one-shot query on %s failed: %s", address, exc)
+                    sock.close()
+                    continue
+                sockets.append(sock)
+            deadline = time.monotonic() + _ONE_SHOT_LISTEN
+            answers = 0
+            while sockets and not self.closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.debug("mesh: one-shot query on %s: %d answer packets in %.1f s", interfaces,
+                              answers, _ONE_SHOT_LISTEN)
+                    return
+                readable, _, _ = select.select(sockets, [], [], remaining)
+                for sock in readable:
+                    try:
+                        data, source = sock.recvfrom(9000)
+                    except OSError:
+                        continue
+                    if source[1] != _MDNS_GROUP[1]:
+                        continue                 # RFC 6762 11: mDNS answers come from port 5353
+                    message = DNSIncoming(data, source)
+                    if message.valid and message.is_response() and message.id == query_ids[sock]:
+                        answers += 1
+                        self._call_on_loop(lambda m=message: zc.record_manager.async_updates_from_response(m))
+        except Exception:  # an optimisation: the browser finds everything anyway, only later
+            log.exception("mesh: one-shot query failed")
+        finally:
+            for sock in sockets:
+                sock.close()
 
     def _seed_from_cache(self, zc: Zeroconf) -> None:
         """Records heard before we browsed (zeroconf caches everything) count with their age."""
@@ -356,7 +493,11 @@ class Discovery:
         log.warning("mesh: ignoring record %s: %s", source[:200], why)
 
     def _check_interfaces(self) -> None:
-        """Addresses change at runtime (DHCP, VPN, cable); zeroconf does not notice by itself."""
+        """Addresses change at runtime (DHCP, VPN, cable); zeroconf does not notice by itself.
+
+        The sockets follow first (waited for, at most MESH_PUBLISH_TIMEOUT, outside the lock: the
+        heartbeat timer on the loop takes it), then publishers re-announce with the new addresses,
+        so that their announcements leave through the new sockets."""
         with self._lock:
             if self._zc is None or self.closed:
                 return
@@ -367,13 +508,25 @@ class Discovery:
                 return
             if wanted == self._interfaces:
                 return
-            self._set_interfaces(wanted)
+            log.info("mesh: interfaces %s -> %s", self._interfaces, wanted)
+            self._interfaces = wanted
+            zc = self._zc
             publishers, registries = list(self._publishers), list(self._registries)
+        try:
+            self._schedule(zc.async_update_interfaces(wanted), wait=self.settings.MESH_PUBLISH_TIMEOUT)
+        except Exception:  # keep the worker alive; the next check tries again
+            log.exception("mesh: could not move mDNS to interfaces %s", wanted)
+            with self._lock:
+                if self._interfaces == wanted:
+                    self._interfaces = []
         hosts = net.local_hosts()
         for registry in registries:
             registry.set_local_hosts(hosts)
         for publisher in publishers:
-            publisher.refresh_addresses()
+            try:
+                publisher.refresh_addresses()
+            except Exception:
+                log.exception("mesh: %r could not re-announce after an interface change", publisher)
 
     def _registry_list(self) -> list[Registry]:
         with self._lock:
@@ -441,10 +594,6 @@ class Discovery:
             pass
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=self.settings.MESH_GOODBYE_TIMEOUT)
-
-
-def _ignore_browser_event(**_: Any) -> None:
-    pass
 
 
 def _log_failure(future: concurrent.futures.Future[Any]) -> None:

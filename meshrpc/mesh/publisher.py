@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import threading
@@ -39,7 +40,9 @@ class MeshPublisher:
         self.incarnation = time.time_ns() // 1_000_000
         self._version = 0
         self._lock = threading.RLock()
+        # keyed by (name, uri as the daemon gave it); the entry holds the uri as advertised (see _advertised)
         self._published: dict[tuple[str, str], tuple[Entry, ServiceInfo]] = {}
+        self._own_hosts: set[str] = set()     # wildcard-bound: daemon URI hosts that were this machine's
         self._discovery: Discovery | None = None
         self._closed = False
         self._dynamic = net.is_wildcard(bind_host, self.settings.INTERFACES)
@@ -50,31 +53,47 @@ class MeshPublisher:
 
     def publish(self, name: str, uri: str, metadata: set[str] | frozenset[str]) -> None:
         """Announce name -> uri with metadata tags (again: update the tags). NamingError if it cannot
-        be announced (bad input, TXT over MESH_TXT_MAX). Returns within about MESH_PUBLISH_TIMEOUT."""
+        be announced (bad input, TXT over MESH_TXT_MAX). Returns within about MESH_PUBLISH_TIMEOUT.
+
+        A daemon bound to 0.0.0.0 whose URI names a loopback address, or an address this machine no
+        longer has (renumbered), is announced under a current interface address (see _advertised)."""
         with self._lock:
             if self._closed:
                 raise NamingError("this mesh publisher is closed")
+            try:
+                given = _canonical(uri)
+            except NamingError:
+                given = uri                            # make_entry() says what is wrong with it
+            key = (name, given)
+            previous = self._published.get(key)
+            self._remember_own_host(given)
             self._version += 1
-            entry = records.make_entry(realm=self.realm, name=name, uri=uri, metadata=metadata,
-                                       node=self.node, incarnation=self.incarnation,
+            entry = records.make_entry(realm=self.realm, name=name,
+                                       uri=self._advertised(given, previous[0].uri if previous else None),
+                                       metadata=metadata, node=self.node, incarnation=self.incarnation,
                                        version=self._version, last_seen=time.monotonic())
             txt = records.encode_entry(entry, self.settings.MESH_TXT_MAX)   # refuses oversize early
             discovery = self._attach()
+            previous = self._published.get(key)        # _attach() forgets everything after a reset
             info = self._service_info(entry, txt)
-            if entry.key in self._published:
+            if previous is not None and previous[0].uri == entry.uri:
                 discovery.update(info, self.settings.MESH_PUBLISH_TIMEOUT)
             else:
                 discovery.register(info, self.settings.MESH_PUBLISH_TIMEOUT)
-            self._published[entry.key] = (entry, info)
+                if previous is not None:               # advertised under another address before
+                    discovery.unregister([previous[1]], None)
+            self._published[key] = (entry, info)
             discovery.start_heartbeat(self.realm, self.node, self.incarnation, self.settings)
+        if previous is not None and previous[0].uri != entry.uri:
+            discovery.local_feed(previous[0], goodbye=True)
         discovery.local_feed(entry)
         log.debug("mesh: published %s -> %s as %s", name, entry.uri, info.name)
 
     def withdraw(self, name: str, uri: str) -> None:
         """Goodbye for one object (no-op if it was not published)."""
         try:
-            key = (name, str(URI(uri)))
-        except (ValueError, TypeError):
+            key = (name, _canonical(uri))
+        except NamingError:
             return
         with self._lock:
             item = self._published.pop(key, None)
@@ -112,17 +131,42 @@ class MeshPublisher:
             return [entry for entry, _ in self._published.values()]
 
     def refresh_addresses(self) -> None:
-        """Interfaces changed: re-announce with the current addresses (wildcard-bound daemons)."""
+        """Interfaces changed: re-announce with the current addresses (wildcard-bound daemons).
+
+        An object whose advertised URI host is no longer an address of this machine moves to a current
+        one: the new URI is announced (newer version) and the old one gets a goodbye."""
         if not self._dynamic:
             return
+        moved: list[tuple[Entry, Entry]] = []
         with self._lock:
             discovery = self._discovery
-            if discovery is None or self._closed:
+            if discovery is None or self._closed or discovery.closed:
                 return
             for key, (entry, info) in list(self._published.items()):
-                fresh = self._service_info(entry, info.text)
-                self._published[key] = (entry, fresh)
-                discovery.update(fresh, None)
+                advertised = self._advertised(key[1], entry.uri)
+                if advertised == entry.uri:
+                    fresh = self._service_info(entry, info.text)
+                    self._published[key] = (entry, fresh)
+                    discovery.update(fresh, None)
+                    continue
+                try:
+                    self._version += 1
+                    new = records.make_entry(realm=self.realm, name=entry.name, uri=advertised,
+                                             metadata=entry.metadata, node=self.node,
+                                             incarnation=self.incarnation, version=self._version,
+                                             last_seen=time.monotonic())
+                    fresh = self._service_info(new, records.encode_entry(new, self.settings.MESH_TXT_MAX))
+                except NamingError as exc:   # a longer address may not fit MESH_TXT_MAX
+                    log.warning("mesh: cannot move %s to %s: %s", entry.name, advertised, exc)
+                    continue
+                log.info("mesh: %s moved from %s to %s (interface change)", entry.name, entry.uri, advertised)
+                discovery.register(fresh, None)        # new address first: no gap for receivers
+                discovery.unregister([info], None)
+                self._published[key] = (new, fresh)
+                moved.append((entry, new))
+        for old, new in moved:
+            discovery.local_feed(old, goodbye=True)
+            discovery.local_feed(new)
 
     # ---------------------------------------------------------------- internals
 
@@ -135,6 +179,35 @@ class MeshPublisher:
         discovery.zeroconf(self, self._interfaces)
         discovery.add_publisher(self)
         return discovery
+
+    def _remember_own_host(self, uri: str) -> None:
+        """Lock held. A wildcard-bound daemon's URI host that is an address of this machine now."""
+        if not self._dynamic:
+            return
+        host = _ipv4_host(uri)
+        if host is not None and host not in self._own_hosts and host in net.ipv4_addresses():
+            self._own_hosts.add(host)
+
+    def _advertised(self, uri: str, current: str | None = None) -> str:
+        """Lock held. The URI to announce for a daemon URI `uri` (canonical).
+
+        Unchanged unless the daemon is bound to 0.0.0.0 (without INTERFACES) and its URI names an IPv4
+        address that peers cannot use: a loopback address while announcing on a LAN interface, or
+        one of this machine's addresses that it no longer has. Then the host becomes the current
+        advertised one if still valid, else the first interface address; object id and port stay
+        (the daemon listens on every address). NAT hosts, host names and IPv6 stay as given."""
+        host = _ipv4_host(uri) if self._dynamic else None
+        if host is None:
+            return uri
+        addresses = self._interfaces()
+        if host in addresses:
+            return uri
+        if not (ipaddress.IPv4Address(host).is_loopback or host in self._own_hosts):
+            return uri
+        if current is not None and current != uri and _ipv4_host(current) in addresses:
+            return current
+        parsed = URI(uri)
+        return str(URI.from_parts(parsed.object, addresses[0], parsed.port))
 
     def _interfaces(self) -> list[str]:
         if self._dynamic:
@@ -160,6 +233,24 @@ class MeshPublisher:
 
     def __repr__(self) -> str:
         return f"<MeshPublisher node={self.node} realm={self.realm!r} objects={len(self._published)}>"
+
+
+def _canonical(uri: str) -> str:
+    try:
+        return str(URI(uri))
+    except (ValueError, TypeError) as exc:
+        raise NamingError(f"cannot publish {uri!r}: {exc}") from None
+
+
+def _ipv4_host(uri: str) -> str | None:
+    """The host of a PYRO TCP uri if it is an IPv4 address, else None."""
+    try:
+        parsed = URI(uri)
+        if parsed.sockname or not parsed.host:
+            return None
+        return str(ipaddress.IPv4Address(parsed.host))
+    except ValueError:
+        return None
 
 
 def _claim_node_id(configured: str) -> str:

@@ -181,8 +181,10 @@ class Registry:
     def subscribe(self, callback: Callback) -> Callable[[], None]:
         """callback(event, entry) for every change of what lookup() shows; returns unsubscribe.
 
-        Callbacks run one at a time, in order, on the thread that made the change; keep them short."""
-        self._ensure_started()
+        Callbacks run one at a time, in order, on the thread that made the change; keep them short.
+        The callback is in place before browsing starts, so a first subscriber misses nothing (it may
+        be called before subscribe() returns); a later one sees changes from now on (lookup() or
+        list() give the current state)."""
         with self._lock:
             self._subscribers.append(callback)
 
@@ -190,6 +192,11 @@ class Registry:
             with self._lock:
                 if callback in self._subscribers:
                     self._subscribers.remove(callback)
+        try:
+            self._ensure_started()
+        except BaseException:
+            unsubscribe()
+            raise
         return unsubscribe
 
     def report_failure(self, uri: str | URI) -> None:

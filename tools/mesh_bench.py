@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""Mesh discovery figures measured across hosts of the network lab (tools/netlab.py; needs root).
+
+    python3 tools/mesh_bench.py                 # table
+    python3 tools/mesh_bench.py --json          # the same figures as JSON on stdout
+    python3 tools/mesh_bench.py --hosts 20 --objects 50 --repeat 3
+
+Measures
+  (a) register -> visible on another host: a daemon on h1 registers objects one by one; a registry
+      on the browser host stamps each `added` event;
+  (b) warm lookup: `Registry.lookup(name)` in that (already browsing) registry, in microseconds;
+  (c) cold lookup: a new process on the browser host imports meshrpc and resolves a name;
+      `resolve` counts from the registry's creation, `total` from the parent's Popen;
+  (d) crash detection: `kill -9` of a publishing daemon -> `removed` on the browser host;
+  (e) fleet: HOSTS hosts each run one daemon with OBJECTS objects; a fresh process on the browser
+      host creates a registry and counts how long until it has seen all HOSTS*OBJECTS of them
+      (goal: under 3 s), from the registry's creation and from the parent's Popen.
+
+Every daemon and registry runs inside a lab namespace (binding 0.0.0.0 there reaches only the
+lab's veth); this process opens no mDNS socket, so no discovery packet leaves the machine.
+Times compare across processes because CLOCK_MONOTONIC is one clock for the whole machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_netlab() -> Any:
+    name = "meshrpc_tools_netlab"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("netlab.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# A daemon on 0.0.0.0: registers objects on command (or `objects` of them at start: the fleet).
+PUBLISHER = r"""
+import json, os, sys, threading, time
+import meshrpc
+cfg = json.loads(sys.argv[1])
+
+@meshrpc.expose
+class Echo:
+    def echo(self, value):
+        return value
+
+def emit(**msg):
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+daemon = meshrpc.Daemon(host="0.0.0.0")
+threading.Thread(target=daemon.requestLoop, daemon=True).start()
+started = time.monotonic()
+for i in range(cfg.get("objects", 0)):
+    daemon.register(Echo(), name="%s.obj%03d" % (cfg["prefix"], i), metadata={"bench", cfg["prefix"]})
+emit(op="ready", pid=os.getpid(), published=cfg.get("objects", 0), seconds=time.monotonic() - started)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    before = time.monotonic()
+    uri = daemon.register(Echo(), name=cmd["name"], metadata={"bench"})
+    emit(op="reply", id=cmd["id"], uri=str(uri), before=before, after=time.monotonic())
+daemon.shutdown()
+"""
+
+# A browsing registry that stamps its events; warm lookups on command.
+OBSERVER = r"""
+import json, os, sys, threading, time
+from meshrpc.mesh import get_registry
+lock = threading.Lock()
+
+def emit(**msg):
+    with lock:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+registry = get_registry()
+registry.subscribe(lambda event, e: emit(op="event", event=event, name=e.name, uri=e.uri, t=time.monotonic()))
+emit(op="ready", pid=os.getpid())
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["op"] == "warm":
+        name, batch, per_lookup = cmd["name"], cmd["batch"], []
+        assert registry.lookup(name), "unknown name " + name
+        for _ in range(cmd["batches"]):
+            started = time.perf_counter()
+            for _ in range(batch):
+                registry.lookup(name)
+            per_lookup.append((time.perf_counter() - started) / batch)
+        emit(op="reply", id=cmd["id"], per_lookup=per_lookup)
+"""
+
+# A fresh process: import, create a registry, resolve one name (cold) or wait for `expect` entries.
+FRESH = r"""
+import json, sys, threading, time
+t0 = time.monotonic()
+from meshrpc.mesh import Registry
+from meshrpc.config import config
+cfg = json.loads(sys.argv[1])
+t1 = time.monotonic()
+registry = Registry(config)
+if "name" in cfg:
+    found = registry.resolve(cfg["name"], timeout=cfg["timeout"])
+    t2 = time.monotonic()
+    print(json.dumps({"import": t1 - t0, "start": t0, "created": t1, "done": t2, "found": len(found)}), flush=True)
+else:
+    seen, done, first = set(), threading.Event(), []
+    def on_event(event, entry):
+        if event == "added" and entry.name.startswith(cfg["prefix"]):
+            if not first:
+                first.append(time.monotonic())
+            seen.add(entry.key)
+            if len(seen) >= cfg["expect"]:
+                done.set()
+    registry.subscribe(on_event)           # starts browsing
+    complete = done.wait(cfg["timeout"])
+    t2 = time.monotonic()
+    print(json.dumps({"import": t1 - t0, "start": t0, "created": t1, "done": t2, "complete": complete,
+                      "first": first[0] if first else None, "seen": len(seen),
+                      "stats": registry.stats()}), flush=True)
+"""
+
+
+class Agent:
+    """A helper in a lab host speaking JSON lines."""
+
+    def __init__(self, host: Any, code: str, cfg: dict[str, Any], env: dict[str, str]) -> None:
+        self.host = host
+        self.spawned = time.monotonic()
+        self.proc = host.popen([sys.executable, "-c", code, json.dumps(cfg)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                               cwd=str(ROOT))
+        self.history: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._ids = iter(range(1, 1 << 30))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.history.append(json.loads(line))
+                self._cond.notify_all()
+        with self._cond:
+            self.history.append({"op": "eof"})
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.history)
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str,
+                 since: int = 0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for message in self.history[since:]:
+                    if predicate(message):
+                        return message
+                    if message["op"] == "eof":
+                        raise RuntimeError(f"{self.host.name}: helper exited while waiting for {what}")
+                since = len(self.history)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RuntimeError(f"{self.host.name}: no {what} within {timeout} s")
+                self._cond.wait(remaining)
+
+    def request(self, op: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:
+        request_id = next(self._ids)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, "id": request_id, **fields}) + "\n")
+        self.proc.stdin.flush()
+        return self.wait_for(lambda m: m["op"] == "reply" and m["id"] == request_id, timeout, f"reply to {op}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def _env(realm: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHRPC_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update({"MESHRPC_REALM": realm, "MESHRPC_HOST": "0.0.0.0", "MESHRPC_RESOLVE": "mesh"})
+    return env
+
+
+def _run_fresh(host: Any, cfg: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    spawned = time.monotonic()
+    proc = host.popen([sys.executable, "-c", FRESH, json.dumps(cfg)], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"fresh process on {host.name} did not finish within {timeout} s") from None
+    if proc.returncode != 0 or not out.strip():
+        raise RuntimeError(f"fresh process on {host.name} failed ({proc.returncode}): {err[-2000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["spawned"] = spawned
+    return result
+
+
+def _summary(values: list[float], scale: float = 1000.0) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {"n": len(values), "min": round(ordered[0] * scale, 3),
+            "median": round(statistics.median(ordered) * scale, 3),
+            "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * scale, 3),
+            "max": round(ordered[-1] * scale, 3)}
+
+
+def measure(hosts: int, objects: int, repeat: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    netlab = _load_netlab()
+    ok, reason = netlab.available()
+    if not ok:
+        raise SystemExit(f"mesh_bench: {reason}")
+    results: dict[str, Any] = {"hosts": hosts, "objects_per_host": objects, "cores": os.cpu_count()}
+    agents: list[Agent] = []
+    with netlab.Lab(hosts + 1) as lab:
+        browser_host = lab.hosts[-1]
+        try:
+            # (a) + (b): h1 publishes, the browser host observes
+            env = _env("bench-a-" + uuid.uuid4().hex[:8])
+            observer = Agent(browser_host, OBSERVER, {}, env)
+            agents.append(observer)
+            observer.wait_for(lambda m: m["op"] == "ready", 60, "observer ready")
+            publisher = Agent(lab.hosts[0], PUBLISHER, {"prefix": "bench.a"}, env)
+            agents.append(publisher)
+            publisher.wait_for(lambda m: m["op"] == "ready", 60, "publisher ready")
+            progress("(a) register -> visible on another host")
+            visible = []
+            for i in range(20 * repeat):
+                name = f"bench.a.obj{i:03d}"
+                since = observer.mark()
+                reply = publisher.request("register", name=name)
+                event = observer.wait_for(lambda m, n=name: m["op"] == "event" and m["event"] == "added"
+                                          and m["name"] == n, 10, f"{name} visible", since)
+                visible.append(event["t"] - reply["after"])
+            results["a_register_to_visible_ms"] = _summary(visible)
+
+            progress("(b) warm lookup")
+            warm = observer.request("warm", name="bench.a.obj000", batch=2000, batches=10 * repeat)
+            results["b_warm_lookup_us"] = _summary(warm["per_lookup"], scale=1e6)
+
+            # (c) cold lookup in a new process
+            progress("(c) cold lookup in a new process")
+            resolve, total, imports = [], [], []
+            for _ in range(3 * repeat):
+                cold = _run_fresh(browser_host, {"name": "bench.a.obj000", "timeout": 5.0}, env, 60)
+                if cold["found"] != 1:
+                    raise RuntimeError(f"cold lookup found {cold['found']} providers")
+                resolve.append(cold["done"] - cold["created"])
+                total.append(cold["done"] - cold["spawned"])
+                imports.append(cold["import"])
+            results["c_cold_resolve_ms"] = _summary(resolve)
+            results["c_cold_import_ms"] = _summary(imports)
+            results["c_cold_total_from_spawn_ms"] = _summary(total)
+
+            # (d) crash detection
+            progress("(d) kill -9 -> gone on another host")
+            detection = []
+            for i in range(repeat):
+                victim = Agent(lab.hosts[1], PUBLISHER, {"prefix": f"bench.d{i}"}, env)
+                agents.append(victim)
+                victim.wait_for(lambda m: m["op"] == "ready", 60, "victim ready")
+                name = f"bench.d{i}.victim"
+                since = observer.mark()
+                victim.request("register", name=name)
+                observer.wait_for(lambda m, n=name: m["op"] == "event" and m["event"] == "added"
+                                  and m["name"] == n, 10, f"{name} visible", since)
+                since = observer.mark()
+                killed = time.monotonic()
+                os.kill(victim.proc.pid, signal.SIGKILL)
+                victim.proc.wait(10)
+                event = observer.wait_for(lambda m, n=name: m["op"] == "event" and m["event"] == "removed"
+                                          and m["name"] == n, 15, f"{name} gone", since)
+                detection.append(event["t"] - killed)
+            results["d_kill9_to_gone_ms"] = _summary(detection)
+            for agent in agents:
+                agent.close()
+            agents.clear()
+
+            # (e) the fleet
+            progress(f"(e) {hosts} hosts x {objects} objects; starting the daemons")
+            env = _env("bench-e-" + uuid.uuid4().hex[:8])
+            fleet_started = time.monotonic()
+            for host in lab.hosts[:-1]:
+                agents.append(Agent(host, PUBLISHER, {"prefix": f"bench.e.{host.name}", "objects": objects}, env))
+            for agent in agents:
+                agent.wait_for(lambda m: m["op"] == "ready", 120, "fleet daemon ready")
+            results["e_fleet_publish_s"] = round(time.monotonic() - fleet_started, 3)
+            expected = hosts * objects
+            progress(f"(e) fresh browsers counting {expected} objects")
+            seen_all, seen_all_total, first = [], [], []
+            for _ in range(repeat):
+                fresh = _run_fresh(browser_host, {"prefix": "bench.e.", "expect": expected, "timeout": 30.0},
+                                   env, 120)
+                if not fresh["complete"]:
+                    raise RuntimeError(f"fresh browser saw {fresh['seen']} of {expected} objects in 30 s "
+                                       f"(stats {fresh['stats']})")
+                seen_all.append(fresh["done"] - fresh["created"])
+                seen_all_total.append(fresh["done"] - fresh["spawned"])
+                first.append(fresh["first"] - fresh["created"])
+            results["e_fresh_browser_first_ms"] = _summary(first)
+            results["e_fresh_browser_all_ms"] = _summary(seen_all)
+            results["e_fresh_browser_all_from_spawn_ms"] = _summary(seen_all_total)
+            results["e_goal_under_3s"] = max(seen_all) < 3.0
+        finally:
+            for agent in agents:
+                agent.close()
+    return results
+
+
+LABELS = [
+    ("a_register_to_visible_ms", "(a) register -> visible on another host", "ms"),
+    ("b_warm_lookup_us", "(b) warm lookup()", "us"),
+    ("c_cold_resolve_ms", "(c) cold: registry created -> resolved", "ms"),
+    ("c_cold_import_ms", "(c) cold: import meshrpc.mesh", "ms"),
+    ("c_cold_total_from_spawn_ms", "(c) cold: process spawn -> resolved", "ms"),
+    ("d_kill9_to_gone_ms", "(d) kill -9 -> gone on another host", "ms"),
+    ("e_fresh_browser_first_ms", "(e) fresh browser: first object", "ms"),
+    ("e_fresh_browser_all_ms", "(e) fresh browser: all objects", "ms"),
+    ("e_fresh_browser_all_from_spawn_ms", "(e) fresh browser: spawn -> all objects", "ms"),
+]
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [(f"mesh_bench: {results['hosts']} hosts x {results['objects_per_host']} objects, "
+              f"{results['cores']} cores (netlab namespaces, zeroconf)"),
+             f"{'measure':44} {'unit':>4} {'n':>3} {'min':>10} {'median':>10} {'p90':>10} {'max':>10}"]
+    for key, label, unit in LABELS:
+        s = results[key]
+        lines.append(f"{label:44} {unit:>4} {s['n']:>3} {s['min']:>10.3f} {s['median']:>10.3f} "
+                     f"{s['p90']:>10.3f} {s['max']:>10.3f}")
+    lines.append(f"(e) fleet daemons started and published in {results['e_fleet_publish_s']:.2f} s; "
+                 f"goal all objects < 3 s: {'met' if results['e_goal_under_3s'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=20, help="publishing hosts for (e) (default 20)")
+    parser.add_argument("--objects", type=int, default=50, help="objects per publishing host (default 50)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of each measure (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.hosts < 2 or args.objects < 1 or args.repeat < 1:
+        parser.error("need --hosts >= 2, --objects >= 1, --repeat >= 1")
+    quiet = args.json
+    results = measure(args.hosts, args.objects, args.repeat,
+                      (lambda _: None) if quiet else (lambda text: print(f"... {text}", file=sys.stderr, flush=True)))
+    print(json.dumps(results, indent=2) if args.json else table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,23 @@ from .wire.serializers import (register_class_to_dict, register_dict_to_class, u
 __version__ = "0.1.0"
 
 
+def _apply_loglevel(level: str) -> None:
+    """MESHRPC_LOGLEVEL: the `meshrpc` logger's level, with a stderr handler if the application set
+    up none (otherwise Python would show warnings only)."""
+    import logging
+    if not level:
+        return
+    logger = logging.getLogger("meshrpc")
+    logger.setLevel(level.upper())
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+_apply_loglevel(config.LOGLEVEL)
+
+
 def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool = True,
               settings: Settings | None = None) -> Proxy:
     """A proxy to a name server: found on the mesh, by broadcast, or at NS_HOST:NS_PORT."""

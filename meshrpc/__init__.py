@@ -26,7 +26,11 @@ def _apply_loglevel(level: str) -> None:
     if not level:
         return
     logger = logging.getLogger("meshrpc")
-    logger.setLevel(level.upper())
+    try:
+        logger.setLevel(level.upper())
+    except ValueError:
+        logger.warning("ignoring MESHRPC_LOGLEVEL=%r: use DEBUG, INFO, WARNING, ERROR or CRITICAL", level)
+        return
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))

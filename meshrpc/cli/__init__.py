@@ -8,13 +8,17 @@ import logging
 import sys
 from typing import Sequence
 
-from .. import errors
 from .output import Output
 
 # sub-command name -> module (loaded only when used, so `meshrpc --help` stays fast)
 COMMANDS = {
     "demo": "demo",
     "browse": "browse",
+    "lookup": "lookup",
+    "list": "lookup",
+    "yplookup": "lookup",
+    "register": "lookup",
+    "remove": "lookup",
     "ns": "ns",
     "echo": "echo",
     "call": "call",
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.err("interrupted")
         return 130
-    except (errors.MeshError, OSError, ValueError) as exc:
+    except Exception as exc:  # one clear line; the traceback only with --debug
         if args.debug:
             raise
         out.err(f"{type(exc).__name__}: {exc}")

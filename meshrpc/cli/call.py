@@ -22,9 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_call)
     p = sub.add_parser("ping", help="check that a remote object answers, and how fast")
     p.add_argument("uri", help="PYRO:, PYRONAME: or PYROMETA: URI")
-    p.add_argument("--count", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=10.0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--count", type=int, default=1, help="round trips to time (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the timings as JSON")
     p.set_defaults(run=run_ping)
 
 

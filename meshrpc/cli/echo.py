@@ -63,5 +63,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         else:
             out.line(f"echo server ready: {uri}" + ("" if args.no_mesh else f"  (PYRONAME:{args.name})"))
             out.status("Ctrl-C or the oneway call shutdown() stops it")
-        daemon.requestLoop(lambda: not server.stopped.is_set())
+        try:
+            daemon.requestLoop(lambda: not server.stopped.is_set())
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how an echo server is meant to stop
     return 0

@@ -80,7 +80,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
             out.status(f"storage {args.storage}, {count} entries; {broadcast}")
             out.status("Ctrl-C stops it")
         with _sigterm_stops(daemon):
-            daemon.requestLoop()
+            try:
+                daemon.requestLoop()
+            except KeyboardInterrupt:
+                pass  # Ctrl-C is how a name server is meant to stop
     finally:
         daemon.close()
         if bcserver is not None:
@@ -89,26 +92,11 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m meshrpc.cli.ns`: the sub-command on its own."""
-    import logging
-
-    from .. import errors
-    parser = argparse.ArgumentParser(prog="meshrpc ns", description="Run the fallback name server.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    out = Output(json_mode=args.json)
-    try:
-        return run(args, out)
-    except KeyboardInterrupt:
-        return 130
-    except (errors.MeshError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        out.err(f"{type(exc).__name__}: {exc}")
-        return 1
+    """`python -m meshrpc.cli.ns`: the sub-command on its own (same options, same error handling)."""
+    from . import main as cli_main
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = ["--debug"] if "--debug" in args else []
+    return cli_main([*debug, "ns", *(a for a in args if a != "--debug")])
 
 
 if __name__ == "__main__":  # pragma: no cover

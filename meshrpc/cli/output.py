@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
 
@@ -14,8 +15,7 @@ class Output:
     def __init__(self, json_mode: bool = False, stream: Any = None) -> None:
         self.json_mode = json_mode
         self.stream = stream or sys.stdout
-        self.colour = (hasattr(self.stream, "isatty") and self.stream.isatty() and "NO_COLOR" not in os.environ
-                       and os.environ.get("TERM") != "dumb")
+        self.colour = colour_allowed(self.stream)
 
     def style(self, text: str, *styles: str) -> str:
         if not self.colour or not styles:
@@ -31,9 +31,9 @@ class Output:
         self.stream.flush()
 
     def err(self, text: str) -> None:
-        colour = sys.stderr.isatty() and "NO_COLOR" not in os.environ
-        prefix = "\x1b[31merror:\x1b[0m " if colour else "error: "
-        sys.stderr.write(prefix + text + "\n")
+        """One line on stderr, `error: ...` (a multi-line message is joined into one line)."""
+        prefix = "\x1b[31merror:\x1b[0m " if colour_allowed(sys.stderr) else "error: "
+        sys.stderr.write(prefix + one_line(text) + "\n")
         sys.stderr.flush()
 
     def status(self, text: str) -> None:
@@ -47,6 +47,20 @@ class Output:
         self.line("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "bold")
         for row in cells:
             self.line("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def colour_allowed(stream: Any) -> bool:
+    """Colours only on a terminal, and not when NO_COLOR is set (to anything but "", as no-color.org
+    says) or TERM is dumb."""
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    return tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def _json_default(value: Any) -> Any:

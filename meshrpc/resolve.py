@@ -23,33 +23,43 @@ def resolve_sources(settings: Settings) -> list[str]:
 
 def resolve(uri: URI, settings: Settings) -> URI:
     """The PYRO URI of a provider of `uri` (a PYRO URI is returned as is)."""
+    return resolve_with_source(uri, settings)[0]
+
+
+def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...] | None = None,
+                        wait: float | None = None) -> tuple[URI, str]:
+    """(PYRO URI of a provider, the source that gave it). sources: a subset of RESOLVE to ask;
+    wait: seconds the mesh waits for an announcement (default LOOKUP_TIMEOUT)."""
     if uri.is_direct:
-        return uri
+        return uri, "direct"
     tried = []
-    for source in resolve_sources(settings):
+    if sources is None and uri.host:
+        sources = ("ns",)  # PYRONAME:x@host:port names its name server: ask that one only (as Pyro5)
+    for source in sources or resolve_sources(settings):
         try:
-            found = _RESOLVERS[source](uri, settings)
+            found = _RESOLVERS[source](uri, settings, wait)
         except NamingError as exc:
             tried.append(f"{source}: {exc}")
             continue
         if found is not None:
-            return found
+            return found, source
         tried.append(f"{source}: not found")
     what = "name" if uri.protocol == "PYRONAME" else "tags"
     raise NamingError(f"cannot resolve {uri}: no provider of that {what} found ({'; '.join(tried)})")
 
 
-def _resolve_mesh(uri: URI, settings: Settings) -> URI | None:
+def _resolve_mesh(uri: URI, settings: Settings, wait: float | None = None) -> URI | None:
     from .mesh import get_registry
     registry = get_registry(settings)
+    timeout = settings.LOOKUP_TIMEOUT if wait is None else wait
     if uri.protocol == "PYRONAME":
-        entry = registry.choose(uri.object, timeout=settings.LOOKUP_TIMEOUT)
+        entry = registry.choose(uri.object, timeout=timeout)
     else:
-        entry = registry.choose_meta(uri.tags, timeout=settings.LOOKUP_TIMEOUT)
+        entry = registry.choose_meta(uri.tags, timeout=timeout)
     return URI(entry.uri) if entry is not None else None
 
 
-def _resolve_ns(uri: URI, settings: Settings) -> URI | None:
+def _resolve_ns(uri: URI, settings: Settings, wait: float | None = None) -> URI | None:
     from .naming import resolve_ns  # loaded only when the name server is used
     return resolve_ns(uri, settings)
 

@@ -30,8 +30,9 @@ _LOCAL_ATTRS = frozenset({
     "_pyroUri", "_pyroConnection", "_pyroMethods", "_pyroOneway", "_pyroAttrs", "_pyroIdempotent",
     "_pyroTimeout", "_pyroSeq", "_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries",
     "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroLocator", "_pyroRawWireResponse",
-    "_Proxy__pyroTimeout",
+    "_Proxy__pyroTimeout", "_pyroResolvedBy", "_Proxy__rebinding", "_Proxy__retarget",
 })
+NOT_RUN_ANNOTATION = "NRUN"  # on an error reply: the daemon is shutting down and did not run the call
 
 
 class _RemoteMethod:
@@ -66,6 +67,9 @@ class Proxy:
         given = URI(uri)
         self._pyroUri = given  # the current target: replaced by the resolved PYRO URI once connected
         self._pyroLocator: URI | None = None if given.is_direct else given  # PYRONAME/PYROMETA to re-resolve
+        self._pyroResolvedBy: str | None = None  # the source ("mesh", "ns") that resolved the locator last
+        self.__rebinding: _Rebind | None = None  # while a call recovers: its rebind budget
+        self.__retarget: URI | None = None  # a provider to reconnect to once, before re-resolving
         self._pyroConnection: FramedConnection | None = None
         self._pyroMethods: frozenset[str] = frozenset()
         self._pyroOneway: frozenset[str] = frozenset()
@@ -153,7 +157,8 @@ class Proxy:
             conn.close()
 
     def __copy__(self) -> "Proxy":
-        twin = Proxy(self._pyroLocator or self._pyroUri, settings=self._pyroSettings)
+        twin = object.__new__(type(self))  # subclasses keep their hooks
+        Proxy.__init__(twin, self._pyroLocator or self._pyroUri, settings=self._pyroSettings)
         twin._pyroProcessMetadata({"methods": self._pyroMethods, "oneway": self._pyroOneway,
                                    "attrs": self._pyroAttrs, "idempotent": self._pyroIdempotent})
         twin._pyroHandshake = self._pyroHandshake
@@ -196,6 +201,9 @@ class Proxy:
         conn = self._pyroConnection
         if conn is not None:
             conn.sock.settimeout(self.__pyroTimeout)
+
+    def _pyroClaimOwnership(self) -> None:
+        """Pyro5 compatibility: meshrpc proxies are not owned by a thread, so there is nothing to do."""
 
     def _pyroBind(self) -> bool:
         """Connect now (instead of at the first call) and fetch the object's metadata."""
@@ -264,8 +272,20 @@ class Proxy:
         """The PYRO URI to connect to: the given one, or a provider of the logical name or tags."""
         if self._pyroLocator is None:
             return self._pyroUri
-        from ..resolve import resolve
-        return resolve(self._pyroLocator, self._pyroSettings)
+        if self.__retarget is not None:  # its connection broke: it may well be alive, try it first
+            target, self.__retarget = self.__retarget, None
+            return target
+        from ..resolve import resolve_with_source
+        rebind = self.__rebinding
+        if rebind is not None and not rebind.first and self._pyroResolvedBy == "mesh":
+            # replacing a provider the mesh gave: wait there for the rest of the rebind budget, woken
+            # by the next announcement, instead of LOOKUP_TIMEOUT plus a name server search per attempt
+            target, source = resolve_with_source(self._pyroLocator, self._pyroSettings, sources=("mesh",),
+                                                 wait=max(0.01, rebind.remaining()))
+        else:
+            target, source = resolve_with_source(self._pyroLocator, self._pyroSettings)
+        self._pyroResolvedBy = source
+        return target
 
     def __connect(self) -> bool:
         if self._pyroConnection is not None:
@@ -278,6 +298,17 @@ class Proxy:
                            settings.SOCK_NODELAY)
         except CommunicationError as exc:
             raise _NotDelivered(str(exc), target) from None
+        if settings.SSL:
+            # --- TLS (docs/security.md): handshake now; the daemon's certificate must verify and name
+            # the URI's host. A refused certificate (TLSError) is raised as it is: no retry helps.
+            from ..transport import tls
+            try:
+                sock = tls.wrap_client(sock, settings, target.host, timeout or settings.CONNECT_TIMEOUT,
+                                       target.location or str(target))
+            except tls.TLSError:
+                raise
+            except CommunicationError as exc:
+                raise _NotDelivered(str(exc), target) from None
         conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE,
                                 settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1,
                                 settings.PROTOCOL_ANNOTATIONS_MAX, settings.SPIN_WAIT)
@@ -332,11 +363,24 @@ class Proxy:
         """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md."""
         retries_left = self._pyroMaxRetries
         rebind = _Rebind(self._pyroSettings)
+        outer, self.__rebinding = self.__rebinding, rebind
+        try:
+            return self.__recover(attempt, methodname, rebind, retries_left)
+        finally:
+            self.__rebinding = outer
+            self.__retarget = None
+
+    def __recover(self, attempt: Callable[[], Any], methodname: str, rebind: "_Rebind", retries_left: int) -> Any:
+        reconnected = False
         while True:
             try:
                 return attempt()
             except _NotDelivered as exc:
-                self.__drop(exc.target, exc)
+                self.__drop(exc.target, exc, exc.suspect)
+                if not exc.suspect and not reconnected and self._pyroLocator is not None and exc.target is not None:
+                    reconnected = True  # the connection broke, the daemon may be fine: reconnect to it at once
+                    self.__retarget = exc.target
+                    continue
                 if self._pyroLocator is None and not rebind.first:
                     raise CommunicationError(str(exc)) from None  # a PYRO URI has nowhere else to go
                 if not rebind.wait():
@@ -347,6 +391,12 @@ class Proxy:
                 log.info("%s not resolvable yet: %s", self._pyroLocator, exc)
                 if not rebind.wait():
                     raise self.__gave_up(exc, rebind) from None
+            except errors.TimeoutError as exc:  # sent, no reply in time: it may have run, may still run
+                self.__drop(self._pyroUri, exc)
+                if methodname in self._pyroIdempotent and methodname != "<batch>" and rebind.wait():
+                    log.info("re-sending idempotent %s after: %s", methodname, exc)
+                    continue
+                raise
             except ConnectionClosedError as exc:  # sent, but no reply: it may have run
                 self.__drop(self._pyroUri, exc)
                 if methodname in self._pyroIdempotent and methodname != "<batch>" and rebind.wait():
@@ -358,9 +408,11 @@ class Proxy:
                     continue
                 raise
 
-    def __drop(self, target: URI | None, reason: Exception) -> None:
+    def __drop(self, target: URI | None, reason: Exception, suspect: bool = True) -> None:
+        """Close the connection; suspect: tell the mesh that target failed (hidden for a while).
+        A broken connection says nothing about the provider accepting new ones: not suspected."""
         self._pyroRelease()
-        if self._pyroLocator is not None and target is not None:
+        if suspect and self._pyroLocator is not None and target is not None:
             from ..resolve import report_failure
             report_failure(target, self._pyroSettings)
         log.info("connection to %s failed: %s", target or self._pyroUri, reason)
@@ -376,7 +428,8 @@ class Proxy:
         if conn is not None and conn.poller.poll(0):
             # an idle connection that is readable was closed by the daemon (or is out of step):
             # replace it before sending, so the call certainly is not lost
-            raise _NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri)
+            raise _NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
+                                suspect=False)
         if conn is None:
             self.__connect()
             conn = self._pyroConnection
@@ -393,7 +446,7 @@ class Proxy:
             conn.send(wire.Frame(wire.MSG_INVOKE, serializer.id, seq, payload, flags, annotations,
                                  current_context.correlation_id))
         except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
-            raise _NotDelivered(str(exc), self._pyroUri) from None
+            raise _NotDelivered(str(exc), self._pyroUri, suspect=False) from None
         if flags & wire.FLAG_ONEWAY:
             return None
         try:
@@ -408,6 +461,10 @@ class Proxy:
         if reply.serializer_id != serializer.id:
             self._pyroRelease()
             raise ProtocolError(f"reply in serializer {reply.serializer_id}, expected {serializer.name}")
+        if reply.flags & wire.FLAG_EXCEPTION and NOT_RUN_ANNOTATION in reply.annotations:
+            # the daemon is shutting down and refused the call without running it: certainly not delivered
+            self._pyroRelease()
+            raise _NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
         current_context.response_annotations = reply.annotations
         self._pyroResponseAnnotations(reply.annotations, reply.type)
         if self._pyroRawWireResponse:
@@ -443,9 +500,10 @@ class Proxy:
 class _NotDelivered(ConnectionClosedError):
     """A call that certainly did not reach a daemon: connecting, the handshake or sending failed."""
 
-    def __init__(self, message: str, target: URI | None) -> None:
+    def __init__(self, message: str, target: URI | None, suspect: bool = True) -> None:
         super().__init__(message)
         self.target = target
+        self.suspect = suspect  # False: an established connection broke (the provider may well be fine)
 
 
 class _Rebind:
@@ -461,6 +519,9 @@ class _Rebind:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def remaining(self) -> float:
+        return self.timeout - self.elapsed()
 
     def wait(self) -> bool:
         """Pause before the next attempt; False when the time is up."""

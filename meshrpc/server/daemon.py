@@ -42,6 +42,8 @@ STREAM_ANNOTATION = "STRM"
 BLOB_ANNOTATION = "BLBI"
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between stream expiry sweeps
 SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may have asked for the shutdown)
+NOT_RUN_ANNOTATION = "NRUN"  # on an error reply: shutting down, the call was not run (proxies go elsewhere)
+SHUTDOWN_DRAIN_MIN = 0.05  # seconds a stopping request loop answers late requests at least (some are on the way)
 
 
 class ClientConnection(FramedConnection):
@@ -291,6 +293,8 @@ class Daemon:
             while not self._stop.is_set() and loopCondition():
                 ready = selector.select(self.settings.POLLTIMEOUT)
                 self.events([key.fileobj for key, _ in ready])  # type: ignore[misc]
+            if self._stop.is_set():
+                self._drain(selector)
         finally:
             self._selector = None
             selector.close()
@@ -395,6 +399,11 @@ class Daemon:
             serializer = by_id(ser_id)
         except SerializeError:
             serializer = by_id(1)
+        try:
+            peer = channel.sock.getpeername()
+        except OSError:
+            peer = "?"
+        log.info("refused a plain (non-TLS) client from %s: this daemon accepts TLS only", peer)
         reason = ("this daemon accepts TLS connections only: set SSL=True on the client (and SSL_CACERTS to "
                   "the CA of the daemon's certificate); see docs/security.md")
         channel.send_plain(wire.encode(wire.Frame(wire.MSG_CONNECTFAIL, serializer.id, seq,
@@ -451,6 +460,10 @@ class Daemon:
                     self._handle(conn, frame)
                     continue
                 if self._stop.is_set():
+                    if conn.poller.poll(0):  # shutting down: answer what came ("not run")
+                        conn.fill()
+                        continue
+                    self._hand_back(conn)  # and let the draining loop watch it for late requests
                     return
                 if pool.backlog():  # other connections are waiting for a worker: take turns
                     self._hand_back(conn)
@@ -499,7 +512,12 @@ class Daemon:
             self._handshake(conn, frame)
         elif frame.type == wire.MSG_INVOKE:
             with self._calls_lock:
-                self._calls_in_progress += 1
+                too_late = self._stop.is_set()
+                if not too_late:
+                    self._calls_in_progress += 1
+            if too_late:
+                self._refuse_not_run(conn, frame)
+                return
             try:
                 self._invoke(conn, frame)
             finally:
@@ -539,6 +557,21 @@ class Daemon:
         conn.handshaken, conn.object_id = True, object_id
         conn.send(wire.Frame(wire.MSG_CONNECTOK, serializer.id, frame.seq, payload,
                              correlation_id=frame.correlation_id))
+
+    def _refuse_not_run(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        """Shutting down: answer a request that came too late without running it. The reply says so
+        (NOT_RUN_ANNOTATION): meshrpc proxies treat the call as not delivered and go elsewhere;
+        Pyro5 proxies get the DaemonError and know the call did not run."""
+        if frame.flags & wire.FLAG_ONEWAY:
+            log.info("oneway call from %s not run: the daemon is shutting down", conn.addr)
+            return
+        try:
+            serializer = by_id(frame.serializer_id)
+        except SerializeError:
+            raise ProtocolError(f"unknown serializer id {frame.serializer_id}") from None
+        error = DaemonError("the daemon is shutting down; the call was not run")
+        conn.send(wire.Frame(wire.MSG_RESULT, serializer.id, frame.seq, serializer.dumps(error), wire.FLAG_EXCEPTION,
+                             {NOT_RUN_ANNOTATION: b"1"}, frame.correlation_id))
 
     def validateHandshake(self, conn: ClientConnection, data: Any) -> Any:
         """Override to check the proxy's handshake data; raise to refuse. Returns the data sent back."""
@@ -622,9 +655,14 @@ class Daemon:
     def _blob_call(self, frame: wire.Frame) -> tuple:
         import marshal
         from ..blob import SerializedBlob
+        from ..wire import marshal_check
         try:
-            info, object_id, method = marshal.loads(frame.annotations[BLOB_ANNOTATION])
-        except (KeyError, ValueError, EOFError, TypeError):
+            annotation = frame.annotations[BLOB_ANNOTATION]
+            # security (found by tests/integration/test_fuzz_daemon.py): marshal trusts declared sizes;
+            # five bytes announcing a tuple of 2**31 items held the GIL for a minute
+            marshal_check.check(annotation)
+            info, object_id, method = marshal.loads(annotation)
+        except (KeyError, ValueError, EOFError, TypeError, SerializeError):
             raise SerializeError("blob call without a valid BLBI annotation") from None
         return object_id, method, (SerializedBlob(info, frame.payload, True, frame.serializer_id),), {}
 
@@ -739,12 +777,7 @@ class Daemon:
         self._closed = True
         self._stop.set()
         self._wait_for_calls(SHUTDOWN_GRACE)
-        for withdrawing in (self._publisher, self._ns_registrar):
-            if withdrawing is not None:
-                try:
-                    withdrawing.close()
-                except Exception:
-                    log.exception("withdrawing announcements failed")
+        self._withdraw()
         for conn in list(self._connections):
             self._drop(conn)
         self._streams.close_all()
@@ -759,6 +792,36 @@ class Daemon:
             except OSError:
                 pass
         log.info("daemon %s closed", self.locationStr)
+
+    def _withdraw(self) -> None:
+        """Goodbyes for every announcement (mesh, name server). Idempotent."""
+        for withdrawing in (self._publisher, self._ns_registrar):
+            if withdrawing is not None:
+                try:
+                    withdrawing.close()
+                except Exception:
+                    log.exception("withdrawing announcements failed")
+
+    def _drain(self, selector: Any) -> None:
+        """The request loop was stopped: shut down without losing a call. New connections are refused;
+        calls in progress finish and reply; requests that still come are answered "not run" (see
+        _refuse_not_run) while the goodbyes go out. close() then drops the connections left."""
+        with self._calls_lock:
+            pass  # a barrier: every call that was let in before the stop is counted from here on
+        try:
+            selector.unregister(self._listener)
+        except (KeyError, ValueError):
+            pass
+        self._listener.close()  # connecting is refused from now on: certainly not delivered
+        withdrawing = threading.Thread(target=self._withdraw, name="meshrpc-goodbyes", daemon=True)
+        withdrawing.start()
+        started = time.monotonic()
+        deadline = started + SHUTDOWN_GRACE
+        while time.monotonic() < deadline and (withdrawing.is_alive() or self._calls_in_progress
+                                                or time.monotonic() - started < SHUTDOWN_DRAIN_MIN):
+            ready = selector.select(0.01)
+            self.events([key.fileobj for key, _ in ready])  # type: ignore[misc]
+        withdrawing.join(max(0.0, deadline - time.monotonic()))
 
     def _wait_for_calls(self, grace: float) -> None:
         """Let calls in progress send their replies; the caller's own call does not count."""

@@ -7,8 +7,10 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
+from typing import Any, Callable
 
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
 from ..wire import frame as wire
@@ -98,6 +100,20 @@ def connect(host: str | None, port: int, sockname: str | None, timeout: float | 
     return sock
 
 
+def limit_send_time(sock: socket.socket, seconds: float) -> None:
+    """Security hook (docs/security.md): a blocking send on `sock` that makes no progress for `seconds`
+    fails (EAGAIN, so FramedConnection.send raises ConnectionClosedError) instead of blocking forever;
+    a daemon's plain connections use it so that a client that never reads cannot hold a worker."""
+    if seconds <= 0 or not hasattr(socket, "SO_SNDTIMEO"):
+        return
+    whole = int(seconds)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
+    except (OSError, struct.error):
+        log.debug("SO_SNDTIMEO not supported here; sends to clients are not time limited")
+
+
 class _Waiters:
     """How many threads of this process wait for a message right now. Spinning pays only when one
     does: with several, a spinning thread takes the GIL and the cores from the others' work."""
@@ -144,13 +160,26 @@ class FramedConnection:
         self._slow_streak = 0
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
+        # --- security hooks (docs/security.md). An ssl.SSLSocket is read and written through a
+        # transport.tls.TLSChannel (non-blocking server handshake, drains decrypted bytes that poll()
+        # cannot see, time-limited non-blocking writes); `recv` may then return None: no data yet.
+        # `last_active` (monotonic; set by reads and sends) lets a daemon close idle connections.
+        self.tls: Any = None
+        self._recv: Callable[[int], bytes | None] = sock.recv
+        self._sendall: Callable[[Any], None] = sock.sendall
+        if hasattr(sock, "pending"):  # an SSLSocket; plain connections never import ssl
+            from .tls import TLSChannel
+            self.tls = TLSChannel(sock)  # type: ignore[arg-type]
+            self._recv, self._sendall = self.tls.recv, self.tls.sendall
+        self.last_active = time.monotonic()
 
     def send(self, frame: wire.Frame) -> None:
         parts = wire.encode_parts(frame, compress_min=self.compress_min, max_size=self.max_size)
         with self.send_lock:
             try:
                 for part in parts:
-                    self.sock.sendall(part)
+                    self._sendall(part)
+                self.last_active = time.monotonic()
             except socket.timeout:
                 raise TimeoutError("sending timed out") from None
             except OSError as exc:
@@ -176,13 +205,16 @@ class FramedConnection:
             if self._try_spin(waiting):
                 return
             try:
-                data = self.sock.recv(self._read_size())
+                data = self._recv(self._read_size())
             except socket.timeout:
                 raise TimeoutError("no reply within the timeout") from None
             except OSError as exc:
                 raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
         if not data:
+            if data is None:  # TLS: no application data yet (a partial record, or the handshake goes on)
+                return
             raise ConnectionClosedError("the peer closed the connection")
+        self.last_active = time.monotonic()
         self.reader.feed(data)
 
     def _try_spin(self, waiting: int) -> bool:
@@ -193,6 +225,7 @@ class FramedConnection:
             return False
         if not data:
             raise ConnectionClosedError("the peer closed the connection")
+        self.last_active = time.monotonic()
         self.reader.feed(data)
         return True
 
@@ -207,7 +240,7 @@ class FramedConnection:
         return True
 
     def _spin_recv(self, size: int) -> bytes | None:
-        """Data, b"" on close, or None when nothing came within spin_wait."""
+        """Data, b"" on close, or None when nothing came within spin_wait (or TLS has no data yet)."""
         # poll(0) never sleeps and works the same whether or not the socket has a timeout
         poll, clock = self.poller.poll, time.perf_counter
         deadline = clock() + self.spin_wait
@@ -219,9 +252,14 @@ class FramedConnection:
                 return None
         self._slow_streak = 0
         try:
-            return self.sock.recv(size)
+            return self._recv(size)
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+
+    def getpeercert(self) -> dict | None:
+        """The peer's certificate (ssl's dict form) on a TLS connection that checked one, else None
+        (Pyro5's SocketConnection.getpeercert, e.g. for Daemon.validateHandshake)."""
+        return self.tls.getpeercert() if self.tls is not None else None
 
     def close(self) -> None:
         if self.closed:

@@ -265,9 +265,7 @@ def test_resolve_ns_without_a_name_server() -> None:
 
 
 def test_pyroname_proxy_through_the_name_server(start_nameserver: Callable[..., RunningNS],
-                                                start_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import meshrpc.resolve
-    monkeypatch.setitem(meshrpc.resolve._RESOLVERS, "ns", resolve_ns)  # until resolve.py delegates itself
+                                                start_daemon: Any) -> None:
     running = start_nameserver()
     served = start_daemon()
     uri = served.register(Echo(), "echo")

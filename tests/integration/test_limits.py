@@ -1,0 +1,400 @@
+"""The daemon's limits (docs/security.md) over loopback: HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, SEND_TIMEOUT,
+MAX_CONNECTIONS, MAX_MESSAGE_SIZE, MAX_STREAMS_PER_CONNECTION; slow-loris clients that cannot pin a
+daemon; and a load/soak run of 200 concurrent clients.
+
+The soak lasts MESHRPC_SOAK_SECONDS (default 10) seconds; run it longer by hand, e.g.
+`MESHRPC_SOAK_SECONDS=300 python3 -m pytest tests/integration/test_limits.py -k soak -s`.
+Memory figures are the process's RSS (daemon and clients share the process), read from /proc.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import statistics
+import threading
+import time
+from typing import Any
+
+import pytest
+from support import wait_until
+
+import meshrpc
+from meshrpc import errors
+from meshrpc.wire import frame as wire
+from meshrpc.wire.serializers import by_name
+
+pytestmark = pytest.mark.timeout(120)
+
+HOST = "127.0.0.1"
+SERPENT = by_name("serpent")
+
+
+@meshrpc.expose
+class Service:
+    def echo(self, value: Any) -> Any:
+        return value
+
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def big(self, size: int) -> str:
+        return "x" * size
+
+    def numbers(self, n: int) -> Any:
+        return iter(range(n))
+
+
+def settings(**changes: Any) -> meshrpc.Settings:
+    base: dict[str, Any] = {"HOST": HOST, "COMMTIMEOUT": 10.0}
+    base.update(changes)
+    return meshrpc.Settings().copy(**base)
+
+
+def serve(start_daemon: Any, **changes: Any) -> tuple[Any, meshrpc.URI]:
+    running = start_daemon(settings=settings(**changes))
+    return running, running.register(Service(), "service")
+
+
+def live(running: Any) -> int:
+    return len(running.daemon._connections)
+
+
+def rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def connect_frame(object_id: str = "service", seq: int = 1) -> bytes:
+    payload = SERPENT.dumps({"handshake": "hello", "object": object_id})
+    return wire.encode(wire.Frame(wire.MSG_CONNECT, SERPENT.id, seq, payload))
+
+
+def invoke_frame(method: str, *args: Any, seq: int = 2) -> bytes:
+    return wire.encode(wire.Frame(wire.MSG_INVOKE, SERPENT.id, seq, SERPENT.dumps_call("service", method, args, {})))
+
+
+def handshaken_socket(port: int) -> socket.socket:
+    """A raw connection that completed CONNECT (its CONNECTOK read)."""
+    sock = socket.create_connection((HOST, port), timeout=10)
+    sock.sendall(connect_frame())
+    reader = wire.FrameReader()
+    while (frame := reader.next_frame()) is None:
+        reader.feed(sock.recv(65536))
+    assert frame.type == wire.MSG_CONNECTOK
+    return sock
+
+
+def closed_within(sock: socket.socket, timeout: float) -> float | None:
+    """Seconds until the daemon closed `sock` (EOF or reset), or None if it stayed open `timeout` s."""
+    started = time.monotonic()
+    sock.settimeout(0.1)
+    while time.monotonic() - started < timeout:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - started
+        except socket.timeout:
+            continue
+        except OSError:
+            return time.monotonic() - started
+    return None
+
+
+# ----------------------------------------------------------------------------------- timeouts
+def test_handshake_timeout_closes_silent_partial_and_trickling_connections(start_daemon: Any) -> None:
+    running, uri = serve(start_daemon, HANDSHAKE_TIMEOUT=1.0)
+    proxy = meshrpc.Proxy(uri, settings=settings())
+    assert proxy.echo(1) == 1  # a handshaken connection is not concerned
+    silent = socket.create_connection((HOST, uri.port))
+    partial = socket.create_connection((HOST, uri.port))
+    partial.sendall(connect_frame()[:25])
+    trickling = socket.create_connection((HOST, uri.port))
+    frame = connect_frame()
+    stop = threading.Event()
+
+    def trickle() -> None:  # one byte every 100 ms: busy, but never a whole CONNECT within the limit
+        for i in range(len(frame) - 1):
+            if stop.wait(0.1):
+                return
+            try:
+                trickling.send(frame[i:i + 1])
+            except OSError:
+                return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        for sock in (silent, partial, trickling):
+            elapsed = closed_within(sock, 5.0)
+            assert elapsed is not None and elapsed < 4.0, "a connection outlived HANDSHAKE_TIMEOUT"
+        time.sleep(0.5)
+        conn = proxy._pyroConnection
+        assert proxy.echo(2) == 2 and proxy._pyroConnection is conn  # the same connection, idle > 1 s
+        wait_until(lambda: live(running) == 1, message="only the proxy's connection left")
+    finally:
+        stop.set()
+        for sock in (silent, partial, trickling):
+            sock.close()
+        proxy._pyroRelease()
+
+
+def test_idle_timeout_closes_parked_connections_and_proxies_reconnect(start_daemon: Any) -> None:
+    running, uri = serve(start_daemon, IDLE_TIMEOUT=0.6)
+    with meshrpc.Proxy(uri, settings=settings()) as proxy:
+        assert proxy.echo(1) == 1
+        wait_until(lambda: live(running) == 0, timeout=4.0, message="the idle connection closed")
+        assert proxy.echo(2) == 2  # reconnected transparently (the closed idle connection is detected)
+        assert proxy.sleep(1.5) == 1.5  # a call longer than IDLE_TIMEOUT is not cut: its connection is busy
+        assert live(running) == 1
+
+
+def test_idle_timeout_is_off_by_default(start_daemon: Any) -> None:
+    running, uri = serve(start_daemon)
+    assert running.daemon.settings.IDLE_TIMEOUT == 0
+    with meshrpc.Proxy(uri, settings=settings()) as proxy:
+        proxy.echo(1)
+        conn = proxy._pyroConnection
+        time.sleep(1.0)
+        assert proxy.echo(2) == 2 and proxy._pyroConnection is conn
+
+
+def test_send_timeout_drops_a_client_that_never_reads(start_daemon: Any) -> None:
+    running, uri = serve(start_daemon, SEND_TIMEOUT=1.0, THREADPOOL_SIZE=4)
+    stuck = []
+    for _ in range(4):  # as many as the daemon has workers: each blocks one in a send
+        sock = handshaken_socket(uri.port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for seq in range(2, 12):
+            sock.sendall(invoke_frame("big", 4 * 1024 * 1024, seq=seq))
+        stuck.append(sock)
+    try:
+        wait_until(lambda: live(running) == 0, timeout=15.0, message="non-reading clients dropped")
+        with meshrpc.Proxy(uri, settings=settings()) as proxy:
+            assert proxy.echo("free again") == "free again"
+    finally:
+        for sock in stuck:
+            sock.close()
+
+
+# ----------------------------------------------------------------------------------- sizes and counts
+def test_max_connections_refuses_extra_clients_and_keeps_the_others(start_daemon: Any) -> None:
+    running, uri = serve(start_daemon, MAX_CONNECTIONS=5)
+    proxies = [meshrpc.Proxy(uri, settings=settings()) for _ in range(5)]
+    try:
+        for i, proxy in enumerate(proxies):
+            assert proxy.echo(i) == i
+        with pytest.raises(errors.CommunicationError):
+            with meshrpc.Proxy(uri, settings=settings()) as extra:
+                extra.echo("one too many")
+        extras = [socket.create_connection((HOST, uri.port)) for _ in range(10)]
+        for sock in extras:
+            assert closed_within(sock, 5.0) is not None, "a connection over the limit stayed open"
+            sock.close()
+        for i, proxy in enumerate(proxies):
+            assert proxy.echo(i) == i  # the five keep working
+        proxies.pop()._pyroRelease()
+        wait_until(lambda: live(running) == 4, message="a slot freed")
+        with meshrpc.Proxy(uri, settings=settings()) as late:
+            assert late.echo("room again") == "room again"
+    finally:
+        for proxy in proxies:
+            proxy._pyroRelease()
+
+
+def _header(data_len: int, msg_type: int = wire.MSG_CONNECT) -> bytes:
+    return wire.HEADER.pack(wire.TAG, wire.PROTOCOL_VERSION, msg_type, SERPENT.id, 0, 1, data_len, 0,
+                            bytes(16), 0, wire.MAGIC)
+
+
+def test_declared_huge_messages_are_refused_before_any_allocation(start_daemon: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    running, uri = serve(start_daemon, HANDSHAKE_TIMEOUT=30.0)  # default MAX_MESSAGE_SIZE: 1 GiB
+    before = rss_mb()
+    socks = [socket.create_connection((HOST, uri.port)) for _ in range(20)]
+    for sock in socks:
+        sock.sendall(_header(0xFFFFFFFF) + b"x" * 1000)  # announces 4 GiB
+    for sock in socks:
+        assert closed_within(sock, 5.0) is not None
+        sock.close()
+    assert "above MAX_MESSAGE_SIZE" in caplog.text
+    # under the limit but huge: only what arrives is buffered (20 x 900 MB announced, 64 KiB sent each)
+    socks = [socket.create_connection((HOST, uri.port)) for _ in range(20)]
+    for sock in socks:
+        sock.sendall(_header(900 * 1024 * 1024) + os.urandom(64 * 1024))
+    time.sleep(1.0)
+    after = rss_mb()
+    assert live(running) == 20
+    for sock in socks:
+        sock.close()
+    if before is not None and after is not None:
+        print(f"\nRSS {before:.1f} MB -> {after:.1f} MB with 20 connections announcing 900 MB each")
+        assert after - before < 40, "announced sizes were allocated"
+    wait_until(lambda: live(running) == 0, message="connections dropped")
+    with meshrpc.Proxy(uri, settings=settings()) as proxy:
+        assert proxy.echo("ok") == "ok"
+
+
+def test_small_max_message_size(start_daemon: Any) -> None:
+    running, uri = serve(start_daemon, MAX_MESSAGE_SIZE=1024 * 1024)
+    with socket.create_connection((HOST, uri.port)) as sock:
+        sock.sendall(_header(2 * 1024 * 1024))
+        assert closed_within(sock, 5.0) is not None
+    with meshrpc.Proxy(uri, settings=settings(MAX_MESSAGE_SIZE=1024 * 1024)) as proxy:
+        with pytest.raises(errors.MessageTooLargeError):
+            proxy.echo("y" * (2 * 1024 * 1024))  # refused before it is sent
+        with pytest.raises(errors.CommunicationError):
+            proxy.big(2 * 1024 * 1024)  # the daemon cannot send it either: an error, not a hang
+        assert proxy.echo("small") == "small"
+
+
+def test_streams_per_connection_are_bounded(start_daemon: Any) -> None:
+    running, uri = serve(start_daemon, MAX_STREAMS_PER_CONNECTION=3)
+    with meshrpc.Proxy(uri, settings=settings()) as proxy:
+        streams = [proxy.numbers(10) for _ in range(3)]
+        with pytest.raises(meshrpc.errors.DaemonError, match="too many open streams"):
+            proxy.numbers(10)
+        assert list(streams[0]) == list(range(10))  # exhausted: its slot is free again
+        assert list(proxy.numbers(2)) == [0, 1]
+        assert proxy.echo("fine") == "fine"
+
+
+# ----------------------------------------------------------------------------------- slow loris
+def _latencies(uri: meshrpc.URI, seconds: float) -> list[float]:
+    latencies = []
+    with meshrpc.Proxy(uri, settings=settings()) as proxy:
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            assert proxy.echo(i) == i
+            latencies.append(time.perf_counter() - started)
+            i += 1
+            time.sleep(0.002)
+    return latencies
+
+
+def _summary(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    p99 = ordered[int(len(ordered) * 0.99) - 1]
+    return (f"{len(latencies)} calls, median {statistics.median(latencies) * 1000:.2f} ms, "
+            f"p99 {p99 * 1000:.2f} ms, max {ordered[-1] * 1000:.2f} ms")
+
+
+@pytest.mark.parametrize("pool", [128, 8])
+def test_slow_loris_cannot_pin_the_daemon(start_daemon: Any, pool: int) -> None:
+    """50 slow-loris connections: partial headers that stop, CONNECTs trickled a byte at a time, and,
+    after a valid CONNECT, partial or trickled INVOKEs. A well-behaved client calls throughout; its
+    latency stays low, also when the daemon has far fewer workers (8) than slow clients."""
+    running, uri = serve(start_daemon, THREADPOOL_SIZE=pool, HANDSHAKE_TIMEOUT=60.0)
+    baseline = _latencies(uri, 1.0)
+    slow: list[socket.socket] = []
+    trickled: list[tuple[socket.socket, bytes]] = []
+    for i in range(50):
+        kind = i % 4
+        if kind == 0:
+            sock = socket.create_connection((HOST, uri.port))
+            sock.sendall(connect_frame()[:17])
+        elif kind == 1:
+            sock = socket.create_connection((HOST, uri.port))
+            trickled.append((sock, connect_frame()))
+        elif kind == 2:
+            sock = handshaken_socket(uri.port)
+            sock.sendall(invoke_frame("echo", "never finished")[:30])
+        else:
+            sock = handshaken_socket(uri.port)
+            trickled.append((sock, invoke_frame("echo", "x" * 500)))
+        slow.append(sock)
+    stop = threading.Event()
+
+    def trickle() -> None:  # every 50 ms, one more byte on each trickling connection
+        position = 0
+        while not stop.wait(0.05):
+            for sock, data in trickled:
+                if position < len(data) - 1:
+                    try:
+                        sock.send(data[position:position + 1])
+                    except OSError:
+                        pass
+            position += 1
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        under_attack = _latencies(uri, 4.0)
+        assert live(running) >= 50, "the slow clients were dropped: the test proves nothing"
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in slow:
+            sock.close()
+    print(f"\npool {pool}: alone: {_summary(baseline)}; with 50 slow-loris: {_summary(under_attack)}")
+    ordered = sorted(under_attack)
+    assert statistics.median(under_attack) < 0.05
+    assert ordered[int(len(ordered) * 0.99) - 1] < 0.5
+    assert ordered[-1] < 2.0
+
+
+# ----------------------------------------------------------------------------------- load and soak
+SOAK_SECONDS = float(os.environ.get("MESHRPC_SOAK_SECONDS", "10"))
+SOAK_CLIENTS = 200
+SOAK_RSS_BOUND_MB = 30.0  # RSS after the soak may exceed RSS after the warm-up by at most this
+
+
+def _run_clients(uri: meshrpc.URI, seconds: float, clients: int) -> tuple[int, list[str]]:
+    calls = [0] * clients
+    failures: list[str] = []
+    start = threading.Barrier(clients + 1)
+
+    def client(index: int) -> None:
+        try:
+            with meshrpc.Proxy(uri, settings=settings()) as proxy:
+                proxy._pyroBind()
+                start.wait(30)
+                deadline = time.monotonic() + seconds
+                n = 0
+                while time.monotonic() < deadline:
+                    value = [index, n, "x" * (n % 200)]
+                    if proxy.echo(value) != value:
+                        failures.append(f"client {index}: wrong answer")
+                    n += 1
+                calls[index] = n
+        except Exception as exc:  # noqa: BLE001 - every failure is counted
+            failures.append(f"client {index}: {exc!r}")
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait(60)
+    for thread in threads:
+        thread.join(seconds + 60)
+    return sum(calls), failures
+
+
+def test_soak_200_concurrent_clients(start_daemon: Any) -> None:
+    running, uri = serve(start_daemon)
+    warm_calls, warm_failures = _run_clients(uri, 2.0, SOAK_CLIENTS)  # threads, pools, caches: warm
+    assert not warm_failures, warm_failures[:5]
+    wait_until(lambda: live(running) == 0, message="warm-up connections closed")
+    gc.collect()
+    before = rss_mb()
+    started = time.monotonic()
+    calls, failures = _run_clients(uri, SOAK_SECONDS, SOAK_CLIENTS)
+    elapsed = time.monotonic() - started
+    assert not failures, failures[:5]
+    wait_until(lambda: live(running) == 0, message="soak connections closed")
+    gc.collect()
+    after = rss_mb()
+    print(f"\nsoak: {SOAK_CLIENTS} clients, {calls} calls in {elapsed:.1f} s ({calls / elapsed:.0f}/s), "
+          f"0 errors; RSS {before} MB -> {after} MB; daemon workers {running.daemon._pool.size}")
+    assert calls > SOAK_CLIENTS
+    if before is not None and after is not None:
+        assert after - before < SOAK_RSS_BOUND_MB, f"RSS grew from {before:.1f} to {after:.1f} MB"

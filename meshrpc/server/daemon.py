@@ -14,6 +14,7 @@ import collections.abc
 import ipaddress
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -58,6 +59,7 @@ class ClientConnection(FramedConnection):
         self.object_id: str | None = None  # the object named in the handshake
         self.serializer: Serializer | None = None
         self.session: dict[str, Any] = {}  # per-connection instances ("session" mode)
+        self.idle_poller: Any = None  # the socket and the pool's backlog signal (set by the daemon)
         self.oneways: collections.deque[tuple[wire.Frame, tuple]] = collections.deque()
         self.oneway_lock = threading.Lock()
         self.oneway_draining = False
@@ -383,6 +385,9 @@ class Daemon:
             limit_send_time(sock, send_timeout)
         conn = ClientConnection(sock, addr, self.settings)
         conn.accepted_at = time.monotonic()  # type: ignore[attr-defined]
+        conn.idle_poller = select.poll()
+        conn.idle_poller.register(sock, select.POLLIN)
+        conn.idle_poller.register(self._pool.backlog_fd, select.POLLIN)
         if conn.tls is not None:
             conn.tls.send_timeout = send_timeout or None
             conn.tls.on_plaintext = self._refuse_plaintext
@@ -470,16 +475,10 @@ class Daemon:
                     return
                 if self._server_spin and not self._calls_in_progress and conn.try_fill():
                     continue  # the next request came quickly: no sleep, no wake-up
-                # idle: keep watching a little, unless other connections are waiting for a worker
-                waited = 0.0
-                while True:
-                    slice_ms = min(20.0, linger_ms - waited)
-                    if slice_ms <= 0 or pool.backlog():
-                        self._hand_back(conn)
-                        return
-                    if conn.poller.poll(slice_ms):
-                        break
-                    waited += slice_ms
+                # idle: keep watching for WORKER_LINGER, unless other connections wait for a worker
+                if not self._linger(conn, linger_ms):
+                    self._hand_back(conn)
+                    return
                 conn.fill()
         except (errors.ConnectionClosedError, errors.TimeoutError):
             self._drop(conn)
@@ -489,6 +488,20 @@ class Daemon:
         except Exception:
             log.exception("closing connection from %s after an unexpected error", conn.addr)
             self._drop(conn)
+
+    def _linger(self, conn: ClientConnection, linger_ms: float) -> bool:
+        """Wait for the connection's next request: True when it has data, False when the worker should
+        hand it back (idle for linger_ms, or tasks are waiting for a worker)."""
+        deadline = time.monotonic() + linger_ms / 1000
+        sock_fd = conn.sock.fileno()
+        while True:
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0 or self._pool.backlog():
+                return False
+            events = conn.idle_poller.poll(remaining_ms)
+            if any(fd == sock_fd for fd, _ in events):
+                return True
+            # else: the pool's backlog signal, or the time is up: the checks above decide
 
     def _drop(self, conn: ClientConnection) -> None:
         if conn.closed:

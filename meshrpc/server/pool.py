@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from typing import Any, Callable
@@ -20,23 +21,50 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._idle = 0
         self._queued = 0
+        self._starting = 0  # threads started for queued tasks that have not taken one yet
         self._threads: set[threading.Thread] = set()
         self._closed = False
+        # readable while tasks wait for a worker: lingering workers poll it next to their socket, so
+        # they give way at once, and sleep undisturbed otherwise (no periodic wake-ups to check)
+        self._signal_r, self._signal_w = os.pipe()
+        os.set_blocking(self._signal_r, False)
+        os.set_blocking(self._signal_w, False)
+        self._signalled = False
+
+    @property
+    def backlog_fd(self) -> int:
+        return self._signal_r
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("worker pool is closed")
             self._queued += 1
-            if self._queued > self._idle and len(self._threads) < self.max_workers:
+            if self._queued > self._idle + self._starting and len(self._threads) < self.max_workers:
                 thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads) + 1}", daemon=True)
                 self._threads.add(thread)
+                self._starting += 1
                 thread.start()
+            if self.backlog() and not self._signalled:
+                self._signalled = True
+                try:
+                    os.write(self._signal_w, b"!")
+                except OSError:
+                    pass
         self._tasks.put((fn, args))
 
     def backlog(self) -> int:
-        """Tasks submitted that no worker has taken yet."""
-        return max(0, self._queued - self._idle)
+        """Tasks submitted that no worker (running, or starting for them) will take soon."""
+        return max(0, self._queued - self._idle - self._starting)
+
+    def _clear_signal(self) -> None:  # with the lock held
+        if self._signalled and not self.backlog():
+            self._signalled = False
+            try:
+                while os.read(self._signal_r, 64):
+                    pass
+            except OSError:
+                pass
 
     @property
     def size(self) -> int:
@@ -44,6 +72,8 @@ class WorkerPool:
 
     def _work(self) -> None:
         me = threading.current_thread()
+        with self._lock:
+            self._starting -= 1
         while True:
             with self._lock:
                 self._idle += 1
@@ -59,6 +89,7 @@ class WorkerPool:
                         return
                     continue
                 self._queued -= 1
+                self._clear_signal()
             if item is None:
                 with self._lock:
                     self._threads.discard(me)
@@ -76,6 +107,11 @@ class WorkerPool:
             for _ in threads:
                 self._queued += 1
                 self._tasks.put(None)
+        for fd in (self._signal_r, self._signal_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         if wait:
             for thread in threads:
                 if thread is not threading.current_thread():

@@ -70,7 +70,8 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, passwd: str, names: tu
         ctx.load_cert_chain(cert, key or None,
                             passwd or _no_password(passwd_setting, key or cert))  # type: ignore[arg-type]
     except FileNotFoundError as exc:
-        raise SecurityError(f"cannot load {cert_setting}/{key_setting}: no such file {exc.filename or cert!r}") from None
+        missing = exc.filename or cert
+        raise SecurityError(f"cannot load {cert_setting}/{key_setting}: no such file {missing!r}") from None
     except ssl.SSLError as exc:
         raise SecurityError(f"cannot load {cert_setting} {cert!r}" + (f" with {key_setting} {key!r}" if key else "")
                             + f": {exc.reason or exc} (a PEM certificate and its matching private key are needed"

@@ -710,3 +710,22 @@ def test_oneway_flood_runs_in_order_off_the_reader(calc_uri):
         assert proxy.add(1, 1) == 2  # answered while the oneways may still be running
         wait_until(lambda: len(calc.events) == 2000, 10, message="all oneway calls to run")
     assert calc.events == list(range(2000))
+
+
+def test_serve_registers_by_name_and_serves(realm):
+    """meshrpc.serve(): objects registered under their names (advertised on the mesh), served until
+    the daemon is shut down."""
+    settings = meshrpc.config.copy(HOST="127.0.0.1", REALM=realm, NS_HOST="")
+    daemon = meshrpc.Daemon("127.0.0.1", settings=settings)
+    thread = threading.Thread(target=meshrpc.serve, args=({Calculator: "serve.calc"},),
+                              kwargs={"daemon": daemon, "use_ns": False}, daemon=True)
+    thread.start()
+    try:
+        with meshrpc.Proxy("PYRONAME:serve.calc", settings=settings) as proxy:
+            assert proxy.add(20, 22) == 42
+        with meshrpc.Proxy(f"PYRO:serve.calc@{daemon.locationStr}") as proxy:
+            assert proxy.add(1, 2) == 3  # the name is also the object id
+    finally:
+        daemon.shutdown()
+        thread.join(10)
+    assert not thread.is_alive()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Iterator
 
 import netifaces
 
@@ -52,17 +53,22 @@ def addresses_for(bind_host: str, interfaces: list[str]) -> list[str]:
     return [address]
 
 
-def ipv4_addresses(include_loopback: bool = True) -> list[str]:
-    found = []
+def ipv4_interface_infos() -> Iterator[dict[str, str]]:
+    """netifaces' IPv4 entries (addr, netmask, broadcast, peer) of every interface, now."""
     for name in netifaces.interfaces():
         try:
             infos = netifaces.ifaddresses(name).get(netifaces.AF_INET, [])
         except ValueError:                   # the interface vanished meanwhile
             continue
-        for info in infos:
-            address = info.get("addr")
-            if address and (include_loopback or not address.startswith("127.")):
-                found.append(address)
+        yield from infos
+
+
+def ipv4_addresses(include_loopback: bool = True) -> list[str]:
+    found = []
+    for info in ipv4_interface_infos():
+        address = info.get("addr")
+        if address and (include_loopback or not address.startswith("127.")):
+            found.append(address)
     return _dedup(found)
 
 

@@ -17,9 +17,8 @@ import time
 from collections.abc import Iterable
 from typing import Self
 
-import netifaces
-
 from ..errors import CommunicationError
+from ..mesh.net import ipv4_interface_infos
 from ..uri import URI
 from .constants import BROADCAST_INTERVAL, BROADCAST_MAX_DATAGRAM, BROADCAST_POLL, BROADCAST_REQUEST, BROADCAST_TRIES
 
@@ -52,22 +51,17 @@ def _ipv4_of(host: str) -> str | None:
 def _interface_networks() -> list[tuple[ipaddress.IPv4Interface, str | None]]:
     """(address/netmask, broadcast address or None) of every IPv4 interface address."""
     found = []
-    for name in netifaces.interfaces():
+    for info in ipv4_interface_infos():
         try:
-            infos = netifaces.ifaddresses(name).get(netifaces.AF_INET, [])
-        except ValueError:  # the interface vanished meanwhile
+            iface = ipaddress.IPv4Interface(f"{info['addr']}/{info.get('netmask', '255.255.255.255')}")
+        except (KeyError, ValueError):
             continue
-        for info in infos:
-            try:
-                iface = ipaddress.IPv4Interface(f"{info['addr']}/{info.get('netmask', '255.255.255.255')}")
-            except (KeyError, ValueError):
-                continue
-            broadcast = info.get("broadcast")
-            if iface.ip.is_loopback:
-                broadcast = LOOPBACK_BROADCAST
-            elif broadcast is None and iface.network.prefixlen < 31 and "peer" not in info:
-                broadcast = str(iface.network.broadcast_address)
-            found.append((iface, broadcast))
+        broadcast = info.get("broadcast")
+        if iface.ip.is_loopback:
+            broadcast = LOOPBACK_BROADCAST
+        elif broadcast is None and iface.network.prefixlen < 31 and "peer" not in info:
+            broadcast = str(iface.network.broadcast_address)
+        found.append((iface, broadcast))
     return found
 
 

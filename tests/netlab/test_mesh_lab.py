@@ -16,7 +16,6 @@ they are asserted against the issue's bounds, never tighter. Nothing is retried.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -31,23 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_netlab import netlab  # tools/netlab.py, loaded once by path
 
 ROOT = Path(__file__).resolve().parents[2]
-NETLAB_PATH = ROOT / "tools" / "netlab.py"
-
-
-def _load_netlab():
-    # tools/ is not a package; load the file by path, once per session (same name as test_netlab.py).
-    name = "meshrpc_tools_netlab"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, NETLAB_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look the module up by name
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-netlab = _load_netlab()
 
 pytestmark = [pytest.mark.netlab, pytest.mark.timeout(120)]
 

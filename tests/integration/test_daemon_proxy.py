@@ -180,10 +180,10 @@ def test_stream_limit_per_connection(start_daemon):
     running = start_daemon(settings=settings)
     uri = running.register(Calculator())
     with meshrpc.Proxy(uri) as proxy:
-        a, b = proxy.squares(3), proxy.squares(3)
+        first, second = proxy.squares(3), proxy.squares(3)  # both stay open
         with pytest.raises(errors.DaemonError, match="too many open streams"):
             proxy.squares(3)
-        assert list(a) == [0, 1, 4]
+        assert list(first) == [0, 1, 4] and list(second) == [0, 1, 4]
 
 
 def test_instance_modes(start_daemon):
@@ -576,7 +576,8 @@ def test_bad_input_does_not_disturb_other_clients(calc_uri):
     # a malformed call after a valid handshake gets an error reply, and the connection lives on
     serializer = meshrpc.wire.serializers.by_name("serpent")
     sock = _raw_connect(uri)
-    sock.sendall(wire.encode(wire.Frame(wire.MSG_CONNECT, 1, 1, serializer.dumps({"handshake": "hello", "object": "calc"}))))
+    handshake = serializer.dumps({"handshake": "hello", "object": "calc"})
+    sock.sendall(wire.encode(wire.Frame(wire.MSG_CONNECT, 1, 1, handshake)))
     assert _recv_frame(sock).type == wire.MSG_CONNECTOK
     sock.sendall(wire.encode(wire.Frame(wire.MSG_INVOKE, 1, 2, b"# serpent utf-8 python3.2\n[1,2")))
     reply = _recv_frame(sock)

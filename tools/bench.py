@@ -26,9 +26,10 @@ Usage::
     python3 tools/bench.py --cases small,threads --threads 50 --duration 5
     python3 tools/bench.py --profile                 # case 1 (serpent) under cProfile, both sides
 
-Like for like: serpent carries ``bytes`` as a base64 dict in both libraries; the bench server turns
-such a dict back into bytes before echoing it (so both directions pay the encoding), and the client
-decodes the reply the same way for both libraries.
+Like for like: Pyro5's serpent carries ``bytes`` as a base64 dict; the bench server turns such a dict
+back into bytes before echoing it (so both directions pay the encoding), and the client decodes the
+reply the same way for both libraries. Between meshrpc peers serpent carries bytes out of band (real
+bytes arrive; docs/clients.md), which is what the meshrpc column measures.
 """
 
 from __future__ import annotations
@@ -871,7 +872,8 @@ def build_cases(counts: Counts) -> list[Case]:
               Row("stream_serpent", f"{smb:g} MB stream, serpent", "s", False, True),
               Row("stream_marshal", f"{smb:g} MB stream, marshal", "s", False, True)],
              LIBS + ("raw",), measure_large,
-             note="serpent: bytes travel as base64 dicts in both libraries (server re-encodes real bytes); "
+             note="serpent: Pyro5 sends bytes as base64 dicts (server re-encodes real bytes), meshrpc "
+                  "peers out of band; "
                   "raw: plain bytes, one round trip per chunk"),
         Case(6, "threads", f"{counts.threads} client threads (one proxy each), {counts.duration:g} s, serpent",
              [Row("rate", "aggregate", "calls/s", True, True),

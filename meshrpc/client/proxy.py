@@ -317,7 +317,9 @@ class Proxy:
             payload = serializer.dumps({"handshake": self._pyroHandshake, "object": target.object})
             seq = next(self._pyroSeq) & 0xFFFF
             try:
-                conn.send(wire.Frame(wire.MSG_CONNECT, serializer.id, seq, payload, 0, self._pyroAnnotations(),
+                # offer out-of-band bytes: a meshrpc daemon answers with the same annotation, Pyro5 ignores it
+                annotations = {**self._pyroAnnotations(), wire.OOB_NEGOTIATE: b"1"}
+                conn.send(wire.Frame(wire.MSG_CONNECT, serializer.id, seq, payload, 0, annotations,
                                      current_context.correlation_id))
                 reply = conn.recv()
             except (ConnectionClosedError, errors.TimeoutError) as exc:
@@ -335,6 +337,7 @@ class Proxy:
             answer = serializer.loads(reply.payload)
             self._pyroValidateHandshake(answer.get("handshake"))
             self._pyroProcessMetadata(answer.get("meta") or {})
+            conn.oob = reply.annotations.get(wire.OOB_NEGOTIATE) == b"1"
         except BaseException:
             conn.close()
             raise
@@ -437,8 +440,14 @@ class Proxy:
         serializer = self._pyroSerializerObject()
         object_id = object_id or self._pyroUri.object
         annotations = self._pyroAnnotations()
+        oob_mode = conn.oob and serializer.oob
         if vargs and isinstance(vargs[0], SerializedBlob):
             payload, flags = self.__blob_payload(serializer, object_id, methodname, vargs, kwargs, flags, annotations)
+        elif oob_mode:
+            oob: list = []
+            payload = serializer.dumps_call(object_id, methodname, vargs, kwargs, oob)
+            if oob:
+                annotations = {**annotations, wire.OOB_ANNOTATION: wire.pack_oob(oob)}
         else:
             payload = serializer.dumps_call(object_id, methodname, vargs, kwargs)
         seq = next(self._pyroSeq) & 0xFFFF
@@ -465,11 +474,16 @@ class Proxy:
             # the daemon is shutting down and refused the call without running it: certainly not delivered
             self._pyroRelease()
             raise _NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
+        # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
+        blobs = reply.annotations.pop(wire.OOB_ANNOTATION, None) if oob_mode and not self._pyroRawWireResponse else None
         current_context.response_annotations = reply.annotations
         self._pyroResponseAnnotations(reply.annotations, reply.type)
         if self._pyroRawWireResponse:
             return reply
-        data = serializer.loads(reply.payload)
+        if oob_mode:
+            data = serializer.loads(reply.payload, wire.unpack_oob(blobs) if blobs is not None else [])
+        else:
+            data = serializer.loads(reply.payload)
         if reply.flags & wire.FLAG_ITEMSTREAMRESULT:
             stream_id = reply.annotations.get("STRM")
             if not stream_id:

@@ -568,7 +568,10 @@ class Daemon:
         except SerializeError as exc:
             return fail(f"cannot serialize the handshake answer: {exc}")
         conn.handshaken, conn.object_id = True, object_id
-        conn.send(wire.Frame(wire.MSG_CONNECTOK, serializer.id, frame.seq, payload,
+        # a meshrpc proxy offers out-of-band bytes; Pyro5 proxies never do, and get the plain answer
+        conn.oob = frame.annotations.get(wire.OOB_NEGOTIATE) == b"1"
+        conn.send(wire.Frame(wire.MSG_CONNECTOK, serializer.id, frame.seq, payload, 0,
+                             {wire.OOB_NEGOTIATE: b"1"} if conn.oob else {},
                              correlation_id=frame.correlation_id))
 
     def _refuse_not_run(self, conn: ClientConnection, frame: wire.Frame) -> None:
@@ -610,9 +613,13 @@ class Daemon:
         except SerializeError:
             raise ProtocolError(f"unknown serializer id {frame.serializer_id}") from None
         is_oneway = bool(frame.flags & wire.FLAG_ONEWAY)
+        oob_mode = conn.oob and serializer.oob
         try:
             if frame.flags & wire.FLAG_KEEPSERIALIZED:
                 call = self._blob_call(frame)
+            elif oob_mode:
+                blobs = frame.annotations.pop(wire.OOB_ANNOTATION, None)
+                call = serializer.loads_call(frame.payload, wire.unpack_oob(blobs) if blobs is not None else [])
             else:
                 call = serializer.loads_call(frame.payload)
         except (SerializeError, errors.SecurityError) as exc:
@@ -631,12 +638,15 @@ class Daemon:
         if flags & wire.FLAG_EXCEPTION and not flags & wire.FLAG_ITEMSTREAMRESULT:
             self._reply_error(conn, frame, serializer, result)
             return
+        oob = [] if oob_mode and not flags & wire.FLAG_ITEMSTREAMRESULT else None
         try:
-            payload = serializer.dumps(result)
+            payload = serializer.dumps(result, oob)
         except (SerializeError, errors.SecurityError) as exc:
             self._reply_error(conn, frame, serializer, SerializeError(f"cannot serialize the result: {exc}"))
             return
         annotations = current_context.response_annotations
+        if oob:
+            annotations = {**annotations, wire.OOB_ANNOTATION: wire.pack_oob(oob)}
         if flags & wire.FLAG_ITEMSTREAMRESULT:
             annotations = {**annotations, STREAM_ANNOTATION: result.encode("ascii")}
             payload = serializer.dumps(ProtocolError("result of call is an iterator"))

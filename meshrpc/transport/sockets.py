@@ -154,6 +154,7 @@ class FramedConnection:
         self.compress_min = compress_min
         self.send_lock = threading.Lock()
         self.closed = False
+        self.oob = False  # out-of-band bytes negotiated with the peer (meshrpc peers only; wire.OOB_NEGOTIATE)
         # adaptive spin: poll without sleeping for up to spin_wait seconds when recent answers came
         # faster than that; a sleeping thread costs a scheduler wake-up (tens of microseconds) per reply
         self.spin_wait = 0.0 if _single_core() else spin_wait

@@ -21,6 +21,11 @@ HEADER_SIZE = HEADER.size  # 40
 _PREFIX = struct.Struct("!4sH")
 _ANNOTATION = struct.Struct("!4sI")
 _ZERO_ID = bytes(16)
+_U32 = struct.Struct("!I")
+
+# meshrpc's own annotations for out-of-band bytes (Pyro5 peers ignore unknown ids, so never send them)
+OOB_NEGOTIATE = "MRPC"  # CONNECT and CONNECTOK: value b"1", "this side accepts out-of-band bytes"
+OOB_ANNOTATION = "MROB"  # INVOKE and RESULT: the blobs, see pack_oob
 
 # message types
 MSG_CONNECT = 1
@@ -61,14 +66,87 @@ def encode(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> bytes:
     return b"".join(encode_parts(frame, compress_min=compress_min, max_size=max_size))
 
 
+def pack_oob(blobs: list) -> list:
+    """The value of the OOB_ANNOTATION for these bytes-like blobs, as a list of buffers (not copied):
+    u32 count, count u32 lengths, then the blobs one after the other."""
+    views = []
+    for blob in blobs:
+        view = memoryview(blob)
+        if not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+    table = struct.pack(f"!I{len(views)}I", len(views), *(v.nbytes for v in views))
+    return [table, *views]
+
+
+def unpack_oob(value: bytes) -> list[bytes]:
+    """The blobs of an OOB_ANNOTATION value; ProtocolError when it is malformed."""
+    if len(value) < 4:
+        raise ProtocolError("truncated out-of-band annotation")
+    count = _U32.unpack_from(value)[0]
+    start = 4 + 4 * count
+    if start > len(value):
+        raise ProtocolError("out-of-band annotation: length table runs past its end")
+    lengths = struct.unpack_from(f"!{count}I", value, 4)
+    if start + sum(lengths) != len(value):
+        raise ProtocolError("out-of-band annotation: blob lengths do not add up")
+    blobs, pos = [], start
+    for length in lengths:
+        blobs.append(value[pos:pos + length])
+        pos += length
+    return blobs
+
+
+def _encode_parts_chunked(frame: Frame, payload: bytes, flags: int, max_size: int) -> list:
+    """encode_parts for frames with an annotation given as a list of buffers (pack_oob): those buffers
+    are sent as they are, small pieces are joined."""
+    pieces: list = []
+    ann_len = 0
+    for key, value in frame.annotations.items():
+        key_bytes = key.encode("ascii", "replace")
+        if len(key_bytes) != 4 or not key.isascii():
+            raise ProtocolError(f"annotation id must be 4 ASCII characters, not {key!r}")
+        chunks = value if isinstance(value, list) else [bytes(value)]
+        size = sum(memoryview(c).nbytes for c in chunks)
+        pieces.append(_ANNOTATION.pack(key_bytes, size))
+        pieces.extend(chunks)
+        ann_len += 8 + size
+    if max_size and ann_len + len(payload) > max_size:
+        raise MessageTooLargeError(f"message of {ann_len + len(payload)} bytes exceeds "
+                                   f"MAX_MESSAGE_SIZE ({max_size}); send less or raise the limit")
+    corr = frame.correlation_id
+    if corr:
+        if len(corr) != 16:
+            raise ProtocolError(f"a correlation id is 16 bytes (a UUID), not {len(corr)}")
+        flags |= FLAG_CORR_ID
+    header = HEADER.pack(TAG, PROTOCOL_VERSION, frame.type, frame.serializer_id, flags,
+                         frame.seq & 0xFFFF, len(payload), ann_len, corr or _ZERO_ID, 0, MAGIC)
+    pieces.append(payload)
+    parts: list = []
+    small: list = [header]
+    for piece in pieces:
+        if memoryview(piece).nbytes < 65536:
+            small.append(piece)
+            continue
+        parts.append(b"".join(small))
+        parts.append(piece)
+        small = []
+    if small:
+        parts.append(b"".join(small))
+    return parts
+
+
 def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> list[bytes]:
-    """The frame as a list of buffers (header+annotations, payload): large payloads are not copied."""
+    """The frame as a list of buffers (header+annotations, payload): large payloads are not copied.
+    An annotation value may be a list of buffers (out-of-band bytes): they are not copied either."""
     payload = frame.payload
     flags = frame.flags
     if 0 <= compress_min <= len(payload) and not flags & FLAG_COMPRESSED:
         packed = zlib.compress(payload)
         if len(packed) < len(payload):
             payload, flags = packed, flags | FLAG_COMPRESSED
+    if OOB_ANNOTATION in frame.annotations and isinstance(frame.annotations[OOB_ANNOTATION], list):
+        return _encode_parts_chunked(frame, payload, flags, max_size)
     if frame.annotations:
         parts = []
         for key, value in frame.annotations.items():

@@ -205,31 +205,76 @@ def _recreate(value: Any, raw: bytes) -> Any:
         raise SerializeError("serialized data nested too deeply") from None
 
 
+# --- out-of-band bytes (meshrpc peers only, negotiated per connection: docs/clients.md). A bytes-like
+# value travels as a marker dict in the payload, its raw bytes in the frame's OOB annotation.
+OOB_CLASS = "meshrpc.oob"
+
+
+def oob_blob(data: dict, oob: list) -> bytes:
+    """The blob an OOB_CLASS marker stands for."""
+    index = data.get("i")
+    if type(index) is not int or not 0 <= index < len(oob) or len(data) != 2:
+        raise SerializeError(f"bad out-of-band bytes marker: {data!r} ({len(oob)} blobs in the message)")
+    return oob[index]
+
+
+def _recreate_oob(data: Any, oob: list) -> Any:
+    t = type(data)
+    if t is dict:
+        if "__class__" in data:
+            if data["__class__"] == OOB_CLASS:
+                return oob_blob(data, oob)
+            return dict_to_object({k: _recreate_oob(v, oob) for k, v in data.items()})
+        return {k: _recreate_oob(v, oob) for k, v in data.items()}
+    if t is list:
+        return [_recreate_oob(v, oob) for v in data]
+    if t is tuple:
+        return tuple(_recreate_oob(v, oob) for v in data)
+    if t is set or t is frozenset:
+        return t(_recreate_oob(v, oob) for v in data)
+    return data
+
+
+def _recreate_with(value: Any, raw: bytes, oob: list) -> Any:
+    if b"__class__" not in raw:
+        return value
+    try:
+        return _recreate_oob(value, oob)
+    except RecursionError:
+        raise SerializeError("serialized data nested too deeply") from None
+
+
 class Serializer:
     """Base: `dumps`/`loads` for values, `dumps_call`/`loads_call` for INVOKE payloads."""
 
     id: int = 0
     name: str = ""
+    #: True when `oob` (out-of-band bytes, between meshrpc peers) changes anything: serpent and json.
+    #: marshal and msgpack carry bytes natively and ignore it.
+    oob: bool = False
 
-    def dumps(self, obj: Any) -> bytes:
+    def dumps(self, obj: Any, oob: list | None = None) -> bytes:
+        """`oob`: a list: bytes-like values are appended to it and replaced by OOB_CLASS markers."""
         raise NotImplementedError
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, oob: list | None = None) -> Any:
+        """`oob`: the blobs of the frame; OOB_CLASS markers become them (a list, even empty, enables them)."""
         raise NotImplementedError
 
-    def dumps_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None) -> bytes:
-        return self.dumps((object_id, method, vargs if vargs is not None else (), kwargs or {}))
+    def dumps_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None,
+                   oob: list | None = None) -> bytes:
+        return self.dumps((object_id, method, vargs if vargs is not None else (), kwargs or {}), oob)
 
-    def split_call(self, data: bytes) -> tuple[Any, Any, Any, Any]:
+    def split_call(self, data: bytes, oob: list | None = None) -> tuple[Any, Any, Any, Any]:
         """The four parts of an INVOKE payload, unchecked."""
         try:
-            object_id, method, vargs, kwargs = self.loads(data)
+            object_id, method, vargs, kwargs = self.loads(data, oob)
         except (TypeError, ValueError):
             raise SerializeError("malformed call: expected (object, method, vargs, kwargs)") from None
         return object_id, method, vargs, kwargs
 
-    def loads_call(self, data: bytes) -> tuple[str, str, tuple, dict]:
-        object_id, method, vargs, kwargs = self.split_call(data)
+    def loads_call(self, data: bytes, oob: list | None = None) -> tuple[str, str, tuple, dict]:
+        object_id, method, vargs, kwargs = self.split_call(data, oob)
         if not isinstance(vargs, (tuple, list)) or not isinstance(kwargs, (dict, type(None))):
             raise SerializeError("malformed call: vargs must be a sequence and kwargs a dict")
         if not isinstance(method, str):
@@ -263,15 +308,38 @@ class _SerpentWriter(serpent.Serializer):
     dispatch[BaseException] = _ser_via_dict
 
 
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+class _SerpentOobWriter(_SerpentWriter):
+    """The writer for out-of-band mode: bytes-like values become markers, their data goes to `oob`.
+    (serpent checks bytes types before its dispatch table, so this overrides `_serialize` itself;
+    the normal writer is untouched.)"""
+
+    oob: list
+
+    def _serialize(self, obj: Any, out: list, level: int) -> None:
+        if type(obj) in _BYTES_TYPES:
+            out.append(f"{{'__class__':'{OOB_CLASS}','i':{len(self.oob)}}}")
+            self.oob.append(obj)
+            return
+        super()._serialize(obj, out, level)
+
+
 class SerpentSerializer(Serializer):
     id, name = 1, "serpent"
+    oob = True
 
     def __init__(self) -> None:
         self._hooks_version = -1
         self._dispatch = _SerpentWriter.dispatch
 
-    def _writer(self) -> _SerpentWriter:
-        writer = _SerpentWriter(False, True, False)
+    def _writer(self, oob: list | None = None) -> _SerpentWriter:
+        if oob is None:
+            writer = _SerpentWriter(False, True, False)
+        else:
+            writer = _SerpentOobWriter(False, True, False)
+            writer.oob = oob
         if self._hooks_version != hooks.version:  # user hooks win over serpent's own rules
             table = dict(_SerpentWriter.dispatch)
             for cls in hooks.to_dict:
@@ -280,18 +348,20 @@ class SerpentSerializer(Serializer):
         writer.dispatch = self._dispatch
         return writer
 
-    def dumps(self, obj: Any) -> bytes:
+    def dumps(self, obj: Any, oob: list | None = None) -> bytes:
         try:
-            return self._writer().serialize(obj)
+            return self._writer(oob).serialize(obj)
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializeError(f"cannot serialize with serpent: {exc}") from None
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, oob: list | None = None) -> Any:
         data = bytes(data)
         try:
             value = serpent.loads(data)
         except Exception as exc:  # serpent raises ValueError, SyntaxError, MemoryError...
             raise self._decode_error(exc) from None
+        if oob is not None:
+            return _recreate_with(value, data, oob)
         return _recreate(value, data)
 
 
@@ -301,7 +371,7 @@ _MARSHAL_TYPES = (str, int, float, type(None), bool, complex, bytes, bytearray)
 class MarshalSerializer(Serializer):
     id, name = 2, "marshal"
 
-    def dumps(self, obj: Any) -> bytes:
+    def dumps(self, obj: Any, oob: list | None = None) -> bytes:
         try:
             return marshal.dumps(obj)
         except ValueError:
@@ -327,7 +397,7 @@ class MarshalSerializer(Serializer):
             return obj.tounicode() if obj.typecode == "u" else obj.tolist()
         return self._convert(object_to_dict(obj))
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, oob: list | None = None) -> Any:
         data = bytes(data)
         try:
             marshal_check.check(data)  # marshal trusts declared sizes: never let a peer choose them
@@ -361,25 +431,40 @@ def _object_hook(d: dict) -> Any:
 
 class JsonSerializer(Serializer):
     id, name = 3, "json"
+    oob = True
 
-    def dumps(self, obj: Any) -> bytes:
+    def dumps(self, obj: Any, oob: list | None = None) -> bytes:
+        default = _json_default
+        if oob is not None:
+            def default(value: Any) -> Any:
+                if isinstance(value, _BYTES_TYPES):
+                    oob.append(value)
+                    return {"__class__": OOB_CLASS, "i": len(oob) - 1}
+                return _json_default(value)
         try:
-            return json.dumps(obj, ensure_ascii=False, default=_json_default).encode("utf-8")
+            return json.dumps(obj, ensure_ascii=False, default=default).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializeError(f"cannot serialize with json: {exc}") from None
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, oob: list | None = None) -> Any:
+        hook = _object_hook
+        if oob is not None:
+            def hook(d: dict) -> Any:
+                if "__class__" not in d:
+                    return d
+                return oob_blob(d, oob) if d["__class__"] == OOB_CLASS else dict_to_object(d)
         try:
-            return json.loads(bytes(data).decode("utf-8"), object_hook=_object_hook)
+            return json.loads(bytes(data).decode("utf-8"), object_hook=hook)
         except Exception as exc:
             raise self._decode_error(exc) from None
 
-    def dumps_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None) -> bytes:
+    def dumps_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None,
+                   oob: list | None = None) -> bytes:
         return self.dumps({"object": object_id, "method": method,
-                           "params": vargs if vargs is not None else [], "kwargs": kwargs or {}})
+                           "params": vargs if vargs is not None else [], "kwargs": kwargs or {}}, oob)
 
-    def split_call(self, data: bytes) -> tuple[Any, Any, Any, Any]:
-        call = self.loads(data)
+    def split_call(self, data: bytes, oob: list | None = None) -> tuple[Any, Any, Any, Any]:
+        call = self.loads(data, oob)
         try:
             return call["object"], call["method"], call["params"], call["kwargs"]
         except (KeyError, TypeError):
@@ -427,13 +512,13 @@ def _msgpack_ext(code: int, data: bytes) -> Any:
 class MsgpackSerializer(Serializer):
     id, name = 4, "msgpack"
 
-    def dumps(self, obj: Any) -> bytes:
+    def dumps(self, obj: Any, oob: list | None = None) -> bytes:
         try:
             return msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise SerializeError(f"cannot serialize with msgpack: {exc}") from None
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, oob: list | None = None) -> Any:
         try:
             return msgpack.unpackb(data, raw=False, object_hook=_object_hook, ext_hook=_msgpack_ext,
                                    strict_map_key=False)

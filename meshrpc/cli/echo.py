@@ -17,6 +17,7 @@ class EchoServer:
 
     def __init__(self) -> None:
         self.stopped = threading.Event()
+        self.daemon: Daemon | None = None  # stopped at once by shutdown()
 
     def echo(self, message: Any) -> Any:
         return message
@@ -38,6 +39,8 @@ class EchoServer:
     @oneway
     def shutdown(self) -> None:
         self.stopped.set()
+        if self.daemon is not None:
+            self.daemon.shutdown()  # wakes the request loop now, not at its next poll
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     server = EchoServer()
     with Daemon(args.host, args.port) as daemon:
+        server.daemon = daemon
         if args.no_mesh:
             uri = daemon.register(server, "echo")
         else:

@@ -200,6 +200,14 @@ class Settings:
     SSL_REQUIRECLIENTCERT: bool = field(default=False, metadata=_doc(
         "Two-way TLS: daemons refuse clients without a certificate signed by one of SSL_CACERTS "
         "(which must then be set)."))
+    KEY: str = field(default="", metadata=_doc(
+        "Mesh key: a shared secret. When set, mesh announcements are signed and announcements without "
+        "a valid signature are ignored, and proxies and daemons (the name server included) prove to "
+        "each other that they hold the key at CONNECT; peers without it are refused. Empty: off. "
+        "Not encryption: use SSL for that. See docs/security.md."))
+    KEY_WINDOW: float = field(default=60.0, metadata=_doc(
+        "Seconds a CONNECT's mesh key proof stays valid (allowed clock difference between proxy "
+        "and daemon hosts); replays within it are refused by a cache of recent nonces."))
     HANDSHAKE_TIMEOUT: float = field(default=10.0, metadata=_doc(
         "Seconds a new client connection has to complete the TLS handshake (if any) and its CONNECT "
         "message; then the daemon closes it. 0 turns the limit off."))

@@ -25,6 +25,8 @@ def run_config(args: argparse.Namespace, out: Output) -> int:
         out.stream.write(reference_markdown())
         return 0
     values = config.as_dict()
+    if values.get("KEY"):
+        values["KEY"] = "<set, not shown>"     # a shared secret: never printed
     if out.json_mode:
         out.json(values)
         return 0

@@ -319,6 +319,11 @@ class Proxy:
             try:
                 # offer out-of-band bytes: a meshrpc daemon answers with the same annotation, Pyro5 ignores it
                 annotations = {**self._pyroAnnotations(), wire.OOB_NEGOTIATE: b"1"}
+                key_token = b""
+                if settings.KEY:   # mesh key (docs/security.md): prove we hold it, no extra round trip
+                    from ..mesh import auth
+                    key_token = auth.client_token(settings.KEY, target.object)
+                    annotations[auth.HANDSHAKE_ANNOTATION] = key_token
                 conn.send(wire.Frame(wire.MSG_CONNECT, serializer.id, seq, payload, 0, annotations,
                                      current_context.correlation_id))
                 reply = conn.recv()
@@ -329,11 +334,22 @@ class Proxy:
                 reason = _safe_loads(serializer, reply.payload)
                 if self._pyroLocator is not None and reason == "unknown object":
                     raise _NotDelivered(f"{target} no longer serves that object", target)
+                if isinstance(reason, str) and reason.startswith(("this daemon requires the mesh key",
+                                                                  "mesh key check failed")):
+                    raise errors.SecurityError(f"connection to {target} rejected: {reason}"
+                                               + ("" if settings.KEY else " (this proxy has no MESHRPC_KEY)"))
                 raise CommunicationError(f"connection to {target} rejected: {reason}")
             if reply.type != wire.MSG_CONNECTOK:
                 raise ProtocolError(f"expected CONNECTOK from {target}, got message type {reply.type}")
             if reply.serializer_id != serializer.id:
                 raise ProtocolError(f"{target} answered in serializer {reply.serializer_id}, not {serializer.name}")
+            if settings.KEY:
+                from ..mesh import auth
+                why = auth.check_server_token(settings.KEY, key_token,
+                                              reply.annotations.get(auth.HANDSHAKE_ANNOTATION))
+                if why:
+                    raise errors.SecurityError(f"connection to {target} refused: {why}; "
+                                               "not connecting to a daemon outside the mesh key")
             answer = serializer.loads(reply.payload)
             self._pyroValidateHandshake(answer.get("handshake"))
             self._pyroProcessMetadata(answer.get("meta") or {})

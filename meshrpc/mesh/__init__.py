@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["ADDED", "REMOVED", "UPDATED", "Entry", "Heartbeat", "MeshPublisher", "Registry",
            "get_registry", "reset_for_tests"]
 
-_registries: dict[str, Registry] = {}
+_registries: dict[str | tuple[str, str], Registry] = {}
 _registries_lock = threading.Lock()
 
 
@@ -38,14 +38,16 @@ _registry_module.default_source = _process_discovery
 def get_registry(settings: Settings | None = None) -> Registry:
     """The process-wide registry of settings.REALM (default settings: meshrpc.config.config).
 
-    One per realm; the first call's settings are kept. It starts browsing on its first query."""
+    One per realm (and mesh KEY: keyed and keyless users see different things); the first call's
+    settings are kept. It starts browsing on its first query."""
     if settings is None:
         from ..config import config as default_settings  # the current process default
         settings = default_settings
+    slot = (settings.REALM, settings.KEY) if settings.KEY else settings.REALM
     with _registries_lock:
-        registry = _registries.get(settings.REALM)
+        registry = _registries.get(slot)
         if registry is None:
-            registry = _registries[settings.REALM] = Registry(settings)
+            registry = _registries[slot] = Registry(settings)
         return registry
 
 

@@ -87,12 +87,20 @@ class _Beat:
     interval: float
     ttl: int
     seq: int = 0
+    key: str = ""                         # mesh key: heartbeats carry an authenticator
+
+    def heartbeat(self) -> Heartbeat:
+        hb = Heartbeat(self.realm, self.node, self.incarnation, self.seq)
+        if self.key:
+            from . import auth
+            hb = auth.sign(self.key, hb)  # type: ignore[assignment]
+        return hb
 
     def record(self, goodbye: bool = False) -> DNSText:
         # receivers pass a TTL-0 record on only if it equals a cached one: a goodbye repeats the last beat
         if not goodbye or self.seq == 0:
             self.seq += 1
-        text = records.encode_heartbeat(Heartbeat(self.realm, self.node, self.incarnation, self.seq))
+        text = records.encode_heartbeat(self.heartbeat())
         return DNSText(records.service_name(records.heartbeat_label(self.node)), _TYPE_TXT,
                        _CLASS_IN_UNIQUE, 0 if goodbye else self.ttl, text)
 
@@ -216,7 +224,7 @@ class Discovery:
             if node in self._beats:
                 return
             self._beats[node] = _Beat(realm, node, incarnation, settings.MESH_HEARTBEAT_INTERVAL,
-                                      max(1, math.ceil(settings.MESH_LIVENESS_WINDOW)))
+                                      max(1, math.ceil(settings.MESH_LIVENESS_WINDOW)), key=settings.KEY)
             first, self._beating = not self._beating, True
         if first:
             self._call_on_loop(self._beat)
@@ -231,7 +239,7 @@ class Discovery:
         out = DNSOutgoing(_FLAGS_RESPONSE_AA)
         out.add_answer_at_time(beat.record(goodbye=True), 0)
         self._call_on_loop(lambda: zc.async_send(out))
-        self.local_feed(Heartbeat(beat.realm, beat.node, beat.incarnation, beat.seq), goodbye=True)
+        self.local_feed(beat.heartbeat(), goodbye=True)
 
     def _beat(self) -> None:
         """On zeroconf's loop: one packet with the heartbeat of every local node, then re-arm."""
@@ -249,7 +257,7 @@ class Discovery:
         zc.async_send(out)
         heard = time.monotonic()
         for beat in beats:   # registries of this process need not wait for the multicast loopback
-            self._put(("item", Heartbeat(beat.realm, beat.node, beat.incarnation, beat.seq), False, heard))
+            self._put(("item", beat.heartbeat(), False, heard))
 
     def local_feed(self, item: Entry | Heartbeat, goodbye: bool = False) -> None:
         """This process's own publications reach its registries directly (at once, no network)."""

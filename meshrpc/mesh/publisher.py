@@ -72,6 +72,7 @@ class MeshPublisher:
                                        uri=self._advertised(given, previous[0].uri if previous else None),
                                        metadata=metadata, node=self.node, incarnation=self.incarnation,
                                        version=self._version, last_seen=time.monotonic())
+            entry = self._sign(entry)
             txt = records.encode_entry(entry, self.settings.MESH_TXT_MAX)   # refuses oversize early
             discovery = self._attach()
             previous = self._published.get(key)        # _attach() forgets everything after a reset
@@ -155,6 +156,7 @@ class MeshPublisher:
                                              metadata=entry.metadata, node=self.node,
                                              incarnation=self.incarnation, version=self._version,
                                              last_seen=time.monotonic())
+                    new = self._sign(new)
                     fresh = self._service_info(new, records.encode_entry(new, self.settings.MESH_TXT_MAX))
                 except NamingError as exc:   # a longer address may not fit MESH_TXT_MAX
                     log.warning("mesh: cannot move %s to %s: %s", entry.name, advertised, exc)
@@ -169,6 +171,13 @@ class MeshPublisher:
             discovery.local_feed(new)
 
     # ---------------------------------------------------------------- internals
+
+    def _sign(self, entry: Entry) -> Entry:
+        """With a mesh key (KEY): the entry with its authenticator (docs/security.md)."""
+        if not self.settings.KEY:
+            return entry
+        from . import auth
+        return auth.sign(self.settings.KEY, entry)  # type: ignore[return-value]
 
     def _attach(self) -> Discovery:
         """Lock held. The current process discovery, with our interfaces included."""

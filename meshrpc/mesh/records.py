@@ -7,10 +7,12 @@ An `Entry` (one published object) becomes a DNS-SD instance label plus TXT bytes
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import NamingError
 from ..uri import URI
@@ -45,6 +47,8 @@ class Entry:
     incarnation: int
     realm: str
     last_seen: float = field(default=0.0, compare=False)
+    # mesh key authenticator (meshrpc.mesh.auth); b"" when unsigned. Not part of the entry's identity.
+    auth: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -64,6 +68,7 @@ class Heartbeat:
     node: str
     incarnation: int
     seq: int
+    auth: bytes = field(default=b"", compare=False, repr=False)   # as Entry.auth
 
 
 Decoded = Entry | Heartbeat
@@ -167,6 +172,8 @@ def encode_entry(entry: Entry, max_size: int = DEFAULT_TXT_MAX) -> bytes:
     _put(props, "u", uri)
     if tags:
         _put(props, "t", tags)
+    if entry.auth:
+        props.append(("a", _b64(entry.auth)))
     size = sum(len(key) + len(value) + 2 for key, value in props)   # length byte + "="
     if size > max_size:
         raise _too_big(entry, size, max_size)
@@ -181,9 +188,23 @@ def _too_big(entry: Entry, size: int, max_size: int) -> NamingError:
 
 
 def encode_heartbeat(hb: Heartbeat) -> bytes:
-    return _pack([("v", FORMAT_VERSION.encode()), ("r", hb.realm.encode("utf-8")),
-                  ("o", hb.node.encode()), ("i", str(hb.incarnation).encode()),
-                  ("h", str(hb.seq).encode())])
+    props = [("v", FORMAT_VERSION.encode()), ("r", hb.realm.encode("utf-8")),
+             ("o", hb.node.encode()), ("i", str(hb.incarnation).encode()), ("h", str(hb.seq).encode())]
+    if hb.auth:
+        props.append(("a", _b64(hb.auth)))
+    return _pack(props)
+
+
+def _b64(auth: bytes) -> bytes:
+    return base64.b64encode(auth)
+
+
+def _unb64(text: bytes) -> bytes:
+    """An authenticator from its TXT value; b"?" (never valid) when it is not base64."""
+    try:
+        return base64.b64decode(text, validate=True) or b"?"
+    except (binascii.Error, ValueError):
+        return b"?"
 
 
 def encode_tags(tags: Iterable[str]) -> str:
@@ -260,10 +281,12 @@ def _decode(txt: bytes, realm: str | None, label: str | None, max_size: int) -> 
     if not _NODE_RE.match(node):
         raise _Reject("bad node id")
     incarnation = _int(props, "i")
+    auth = _unb64(props["a"]) if "a" in props else b""
     if "h" in props:
         if label is not None and label.lower() != heartbeat_label(node).lower():
             raise _Reject("heartbeat label does not match its node")
-        return Heartbeat(realm=got_realm, node=node, incarnation=incarnation, seq=_int(props, "h"))
+        return Heartbeat(realm=got_realm, node=node, incarnation=incarnation, seq=_int(props, "h"),
+                         auth=auth)
     tags = decode_tags(_text(props, "t")) if ("t" in props or "t*" in props) else frozenset()
     try:
         entry = make_entry(realm=got_realm, name=_text(props, "n"), uri=_text(props, "u"),
@@ -272,7 +295,7 @@ def _decode(txt: bytes, realm: str | None, label: str | None, max_size: int) -> 
         raise _Reject(str(exc)) from None
     if label is not None and label.lower() != instance_label(entry).lower():
         raise _Reject("instance label does not match the record's content")
-    return entry
+    return replace(entry, auth=auth) if auth else entry
 
 
 def _unpack(txt: bytes) -> dict[str, bytes]:

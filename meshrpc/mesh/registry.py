@@ -105,6 +105,8 @@ class Registry:
         self._deliverer: int | None = None
         self._generation = 0                   # bumped whenever something became visible or changed
         self._full_warned: set[str] = set()     # "entries"/"nodes": warned until below the cap again
+        self._key = self.settings.KEY            # mesh key: only announcements signed with it count
+        self._auth_warned: dict[tuple[str, str], None] = {}   # bounded: log once per node and name
 
     # ---------------------------------------------------------------- queries
 
@@ -236,6 +238,8 @@ class Registry:
         """An announcement or heartbeat was received at monotonic time heard (default: now)."""
         if item.realm != self.realm:
             return
+        if self._key and not self._authentic(item):
+            return
         heard = self._clock() if heard is None else heard
         contested: list[Entry] = []
         with self._lock:
@@ -251,6 +255,8 @@ class Registry:
         """The owner withdrew an entry (Entry) or all of a node's entries (Heartbeat)."""
         if item.realm != self.realm:
             return
+        if self._key and not self._authentic(item):
+            return
         now = self._clock()
         with self._lock:
             if isinstance(item, Heartbeat):
@@ -264,6 +270,25 @@ class Registry:
                 if slot is None or (slot.entry.node == item.node and item.order >= slot.entry.order):
                     self._bury(item.key, item.order, now)
         self._drain()
+
+    def _authentic(self, item: Entry | Heartbeat) -> bool:
+        """Mesh key set: does item carry a valid authenticator? (logs a refusal once per node/name)"""
+        from . import auth
+        why = auth.verify(self._key, item)
+        if not why:
+            return True
+        what = (item.node, "" if isinstance(item, Heartbeat) else item.name)
+        with self._lock:
+            first = what not in self._auth_warned
+            if first:
+                self._auth_warned[what] = None
+                if len(self._auth_warned) > self.settings.MESH_MAX_NODES:
+                    del self._auth_warned[next(iter(self._auth_warned))]
+        if first:
+            log.warning("mesh: ignoring %s from node %s in realm %r: %s",
+                        "heartbeat" if isinstance(item, Heartbeat) else f"announcement of {item.name[:80]!r}",
+                        item.node, self.realm, why)
+        return False
 
     def sweep(self, now: float | None = None) -> None:
         """Liveness: hide entries nobody vouched for lately, forget old dormant ones and tombstones."""

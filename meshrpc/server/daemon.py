@@ -555,6 +555,15 @@ class Daemon:
             handshake, object_id = data["handshake"], data["object"]
         except (SerializeError, errors.SecurityError, KeyError, TypeError) as exc:
             return fail(f"invalid handshake data: {exc}")
+        key_proof: bytes | None = None
+        if self.settings.KEY:
+            # --- mesh key (docs/security.md): the proxy proves it holds the key, we prove it back
+            from ..mesh import auth
+            key_proof, why = auth.check_client_token(
+                self.settings.KEY, frame.annotations.get(auth.HANDSHAKE_ANNOTATION), object_id,
+                self.settings.KEY_WINDOW)
+            if key_proof is None:
+                return fail(why)
         registration = self._objects.get(object_id) if isinstance(object_id, str) else None
         if registration is None:
             return fail("unknown object")
@@ -570,8 +579,11 @@ class Daemon:
         conn.handshaken, conn.object_id = True, object_id
         # a meshrpc proxy offers out-of-band bytes; Pyro5 proxies never do, and get the plain answer
         conn.oob = frame.annotations.get(wire.OOB_NEGOTIATE) == b"1"
-        conn.send(wire.Frame(wire.MSG_CONNECTOK, serializer.id, frame.seq, payload, 0,
-                             {wire.OOB_NEGOTIATE: b"1"} if conn.oob else {},
+        annotations = {wire.OOB_NEGOTIATE: b"1"} if conn.oob else {}
+        if key_proof is not None:
+            from ..mesh import auth
+            annotations[auth.HANDSHAKE_ANNOTATION] = key_proof
+        conn.send(wire.Frame(wire.MSG_CONNECTOK, serializer.id, frame.seq, payload, 0, annotations,
                              correlation_id=frame.correlation_id))
 
     def _refuse_not_run(self, conn: ClientConnection, frame: wire.Frame) -> None:

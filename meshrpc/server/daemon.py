@@ -151,7 +151,7 @@ class Daemon:
         self._ns_registrar: Any = None  # name-server registrar, when NS_HOST is configured
         self._register_daemon_object(interface)
         # --- security: the plaintext warning, and the thread that enforces HANDSHAKE_TIMEOUT/IDLE_TIMEOUT
-        if not unixsocket and self._tls_context is None:
+        if not unixsocket and self._tls_context is None and not settings.KEY:
             _warn_if_exposed(self._listener, self.locationStr)
         self._start_reaper()
         log.info("daemon listening on %s%s", self.locationStr, " (TLS)" if self._tls_context is not None else "")
@@ -882,7 +882,7 @@ _warned_plaintext = False
 
 
 def _warn_if_exposed(listener: socket.socket, location: str) -> None:
-    """Once per process: a daemon without TLS listens beyond this machine."""
+    """Once per process: a daemon without TLS or a mesh key listens beyond this machine."""
     global _warned_plaintext
     if _warned_plaintext:
         return
@@ -894,9 +894,9 @@ def _warn_if_exposed(listener: socket.socket, location: str) -> None:
         return
     _warned_plaintext = True
     logging.getLogger("meshrpc.security").warning(
-        "daemon %s listens on a non-loopback address without TLS: anyone who can reach it can call its "
-        "objects and read or change its traffic; set SSL with a certificate (docs/security.md), or bind "
-        "localhost", location)
+        "daemon %s listens on a non-loopback address without TLS or a mesh key: anyone who can reach it can "
+        "call its objects and read or change its traffic; set MESHRPC_KEY (callers must hold the key) and/or "
+        "SSL with a certificate (encryption), see docs/security.md, or bind localhost", location)
 
 
 def _abort(conn: ClientConnection) -> None:

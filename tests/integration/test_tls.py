@@ -555,3 +555,13 @@ def test_plaintext_warning_once_for_exposed_daemons(start_daemon: Any, monkeypat
     start_daemon(host="0.0.0.0")
     warnings = [r for r in caplog.records if r.name == "meshrpc.security" and "without TLS" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_no_plaintext_warning_with_a_mesh_key(start_daemon: Any, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    from meshrpc.server import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "_warned_plaintext", False)
+    caplog.set_level(logging.WARNING, logger="meshrpc.security")
+    start_daemon(host="0.0.0.0", settings=meshrpc.config.copy(KEY="a shared secret"))
+    assert "without TLS" not in caplog.text  # callers must prove the key: nothing to warn about

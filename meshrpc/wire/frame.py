@@ -111,16 +111,7 @@ def _encode_parts_chunked(frame: Frame, payload: bytes, flags: int, max_size: in
         pieces.append(_ANNOTATION.pack(key_bytes, size))
         pieces.extend(chunks)
         ann_len += 8 + size
-    if max_size and ann_len + len(payload) > max_size:
-        raise MessageTooLargeError(f"message of {ann_len + len(payload)} bytes exceeds "
-                                   f"MAX_MESSAGE_SIZE ({max_size}); send less or raise the limit")
-    corr = frame.correlation_id
-    if corr:
-        if len(corr) != 16:
-            raise ProtocolError(f"a correlation id is 16 bytes (a UUID), not {len(corr)}")
-        flags |= FLAG_CORR_ID
-    header = HEADER.pack(TAG, PROTOCOL_VERSION, frame.type, frame.serializer_id, flags,
-                         frame.seq & 0xFFFF, len(payload), ann_len, corr or _ZERO_ID, 0, MAGIC)
+    header = _header(frame, flags, len(payload), ann_len, max_size)
     pieces.append(payload)
     parts: list = []
     small: list = [header]
@@ -134,6 +125,20 @@ def _encode_parts_chunked(frame: Frame, payload: bytes, flags: int, max_size: in
     if small:
         parts.append(b"".join(small))
     return parts
+
+
+def _header(frame: Frame, flags: int, payload_len: int, ann_len: int, max_size: int) -> bytes:
+    """The 40-byte header, after the size limit and correlation id checks."""
+    if max_size and ann_len + payload_len > max_size:
+        raise MessageTooLargeError(f"message of {ann_len + payload_len} bytes exceeds "
+                                   f"MAX_MESSAGE_SIZE ({max_size}); send less or raise the limit")
+    corr = frame.correlation_id
+    if corr:
+        if len(corr) != 16:
+            raise ProtocolError(f"a correlation id is 16 bytes (a UUID), not {len(corr)}")
+        flags |= FLAG_CORR_ID
+    return HEADER.pack(TAG, PROTOCOL_VERSION, frame.type, frame.serializer_id, flags,
+                       frame.seq & 0xFFFF, payload_len, ann_len, corr or _ZERO_ID, 0, MAGIC)
 
 
 def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> list[bytes]:
@@ -158,16 +163,7 @@ def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> 
         annotations = b"".join(parts)
     else:
         annotations = b""
-    if max_size and len(annotations) + len(payload) > max_size:
-        raise MessageTooLargeError(f"message of {len(annotations) + len(payload)} bytes exceeds "
-                                   f"MAX_MESSAGE_SIZE ({max_size}); send less or raise the limit")
-    corr = frame.correlation_id
-    if corr:
-        if len(corr) != 16:
-            raise ProtocolError(f"a correlation id is 16 bytes (a UUID), not {len(corr)}")
-        flags |= FLAG_CORR_ID
-    header = HEADER.pack(TAG, PROTOCOL_VERSION, frame.type, frame.serializer_id, flags,
-                         frame.seq & 0xFFFF, len(payload), len(annotations), corr or _ZERO_ID, 0, MAGIC)
+    header = _header(frame, flags, len(payload), len(annotations), max_size)
     if len(payload) < 65536:
         return [header + annotations + payload]
     return [header + annotations, payload]

@@ -410,18 +410,12 @@ class Proxy:
                 log.info("%s not resolvable yet: %s", self._pyroLocator, exc)
                 if not rebind.wait():
                     raise self.__gave_up(exc, rebind) from None
-            except errors.TimeoutError as exc:  # sent, no reply in time: it may have run, may still run
+            except (errors.TimeoutError, ConnectionClosedError) as exc:  # sent, no reply: it may have run
                 self.__drop(self._pyroUri, exc)
                 if methodname in self._pyroIdempotent and methodname != "<batch>" and rebind.wait():
                     log.info("re-sending idempotent %s after: %s", methodname, exc)
                     continue
-                raise
-            except ConnectionClosedError as exc:  # sent, but no reply: it may have run
-                self.__drop(self._pyroUri, exc)
-                if methodname in self._pyroIdempotent and methodname != "<batch>" and rebind.wait():
-                    log.info("re-sending idempotent %s after: %s", methodname, exc)
-                    continue
-                if retries_left > 0:
+                if isinstance(exc, ConnectionClosedError) and retries_left > 0:  # timeouts: it may still run
                     retries_left -= 1
                     log.info("re-sending %s (MAX_RETRIES) after: %s", methodname, exc)
                     continue

@@ -29,7 +29,7 @@ import zlib
 from typing import Any, Callable
 
 import pytest
-from support import wait_until
+from support import rss_mb, wait_until
 
 import meshrpc
 from meshrpc.wire import frame as wire
@@ -287,15 +287,6 @@ def run_case(port: int, number: int) -> str | None:
         return f"case {number}: cannot connect: {exc}"
 
 
-def rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 class ErrorCounter(logging.Handler):

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import pytest
-from support import wait_until
+from support import rss_mb, wait_until
 
 import meshrpc
 from meshrpc import errors
@@ -62,15 +62,6 @@ def live(running: Any) -> int:
     return len(running.daemon._connections)
 
 
-def rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def connect_frame(object_id: str = "service", seq: int = 1) -> bytes:

@@ -1,8 +1,11 @@
 """A guard for marshal data from peers.
 
 `marshal.loads` trusts the sizes a stream declares: five bytes declaring a list of 2**31 items make it
-reserve 16 GiB before it reads any item. This walks the stream first (without building anything) and
-refuses sizes that cannot fit in what is left, code objects, and unknown type codes.
+reserve 16 GiB before it reads any item. `check` walks the stream's tokens first, without building
+anything, and refuses a size or count that cannot fit in the bytes that follow it, code objects, and
+unknown type codes. marshal data is a flat prefix encoding (a container's header is followed by its
+items' tokens), so one linear pass finds every header; the nesting itself, truncation and depth are
+checked by `marshal.loads`, which raises on them without allocating by declared sizes.
 """
 
 from __future__ import annotations
@@ -14,89 +17,76 @@ from ..errors import SerializeError
 _I32 = struct.Struct("<i")
 _FLAG_REF = 0x80
 
-# type code -> fixed payload size in bytes
-_FIXED = {ord("N"): 0, ord("F"): 0, ord("T"): 0, ord("S"): 0, ord("."): 0,
-          ord("i"): 4, ord("g"): 8, ord("y"): 16, ord("r"): 4}
-_SIZED_BYTES = {ord(c) for c in "stuaA"}      # int32 length, then that many bytes
-_SHORT_BYTES = {ord("z"), ord("Z")}            # 1-byte length, then that many bytes
-_SIZED_CONTAINERS = {ord(c) for c in "[(<>"}   # int32 count, then that many items
-_SMALL_TUPLE = ord(")")                        # 1-byte count
-_DICT, _NULL = ord("{"), ord("0")
-_LONG = ord("l")                               # int32 digit count, 2 bytes per digit
-_TEXT_FLOAT, _TEXT_COMPLEX = ord("f"), ord("x")
+# what follows a type code, by kind
+_FIXED, _SIZED, _SHORT, _COUNTED, _SMALL_TUPLE, _LONG, _TEXT_FLOAT, _TEXT_COMPLEX = range(1, 9)
+_KINDS = {
+    _FIXED: {"N": 0, "F": 0, "T": 0, "S": 0, ".": 0, "0": 0, "{": 0, "i": 4, "g": 8, "y": 16, "r": 4},
+    _SIZED: "stuaA",          # int32 length, then that many bytes
+    _SHORT: "zZ",             # 1-byte length, then that many bytes
+    _COUNTED: "[(<>",         # int32 count, then that many items (each at least one byte)
+    _SMALL_TUPLE: ")",        # 1-byte count
+    _LONG: "l",               # int32 digit count (its sign is the number's), 2 bytes per digit
+    _TEXT_FLOAT: "f",         # 1-byte length, then the text
+    _TEXT_COMPLEX: "x",       # two of those
+}
+
+# the codes marshal version 2 writes for plain values (wire.plain), and nothing else: no references
+PLAIN_CODES = "NFT0{igstul[(<"
 
 
-def check(data: bytes) -> None:
-    """Raise SerializeError unless `data` is marshal data of plain values whose sizes fit."""
-    view = memoryview(data)
-    end = len(view)
+def _table(codes: str | None) -> tuple[list[int], list[int]]:
+    """Per byte value: the kind of token it starts (0: refused) and, for fixed tokens, the size."""
+    kind, size = [0] * 256, [0] * 256
+    for k, members in _KINDS.items():
+        for code in members:
+            if codes is not None and code not in codes:
+                continue
+            for byte in (ord(code), ord(code) | _FLAG_REF) if codes is None else (ord(code),):
+                kind[byte] = k
+                if k == _FIXED:
+                    size[byte] = 1 + members[code]
+    return kind, size
+
+
+_ANY = _table(None)
+_PLAIN = _table(PLAIN_CODES)
+
+
+def check(data: bytes, plain_only: bool = False) -> None:
+    """Raise SerializeError unless every size `data` declares fits in it and every type code is
+    accepted (plain_only: only the codes of PLAIN_CODES, as wire.plain values are written)."""
+    kind_of, size_of = _PLAIN if plain_only else _ANY
+    unpack = _I32.unpack_from
+    end = len(data)
     pos = 0
-    pending = 1  # values still to read at the current level (a stack of counts)
-    stack: list[int] = []
-    in_dict: list[bool] = [False]
-    while True:
-        if pending == 0:
-            if not stack:
-                break
-            pending = stack.pop()
-            in_dict.pop()
-            continue
-        if pos >= end:
-            raise SerializeError("truncated marshal data")
-        code = view[pos] & ~_FLAG_REF
-        pos += 1
-        if code == _NULL:
-            if not in_dict[-1]:
-                raise SerializeError("malformed marshal data (NULL outside a dict)")
-            pending = 0  # the end of a dict
-            continue
-        if pending > 0:  # dicts (pending -1) have no count: their NULL ends them
-            pending -= 1
-        if code in _FIXED:
-            pos += _FIXED[code]
-        elif code in _SIZED_BYTES:
-            pos += 4 + _read_count(view, pos, end)
-        elif code == _LONG:  # the digit count carries the sign
-            pos += 4 + 2 * _read_count(view, pos, end, signed=True)
-        elif code in _SHORT_BYTES or code in (_TEXT_FLOAT, _TEXT_COMPLEX):
-            if pos >= end:
-                raise SerializeError("truncated marshal data")
-            pos += 1 + view[pos]
-            if code == _TEXT_COMPLEX:
-                if pos >= end:
-                    raise SerializeError("truncated marshal data")
-                pos += 1 + view[pos]
-        elif code in _SIZED_CONTAINERS or code == _SMALL_TUPLE:
-            if code == _SMALL_TUPLE:
-                if pos >= end:
-                    raise SerializeError("truncated marshal data")
-                count, pos = view[pos], pos + 1
+    try:
+        while pos < end:
+            code = data[pos]
+            size = size_of[code]
+            if size:
+                pos += size
+                continue
+            kind = kind_of[code]
+            if kind == _COUNTED or kind == _SIZED or kind == _LONG:
+                count = unpack(data, pos + 1)[0]
+                pos += 5
+                if kind == _LONG:
+                    count = 2 * abs(count)
+                if not 0 <= count <= end - pos:
+                    raise SerializeError(f"marshal data declares a size of {count} where {end - pos} bytes remain")
+                if kind != _COUNTED:
+                    pos += count
+            elif kind == _SHORT or kind == _TEXT_FLOAT:
+                pos += 2 + data[pos + 1]
+            elif kind == _TEXT_COMPLEX:
+                pos += 2 + data[pos + 1]
+                pos += 1 + data[pos]
+            elif kind == _SMALL_TUPLE:
+                pos += 2
             else:
-                count = _read_count(view, pos, end)
-                pos += 4
-            if count > end - pos:  # every item takes at least one byte
-                raise SerializeError(f"marshal data declares {count} items but holds {end - pos} bytes")
-            stack.append(pending)
-            in_dict.append(False)
-            pending = count
-        elif code == _DICT:
-            stack.append(pending)
-            in_dict.append(True)
-            pending = -1
-        else:
-            raise SerializeError(f"marshal data holds a value of type code {chr(code)!r}, which is not accepted")
-        if pos > end:
-            raise SerializeError("truncated marshal data")
-        if len(stack) > 2000:
-            raise SerializeError("marshal data nested too deeply")
-
-
-def _read_count(view: memoryview, pos: int, end: int, signed: bool = False) -> int:
-    if pos + 4 > end:
+                raise SerializeError(f"marshal data holds a value of type code {chr(code & ~_FLAG_REF)!r}, "
+                                     "which is not accepted")
+    except (struct.error, IndexError):
+        raise SerializeError("truncated marshal data") from None
+    if pos > end:
         raise SerializeError("truncated marshal data")
-    count = _I32.unpack_from(view, pos)[0]
-    if signed:
-        count = abs(count)
-    if count < 0 or count > end - pos - 4:
-        raise SerializeError(f"marshal data declares a size of {count} that does not fit")
-    return count

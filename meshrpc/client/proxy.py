@@ -18,7 +18,7 @@ from ..errors import CommunicationError, ConnectionClosedError, ProtocolError, S
 from ..transport.sockets import FramedConnection, connect
 from ..uri import URI
 from ..wire import frame as wire
-from ..wire.serializers import WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
+from ..wire.serializers import BY_ID, WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
 
 log = logging.getLogger("meshrpc.client")
 
@@ -317,8 +317,10 @@ class Proxy:
             payload = serializer.dumps({"handshake": self._pyroHandshake, "object": target.object})
             seq = next(self._pyroSeq) & 0xFFFF
             try:
-                # offer out-of-band bytes: a meshrpc daemon answers with the same annotation, Pyro5 ignores it
-                annotations = {**self._pyroAnnotations(), wire.OOB_NEGOTIATE: b"1"}
+                # offer meshrpc's capabilities: a meshrpc daemon answers with those it agrees to, Pyro5
+                # daemons ignore the annotation
+                offer = wire.CAP_OOB + (wire.CAP_BINARY if settings.SERPENT_BINARY else b"")
+                annotations = {**self._pyroAnnotations(), wire.CAPABILITIES: offer}
                 key_token = b""
                 if settings.KEY:   # mesh key (docs/security.md): prove we hold it, no extra round trip
                     from ..mesh import auth
@@ -353,7 +355,9 @@ class Proxy:
             answer = serializer.loads(reply.payload)
             self._pyroValidateHandshake(answer.get("handshake"))
             self._pyroProcessMetadata(answer.get("meta") or {})
-            conn.oob = reply.annotations.get(wire.OOB_NEGOTIATE) == b"1"
+            agreed = wire.capabilities(reply.annotations)
+            conn.oob = wire.CAP_OOB in agreed
+            conn.binary = wire.CAP_BINARY in agreed and settings.SERPENT_BINARY
         except BaseException:
             conn.close()
             raise
@@ -451,18 +455,19 @@ class Proxy:
         object_id = object_id or self._pyroUri.object
         annotations = self._pyroAnnotations()
         oob_mode = conn.oob and serializer.oob
+        wire_id = serializer.id
         if vargs and isinstance(vargs[0], SerializedBlob):
             payload, flags = self.__blob_payload(serializer, object_id, methodname, vargs, kwargs, flags, annotations)
         elif oob_mode:
             oob: list = []
-            payload = serializer.dumps_call(object_id, methodname, vargs, kwargs, oob)
+            wire_id, payload = serializer.encode_call(object_id, methodname, vargs, kwargs, oob, conn.binary)
             if oob:
                 annotations = {**annotations, wire.OOB_ANNOTATION: wire.pack_oob(oob)}
         else:
-            payload = serializer.dumps_call(object_id, methodname, vargs, kwargs)
+            wire_id, payload = serializer.encode_call(object_id, methodname, vargs, kwargs, None, conn.binary)
         seq = next(self._pyroSeq) & 0xFFFF
         try:
-            conn.send(wire.Frame(wire.MSG_INVOKE, serializer.id, seq, payload, flags, annotations,
+            conn.send(wire.Frame(wire.MSG_INVOKE, wire_id, seq, payload, flags, annotations,
                                  current_context.correlation_id))
         except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
             raise _NotDelivered(str(exc), self._pyroUri, suspect=False) from None
@@ -477,9 +482,12 @@ class Proxy:
             self._pyroRelease()
             raise ProtocolError(f"invalid reply from {self._pyroUri} (type {reply.type}, seq {reply.seq}, "
                                 f"expected {seq}); connection closed")
+        codec = serializer
         if reply.serializer_id != serializer.id:
-            self._pyroRelease()
-            raise ProtocolError(f"reply in serializer {reply.serializer_id}, expected {serializer.name}")
+            codec = BY_ID.get(reply.serializer_id) if conn.binary else None
+            if codec is None or codec.values is not serializer:
+                self._pyroRelease()
+                raise ProtocolError(f"reply in serializer {reply.serializer_id}, expected {serializer.name}")
         if reply.flags & wire.FLAG_EXCEPTION and NOT_RUN_ANNOTATION in reply.annotations:
             # the daemon is shutting down and refused the call without running it: certainly not delivered
             self._pyroRelease()
@@ -490,10 +498,10 @@ class Proxy:
         self._pyroResponseAnnotations(reply.annotations, reply.type)
         if self._pyroRawWireResponse:
             return reply
-        if oob_mode:
-            data = serializer.loads(reply.payload, wire.unpack_oob(blobs) if blobs is not None else [])
+        if oob_mode and codec.oob:
+            data = codec.loads(reply.payload, wire.unpack_oob(blobs) if blobs is not None else [])
         else:
-            data = serializer.loads(reply.payload)
+            data = codec.loads(reply.payload)
         if reply.flags & wire.FLAG_ITEMSTREAMRESULT:
             stream_id = reply.annotations.get("STRM")
             if not stream_id:

@@ -30,7 +30,7 @@ from ..errors import DaemonError, ProtocolError, SerializeError
 from ..transport.sockets import FramedConnection, create_server_socket, limit_send_time
 from ..uri import URI
 from ..wire import frame as wire
-from ..wire.serializers import ExceptionWrapper, Serializer, by_id
+from ..wire.serializers import BY_ID, ExceptionWrapper, Serializer, by_id
 from .decorators import Registration, expose, oneway
 from .pool import WorkerPool
 from .streams import StreamTable
@@ -401,7 +401,7 @@ class Daemon:
             header = wire.HEADER.unpack_from(data)
             ser_id, seq = header[3], header[5]
         try:
-            serializer = by_id(ser_id)
+            serializer = by_id(ser_id).values
         except SerializeError:
             serializer = by_id(1)
         try:
@@ -541,17 +541,17 @@ class Daemon:
 
     def _handshake(self, conn: ClientConnection, frame: wire.Frame) -> None:
         try:
-            serializer = by_id(frame.serializer_id)
+            codec = by_id(frame.serializer_id)
         except SerializeError:
             raise ProtocolError(f"client asked for unknown serializer id {frame.serializer_id}") from None
-        conn.serializer = serializer
+        serializer = conn.serializer = codec.values
 
         def fail(reason: str) -> None:
             log.info("handshake from %s refused: %s", conn.addr, reason)
             conn.send(wire.Frame(wire.MSG_CONNECTFAIL, serializer.id, frame.seq, serializer.dumps(reason)))
 
         try:
-            data = serializer.loads(frame.payload)
+            data = codec.loads(frame.payload)
             handshake, object_id = data["handshake"], data["object"]
         except (SerializeError, errors.SecurityError, KeyError, TypeError) as exc:
             return fail(f"invalid handshake data: {exc}")
@@ -577,9 +577,12 @@ class Daemon:
         except SerializeError as exc:
             return fail(f"cannot serialize the handshake answer: {exc}")
         conn.handshaken, conn.object_id = True, object_id
-        # a meshrpc proxy offers out-of-band bytes; Pyro5 proxies never do, and get the plain answer
-        conn.oob = frame.annotations.get(wire.OOB_NEGOTIATE) == b"1"
-        annotations = {wire.OOB_NEGOTIATE: b"1"} if conn.oob else {}
+        # a meshrpc proxy offers its capabilities; Pyro5 proxies never do, and get the plain answer
+        offered = wire.capabilities(frame.annotations)
+        conn.oob = wire.CAP_OOB in offered
+        conn.binary = wire.CAP_BINARY in offered and self.settings.SERPENT_BINARY
+        agreed = (wire.CAP_OOB if conn.oob else b"") + (wire.CAP_BINARY if conn.binary else b"")
+        annotations = {wire.CAPABILITIES: agreed} if agreed else {}
         if key_proof is not None:
             from ..mesh import auth
             annotations[auth.HANDSHAKE_ANNOTATION] = key_proof
@@ -594,7 +597,7 @@ class Daemon:
             log.info("oneway call from %s not run: the daemon is shutting down", conn.addr)
             return
         try:
-            serializer = by_id(frame.serializer_id)
+            serializer = by_id(frame.serializer_id).values
         except SerializeError:
             raise ProtocolError(f"unknown serializer id {frame.serializer_id}") from None
         error = DaemonError("the daemon is shutting down; the call was not run")
@@ -614,26 +617,28 @@ class Daemon:
         ctx.client_sock_addr = conn.addr
         ctx.seq = frame.seq
         ctx.msg_flags = frame.flags
-        ctx.serializer_id = frame.serializer_id
+        codec = BY_ID.get(frame.serializer_id)  # the serializer, not its binary form
+        ctx.serializer_id = codec.values.id if codec is not None else frame.serializer_id
         ctx.annotations = frame.annotations
         ctx.response_annotations = {}
         ctx.correlation_id = frame.correlation_id
 
     def _invoke(self, conn: ClientConnection, frame: wire.Frame) -> None:
         try:
-            serializer = by_id(frame.serializer_id)
+            codec = by_id(frame.serializer_id)  # how this payload is encoded
         except SerializeError:
             raise ProtocolError(f"unknown serializer id {frame.serializer_id}") from None
+        serializer = codec.values  # the conversation's serializer: the reply's
         is_oneway = bool(frame.flags & wire.FLAG_ONEWAY)
         oob_mode = conn.oob and serializer.oob
         try:
             if frame.flags & wire.FLAG_KEEPSERIALIZED:
                 call = self._blob_call(frame)
-            elif oob_mode:
+            elif oob_mode and codec.oob:
                 blobs = frame.annotations.pop(wire.OOB_ANNOTATION, None)
-                call = serializer.loads_call(frame.payload, wire.unpack_oob(blobs) if blobs is not None else [])
+                call = codec.loads_call(frame.payload, wire.unpack_oob(blobs) if blobs is not None else [])
             else:
-                call = serializer.loads_call(frame.payload)
+                call = codec.loads_call(frame.payload)
         except (SerializeError, errors.SecurityError) as exc:
             if not is_oneway:
                 self._reply_error(conn, frame, serializer, exc)
@@ -650,19 +655,20 @@ class Daemon:
         if flags & wire.FLAG_EXCEPTION and not flags & wire.FLAG_ITEMSTREAMRESULT:
             self._reply_error(conn, frame, serializer, result)
             return
-        oob = [] if oob_mode and not flags & wire.FLAG_ITEMSTREAMRESULT else None
-        try:
-            payload = serializer.dumps(result, oob)
-        except (SerializeError, errors.SecurityError) as exc:
-            self._reply_error(conn, frame, serializer, SerializeError(f"cannot serialize the result: {exc}"))
-            return
         annotations = current_context.response_annotations
-        if oob:
-            annotations = {**annotations, wire.OOB_ANNOTATION: wire.pack_oob(oob)}
         if flags & wire.FLAG_ITEMSTREAMRESULT:
             annotations = {**annotations, STREAM_ANNOTATION: result.encode("ascii")}
-            payload = serializer.dumps(ProtocolError("result of call is an iterator"))
-        conn.send(wire.Frame(wire.MSG_RESULT, serializer.id, frame.seq, payload, flags, annotations,
+            reply_id, payload = serializer.id, serializer.dumps(ProtocolError("result of call is an iterator"))
+        else:
+            oob = [] if oob_mode else None
+            try:
+                reply_id, payload = serializer.encode(result, oob, conn.binary)
+            except (SerializeError, errors.SecurityError) as exc:
+                self._reply_error(conn, frame, serializer, SerializeError(f"cannot serialize the result: {exc}"))
+                return
+            if oob:
+                annotations = {**annotations, wire.OOB_ANNOTATION: wire.pack_oob(oob)}
+        conn.send(wire.Frame(wire.MSG_RESULT, reply_id, frame.seq, payload, flags, annotations,
                              frame.correlation_id))
 
     def _queue_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:

@@ -154,7 +154,9 @@ class FramedConnection:
         self.compress_min = compress_min
         self.send_lock = threading.Lock()
         self.closed = False
-        self.oob = False  # out-of-band bytes negotiated with the peer (meshrpc peers only; wire.OOB_NEGOTIATE)
+        # what the handshake agreed with a meshrpc peer (wire.CAPABILITIES); Pyro5 peers: neither
+        self.oob = False     # bytes out of band
+        self.binary = False  # plain serpent values in binary form
         # adaptive spin: poll without sleeping for up to spin_wait seconds when recent answers came
         # faster than that; a sleeping thread costs a scheduler wake-up (tens of microseconds) per reply
         self.spin_wait = 0.0 if _single_core() else spin_wait

@@ -23,9 +23,17 @@ _ANNOTATION = struct.Struct("!4sI")
 _ZERO_ID = bytes(16)
 _U32 = struct.Struct("!I")
 
-# meshrpc's own annotations for out-of-band bytes (Pyro5 peers ignore unknown ids, so never send them)
-OOB_NEGOTIATE = "MRPC"  # CONNECT and CONNECTOK: value b"1", "this side accepts out-of-band bytes"
+# meshrpc's own annotations (Pyro5 peers ignore unknown ids and never send these)
+CAPABILITIES = "MRPC"   # CONNECT: what the proxy accepts; CONNECTOK: what both sides will use
+CAP_OOB = b"1"          # a letter each: out-of-band bytes (OOB_ANNOTATION)
+CAP_BINARY = b"b"       # plain serpent values in binary form (serializers.SerpentBinary, wire.plain)
 OOB_ANNOTATION = "MROB"  # INVOKE and RESULT: the blobs, see pack_oob
+
+
+def capabilities(annotations: dict) -> bytes:
+    """The capability letters of a CONNECT or CONNECTOK (empty from Pyro5 peers)."""
+    value = annotations.get(CAPABILITIES)
+    return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else b""
 
 # message types
 MSG_CONNECT = 1

@@ -25,6 +25,7 @@ Usage::
     python3 tools/bench.py --quick --json            # CI smoke run, JSON on stdout
     python3 tools/bench.py --cases small,threads --threads 50 --duration 5
     python3 tools/bench.py --profile                 # case 1 (serpent) under cProfile, both sides
+    python3 tools/bench.py --profile --cases batch   # the same for case 2
 
 Like for like: Pyro5's serpent carries ``bytes`` as a base64 dict; the bench server turns such a dict
 back into bytes before echoing it (so both directions pay the encoding), and the client decodes the
@@ -1150,23 +1151,45 @@ def render_profile_rows(title: str, rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def run_profile(libs: list[str], calls: int, warmup: int, limit: int) -> dict[str, Any]:
+def profile_workload(lib: str, proxy: Any, case: str, batch_size: int) -> Callable[[int], None]:
+    """The loop --profile runs: `run(n)` makes n rpcs (a batch of batch_size calls counts as one)."""
+    if case == "batch":
+        api = client_api(lib)
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                batch = api.BatchProxy(proxy)
+                for i in range(batch_size):
+                    batch.echo(i)
+                list(batch())
+        return run
+    echo = proxy.echo
+
+    def run(n: int) -> None:
+        for i in range(n):
+            echo(i)
+    return run
+
+
+PROFILE_CASES = {"small": "case 1 (serpent)", "batch": "case 2 (serpent, batches of 1000 calls; an rpc is a batch)"}
+
+
+def run_profile(libs: list[str], calls: int, warmup: int, limit: int, case: str = "small",
+                batch_size: int = 1000) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for lib in libs:
-        log(f"profiling case 1 (serpent) for {LIB_TITLES[lib]}: {calls} calls, client and server under cProfile")
+        log(f"profiling {PROFILE_CASES[case]} for {LIB_TITLES[lib]}: {calls} rpcs, client and server under cProfile")
         fd, server_file = tempfile.mkstemp(suffix=".prof", prefix=f"bench-{lib}-server-")
         os.close(fd)
         try:
             with Server(lib, profile_out=server_file) as srv:
                 proxy = bound_proxy(lib, srv.uri, "serpent")
-                echo = proxy.echo
-                for i in range(warmup):
-                    echo(i)
+                run = profile_workload(lib, proxy, case, batch_size)
+                run(warmup)
                 prof = cProfile.Profile()
                 start = perf()
                 prof.enable()
-                for i in range(calls):
-                    echo(i)
+                run(calls)
                 prof.disable()
                 elapsed = perf() - start
                 proxy._pyroRelease()
@@ -1181,6 +1204,7 @@ def run_profile(libs: list[str], calls: int, warmup: int, limit: int) -> dict[st
             server_stats = pstats.Stats(server_file)
             total_calls = calls + warmup + 2  # the server also saw the warmup, the handshake and metadata
             report[lib] = {
+                "case": PROFILE_CASES[case],
                 "calls": calls,
                 "calls_per_s_under_profile": calls / elapsed,
                 "client": {"cumulative": top_rows(client_stats, "cumulative", limit, calls),
@@ -1205,8 +1229,8 @@ def run_profile(libs: list[str], calls: int, warmup: int, limit: int) -> dict[st
 def render_profile(report: dict[str, Any], limit: int) -> str:
     out = io.StringIO()
     for lib, data in report.items():
-        out.write(f"=== {LIB_TITLES[lib]}: case 1 serpent, {data['calls']} calls, "
-                  f"{data['calls_per_s_under_profile']:,.0f} calls/s under cProfile ===\n")
+        out.write(f"=== {LIB_TITLES[lib]}: {data['case']}, {data['calls']} rpcs, "
+                  f"{data['calls_per_s_under_profile']:,.0f} rpcs/s under cProfile ===\n")
         out.write("own time per rpc (us, under cProfile), blocking builtins apart from python work:\n")
         for side in ("client", "server"):
             parts = ", ".join(f"{k} {v:.1f}" for k, v in data[side]["breakdown_us_per_rpc"].items())
@@ -1307,8 +1331,14 @@ def main(argv: list[str] | None = None) -> int:
         for lib in libs:
             if lib not in LIBS:
                 raise SystemExit(f"unknown library {lib!r} for --profile-libs")
-        calls = counts.small_calls if args.calls is not None or args.quick else 5000
-        report = run_profile(libs, calls, counts.small_warmup, args.profile_top)
+        case = {"all": "small", "small": "small", "1": "small", "batch": "batch", "2": "batch"}.get(args.cases)
+        if case is None:
+            raise SystemExit("--profile runs one case: --cases small (the default) or --cases batch")
+        if case == "batch":
+            calls, warmup = (2, 1) if args.quick else (50, 3)
+        else:
+            calls, warmup = (counts.small_calls if args.calls is not None or args.quick else 5000), counts.small_warmup
+        report = run_profile(libs, calls, warmup, args.profile_top, case, counts.batch_size)
         doc = {"meta": meta, "profile": report}
         if args.json_out:
             with open(args.json_out, "w") as fh:

@@ -64,3 +64,19 @@ def test_quick_run_has_the_raw_floor(quick_run: tuple[subprocess.CompletedProces
     keys = [row["key"] for row in doc["cases"]["small"]["rows"]]
     for serializer in ("serpent", "marshal", "json", "msgpack"):  # case 1 covers every serializer
         assert serializer in keys
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", ["small", "batch"])
+def test_profile_runs_for_small_calls_and_batches(case: str) -> None:
+    pytest.importorskip("Pyro5")
+    proc = subprocess.run([sys.executable, str(BENCH), "--profile", "--quick", "--json", "--cases", case,
+                           "--profile-top", "5"], capture_output=True, text=True, check=False, timeout=100,
+                          cwd=BENCH.parents[1], stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"bench --profile exited {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    report = json.loads(proc.stdout)["profile"]
+    assert set(report) == {"meshrpc", "pyro5"}
+    for lib, data in report.items():
+        assert data["case"].startswith("case 1" if case == "small" else "case 2")
+        for side in ("client", "server"):
+            assert data[side]["tottime"], f"{lib} {side}: an empty profile"

@@ -196,8 +196,11 @@ def recreate_objects(data: Any) -> Any:
     return data
 
 
+_SCALAR_TYPES = frozenset({bytes, str, int, float, bool, type(None)})
+
+
 def _recreate(value: Any, raw: bytes) -> Any:
-    if b"__class__" not in raw:  # the common case costs one C-speed search
+    if type(value) in _SCALAR_TYPES or b"__class__" not in raw:  # the common cases: no walk
         return value
     try:
         return recreate_objects(value)
@@ -236,7 +239,7 @@ def _recreate_oob(data: Any, oob: list) -> Any:
 
 
 def _recreate_with(value: Any, raw: bytes, oob: list) -> Any:
-    if b"__class__" not in raw:
+    if type(value) in _SCALAR_TYPES or b"__class__" not in raw:
         return value
     try:
         return _recreate_oob(value, oob)

@@ -32,16 +32,19 @@ class BatchProxy:
     def __getattr__(self, name: str) -> _BatchedCall:
         if name.startswith("__"):
             raise AttributeError(name)
-        return _BatchedCall(self.__calls, name)
+        # kept on the instance, so the next `batch.name(...)` finds it without coming here
+        method = self.__dict__[name] = _BatchedCall(self.__calls, name)
+        return method
 
     def __enter__(self) -> "BatchProxy":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.__calls = []
+        self.__calls.clear()
 
     def __call__(self, oneway: bool = False) -> Iterator[Any] | None:
-        calls, self.__calls = self.__calls, []
+        calls = self.__calls[:]
+        self.__calls.clear()   # the same list: the kept methods record into it
         results = self.__proxy._pyroInvokeBatch(calls, oneway)
         if oneway:
             return None

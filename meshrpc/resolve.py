@@ -56,7 +56,12 @@ def _resolve_mesh(uri: URI, settings: Settings, wait: float | None = None) -> UR
         entry = registry.choose(uri.object, timeout=timeout)
     else:
         entry = registry.choose_meta(uri.tags, timeout=timeout)
-    return URI(entry.uri) if entry is not None else None
+    if entry is None:
+        return None
+    if entry.other_hosts:  # bound to every interface: the address this machine can reach
+        from .mesh import net
+        return URI(net.reachable_uri(entry.uri, entry.other_hosts))
+    return URI(entry.uri)
 
 
 def _resolve_ns(uri: URI, settings: Settings, wait: float | None = None) -> URI | None:

@@ -50,12 +50,16 @@ def _fields(*parts: bytes) -> bytes:
 # ---------------------------------------------------------------- announcements
 
 def canonical_entry(entry: Entry) -> bytes:
-    """The signed bytes of an entry: realm, name, uri, sorted tags, node, incarnation, version."""
+    """The signed bytes of an entry: realm, name, uri, sorted tags, node, incarnation, version, and
+    the other addresses when there are any (so entries without them sign as they always did)."""
     tags = sorted(tag.encode("utf-8") for tag in entry.metadata)
-    return b"meshrpc-entry-v1" + _fields(
+    signed = b"meshrpc-entry-v1" + _fields(
         entry.realm.encode("utf-8"), entry.name.encode("utf-8"), entry.uri.encode("utf-8"),
         _fields(*tags), entry.node.encode("utf-8"), str(entry.incarnation).encode(),
         str(entry.version).encode())
+    if entry.other_hosts:
+        signed += _fields(b"other hosts", *(host.encode("ascii") for host in entry.other_hosts))
+    return signed
 
 
 def canonical_heartbeat(hb: Heartbeat) -> bytes:

@@ -305,7 +305,7 @@ class Discovery:
 
         def run() -> None:
             try:
-                reachable = net.probe(entry.uri, timeout)
+                reachable = net.probe(net.reachable_uri(entry.uri, entry.other_hosts), timeout)
             finally:
                 self._probe_slots.release()
             done(entry, reachable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Iterator
 
 import netifaces
@@ -70,6 +71,54 @@ def ipv4_addresses(include_loopback: bool = True) -> list[str]:
         if address and (include_loopback or not address.startswith("127.")):
             found.append(address)
     return _dedup(found)
+
+
+_NETWORKS_TTL = 2.0   # seconds: interfaces change rarely, and a stale answer only costs a retry
+_networks_cache: tuple[float, list[ipaddress.IPv4Network]] = (-_NETWORKS_TTL, [])
+
+
+def local_networks() -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks this machine has an interface on (from address and netmask), recent."""
+    global _networks_cache
+    now = time.monotonic()
+    when, networks = _networks_cache
+    if now - when < _NETWORKS_TTL:
+        return networks
+    networks = []
+    for info in ipv4_interface_infos():
+        try:
+            network = ipaddress.IPv4Network(f"{info['addr']}/{info.get('netmask') or '32'}", strict=False)
+        except (KeyError, ValueError):
+            continue
+        if not network.network_address.is_loopback and network not in networks:
+            networks.append(network)
+    _networks_cache = (now, networks)
+    return networks
+
+
+def reachable_uri(uri: str, other_hosts: tuple[str, ...] | list[str]) -> str:
+    """The URI of a provider that also listens on other_hosts (it is bound to every interface),
+    with the host this machine can reach: the announced host when it is on one of our networks or
+    none of the others is; else the first other address on one of our networks. So a peer on the
+    daemon's second network connects there, not to an address only its first network can route."""
+    if not other_hosts:
+        return uri
+    networks = local_networks()
+
+    def on_link(host: str) -> bool:
+        try:
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in networks)
+
+    parsed = URI(uri)
+    if parsed.host is None or on_link(parsed.host):
+        return uri
+    for host in other_hosts:
+        if on_link(host):
+            return str(URI.from_parts(parsed.object, host, parsed.port))
+    return uri
 
 
 def local_hosts() -> set[str]:

@@ -68,10 +68,11 @@ class MeshPublisher:
             previous = self._published.get(key)
             self._remember_own_host(given)
             self._version += 1
-            entry = records.make_entry(realm=self.realm, name=name,
-                                       uri=self._advertised(given, previous[0].uri if previous else None),
+            advertised = self._advertised(given, previous[0].uri if previous else None)
+            entry = records.make_entry(realm=self.realm, name=name, uri=advertised,
                                        metadata=metadata, node=self.node, incarnation=self.incarnation,
-                                       version=self._version, last_seen=time.monotonic())
+                                       version=self._version, last_seen=time.monotonic(),
+                                       other_hosts=self._other_hosts(advertised))
             entry = self._sign(entry)
             txt = records.encode_entry(entry, self.settings.MESH_TXT_MAX)   # refuses oversize early
             discovery = self._attach()
@@ -139,13 +140,15 @@ class MeshPublisher:
         if not self._dynamic:
             return
         moved: list[tuple[Entry, Entry]] = []
+        changed: list[Entry] = []
         with self._lock:
             discovery = self._discovery
             if discovery is None or self._closed or discovery.closed:
                 return
             for key, (entry, info) in list(self._published.items()):
                 advertised = self._advertised(key[1], entry.uri)
-                if advertised == entry.uri:
+                other_hosts = self._other_hosts(advertised)
+                if advertised == entry.uri and tuple(other_hosts) == entry.other_hosts:
                     fresh = self._service_info(entry, info.text)
                     self._published[key] = (entry, fresh)
                     discovery.update(fresh, None)
@@ -155,19 +158,26 @@ class MeshPublisher:
                     new = records.make_entry(realm=self.realm, name=entry.name, uri=advertised,
                                              metadata=entry.metadata, node=self.node,
                                              incarnation=self.incarnation, version=self._version,
-                                             last_seen=time.monotonic())
+                                             last_seen=time.monotonic(), other_hosts=other_hosts)
                     new = self._sign(new)
                     fresh = self._service_info(new, records.encode_entry(new, self.settings.MESH_TXT_MAX))
                 except NamingError as exc:   # a longer address may not fit MESH_TXT_MAX
                     log.warning("mesh: cannot move %s to %s: %s", entry.name, advertised, exc)
                     continue
+                self._published[key] = (new, fresh)
+                if advertised == entry.uri:            # the same URI, other addresses: a newer version
+                    log.info("mesh: %s now also reachable at %s", entry.name, ", ".join(other_hosts) or "-")
+                    discovery.update(fresh, None)
+                    changed.append(new)
+                    continue
                 log.info("mesh: %s moved from %s to %s (interface change)", entry.name, entry.uri, advertised)
                 discovery.register(fresh, None)        # new address first: no gap for receivers
                 discovery.unregister([info], None)
-                self._published[key] = (new, fresh)
                 moved.append((entry, new))
         for old, new in moved:
             discovery.local_feed(old, goodbye=True)
+            discovery.local_feed(new)
+        for new in changed:
             discovery.local_feed(new)
 
     # ---------------------------------------------------------------- internals
@@ -217,6 +227,16 @@ class MeshPublisher:
             return current
         parsed = URI(uri)
         return str(URI.from_parts(parsed.object, addresses[0], parsed.port))
+
+    def _other_hosts(self, uri: str) -> list[str]:
+        """Lock held. A daemon bound to every interface listens on all of them: its other IPv4
+        interface addresses, so peers on those networks can reach it (records.Entry.other_hosts)."""
+        host = _ipv4_host(uri) if self._dynamic else None
+        if host is None:
+            return []
+        others = [address for address in self._interfaces()
+                  if address != host and not ipaddress.IPv4Address(address).is_loopback]
+        return others[:records.MAX_OTHER_HOSTS]
 
     def _interfaces(self) -> list[str]:
         if self._dynamic:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ _HASH_HEX = 12
 _MAX_INT = 2 ** 63 - 1
 _MAX_CHUNKS = 64
 _MAX_REALM = 63
+MAX_OTHER_HOSTS = 8                # other addresses of a wildcard-bound daemon, in one entry
 _NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}\Z")
 _UNSAFE_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 _TAG_ESCAPES = re.compile(r"%(25|2C)", re.IGNORECASE)
@@ -49,6 +51,9 @@ class Entry:
     last_seen: float = field(default=0.0, compare=False)
     # mesh key authenticator (meshrpc.mesh.auth); b"" when unsigned. Not part of the entry's identity.
     auth: bytes = field(default=b"", compare=False, repr=False)
+    # a daemon bound to every interface listens on these IPv4 addresses too (the URI names one):
+    # a peer on another of its networks connects to the one it can reach (net.reachable_uri)
+    other_hosts: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -77,7 +82,8 @@ Decoded = Entry | Heartbeat
 # ---- building and checking values (publisher side: errors raise NamingError)
 
 def make_entry(*, realm: str, name: str, uri: str, metadata: Iterable[str], node: str,
-               incarnation: int, version: int, last_seen: float = 0.0) -> Entry:
+               incarnation: int, version: int, last_seen: float = 0.0,
+               other_hosts: Iterable[str] = ()) -> Entry:
     """A validated Entry with the uri in canonical form; NamingError when something cannot be sent."""
     check_realm(realm)
     check_node(node)
@@ -101,7 +107,27 @@ def make_entry(*, realm: str, name: str, uri: str, metadata: Iterable[str], node
         if not isinstance(number, int) or not 0 <= number <= _MAX_INT:
             raise NamingError(f"incarnation and version must be integers in 0..2**63-1, got {number!r}")
     return Entry(name=name, uri=str(parsed), metadata=tags, host=_host_of(parsed), node=node,
-                 version=version, incarnation=incarnation, realm=realm, last_seen=last_seen)
+                 version=version, incarnation=incarnation, realm=realm, last_seen=last_seen,
+                 other_hosts=_other_hosts(other_hosts, parsed))
+
+
+def _other_hosts(hosts: Iterable[str], uri: URI) -> tuple[str, ...]:
+    """Distinct IPv4 addresses other than the URI's host, in the order given (at most MAX_OTHER_HOSTS)."""
+    if isinstance(hosts, str):
+        raise NamingError("other_hosts must be a sequence of addresses, not a string")
+    found: list[str] = []
+    for host in hosts:
+        try:
+            address = str(ipaddress.IPv4Address(host))
+        except (ValueError, TypeError):
+            raise NamingError(f"other hosts must be IPv4 addresses, got {host!r}") from None
+        if address != uri.host and address not in found:
+            found.append(address)
+    if len(found) > MAX_OTHER_HOSTS:
+        raise NamingError(f"at most {MAX_OTHER_HOSTS} other addresses fit in an announcement, got {len(found)}")
+    if found and (uri.sockname or not uri.host):
+        raise NamingError("other addresses make sense only for a TCP URI")
+    return tuple(found)
 
 
 def check_realm(realm: str) -> None:
@@ -172,6 +198,8 @@ def encode_entry(entry: Entry, max_size: int = DEFAULT_TXT_MAX) -> bytes:
     _put(props, "u", uri)
     if tags:
         _put(props, "t", tags)
+    if entry.other_hosts:
+        props.append(("x", ",".join(entry.other_hosts).encode("ascii")))
     if entry.auth:
         props.append(("a", _b64(entry.auth)))
     size = sum(len(key) + len(value) + 2 for key, value in props)   # length byte + "="
@@ -288,9 +316,11 @@ def _decode(txt: bytes, realm: str | None, label: str | None, max_size: int) -> 
         return Heartbeat(realm=got_realm, node=node, incarnation=incarnation, seq=_int(props, "h"),
                          auth=auth)
     tags = decode_tags(_text(props, "t")) if ("t" in props or "t*" in props) else frozenset()
+    other_hosts = _text(props, "x").split(",") if "x" in props else ()
     try:
         entry = make_entry(realm=got_realm, name=_text(props, "n"), uri=_text(props, "u"),
-                           metadata=tags, node=node, incarnation=incarnation, version=_int(props, "s"))
+                           metadata=tags, node=node, incarnation=incarnation, version=_int(props, "s"),
+                           other_hosts=other_hosts)
     except NamingError as exc:
         raise _Reject(str(exc)) from None
     if label is not None and label.lower() != instance_label(entry).lower():

@@ -204,12 +204,18 @@ class Registry:
     def report_failure(self, uri: str | URI) -> None:
         """A proxy could not reach uri: hide its entries until they are heard from again."""
         try:
-            canonical = str(URI(uri))
+            parsed = URI(uri)
         except (ValueError, TypeError):
             return
+        canonical = str(parsed)
         now = self._clock()
         with self._lock:
-            for key in list(self._by_uri.get(canonical, ())):
+            keys = list(self._by_uri.get(canonical, ()))
+            if not keys and parsed.host:   # the address a proxy chose among a provider's other_hosts
+                keys = [key for key, slot in self._slots.items()
+                        if parsed.host in slot.entry.other_hosts
+                        and str(URI.from_parts(parsed.object, slot.entry.host, parsed.port)) == slot.entry.uri]
+            for key in keys:
                 self._suspect(self._slots[key], now)
         self._drain()
 
@@ -362,7 +368,8 @@ class Registry:
         if slot.visible and not was_visible:
             self._pending.append((ADDED, self._public(slot)))
             self._notify()
-        elif slot.visible and (old.metadata != entry.metadata or old.node != entry.node):
+        elif slot.visible and (old.metadata != entry.metadata or old.node != entry.node
+                               or old.other_hosts != entry.other_hosts):
             self._pending.append((UPDATED, self._public(slot)))
             self._notify()
 

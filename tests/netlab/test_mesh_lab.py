@@ -128,7 +128,8 @@ def emit(**msg):
 
 def describe(entry):
     return {"name": entry.name, "uri": entry.uri, "host": entry.host, "tags": sorted(entry.metadata),
-            "node": entry.node, "incarnation": entry.incarnation, "version": entry.version}
+            "node": entry.node, "incarnation": entry.incarnation, "version": entry.version,
+            "other_hosts": list(entry.other_hosts)}
 
 def on_event(event, entry):
     emit(op="event", event=event, t=time.monotonic(), **describe(entry))
@@ -554,6 +555,51 @@ def test_address_change_on_h1_is_re_advertised(lab: Any, spawn: Callable[..., Ag
     call = client.request("call", uri="PYRONAME:lab.moving")
     assert call.get("answer") == "hello h3 from h1" and call["resolved"] == new, call
     assert readvertised < MOVE_BOUND, f"new address advertised {readvertised:.2f} s after the move"
+
+
+def test_a_multi_homed_daemon_is_reached_on_the_network_a_client_shares_with_it(
+        lab: Any, spawn: Callable[..., Agent]) -> None:
+    """h1 has a second network (a second subnet on its wire, as a host with two NICs would); h3 is
+    only on that one and has no route to h1's first address. The daemon, bound to 0.0.0.0, names its
+    first address in its URI and announces the other as well: h3 connects to the one it can reach."""
+    h1, _, h3 = lab.hosts
+    second = h1.add_address("192.0.2.1/24")          # TEST-NET-1: never one of the lab's subnets
+    h3.move_address("192.0.2.3/24")
+    assert h3.ping(second) and not h3.ping(h1.address), "h3 must reach h1 on the second network only"
+    client = spawn(h3, CLIENT)
+    server = spawn(h1, SERVER)
+    since = client.mark()
+    registered = server.request("register", name="lab.multihomed", tags=["lab"])
+    assert "error" not in registered, registered
+    announced = _expected_uri(registered, h1)
+    client.event("added", 10, since, name="lab.multihomed", uri=announced)
+    reachable = f"PYRO:{registered['object']}@{second}:{registered['port']}"
+    for uri in ("PYRONAME:lab.multihomed", "PYROMETA:lab"):
+        call = client.request("call", uri=uri)
+        assert call.get("answer") == "hello h3 from h1" and call["resolved"] == reachable, call
+
+
+def test_a_second_network_added_later_is_announced(lab: Any, spawn: Callable[..., Agent]) -> None:
+    """The same, with h1's second address added while the daemon runs: the announcement gets it
+    (a newer version of the same entry) and h3, on that network only, can call."""
+    h1, h2, h3 = lab.hosts
+    client = spawn(h2, CLIENT)                        # on the first network: sees every version
+    server = spawn(h1, SERVER, env={"MESHRPC_MESH_INTERFACE_CHECK_INTERVAL": str(CHECK_INTERVAL)})
+    since = client.mark()
+    registered = server.request("register", name="lab.grows", tags=["lab"])
+    announced = _expected_uri(registered, h1)
+    first = client.event("added", 10, since, name="lab.grows", uri=announced)
+    assert first["other_hosts"] == []
+    since = client.mark()
+    second = h1.add_address("192.0.2.1/24")
+    update = client.event("updated", 5 * MOVE_BOUND, since, name="lab.grows", uri=announced)
+    assert update["other_hosts"] == [second] and update["version"] > first["version"], update
+    h3.move_address("192.0.2.3/24")
+    far = spawn(h3, CLIENT)
+    far.event("added", 10, 0, name="lab.grows", uri=announced)
+    call = far.request("call", uri="PYRONAME:lab.grows")
+    assert call.get("answer") == "hello h3 from h1", call
+    assert call["resolved"] == f"PYRO:{registered['object']}@{second}:{registered['port']}", call
 
 
 # ---------------------------------------------------------------------------------------------

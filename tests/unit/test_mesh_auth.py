@@ -75,7 +75,8 @@ def test_keyless_wire_is_unchanged() -> None:
 
 @pytest.mark.parametrize("field,value", [
     ("realm", "auth-other"), ("name", "svc.evil"), ("uri", "PYRO:obj_1@10.6.6.6:9999"),
-    ("metadata", frozenset({"b"})), ("node", "node-2"), ("incarnation", 1001), ("version", 4)])
+    ("metadata", frozenset({"b"})), ("node", "node-2"), ("incarnation", 1001), ("version", 4),
+    ("other_hosts", ("10.6.6.6",))])
 def test_tampering_with_any_signed_field_is_rejected(field: str, value: object) -> None:
     signed = auth.sign(KEY, _entry())
     forged = dataclasses.replace(signed, **{field: value})
@@ -184,3 +185,13 @@ def test_replay_cache_is_bounded_and_expires() -> None:
     assert not cache.add(bytes([99]), keep=10, now=1.0)          # still remembered
     assert cache.add(bytes([99]), keep=10, now=11.0)              # expired, then remembered again
     assert len(cache) == 1
+
+
+def test_other_hosts_are_signed_and_entries_without_them_sign_as_before() -> None:
+    plain = _entry()
+    assert b"other hosts" not in auth.canonical_entry(plain)
+    multi = dataclasses.replace(plain, other_hosts=("192.0.2.1", "198.51.100.1"))
+    signed = auth.sign(KEY, multi)
+    assert auth.verify(KEY, _roundtrip(signed)) == ""
+    for forged in (("192.0.2.1",), ("192.0.2.1", "203.0.113.9"), ()):
+        assert "bad mesh key authenticator" in auth.verify(KEY, dataclasses.replace(signed, other_hosts=forged))

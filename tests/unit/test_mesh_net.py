@@ -126,3 +126,33 @@ def test_interface_changes_reach_zeroconf_and_publishers(fake_netifaces: FakeNet
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+# ---- a provider bound to every interface: the address this machine can reach
+
+def test_reachable_uri_picks_the_address_on_a_network_we_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+    networks = [ipaddress.IPv4Network("192.0.2.0/24")]
+    monkeypatch.setattr(net, "local_networks", lambda: networks)
+    uri = "PYRO:obj_1@10.1.0.5:9000"
+    assert net.reachable_uri(uri, ("198.51.100.5", "192.0.2.5")) == "PYRO:obj_1@192.0.2.5:9000"
+    assert net.reachable_uri(uri, ()) == uri
+    assert net.reachable_uri(uri, ("198.51.100.5",)) == uri     # no shared network: the announced host
+    networks.append(ipaddress.IPv4Network("10.1.0.0/16"))
+    assert net.reachable_uri(uri, ("192.0.2.5",)) == uri        # the announced host is on one: kept
+
+
+def test_local_networks_come_from_addresses_and_netmasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    class WithNetmasks(FakeNetifaces):
+        def ifaddresses(self, name: str) -> dict[int, list[dict[str, str]]]:
+            return {self.AF_INET: [{"addr": a, "netmask": m} for a, m in self.table[name]]}
+
+    fake = WithNetmasks({"lo": [("127.0.0.1", "255.0.0.0")], "eth0": [("192.0.2.7", "255.255.255.0")],
+                         "wlan0": [("198.51.100.3", "255.255.0.0"), ("203.0.113.9", "")]})
+    monkeypatch.setattr(net, "netifaces", fake)
+    monkeypatch.setattr(net, "_networks_cache", (-1e9, []))
+    assert net.local_networks() == [ipaddress.IPv4Network("192.0.2.0/24"),
+                                    ipaddress.IPv4Network("198.51.0.0/16"),
+                                    ipaddress.IPv4Network("203.0.113.9/32")]

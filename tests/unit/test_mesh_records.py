@@ -171,3 +171,34 @@ def test_random_bytes_never_raise() -> None:
         assert decoded is None or isinstance(decoded, (Entry, Heartbeat))
         assert decoded is not None or why
     assert records.decode("not bytes")[0] is None  # type: ignore[arg-type]
+
+
+# ---- other addresses of a daemon bound to every interface
+
+def test_other_hosts_travel_in_the_txt_and_exclude_the_uri_host() -> None:
+    entry = make(uri="PYRO:obj_1@10.0.0.5:40123", other_hosts=["192.0.2.5", "10.0.0.5", "192.0.2.5", "198.51.100.7"])
+    assert entry.other_hosts == ("192.0.2.5", "198.51.100.7")
+    assert b"x=192.0.2.5,198.51.100.7" in strings(records.encode_entry(entry))
+    assert roundtrip(entry) == entry
+    assert b"x=" not in records.encode_entry(make())             # the usual entry: no key at all
+
+
+@pytest.mark.parametrize("hosts,message", [
+    (["not-an-address"], "IPv4"), (["::1"], "IPv4"), ([f"192.0.2.{i}" for i in range(1, 11)], "at most"),
+    ("192.0.2.1", "not a string")])
+def test_bad_other_hosts_are_refused_when_publishing(hosts: object, message: str) -> None:
+    with pytest.raises(NamingError, match=message):
+        make(other_hosts=hosts)
+
+
+def test_other_hosts_need_a_tcp_uri() -> None:
+    with pytest.raises(NamingError, match="TCP"):
+        make(uri="PYRO:obj_1@./u:/tmp/sock", other_hosts=["192.0.2.1"])
+
+
+@pytest.mark.parametrize("value", [b"", b"192.0.2.1,", b"192.0.2.300", b"192.0.2.1,evil", b",".join([b"192.0.2.1"] * 0)
+                                   + b",".join(b"192.0.2.%d" % i for i in range(1, 12))])
+def test_garbage_other_hosts_reject_the_record(value: bytes) -> None:
+    txt = records.encode_entry(make()) + bytes([2 + len(value)]) + b"x=" + value
+    decoded, why = records.decode(txt, realm="r1")
+    assert decoded is None and why

@@ -337,3 +337,23 @@ def test_close_detaches(reg: Registry, source: FakeSource) -> None:
 def test_realm_is_validated(clock: Clock, source: FakeSource) -> None:
     with pytest.raises(NamingError):
         Registry(Settings().copy(REALM=""), source=source, clock=clock)
+
+
+def test_report_failure_of_an_other_address_hides_the_entry(reg: Registry) -> None:
+    multi = records.make_entry(realm=REALM, name="svc", uri=uri(1), metadata=set(), node="n1",
+                               incarnation=1, version=1, other_hosts=["192.0.2.1"])
+    reg.feed(multi)
+    reg.feed(entry("other", 2))
+    reg.report_failure(uri(1, host="192.0.2.1"))           # the address a proxy here chose
+    assert reg.lookup("svc") == [] and len(reg.lookup("other")) == 1
+    reg.report_failure(uri(9, host="192.0.2.1"))           # another port: nobody's
+    assert len(reg.lookup("other")) == 1
+
+
+def test_a_change_of_other_addresses_is_an_update(reg: Registry, events: list) -> None:
+    reg.feed(entry())
+    grown = records.make_entry(realm=REALM, name="svc", uri=uri(), metadata=set(), node="n1",
+                               incarnation=1, version=2, other_hosts=["192.0.2.1"])
+    reg.feed(grown)
+    assert events == [(ADDED, "svc", uri()), (UPDATED, "svc", uri())]
+    assert reg.lookup("svc")[0].other_hosts == ("192.0.2.1",)

@@ -78,6 +78,7 @@ def gather(registry: Any, timeout: float, select: Callable[[], list[Any]], wait_
 
 def entry_row(entry: Any, now: float) -> dict[str, Any]:
     return {"name": entry.name, "uri": entry.uri, "metadata": sorted(entry.metadata), "host": entry.host,
+            "other_hosts": list(entry.other_hosts),
             "age": round(max(0.0, now - entry.last_seen), 1) if entry.last_seen else None}
 
 

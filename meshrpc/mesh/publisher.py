@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 
 from zeroconf import ServiceInfo
 
@@ -67,14 +68,8 @@ class MeshPublisher:
             key = (name, given)
             previous = self._published.get(key)
             self._remember_own_host(given)
-            self._version += 1
             advertised = self._advertised(given, previous[0].uri if previous else None)
-            entry = records.make_entry(realm=self.realm, name=name, uri=advertised,
-                                       metadata=metadata, node=self.node, incarnation=self.incarnation,
-                                       version=self._version, last_seen=time.monotonic(),
-                                       other_hosts=self._other_hosts(advertised))
-            entry = self._sign(entry)
-            txt = records.encode_entry(entry, self.settings.MESH_TXT_MAX)   # refuses oversize early
+            entry, txt = self._new_entry(name, advertised, metadata, self._other_hosts(advertised))
             discovery = self._attach()
             previous = self._published.get(key)        # _attach() forgets everything after a reset
             info = self._service_info(entry, txt)
@@ -154,13 +149,8 @@ class MeshPublisher:
                     discovery.update(fresh, None)
                     continue
                 try:
-                    self._version += 1
-                    new = records.make_entry(realm=self.realm, name=entry.name, uri=advertised,
-                                             metadata=entry.metadata, node=self.node,
-                                             incarnation=self.incarnation, version=self._version,
-                                             last_seen=time.monotonic(), other_hosts=other_hosts)
-                    new = self._sign(new)
-                    fresh = self._service_info(new, records.encode_entry(new, self.settings.MESH_TXT_MAX))
+                    new, txt = self._new_entry(entry.name, advertised, entry.metadata, other_hosts)
+                    fresh = self._service_info(new, txt)
                 except NamingError as exc:   # a longer address may not fit MESH_TXT_MAX
                     log.warning("mesh: cannot move %s to %s: %s", entry.name, advertised, exc)
                     continue
@@ -181,6 +171,17 @@ class MeshPublisher:
             discovery.local_feed(new)
 
     # ---------------------------------------------------------------- internals
+
+    def _new_entry(self, name: str, uri: str, metadata: Iterable[str],
+                   other_hosts: list[str]) -> tuple[Entry, bytes]:
+        """Lock held. The next version of an entry, signed with a mesh key, and its TXT bytes;
+        NamingError when it cannot be sent (bad input, TXT over MESH_TXT_MAX)."""
+        self._version += 1
+        entry = records.make_entry(realm=self.realm, name=name, uri=uri, metadata=metadata,
+                                   node=self.node, incarnation=self.incarnation, version=self._version,
+                                   last_seen=time.monotonic(), other_hosts=other_hosts)
+        entry = self._sign(entry)
+        return entry, records.encode_entry(entry, self.settings.MESH_TXT_MAX)
 
     def _sign(self, entry: Entry) -> Entry:
         """With a mesh key (KEY): the entry with its authenticator (docs/security.md)."""

@@ -247,6 +247,11 @@ def _recreate_with(value: Any, raw: bytes, oob: list) -> Any:
         raise SerializeError("serialized data nested too deeply") from None
 
 
+def call_tuple(object_id: str, method: str, vargs: Any, kwargs: dict | None) -> tuple:
+    """The INVOKE payload's value, as Pyro5 sends it: (object, method, vargs, kwargs)."""
+    return (object_id, method, vargs if vargs is not None else (), kwargs or {})
+
+
 class Serializer:
     """Base: `dumps`/`loads` for values, `dumps_call`/`loads_call` for INVOKE payloads."""
 
@@ -266,7 +271,7 @@ class Serializer:
 
     def dumps_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None,
                    oob: list | None = None) -> bytes:
-        return self.dumps((object_id, method, vargs if vargs is not None else (), kwargs or {}), oob)
+        return self.dumps(call_tuple(object_id, method, vargs, kwargs), oob)
 
     @property
     def values(self) -> "Serializer":
@@ -392,7 +397,7 @@ class SerpentSerializer(Serializer):
 
     def encode_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None,
                     oob: list | None = None, binary: bool = False) -> tuple[int, bytes]:
-        return self.encode((object_id, method, vargs if vargs is not None else (), kwargs or {}), oob, binary)
+        return self.encode(call_tuple(object_id, method, vargs, kwargs), oob, binary)
 
 
 class SerpentBinary(Serializer):

@@ -49,7 +49,7 @@ def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...
 
 
 def _resolve_mesh(uri: URI, settings: Settings, wait: float | None = None) -> URI | None:
-    from .mesh import get_registry
+    from .mesh import get_registry, net
     registry = get_registry(settings)
     timeout = settings.LOOKUP_TIMEOUT if wait is None else wait
     if uri.protocol == "PYRONAME":
@@ -58,10 +58,8 @@ def _resolve_mesh(uri: URI, settings: Settings, wait: float | None = None) -> UR
         entry = registry.choose_meta(uri.tags, timeout=timeout)
     if entry is None:
         return None
-    if entry.other_hosts:  # bound to every interface: the address this machine can reach
-        from .mesh import net
-        return URI(net.reachable_uri(entry.uri, entry.other_hosts))
-    return URI(entry.uri)
+    # a provider bound to every interface: the address this machine can reach (else entry.uri)
+    return URI(net.reachable_uri(entry.uri, entry.other_hosts))
 
 
 def _resolve_ns(uri: URI, settings: Settings, wait: float | None = None) -> URI | None:

@@ -21,23 +21,39 @@ Library use::
         assert h1.ping(h3)
         h2.link_down()                      # partition h2
         server = h2.popen([sys.executable, "server.py"])
+        h3.set_loss(20, delay_ms=(10, 30))  # a lossy, slow link (no netem needed)
+
+Loss and delay (``Host.set_loss``, ``set_delay``, ``clear_loss``) need no
+netem or iptables: an impaired host's switch port is unplugged from the
+bridge and re-plugged through a userspace relay (one process in the switch
+namespace, AF_PACKET sockets on two veths).  Per host and direction
+(``egress`` = frames the host sends, ``ingress`` = frames it receives,
+``both``) each frame is dropped with the given probability and otherwise
+delayed by a uniform draw from the range, in FIFO order.  The draws come
+from ``random.Random`` seeded by ``Lab(seed=...)``, the port and the
+direction.  Multicast, ARP and TCP pass like any other frame; an impaired
+host's TCP is limited to one segment per frame (``gso_max_segs 1``) so loss
+hits single segments.  ``Host.impairment_stats()`` counts frames seen,
+dropped and forwarded.  Unimpaired hosts stay on the kernel bridge.
 
 CLI (needs root)::
 
     python tools/netlab.py up 3          # build, print, keep until Ctrl-C
+    python tools/netlab.py up 4 --loss 20 --delay 10-30 --direction egress
     python tools/netlab.py down [PREFIX] # remove labs (default: all netlab labs)
     python tools/netlab.py cleanup       # remove labs whose owner process died
     python tools/netlab.py list
     python tools/netlab.py check         # self-test
 
 Only the standard library is used; the work is done by ``ip`` (iproute2)
-and, for packet loss, ``tc`` with the netem qdisc.
+and, for loss and delay, the relay (this file run with an internal flag).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import collections
 import contextlib
 import fnmatch
 import ipaddress
@@ -45,10 +61,12 @@ import itertools
 import json
 import logging
 import os
+import random
 import re
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -95,11 +113,11 @@ _live_lock = threading.Lock()
 
 
 class NetlabError(RuntimeError):
-    """An ``ip``/``tc`` command failed or the lab is in the wrong state."""
+    """An ``ip`` command failed or the lab is in the wrong state."""
 
 
 class Unsupported(NetlabError):
-    """The machine cannot provide a feature (no root, no ``tc`` netem, ...)."""
+    """The machine cannot provide a feature (no root, no network namespaces, ...)."""
 
 
 # --------------------------------------------------------------------------
@@ -416,44 +434,52 @@ class Host:
                     "dev", self.switch_port]).stdout
         return "UP" in json.loads(out)[0]["flags"]
 
-    # ---- packet loss
+    # ---- packet loss and delay (userspace relay, see Impairment)
 
-    def set_loss(self, percent: float) -> None:
-        """Drop ``percent`` % of packets in each direction (tc netem).
+    def set_loss(self, percent: float, *, delay_ms: tuple[float, float] | None = None,
+                 direction: str = "both") -> None:
+        """Drop ``percent`` % of the host's frames, optionally delaying the rest.
 
-        Applied on both veth ends (egress of the host and egress of its
-        switch port), so the loss is symmetric.  Raises :class:`Unsupported`
-        when ``tc`` or the netem qdisc is missing.  0 removes the loss.
+        ``direction`` is ``"both"`` (default: frames the host sends and frames
+        it receives, each with its own draw), ``"egress"`` (only what it
+        sends: "every frame this host sends has a p chance of loss") or
+        ``"ingress"``.  ``delay_ms=(low, high)`` delays each passing frame by
+        a uniform draw in that range, in the same direction(s).  0 % with no
+        delay removes the impairment (:meth:`clear_loss`).  Works without
+        netem: frames go through the lab's :class:`ImpairmentRelay`.
         """
         if not 0 <= percent <= 100:
             raise ValueError("percent must be within 0..100")
-        if percent == 0:
+        low, high = delay_ms if delay_ms is not None else (0.0, 0.0)
+        if percent == 0 and high == 0:
             self.clear_loss()
             return
-        tc = _find_tool("tc")
-        if tc is None:
-            raise Unsupported("`tc` not found; packet loss needs iproute2's tc")
-        for netns, dev in self._veth_ends():
-            proc = _run([tc, "-n", netns, "qdisc", "replace", "dev", dev, "root",
-                         "netem", "loss", f"{percent:g}%"], check=False)
-            if proc.returncode != 0:
-                self.clear_loss()
-                err = proc.stderr.strip()
-                if "unknown" in err.lower() or "not supported" in err.lower():
-                    raise Unsupported(f"tc netem not available (kernel sch_netem?): {err}")
-                raise NetlabError(f"tc netem on {netns}/{dev} failed: {err}")
-        log.info("%s: %g%% loss", self.name, percent)
+        impairment = Impairment(loss=percent / 100, delay=(low / 1000, high / 1000))
+        none = Impairment()
+        if direction not in ("both", "egress", "ingress"):
+            raise ValueError("direction must be 'both', 'egress' or 'ingress'")
+        self.lab._relay().impair(
+            self,
+            egress=impairment if direction in ("both", "egress") else none,
+            ingress=impairment if direction in ("both", "ingress") else none)
+        log.info("%s: %g%% loss, %g-%g ms delay (%s)", self.name, percent, low, high, direction)
+
+    def set_delay(self, low_ms: float, high_ms: float | None = None, *,
+                  direction: str = "both") -> None:
+        """Delay frames by ``low_ms``..``high_ms`` (uniform), losing none."""
+        self.set_loss(0, delay_ms=(low_ms, low_ms if high_ms is None else high_ms),
+                      direction=direction)
 
     def clear_loss(self) -> None:
-        tc = _find_tool("tc")
-        if tc is None:
-            return
-        for netns, dev in self._veth_ends():
-            # Fails harmlessly when there is no netem qdisc to delete.
-            _run([tc, "-n", netns, "qdisc", "del", "dev", dev, "root"], check=False)
+        """Remove loss and delay: the host's port goes back onto the bridge."""
+        if self.lab._impairment_relay is not None:
+            self.lab._impairment_relay.release(self)
 
-    def _veth_ends(self) -> list[tuple[str, str]]:
-        return [(self.netns, self.interface), (self.lab.switch_netns, self.switch_port)]
+    def impairment_stats(self) -> dict[str, dict[str, int]]:
+        """Frames seen/dropped/forwarded per direction since the impairment began."""
+        if self.lab._impairment_relay is None:
+            return {}
+        return self.lab._impairment_relay.stats().get(self.switch_port, {})
 
     # ---- addresses (interface changes at runtime)
 
@@ -525,7 +551,7 @@ class Lab:
     """
 
     def __init__(self, n_hosts: int = 3, prefix: str | None = None,
-                 subnet: str | None = None) -> None:
+                 subnet: str | None = None, seed: int = 1) -> None:
         if n_hosts < 1:
             raise ValueError("a lab needs at least one host")
         if prefix is None:
@@ -549,6 +575,8 @@ class Lab:
         self._state = "new"  # new -> building -> up -> down
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()
+        self.seed = seed  # of the impairment relay's loss/delay draws
+        self._impairment_relay: ImpairmentRelay | None = None
 
     def __repr__(self) -> str:
         return f"<Lab {self.prefix} {len(self.hosts)} hosts {self.subnet} {self._state}>"
@@ -640,6 +668,9 @@ class Lab:
             if self._state in ("new", "down"):
                 return
             started = time.monotonic()
+            if self._impairment_relay is not None:
+                self._impairment_relay.close()
+                self._impairment_relay = None
             self._stop_processes()
             leftovers = _delete_netns(self.namespaces)
             self._state = "down"
@@ -649,6 +680,13 @@ class Lab:
                 raise NetlabError(f"lab {self.prefix}: could not delete {leftovers}")
             log.info("lab %s: torn down in %.1f ms", self.prefix,
                      (time.monotonic() - started) * 1000)
+
+    def _relay(self) -> ImpairmentRelay:
+        with self._lock:
+            self._require_up()
+            if self._impairment_relay is None:
+                self._impairment_relay = ImpairmentRelay(self)
+            return self._impairment_relay
 
     def _require_up(self) -> None:
         if self._state != "up":
@@ -708,6 +746,285 @@ def _teardown_live_labs() -> None:
             lab.teardown()
         except Exception:  # keep going: the others still need removing
             log.exception("atexit teardown of lab %s failed", lab.prefix)
+
+
+# --------------------------------------------------------------------------
+# impairment: loss and delay without netem (a userspace relay in the switch)
+#
+#   [hN] ==veth== pN <-- relay process --> rN ==veth== qN --br0-- other ports
+#
+# An impaired host's switch port pN leaves the bridge; a second veth pair
+# takes its place (qN on the bridge, rN held by the relay), and one relay
+# process inside the switch namespace copies frames between pN and rN over
+# AF_PACKET sockets, dropping and delaying them per direction.  Unimpaired
+# hosts stay on the kernel bridge.  PACKET_VNET_HDR hands the kernel's
+# checksum/segmentation-offload state over with every frame, so TCP passes
+# unchanged without ethtool.
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What one direction of a host's link does to frames."""
+
+    loss: float = 0.0  # probability that a frame is dropped, 0..1
+    delay: tuple[float, float] = (0.0, 0.0)  # seconds, a uniform draw per frame
+
+    def as_json(self) -> dict[str, object]:
+        return {"loss": self.loss, "delay": list(self.delay)}
+
+
+class FrameQueue:
+    """One direction of an impaired link, without I/O: drop, delay, release.
+
+    Every offered frame draws once from ``rng`` against the loss probability
+    and, if kept, once for its delay.  Frames leave in arrival order, as from
+    a real link's queue (a short delay never overtakes a longer one), so the
+    delay of a frame is at least its own draw.
+    """
+
+    MAX_QUEUED = 4096  # frames; beyond it the queue tail-drops, like a router
+
+    def __init__(self, rng: random.Random, impairment: Impairment | None = None) -> None:
+        self.rng = rng
+        self.impairment = impairment or Impairment()
+        self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._last_due = 0.0
+        self.frames = self.dropped = self.forwarded = self.overflow = 0
+
+    def offer(self, frame: bytes, now: float) -> bool:
+        """Queue ``frame`` (arrived at ``now``) unless it is lost; True if kept."""
+        self.frames += 1
+        loss = self.impairment.loss
+        if loss and self.rng.random() < loss:
+            self.dropped += 1
+            return False
+        if len(self._queue) >= self.MAX_QUEUED:
+            self.overflow += 1
+            return False
+        low, high = self.impairment.delay
+        due = now + (self.rng.uniform(low, high) if high > 0 else 0.0)
+        self._last_due = max(due, self._last_due)
+        self._queue.append((self._last_due, frame))
+        return True
+
+    def next_due(self) -> float | None:
+        return self._queue[0][0] if self._queue else None
+
+    def release(self, now: float) -> list[bytes]:
+        """The frames whose delay is over at ``now``, oldest first."""
+        out = []
+        while self._queue and self._queue[0][0] <= now:
+            out.append(self._queue.popleft()[1])
+        self.forwarded += len(out)
+        return out
+
+    def counters(self) -> dict[str, int]:
+        return {"frames": self.frames, "dropped": self.dropped,
+                "forwarded": self.forwarded, "overflow": self.overflow,
+                "queued": len(self._queue)}
+
+
+class ImpairmentRelay:
+    """The lab's relay process and the wiring of impaired hosts through it.
+
+    Created on a lab's first :meth:`Host.set_loss`; one process serves every
+    impaired host.  Draws come from ``random.Random`` seeded with the lab's
+    ``seed``, the port and the direction, so a run is reproducible up to
+    the timing of the frames themselves.
+    """
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self._lock = threading.Lock()
+        self._attached: set[str] = set()
+        argv = [sys.executable, "-I", "-S", "-u", os.path.abspath(__file__), _RELAY_FLAG,
+                str(lab.seed)]
+        self._proc = subprocess.Popen(
+            [_tool("ip"), "netns", "exec", lab.switch_netns, *argv],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._call(op="ping")
+
+    def _call(self, **command: object) -> dict:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(json.dumps(command) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        except (BrokenPipeError, ValueError):
+            line = ""
+        if not line:
+            raise NetlabError(f"lab {self.lab.prefix}: impairment relay exited "
+                              f"(status {self._proc.poll()})")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise NetlabError(f"impairment relay: {reply.get('error')}")
+        return reply
+
+    def impair(self, host: Host, *, egress: Impairment, ingress: Impairment) -> None:
+        with self._lock:
+            if host.switch_port not in self._attached:
+                self._attach(host)
+            self._call(op="set", port=host.switch_port, egress=egress.as_json(),
+                       ingress=ingress.as_json())
+
+    def _attach(self, host: Host) -> None:
+        inner, bridged = f"r{host.index}", f"q{host.index}"
+        sw = self.lab.switch_netns
+        _ip_batch([f"link add name {inner} type veth peer name {bridged}",
+                   f"link set dev {inner} up promisc on",
+                   f"link set dev {bridged} up"], netns=sw)
+        # One TCP segment per frame from the impaired host, so that loss hits
+        # segments, not 64 KiB offload bursts.
+        _ip_batch([f"link set dev {host.interface} gso_max_segs 1"], netns=host.netns)
+        self._call(op="attach", port=host.switch_port, inner=inner)
+        _ip_batch([f"link set dev {host.switch_port} nomaster",
+                   f"link set dev {host.switch_port} promisc on",
+                   f"link set dev {bridged} master {BRIDGE}"], netns=sw)
+        self._attached.add(host.switch_port)
+
+    def release(self, host: Host) -> None:
+        """Put the host's port back on the bridge (no more loss or delay)."""
+        with self._lock:
+            if host.switch_port not in self._attached:
+                return
+            sw = self.lab.switch_netns
+            _ip_batch([f"link set dev q{host.index} nomaster",
+                       f"link set dev {host.switch_port} master {BRIDGE}"], netns=sw)
+            self._call(op="detach", port=host.switch_port)
+            _ip_batch([f"link del dev r{host.index}"], netns=sw)
+            self._attached.discard(host.switch_port)
+            log.info("%s: impairment removed", host.name)
+
+    def stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``{port: {"egress"|"ingress": counters}}`` of the attached ports."""
+        with self._lock:
+            return self._call(op="stats")["ports"]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._proc.stdin.close()  # EOF: the relay exits
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout:
+            self._proc.stdout.close()
+
+
+_RELAY_FLAG = "--impairment-relay"  # argv[1] that runs the relay loop (internal)
+_VNET_HDR_LEN = 10  # struct virtio_net_hdr
+_PACKET_VNET_HDR = 15  # SOL_PACKET option (linux/if_packet.h)
+_SOL_PACKET = 263
+_ETH_P_ALL = 0x0003
+
+
+def _packet_socket(ifname: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+    sock.setsockopt(_SOL_PACKET, _PACKET_VNET_HDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((ifname, _ETH_P_ALL))
+    sock.setblocking(False)
+    return sock
+
+
+class _RelayPort:
+    """An impaired port inside the relay process: two sockets, two queues."""
+
+    def __init__(self, port: str, inner: str, seed: str) -> None:
+        self.port, self.inner = port, inner
+        self.host_side = _packet_socket(port)  # frames from/to the host
+        self.lan_side = _packet_socket(inner)  # frames from/to the bridge
+        self.egress = FrameQueue(random.Random(f"{seed}:{port}:egress"))
+        self.ingress = FrameQueue(random.Random(f"{seed}:{port}:ingress"))
+        self.send_errors = 0
+
+    def close(self) -> None:
+        self.host_side.close()
+        self.lan_side.close()
+
+    def flush(self, now: float) -> None:
+        for queue, out in ((self.egress, self.lan_side), (self.ingress, self.host_side)):
+            for frame in queue.release(now):
+                try:
+                    out.send(frame)
+                except OSError:  # port down (link_down) or queue full: a lost frame
+                    self.send_errors += 1
+
+
+def _relay_main(seed: str) -> int:
+    """The relay loop: JSON commands on stdin, one JSON reply each on stdout."""
+    ports: dict[str, _RelayPort] = {}
+    sel = selectors.DefaultSelector()
+    stdin = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+    sel.register(stdin, selectors.EVENT_READ, None)
+    pending = b""
+
+    def handle(command: dict) -> dict:
+        op = command.get("op")
+        if op == "ping":
+            return {}
+        if op == "attach":
+            port = _RelayPort(command["port"], command["inner"], seed)
+            ports[port.port] = port
+            sel.register(port.host_side, selectors.EVENT_READ, (port, port.egress))
+            sel.register(port.lan_side, selectors.EVENT_READ, (port, port.ingress))
+            return {}
+        if op == "set":
+            port = ports[command["port"]]
+            for name in ("egress", "ingress"):
+                spec = command[name]
+                getattr(port, name).impairment = Impairment(float(spec["loss"]),
+                                                            tuple(spec["delay"]))
+            return {}
+        if op == "detach":
+            port = ports.pop(command["port"])
+            port.flush(float("inf"))
+            for sock in (port.host_side, port.lan_side):
+                sel.unregister(sock)
+            port.close()
+            return {}
+        if op == "stats":
+            return {"ports": {name: {"egress": p.egress.counters(),
+                                     "ingress": p.ingress.counters(),
+                                     "send_errors": p.send_errors}
+                              for name, p in ports.items()}}
+        raise ValueError(f"unknown op {op!r}")
+
+    while True:
+        dues = [d for p in ports.values() for q in (p.egress, p.ingress)
+                if (d := q.next_due()) is not None]
+        timeout = max(0.0, min(dues) - time.monotonic()) if dues else None
+        for key, _ in sel.select(timeout):
+            if key.data is None:
+                chunk = os.read(stdin.fileno(), 65536)
+                if not chunk:
+                    return 0
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    try:
+                        reply = {"ok": True, **handle(json.loads(line))}
+                    except Exception as exc:  # report it; the relay keeps running
+                        reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                    sys.stdout.write(json.dumps(reply) + "\n")
+                    sys.stdout.flush()
+                continue
+            port, queue = key.data
+            now = time.monotonic()
+            for _ in range(256):  # a batch, then let the other sockets in
+                try:
+                    frame, address = key.fileobj.recvfrom(1 << 18)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # e.g. ENETDOWN while the port is down
+                    break
+                if address[2] == socket.PACKET_OUTGOING:
+                    continue  # our own send on this port, not a frame to relay
+                queue.offer(frame, now)
+        now = time.monotonic()
+        for port in ports.values():
+            port.flush(now)
 
 
 # --------------------------------------------------------------------------
@@ -968,8 +1285,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    with Lab(args.hosts, prefix=args.prefix, subnet=args.subnet) as lab:
+    with Lab(args.hosts, prefix=args.prefix, subnet=args.subnet, seed=args.seed) as lab:
+        if args.loss or args.delay:
+            low, _, high = (args.delay or "0").partition("-")
+            for host in lab.hosts:
+                host.set_loss(args.loss, delay_ms=(float(low), float(high or low)),
+                              direction=args.direction)
         _print_lab(lab)
+        if args.loss or args.delay:
+            print(f"  every host: {args.loss:g}% loss, {args.delay or 0} ms delay "
+                  f"({args.direction})")
         print(f"\nshell in a host:  ip netns exec {lab.hosts[0].netns} bash")
         print(f"stop:             Ctrl-C, or `{sys.argv[0]} down {lab.prefix}`", flush=True)
         # Also stop when the lab was removed from another shell (`down`).
@@ -1068,6 +1393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("hosts", type=int, nargs="?", default=3, help="number of hosts (default 3)")
     p.add_argument("--prefix", help="namespace/interface name prefix (default: from pid)")
     p.add_argument("--subnet", help="IPv4 subnet for the hosts (default: 10.231.K.0/24)")
+    p.add_argument("--loss", type=float, default=0.0, help="percent of frames every host loses")
+    p.add_argument("--delay", help="per-frame delay in ms, LOW-HIGH or one value (e.g. 10-30)")
+    p.add_argument("--direction", choices=("both", "egress", "ingress"), default="both",
+                   help="which frames the loss and delay apply to (default both)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the loss/delay draws")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("down", help="remove labs, including live ones")
@@ -1100,4 +1430,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [_RELAY_FLAG]:
+        sys.exit(_relay_main(sys.argv[2]))
     sys.exit(main())

@@ -12,6 +12,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import MessageTooLargeError, ProtocolError
+# meshrpc's own annotations and capability letters live in wire/constants.py (re-exported here)
+from .constants import CAP_BINARY, CAP_OOB, CAP_PIPELINE, CAPABILITIES, OOB_ANNOTATION  # noqa: F401
 
 PROTOCOL_VERSION = 502
 TAG = b"PYRO"
@@ -22,12 +24,6 @@ _PREFIX = struct.Struct("!4sH")
 _ANNOTATION = struct.Struct("!4sI")
 _ZERO_ID = bytes(16)
 _U32 = struct.Struct("!I")
-
-# meshrpc's own annotations (Pyro5 peers ignore unknown ids and never send these)
-CAPABILITIES = "MRPC"   # CONNECT: what the proxy accepts; CONNECTOK: what both sides will use
-CAP_OOB = b"1"          # a letter each: out-of-band bytes (OOB_ANNOTATION)
-CAP_BINARY = b"b"       # plain serpent values in binary form (serializers.SerpentBinary, wire.plain)
-OOB_ANNOTATION = "MROB"  # INVOKE and RESULT: the blobs, see pack_oob
 
 
 def capabilities(annotations: dict) -> bytes:

@@ -1,0 +1,24 @@
+"""Protocol constants: the one home of object ids, annotation names and capability letters.
+
+Protocol 502 itself (header, message types, flags) lives in wire/frame.py; this module holds the
+names both sides of a session agree on, Pyro5's and meshrpc's own.
+"""
+
+from __future__ import annotations
+
+DAEMON_OBJECT_ID = "Pyro.Daemon"  # the object every daemon serves (metadata, ping, streams)
+BATCH_METHOD = "<batch>"          # the method name of a batch INVOKE (FLAG_BATCH)
+UNKNOWN_OBJECT_REASON = "unknown object"  # CONNECTFAIL reason when the object is not served (Pyro5's text)
+
+# annotations: 4 ASCII letters each. Pyro5 peers ignore ids they do not know.
+CAPABILITIES = "MRPC"        # CONNECT: what the proxy offers; CONNECTOK: what both sides will use
+OOB_ANNOTATION = "MROB"      # INVOKE and RESULT: out-of-band blobs, see wire.frame.pack_oob
+KEY_ANNOTATION = "MKEY"      # CONNECT and CONNECTOK: the mesh-key proof (wire.keyproof)
+NOT_RUN_ANNOTATION = "NRUN"  # on an error RESULT: the daemon is shutting down and did not run the call
+STREAM_ANNOTATION = "STRM"   # on a stream RESULT: the stream id (Pyro5's)
+BLOB_ANNOTATION = "BLBI"     # on a SerializedBlob INVOKE: marshal((info, object id, method)) (Pyro5's)
+
+# capability letters, meshrpc peers only (a Pyro5 peer agrees to none)
+CAP_OOB = b"1"        # bytes-like values travel out of band (OOB_ANNOTATION)
+CAP_BINARY = b"b"     # plain serpent values in binary form (serializer id 77, wire.plain)
+CAP_PIPELINE = b"p"   # many requests outstanding on one connection, replies matched by seq

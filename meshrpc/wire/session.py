@@ -1,0 +1,624 @@
+"""The session protocol of one connection, sans-I/O, for both sides (as h11's Connection).
+
+Bytes in (`receive_data`), events out (`next_event`), and methods that return the buffers to send
+(a list: send them in order; an empty list means there is nothing to send). No sockets, threads,
+clock reads or logging here: drivers (the threaded Proxy and Daemon, the asyncio ones) do the I/O,
+the waiting and the recovery policy, and pass `now` where the mesh-key proof needs the time.
+
+A session owns: CONNECT/CONNECTOK/CONNECTFAIL, capability agreement (constants.CAP_*), the
+mesh-key proof both ways (wire.keyproof), sequence numbers and matching replies to requests, the
+checks of every reply (type, seq, serializer), the "not run" answer, stream results, batches,
+oneway calls, blob (SerializedBlob) calls and PING. Sessions are not thread-safe: the driver
+serializes access. docs/design-session.md describes the API and the events.
+
+Per call the hot path allocates what the protocol needs anyway: an INVOKE/RESULT travels as its
+`frame.Frame`, which is the event; rare outcomes (NotRun, Pong, StreamStarted) get objects of
+their own.
+"""
+
+from __future__ import annotations
+
+import marshal
+from typing import Any
+
+from ..blob import SerializedBlob
+from ..errors import ConnectionClosedError, DaemonError, ProtocolError, SecurityError, SerializeError
+from . import keyproof, marshal_check
+from .constants import (BATCH_METHOD, BLOB_ANNOTATION, CAP_BINARY, CAP_OOB, CAP_PIPELINE, CAPABILITIES, KEY_ANNOTATION,
+                        NOT_RUN_ANNOTATION, OOB_ANNOTATION, STREAM_ANNOTATION, UNKNOWN_OBJECT_REASON)
+from .frame import (FLAG_BATCH, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEPSERIALIZED, FLAG_ONEWAY,
+                    HEADER, HEADER_SIZE, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING,
+                    MSG_RESULT, Frame, FrameReader, capabilities, encode_parts, pack_oob, unpack_oob)
+from .serializers import BY_ID, Serializer, by_id
+
+SEQ_MASK = 0xFFFF  # sequence numbers are 16 bits on the wire and wrap
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()  # next_event(): no whole message yet, feed more bytes
+
+
+# ---------------------------------------------------------------- events
+
+class Connected:
+    """Client: the daemon accepted the CONNECT (CONNECTOK checked: type, seq, serializer, key proof)."""
+
+    __slots__ = ("handshake", "metadata", "capabilities", "annotations")
+    type = MSG_CONNECTOK
+
+    def __init__(self, handshake: Any, metadata: dict, capabilities: bytes, annotations: dict) -> None:
+        self.handshake = handshake        # the daemon's answer (Proxy._pyroValidateHandshake checks it)
+        self.metadata = metadata          # methods, oneway, attrs, idempotent of the object
+        self.capabilities = capabilities  # the agreed letters (constants.CAP_*)
+        self.annotations = annotations
+
+    def __repr__(self) -> str:
+        return f"<Connected capabilities={self.capabilities!r}>"
+
+
+class ConnectRefused:
+    """Client: the daemon answered CONNECTFAIL. `kind`: "unknown-object" (the object is not served
+    there: the call was not delivered), "mesh-key" (the key is missing or wrong) or "refused"."""
+
+    __slots__ = ("reason", "kind", "annotations")
+    type = MSG_CONNECTFAIL
+
+    def __init__(self, reason: Any, kind: str, annotations: dict) -> None:
+        self.reason = reason
+        self.kind = kind
+        self.annotations = annotations
+
+    def __repr__(self) -> str:
+        return f"<ConnectRefused {self.kind}: {self.reason!r}>"
+
+
+class NotRun:
+    """Client: the daemon is shutting down and answered the call with seq `seq` without running it:
+    it certainly did not run, so it may be sent elsewhere."""
+
+    __slots__ = ("seq", "annotations")
+    type = MSG_RESULT
+
+    def __init__(self, seq: int, annotations: dict) -> None:
+        self.seq = seq
+        self.annotations = annotations
+
+    def __repr__(self) -> str:
+        return f"<NotRun seq={self.seq}>"
+
+
+class Pong:
+    """Client: the answer to ping_request()."""
+
+    __slots__ = ("seq",)
+    type = MSG_PING
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+
+class StreamStarted:
+    """Client, from reply_value: the call returned an iterator; pull its items from the daemon object
+    (get_next_stream_item(stream_id), close_stream(stream_id))."""
+
+    __slots__ = ("stream_id",)
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+
+    def __repr__(self) -> str:
+        return f"<StreamStarted {self.stream_id}>"
+
+
+class ConnectRequest:
+    """Server: a CONNECT. `refusal` is None, or the reason the session refuses it already (invalid
+    handshake data, mesh key missing or wrong): answer with refuse_connect(request, request.refusal).
+    Otherwise the driver looks the object up and answers accept_connect or refuse_connect."""
+
+    __slots__ = ("frame", "handshake", "object_id", "refusal")
+    type = MSG_CONNECT
+
+    def __init__(self, frame: Frame, handshake: Any, object_id: Any, refusal: str | None) -> None:
+        self.frame = frame  # the CONNECT itself (seq, flags, annotations, correlation id)
+        self.handshake = handshake
+        self.object_id = object_id
+        self.refusal = refusal
+
+    @property
+    def seq(self) -> int:
+        return self.frame.seq
+
+    @property
+    def annotations(self) -> dict:
+        return self.frame.annotations
+
+    @property
+    def correlation_id(self) -> bytes | None:
+        return self.frame.correlation_id
+
+    def __repr__(self) -> str:
+        return f"<ConnectRequest object={self.object_id!r} refusal={self.refusal!r}>"
+
+
+def as_exception(data: Any) -> BaseException:
+    """The exception of an error reply (ProtocolError when the daemon flagged one but sent none)."""
+    if isinstance(data, BaseException):
+        return data
+    return ProtocolError(f"the daemon flagged an exception but sent {type(data).__name__}: {data!r}")
+
+
+def refusal_kind(reason: Any) -> str:
+    if reason == UNKNOWN_OBJECT_REASON:
+        return "unknown-object"
+    if isinstance(reason, str) and reason.startswith(keyproof.KEY_REASON_PREFIXES):
+        return "mesh-key"
+    return "refused"
+
+
+def _safe_loads(serializer: Serializer, payload: bytes) -> Any:
+    try:
+        return serializer.loads(payload)
+    except Exception:
+        return "<unreadable reason>"
+
+
+# ---------------------------------------------------------------- common
+
+class _Session:
+    __slots__ = ("reader", "max_size", "compress_min", "serpent_binary", "key", "handshaken", "oob", "binary",
+                 "pipelined", "_eof")
+
+    def __init__(self, settings: Any) -> None:
+        self.reader = FrameReader(settings.MAX_MESSAGE_SIZE, settings.PROTOCOL_ANNOTATIONS_MAX)
+        self.max_size = settings.MAX_MESSAGE_SIZE
+        self.compress_min = settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1
+        self.serpent_binary = bool(settings.SERPENT_BINARY)
+        self.key = settings.KEY
+        self.handshaken = False
+        self.oob = False        # agreed: bytes-like values out of band (CAP_OOB)
+        self.binary = False     # agreed: plain serpent values in binary form (CAP_BINARY, id 77)
+        self.pipelined = False  # agreed: many requests outstanding, replies matched by seq (CAP_PIPELINE)
+        self._eof = False
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes the peer sent; empty: the peer closed the connection. A stream that is not protocol
+        502 raises ProtocolError as soon as its first 6 bytes are in."""
+        if data:
+            self.reader.feed(data)
+        else:
+            self._eof = True
+
+    def _next_frame(self) -> Frame | None:
+        frame = self.reader.next_frame()
+        if frame is None and self._eof:
+            raise ConnectionClosedError("the peer closed the connection"
+                                        + (" in the middle of a message" if self.reader.buffered else ""))
+        return frame
+
+    def _encode(self, frame: Frame) -> list:
+        return encode_parts(frame, compress_min=self.compress_min, max_size=self.max_size)
+
+
+# ---------------------------------------------------------------- client side
+
+class ClientSession(_Session):
+    """The proxy's side. `pipelining`: offer CAP_PIPELINE (many calls in flight); without it agreed
+    (e.g. a Pyro5 daemon), one call at a time: call_request refuses a second outstanding call."""
+
+    __slots__ = ("serializer", "offer", "last_seq", "out_of_step", "_seq", "_waiting", "_outstanding",
+                 "_abandoned", "_connect_seq", "_key_token", "_oob_mode", "_pings")
+
+    def __init__(self, serializer: Serializer, settings: Any, *, pipelining: bool = False) -> None:
+        super().__init__(settings)
+        self.serializer = serializer
+        self.offer = CAP_OOB + (CAP_BINARY if self.serpent_binary else b"") + (CAP_PIPELINE if pipelining else b"")
+        self.last_seq = -1       # the seq the last ..._request used
+        self.out_of_step = False  # an abandoned call's reply may still come: the connection is unusable
+        self._seq = 0
+        self._waiting = -1       # not pipelined: the seq whose reply is due (-1: none)
+        self._outstanding: set[int] = set()  # pipelined: seqs whose replies are due
+        self._abandoned: set[int] = set()    # pipelined: seqs whose late replies are dropped
+        self._pings: set[int] = set()
+        self._connect_seq = -1
+        self._key_token = b""
+        self._oob_mode = False   # oob agreed and the serializer has an out-of-band form
+
+    @property
+    def outstanding(self) -> int:
+        """Requests sent whose replies have not come (nor been abandoned)."""
+        return len(self._outstanding) if self.pipelined else int(self._waiting >= 0)
+
+    def _next_seq(self) -> int:
+        seq = (self._seq + 1) & SEQ_MASK
+        if self.pipelined:
+            busy = self._outstanding, self._abandoned
+            for _ in range(SEQ_MASK + 1):
+                if seq not in busy[0] and seq not in busy[1]:
+                    break
+                seq = (seq + 1) & SEQ_MASK
+            else:
+                raise ProtocolError("65536 requests outstanding on one connection; wait for replies")
+        self._seq = seq
+        self.last_seq = seq
+        return seq
+
+    def _expect(self, seq: int) -> None:
+        if self.pipelined:
+            self._outstanding.add(seq)
+        else:
+            self._waiting = seq
+
+    def _check_ready(self) -> None:
+        if not self.handshaken:
+            raise ProtocolError("no request before the handshake completed (connect_request first)")
+        if self.out_of_step:
+            raise ProtocolError("the connection is out of step (an abandoned reply may still come); close it")
+        if not self.pipelined and self._waiting >= 0:
+            raise ProtocolError("a request is outstanding and the peer does not pipeline: one call at a time")
+
+    # --- requests
+    def connect_request(self, object_id: str, handshake: Any = "hello", annotations: dict | None = None,
+                        correlation_id: bytes | None = None, now: float | None = None) -> list:
+        """CONNECT for `object_id`, offering meshrpc's capabilities (Pyro5 daemons ignore the offer).
+        With a mesh key, `now` (time.time()) is required: the proof carries a timestamp."""
+        if self.handshaken or self._connect_seq >= 0:
+            raise ProtocolError("connect_request was already sent on this session")
+        payload = self.serializer.dumps({"handshake": handshake, "object": object_id})
+        annotations = {**annotations, CAPABILITIES: self.offer} if annotations else {CAPABILITIES: self.offer}
+        if self.key:
+            if now is None:
+                raise ValueError("connect_request needs `now` (time.time()) for the mesh-key proof")
+            self._key_token = keyproof.client_token(self.key, object_id, int(now * 1000))
+            annotations[KEY_ANNOTATION] = self._key_token
+        seq = self._connect_seq = self._next_seq()
+        return self._encode(Frame(MSG_CONNECT, self.serializer.id, seq, payload, 0, annotations, correlation_id))
+
+    def call_request(self, object_id: str, method: str, vargs: Any, kwargs: dict | None, flags: int = 0,
+                     annotations: dict | None = None, correlation_id: bytes | None = None) -> list:
+        """INVOKE of `method` on `object_id`; the seq used is `last_seq`. A SerializedBlob as the only
+        argument travels as it is (BLBI). FLAG_ONEWAY: no reply comes (the seq is not outstanding).
+        SerializeError: nothing was recorded and nothing is to be sent."""
+        self._check_ready()
+        serializer = self.serializer
+        if annotations is None:
+            annotations = {}
+        if vargs and isinstance(vargs[0], SerializedBlob):
+            wire_id = serializer.id
+            payload = self._blob_payload(object_id, method, vargs, kwargs, annotations)
+            flags |= FLAG_KEEPSERIALIZED
+        elif self._oob_mode:
+            oob: list = []
+            wire_id, payload = serializer.encode_call(object_id, method, vargs, kwargs, oob, self.binary)
+            if oob:
+                annotations = {**annotations, OOB_ANNOTATION: pack_oob(oob)}
+        else:
+            wire_id, payload = serializer.encode_call(object_id, method, vargs, kwargs, None, self.binary)
+        seq = self._next_seq()
+        parts = encode_parts(Frame(MSG_INVOKE, wire_id, seq, payload, flags, annotations, correlation_id),
+                             compress_min=self.compress_min, max_size=self.max_size)
+        if not flags & FLAG_ONEWAY:
+            self._expect(seq)
+        return parts
+
+    def _blob_payload(self, object_id: str, method: str, vargs: Any, kwargs: dict | None,
+                      annotations: dict) -> bytes:
+        if len(vargs) > 1 or kwargs:
+            raise SerializeError("a SerializedBlob must be the only argument of the call")
+        blob: SerializedBlob = vargs[0]
+        if blob._contains_blob and blob._serializer_id != self.serializer.id:
+            raise SerializeError("a forwarded blob must use the same serializer as the proxy")
+        annotations[BLOB_ANNOTATION] = marshal.dumps((blob.info, object_id, method))
+        if blob._contains_blob:
+            return blob._data
+        return self.serializer.dumps_call(object_id, method, blob._data, kwargs)
+
+    def batch_request(self, object_id: str, calls: list, oneway: bool = False, annotations: dict | None = None,
+                      correlation_id: bytes | None = None) -> list:
+        """One INVOKE carrying `calls` ([(method, vargs, kwargs), ...]); the reply's value is the list of
+        results, stopping at the first failure (an ExceptionWrapper)."""
+        flags = FLAG_BATCH | (FLAG_ONEWAY if oneway else 0)
+        return self.call_request(object_id, BATCH_METHOD, calls, None, flags, annotations, correlation_id)
+
+    def ping_request(self) -> list:
+        """PING (after the handshake); the answer is a Pong event."""
+        self._check_ready()
+        seq = self._next_seq()
+        self._expect(seq)
+        self._pings.add(seq)
+        return self._encode(Frame(MSG_PING, self.serializer.id, seq, b"ping"))
+
+    def abandon(self, seq: int) -> bool:
+        """The driver stops waiting for the reply to `seq` (a timeout, a cancellation). Pipelined: True,
+        its late reply will be dropped. Otherwise False, and the session is `out_of_step`: close the
+        connection, or the late reply would be taken for the next call's."""
+        if self.pipelined:
+            if seq in self._outstanding:
+                self._outstanding.discard(seq)
+                self._abandoned.add(seq)
+            return True
+        if seq == self._waiting:
+            self._waiting = -1
+            self.out_of_step = True
+            return False
+        return not self.out_of_step
+
+    # --- replies
+    def next_event(self) -> Any:
+        """The next event, or NEED_DATA. Raises ProtocolError (and SecurityError, for a wrong key proof)
+        when the peer broke the protocol: the connection is unusable then."""
+        while True:
+            frame = self._next_frame()
+            if frame is None:
+                return NEED_DATA
+            if not self.handshaken:
+                return self._connect_reply(frame)
+            if frame.type != MSG_RESULT and frame.type != MSG_PING:
+                raise ProtocolError(f"invalid reply (message type {frame.type}, seq {frame.seq})")
+            seq = frame.seq
+            if seq == self._waiting:
+                self._waiting = -1
+            elif seq in self._outstanding:
+                self._outstanding.discard(seq)
+            elif seq in self._abandoned:
+                self._abandoned.discard(seq)  # the late reply of an abandoned call
+                self._pings.discard(seq)
+                continue
+            else:
+                expected = self._waiting if not self.pipelined else sorted(self._outstanding)
+                raise ProtocolError(f"invalid reply (type {frame.type}, seq {seq}, expected {expected})")
+            if seq in self._pings:
+                self._pings.discard(seq)
+                if frame.type != MSG_PING:
+                    raise ProtocolError(f"invalid reply to a ping (message type {frame.type}, seq {seq})")
+                return Pong(seq)
+            if frame.type != MSG_RESULT:
+                raise ProtocolError(f"invalid reply (message type {frame.type}, seq {seq})")
+            if frame.serializer_id != self.serializer.id:
+                codec = BY_ID.get(frame.serializer_id) if self.binary else None
+                if codec is None or codec.values is not self.serializer:
+                    raise ProtocolError(f"reply in serializer {frame.serializer_id}, expected {self.serializer.name}")
+            if frame.flags & FLAG_EXCEPTION and NOT_RUN_ANNOTATION in frame.annotations:
+                return NotRun(seq, frame.annotations)
+            return frame
+
+    def _connect_reply(self, frame: Frame) -> Any:
+        if self._connect_seq < 0:
+            raise ProtocolError(f"message type {frame.type} before the CONNECT was sent")
+        if frame.type == MSG_CONNECTFAIL:
+            self._connect_seq = -1  # another CONNECT may follow on this connection
+            reason = _safe_loads(self.serializer, frame.payload)
+            return ConnectRefused(reason, refusal_kind(reason), frame.annotations)
+        if frame.type != MSG_CONNECTOK:
+            raise ProtocolError(f"expected CONNECTOK, got message type {frame.type}")
+        if frame.seq != self._connect_seq:
+            raise ProtocolError(f"CONNECTOK with seq {frame.seq}, expected {self._connect_seq}")
+        if frame.serializer_id != self.serializer.id:
+            raise ProtocolError(f"answered in serializer {frame.serializer_id}, not {self.serializer.name}")
+        if self.key:
+            why = keyproof.check_server_token(self.key, self._key_token, frame.annotations.get(KEY_ANNOTATION))
+            if why:
+                raise SecurityError(f"{why}; not connecting to a daemon outside the mesh key")
+        answer = self.serializer.loads(frame.payload)
+        if not isinstance(answer, dict):
+            raise ProtocolError(f"CONNECTOK carries {type(answer).__name__}, not the handshake dict")
+        agreed = capabilities(frame.annotations)
+        # only what was offered counts: a peer cannot switch on what this side does not speak
+        self.oob = CAP_OOB in agreed
+        self.binary = CAP_BINARY in agreed and self.serpent_binary
+        self.pipelined = CAP_PIPELINE in agreed and CAP_PIPELINE in self.offer
+        self._oob_mode = self.oob and self.serializer.oob
+        self.handshaken = True
+        return Connected(answer.get("handshake"), answer.get("meta") or {}, agreed, frame.annotations)
+
+    def take_blobs(self, frame: Frame) -> Any:
+        """The out-of-band blobs of a RESULT, taken out of its annotations (None when there are none).
+        Call it before the annotations go to hooks; not for raw wire replies (they keep them)."""
+        return frame.annotations.pop(OOB_ANNOTATION, None) if self._oob_mode else None
+
+    def reply_value(self, frame: Frame, blobs: Any = None) -> Any:
+        """The value of a RESULT: the result (a batch: the list of results), a StreamStarted for an
+        iterator; raises the remote exception (its remote traceback attached) for an error reply."""
+        serializer = self.serializer
+        codec = serializer if frame.serializer_id == serializer.id else BY_ID[frame.serializer_id]
+        if self._oob_mode and codec.oob:
+            data = codec.loads(frame.payload, unpack_oob(blobs) if blobs is not None else [])
+        else:
+            data = codec.loads(frame.payload)
+        flags = frame.flags
+        if flags & FLAG_ITEMSTREAMRESULT:
+            stream_id = frame.annotations.get(STREAM_ANNOTATION)
+            if not stream_id:
+                raise ProtocolError("stream result without a stream id")
+            return StreamStarted(stream_id.decode("ascii"))
+        if flags & FLAG_EXCEPTION:
+            raise as_exception(data)
+        return data
+
+
+# ---------------------------------------------------------------- server side
+
+class ServerSession(_Session):
+    """The daemon's side of one connection. Requests are answered by seq, so pipelined requests
+    (CAP_PIPELINE) may be answered in any order; a driver may as well answer them in order."""
+
+    __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "_key_proof")
+
+    def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None) -> None:
+        super().__init__(settings)
+        self.key_window = settings.KEY_WINDOW
+        self.replay_cache = replay_cache
+        self.object_id: Any = None                 # the object named in the accepted CONNECT
+        self.serializer: Serializer | None = None  # the serializer of the CONNECT (values form)
+        self._key_proof: bytes | None = None
+
+    def next_event(self, now: float | None = None) -> Any:
+        """The next event, or NEED_DATA: a ConnectRequest, or a Frame (MSG_INVOKE: a request, MSG_PING).
+        `now` (time.time()) is needed while not handshaken when the daemon has a mesh key.
+        ProtocolError: the client broke the protocol; close the connection."""
+        frame = self._next_frame()
+        if frame is None:
+            return NEED_DATA
+        msg_type = frame.type
+        if self.handshaken:
+            if msg_type == MSG_INVOKE or msg_type == MSG_PING:
+                return frame
+            raise ProtocolError(f"unexpected message type {msg_type} after the handshake")
+        if msg_type == MSG_PING:
+            return frame
+        if msg_type != MSG_CONNECT:
+            raise ProtocolError(f"expected CONNECT as the first message, got type {msg_type}")
+        return self._connect_request(frame, now)
+
+    def _connect_request(self, frame: Frame, now: float | None) -> ConnectRequest:
+        try:
+            codec = by_id(frame.serializer_id)
+        except SerializeError:
+            raise ProtocolError(f"client asked for unknown serializer id {frame.serializer_id}") from None
+        self.serializer = codec.values
+        try:
+            data = codec.loads(frame.payload)
+            handshake, object_id = data["handshake"], data["object"]
+        except (SerializeError, SecurityError, KeyError, TypeError) as exc:
+            return ConnectRequest(frame, None, None, f"invalid handshake data: {exc}")
+        if self.key:
+            # the proxy proves it holds the mesh key; accept_connect proves it back
+            if now is None:
+                raise ValueError("next_event needs `now` (time.time()) for the mesh-key check")
+            self._key_proof, why = keyproof.check_client_token(
+                self.key, frame.annotations.get(KEY_ANNOTATION), object_id, self.key_window,
+                self.replay_cache, int(now * 1000))
+            if self._key_proof is None:
+                return ConnectRequest(frame, handshake, object_id, why)
+        return ConnectRequest(frame, handshake, object_id, None)
+
+    def accept_connect(self, request: ConnectRequest, answer: Any, metadata: dict) -> list:
+        """CONNECTOK with the handshake answer and the object's metadata, agreeing to the capabilities
+        the proxy offered (a Pyro5 proxy offers none and gets the plain answer). SerializeError when
+        the answer does not serialize (refuse the connection then)."""
+        if request.refusal is not None:
+            raise ProtocolError(f"cannot accept a refused CONNECT ({request.refusal})")
+        serializer = self.serializer
+        assert serializer is not None
+        payload = serializer.dumps({"handshake": answer, "meta": metadata})
+        offered = capabilities(request.annotations)
+        self.oob = CAP_OOB in offered
+        self.binary = CAP_BINARY in offered and self.serpent_binary
+        self.pipelined = CAP_PIPELINE in offered
+        agreed = ((CAP_OOB if self.oob else b"") + (CAP_BINARY if self.binary else b"")
+                  + (CAP_PIPELINE if self.pipelined else b""))
+        annotations = {CAPABILITIES: agreed} if agreed else {}
+        if self._key_proof is not None:
+            annotations[KEY_ANNOTATION] = self._key_proof
+        self.handshaken, self.object_id = True, request.object_id
+        return self._encode(Frame(MSG_CONNECTOK, serializer.id, request.seq, payload, 0, annotations,
+                                  request.correlation_id))
+
+    def refuse_connect(self, request: ConnectRequest, reason: str) -> list:
+        """CONNECTFAIL with `reason` (the proxy shows it); the client may send another CONNECT."""
+        serializer = self.serializer
+        assert serializer is not None
+        self._key_proof = None
+        return self._encode(Frame(MSG_CONNECTFAIL, serializer.id, request.seq, serializer.dumps(reason)))
+
+    # --- requests
+    def decode_call(self, frame: Frame) -> tuple:
+        """(object id, method, vargs, kwargs) of an INVOKE. SerializeError/SecurityError: the data does
+        not decode (answer with error_reply unless oneway); ProtocolError: unknown serializer id."""
+        codec = BY_ID.get(frame.serializer_id)
+        if codec is None:
+            raise ProtocolError(f"unknown serializer id {frame.serializer_id}")
+        if frame.flags & FLAG_KEEPSERIALIZED:
+            return self._blob_call(frame)
+        if self.oob and codec.oob:
+            blobs = frame.annotations.pop(OOB_ANNOTATION, None)
+            return codec.loads_call(frame.payload, unpack_oob(blobs) if blobs is not None else [])
+        return codec.loads_call(frame.payload)
+
+    @staticmethod
+    def _blob_call(frame: Frame) -> tuple:
+        try:
+            annotation = frame.annotations[BLOB_ANNOTATION]
+            # marshal trusts declared sizes: five bytes announcing a tuple of 2**31 items held the GIL
+            # for a minute (found by tests/integration/test_fuzz_daemon.py)
+            marshal_check.check(annotation)
+            info, object_id, method = marshal.loads(annotation)
+        except (KeyError, ValueError, EOFError, TypeError, SerializeError):
+            raise SerializeError("blob call without a valid BLBI annotation") from None
+        return object_id, method, (SerializedBlob(info, frame.payload, True, frame.serializer_id),), {}
+
+    # --- replies (all in the request's serializer, with its seq and correlation id)
+    @staticmethod
+    def _values(frame: Frame) -> Serializer:
+        codec = BY_ID.get(frame.serializer_id)
+        if codec is None:
+            raise ProtocolError(f"unknown serializer id {frame.serializer_id}")
+        return codec.values
+
+    def result_reply(self, frame: Frame, result: Any, annotations: dict | None = None, flags: int = 0) -> list:
+        """RESULT carrying `result` (flags: FLAG_BATCH for a batch's list). A result that does not
+        serialize becomes an error reply (SerializeError) instead."""
+        serializer = self._values(frame)
+        oob: list | None = [] if self.oob and serializer.oob else None
+        try:
+            reply_id, payload = serializer.encode(result, oob, self.binary)
+        except (SerializeError, SecurityError) as exc:
+            return self.error_reply(frame, SerializeError(f"cannot serialize the result: {exc}"), annotations)
+        if oob:
+            annotations = {**annotations, OOB_ANNOTATION: pack_oob(oob)} if annotations else {OOB_ANNOTATION: pack_oob(oob)}
+        return encode_parts(Frame(MSG_RESULT, reply_id, frame.seq, payload, flags, annotations or {},
+                                  frame.correlation_id), compress_min=self.compress_min, max_size=self.max_size)
+
+    def error_reply(self, frame: Frame, exc: BaseException, annotations: dict | None = None) -> list:
+        """RESULT with FLAG_EXCEPTION carrying `exc` (a description when it does not serialize)."""
+        serializer = self._values(frame)
+        try:
+            payload = serializer.dumps(exc)
+        except Exception as inner:
+            payload = serializer.dumps(SerializeError(f"{type(exc).__name__}: {exc} "
+                                                      f"(the exception could not be serialized: {inner})"))
+        return self._encode(Frame(MSG_RESULT, serializer.id, frame.seq, payload, FLAG_EXCEPTION, annotations or {},
+                                  frame.correlation_id))
+
+    def stream_reply(self, frame: Frame, stream_id: str, annotations: dict | None = None) -> list:
+        """The answer to a call that returned an iterator: the proxy pulls its items by `stream_id`."""
+        serializer = self._values(frame)
+        annotations = {**(annotations or {}), STREAM_ANNOTATION: stream_id.encode("ascii")}
+        payload = serializer.dumps(ProtocolError("result of call is an iterator"))
+        return self._encode(Frame(MSG_RESULT, serializer.id, frame.seq, payload,
+                                  FLAG_EXCEPTION | FLAG_ITEMSTREAMRESULT, annotations, frame.correlation_id))
+
+    def not_run_reply(self, frame: Frame) -> list:
+        """Shutting down: the answer to a request that will not run (NOT_RUN_ANNOTATION). meshrpc proxies
+        take it as not delivered and go elsewhere; Pyro5 proxies get the DaemonError. Oneway: nothing."""
+        if frame.flags & FLAG_ONEWAY:
+            return []
+        serializer = self._values(frame)
+        error = DaemonError("the daemon is shutting down; the call was not run")
+        return self._encode(Frame(MSG_RESULT, serializer.id, frame.seq, serializer.dumps(error), FLAG_EXCEPTION,
+                                  {NOT_RUN_ANNOTATION: b"1"}, frame.correlation_id))
+
+    def pong(self, frame: Frame) -> list:
+        """The answer to a PING."""
+        return self._encode(Frame(MSG_PING, frame.serializer_id, frame.seq, b"pong"))
+
+
+def refusal_for(first_bytes: bytes, reason: str) -> bytes:
+    """A CONNECTFAIL answering whatever message starts with `first_bytes` (its serializer and seq when a
+    header is there): e.g. a TLS daemon's clear-text answer to a client that did not speak TLS."""
+    ser_id, seq = 1, 0
+    if len(first_bytes) >= HEADER_SIZE:
+        header = HEADER.unpack_from(first_bytes)
+        ser_id, seq = header[3], header[5]
+    codec = BY_ID.get(ser_id) or BY_ID[1]
+    serializer = codec.values
+    return b"".join(encode_parts(Frame(MSG_CONNECTFAIL, serializer.id, seq, serializer.dumps(reason))))
+
+
+__all__ = ["NEED_DATA", "ClientSession", "ServerSession", "Connected", "ConnectRefused", "ConnectRequest",
+           "NotRun", "Pong", "StreamStarted", "as_exception", "refusal_for"]

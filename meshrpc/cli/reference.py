@@ -61,10 +61,10 @@ def reference(parser: argparse.ArgumentParser | None = None) -> str:
         parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in subparsers._choices_actions}
-    lines = [BEGIN, "", "## `meshrpc`", "", "```", _usage(parser), "```", "", *_arguments(parser), ""]
+    lines = [BEGIN, "", "## `meshrpc`", "", "```text", _usage(parser), "```", "", *_arguments(parser), ""]
     for name, sub in subparsers.choices.items():
         lines += [f"## `meshrpc {name}`", "", _cell(sub.description or helps.get(name) or ""), "",
-                  "```", _usage(sub), "```", ""]
+                  "```text", _usage(sub), "```", ""]
         table = _arguments(sub)
         if table:
             lines += [*table, ""]

@@ -113,7 +113,8 @@ class Proxy:
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute '{name}' to set")
 
     def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | self._pyroMethods | self._pyroAttrs)
+        """What the remote object exposes (the proxy's own _pyro* machinery is left out, as help noise)."""
+        return sorted(name for name in self._pyroMethods | self._pyroAttrs if not name.startswith("__"))
 
     # --- container protocol: forwarded when the remote object exposes the dunder method
     def __remote_dunder(self, name: str, *args: Any) -> Any:

@@ -40,6 +40,14 @@ def _apply_loglevel(level: str) -> None:
 _apply_loglevel(config.LOGLEVEL)
 
 
+def __getattr__(name: str) -> object:
+    # futures load the asyncio machinery: only when asked for (plain `import meshrpc` stays light)
+    if name in ("Future", "FutureResult", "AsyncProxy", "asyncproxy"):
+        from .client import futures
+        return getattr(futures, name)
+    raise AttributeError(f"module 'meshrpc' has no attribute {name!r}")
+
+
 def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool = True,
               settings: Settings | None = None) -> Proxy:
     """A proxy to a name server: found on the mesh, by broadcast, or at NS_HOST:NS_PORT."""
@@ -48,8 +56,8 @@ def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool 
 
 
 __all__ = [
-    "BatchProxy", "Daemon", "DaemonObject", "Proxy", "SerializedBlob", "Settings", "URI", "__version__",
-    "behavior", "callback", "config", "current_context", "errors", "expose", "idempotent", "locate_ns", "oneway",
+    "AsyncProxy", "BatchProxy", "Daemon", "DaemonObject", "Future", "FutureResult", "Proxy", "SerializedBlob", "Settings", "URI", "__version__",
+    "asyncproxy", "behavior", "callback", "config", "current_context", "errors", "expose", "idempotent", "locate_ns", "oneway",
     "register_class_to_dict", "register_dict_to_class", "serve", "unregister_class_to_dict",
     "unregister_dict_to_class",
 ]

@@ -85,6 +85,12 @@ class Settings:
     THREADPOOL_SIZE: int = field(default=128, metadata=_doc(
         "Most worker threads a daemon runs calls on. Idle connections hold no worker, so this "
         "bounds concurrency, not the number of connected proxies."))
+    AIO_EXECUTOR_SIZE: int = field(default=32, metadata=_doc(
+        "Most threads an asyncio daemon (meshrpc.aio.Daemon) runs plain, non-async methods on; "
+        "`async def` methods run on its loop and need none."))
+    FUTURE_WORKERS: int = field(default=4, metadata=_doc(
+        "Threads (for the whole process) that run meshrpc.Future callables and the then/iferror "
+        "chains of asynchronous calls; the calls themselves run on one shared asyncio loop thread."))
     WORKER_LINGER: float = field(default=0.25, metadata=_doc(
         "Seconds a worker keeps watching a connection after a reply before it hands the "
         "connection back to the daemon's selector (saves a thread hand-off for chatty clients)."))

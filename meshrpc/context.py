@@ -1,20 +1,21 @@
-"""The call context: per-thread facts about the call being handled (server) or made (client)."""
+"""The call context: facts about the call being handled (server) or made (client).
+
+Kept in a `contextvars.ContextVar`, so each thread has its own (as before) and so does each asyncio
+task the asyncio daemon starts for a request (meshrpc.aio): calls awaited side by side on one loop
+never see each other's context.
+"""
 
 from __future__ import annotations
 
-import threading
+import contextvars
 from typing import Any
 
+_FIELDS = ("client", "client_sock_addr", "seq", "msg_flags", "serializer_id", "annotations",
+           "response_annotations", "correlation_id")
 
-class CallContext(threading.local):
-    """`meshrpc.current_context`: on the server, who is calling and how; on the client, what to send.
 
-    Server side, during a call: `client` (the connection), `client_sock_addr`, `seq`, `msg_flags`,
-    `serializer_id`, `annotations` (received), `response_annotations` (add entries to send back),
-    `correlation_id` (16 bytes or None).
-    Client side: set `correlation_id` to have proxies in this thread send it; received annotations of
-    the last reply are in `response_annotations`.
-    """
+class _CallState:
+    __slots__ = _FIELDS
 
     def __init__(self) -> None:
         self.client: Any = None
@@ -26,13 +27,58 @@ class CallContext(threading.local):
         self.response_annotations: dict[str, bytes] = {}
         self.correlation_id: bytes | None = None
 
+
+_state: contextvars.ContextVar[_CallState] = contextvars.ContextVar("meshrpc_call_context")
+
+
+def _current() -> _CallState:
+    try:
+        return _state.get()
+    except LookupError:  # the first use in this thread (or context): a fresh, empty state
+        state = _CallState()
+        _state.set(state)
+        return state
+
+
+class CallContext:
+    """`meshrpc.current_context`: on the server, who is calling and how; on the client, what to send.
+
+    Server side, during a call: `client` (the connection), `client_sock_addr`, `seq`, `msg_flags`,
+    `serializer_id`, `annotations` (received), `response_annotations` (add entries to send back),
+    `correlation_id` (16 bytes or None).
+    Client side: set `correlation_id` to have proxies in this thread (or asyncio task) send it;
+    received annotations of the last reply are in `response_annotations`.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return getattr(_current(), name)
+        except AttributeError:
+            raise AttributeError(f"the call context has no attribute {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _FIELDS:
+            raise AttributeError(f"the call context has no attribute {name!r}; use one of {', '.join(_FIELDS)}")
+        setattr(_current(), name, value)
+
+    def isolate(self) -> None:
+        """Give the current context (an asyncio task's) a state of its own, starting empty.
+
+        asyncio tasks inherit a copy of their creator's context, which would share one state object:
+        a server task handling a request calls this first."""
+        _state.set(_CallState())
+
     def to_global(self) -> dict[str, Any]:
         """A plain dict copy, to carry the context into another thread."""
-        return dict(vars(self))
+        state = _current()
+        return {name: getattr(state, name) for name in _FIELDS}
 
     def from_global(self, values: dict[str, Any]) -> None:
+        state = _current()
         for key, value in values.items():
-            setattr(self, key, value)
+            setattr(state, key, value)
 
 
 current_context = CallContext()

@@ -32,10 +32,8 @@ def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...
     wait: seconds the mesh waits for an announcement (default LOOKUP_TIMEOUT)."""
     if uri.is_direct:
         return uri, "direct"
-    tried = []
-    if sources is None and uri.host:
-        sources = ("ns",)  # PYRONAME:x@host:port names its name server: ask that one only (as Pyro5)
-    for source in sources or resolve_sources(settings):
+    tried: list[str] = []
+    for source in sources_to_ask(uri, settings, sources):
         try:
             found = _RESOLVERS[source](uri, settings, wait)
         except NamingError as exc:
@@ -44,8 +42,19 @@ def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...
         if found is not None:
             return found, source
         tried.append(f"{source}: not found")
+    raise not_found(uri, tried)
+
+
+def sources_to_ask(uri: URI, settings: Settings, sources: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The sources to ask, in order (shared with meshrpc.aio's resolver)."""
+    if sources is None and uri.host:
+        return ("ns",)  # PYRONAME:x@host:port names its name server: ask that one only (as Pyro5)
+    return tuple(sources or resolve_sources(settings))
+
+
+def not_found(uri: URI, tried: list[str]) -> NamingError:
     what = "name" if uri.protocol == "PYRONAME" else "tags"
-    raise NamingError(f"cannot resolve {uri}: no provider of that {what} found ({'; '.join(tried)})")
+    return NamingError(f"cannot resolve {uri}: no provider of that {what} found ({'; '.join(tried)})")
 
 
 def _resolve_mesh(uri: URI, settings: Settings, wait: float | None = None) -> URI | None:

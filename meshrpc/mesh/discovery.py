@@ -160,7 +160,9 @@ class Discovery:
             if self._zc is None:
                 log.debug("mesh: starting zeroconf on %s", wanted)
                 try:
-                    self._zc = Zeroconf(interfaces=wanted)   # a list, never InterfaceChoice.All
+                    # a list, never InterfaceChoice.All; on a thread of its own even when created from a running
+                    # asyncio loop: sync and asyncio users of the process share it, whatever loop comes and goes
+                    self._zc = Zeroconf(interfaces=wanted, use_asyncio=False)
                 except Exception as exc:
                     del self._needs[id(owner)]
                     raise NamingError(f"cannot start mDNS on interfaces {wanted}: {exc}") from exc

@@ -219,6 +219,11 @@ class Registry:
                 self._suspect(self._slots[key], now)
         self._drain()
 
+    @property
+    def started(self) -> bool:
+        """Browsing has started: queries no longer start zeroconf (they only take a lock)."""
+        return self._started
+
     def is_local(self, host: str) -> bool:
         return host in self._local_hosts or host.startswith("127.")
 

@@ -1,0 +1,409 @@
+"""meshrpc.aio.Daemon: serves objects from a running asyncio loop, over the same session core.
+
+Registration, instance modes, metadata, streams, validateHandshake/clientDisconnect hooks and mesh
+announcing are the threaded Daemon's (this class extends it); what differs is who drives the
+sockets. Every connection is an asyncio protocol feeding a ServerSession; each request runs as it
+arrives, so one connection's requests can run side by side and are answered in any order (the
+client agreed to pipelining; a Pyro5 client sends one at a time anyway):
+- `async def` methods are awaited on the loop (a slow one holds nobody else up);
+- plain methods run in a bounded executor (AIO_EXECUTOR_SIZE threads), so they never block the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import time
+from typing import Any
+
+from .. import errors
+from ..context import current_context
+from ..errors import DaemonError, ProtocolError, SerializeError
+from ..server import daemon as threaded
+from ..wire import constants
+from ..wire import frame as wire
+from ..wire.session import NEED_DATA, ConnectRequest, ServerSession
+
+log = logging.getLogger("meshrpc.aio")
+
+HOUSEKEEPING_INTERVAL = threaded.HOUSEKEEPING_INTERVAL
+SHUTDOWN_GRACE = threaded.SHUTDOWN_GRACE
+
+
+class _ClientConnection(asyncio.Protocol):
+    """A client's connection as the asyncio daemon sees it (`current_context.client` during its calls)."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+        self.wire = ServerSession(daemon.settings)
+        self.session: dict[str, Any] = {}  # per-connection instances ("session" mode), as the threaded daemon's
+        self.transport: asyncio.Transport | None = None
+        self.addr: Any = None
+        self.closed = False
+        self.handshaken = False
+        self.object_id: str | None = None
+        self.connected_at = time.time()
+        self.accepted_at = time.monotonic()
+        self.last_active = self.accepted_at
+        self.calls = 0  # requests of this connection running now
+
+    def __repr__(self) -> str:
+        return f"<aio ClientConnection {self.addr}>"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.addr = transport.get_extra_info("peername")
+        self.daemon._connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        self.wire.receive_data(data)
+        self.daemon._pump(self)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.daemon._dropped(self)
+
+    def send(self, parts: list) -> None:
+        if parts and not self.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(parts)
+            self.last_active = time.monotonic()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Daemon(threaded.Daemon):
+    """Serves objects to proxies from an asyncio loop.
+
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        daemon.register(Thermostat, "thermostat", name="home.thermostat")
+        async with daemon:               # serving on the running loop
+            await stop_event.wait()      # ... or: await daemon.serve_forever()
+
+    `shutdown()` (from any thread) ends `serve_forever()`; leaving `async with` or `await
+    daemon.aclose()` shuts down gracefully: calls in progress finish, late requests are answered
+    "not run", goodbyes go out on the mesh."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._tls_context is not None:
+            self._listener.close()
+            raise DaemonError("meshrpc.aio.Daemon does not serve TLS yet: use the threaded meshrpc.Daemon for SSL")
+        self._executor = concurrent.futures.ThreadPoolExecutor(max(1, self.settings.AIO_EXECUTOR_SIZE),
+                                                               thread_name_prefix="meshrpc-aio-worker")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._aio_connections: set[_ClientConnection] = set()
+        self._calls: set[asyncio.Future[Any]] = set()
+        self._stopping = False
+        self._stopped: asyncio.Event | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self._housekeeper: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ serving
+    async def start(self) -> None:
+        """Start serving on the running loop (returns at once)."""
+        if self._server is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        if self._unixsocket:
+            self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener)
+        else:
+            self._server = await self._loop.create_server(lambda: _ClientConnection(self), sock=self._listener)
+        self._housekeeper = self._loop.create_task(self._housekeeping_loop())
+        log.info("asyncio daemon serving on %s", self.locationStr)
+
+    async def serve_forever(self) -> None:
+        """Serve until shutdown() is called, then shut down gracefully."""
+        await self.start()
+        assert self._stopped is not None
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.aclose()
+
+    async def __aenter__(self) -> "Daemon":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    def shutdown(self) -> None:
+        """End serve_forever() (safe from any thread, and from a call)."""
+        loop, stopped = self._loop, self._stopped
+        if loop is None or stopped is None or loop.is_closed():
+            self.close()
+            return
+        loop.call_soon_threadsafe(stopped.set)
+
+    def requestLoop(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("meshrpc.aio.Daemon serves on an asyncio loop: use `await daemon.serve_forever()` "
+                        "or `async with daemon:`")
+
+    @property
+    def sockets(self) -> list[Any]:  # type: ignore[override]
+        raise TypeError("meshrpc.aio.Daemon serves on an asyncio loop; it has no sockets for a select loop")
+
+    # ------------------------------------------------------------------ connections
+    def _connected(self, conn: _ClientConnection) -> None:
+        if self._stopping:
+            conn.close()
+            return
+        if len(self._aio_connections) >= self.settings.MAX_CONNECTIONS:
+            log.warning("refusing connection from %s: MAX_CONNECTIONS (%d) reached", conn.addr,
+                        self.settings.MAX_CONNECTIONS)
+            conn.close()
+            return
+        self._aio_connections.add(conn)
+
+    def _dropped(self, conn: _ClientConnection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._aio_connections.discard(conn)
+        self._streams.orphan(conn)
+        try:
+            self.clientDisconnect(conn)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("clientDisconnect hook failed")
+
+    def _pump(self, conn: _ClientConnection) -> None:
+        session = conn.wire
+        while not conn.closed:
+            try:
+                event = session.next_event(now=time.time())
+            except Exception as exc:  # ProtocolError, oversized frames: this connection only
+                log.warning("closing connection from %s: %s", conn.addr, exc)
+                conn.close()
+                return
+            if event is NEED_DATA:
+                return
+            if isinstance(event, ConnectRequest):
+                self._aio_handshake(conn, event)
+            elif event.type == wire.MSG_PING:
+                conn.send(session.pong(event))
+            elif self._stopping:
+                conn.send(session.not_run_reply(event))
+            else:
+                self._start_call(conn, event)
+
+    def _aio_handshake(self, conn: _ClientConnection, request: ConnectRequest) -> None:
+        session = conn.wire
+        if request.refusal is not None:
+            log.info("handshake from %s refused: %s", conn.addr, request.refusal)
+            conn.send(session.refuse_connect(request, request.refusal))
+            return
+        object_id = request.object_id
+        if not isinstance(object_id, str) or object_id not in self._objects:
+            conn.send(session.refuse_connect(request, constants.UNKNOWN_OBJECT_REASON))
+            return
+        self._context_for(conn, request.seq, 0, session.serializer.id if session.serializer else 0,
+                          request.annotations, request.correlation_id)
+        try:
+            answer = self.validateHandshake(conn, request.handshake)  # type: ignore[arg-type]
+        except Exception as exc:
+            conn.send(session.refuse_connect(request, f"handshake denied: {exc}" if str(exc) else "handshake denied"))
+            return
+        conn.send(session.accept_connect(request, answer, self._metadata(object_id, False)))
+        conn.handshaken, conn.object_id = True, object_id
+
+    # ------------------------------------------------------------------ calls
+    def _start_call(self, conn: _ClientConnection, frame: wire.Frame) -> None:
+        session = conn.wire
+        try:
+            call = session.decode_call(frame)
+        except (SerializeError, errors.SecurityError) as exc:
+            if not frame.flags & wire.FLAG_ONEWAY:
+                conn.send(session.error_reply(frame, exc))
+            else:
+                log.warning("dropped oneway call from %s: %s", conn.addr, exc)
+            return
+        assert self._loop is not None
+        if self._is_coroutine_call(conn, call):
+            running: asyncio.Future[Any] = self._loop.create_task(self._run_async(conn, frame, call))
+        else:
+            running = self._loop.run_in_executor(self._executor, self._run_sync, conn, frame, call)
+        self._calls.add(running)
+        conn.calls += 1
+        running.add_done_callback(lambda done: self._finished(conn, frame, done))
+
+    def _is_coroutine_call(self, conn: _ClientConnection, call: tuple) -> bool:
+        object_id, method = call[0], call[1]
+        registration = self._objects.get(object_id) if isinstance(object_id, str) else None
+        if registration is None or method not in registration.members["methods"]:
+            return False
+        target = registration.target
+        function = getattr(target if not isinstance(target, type) else target, method, None)
+        return inspect.iscoroutinefunction(function)
+
+    def _context_for(self, conn: Any, seq: int, flags: int, serializer_id: int, annotations: dict,
+                     correlation_id: Any) -> None:
+        ctx = current_context
+        ctx.client = conn
+        ctx.client_sock_addr = conn.addr
+        ctx.seq = seq
+        ctx.msg_flags = flags
+        ctx.serializer_id = serializer_id
+        ctx.annotations = annotations
+        ctx.response_annotations = {}
+        ctx.correlation_id = correlation_id
+
+    def _frame_context(self, conn: _ClientConnection, frame: wire.Frame) -> None:
+        serializer = conn.wire.serializer
+        self._context_for(conn, frame.seq, frame.flags, serializer.id if serializer else frame.serializer_id,
+                          frame.annotations, frame.correlation_id)
+
+    def _run_sync(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
+        """On an executor thread: the threaded daemon's dispatch (instance modes, batches, streams)."""
+        self._frame_context(conn, frame)
+        flags, result = self._run(conn, frame, call)  # type: ignore[arg-type]
+        return flags, result, current_context.response_annotations
+
+    async def _run_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
+        """On the loop: an `async def` method, awaited (its context is this task's own)."""
+        current_context.isolate()
+        self._frame_context(conn, frame)
+        flags, result = self._run(conn, frame, call)  # type: ignore[arg-type]  # returns the coroutine
+        if inspect.iscoroutine(result):
+            try:
+                result = await result
+            except Exception as exc:
+                return wire.FLAG_EXCEPTION, self._traced(exc, call[1]), current_context.response_annotations
+            flags, result = self._finish(conn, result)
+        return flags, result, current_context.response_annotations
+
+    def _finish(self, conn: _ClientConnection, result: Any) -> tuple[int, Any]:
+        if self._is_stream(result):
+            if not self.settings.ITER_STREAMING:
+                return wire.FLAG_EXCEPTION, errors.MeshError(
+                    "the result is an iterator and ITER_STREAMING is off; return a list instead")
+            try:
+                return wire.FLAG_EXCEPTION | wire.FLAG_ITEMSTREAMRESULT, self._streams.add(iter(result), conn)
+            except DaemonError as exc:
+                return wire.FLAG_EXCEPTION, exc
+        return 0, result
+
+    def _call(self, registration: Any, instance: Any, method: str, vargs: tuple, kwargs: dict) -> Any:
+        result = super()._call(registration, instance, method, vargs, kwargs)
+        loop = self._loop
+        if inspect.iscoroutine(result) and loop is not None and not _on_loop(loop):
+            # an `async def` method reached from an executor thread (a batch): run it on the loop
+            return asyncio.run_coroutine_threadsafe(result, loop).result()
+        return result
+
+    def _finished(self, conn: _ClientConnection, frame: wire.Frame, done: asyncio.Future[Any]) -> None:
+        self._calls.discard(done)
+        conn.calls -= 1
+        if frame.flags & wire.FLAG_ONEWAY or conn.closed:
+            if not done.cancelled() and done.exception() is None and done.result()[0] & wire.FLAG_EXCEPTION:
+                log.warning("oneway call failed: %r", done.result()[1])
+            return
+        session = conn.wire
+        if done.cancelled():
+            conn.send(session.error_reply(frame, DaemonError("the call was cancelled by the daemon")))
+            return
+        failure = done.exception()
+        if failure is not None:
+            log.error("call failed inside the daemon: %r", failure)
+            conn.send(session.error_reply(frame, DaemonError(f"internal error: {failure!r}")))
+            return
+        flags, result, annotations = done.result()
+        try:
+            if flags & wire.FLAG_ITEMSTREAMRESULT:
+                parts = session.stream_reply(frame, result, annotations)
+            elif flags & wire.FLAG_EXCEPTION:
+                parts = session.error_reply(frame, result, annotations)
+            else:
+                parts = session.result_reply(frame, result, annotations)
+        except ProtocolError as exc:  # e.g. the result is too large for MAX_MESSAGE_SIZE
+            parts = session.error_reply(frame, exc)
+        conn.send(parts)
+
+    # ------------------------------------------------------------------ announcing without blocking the loop
+    def _announce(self, name: str, uri: Any, tags: frozenset[str]) -> None:
+        loop = self._loop
+        if loop is None or not _on_loop(loop):
+            super()._announce(name, uri, tags)
+            return
+        task = loop.run_in_executor(None, super()._announce, name, uri, tags)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+
+    async def _housekeeping_loop(self) -> None:
+        handshake, idle = self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            self._streams.expire()
+            now = time.monotonic()
+            for conn in list(self._aio_connections):
+                if not conn.handshaken and handshake > 0 and now - conn.accepted_at > handshake:
+                    log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
+                             conn.addr, handshake)
+                    conn.close()
+                elif idle > 0 and conn.handshaken and now - conn.last_active > idle and not conn.calls:
+                    conn.close()
+
+    # ------------------------------------------------------------------ shutdown
+    async def aclose(self) -> None:
+        """Graceful shutdown: no new connections; calls in progress finish and reply; requests that
+        still come are answered "not run" while the goodbyes go out; then every connection closes."""
+        if self._closed:
+            return
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        if self._server is not None:
+            self._server.close()  # the listening socket: connecting is refused from now on
+        goodbyes = loop.run_in_executor(None, self._withdraw)
+        deadline = loop.time() + SHUTDOWN_GRACE
+        pending = set(self._calls) | set(self._background)
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+        try:
+            await asyncio.wait_for(asyncio.shield(goodbyes), max(0.0, deadline - loop.time()))
+        except (asyncio.TimeoutError, TimeoutError):
+            log.warning("mesh goodbyes still going out after %.1f s", SHUTDOWN_GRACE)
+        await asyncio.sleep(threaded.SHUTDOWN_DRAIN_MIN)  # requests already on the way get "not run"
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+        for conn in list(self._aio_connections):
+            conn.close()
+            self._dropped(conn)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await loop.run_in_executor(None, super().close)
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def close(self) -> None:
+        """Close at once (from outside the loop); inside the loop use `await daemon.aclose()`."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and _on_loop(loop):
+            raise RuntimeError("inside the daemon's loop, use `await daemon.aclose()`")
+        if loop is not None and loop.is_running() and not self._closed:
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(SHUTDOWN_GRACE * 2)
+            return
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"<meshrpc.aio.Daemon {self.locationStr}>"
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("announcing failed: %s", future.exception())

@@ -1,0 +1,610 @@
+"""meshrpc.aio.Proxy: a remote object for asyncio code, over the same session core as the threaded Proxy.
+
+One connection per proxy. Between meshrpc peers the handshake agrees on pipelining, so concurrent
+awaits on one proxy are all in flight at once and their replies are matched by sequence number;
+with a Pyro5 daemon the calls take turns (its protocol answers one request at a time). Recovery
+(rebinding, re-sending) follows docs/resilience.md through meshrpc.client.recovery, so a
+non-idempotent call never runs twice. A call that is cancelled or times out is abandoned: its late
+reply is dropped by the session, never handed to another call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from .. import errors
+from ..client.batch import BatchedCall
+from ..client.recovery import NotDelivered, Recovery, Step
+from ..config import Settings, config as default_config
+from ..context import current_context
+from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
+from ..uri import URI
+from ..wire import constants
+from ..wire import frame as wire
+from ..wire.serializers import Serializer, by_name
+from ..wire.session import NEED_DATA, ClientSession, Connected, ConnectRefused, NotRun, StreamStarted
+from . import resolve as aio_resolve
+
+log = logging.getLogger("meshrpc.aio")
+
+
+class _Connection(asyncio.Protocol):
+    """The socket side of one proxy connection: feeds the session, wakes the waiting calls."""
+
+    def __init__(self, session: ClientSession, target: URI) -> None:
+        self.session = session
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future[Any] = loop.create_future()
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.turn = asyncio.Lock()           # without pipelining: one call at a time
+        self.closed = False
+        self.close_reason: BaseException | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # --- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc else ""
+        self._fail(ConnectionClosedError(f"the connection to {self.target} was lost{reason}"))
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # --- driving the session
+    def _pump(self) -> None:
+        session = self.session
+        while True:
+            try:
+                event = session.next_event()
+            except Exception as exc:  # ProtocolError, SecurityError, ConnectionClosedError: unusable now
+                log.warning("closing the connection to %s: %s", self.target, exc)
+                self._fail(exc)
+                return
+            if event is NEED_DATA:
+                return
+            if isinstance(event, wire.Frame):
+                waiter = self.waiting.pop(event.seq, None)
+            elif isinstance(event, NotRun):
+                waiter = self.waiting.pop(event.seq, None)
+            elif isinstance(event, (Connected, ConnectRefused)):
+                waiter = self.handshake
+            else:
+                continue  # a Pong: nobody waits for it
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
+
+    async def send(self, parts: list) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
+        self.transport.writelines(parts)
+        if not self._writable.is_set():  # flow control: a big message waits for the socket to drain
+            await self._writable.wait()
+
+    def _fail(self, reason: BaseException) -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason
+        if self.transport is not None:
+            self.transport.close()
+        self._writable.set()
+        waiters = [self.handshake, *self.waiting.values()]
+        self.waiting.clear()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(_closed(reason))
+
+    def close(self) -> None:
+        self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
+
+
+def _closed(reason: BaseException) -> BaseException:
+    return reason if isinstance(reason, ConnectionClosedError) else ConnectionClosedError(str(reason))
+
+
+class _RemoteMethod:
+    __slots__ = ("_proxy", "_name")
+
+    def __init__(self, proxy: "Proxy", name: str) -> None:
+        self._proxy = proxy
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A coroutine: `await proxy.method(...)`."""
+        return self._proxy._pyroCall(self._name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name} of {self._proxy._pyroUri} (asyncio)>"
+
+
+class RemoteAttribute:
+    """An exposed attribute of the remote object: `await proxy.attr` reads it, `await proxy.attr.set(v)`
+    writes it (as do `await proxy._pyroGetAttr(name)` and `await proxy._pyroSetAttr(name, v)`)."""
+
+    __slots__ = ("_proxy", "_name")
+
+    def __init__(self, proxy: "Proxy", name: str) -> None:
+        self._proxy = proxy
+        self._name = name
+
+    def __await__(self) -> Any:
+        return self._proxy._pyroGetAttr(self._name).__await__()
+
+    def get(self) -> Any:
+        return self._proxy._pyroGetAttr(self._name)
+
+    def set(self, value: Any) -> Any:
+        return self._proxy._pyroSetAttr(self._name, value)
+
+    def __repr__(self) -> str:
+        return f"<remote attribute {self._name} of {self._proxy._pyroUri} (await it to read it)>"
+
+
+# names that live on the proxy itself, never forwarded to the remote object
+_LOCAL_ATTRS = frozenset({
+    "_pyroUri", "_pyroLocator", "_pyroResolvedBy", "_pyroSettings", "_pyroMethods", "_pyroOneway", "_pyroAttrs",
+    "_pyroIdempotent", "_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries", "_pyroTimeout",
+    "_pyroMethodCache", "_pyroRawWireResponse", "_conn", "_connecting", "_retarget",
+})
+
+
+class Proxy:
+    """A stand-in for a remote object, for asyncio code.
+
+        async with meshrpc.aio.Proxy("PYRONAME:thermostat") as thermostat:
+            await thermostat.set_target(21.5)
+            print(await thermostat.temperature)          # an exposed attribute
+
+    Connects on the first call (or `await proxy._pyroBind()`, or `async with`, which also fetch the
+    metadata so attributes are known). Any number of tasks may await calls on one proxy at once.
+    """
+
+    def __init__(self, uri: str | URI, *, settings: Settings | None = None) -> None:
+        settings = settings or default_config
+        given = URI(uri)
+        self._pyroSettings = settings
+        self._pyroUri = given
+        self._pyroLocator: URI | None = None if given.is_direct else given
+        self._pyroResolvedBy: str | None = None
+        self._pyroMethods: frozenset[str] = frozenset()
+        self._pyroOneway: frozenset[str] = frozenset()
+        self._pyroAttrs: frozenset[str] = frozenset()
+        self._pyroIdempotent: frozenset[str] = frozenset()
+        self._pyroMethodCache: dict[str, Any] = {}
+        self._pyroHandshake: Any = "hello"
+        self._pyroSerializer: str | None = None
+        self._pyroMaxRetries = settings.MAX_RETRIES
+        self._pyroTimeout: float | None = settings.COMMTIMEOUT or None
+        self._pyroRawWireResponse = False
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._retarget: URI | None = None
+
+    @classmethod
+    def from_proxy(cls, proxy: Any) -> "Proxy":
+        """An asyncio proxy for the same object as a threaded meshrpc.Proxy (its settings, handshake,
+        serializer, timeout, retries and known metadata); its own connection."""
+        twin = cls(proxy._pyroLocator or proxy._pyroUri, settings=proxy._pyroSettings)
+        twin._pyroProcessMetadata({"methods": proxy._pyroMethods, "oneway": proxy._pyroOneway,
+                                   "attrs": proxy._pyroAttrs, "idempotent": proxy._pyroIdempotent})
+        twin._pyroHandshake = proxy._pyroHandshake
+        twin._pyroSerializer = proxy._pyroSerializer
+        twin._pyroMaxRetries = proxy._pyroMaxRetries
+        twin._pyroTimeout = proxy._pyroTimeout
+        return twin
+
+    # --- attribute access: remote methods and attributes
+    def __getattr__(self, name: str) -> Any:
+        if name in _LOCAL_ATTRS or name.startswith("__"):
+            raise AttributeError(name)
+        cached = self._pyroMethodCache.get(name)
+        if cached is not None:
+            return cached
+        if name in self._pyroAttrs:
+            return RemoteAttribute(self, name)
+        if name in self._pyroMethods or not (self._pyroMethods or self._pyroAttrs):
+            # before the metadata came (no round trip here), any name may be a method: the call checks
+            method = self._pyroMethodCache[name] = _RemoteMethod(self, name)
+            return method
+        raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LOCAL_ATTRS or name.startswith("_") or type(self) is not Proxy:
+            return object.__setattr__(self, name, value)
+        raise AttributeError(f"setting a remote attribute needs a round trip: use "
+                             f"`await proxy._pyroSetAttr({name!r}, value)` (or `await proxy.{name}.set(value)`)")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | self._pyroMethods | self._pyroAttrs)
+
+    def __repr__(self) -> str:
+        state = "connected" if self._conn is not None and not self._conn.closed else "not connected"
+        return f"<meshrpc.aio.Proxy at 0x{id(self):x}; {state}; for {self._pyroUri}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Proxy) and other._pyroUri == self._pyroUri
+
+    def __hash__(self) -> int:
+        return hash(self._pyroUri)
+
+    # --- Pyro5-compatible wire form (passing a proxy to another process gives a threaded proxy there)
+    def __wire_dict__(self) -> dict:
+        return {"__class__": "Pyro5.client.Proxy",
+                "state": (str(self._pyroLocator or self._pyroUri), tuple(self._pyroOneway), tuple(self._pyroMethods),
+                          tuple(self._pyroAttrs), self._pyroHandshake, self._pyroSerializer)}
+
+    # --- lifecycle
+    async def __aenter__(self) -> "Proxy":
+        await self._pyroBind()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._pyroRelease()
+
+    def __enter__(self) -> Any:
+        raise TypeError("meshrpc.aio.Proxy is used with `async with`, not `with`")
+
+    def __exit__(self, *exc_info: Any) -> None:  # pragma: no cover - __enter__ refuses
+        pass
+
+    async def _pyroBind(self) -> bool:
+        """Connect now and fetch the object's metadata."""
+        await self._recovering(lambda recovery: self._connection(recovery), "")
+        return True
+
+    async def _pyroRelease(self) -> None:
+        """Close the connection (calls in flight fail with ConnectionClosedError); the next call connects."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            log.debug("released connection to %s", self._pyroUri)
+
+    async def _pyroReconnect(self, tries: int = 100000000) -> None:
+        from ..client.proxy import RECONNECT_PAUSE
+        await self._pyroRelease()
+        for attempt in range(tries):
+            try:
+                await self._pyroBind()
+                return
+            except CommunicationError:
+                if attempt + 1 >= tries:
+                    raise
+                await asyncio.sleep(RECONNECT_PAUSE)
+
+    def _pyroProcessMetadata(self, meta: dict) -> None:
+        self._pyroMethods = frozenset(meta.get("methods") or ())
+        self._pyroOneway = frozenset(meta.get("oneway") or ())
+        self._pyroAttrs = frozenset(meta.get("attrs") or ())
+        self._pyroIdempotent = frozenset(meta.get("idempotent") or ())
+        self._pyroMethodCache = {}
+
+    # hooks, as on the threaded proxy
+    def _pyroValidateHandshake(self, response: Any) -> None:
+        """Override to check the daemon's handshake answer; raise to refuse the connection."""
+
+    def _pyroAnnotations(self) -> dict[str, bytes]:
+        """Override to add annotations to every message this proxy sends."""
+        return {}
+
+    def _pyroResponseAnnotations(self, annotations: dict[str, bytes], msgtype: int) -> None:
+        """Override to see the annotations of every reply."""
+
+    def _pyroSerializerObject(self) -> Serializer:
+        return by_name(self._pyroSerializer or self._pyroSettings.SERIALIZER)
+
+    # --- calling
+    async def _pyroCall(self, name: str, args: tuple, kwargs: dict) -> Any:
+        if name not in self._pyroMethods:
+            if not (self._pyroMethods or self._pyroAttrs):
+                await self._pyroBind()
+            if name not in self._pyroMethods:
+                raise AttributeError(f"remote object '{self._pyroUri}' has no exposed method '{name}'")
+        flags = wire.FLAG_ONEWAY if name in self._pyroOneway else 0
+        return await self._pyroInvoke(name, args, kwargs, flags)
+
+    async def _pyroGetAttr(self, name: str) -> Any:
+        """The value of the remote object's exposed attribute `name`."""
+        await self._check_attr(name)
+        return await self._pyroInvoke("__getattr__", (name,), None)
+
+    async def _pyroSetAttr(self, name: str, value: Any) -> None:
+        """Set the remote object's exposed attribute `name`."""
+        await self._check_attr(name)
+        await self._pyroInvoke("__setattr__", (name, value), None)
+
+    async def _check_attr(self, name: str) -> None:
+        if not (self._pyroMethods or self._pyroAttrs):
+            await self._pyroBind()
+        if name not in self._pyroAttrs:
+            raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute '{name}'")
+
+    async def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int = 0,
+                          object_id: str | None = None) -> Any:
+        """Send one call and return its result (None for oneway calls), under the recovery rules."""
+        value, error = await self._pyroOutcome(methodname, vargs, kwargs, flags, object_id)
+        if error is not None:
+            raise error  # the remote object's own exception: never taken for a connection failure
+        return value
+
+    async def _pyroOutcome(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int = 0,
+                           object_id: str | None = None) -> tuple[Any, BaseException | None]:
+        """(result, None) or (None, the remote exception): a coroutine must not raise StopIteration."""
+        return await self._recovering(
+            lambda recovery: self._invoke_once(methodname, vargs, kwargs, flags, object_id, recovery), methodname)
+
+    async def _pyroInvokeBatch(self, calls: list[tuple[str, tuple, dict]], oneway: bool = False) -> Any:
+        flags = wire.FLAG_BATCH | (wire.FLAG_ONEWAY if oneway else 0)
+        return await self._pyroInvoke(constants.BATCH_METHOD, calls, None, flags)
+
+    async def _recovering(self, attempt: Any, methodname: str) -> Any:
+        recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
+                            idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries)
+        try:
+            while True:
+                conn = self._conn
+                try:
+                    return await attempt(recovery)
+                except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+                    step = recovery.after(exc, self._pyroUri)
+                    self._carry_out(step, exc, conn)
+                    if not step.retry:
+                        if step.error is not None:
+                            raise step.error from None
+                        raise
+                    if step.retarget is not None:
+                        self._retarget = step.retarget
+                    if step.pause:
+                        await asyncio.sleep(step.pause)
+                    if methodname:
+                        log.info("retrying %s after: %s", methodname, exc)
+        finally:
+            self._retarget = None
+
+    def _carry_out(self, step: Step, exc: BaseException, conn: _Connection | None) -> None:
+        if step.drop and conn is not None and self._conn is conn:
+            # a timed-out call was abandoned: on a pipelined connection its late reply is dropped, so the
+            # connection stays (the other calls in flight on it go on)
+            keep = isinstance(exc, errors.TimeoutError) and conn.session.pipelined and not conn.closed
+            if not keep:
+                self._conn = None
+                conn.close()
+        if step.suspect is not None:
+            from ..resolve import report_failure
+            report_failure(step.suspect, self._pyroSettings)
+        log.info("call to %s failed: %s", self._pyroUri, exc)
+
+    async def _invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
+                           object_id: str | None, recovery: Recovery) -> tuple[Any, BaseException | None]:
+        conn = self._conn
+        if conn is None or conn.closed:
+            if conn is not None and conn.closed:
+                self._conn = None
+                raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
+                                   suspect=False)
+            conn = await self._connection(recovery)
+        session = conn.session
+        oneway = bool(flags & wire.FLAG_ONEWAY)
+        taking_turns = not session.pipelined
+        if taking_turns:
+            await conn.turn.acquire()
+        try:
+            if conn.closed:
+                raise NotDelivered(f"the connection to {self._pyroUri} was closed", self._pyroUri, suspect=False)
+            parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
+                                         self._pyroAnnotations() or None, current_context.correlation_id)
+            if oneway:
+                await conn.send(parts)
+                return None, None
+            seq = session.last_seq
+            waiter = conn.waiting[seq] = asyncio.get_running_loop().create_future()
+            try:
+                await conn.send(parts)
+                if self._pyroTimeout:
+                    async with asyncio.timeout(self._pyroTimeout):
+                        event = await waiter
+                else:
+                    event = await waiter
+            except TimeoutError:
+                self._abandon(conn, seq)
+                raise errors.TimeoutError(f"no reply from {self._pyroUri} to {methodname} within "
+                                          f"{self._pyroTimeout:g} s") from None
+            except BaseException:  # cancelled (or the send failed): the late reply must go nowhere
+                self._abandon(conn, seq)
+                raise
+        finally:
+            if taking_turns:
+                conn.turn.release()
+        if isinstance(event, NotRun):
+            raise NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
+        return self._reply(session, event)
+
+    def _abandon(self, conn: _Connection, seq: int) -> None:
+        conn.waiting.pop(seq, None)
+        if not conn.closed and not conn.session.abandon(seq):
+            # not pipelined (a Pyro5 daemon): its late reply would be taken for the next call's
+            if self._conn is conn:
+                self._conn = None
+            conn.close()
+
+    def _reply(self, session: ClientSession, frame: wire.Frame) -> tuple[Any, BaseException | None]:
+        blobs = None if self._pyroRawWireResponse else session.take_blobs(frame)
+        current_context.response_annotations = frame.annotations
+        self._pyroResponseAnnotations(frame.annotations, frame.type)
+        if self._pyroRawWireResponse:
+            return frame, None
+        try:
+            value = session.reply_value(frame, blobs)
+        except Exception as exc:  # the remote exception, its traceback attached
+            return None, exc
+        if isinstance(value, StreamStarted):
+            return AsyncStreamIterator(value.stream_id, self), None
+        return value, None
+
+    # --- connecting
+    async def _connection(self, recovery: Recovery | None) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:  # concurrent first calls share one connection
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                return conn
+            target = await self._resolve(recovery)
+            conn = await self._connect(target)
+            self._conn = conn
+            if self._pyroUri != target:
+                if self._pyroLocator is not None and self._pyroUri != self._pyroLocator:
+                    log.info("rebound %s from %s to %s", self._pyroLocator, self._pyroUri, target)
+                self._pyroUri = target
+            return conn
+
+    async def _resolve(self, recovery: Recovery | None) -> URI:
+        if self._pyroLocator is None:
+            return self._pyroUri
+        if self._retarget is not None:  # its connection broke: it may well be alive, try it first
+            target, self._retarget = self._retarget, None
+            return target
+        rebind = recovery.rebind if recovery is not None else None
+        if rebind is not None and not rebind.first and self._pyroResolvedBy == "mesh":
+            # replacing a provider the mesh gave: wait there for the rest of the rebind budget
+            target, source = await aio_resolve.resolve_with_source(
+                self._pyroLocator, self._pyroSettings, sources=("mesh",), wait=max(0.01, rebind.remaining()))
+        else:
+            target, source = await aio_resolve.resolve_with_source(self._pyroLocator, self._pyroSettings)
+        self._pyroResolvedBy = source
+        return target
+
+    async def _connect(self, target: URI) -> _Connection:
+        settings = self._pyroSettings
+        if settings.SSL:
+            raise errors.MeshError("meshrpc.aio does not speak TLS yet: use the threaded meshrpc.Proxy "
+                                   "(through meshrpc.asyncproxy for futures) for SSL daemons")
+        timeout = self._pyroTimeout or settings.CONNECT_TIMEOUT
+        loop = asyncio.get_running_loop()
+        session = ClientSession(self._pyroSerializerObject(), settings, pipelining=True)
+
+        def protocol() -> _Connection:
+            return _Connection(session, target)
+        try:
+            async with asyncio.timeout(timeout):
+                if target.sockname:
+                    _, conn = await loop.create_unix_connection(protocol, target.sockname)
+                else:
+                    _, conn = await loop.create_connection(protocol, target.host, target.port)
+        except (OSError, TimeoutError) as exc:
+            why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise NotDelivered(f"cannot connect to {target}: {why}", target) from None
+        try:
+            try:
+                await conn.send(session.connect_request(target.object, self._pyroHandshake,
+                                                        self._pyroAnnotations() or None,
+                                                        current_context.correlation_id, now=time.time()))
+                async with asyncio.timeout(timeout):
+                    event = await conn.handshake
+            except (ConnectionClosedError, TimeoutError) as exc:
+                raise NotDelivered(f"handshake with {target} failed: {exc or 'timed out'}", target) from None
+            self._pyroResponseAnnotations(event.annotations, wire.MSG_CONNECTOK if isinstance(event, Connected)
+                                          else wire.MSG_CONNECTFAIL)
+            if isinstance(event, ConnectRefused):
+                if event.kind == "unknown-object" and self._pyroLocator is not None:
+                    raise NotDelivered(f"{target} no longer serves that object", target)
+                if event.kind == "mesh-key":
+                    raise errors.SecurityError(f"connection to {target} rejected: {event.reason}"
+                                               + ("" if settings.KEY else " (this proxy has no MESHRPC_KEY)"))
+                raise CommunicationError(f"connection to {target} rejected: {event.reason}")
+            self._pyroValidateHandshake(event.handshake)
+            self._pyroProcessMetadata(event.metadata or {})
+        except BaseException:
+            conn.close()
+            raise
+        log.debug("connected to %s (%s)", target, "pipelined" if session.pipelined else "one call at a time")
+        return conn
+
+    def _pyroBatch(self) -> "BatchProxy":
+        return BatchProxy(self)
+
+
+class AsyncStreamIterator:
+    """Items of a remote iterator, for `async for`: pulled from the daemon one at a time."""
+
+    def __init__(self, stream_id: str, proxy: Proxy) -> None:
+        self.streamId = stream_id
+        self.proxy = proxy
+        self._done = False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            value, error = await self.proxy._pyroOutcome("get_next_stream_item", (self.streamId,), None,
+                                                         object_id=constants.DAEMON_OBJECT_ID)
+        except BaseException:
+            self._done = True
+            raise
+        if error is None:
+            return value
+        self._done = True
+        if isinstance(error, (StopIteration, GeneratorExit)):
+            raise StopAsyncIteration
+        raise error
+
+    def __iter__(self) -> Any:
+        raise TypeError("a remote iterator of meshrpc.aio is consumed with `async for`")
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            conn = self.proxy._conn
+            if conn is not None and not conn.closed:
+                try:
+                    await self.proxy._pyroInvoke("close_stream", (self.streamId,), None, wire.FLAG_ONEWAY,
+                                                 object_id=constants.DAEMON_OBJECT_ID)
+                except errors.MeshError:
+                    pass
+
+
+class BatchProxy:
+    """`batch = meshrpc.aio.BatchProxy(proxy); batch.a(1); batch.b(2); results = await batch()`.
+
+    Every recorded call goes in one message; the results come back as a list in order, and the first
+    exception (where the daemon stopped) is raised when the iteration reaches it, as with the
+    threaded BatchProxy. `await batch(oneway=True)` sends them without waiting."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.__proxy = proxy
+        self.__calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str) -> BatchedCall:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        method = self.__dict__[name] = BatchedCall(self.__calls, name)
+        return method
+
+    async def __call__(self, oneway: bool = False) -> Any:
+        from ..client.proxy import raise_batch_item
+        calls = self.__calls[:]
+        self.__calls.clear()
+        results = await self.__proxy._pyroInvokeBatch(calls, oneway)
+        if oneway:
+            return None
+        return (raise_batch_item(item) for item in results)

@@ -1,0 +1,285 @@
+"""meshrpc.aio over real sockets: aio Proxy <-> aio Daemon, and each against the threaded side.
+
+Each test runs its own event loop (asyncio.run), bounded by a generous timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import meshrpc
+import meshrpc.aio
+from meshrpc import errors
+from meshrpc.config import Settings
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(coro: Any, timeout: float = 30.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+@meshrpc.expose
+class Thing:
+    def __init__(self) -> None:
+        self._level = 5
+        self.fired: list[Any] = []
+        self.fired_event = threading.Event()
+        self.runs = 0
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+    async def nap(self, seconds: float, value: Any = None) -> Any:
+        await asyncio.sleep(seconds)
+        return value if value is not None else seconds
+
+    def block(self, seconds: float, value: Any = None) -> Any:
+        time.sleep(seconds)
+        return value if value is not None else seconds
+
+    def count(self, n: int) -> Any:
+        yield from range(n)
+
+    def fail(self) -> None:
+        raise ValueError("deliberate failure")
+
+    async def afail(self) -> None:
+        raise KeyError("async failure")
+
+    @meshrpc.oneway
+    def fire(self, value: Any) -> None:
+        self.fired.append(value)
+        self.fired_event.set()
+
+    def callback_to(self, listener: Any, value: Any) -> str:
+        listener.notify(value)  # a proxy to the caller's own callback object
+        return "called back"
+
+    def bump(self) -> int:
+        self.runs += 1
+        return self.runs
+
+    @property
+    def level(self) -> int:
+        return self._level
+
+    @level.setter
+    def level(self, value: int) -> None:
+        self._level = value
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.got: list[Any] = []
+
+    @meshrpc.expose
+    @meshrpc.callback
+    def notify(self, value: Any) -> None:
+        self.got.append(value)
+
+
+def serve_aio(obj: Any) -> tuple[meshrpc.aio.Daemon, meshrpc.URI]:
+    daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+    return daemon, daemon.register(obj, "thing")
+
+
+def test_call_kinds_aio_to_aio() -> None:
+    thing = Thing()
+
+    async def main() -> None:
+        daemon, uri = serve_aio(thing)
+        async with daemon:
+            async with meshrpc.aio.Proxy(uri) as proxy:
+                assert await proxy.add(2, 3) == 5                       # plain
+                assert await proxy.nap(0.01, "async") == "async"        # an async def method
+                await proxy.fire("hi")                                   # oneway: returns at once
+                assert await asyncio.to_thread(thing.fired_event.wait, 5) and thing.fired == ["hi"]
+                batch = meshrpc.aio.BatchProxy(proxy)
+                batch.add(1, 1)
+                batch.add(2, 2)
+                assert list(await batch()) == [2, 4]                    # batch
+                assert [item async for item in await proxy.count(4)] == [0, 1, 2, 3]  # stream
+                with pytest.raises(ValueError, match="deliberate failure") as info:
+                    await proxy.fail()                                   # remote exception
+                assert "in fail" in "".join(errors.get_remote_traceback(info.value) or "")
+                with pytest.raises(KeyError):
+                    await proxy.afail()
+                assert await proxy.level == 5                            # attribute get
+                await proxy.level.set(7)                                 # attribute set
+                assert await proxy._pyroGetAttr("level") == 7
+                await proxy._pyroSetAttr("level", 8)
+                assert thing.level == 8
+                with pytest.raises(AttributeError, match="_pyroSetAttr"):
+                    proxy.level = 3
+                with pytest.raises(AttributeError):
+                    proxy.nonexistent
+                assert await proxy.add(1, 2) == 3                        # still in step after all that
+    run(main())
+
+
+def test_callback_hosted_by_an_aio_client() -> None:
+    """An asyncio program hosts a callback object in its own aio Daemon; the server calls it back."""
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        listener = Listener()
+        callbacks = meshrpc.aio.Daemon(host="127.0.0.1")
+        callbacks.register(listener)
+        async with daemon, callbacks:
+            async with meshrpc.aio.Proxy(uri) as proxy:
+                assert await proxy.callback_to(listener, 42) == "called back"
+        assert listener.got == [42]
+    run(main())
+
+
+def test_pipelined_calls_run_side_by_side_and_match_their_replies() -> None:
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            started = time.monotonic()
+            # replies come back in the reverse order of the requests: each must reach its own caller
+            results = await asyncio.gather(*(proxy.nap(0.3 - i * 0.01, i) for i in range(20)))
+            assert results == list(range(20))
+            assert time.monotonic() - started < 3.0  # 20 x 0.3 s one after the other would take 6 s
+            assert proxy._conn is not None and proxy._conn.session.pipelined
+            # plain methods run in the executor, also side by side
+            started = time.monotonic()
+            assert await asyncio.gather(*(proxy.block(0.3, i) for i in range(8))) == list(range(8))
+            assert time.monotonic() - started < 2.0
+    run(main())
+
+
+def test_slow_async_method_does_not_delay_other_clients() -> None:
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon, meshrpc.aio.Proxy(uri) as slow_client, meshrpc.aio.Proxy(uri) as quick_client:
+            slow = asyncio.ensure_future(slow_client.nap(5.0))
+            started = time.monotonic()
+            for _ in range(20):
+                assert await quick_client.add(1, 1) == 2
+            assert time.monotonic() - started < 2.5  # generous: the slow call takes 5 s
+            assert not slow.done()
+            slow.cancel()
+    run(main())
+
+
+def test_timeout_and_cancellation_leave_the_connection_usable() -> None:
+    thing = Thing()
+
+    async def main() -> None:
+        daemon, uri = serve_aio(thing)
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            conn = proxy._conn
+            # asyncio's own timeout cancels the call mid-way; its late reply must go nowhere
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(proxy.nap(0.4, "late"), 0.05)
+            assert await proxy.add(20, 22) == 42
+            # the proxy's timeout
+            proxy._pyroTimeout = 0.05
+            with pytest.raises(errors.TimeoutError):
+                await proxy.nap(0.4, "late again")
+            proxy._pyroTimeout = None
+            assert await proxy.nap(0.5, "fresh") == "fresh"  # the two late replies came meanwhile: discarded
+            assert proxy._conn is conn, "the connection was replaced"
+            # cancelling one pipelined call leaves the others alone
+            calls = [asyncio.ensure_future(proxy.nap(0.2, i)) for i in range(5)]
+            await asyncio.sleep(0.05)
+            calls[2].cancel()
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            assert isinstance(done[2], asyncio.CancelledError)
+            assert [done[i] for i in (0, 1, 3, 4)] == [0, 1, 3, 4]
+    run(main())
+
+
+def test_aio_proxy_to_threaded_daemon_and_threaded_proxy_to_aio_daemon(start_daemon: Any) -> None:
+    threaded = start_daemon()
+    uri_threaded = threaded.register(Thing(), "thing")
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri_threaded) as proxy:
+            assert await asyncio.gather(*(proxy.add(i, 1) for i in range(50))) == [i + 1 for i in range(50)]
+            assert [i async for i in await proxy.count(3)] == [0, 1, 2]
+        daemon, uri = serve_aio(Thing())
+        async with daemon:
+            def threaded_client() -> Any:
+                with meshrpc.Proxy(uri) as proxy:
+                    return proxy.add(1, 2), list(proxy.count(3)), proxy.nap(0.01, "x"), proxy.level
+            assert await asyncio.to_thread(threaded_client) == (3, [0, 1, 2], "x", 5)
+    run(main())
+
+
+def test_instance_modes_and_metadata() -> None:
+    @meshrpc.expose
+    @meshrpc.behavior(instance_mode="session")
+    class PerConnection:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def tick(self) -> int:
+            self.calls += 1
+            return self.calls
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        uri = daemon.register(PerConnection, "counter")
+        async with daemon:
+            async with meshrpc.aio.Proxy(uri) as one, meshrpc.aio.Proxy(uri) as two:
+                assert [await one.tick(), await one.tick(), await two.tick()] == [1, 2, 1]
+                assert "tick" in one._pyroMethods
+    run(main())
+
+
+def test_pyroname_resolution_on_the_mesh_never_blocks_the_loop(realm: str) -> None:
+    settings = Settings().copy(REALM=realm, INTERFACES="127.0.0.1", HOST="127.0.0.1")
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=settings)
+        async with daemon:
+            daemon.register(Thing(), name="aio.thing", metadata={"kind:thing"})
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+            ticking = asyncio.ensure_future(ticker())
+            async with meshrpc.aio.Proxy("PYRONAME:aio.thing", settings=settings) as by_name:
+                assert await by_name.add(1, 2) == 3
+                assert by_name._pyroUri.protocol == "PYRO"
+            async with meshrpc.aio.Proxy("PYROMETA:kind:thing", settings=settings) as by_tag:
+                assert await by_tag.add(2, 2) == 4
+            ticking.cancel()
+            assert ticks > 0  # the loop kept running while the names were resolved
+            with pytest.raises(errors.NamingError):
+                await meshrpc.aio.resolve("PYRONAME:aio.nobody", settings.copy(LOOKUP_TIMEOUT=0.2, RESOLVE="mesh"))
+    try:
+        run(main())
+    finally:
+        from meshrpc.mesh import reset_for_tests
+        reset_for_tests()
+
+
+def test_graceful_shutdown_answers_late_calls_not_run() -> None:
+    thing = Thing()
+
+    async def main() -> None:
+        daemon, uri = serve_aio(thing)
+        await daemon.start()
+        proxy = meshrpc.aio.Proxy(uri)
+        proxy._pyroMaxRetries = 0
+        slow = asyncio.ensure_future(proxy.nap(0.5, "finished"))
+        await asyncio.sleep(0.1)
+        closing = asyncio.ensure_future(daemon.aclose())
+        assert await slow == "finished"  # a call in progress finishes and replies
+        await closing
+        with pytest.raises(errors.CommunicationError):
+            await proxy.add(1, 1)  # a PYRO URI has nowhere else to go
+        await proxy._pyroRelease()
+    run(main())

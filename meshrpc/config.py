@@ -230,6 +230,25 @@ class Settings:
         "Seconds a daemon waits for a client to take more of a reply when the connection's send buffer "
         "is full; then it closes the connection (a client that never reads cannot hold a worker). "
         "0 waits forever."))
+    # --- events (docs/events.md)
+    EVENTS_QUEUE_MAX: int = field(default=10000, metadata=_doc(
+        "Events a publisher holds for one subscriber that has not taken them yet; when full, the "
+        "oldest is dropped and counted (the subscriber sees the gap in the numbers)."))
+    EVENTS_BATCH_MAX: int = field(default=1000, metadata=_doc(
+        "Most events a publisher sends to one subscriber in one call."))
+    EVENTS_DELIVER_TIMEOUT: float = field(default=10.0, metadata=_doc(
+        "Seconds a publisher waits for a subscriber to take one batch (its handlers run meanwhile); "
+        "then the batch is sent again on a new connection and the subscriber skips what it has."))
+    EVENTS_RETAIN_MAX: int = field(default=1000, metadata=_doc(
+        "Subjects whose last retained value (publish(..., retain=True)) a publisher or event server "
+        "keeps for subscribers that join later; the least recently published go first."))
+    EVENTS_SERVER: str = field(default="", metadata=_doc(
+        "Central event server to use instead of the mesh (networks without multicast): a URI such "
+        "as PYRONAME:Pyro.EventService or PYRO:Pyro.EventService@host:port, or host:port. Empty: no "
+        "broker, publishers deliver straight to the subscribers they find on the mesh."))
+    EVENTS_LEASE: float = field(default=10.0, metadata=_doc(
+        "Seconds an event server keeps a subscription that was not renewed (subscribers renew every "
+        "third of it), and keeps trying an unreachable Pyro3-style subscriber."))
     # --- diagnostics
     LOGLEVEL: str = field(default="", metadata=_doc(
         "Level for the `meshrpc` logger (DEBUG, INFO, WARNING...); empty leaves logging to the "

@@ -25,6 +25,7 @@ COMMANDS = {
     "ping": "call",
     "config": "config_cmd",
     "version": "config_cmd",
+    "events": "events",
 }
 
 

@@ -131,6 +131,10 @@ class _RemoteMethod:
         """A coroutine: `await proxy.method(...)`."""
         return self._proxy._pyroCall(self._name, args, kwargs)
 
+    def __await__(self) -> Any:
+        """`await proxy.name` before the metadata came: an attribute after all is read."""
+        return self._proxy._pyroGetAttr(self._name).__await__()
+
     def __repr__(self) -> str:
         return f"<remote method {self._name} of {self._proxy._pyroUri} (asyncio)>"
 

@@ -75,6 +75,15 @@ def test_home_automation(runner: Runner) -> None:
     stop(devices)
 
 
+def test_asyncio_home(runner: Runner) -> None:
+    devices = serve(runner, "asyncio_home/devices.py")
+    proc = client(runner, "asyncio_home/controller.py")
+    assert proc.out[:2] == ["hall motion sensor: subscribed", "porch motion sensor: subscribed"], proc.describe()
+    assert sorted(proc.out[2:4]) == ["motion in the hall: hall lamp on", "motion in the porch: porch lamp on"]
+    assert proc.out[4:] == ["hall lamp: on after 3 motion events", "porch lamp: on after 3 motion events"]
+    stop(devices)
+
+
 def test_failover(runner: Runner) -> None:
     replicas = {label: serve(runner, "failover/replica.py", label) for label in ("A", "B")}
     caller = runner.python(EXAMPLES / "failover" / "client.py", "--pause", "0.05")

@@ -249,6 +249,49 @@ class Settings:
     EVENTS_LEASE: float = field(default=10.0, metadata=_doc(
         "Seconds an event server keeps a subscription that was not renewed (subscribers renew every "
         "third of it), and keeps trying an unreachable Pyro3-style subscriber."))
+    # --- HTTP gateway (`meshrpc gateway`, docs/gateway.md)
+    GATEWAY_PORT: int = field(default=8080, metadata=_doc(
+        "Port `meshrpc gateway` listens on (Pyro5's gateway default)."))
+    GATEWAY_EXPOSE: str = field(default=r"http\.", metadata=_doc(
+        "Regular expression (re.match) a name must match to be called through the gateway (Pyro5's "
+        "default `http\\.`); `.*` exposes every name. The mesh listing shows every name either way."))
+    GATEWAY_KEY: str = field(default="", metadata=_doc(
+        "Gateway key: when set, HTTP clients must send it (header X-Pyro-Gateway-Key or parameter $key) "
+        "to call services or see the mesh. Required (or TLS) for a gateway listening beyond localhost."))
+    GATEWAY_WORKERS: int = field(default=32, metadata=_doc(
+        "Threads the gateway's backend calls run on (shared by all services)."))
+    GATEWAY_BACKEND_CONCURRENCY: int = field(default=8, metadata=_doc(
+        "Calls the gateway runs at once on one service (PYRONAME or tag query); more wait for a slot, so "
+        "one slow service holds at most this many workers and never stalls the others."))
+    GATEWAY_QUEUE_TIMEOUT: float = field(default=5.0, metadata=_doc(
+        "Seconds a gateway request waits for a free slot of its service before it is answered 503."))
+    GATEWAY_CALL_TIMEOUT: float = field(default=30.0, metadata=_doc(
+        "Seconds the gateway waits for a backend's reply (its proxies' COMMTIMEOUT); then 504."))
+    GATEWAY_LOOKUP_WAIT: float = field(default=1.0, metadata=_doc(
+        "Seconds the gateway waits for a name it has not heard of on the mesh to be announced (then it "
+        "asks the rest of the RESOLVE chain) before answering 404."))
+    GATEWAY_MAX_BODY: int = field(default=1024 ** 2, metadata=_doc(
+        "Largest request body (bytes) the gateway accepts; larger ones get 413."))
+    GATEWAY_RATE: float = field(default=200.0, metadata=_doc(
+        "Requests per second one client address may make to the gateway on average (token bucket, "
+        "GATEWAY_BURST deep); beyond it 429. 0 turns the limit off."))
+    GATEWAY_BURST: int = field(default=400, metadata=_doc(
+        "Requests one client address may make at once before GATEWAY_RATE applies."))
+    GATEWAY_HEADER_TIMEOUT: float = field(default=10.0, metadata=_doc(
+        "Seconds a gateway connection may take to send a request's head (after connecting or after the "
+        "previous reply); then it is closed (slow-loris clients hold no more than a socket this long)."))
+    GATEWAY_BODY_TIMEOUT: float = field(default=10.0, metadata=_doc(
+        "Seconds a gateway client has to send a request's body; then 408."))
+    GATEWAY_MAX_CONNECTIONS: int = field(default=1000, metadata=_doc(
+        "Client connections the gateway keeps open at once; further ones are closed at once."))
+    GATEWAY_STREAM_MAX_ITEMS: int = field(default=10000, metadata=_doc(
+        "Items of a streamed (generator) result the gateway collects into its JSON list at most."))
+    GATEWAY_SSE_TICK: float = field(default=2.0, metadata=_doc(
+        "Seconds between the gateway's event-stream ticks (entry ages and call statistics; they also "
+        "keep idle connections open through proxies)."))
+    GATEWAY_SSE_QUEUE: int = field(default=1000, metadata=_doc(
+        "Events queued for one event-stream subscriber; a subscriber that falls further behind is "
+        "disconnected (browsers reconnect and get a fresh snapshot)."))
     # --- diagnostics
     LOGLEVEL: str = field(default="", metadata=_doc(
         "Level for the `meshrpc` logger (DEBUG, INFO, WARNING...); empty leaves logging to the "

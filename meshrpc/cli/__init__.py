@@ -26,6 +26,7 @@ COMMANDS = {
     "config": "config_cmd",
     "version": "config_cmd",
     "events": "events",
+    "gateway": "gateway",
 }
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import CommunicationError
 from ..mesh.records import Entry
 
 log = logging.getLogger("meshrpc.gateway")
@@ -29,12 +30,14 @@ def entry_row(realm: str, entry: Entry, now: float, exposed: bool) -> dict[str, 
 @dataclass
 class CallStat:
     latency_ms: float
-    ok: bool
-    error: str
+    ok: bool             # no exception at all
+    reachable: bool      # the service answered (an exception raised by the service still counts)
+    error: str           # the exception's class name, or ""
     at: float            # Unix time
 
     def as_dict(self) -> dict[str, Any]:
-        return {"latency_ms": round(self.latency_ms, 2), "ok": self.ok, "error": self.error, "at": self.at}
+        return {"latency_ms": round(self.latency_ms, 2), "ok": self.ok, "reachable": self.reachable,
+                "error": self.error, "at": self.at}
 
 
 class Subscriber:
@@ -112,7 +115,9 @@ class MeshWatch:
                 "calls": {name: stat.as_dict() for name, stat in self.calls.items()}}
 
     def record_call(self, name: str, latency_ms: float, error: BaseException | None) -> None:
-        stat = CallStat(latency_ms, error is None, "" if error is None else type(error).__name__, time.time())
+        reachable = not isinstance(error, CommunicationError)
+        stat = CallStat(latency_ms, error is None, reachable, "" if error is None else type(error).__name__,
+                        time.time())
         self.calls[name] = stat
         if len(self.calls) > 10000:               # bounded: forget the oldest
             del self.calls[next(iter(self.calls))]

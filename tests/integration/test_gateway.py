@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from gateway_support import GatewayThread, post_json, request
+from subprocs import Runner, runner_for
 
 import meshrpc
 from support import wait_until
@@ -281,6 +282,37 @@ def test_event_stream_sees_arrivals_and_departures(gw: GatewayThread, realm: str
         events.wait_for(lambda e, d: e == "removed" and d["name"] == "http.newcomer", 20)
         events.wait_for(lambda e, d: e == "tick", 20)
     finally:
+        events.close()
+
+
+@pytest.fixture
+def runner(realm: str) -> Iterator[Runner]:
+    yield from runner_for(realm)
+
+
+def test_event_stream_reports_a_killed_daemon_with_the_mesh(gw: GatewayThread, realm: str, runner: Runner) -> None:
+    """kill -9 sends no goodbye: the mesh notices the silence (liveness window); the event stream must
+    carry the departure within 0.5 s of the registry noticing it."""
+    from meshrpc.mesh import get_registry
+    registry = get_registry(settings_for(realm))          # the gateway's own (one per realm and process)
+    noticed: list[float] = []
+    unsubscribe = registry.subscribe(
+        lambda event, entry: noticed.append(time.monotonic()) if event == "removed" and entry.name == "http.victim"
+        else None)
+    events = EventReader(gw.url)
+    try:
+        victim = runner.meshrpc("echo", "--name", "http.victim")
+        victim.expect("echo server ready")
+        events.wait_for(lambda e, d: e == "added" and d["name"] == "http.victim", 20)
+        killed = time.monotonic()
+        victim.kill()
+        streamed = events.wait_for(lambda e, d: e == "removed" and d["name"] == "http.victim", 30)[2]
+        wait_until(lambda: noticed, 10, message="the registry's removal")
+        print(f"\n[gateway] kill -9 -> registry removed {noticed[0] - killed:.2f} s, "
+              f"-> SSE removed {streamed - killed:.2f} s")
+        assert streamed - noticed[0] <= 0.5
+    finally:
+        unsubscribe()
         events.close()
 
 

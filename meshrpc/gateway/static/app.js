@@ -44,7 +44,7 @@ function fmtAge(seconds) {
 function health(row) {
   const call = state.calls[row.name];
   const age = ageOf(row);
-  if (call && !call.ok) return ["error", `error: ${call.error}`];
+  if (call && call.reachable === false) return ["error", `unreachable: ${call.error}`];
   if (age !== null && age > 5) return ["quiet", "quiet"];
   return ["live", "live"];
 }
@@ -52,7 +52,7 @@ function health(row) {
 function lastCall(name) {
   const call = state.calls[name];
   if (!call) return "–";
-  return `${call.latency_ms.toFixed(1)} ms${call.ok ? "" : " ✕"}`;
+  return `${call.latency_ms.toFixed(1)} ms${call.ok ? "" : " · " + call.error}`;
 }
 
 // ------------------------------------------------------------------ live updates

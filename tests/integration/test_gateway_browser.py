@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from gateway_home import Sprinkler, Thermostat
 from gateway_support import GatewayThread
 from subprocs import Runner, runner_for
 
@@ -18,20 +19,6 @@ from cdp import Browser, artefact_dir, find_chromium
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
-
-
-@meshrpc.expose
-class Thermostat:
-    temperature = property(lambda self: 21.5)
-
-    def set_target(self, celsius: float) -> str:
-        return f"target set to {celsius} °C"
-
-
-@meshrpc.expose
-class Sprinkler:
-    def water(self, minutes: int = 10) -> dict:
-        return {"zone": "lawn", "minutes": minutes}
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from ..server import daemon as threaded
 from ..wire import constants
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, ConnectRequest, ServerSession
+from .proxy import Cork
 
 log = logging.getLogger("meshrpc.aio")
 
@@ -48,6 +49,7 @@ class _ClientConnection(asyncio.Protocol):
         self.accepted_at = time.monotonic()
         self.last_active = self.accepted_at
         self.calls = 0  # requests of this connection running now
+        self._corked = Cork(asyncio.get_running_loop(), self)
 
     def __repr__(self) -> str:
         return f"<aio ClientConnection {self.addr}>"
@@ -70,7 +72,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def send(self, parts: list) -> None:
         if parts and not self.closed and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(parts)
+            self._corked.write(parts)
             self.last_active = time.monotonic()
 
     def close(self) -> None:
@@ -105,6 +107,7 @@ class Daemon(threaded.Daemon):
         self._stopped: asyncio.Event | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
+        self._coroutine_methods: dict[tuple[Any, str], bool] = {}  # (registration, method) -> async def?
 
     # ------------------------------------------------------------------ serving
     async def start(self) -> None:
@@ -238,23 +241,23 @@ class Daemon(threaded.Daemon):
     def _is_coroutine_call(self, conn: _ClientConnection, call: tuple) -> bool:
         object_id, method = call[0], call[1]
         registration = self._objects.get(object_id) if isinstance(object_id, str) else None
-        if registration is None or method not in registration.members["methods"]:
+        if registration is None:
             return False
-        target = registration.target
-        function = getattr(target if not isinstance(target, type) else target, method, None)
-        return inspect.iscoroutinefunction(function)
+        key = (registration, method)
+        known = self._coroutine_methods.get(key)
+        if known is None:
+            # the class's attribute (instance modes register classes); a registration is never
+            # changed in place, so the answer holds for as long as it is registered
+            known = (method in registration.members["methods"]
+                     and inspect.iscoroutinefunction(getattr(registration.target, method, None)))
+            if len(self._coroutine_methods) > 10000:
+                self._coroutine_methods.clear()
+            self._coroutine_methods[key] = known
+        return known
 
     def _context_for(self, conn: Any, seq: int, flags: int, serializer_id: int, annotations: dict,
                      correlation_id: Any) -> None:
-        ctx = current_context
-        ctx.client = conn
-        ctx.client_sock_addr = conn.addr
-        ctx.seq = seq
-        ctx.msg_flags = flags
-        ctx.serializer_id = serializer_id
-        ctx.annotations = annotations
-        ctx.response_annotations = {}
-        ctx.correlation_id = correlation_id
+        current_context.begin(conn, conn.addr, seq, flags, serializer_id, annotations, correlation_id)
 
     def _frame_context(self, conn: _ClientConnection, frame: wire.Frame) -> None:
         serializer = conn.wire.serializer
@@ -269,14 +272,15 @@ class Daemon(threaded.Daemon):
 
     async def _run_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
         """On the loop: an `async def` method, awaited (its context is this task's own)."""
-        current_context.isolate()
-        self._frame_context(conn, frame)
+        self._frame_context(conn, frame)  # a state of this task's own
         flags, result = self._run(conn, frame, call)  # type: ignore[arg-type]  # returns the coroutine
         if inspect.iscoroutine(result):
             try:
                 result = await result
             except Exception as exc:
                 return wire.FLAG_EXCEPTION, self._traced(exc, call[1]), current_context.response_annotations
+            if type(result) in threaded._PLAIN_RESULTS:
+                return 0, result, current_context.response_annotations
             flags, result = self._finish(conn, result)
         return flags, result, current_context.response_annotations
 

@@ -38,7 +38,7 @@ class _Connection(asyncio.Protocol):
         self.session = session
         self.target = target
         self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future[Any] = loop.create_future()
         self.waiting: dict[int, asyncio.Future[Any]] = {}
         self.turn = asyncio.Lock()           # without pipelining: one call at a time
@@ -46,6 +46,7 @@ class _Connection(asyncio.Protocol):
         self.close_reason: BaseException | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self._corked = Cork(loop, self)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,10 +93,12 @@ class _Connection(asyncio.Protocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(event)
 
-    async def send(self, parts: list) -> None:
+    def write(self, parts: list) -> None:
         if self.closed or self.transport is None or self.transport.is_closing():
             raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
-        self.transport.writelines(parts)
+        self._corked.write(parts)
+
+    async def drained(self) -> None:
         if not self._writable.is_set():  # flow control: a big message waits for the socket to drain
             await self._writable.wait()
 
@@ -114,6 +117,32 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
+
+
+class Cork:
+    """Buffers written during one turn of the loop go out in one send: calls (or replies) made side by
+    side cost one system call together, not one each. `owner.transport` is the asyncio transport."""
+
+    __slots__ = ("_loop", "_owner", "_parts", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: Any) -> None:
+        self._loop = loop
+        self._owner = owner
+        self._parts: list = []
+        self._scheduled = False
+
+    def write(self, parts: list) -> None:
+        self._parts.extend(parts)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        parts, self._parts = self._parts, []
+        transport = self._owner.transport
+        if parts and transport is not None and not transport.is_closing():
+            transport.writelines(parts)
 
 
 def _closed(reason: BaseException) -> BaseException:
@@ -359,13 +388,23 @@ class Proxy:
         return await self._pyroInvoke(constants.BATCH_METHOD, calls, None, flags)
 
     async def _recovering(self, attempt: Any, methodname: str) -> Any:
+        conn = self._conn
+        started = time.monotonic()
+        try:
+            return await attempt(None)  # the common case: no recovery state to build
+        except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+            failure = exc
         recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
-                            idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries)
+                            idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
+                            started=started)
         try:
             while True:
-                conn = self._conn
                 try:
-                    return await attempt(recovery)
+                    if failure is None:
+                        conn = self._conn
+                        return await attempt(recovery)
+                    exc, failure = failure, None
+                    raise exc
                 except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
                     step = recovery.after(exc, self._pyroUri)
                     self._carry_out(step, exc, conn)
@@ -383,6 +422,7 @@ class Proxy:
             self._retarget = None
 
     def _carry_out(self, step: Step, exc: BaseException, conn: _Connection | None) -> None:
+        conn = conn or self._conn  # None: the failed attempt made the connection itself
         if step.drop and conn is not None and self._conn is conn:
             # a timed-out call was abandoned: on a pipelined connection its late reply is dropped, so the
             # connection stays (the other calls in flight on it go on)
@@ -396,7 +436,7 @@ class Proxy:
         log.info("call to %s failed: %s", self._pyroUri, exc)
 
     async def _invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
-                           object_id: str | None, recovery: Recovery) -> tuple[Any, BaseException | None]:
+                           object_id: str | None, recovery: Recovery | None) -> tuple[Any, BaseException | None]:
         conn = self._conn
         if conn is None or conn.closed:
             if conn is not None and conn.closed:
@@ -415,12 +455,14 @@ class Proxy:
             parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
                                          self._pyroAnnotations() or None, current_context.correlation_id)
             if oneway:
-                await conn.send(parts)
+                conn.write(parts)
+                await conn.drained()
                 return None, None
             seq = session.last_seq
-            waiter = conn.waiting[seq] = asyncio.get_running_loop().create_future()
+            waiter = conn.waiting[seq] = conn.loop.create_future()
             try:
-                await conn.send(parts)
+                conn.write(parts)
+                await conn.drained()
                 if self._pyroTimeout:
                     async with asyncio.timeout(self._pyroTimeout):
                         event = await waiter
@@ -517,9 +559,9 @@ class Proxy:
             raise NotDelivered(f"cannot connect to {target}: {why}", target) from None
         try:
             try:
-                await conn.send(session.connect_request(target.object, self._pyroHandshake,
-                                                        self._pyroAnnotations() or None,
-                                                        current_context.correlation_id, now=time.time()))
+                conn.write(session.connect_request(target.object, self._pyroHandshake,
+                                                   self._pyroAnnotations() or None,
+                                                   current_context.correlation_id, now=time.time()))
                 async with asyncio.timeout(timeout):
                     event = await conn.handshake
             except (ConnectionClosedError, TimeoutError) as exc:

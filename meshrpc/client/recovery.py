@@ -31,11 +31,11 @@ class NotDelivered(ConnectionClosedError):
 class Rebind:
     """Backoff with jitter between attempts, bounded by REBIND_TIMEOUT."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, started: float | None = None) -> None:
         self.timeout = settings.REBIND_TIMEOUT
         self.pause = settings.REBIND_BACKOFF_MIN
         self.pause_max = settings.REBIND_BACKOFF_MAX
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started is None else started
         self.attempts = 1
         self.first = True
 
@@ -86,8 +86,8 @@ class Recovery:
     locator: the proxy has a PYRONAME/PYROMETA URI to re-resolve; target: its current PYRO URI."""
 
     def __init__(self, settings: Settings, methodname: str, *, locator: URI | None, idempotent: bool,
-                 max_retries: int) -> None:
-        self.rebind = Rebind(settings)
+                 max_retries: int, started: float | None = None) -> None:
+        self.rebind = Rebind(settings, started)  # started: when the call began (monotonic; default now)
         self.methodname = methodname
         self.locator = locator
         self.idempotent = idempotent and methodname != BATCH_METHOD

@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""Benchmark of meshrpc.aio (issue 12's goals): servers in child processes, figures with CPU per call.
+
+Every server runs in a child (``aio_bench.py --serve KIND``, KIND: aio, threaded or pyro5), binds
+127.0.0.1 port 0, prints its URI and serves until its stdin closes. The client side runs here. CPU
+per call is the server child's user+system time (from /proc) plus this process's, divided by the
+calls. The machine may be shared: the load average is printed with the results.
+
+Cases (``--cases``, comma separated):
+
+  sequential  one call after the other: aio proxy -> aio daemon (async def and plain methods),
+              threaded proxy -> threaded daemon, and the two crossed
+  pipelined   N concurrent awaits on one aio proxy (aio daemon; then a Pyro5 daemon, serialized):
+              calls/s, errors, p50/p99 latency, and the ratio to the sequential rate
+  idle        N idle connected clients held by an aio daemon and by a threaded daemon: memory per
+              connection (the server's RSS growth / N)
+  slow        one client awaits a 2 s `async def` call while another makes quick calls: their worst
+              latency
+
+Usage::
+
+    python3 tools/aio_bench.py                              # everything, defaults below
+    python3 tools/aio_bench.py --cases pipelined --concurrency 1000
+    python3 tools/aio_bench.py --cases idle --idle 10000
+    python3 tools/aio_bench.py --quick --json               # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# ------------------------------------------------------------------ the server side (child processes)
+
+def make_service(lib: Any) -> Any:
+    @lib.expose
+    class Bench:
+        def echo(self, value: Any) -> Any:
+            return value
+
+        async def aecho(self, value: Any) -> Any:
+            return value
+
+        async def anap(self, seconds: float) -> float:
+            await asyncio.sleep(seconds)
+            return seconds
+    return Bench
+
+
+def serve_main(kind: str) -> int:
+    raise_fd_limit()
+    if kind == "pyro5":
+        import Pyro5.api
+        import threading
+        daemon = Pyro5.api.Daemon(host="127.0.0.1")
+        print(daemon.register(make_service(Pyro5.api)(), "bench"), flush=True)
+        threading.Thread(target=daemon.requestLoop, daemon=True).start()
+        sys.stdin.read()
+        return 0
+    import meshrpc
+    import meshrpc.aio
+    if kind == "threaded":
+        import threading
+        daemon = meshrpc.Daemon(host="127.0.0.1")
+        print(daemon.register(make_service(meshrpc)(), "bench"), flush=True)
+        threading.Thread(target=daemon.requestLoop, daemon=True).start()
+        sys.stdin.read()
+        daemon.shutdown()
+        return 0
+
+    async def serve() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        print(daemon.register(make_service(meshrpc)(), "bench"), flush=True)
+        await daemon.start()
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await daemon.aclose()
+    asyncio.run(serve())
+    return 0
+
+
+class Server:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", kind], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT), "MESHRPC_MAX_CONNECTIONS": "100000"})
+        assert self.proc.stdout is not None
+        self.uri = self.proc.stdout.readline().strip()
+        if not self.uri.startswith("PYRO:"):
+            raise RuntimeError(f"the {kind} server did not start")
+
+    def cpu(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, hard)) if hard != resource.RLIM_INFINITY
+                                                    else want, max(hard, want) if os.geteuid() == 0 else hard))
+    except (ValueError, OSError):
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ------------------------------------------------------------------ measurements
+
+class Meter:
+    """calls/s and CPU µs per call (this process + the server child) of the code between start() and stop()."""
+
+    def __init__(self, server: Server, calls: int) -> None:
+        self.server, self.calls = server, calls
+
+    def start(self) -> None:
+        self.cpu_server, self.cpu_client, self.started = self.server.cpu(), time.process_time(), time.perf_counter()
+
+    def stop(self, **extra: Any) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.started
+        cpu = (self.server.cpu() - self.cpu_server) + (time.process_time() - self.cpu_client)
+        return {"calls": self.calls, "calls_per_s": round(self.calls / elapsed),
+                "cpu_us_per_call": round(cpu / self.calls * 1e6, 1), **extra}
+
+
+def aio_sequential(server: Server, method: str, calls: int) -> dict[str, Any]:
+    import meshrpc.aio
+
+    async def main() -> dict[str, Any]:
+        async with meshrpc.aio.Proxy(server.uri) as proxy:
+            call = getattr(proxy, method)
+            for _ in range(50):
+                await call(1)
+            meter = Meter(server, calls)
+            meter.start()
+            for _ in range(calls):
+                await call(1)
+            return meter.stop()
+    return asyncio.run(main())
+
+
+def threaded_sequential(server: Server, method: str, calls: int) -> dict[str, Any]:
+    import meshrpc
+    with meshrpc.Proxy(server.uri) as proxy:
+        call = getattr(proxy, method)
+        for _ in range(50):
+            call(1)
+        meter = Meter(server, calls)
+        meter.start()
+        for _ in range(calls):
+            call(1)
+        return meter.stop()
+
+
+def case_sequential(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with Server("aio") as aio_server, Server("threaded") as threaded_server:
+        for label, server, client, method in (
+                ("aio proxy -> aio daemon, async def", aio_server, aio_sequential, "aecho"),
+                ("aio proxy -> aio daemon, plain method", aio_server, aio_sequential, "echo"),
+                ("threaded proxy -> threaded daemon", threaded_server, threaded_sequential, "echo"),
+                ("aio proxy -> threaded daemon", threaded_server, aio_sequential, "echo"),
+                ("threaded proxy -> aio daemon, async def", aio_server, threaded_sequential, "aecho")):
+            out[label] = client(server, method, args.calls)
+            log(f"  {label}: {out[label]}")
+    return out
+
+
+def pipelined(server: Server, method: str, concurrency: int) -> dict[str, Any]:
+    import meshrpc.aio
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(proxy: Any) -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            await getattr(proxy, method)(1)
+        except Exception:
+            errors += 1
+        latencies.append(time.perf_counter() - started)
+
+    async def main() -> dict[str, Any]:
+        async with meshrpc.aio.Proxy(server.uri) as proxy:
+            await asyncio.gather(*(getattr(proxy, method)(1) for _ in range(50)))
+            meter = Meter(server, concurrency)
+            meter.start()
+            await asyncio.gather(*(one(proxy) for _ in range(concurrency)))
+            latencies.sort()
+            return meter.stop(errors=errors, p50_ms=round(latencies[len(latencies) // 2] * 1000, 2),
+                              p99_ms=round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2))
+    return asyncio.run(main())
+
+
+def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    n = args.concurrency
+    with Server("aio") as server:
+        out["sequential, aio daemon"] = aio_sequential(server, "aecho", n)
+        out[f"{n} concurrent, aio daemon"] = pipelined(server, "aecho", n)
+        out["ratio to sequential"] = round(out[f"{n} concurrent, aio daemon"]["calls_per_s"]
+                                           / out["sequential, aio daemon"]["calls_per_s"], 1)
+    try:
+        with Server("pyro5") as server:
+            out["sequential, Pyro5 daemon"] = aio_sequential(server, "echo", n)
+            out[f"{n} concurrent, Pyro5 daemon (serialized)"] = pipelined(server, "echo", n)
+    except ImportError:
+        out["Pyro5"] = "not installed"
+    log(f"  {out}")
+    return out
+
+
+def case_idle(args: argparse.Namespace) -> dict[str, Any]:
+    import meshrpc.aio
+    raise_fd_limit()
+    out: dict[str, Any] = {}
+    n = args.idle
+
+    async def connect_all(uri: str) -> list[Any]:
+        proxies = [meshrpc.aio.Proxy(uri) for _ in range(n)]
+        gate = asyncio.Semaphore(200)
+
+        async def bind(proxy: Any) -> None:
+            async with gate:
+                await proxy._pyroBind()
+        await asyncio.gather(*(bind(p) for p in proxies))
+        return proxies
+
+    for kind in ("aio", "threaded"):
+        with Server(kind) as server:
+            aio_sequential(server, "echo", 50)
+            before = server.rss_mb()
+
+            async def main() -> dict[str, Any]:
+                started = time.perf_counter()
+                proxies = await connect_all(server.uri)
+                connected = time.perf_counter() - started
+                await asyncio.sleep(1.0)  # let the server settle (threads park, buffers shrink)
+                after = server.rss_mb()
+                # the daemon still answers while holding them all
+                probe = time.perf_counter()
+                assert await proxies[0].echo(1) == 1
+                answered_ms = (time.perf_counter() - probe) * 1000
+                for proxy in proxies:
+                    await proxy._pyroRelease()
+                return {"clients": n, "connect_s": round(connected, 1), "rss_before_mb": round(before, 1),
+                        "rss_after_mb": round(after, 1), "kib_per_connection": round((after - before) * 1024 / n, 1),
+                        "call_while_holding_ms": round(answered_ms, 2)}
+            out[f"{kind} daemon"] = asyncio.run(main())
+            log(f"  {kind}: {out[f'{kind} daemon']}")
+    return out
+
+
+def case_slow(args: argparse.Namespace) -> dict[str, Any]:
+    import meshrpc.aio
+    with Server("aio") as server:
+        async def main() -> dict[str, Any]:
+            async with meshrpc.aio.Proxy(server.uri) as slow, meshrpc.aio.Proxy(server.uri) as quick:
+                pending = asyncio.ensure_future(slow.anap(2.0))
+                latencies = []
+                while not pending.done():
+                    started = time.perf_counter()
+                    await quick.aecho(1)
+                    latencies.append(time.perf_counter() - started)
+                await pending
+                return {"quick_calls_during_slow_call": len(latencies),
+                        "worst_ms": round(max(latencies) * 1000, 2),
+                        "median_ms": round(statistics.median(latencies) * 1000, 3)}
+        out = asyncio.run(main())
+    log(f"  {out}")
+    return out
+
+
+CASES = {"sequential": case_sequential, "pipelined": case_pipelined, "idle": case_idle, "slow": case_slow}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serve", choices=("aio", "threaded", "pyro5"), help=argparse.SUPPRESS)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
+    parser.add_argument("--calls", type=int, default=5000, help="calls per sequential measurement (5000)")
+    parser.add_argument("--concurrency", type=int, default=1000, help="concurrent awaits in 'pipelined' (1000)")
+    parser.add_argument("--idle", type=int, default=10000, help="idle clients in 'idle' (10000)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve_main(args.serve)
+    if args.quick:
+        args.calls, args.concurrency, args.idle = 200, 100, 50
+    results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
+                               "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    for name in args.cases.split(","):
+        log(f"{name}:")
+        results[name] = CASES[name.strip()](args)
+    results["load_average_after"] = os.getloadavg()
+    print(json.dumps(results, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

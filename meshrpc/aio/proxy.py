@@ -120,29 +120,36 @@ class _Connection(asyncio.Protocol):
 
 
 class Cork:
-    """Buffers written during one turn of the loop go out in one send: calls (or replies) made side by
-    side cost one system call together, not one each. `owner.transport` is the asyncio transport."""
+    """The first message written in a turn of the loop goes out at once (a lone call waits for
+    nothing); the ones written after it in the same turn go out together at the end of the turn: calls
+    (or replies) made side by side cost one system call, not one each. `owner.transport` is the
+    asyncio transport."""
 
-    __slots__ = ("_loop", "_owner", "_parts", "_scheduled")
+    __slots__ = ("_loop", "_owner", "_parts", "_turn")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: Any) -> None:
         self._loop = loop
         self._owner = owner
         self._parts: list = []
-        self._scheduled = False
+        self._turn = False  # something was written in this turn already
 
     def write(self, parts: list) -> None:
-        self._parts.extend(parts)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
+        if self._turn:
+            self._parts.extend(parts)
+            return
+        self._turn = True
+        self._loop.call_soon(self._flush)
+        transport = self._owner.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(parts)
 
     def _flush(self) -> None:
-        self._scheduled = False
-        parts, self._parts = self._parts, []
-        transport = self._owner.transport
-        if parts and transport is not None and not transport.is_closing():
-            transport.writelines(parts)
+        self._turn = False
+        if self._parts:
+            parts, self._parts = self._parts, []
+            transport = self._owner.transport
+            if transport is not None and not transport.is_closing():
+                transport.writelines(parts)
 
 
 def _closed(reason: BaseException) -> BaseException:

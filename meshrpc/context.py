@@ -40,6 +40,23 @@ def _current() -> _CallState:
         return state
 
 
+def current_state() -> _CallState:
+    """The state behind current_context, for hot paths: plain attribute access on it, no indirection."""
+    try:
+        return _state.get()
+    except LookupError:
+        return _current()
+
+
+def _field(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(_current(), name)
+
+    def put(self: Any, value: Any) -> None:
+        setattr(_current(), name, value)
+    return property(get, put)
+
+
 class CallContext:
     """`meshrpc.current_context`: on the server, who is calling and how; on the client, what to send.
 
@@ -52,16 +69,14 @@ class CallContext:
 
     __slots__ = ()
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return getattr(_current(), name)
-        except AttributeError:
-            raise AttributeError(f"the call context has no attribute {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name not in _FIELDS:
-            raise AttributeError(f"the call context has no attribute {name!r}; use one of {', '.join(_FIELDS)}")
-        setattr(_current(), name, value)
+    client = _field("client")
+    client_sock_addr = _field("client_sock_addr")
+    seq = _field("seq")
+    msg_flags = _field("msg_flags")
+    serializer_id = _field("serializer_id")
+    annotations = _field("annotations")
+    response_annotations = _field("response_annotations")
+    correlation_id = _field("correlation_id")
 
     def isolate(self) -> None:
         """Give the current context (an asyncio task's) a state of its own, starting empty.

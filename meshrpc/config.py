@@ -146,13 +146,40 @@ class Settings:
         "Seconds between a daemon's heartbeats, one small multicast record per daemon that keeps all "
         "its objects alive in other registries."))
     MESH_LIVENESS_WINDOW: float = field(default=3.5, metadata=_doc(
-        "Seconds without a heartbeat or announcement after which a daemon's objects disappear from "
-        "registries (keep above twice MESH_HEARTBEAT_INTERVAL). Also the heartbeat record's TTL."))
+        "Shortest time (s) without a heartbeat or announcement after which a daemon's objects "
+        "disappear from registries: the window on a loss-free network (keep above twice "
+        "MESH_HEARTBEAT_INTERVAL). It grows with the heartbeat loss a registry measures, up to "
+        "MESH_LIVENESS_WINDOW_MAX. Also the heartbeat record's TTL."))
+    MESH_LIVENESS_WINDOW_MAX: float = field(default=15.0, metadata=_doc(
+        "Longest liveness window (s), reached on very lossy networks; a daemon that is gone but whose "
+        "port still refuses connections is noticed sooner (MESH_SUSPECT_AFTER)."))
+    MESH_SILENCE_ODDS: float = field(default=1e-6, metadata=_doc(
+        "Accepted odds that every heartbeat of a live daemon is lost for a whole liveness window: with "
+        "the loss measured from heartbeat sequence gaps it sets how many missed heartbeats mean gone "
+        "(20% loss: about 9)."))
+    MESH_SUSPECT_AFTER: float = field(default=2.2, metadata=_doc(
+        "Seconds of silence after which a daemon is suspected: a registry checks it with a TCP connect "
+        "(MESH_PROBE_TIMEOUT), again every heartbeat interval while silent. Accepted: alive; refused: "
+        "its objects are gone at once; no answer: the liveness window decides."))
+    MESH_SYNC_GRACE: float = field(default=0.3, metadata=_doc(
+        "Seconds a daemon's heartbeat digest may disagree with a registry's copy of its objects (an "
+        "announcement still on its way) before the registry fetches the daemon's index (anti-entropy)."))
+    MESH_QUERY_BACKOFF_MIN: float = field(default=1.0, metadata=_doc(
+        "First pause (s) before asking again for records that did not come (missing TXT records, a "
+        "daemon's index and the objects it lacks); doubles up to MESH_QUERY_BACKOFF_MAX, and the "
+        "asking goes on while the daemon lives. RFC 6762 responders answer a record at most once a "
+        "second, so shorter pauses do not help."))
+    MESH_QUERY_BACKOFF_MAX: float = field(default=8.0, metadata=_doc(
+        "Longest pause (s) between two queries for the same missing records."))
+    MESH_ANNOUNCE_REPEATS: int = field(default=2, metadata=_doc(
+        "Announcements of a new or changed object sent after zeroconf's own three (at 1 s, then 3 s "
+        "after publishing: 1, 2, 4 ... s apart), so that a lossy network rarely loses all of them."))
     MESH_SWEEP_INTERVAL: float = field(default=0.25, metadata=_doc(
         "Seconds between liveness checks of a registry."))
-    MESH_SUSPECT_HOLD: float = field(default=2.0, metadata=_doc(
-        "Seconds an entry reported unreachable (report_failure, failed probe) stays hidden at least; "
-        "it returns when heard from after that."))
+    MESH_SUSPECT_HOLD: float = field(default=1.0, metadata=_doc(
+        "Seconds a provider that a proxy could not reach (report_failure) is passed over when choosing "
+        "a provider, while another one exists (the only provider is never hidden); also how long a "
+        "contested provider that refused its probe stays hidden at least."))
     MESH_DORMANT_KEEP: float = field(default=300.0, metadata=_doc(
         "Seconds an expired entry is kept hidden so it can come back when its daemon is heard again."))
     MESH_TOMBSTONE_KEEP: float = field(default=60.0, metadata=_doc(

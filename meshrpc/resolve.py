@@ -79,13 +79,33 @@ def _resolve_ns(uri: URI, settings: Settings, wait: float | None = None) -> URI 
 _RESOLVERS = {"mesh": _resolve_mesh, "ns": _resolve_ns}
 
 
-def report_failure(target: URI, settings: Settings) -> None:
-    """Tell the mesh registry (if this process runs one) that a provider failed, so it is skipped."""
+def report_failure(target: URI, settings: Settings, reason: BaseException | None = None) -> None:
+    """Tell the mesh registry (if this process runs one) that a provider could not be reached, so
+    that choosing passes it over for a short while (never hiding the only provider). reason: the
+    failure, which tells its kind (failure_kind): a refused connection or a daemon shutting down
+    makes the registry check the endpoint at once."""
     import sys
     if "meshrpc.mesh" not in sys.modules:
         return
     from .mesh import get_registry
     try:
-        get_registry(settings).report_failure(str(target))
+        get_registry(settings).report_failure(str(target), failure_kind(reason))
     except Exception:  # reporting is advice; it must never break the caller
         log.debug("could not report the failure of %s", target, exc_info=True)
+
+
+def failure_kind(reason: BaseException | None) -> str:
+    """The registry's kind of a proxy's failure (meshrpc.mesh.registry.FAILURE_KINDS)."""
+    seen: set[int] = set()
+    error = reason
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error).lower()
+        if isinstance(error, ConnectionRefusedError) or "connection refused" in text:
+            return "refused"
+        if "shutting down" in text:
+            return "shutdown"
+        if "handshake" in text:
+            return "handshake"
+        error = error.__cause__ or error.__context__
+    return "unreachable"

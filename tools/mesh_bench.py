@@ -4,6 +4,9 @@
     python3 tools/mesh_bench.py                 # table
     python3 tools/mesh_bench.py --json          # the same figures as JSON on stdout
     python3 tools/mesh_bench.py --hosts 20 --objects 50 --repeat 3
+    python3 tools/mesh_bench.py --hosts 4 --objects 50 --traffic 30   # steady-state traffic only
+    python3 tools/mesh_bench.py --lossy --daemons 4 --objects 50 --loss 20 --delay 10-30 \
+        --soak 600 --runs 10                                          # issue 13's lossy scenario
 
 Measures
   (a) register -> visible on another host: a daemon on h1 registers objects one by one; a registry
@@ -208,6 +211,22 @@ def _env(realm: str) -> dict[str, str]:
     return env
 
 
+def _usable_netlab() -> Any:
+    netlab = _load_netlab()
+    ok, reason = netlab.available()
+    if not ok:
+        raise SystemExit(f"mesh_bench: {reason}")
+    return netlab
+
+
+def _start_observer(host: Any, env: dict[str, str], agents: list[Agent]) -> Agent:
+    """A browsing registry on host that reports its events (kept in agents for closing)."""
+    observer = Agent(host, OBSERVER, {}, env)
+    agents.append(observer)
+    observer.wait_for(lambda m: m["op"] == "ready", 60, "observer ready")
+    return observer
+
+
 def _run_fresh(host: Any, cfg: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
     spawned = time.monotonic()
     proc = host.popen([sys.executable, "-c", FRESH, json.dumps(cfg)], stdout=subprocess.PIPE,
@@ -234,10 +253,7 @@ def _summary(values: list[float], scale: float = 1000.0) -> dict[str, Any]:
 
 
 def measure(hosts: int, objects: int, repeat: int, progress: Callable[[str], None]) -> dict[str, Any]:
-    netlab = _load_netlab()
-    ok, reason = netlab.available()
-    if not ok:
-        raise SystemExit(f"mesh_bench: {reason}")
+    netlab = _usable_netlab()
     results: dict[str, Any] = {"hosts": hosts, "objects_per_host": objects, "cores": os.cpu_count()}
     agents: list[Agent] = []
     with netlab.Lab(hosts + 1) as lab:
@@ -245,9 +261,7 @@ def measure(hosts: int, objects: int, repeat: int, progress: Callable[[str], Non
         try:
             # (a) + (b): h1 publishes, the browser host observes
             env = _env("bench-a-" + uuid.uuid4().hex[:8])
-            observer = Agent(browser_host, OBSERVER, {}, env)
-            agents.append(observer)
-            observer.wait_for(lambda m: m["op"] == "ready", 60, "observer ready")
+            observer = _start_observer(browser_host, env, agents)
             publisher = Agent(lab.hosts[0], PUBLISHER, {"prefix": "bench.a"}, env)
             agents.append(publisher)
             publisher.wait_for(lambda m: m["op"] == "ready", 60, "publisher ready")
@@ -335,6 +349,248 @@ def measure(hosts: int, objects: int, repeat: int, progress: Callable[[str], Non
     return results
 
 
+# ---------------------------------------------------------------- the lossy-network scenario (issue 13)
+
+# A daemon whose objects count the calls they run, by call id: a call run twice shows as a duplicate.
+LOSSY_DAEMON = r"""
+import json, os, sys, threading, time
+import meshrpc
+cfg = json.loads(sys.argv[1])
+lock = threading.Lock()
+ran, duplicates, first_call = set(), [0], []
+
+@meshrpc.expose
+class Counter:
+    def record(self, call_id):
+        with lock:
+            if call_id in ran:
+                duplicates[0] += 1
+            ran.add(call_id)
+            if not first_call:
+                first_call.append(time.monotonic())
+        return cfg["prefix"]
+
+def emit(**msg):
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+daemon = meshrpc.Daemon(host="0.0.0.0")
+threading.Thread(target=daemon.requestLoop, daemon=True).start()
+published = {}
+for i in range(cfg["objects"]):
+    name = "%s.obj%03d" % (cfg["prefix"], i)
+    daemon.register(Counter(), name=name)
+    published[name] = time.monotonic()
+for name in cfg.get("extra", []):
+    daemon.register(Counter(), name=name)
+    published[name] = time.monotonic()
+emit(op="ready", pid=os.getpid(), published=published)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    with lock:
+        emit(op="reply", id=cmd["id"], calls=len(ran), duplicates=duplicates[0],
+             first_call=first_call[0] if first_call else None)
+"""
+
+# Calls PYRONAME names (random ones, or `fixed` in a loop) and reports every outcome.
+LOSSY_CALLER = r"""
+import json, random, sys, threading, time, uuid
+import meshrpc
+from meshrpc.mesh import get_registry
+cfg = json.loads(sys.argv[1])
+rng = random.Random(cfg["seed"])
+registry = get_registry()
+def emit(**msg):
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+registry.subscribe(lambda event, e: emit(op="event", event=event, name=e.name, uri=e.uri, t=time.monotonic())
+                   if e.name == cfg.get("fixed") else None)
+emit(op="ready")
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+if cfg.get("log"):
+    import logging
+    logging.basicConfig(filename=cfg["log"], level=logging.INFO, format="%(created).3f %(name)s %(message)s")
+ok = failed = 0
+proxies = {}
+while not stop.is_set():
+    name = cfg.get("fixed") or rng.choice(cfg["names"])
+    started = time.monotonic()
+    try:
+        proxy = proxies.get(name) or proxies.setdefault(name, meshrpc.Proxy("PYRONAME:" + name))
+        proxy.record(uuid.uuid4().hex)
+        ok += 1
+        if cfg.get("fixed"):
+            emit(op="call", ok=True, t=time.monotonic(), uri=str(proxy._pyroUri))
+    except Exception as exc:
+        failed += 1
+        emit(op="failure", name=name, error="%s: %s" % (type(exc).__name__, exc), seconds=time.monotonic() - started)
+    stop.wait(cfg["pause"])
+emit(op="done", ok=ok, failed=failed)
+"""
+
+
+def measure_lossy(daemons: int, objects: int, loss: float, delay: tuple[float, float], soak: float,
+                  runs: int, seed: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Issue 13's scenario, RUNS times: DAEMONS hosts with OBJECTS objects each, a warm registry,
+    a cold one and a PYRONAME caller, every host losing LOSS % of the frames it sends with a uniform
+    DELAY ms; the caller calls for SOAK seconds; then a provider is killed and restarted elsewhere."""
+    netlab = _usable_netlab()
+    report: dict[str, Any] = {"daemons": daemons, "objects_per_daemon": objects, "loss_percent": loss,
+                              "delay_ms": list(delay), "soak_s": soak, "runs": []}
+    for run in range(runs):
+        progress(f"lossy run {run + 1}/{runs}")
+        report["runs"].append(_lossy_run(netlab, daemons, objects, loss, delay, soak, seed + run, progress))
+    rows = report["runs"]
+    report["summary"] = {
+        "warm_visible_max_s": max(r["warm_visible_max_s"] for r in rows),
+        "cold_all_max_s": max(r["cold_all_max_s"] for r in rows),
+        "calls": sum(r["calls_ok"] for r in rows), "failed_calls": sum(r["calls_failed"] for r in rows),
+        "false_departures": sum(r["false_departures"] for r in rows),
+        "duplicate_runs": sum(r["duplicates"] for r in rows),
+        "restart_to_call_max_s": max(r["restart_to_call_s"] for r in rows),
+        "goals": {}}
+    summary = report["summary"]
+    summary["goals"] = {"warm <= 3 s": summary["warm_visible_max_s"] <= 3.0,
+                        "cold <= 5 s": summary["cold_all_max_s"] <= 5.0,
+                        "0 failed calls": summary["failed_calls"] == 0,
+                        "0 false departures": summary["false_departures"] == 0,
+                        "no call ran twice": summary["duplicate_runs"] == 0,
+                        "restart called <= 2 s": summary["restart_to_call_max_s"] <= 2.0}
+    return report
+
+
+def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tuple[float, float],
+               soak: float, seed: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    agents: list[Agent] = []
+    result: dict[str, Any] = {"seed": seed}
+    with netlab.Lab(daemons + 2, seed=seed) as lab:
+        warm_host, client_host = lab.hosts[-2], lab.hosts[-1]
+        for host in lab.hosts:
+            host.set_loss(loss, delay_ms=delay, direction="egress")
+        try:
+            env = _env("bench-l-" + uuid.uuid4().hex[:8])
+            warm = _start_observer(warm_host, env, agents)
+            fleet = [Agent(host, LOSSY_DAEMON, {"prefix": f"l.{host.name}", "objects": objects,
+                                                "extra": ["l.restart"] if i == 0 else []}, env)
+                     for i, host in enumerate(lab.hosts[:daemons])]
+            agents += fleet
+            published: dict[str, float] = {}
+            for agent in fleet:
+                published.update(agent.wait_for(lambda m: m["op"] == "ready", 120, "daemon ready")["published"])
+            # warm: every name visible in the already browsing registry, measured from its publish()
+            deadline = time.monotonic() + 30
+            seen: dict[str, float] = {}
+            while len(seen) < len(published) and time.monotonic() < deadline:
+                for m in list(warm.history):
+                    if m["op"] == "event" and m["event"] == "added" and m["name"] not in seen:
+                        seen[m["name"]] = m["t"]
+                time.sleep(0.1)
+            missing = sorted(set(published) - set(seen))
+            lags = [seen[n] - published[n] for n in seen if n in published]
+            result["warm_visible_max_s"] = round(max(lags) if not missing else float("inf"), 3)
+            result["warm_visible_median_s"] = round(statistics.median(lags), 3)
+            result["warm_missing"] = missing[:10]
+            progress(f"  warm: {len(seen)}/{len(published)} visible, slowest {result['warm_visible_max_s']} s")
+            # cold: a fresh process counting everything
+            cold = _run_fresh(client_host, {"prefix": "l.", "expect": len(published), "timeout": 30.0}, env, 120)
+            result["cold_all_max_s"] = round(cold["done"] - cold["created"] if cold["complete"] else float("inf"), 3)
+            result["cold_seen"] = cold["seen"]
+            progress(f"  cold: {cold['seen']}/{len(published)} in {result['cold_all_max_s']} s")
+            # soak: calls by name while watching for false departures
+            since = warm.mark()
+            names = sorted(n for n in published if n != "l.restart")
+            caller = Agent(client_host, LOSSY_CALLER, {"names": names, "pause": 0.05, "seed": seed}, env)
+            agents.append(caller)
+            caller.wait_for(lambda m: m["op"] == "ready", 60, "caller ready")
+            time.sleep(soak)
+            caller.proc.stdin.close()
+            done = caller.wait_for(lambda m: m["op"] == "done", 120, "caller done")
+            result["calls_ok"], result["calls_failed"] = done["ok"], done["failed"]
+            result["failures"] = [m for m in caller.history if m["op"] == "failure"][:5]
+            departures = [m for m in warm.history[since:] if m["op"] == "event" and m["event"] == "removed"]
+            result["false_departures"] = len(departures)
+            result["departed"] = [m["name"] for m in departures][:10]
+            progress(f"  soak {soak:g} s: {done['ok']} calls, {done['failed']} failed, "
+                     f"{len(departures)} false departures")
+            # restart: kill -9 the provider of l.restart, start it on another host
+            fixed = Agent(client_host, LOSSY_CALLER, {"fixed": "l.restart", "pause": 0.05, "seed": seed,
+                                                      "log": os.environ.get("MESH_BENCH_LOG", "")}, env)
+            agents.append(fixed)
+            fixed.wait_for(lambda m: m["op"] == "call", 60, "first call to l.restart")
+            os.kill(fleet[0].proc.pid, signal.SIGKILL)
+            fleet[0].proc.wait(10)
+            since = fixed.mark()
+            restarted = Agent(lab.hosts[1], LOSSY_DAEMON, {"prefix": "l.again", "objects": 0,
+                                                            "extra": ["l.restart"]}, env)
+            agents.append(restarted)
+            uri_of_new = None
+            heard = fixed.wait_for(lambda m: m["op"] == "event" and m["event"] in ("added", "updated")
+                                   and m["uri"].endswith(":" + m["uri"].rsplit(":", 1)[-1])
+                                   and lab.hosts[1].address in m["uri"], 60, "restarted provider heard", since)
+            uri_of_new = heard["uri"]
+            call = fixed.wait_for(lambda m: m["op"] == "call" and m["uri"] == uri_of_new, 60,
+                                  "call served by the restarted provider", since)
+            result["restart_to_call_s"] = round(call["t"] - heard["t"], 3)
+            fixed.proc.stdin.close()
+            fixed_done = fixed.wait_for(lambda m: m["op"] == "done", 120, "restart caller done")
+            result["restart_calls_failed"] = fixed_done["failed"]
+            result["calls_failed"] += fixed_done["failed"]
+            duplicates = 0
+            for agent in [*fleet[1:], restarted]:
+                duplicates += agent.request("stats")["duplicates"]
+            result["duplicates"] = duplicates
+            result["relay"] = {h.name: h.impairment_stats().get("egress", {}) for h in lab.hosts}
+            progress(f"  restart: called {result['restart_to_call_s']} s after first heard; "
+                     f"duplicates {duplicates}")
+        finally:
+            for agent in agents:
+                agent.close()
+    return result
+
+
+def measure_traffic(hosts: int, objects: int, seconds: float,
+                    progress: Callable[[str], None]) -> dict[str, Any]:
+    """Steady-state discovery traffic: HOSTS daemons with OBJECTS objects each and one browsing
+    registry on a clean LAN; after everything is visible (and a settling time), the frames and bytes
+    each host sends during SECONDS, from the kernel's interface counters."""
+    netlab = _usable_netlab()
+    agents: list[Agent] = []
+    with netlab.Lab(hosts + 1) as lab:
+        browser_host = lab.hosts[-1]
+        try:
+            env = _env("bench-t-" + uuid.uuid4().hex[:8])
+            observer = _start_observer(browser_host, env, agents)
+            for host in lab.hosts[:-1]:
+                agents.append(Agent(host, PUBLISHER, {"prefix": f"bench.t.{host.name}", "objects": objects}, env))
+            for agent in agents[1:]:
+                agent.wait_for(lambda m: m["op"] == "ready", 120, "daemon ready")
+            expected = hosts * objects
+            seen: set[str] = set()
+            deadline = time.monotonic() + 60
+            while len(seen) < expected and time.monotonic() < deadline:
+                seen = {m["name"] for m in list(observer.history)
+                        if m["op"] == "event" and m["event"] == "added"}
+                time.sleep(0.2)
+            progress(f"traffic: {len(seen)} of {expected} objects visible; settling 10 s, then {seconds:g} s")
+            time.sleep(10.0)  # past zeroconf's announcement repeats and the browser's first queries
+            before = {h.name: h.link_counters() for h in lab.hosts}
+            time.sleep(seconds)
+            after = {h.name: h.link_counters() for h in lab.hosts}
+        finally:
+            for agent in agents:
+                agent.close()
+
+    def rate(name: str, key: str) -> float:
+        return round((after[name][key] - before[name][key]) / seconds, 2)
+    daemons = [h.name for h in lab.hosts[:-1]]
+    return {"hosts": hosts, "objects_per_host": objects, "seconds": seconds,
+            "daemon_tx_packets_per_s": [rate(n, "tx_packets") for n in daemons],
+            "daemon_tx_bytes_per_s": [rate(n, "tx_bytes") for n in daemons],
+            "browser_tx_packets_per_s": rate(browser_host.name, "tx_packets"),
+            "browser_tx_bytes_per_s": rate(browser_host.name, "tx_bytes")}
+
+
 LABELS = [
     ("a_register_to_visible_ms", "(a) register -> visible on another host", "ms"),
     ("b_warm_lookup_us", "(b) warm lookup()", "us"),
@@ -367,10 +623,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=50, help="objects per publishing host (default 50)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each measure (default 3)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--traffic", type=float, metavar="SECONDS",
+                        help="only measure steady-state discovery traffic per host over SECONDS")
+    parser.add_argument("--lossy", action="store_true",
+                        help="only run issue 13's lossy-network scenario (--daemons, --objects, --loss, "
+                             "--delay, --soak, --runs)")
+    parser.add_argument("--daemons", type=int, default=4, help="lossy: daemon hosts (default 4)")
+    parser.add_argument("--loss", type=float, default=20.0, help="lossy: %% of frames each host loses")
+    parser.add_argument("--delay", default="10-30", help="lossy: delay per frame, LOW-HIGH ms")
+    parser.add_argument("--soak", type=float, default=60.0, help="lossy: seconds of calls per run")
+    parser.add_argument("--runs", type=int, default=1, help="lossy: runs (a fresh lab each)")
+    parser.add_argument("--seed", type=int, default=1, help="lossy: seed of the first run")
     args = parser.parse_args(argv)
     if args.hosts < 2 or args.objects < 1 or args.repeat < 1:
         parser.error("need --hosts >= 2, --objects >= 1, --repeat >= 1")
     quiet = args.json
+    if args.lossy:
+        low, _, high = args.delay.partition("-")
+        lossy = measure_lossy(args.daemons, args.objects, args.loss, (float(low), float(high or low)),
+                              args.soak, args.runs, args.seed,
+                              lambda text: print(f"... {text}", file=sys.stderr, flush=True))
+        print(json.dumps(lossy if args.json else lossy["summary"], indent=2))
+        return 0 if all(lossy["summary"]["goals"].values()) else 1
+    if args.traffic:
+        traffic = measure_traffic(args.hosts, args.objects, args.traffic,
+                                  (lambda _: None) if quiet else (lambda text: print(f"... {text}", file=sys.stderr, flush=True)))
+        print(json.dumps(traffic, indent=2))
+        return 0
     results = measure(args.hosts, args.objects, args.repeat,
                       (lambda _: None) if quiet else (lambda text: print(f"... {text}", file=sys.stderr, flush=True)))
     print(json.dumps(results, indent=2) if args.json else table(results))

@@ -434,6 +434,14 @@ class Host:
                     "dev", self.switch_port]).stdout
         return "UP" in json.loads(out)[0]["flags"]
 
+    def link_counters(self) -> dict[str, int]:
+        """The kernel's frame and byte counters of the host's interface (rx_/tx_ packets, bytes)."""
+        out = _run([_tool("ip"), "-j", "-s", "-n", self.netns, "link", "show",
+                    "dev", self.interface]).stdout
+        stats = json.loads(out)[0]["stats64"]
+        return {f"{way}_{what}": int(stats[way][what])
+                for way in ("rx", "tx") for what in ("packets", "bytes")}
+
     # ---- packet loss and delay (userspace relay, see Impairment)
 
     def set_loss(self, percent: float, *, delay_ms: tuple[float, float] | None = None,

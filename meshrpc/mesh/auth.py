@@ -20,7 +20,7 @@ from ..wire.keyproof import (BAD_KEY_REASON, CLIENT_TOKEN_BYTES, HANDSHAKE_ANNOT
                              SERVER_TOKEN_BYTES, ReplayCache, check_client_token, check_server_token,
                              client_mac, client_token, server_mac)
 from ..wire.keyproof import fields as _fields, subkeys as _subkeys
-from .records import Entry, Heartbeat
+from .records import Entry, Heartbeat, IndexPage
 
 AUTH_TXT_KEY = "a"               # TXT key of the authenticator: a=<base64 of AUTH_BYTES> (records.py)
 AUTH_BYTES = 16                  # truncated HMAC-SHA256 (128 bits)
@@ -42,26 +42,44 @@ def canonical_entry(entry: Entry) -> bytes:
 
 
 def canonical_heartbeat(hb: Heartbeat) -> bytes:
-    return b"meshrpc-heartbeat-v1" + _fields(
+    """Signed bytes of a heartbeat; its digest of the node's entries only when it carries one."""
+    signed = b"meshrpc-heartbeat-v1" + _fields(
         hb.realm.encode("utf-8"), hb.node.encode("utf-8"), str(hb.incarnation).encode(), str(hb.seq).encode())
+    if hb.count >= 0:
+        signed += _fields(b"digest", str(hb.count).encode(), hb.digest.encode("ascii"))
+    return signed
 
 
-def _canonical(item: Entry | Heartbeat) -> bytes:
-    return canonical_heartbeat(item) if isinstance(item, Heartbeat) else canonical_entry(item)
+def canonical_index(page: IndexPage) -> bytes:
+    return b"meshrpc-index-v1" + _fields(
+        page.realm.encode("utf-8"), page.node.encode("utf-8"), str(page.incarnation).encode(),
+        str(page.version).encode(), str(page.page).encode(), str(page.pages).encode(),
+        *(f"{label}:{version}".encode("ascii") for label, version in page.items))
 
 
-def authenticator(key: str, item: Entry | Heartbeat) -> bytes:
+Signed = Entry | Heartbeat | IndexPage
+
+
+def _canonical(item: Signed) -> bytes:
+    if isinstance(item, Heartbeat):
+        return canonical_heartbeat(item)
+    if isinstance(item, IndexPage):
+        return canonical_index(item)
+    return canonical_entry(item)
+
+
+def authenticator(key: str, item: Signed) -> bytes:
     return hmac.new(_subkeys(key)[0], _canonical(item), hashlib.sha256).digest()[:AUTH_BYTES]
 
 
-def sign(key: str, item: Entry | Heartbeat) -> Entry | Heartbeat:
+def sign(key: str, item: Signed) -> Signed:
     """item with its authenticator (unchanged when key is empty)."""
     if not key:
         return item
     return replace(item, auth=authenticator(key, item))
 
 
-def verify(key: str, item: Entry | Heartbeat) -> str:
+def verify(key: str, item: Signed) -> str:
     """"" when item may be used by a receiver with this key, else why not. Keyless: always ""."""
     if not key:
         return ""

@@ -4,8 +4,10 @@ Owns: lazy creation of the Zeroconf instance on the union of the interfaces its 
 registration for publishers, heartbeats (timers on zeroconf's loop, so slow subscriber callbacks
 cannot silence them), the browser and record listener that feed registries, a one-shot query at
 cold start (unicast answers, `meshrpc-mesh-oneshot` thread, 1 s), TXT queries for services the
-browser saw without their TXT (lost answers), the `meshrpc-mesh` worker thread (decode, feed,
-sweep, watch interfaces) and endpoint probes.
+browser saw without their TXT (lost answers, asked again with back-off), each node's index (pages
+answered from zeroconf's service registry, never announced) and the digest its heartbeat carries,
+extra announcements of new objects, TXT queries registries ask for (anti-entropy), the
+`meshrpc-mesh` worker thread (decode, feed, sweep, watch interfaces) and endpoint probes/checks.
 
 Threading rule from zeroconf: its sync API must not be called from its loop thread. Nothing here
 blocks on the loop; calls made *on* the loop thread (e.g. from an asyncio-based user) are scheduled
@@ -63,10 +65,15 @@ _CLASS_IN = 1
 _CLASS_IN_UNIQUE = 1 | 0x8000           # IN with the mDNS cache-flush bit: replaces older copies
 _FLAGS_QUERY = 0
 _FLAGS_RESPONSE_AA = 0x8000 | 0x0400    # QR (response) + AA (authoritative)
-# A service the browser reports whose TXT is not cached (its answer was lost: a burst of answers
-# overflowed the socket buffer) is asked for: multicast TXT questions at these delays after the
-# report (RFC 6762 lets a responder hold a repeat up to 1 s), then given up (logged).
-_TXT_QUERY_DELAYS = (0.2, 1.0, 2.0, 4.0)
+# A service the browser reports whose TXT is not cached (its answer was lost) is asked for: a
+# multicast TXT question this long after the report, then again with back-off (MESH_QUERY_BACKOFF_*)
+# until _TXT_QUERY_ROUNDS questions went unanswered; a live node's heartbeat digest (anti-entropy in
+# the registry) keeps asking for it after that, for as long as the node lives.
+_TXT_FIRST_QUERY = 0.2
+_TXT_QUERY_ROUNDS = 8
+_QUESTIONS_BYTES = 1200                 # questions per packet: well inside one 1460-byte datagram
+_INDEX_SUFFIX = "." + records.INDEX_SERVICE_TYPE.lower()
+_INDEX_TTL = 120                        # s: index pages are fetched on demand, not kept
 # Cold start (RFC 6762 5.1, 6.7): one PTR query from an ephemeral port per interface; responders
 # answer it by unicast to that port at once. The browser's own first query asks for unicast replies
 # to port 5353, which the kernel hands to just one of the host's mDNS sockets (SO_REUSEPORT: other
@@ -88,9 +95,14 @@ class _Beat:
     ttl: int
     seq: int = 0
     key: str = ""                         # mesh key: heartbeats carry an authenticator
+    count: int = -1                       # the node's entries: how many, and their digest
+    digest: str = ""
+    index: tuple[int, list[tuple[str, int]]] | None = None   # (version, items) not yet in the index
+    pages: int = 0                        # index pages currently in zeroconf's registry
 
     def heartbeat(self) -> Heartbeat:
-        hb = Heartbeat(self.realm, self.node, self.incarnation, self.seq)
+        hb = Heartbeat(self.realm, self.node, self.incarnation, self.seq, count=self.count,
+                       digest=self.digest)
         if self.key:
             from . import auth
             hb = auth.sign(self.key, hb)  # type: ignore[assignment]
@@ -116,8 +128,10 @@ class _Listener(RecordUpdateListener):
             return                            # a publish-only process: attach() seeds from the cache later
         for update in updates:
             record = update.new
-            if record.type == _TYPE_TXT and record.name.lower().endswith(_SUFFIX):
-                self._discovery.enqueue_record(record)
+            if record.type == _TYPE_TXT:
+                name = record.name.lower()
+                if name.endswith(_SUFFIX) or name.endswith(_INDEX_SUFFIX):
+                    self._discovery.enqueue_record(record)
 
 
 class Discovery:
@@ -137,6 +151,8 @@ class Discovery:
         self._listener = _Listener(self)
         self._unresolved: dict[str, tuple[str, float, int]] = {}   # loop only: key -> (name, due, asked)
         self._resolve_armed = False                                 # loop only
+        self._reannounce: dict[str, tuple[float, int, float]] = {}  # loop only: name -> (due, left, gap)
+        self._reannounce_armed = False                              # loop only
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.settings.MESH_FEED_QUEUE_MAX))
         self._worker: threading.Thread | None = None
         self._probe_slots = threading.BoundedSemaphore(max(1, self.settings.MESH_PROBE_CONCURRENCY))
@@ -236,6 +252,8 @@ class Discovery:
         with self._lock:
             beat = self._beats.pop(node, None)
             zc = self._zc
+        if beat is not None and zc is not None:
+            self._call_on_loop(lambda: self._drop_index(zc, beat))
         if beat is None or zc is None or not goodbye:
             return
         out = DNSOutgoing(_FLAGS_RESPONSE_AA)
@@ -252,6 +270,8 @@ class Discovery:
                 return
             out = DNSOutgoing(_FLAGS_RESPONSE_AA)
             for beat in beats:
+                if beat.index is not None:    # the index follows the digest before the digest is sent
+                    self._publish_index(zc, beat)
                 out.add_answer_at_time(beat.record(), 0)
             interval = min(beat.interval for beat in beats)
             assert zc.loop is not None
@@ -260,6 +280,114 @@ class Discovery:
         heard = time.monotonic()
         for beat in beats:   # registries of this process need not wait for the multicast loopback
             self._put(("item", beat.heartbeat(), False, heard))
+
+    def set_index(self, node: str, version: int, items: list[tuple[str, int]]) -> None:
+        """A publisher's objects changed ((instance label, version) of each, its version counter):
+        its heartbeats carry the new count and digest; its index pages are rebuilt before the next
+        heartbeat goes out, so a registry that sees the digest can fetch the matching index."""
+        with self._lock:
+            beat = self._beats.get(node)
+            if beat is None:
+                return
+            beat.count, beat.digest = len(items), records.entries_digest(items)
+            beat.index = (version, list(items))
+
+    def _publish_index(self, zc: Zeroconf, beat: _Beat) -> None:
+        """On the loop: the node's index pages go into zeroconf's service registry, which answers TXT
+        questions for them; they are never announced (a registry asks only on a digest mismatch)."""
+        assert beat.index is not None
+        version, items = beat.index
+        beat.index = None
+        pages = records.index_pages(beat.realm, beat.node, beat.incarnation, version, items)
+        for page in pages:
+            if beat.key:
+                from . import auth
+                page = auth.sign(beat.key, page)  # type: ignore[assignment]
+            info = ServiceInfo(records.INDEX_SERVICE_TYPE, records.index_name(beat.node, page.page), port=0,
+                               properties=records.encode_index_page(page),
+                               server=records.server_name(beat.node), host_ttl=_INDEX_TTL, other_ttl=_INDEX_TTL)
+            if zc.registry.async_get_info_name(info.key) is None:
+                zc.registry.async_add(info)
+            else:
+                zc.registry.async_update(info)
+        self._drop_index(zc, beat, keep=len(pages))
+
+    @staticmethod
+    def _drop_index(zc: Zeroconf, beat: _Beat, keep: int = 0) -> None:
+        """On the loop: remove the node's index pages from `keep` on."""
+        for number in range(keep, beat.pages):
+            info = zc.registry.async_get_info_name(records.index_name(beat.node, number).lower())
+            if info is not None:
+                zc.registry.async_remove(info)
+        beat.pages = keep
+
+    def announce_again(self, name: str, repeats: int) -> None:
+        """Announce the service `name` (already registered) `repeats` more times, 1 s after now, then
+        2, 4 ... s apart (RFC 6762 8.3 allows up to eight): a lossy link rarely loses all of them.
+        Batched: one packet train for every service due at the same time."""
+        if repeats <= 0:
+            return
+
+        def arm() -> None:
+            self._reannounce[name.lower()] = (time.monotonic() + 1.0, repeats, 2.0)
+            self._arm_reannounce(1.0)
+        self._call_on_loop(arm)
+
+    def _arm_reannounce(self, delay: float) -> None:
+        self._arm("_reannounce_armed", delay, self._send_reannouncements)
+
+    def _arm(self, flag: str, delay: float, callback: Callable[[], None]) -> None:
+        """On the loop: call callback after delay unless already armed (flag: the attribute that says so)."""
+        zc = self._zc
+        if not getattr(self, flag) and zc is not None and zc.loop is not None and not self.closed:
+            setattr(self, flag, True)
+            zc.loop.call_later(delay, callback)
+
+    def _send_reannouncements(self) -> None:
+        """On the loop: send the announcements that are due, re-arm for the rest."""
+        self._reannounce_armed = False
+        zc = self._zc
+        if zc is None or self.closed:
+            self._reannounce.clear()
+            return
+        now = time.monotonic()
+        out = DNSOutgoing(_FLAGS_RESPONSE_AA)
+        for key, (due, left, gap) in list(self._reannounce.items()):
+            if due > now:
+                continue
+            info = zc.registry.async_get_info_name(key)
+            if info is None:                  # withdrawn meanwhile
+                del self._reannounce[key]
+                continue
+            for record in (info.dns_pointer(), info.dns_service(), info.dns_text(), *info.dns_addresses()):
+                out.add_answer_at_time(record, 0)
+            if left <= 1:
+                del self._reannounce[key]
+            else:
+                self._reannounce[key] = (now + gap, left - 1, gap * 2)
+        if out.answers:
+            zc.async_send(out)
+        if self._reannounce:
+            self._arm_reannounce(max(0.05, min(due for due, _, _ in self._reannounce.values()) - now))
+
+    def query(self, names: list[str]) -> None:
+        """Ask once, by multicast, for the TXT records of these full record names (a registry's
+        anti-entropy); the answers reach registries like any other record."""
+        if names:
+            wanted = list(names)
+            self._call_on_loop(lambda: self._send_questions(wanted))
+
+    def _send_questions(self, names: list[str]) -> None:
+        """On the loop: TXT questions, as many packets as they need (no known answers: nothing that
+        we lack can be suppressed)."""
+        zc = self._zc
+        if zc is None or self.closed:
+            return
+        for chunk in _question_chunks(names):
+            out = DNSOutgoing(_FLAGS_QUERY)
+            for name in chunk:
+                out.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
+            zc.async_send(out)
 
     def local_feed(self, item: Entry | Heartbeat, goodbye: bool = False) -> None:
         """This process's own publications reach its registries directly (at once, no network)."""
@@ -302,16 +430,20 @@ class Discovery:
         self.release(registry)
 
     def probe(self, entry: Entry, timeout: float, done: Callable[[Entry, bool], None]) -> bool:
+        return self.check(entry, timeout, lambda checked, outcome: done(checked, outcome == "open"))
+
+    def check(self, entry: Entry, timeout: float, done: Callable[[Entry, str], None]) -> bool:
+        """Like probe, with three outcomes (registry.OPEN / REFUSED / SILENT): a suspected node's check."""
         if not self._probe_slots.acquire(blocking=False):
             return False
 
         def run() -> None:
             try:
-                reachable = net.probe(net.reachable_uri(entry.uri, entry.other_hosts), timeout)
+                outcome = net.probe_outcome(net.reachable_uri(entry.uri, entry.other_hosts), timeout)
             finally:
                 self._probe_slots.release()
-            done(entry, reachable)
-        threading.Thread(target=run, name="meshrpc-mesh-probe", daemon=True).start()
+            done(entry, outcome)
+        threading.Thread(target=run, name="meshrpc-mesh-check", daemon=True).start()
         return True
 
     def _on_browser_event(self, zeroconf: Zeroconf, service_type: str, name: str,
@@ -327,25 +459,22 @@ class Discovery:
         """On the loop: check later that this service's TXT arrived."""
         if key in self._unresolved or len(self._unresolved) >= self.settings.MESH_MAX_ENTRIES:
             return
-        self._unresolved[key] = (name, time.monotonic() + _TXT_QUERY_DELAYS[0], 0)
-        self._arm_resolver(_TXT_QUERY_DELAYS[0])
+        self._unresolved[key] = (name, time.monotonic() + _TXT_FIRST_QUERY, 0)
+        self._arm_resolver(_TXT_FIRST_QUERY)
 
     def _arm_resolver(self, delay: float) -> None:
-        zc = self._zc
-        if not self._resolve_armed and zc is not None and zc.loop is not None and not self.closed:
-            self._resolve_armed = True
-            zc.loop.call_later(delay, self._resolve_missing)
+        self._arm("_resolve_armed", delay, self._resolve_missing)
 
     def _resolve_missing(self) -> None:
-        """On the loop: ask for the TXT of reported services whose TXT is not cached."""
+        """On the loop: ask for the TXT of reported services whose TXT is not cached, each again
+        after a pause that doubles (MESH_QUERY_BACKOFF_MIN .. MAX), all due ones in few packets."""
         self._resolve_armed = False
         zc = self._zc
         if zc is None or self.closed:
             self._unresolved.clear()
             return
         now, now_ms = time.monotonic(), current_time_millis()
-        out = DNSOutgoing(_FLAGS_QUERY)
-        asking = False
+        asking: list[str] = []
         for key, (name, due, asked) in list(self._unresolved.items()):
             if due > now:
                 continue
@@ -353,18 +482,17 @@ class Discovery:
                    for record in zc.cache.async_entries_with_name(key)):
                 del self._unresolved[key]
                 continue
-            if asked >= len(_TXT_QUERY_DELAYS) - 1:
+            if asked >= _TXT_QUERY_ROUNDS:
                 del self._unresolved[key]
-                log.info("mesh: no TXT record for %s after %d queries; ignoring it until it is "
-                         "announced again", name, asked)
+                log.info("mesh: no TXT record for %s after %d queries; the heartbeat digest of its "
+                         "daemon, while it lives, will ask again", name, asked)
                 continue
-            out.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
-            asking = True
-            self._unresolved[key] = (name, now + _TXT_QUERY_DELAYS[asked + 1] - _TXT_QUERY_DELAYS[asked],
-                                     asked + 1)
+            asking.append(name)
+            pause = min(self.settings.MESH_QUERY_BACKOFF_MAX, self.settings.MESH_QUERY_BACKOFF_MIN * 2 ** asked)
+            self._unresolved[key] = (name, now + pause * random.uniform(0.9, 1.1), asked + 1)
         if asking:
-            log.debug("mesh: asking for %d missing TXT records", len(out.questions))
-            zc.async_send(out)
+            log.debug("mesh: asking for %d missing TXT records", len(asking))
+            self._send_questions(asking)
         if self._unresolved:
             self._arm_resolver(max(0.05, min(due for _, due, _ in self._unresolved.values()) - now))
 
@@ -477,15 +605,17 @@ class Discovery:
             self._dispatch(first, second, third)
             return
         name, text, goodbye, heard = first, second, third, rest[0]
-        label = records.label_of(name)
+        label = records.label_of(name) or records.label_of(name, records.INDEX_SERVICE_TYPE)
         decoded, why = records.decode(text, label=label, max_size=self.settings.MESH_TXT_MAX) \
             if label is not None else (None, "not a service instance name")
         if decoded is None:
             self._warn_once(name, why)
             return
+        if isinstance(decoded, records.IndexPage) and goodbye:
+            return                            # an index page leaving a cache says nothing
         self._dispatch(decoded, goodbye, heard)
 
-    def _dispatch(self, item: Entry | Heartbeat, goodbye: bool, heard: float) -> None:
+    def _dispatch(self, item: Entry | Heartbeat | records.IndexPage, goodbye: bool, heard: float) -> None:
         for registry in self._registry_list():
             if registry.realm == item.realm:
                 if goodbye:
@@ -604,6 +734,20 @@ class Discovery:
             pass
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=self.settings.MESH_GOODBYE_TIMEOUT)
+
+
+def _question_chunks(names: list[str]) -> list[list[str]]:
+    """Names grouped so that each group's questions fit one datagram (no name compression assumed)."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        cost = len(name.encode("utf-8")) + 6      # labels' length bytes, type, class
+        if chunks[-1] and size + cost > _QUESTIONS_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(name)
+        size += cost
+    return [chunk for chunk in chunks if chunk]
 
 
 def _log_failure(future: concurrent.futures.Future[Any]) -> None:

@@ -141,17 +141,26 @@ def local_hosts() -> set[str]:
 
 def probe(uri: str, timeout: float) -> bool:
     """Can a connection to uri's endpoint be opened? (Refused or no answer within timeout: False.)"""
+    return probe_outcome(uri, timeout) == "open"
+
+
+def probe_outcome(uri: str, timeout: float) -> str:
+    """Open a connection to uri's endpoint and close it: "open"; "refused" when nothing listens
+    there (a connection refused, a unix socket that is gone): the daemon is gone; "silent" when
+    there was no answer in time or no route (no evidence either way on a lossy network)."""
     try:
         parsed = URI(uri)
         if parsed.sockname:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
                 sock.connect(parsed.sockname)
-            return True
+            return "open"
         with socket.create_connection((parsed.host, parsed.port), timeout=timeout):
-            return True
+            return "open"
+    except (ConnectionRefusedError, FileNotFoundError):
+        return "refused"
     except (OSError, ValueError):
-        return False
+        return "silent"
 
 
 def _address_of(host: str) -> str | None:

@@ -81,6 +81,8 @@ class MeshPublisher:
                     discovery.unregister([previous[1]], None)
             self._published[key] = (entry, info)
             discovery.start_heartbeat(self.realm, self.node, self.incarnation, self.settings)
+            self._update_index(discovery)
+            discovery.announce_again(info.name, self.settings.MESH_ANNOUNCE_REPEATS)
         if previous is not None and previous[0].uri != entry.uri:
             discovery.local_feed(previous[0], goodbye=True)
         discovery.local_feed(entry)
@@ -99,6 +101,8 @@ class MeshPublisher:
                 return
             if not self._published:
                 discovery.stop_heartbeat(self.node, goodbye=False)   # nothing left to vouch for
+            else:
+                self._update_index(discovery)
         discovery.unregister([item[1]], self.settings.MESH_GOODBYE_TIMEOUT)
         discovery.local_feed(item[0], goodbye=True)
 
@@ -164,6 +168,8 @@ class MeshPublisher:
                 discovery.register(fresh, None)        # new address first: no gap for receivers
                 discovery.unregister([info], None)
                 moved.append((entry, new))
+            if moved or changed:
+                self._update_index(discovery)
         for old, new in moved:
             discovery.local_feed(old, goodbye=True)
             discovery.local_feed(new)
@@ -182,6 +188,12 @@ class MeshPublisher:
                                    last_seen=time.monotonic(), other_hosts=other_hosts)
         entry = self._sign(entry)
         return entry, records.encode_entry(entry, self.settings.MESH_TXT_MAX)
+
+    def _update_index(self, discovery: Discovery) -> None:
+        """Lock held. The (instance label, version) of every object, for the heartbeat's digest and
+        the node's index (anti-entropy: docs/mesh.md)."""
+        items = [(records.label_of(info.name) or "", entry.version) for entry, info in self._published.values()]
+        discovery.set_index(self.node, self._version, items)
 
     def _sign(self, entry: Entry) -> Entry:
         """With a mesh key (KEY): the entry with its authenticator (docs/security.md)."""

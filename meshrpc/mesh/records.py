@@ -19,6 +19,12 @@ from ..errors import NamingError
 from ..uri import URI
 
 SERVICE_TYPE = "_meshrpc._tcp.local."
+# A node's index (anti-entropy): pages of (instance label, version) under a type nobody browses, so
+# DNS-SD browsers of SERVICE_TYPE never list them; a registry asks for them only on a digest mismatch.
+INDEX_SERVICE_TYPE = "_meshrpc-ix._tcp.local."
+INDEX_PREFIX = "mrix"
+INDEX_PAGE_ENTRIES = 16           # labels per index page: 16 x (63 + 21) bytes stays under 1400
+_DIGEST_HEX = 8
 FORMAT_VERSION = "1"
 HEARTBEAT_PREFIX = "mrhb-"
 SERVER_PREFIX = "mr-"
@@ -67,16 +73,58 @@ class Entry:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """'Node `node` (this incarnation) is alive': vouches for all of the node's entries."""
+    """'Node `node` (this incarnation) is alive': vouches for all of the node's entries.
+
+    `count` and `digest` summarise the node's entries (entries_digest) so that a registry notices
+    missing or stale ones; -1 and "" from publishers that do not send them."""
 
     realm: str
     node: str
     incarnation: int
     seq: int
     auth: bytes = field(default=b"", compare=False, repr=False)   # as Entry.auth
+    count: int = -1
+    digest: str = ""
 
 
-Decoded = Entry | Heartbeat
+@dataclass(frozen=True)
+class IndexPage:
+    """One page of a node's index: the (instance label, version) of its entries, sorted by label.
+
+    `version` is the node's version counter when the index was taken: entries with a higher version
+    are newer than the index. Page `page` of `pages` holds labels page*INDEX_PAGE_ENTRIES onwards."""
+
+    realm: str
+    node: str
+    incarnation: int
+    version: int
+    page: int
+    pages: int
+    items: tuple[tuple[str, int], ...]
+    auth: bytes = field(default=b"", compare=False, repr=False)
+
+
+Decoded = Entry | Heartbeat | IndexPage
+
+
+def entries_digest(items: Iterable[tuple[str, int]]) -> str:
+    """Digest of a node's entries given as (instance label, version): equal sets, equal digests."""
+    lines = sorted(f"{label.lower()}:{version}" for label, version in items)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:_DIGEST_HEX]
+
+
+def index_pages(realm: str, node: str, incarnation: int, version: int,
+                items: Iterable[tuple[str, int]]) -> list[IndexPage]:
+    """A node's index split into pages (at least one, possibly empty)."""
+    ordered = sorted(items, key=lambda item: item[0].lower())
+    chunks = [tuple(ordered[i:i + INDEX_PAGE_ENTRIES])
+              for i in range(0, len(ordered), INDEX_PAGE_ENTRIES)] or [()]
+    return [IndexPage(realm, node, incarnation, version, n, len(chunks), chunk)
+            for n, chunk in enumerate(chunks)]
+
+
+def index_page_count(count: int) -> int:
+    return max(1, -(-count // INDEX_PAGE_ENTRIES))
 
 
 # ---- building and checking values (publisher side: errors raise NamingError)
@@ -166,6 +214,14 @@ def heartbeat_label(node: str) -> str:
     return HEARTBEAT_PREFIX + node
 
 
+def index_label(node: str, page: int) -> str:
+    return f"{INDEX_PREFIX}{page}-{node}"
+
+
+def index_name(node: str, page: int) -> str:
+    return f"{index_label(node, page)}.{INDEX_SERVICE_TYPE}"
+
+
 def server_name(node: str) -> str:
     return f"{SERVER_PREFIX}{node}.local."
 
@@ -174,11 +230,11 @@ def service_name(label: str) -> str:
     return f"{label}.{SERVICE_TYPE}"
 
 
-def label_of(record_name: str) -> str | None:
-    """The instance label of a full record name under our service type, else None."""
-    if not record_name.lower().endswith("." + SERVICE_TYPE):
+def label_of(record_name: str, service_type: str = SERVICE_TYPE) -> str | None:
+    """The instance label of a full record name under service_type (ours), else None."""
+    if not record_name.lower().endswith("." + service_type):
         return None
-    label = record_name[: -len(SERVICE_TYPE) - 1]
+    label = record_name[: -len(service_type) - 1]
     return label if label and "." not in label else None
 
 
@@ -218,8 +274,20 @@ def _too_big(entry: Entry, size: int, max_size: int) -> NamingError:
 def encode_heartbeat(hb: Heartbeat) -> bytes:
     props = [("v", FORMAT_VERSION.encode()), ("r", hb.realm.encode("utf-8")),
              ("o", hb.node.encode()), ("i", str(hb.incarnation).encode()), ("h", str(hb.seq).encode())]
+    if hb.count >= 0:
+        props += [("c", str(hb.count).encode()), ("d", hb.digest.encode("ascii"))]
     if hb.auth:
         props.append(("a", _b64(hb.auth)))
+    return _pack(props)
+
+
+def encode_index_page(page: IndexPage) -> bytes:
+    props = [("v", FORMAT_VERSION.encode()), ("r", page.realm.encode("utf-8")),
+             ("o", page.node.encode()), ("i", str(page.incarnation).encode()),
+             ("s", str(page.version).encode()), ("p", f"{page.page}/{page.pages}".encode())]
+    _put(props, "e", ",".join(f"{label}:{version}" for label, version in page.items).encode("ascii"))
+    if page.auth:
+        props.append(("a", _b64(page.auth)))
     return _pack(props)
 
 
@@ -313,8 +381,15 @@ def _decode(txt: bytes, realm: str | None, label: str | None, max_size: int) -> 
     if "h" in props:
         if label is not None and label.lower() != heartbeat_label(node).lower():
             raise _Reject("heartbeat label does not match its node")
+        count, digest = -1, ""
+        if "c" in props:
+            count, digest = _int(props, "c"), _text(props, "d")
+            if not re.fullmatch(r"[0-9a-f]{%d}" % _DIGEST_HEX, digest):
+                raise _Reject("bad digest")
         return Heartbeat(realm=got_realm, node=node, incarnation=incarnation, seq=_int(props, "h"),
-                         auth=auth)
+                         auth=auth, count=count, digest=digest)
+    if "p" in props:
+        return _decode_index(props, got_realm, node, incarnation, auth, label)
     tags = decode_tags(_text(props, "t")) if ("t" in props or "t*" in props) else frozenset()
     other_hosts = _text(props, "x").split(",") if "x" in props else ()
     try:
@@ -326,6 +401,26 @@ def _decode(txt: bytes, realm: str | None, label: str | None, max_size: int) -> 
     if label is not None and label.lower() != instance_label(entry).lower():
         raise _Reject("instance label does not match the record's content")
     return replace(entry, auth=auth) if auth else entry
+
+
+def _decode_index(props: dict[str, bytes], realm: str, node: str, incarnation: int, auth: bytes,
+                  label: str | None) -> IndexPage:
+    page_text, _, pages_text = _text(props, "p").partition("/")
+    if not (page_text.isdigit() and pages_text.isdigit()) or not int(page_text) < int(pages_text) <= 4096:
+        raise _Reject("bad index page number")
+    page, pages = int(page_text), int(pages_text)
+    if label is not None and label.lower() != index_label(node, page).lower():
+        raise _Reject("index label does not match its node and page")
+    items = []
+    listed = _text(props, "e")
+    for part in listed.split(",") if listed else ():
+        item_label, _, version = part.rpartition(":")
+        if not item_label or len(item_label) > MAX_LABEL or not version.isdigit() or len(version) > 19:
+            raise _Reject("bad index item")
+        items.append((item_label, int(version)))
+    if len(items) > INDEX_PAGE_ENTRIES:
+        raise _Reject("too many index items")
+    return IndexPage(realm, node, incarnation, _int(props, "s"), page, pages, tuple(items), auth)
 
 
 def _unpack(txt: bytes) -> dict[str, bytes]:

@@ -1,15 +1,21 @@
 """The process's mirror of the mesh: pure logic, fed by a *source*.
 
-The source (discovery.py in production, a fake in unit tests) calls `feed`, `feed_goodbye` and
-`sweep`; users call the query methods. Rules (see docs/mesh.md): the announcing node owns an entry;
-(incarnation, version) orders news; a node's heartbeat vouches for all its entries; silent entries
-turn dormant after the liveness window and come back when heard; goodbyes leave tombstones;
-suspicion (report_failure, failed probes) hides an entry until it is heard again after a hold time.
+The source (discovery.py in production, a fake in unit tests) calls `feed`, `feed_goodbye`,
+`feed_index` and `sweep`; users call the query methods. Rules (see docs/mesh.md): the announcing node
+owns an entry; (incarnation, version) orders news; a node's heartbeat vouches for all its entries;
+a node silent for MESH_SUSPECT_AFTER is suspected and checked (a TCP connect: accepted refutes,
+refused proves it dead); silent entries turn dormant after the node's liveness window, which grows
+with the heartbeat loss measured from sequence gaps (Lifeguard), and come back when heard; goodbyes
+leave tombstones; a heartbeat's digest of the node's entries that differs from ours starts
+anti-entropy (fetch the node's index, ask for exactly the missing entries, drop the withdrawn ones,
+with back-off, for as long as the node lives); a proxy's report_failure makes choose() pass the
+provider over for MESH_SUSPECT_HOLD, unless it is the only one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import threading
@@ -22,7 +28,8 @@ from typing import Protocol
 from ..config import Settings
 from ..errors import NamingError
 from ..uri import URI
-from .records import Entry, Heartbeat, check_realm
+from . import records
+from .records import Entry, Heartbeat, IndexPage, check_realm
 
 log = logging.getLogger("meshrpc.mesh")
 
@@ -31,6 +38,14 @@ Callback = Callable[[str, Entry], None]
 Matcher = str | Callable[[Entry], bool]
 _NEVER = float("-inf")
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# Outcomes of a liveness check (Source.check): the endpoint accepted a connection, refused it (nothing
+# listens: the daemon is gone), or did not answer in time (no evidence either way on a lossy link).
+OPEN, REFUSED, SILENT = "open", "refused", "silent"
+# Kinds of failure a proxy reports (report_failure): refused and shutdown also trigger a check.
+FAILURE_KINDS = frozenset({"refused", "unreachable", "handshake", "shutdown"})
+_LOSS_MEMORY = 32        # heartbeats: the loss estimate's moving average forgets with this horizon
+_MAX_GAP = 10            # a longer gap (partition, pause) counts as this many lost heartbeats
+_LOSS_CAP = 0.95
 
 
 class Source(Protocol):
@@ -45,6 +60,10 @@ class Source(Protocol):
         False: no probe was started."""
         ...
 
+    # Optional (a source without them gets no liveness checks or anti-entropy):
+    #   check(entry, timeout, done(entry, OPEN | REFUSED | SILENT)) -> bool   like probe, three outcomes
+    #   query(names: list[str]) -> None    ask once for the TXT records of these full record names
+
 
 # Set by meshrpc.mesh to the process-wide discovery, so that this module never imports zeroconf.
 default_source: Callable[[], Source] | None = None
@@ -55,20 +74,51 @@ class _Slot:
     entry: Entry
     heard: float                          # last own announcement (monotonic seconds)
     dormant_since: float | None = None    # not vouched for within the liveness window
-    suspected_at: float | None = None     # reported unreachable
+    suspected_at: float | None = None     # replaced: a newer provider appeared and this one refused
     probing: bool = False
+    avoid_until: float = _NEVER           # a proxy could not reach it: choose() passes it over until
+    _label: tuple[str, str] | None = None  # (node, instance label) cache
 
     @property
     def visible(self) -> bool:
         return self.dormant_since is None and self.suspected_at is None
 
+    @property
+    def label(self) -> str:
+        if self._label is None or self._label[0] != self.entry.node:
+            self._label = (self.entry.node, records.instance_label(self.entry).lower())
+        return self._label[1]
+
+
+@dataclass(eq=False)
+class _Sync:
+    """Anti-entropy with one node: its index (pages of one snapshot), then the entries it lacks."""
+
+    next_ask: float
+    attempt: int = 0
+    version: int = -1                     # snapshot version of the pages collected
+    pages: dict[int, IndexPage] = field(default_factory=dict)
+    wanted: dict[str, int] = field(default_factory=dict)    # label -> version still to get
+
 
 @dataclass(eq=False)
 class _Node:
     incarnation: int
-    heard: float                          # last heartbeat
+    heard: float                          # last heartbeat (or accepted liveness check)
     created: float
     keys: set[tuple[str, str]] = field(default_factory=set)
+    seq: int = -1                         # last heartbeat sequence number
+    loss: float = 0.0                     # estimated share of its heartbeats lost (moving average)
+    samples: int = 0
+    suspect_since: float | None = None    # silent past MESH_SUSPECT_AFTER, not yet refuted
+    checking: bool = False                # a liveness check is running
+    next_check: float = _NEVER
+    claimed: tuple[int, str] | None = None   # (count, digest) of its entries, from its last heartbeat
+    entry_heard: float = _NEVER           # last announcement of any of its entries
+    refused_seq: int = -1                 # last heartbeat before a check was refused: older ones are stale
+    node_id: str = ""
+    mismatch_since: float | None = None
+    sync: _Sync | None = None
 
 
 class Registry:
@@ -107,6 +157,7 @@ class Registry:
         self._full_warned: set[str] = set()     # "entries"/"nodes": warned until below the cap again
         self._key = self.settings.KEY            # mesh key: only announcements signed with it count
         self._auth_warned: dict[tuple[str, str], None] = {}   # bounded: log once per node and name
+        self._local_loss = 0.0                   # mean heartbeat loss over all nodes (local health)
 
     # ---------------------------------------------------------------- queries
 
@@ -139,8 +190,9 @@ class Registry:
         return sorted(found, key=lambda e: e.name)
 
     def choose(self, name: str, timeout: float = 0.0) -> Entry | None:
-        """One provider by the replica policy (same machine first, random within the group); waits
-        up to timeout seconds when none is known yet. None when there is none."""
+        """One provider by the replica policy (providers a proxy just failed to reach last, then
+        same machine first, random within the group); waits up to timeout seconds when none is known
+        yet. None when there is none."""
         return self._pick(self.wait_for(name, timeout) if timeout > 0 else self.lookup(name))
 
     def choose_meta(self, meta_all: Iterable[str] | None = None, meta_any: Iterable[str] | None = None,
@@ -149,6 +201,12 @@ class Registry:
         return self._pick(self.wait_for(_meta_matcher(meta_all, meta_any), max(0.0, timeout)))
 
     def _pick(self, candidates: list[Entry]) -> Entry | None:
+        now = self._clock()
+        with self._lock:
+            avoided = {e.key for e in candidates
+                       if (slot := self._slots.get(e.key)) is not None and slot.avoid_until > now}
+        # a provider a proxy could not reach is passed over while others exist, never hidden alone
+        candidates = [e for e in candidates if e.key not in avoided] or candidates
         local = [e for e in candidates if self.is_local(e.host)]
         pool = local or candidates
         return self._rng.choice(pool) if pool else None
@@ -201,23 +259,36 @@ class Registry:
             raise
         return unsubscribe
 
-    def report_failure(self, uri: str | URI) -> None:
-        """A proxy could not reach uri: hide its entries until they are heard from again."""
+    def report_failure(self, uri: str | URI, kind: str = "unreachable") -> None:
+        """A proxy could not reach uri: choose() passes its entries over while another provider of
+        the name exists (lookup() still lists them; the only provider is never hidden), for
+        MESH_SUSPECT_HOLD, or three times that when kind (FAILURE_KINDS) says the endpoint refused or
+        is shutting down. The endpoint is also checked at once (one TCP connect per node at a time):
+        refused makes its entries dormant until their node is heard again; an answer or silence
+        changes nothing, so a brand-new provider whose first connect was lost stays in place."""
         try:
             parsed = URI(uri)
         except (ValueError, TypeError):
             return
         canonical = str(parsed)
         now = self._clock()
+        checks: list[Entry] = []
         with self._lock:
             keys = list(self._by_uri.get(canonical, ()))
             if not keys and parsed.host:   # the address a proxy chose among a provider's other_hosts
                 keys = [key for key, slot in self._slots.items()
                         if parsed.host in slot.entry.other_hosts
                         and str(URI.from_parts(parsed.object, slot.entry.host, parsed.port)) == slot.entry.uri]
+            hold = self.settings.MESH_SUSPECT_HOLD * (3 if kind in ("refused", "shutdown") else 1)
             for key in keys:
-                self._suspect(self._slots[key], now)
-        self._drain()
+                slot = self._slots[key]
+                slot.avoid_until = max(slot.avoid_until, now + hold)
+                node = self._nodes.get(slot.entry.node)
+                if node is not None and not node.checking:
+                    node.checking = True
+                    checks.append(slot.entry)
+        for entry in checks:
+            self._start_check(entry)
 
     @property
     def started(self) -> bool:
@@ -230,10 +301,23 @@ class Registry:
     def stats(self) -> dict[str, int]:
         with self._lock:
             slots = self._slots.values()
+            now = self._clock()
             return {"entries": len(self._slots), "visible": sum(s.visible for s in slots),
                     "dormant": sum(s.dormant_since is not None for s in slots),
                     "suspected": sum(s.suspected_at is not None for s in slots),
-                    "nodes": len(self._nodes), "tombstones": len(self._tombstones)}
+                    "avoided": sum(s.avoid_until > now for s in slots),
+                    "nodes": len(self._nodes), "tombstones": len(self._tombstones),
+                    "suspect_nodes": sum(n.suspect_since is not None for n in self._nodes.values()),
+                    "syncing": sum(n.sync is not None for n in self._nodes.values())}
+
+    def node_health(self) -> dict[str, dict[str, float]]:
+        """Per node: estimated heartbeat loss, its current liveness window, seconds since heard."""
+        now = self._clock()
+        with self._lock:
+            return {node_id: {"loss": round(node.loss, 4), "window": round(self._window(node), 3),
+                              "silent": round(now - node.heard, 3) if node.heard > _NEVER else -1.0,
+                              "suspect": node.suspect_since is not None}
+                    for node_id, node in self._nodes.items()}
 
     def close(self) -> None:
         """Stop being fed (the process-wide registries are closed by reset_for_tests)."""
@@ -245,8 +329,9 @@ class Registry:
 
     # ---------------------------------------------------------------- feeding (called by the source)
 
-    def feed(self, item: Entry | Heartbeat, heard: float | None = None) -> None:
-        """An announcement or heartbeat was received at monotonic time heard (default: now)."""
+    def feed(self, item: Entry | Heartbeat | IndexPage, heard: float | None = None) -> None:
+        """An announcement, heartbeat or index page was received at monotonic time heard (default:
+        now)."""
         if item.realm != self.realm:
             return
         if self._key and not self._authentic(item):
@@ -254,7 +339,9 @@ class Registry:
         heard = self._clock() if heard is None else heard
         contested: list[Entry] = []
         with self._lock:
-            if isinstance(item, Heartbeat):
+            if isinstance(item, IndexPage):
+                self._apply_index(item, heard)
+            elif isinstance(item, Heartbeat):
                 self._apply_heartbeat(item, heard)
             else:
                 self._apply_entry(item, heard, contested)
@@ -282,13 +369,13 @@ class Registry:
                     self._bury(item.key, item.order, now)
         self._drain()
 
-    def _authentic(self, item: Entry | Heartbeat) -> bool:
+    def _authentic(self, item: Entry | Heartbeat | IndexPage) -> bool:
         """Mesh key set: does item carry a valid authenticator? (logs a refusal once per node/name)"""
         from . import auth
         why = auth.verify(self._key, item)
         if not why:
             return True
-        what = (item.node, "" if isinstance(item, Heartbeat) else item.name)
+        what = (item.node, item.name if isinstance(item, Entry) else "")
         with self._lock:
             first = what not in self._auth_warned
             if first:
@@ -297,26 +384,35 @@ class Registry:
                     del self._auth_warned[next(iter(self._auth_warned))]
         if first:
             log.warning("mesh: ignoring %s from node %s in realm %r: %s",
-                        "heartbeat" if isinstance(item, Heartbeat) else f"announcement of {item.name[:80]!r}",
+                        f"announcement of {item.name[:80]!r}" if isinstance(item, Entry)
+                        else type(item).__name__.lower(),
                         item.node, self.realm, why)
         return False
 
     def sweep(self, now: float | None = None) -> None:
-        """Liveness: hide entries nobody vouched for lately, forget old dormant ones and tombstones."""
+        """Liveness and repair: suspect and check silent nodes, hide entries nobody vouched for within
+        their node's window, ask for what anti-entropy found missing, forget old dormant entries and
+        tombstones."""
         now = self._clock() if now is None else now
-        window = self.settings.MESH_LIVENESS_WINDOW
         keep = self.settings.MESH_DORMANT_KEEP
+        checks: list[Entry] = []
+        asks: list[str] = []
         with self._lock:
+            self._update_local_health()
             for node_id, node in list(self._nodes.items()):
+                window = self._window(node)
+                if now - max(node.heard, node.entry_heard) > self.settings.MESH_SUSPECT_AFTER and node.keys:
+                    self._suspect_node(node, now, checks)
+                if node.sync is not None or node.mismatch_since is not None:
+                    asks += self._sync_step(node, now)
                 if now - node.heard <= window:
                     continue                  # a fresh heartbeat vouches for every entry of the node
+                node.sync, node.mismatch_since = None, None   # a dead node has nothing to repair
                 for key in list(node.keys):
                     slot = self._slots[key]
                     if slot.dormant_since is None:
                         if now - slot.heard > window:
-                            if slot.visible:
-                                self._pending.append((REMOVED, self._public(slot)))
-                            slot.dormant_since = now
+                            self._make_dormant(slot, now)
                     elif now - slot.dormant_since > keep:
                         self._unlink(key)
                 if not node.keys and now - max(node.heard, node.created) > keep:
@@ -329,6 +425,11 @@ class Registry:
             if len(self._nodes) < self.settings.MESH_MAX_NODES:
                 self._full_warned.discard("nodes")
         self._drain()
+        for entry in checks:
+            self._start_check(entry)
+        query = getattr(self._source, "query", None)
+        if asks and query is not None:
+            query(asks)
 
     def set_local_hosts(self, hosts: Iterable[str]) -> None:
         """Addresses and names of this machine (for the replica policy)."""
@@ -340,6 +441,7 @@ class Registry:
         node = self._node(entry.node, entry.incarnation, heard)
         if node is None:
             return
+        node.entry_heard = max(node.entry_heard, heard)
         key = entry.key
         tomb = self._tombstones.get(key)
         if tomb is not None and entry.order <= tomb[0]:
@@ -382,7 +484,12 @@ class Registry:
         node = self._node(hb.node, hb.incarnation, heard)
         if node is None:
             return
+        self._count_loss(node, hb.seq)
+        if hb.seq <= node.refused_seq:
+            return                            # sent before its endpoint refused us: no proof of life
         node.heard = max(node.heard, heard)
+        if self._fresh(heard):
+            node.suspect_since = None         # refuted: a late heartbeat clears suspicion
         for key in node.keys:
             slot = self._slots[key]
             if not slot.visible:
@@ -390,6 +497,138 @@ class Registry:
                 if slot.visible:
                     self._pending.append((ADDED, self._public(slot)))
                     self._notify()
+        if hb.count >= 0 and self._fresh(heard):
+            node.claimed = (hb.count, hb.digest)
+            self._compare_digest(node, heard)
+
+    # ---- liveness: heartbeat loss, adaptive window, suspicion (Lifeguard)
+
+    def _count_loss(self, node: _Node, seq: int) -> None:
+        """Sequence gaps are missed heartbeats: fold them into the node's loss estimate."""
+        if node.seq >= 0 and seq > node.seq:
+            gap = min(seq - node.seq, _MAX_GAP)
+            for i in range(gap):
+                node.samples += 1
+                weight = max(1.0 / _LOSS_MEMORY, 1.0 / node.samples)
+                node.loss += weight * ((1.0 if i < gap - 1 else 0.0) - node.loss)
+        node.seq = max(node.seq, seq)
+
+    def _update_local_health(self) -> None:
+        """Loss seen from every node says more about our own link than about them (Lifeguard's
+        local health): the mean over nodes with enough samples is a floor for every node's estimate."""
+        measured = [n.loss for n in self._nodes.values() if n.samples >= 8]
+        self._local_loss = sum(measured) / len(measured) if measured else 0.0
+
+    def _window(self, node: _Node) -> float:
+        """Seconds of silence after which the node counts as gone: enough missed heartbeats that,
+        at the loss measured, a live node stays silent that long with odds MESH_SILENCE_ODDS."""
+        settings = self.settings
+        loss = min(_LOSS_CAP, max(node.loss, self._local_loss))
+        if loss <= 0.0:
+            return settings.MESH_LIVENESS_WINDOW
+        missed = math.log(settings.MESH_SILENCE_ODDS) / math.log(loss)
+        return min(settings.MESH_LIVENESS_WINDOW_MAX,
+                   max(settings.MESH_LIVENESS_WINDOW, (missed + 1.0) * settings.MESH_HEARTBEAT_INTERVAL))
+
+    def _suspect_node(self, node: _Node, now: float, checks: list[Entry]) -> None:
+        if node.suspect_since is None:
+            node.suspect_since = now
+        if node.checking or now < node.next_check:
+            return
+        target = next((self._slots[k].entry for k in node.keys if self._slots[k].dormant_since is None), None)
+        if target is not None:
+            node.checking = True
+            node.next_check = now + self.settings.MESH_HEARTBEAT_INTERVAL
+            checks.append(target)
+
+    def _make_dormant(self, slot: _Slot, now: float) -> None:
+        if slot.visible:
+            self._pending.append((REMOVED, self._public(slot)))
+        slot.dormant_since = now
+
+    # ---- anti-entropy
+
+    def _node_items(self, node: _Node) -> list[tuple[str, int]]:
+        return [(self._slots[k].label, self._slots[k].entry.version) for k in node.keys]
+
+    def _compare_digest(self, node: _Node, now: float) -> None:
+        if node.claimed is None:
+            return
+        count, digest = node.claimed
+        items = self._node_items(node)
+        if len(items) == count and records.entries_digest(items) == digest:
+            node.sync, node.mismatch_since = None, None
+        elif node.mismatch_since is None and node.sync is None:
+            node.mismatch_since = now         # maybe an announcement still on its way: wait a little
+
+    def _sync_step(self, node: _Node, now: float) -> list[str]:
+        """Lock held: the record names to ask for now (index pages, then missing entries)."""
+        if node.sync is None:
+            assert node.mismatch_since is not None
+            if now - node.mismatch_since < self.settings.MESH_SYNC_GRACE:
+                return []
+            self._compare_digest(node, now)
+            if node.mismatch_since is None:
+                return []
+            node.sync, node.mismatch_since = _Sync(next_ask=now), None
+        sync = node.sync
+        if now < sync.next_ask:
+            return []
+        names = self._still_wanted(node, sync)
+        if not names:
+            if sync.wanted or sync.pages:     # index used up and still no match: take a fresh one
+                sync.pages.clear()
+                sync.wanted.clear()
+                sync.version = -1
+            count = node.claimed[0] if node.claimed else 0
+            names = [records.index_name(node.node_id, page)
+                     for page in range(records.index_page_count(count))]
+        delay = min(self.settings.MESH_QUERY_BACKOFF_MAX, self.settings.MESH_QUERY_BACKOFF_MIN * 2 ** sync.attempt)
+        sync.attempt += 1
+        sync.next_ask = now + delay * self._rng.uniform(0.9, 1.1)
+        return names
+
+    def _still_wanted(self, node: _Node, sync: _Sync) -> list[str]:
+        """Names of missing index pages, or (index complete) of entries we still lack."""
+        node_id = node.node_id
+        if sync.version < 0 or not sync.pages:
+            return []
+        pages = next(iter(sync.pages.values())).pages
+        if len(sync.pages) < pages:
+            return [records.index_name(node_id, n) for n in range(pages) if n not in sync.pages]
+        have = {self._slots[k].label: self._slots[k].entry.version for k in node.keys}
+        for label, version in list(sync.wanted.items()):
+            if have.get(label, -1) >= version:
+                del sync.wanted[label]
+        return [records.service_name(label) for label in sync.wanted]
+
+    def _apply_index(self, page: IndexPage, heard: float) -> None:
+        node = self._nodes.get(page.node)
+        if node is None or node.sync is None or page.incarnation != node.incarnation:
+            return
+        sync = node.sync
+        if page.version < sync.version:
+            return                            # an older snapshot
+        if page.version > sync.version or page.pages != next(iter(sync.pages.values()), page).pages:
+            sync.pages.clear()
+            sync.version = page.version
+        sync.pages[page.page] = page
+        if len(sync.pages) < page.pages:
+            return
+        listed = {label.lower(): version for p in sync.pages.values() for label, version in p.items}
+        now = self._clock()
+        for key in list(node.keys):           # ours but not the node's: a goodbye we missed
+            slot = self._slots[key]
+            if slot.label not in listed and slot.entry.version <= sync.version:
+                log.info("mesh: %s at %s was withdrawn by node %s (goodbye lost); dropping it",
+                         slot.entry.name, slot.entry.uri, page.node)
+                self._bury(key, slot.entry.order, now)
+        have = {self._slots[k].label: self._slots[k].entry.version for k in node.keys}
+        sync.wanted = {label: version for label, version in listed.items() if have.get(label, -1) < version}
+        sync.next_ask = now                   # ask for the missing entries right away
+        sync.attempt = 0
+        if not sync.wanted:
+            self._compare_digest(node, now)
 
     def _node(self, node_id: str, incarnation: int, heard: float) -> _Node | None:
         """The node record, created or reset for a newer incarnation; None for stale news."""
@@ -398,7 +637,7 @@ class Registry:
             if len(self._nodes) >= self.settings.MESH_MAX_NODES and not self._forget_idle_node():
                 self._warn_full("nodes", f"refusing node {node_id}")
                 return None
-            node = self._nodes[node_id] = _Node(incarnation, _NEVER, heard)
+            node = self._nodes[node_id] = _Node(incarnation, _NEVER, heard, node_id=node_id)
             return node
         if incarnation < node.incarnation:
             return None                       # from before the node restarted
@@ -406,6 +645,7 @@ class Registry:
             for key in list(node.keys):
                 self._drop(key)
             node.incarnation, node.heard = incarnation, _NEVER
+            node.seq, node.refused_seq, node.claimed, node.sync, node.mismatch_since = -1, -1, None, None, None
         return node
 
     def _notify(self) -> None:
@@ -547,6 +787,36 @@ class Registry:
             with self._lock:
                 self._deliverer = None
             raise
+
+    def _start_check(self, entry: Entry) -> None:
+        check = getattr(self._source, "check", None)
+        if check is None or not check(entry, self.settings.MESH_PROBE_TIMEOUT, self._check_done):
+            with self._lock:
+                node = self._nodes.get(entry.node)
+                if node is not None:
+                    node.checking = False
+
+    def _check_done(self, entry: Entry, outcome: str) -> None:
+        """A suspected node's endpoint answered (refutes), refused (it is gone) or stayed silent."""
+        now = self._clock()
+        with self._lock:
+            node = self._nodes.get(entry.node)
+            if node is None or node.incarnation != entry.incarnation:
+                return
+            node.checking = False
+            if outcome == OPEN:
+                node.heard = max(node.heard, now)
+                node.suspect_since = None
+            elif outcome == REFUSED:
+                log.info("mesh: node %s refused a connection to %s: its entries there are gone",
+                         entry.node, entry.uri)
+                node.refused_seq = node.seq
+                endpoint = URI(entry.uri).location
+                for key in node.keys:
+                    slot = self._slots[key]
+                    if slot.dormant_since is None and URI(slot.entry.uri).location == endpoint:
+                        self._make_dormant(slot, now)
+        self._drain()
 
     def _start_probe(self, entry: Entry) -> None:
         source = self._source

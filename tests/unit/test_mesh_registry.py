@@ -48,6 +48,21 @@ class FakeSource:
         done(entry, self.reachable[entry.uri])
         return True
 
+    outcomes: dict[str, str]
+    checked: list[str]
+    queried: list[list[str]]
+
+    def check(self, entry: Entry, timeout: float, done: Callable[[Entry, str], None]) -> bool:
+        self.__dict__.setdefault("checked", []).append(entry.uri)
+        outcome = self.__dict__.get("outcomes", {}).get(entry.uri)
+        if outcome is None:
+            return False
+        done(entry, outcome)
+        return True
+
+    def query(self, names: list[str]) -> None:
+        self.__dict__.setdefault("queried", []).append(list(names))
+
 
 @pytest.fixture
 def clock() -> Clock:
@@ -218,18 +233,36 @@ def test_stale_cached_record_is_not_proof_of_life(reg: Registry, clock: Clock, e
 
 # ---- suspicion, probes, replica policy
 
-def test_report_failure_hides_until_heard_after_hold(reg: Registry, clock: Clock, events: list) -> None:
-    reg.feed(entry())
-    reg.report_failure(uri())
-    assert reg.lookup("svc") == [] and reg.choose("svc") is None
-    clock.now += reg.settings.MESH_SUSPECT_HOLD / 2
-    reg.feed(Heartbeat(REALM, "n1", 1, 1))              # too soon: may predate the failure
-    assert reg.lookup("svc") == []
-    clock.now += reg.settings.MESH_SUSPECT_HOLD
-    reg.feed(Heartbeat(REALM, "n1", 1, 2))
-    assert len(reg.lookup("svc")) == 1
+def test_report_failure_passes_a_provider_over_but_never_hides_the_only_one(reg: Registry, clock: Clock,
+                                                                           events: list) -> None:
+    reg.feed(entry(port=1, node="a"))
+    reg.report_failure(uri(1))                           # the only provider: still chosen
+    assert reg.choose("svc").uri == uri(1)
+    reg.feed(entry(port=2, node="b"))
+    reg.report_failure(uri(1))
+    assert {reg.choose("svc").uri for _ in range(30)} == {uri(2)}
+    assert len(reg.lookup("svc")) == 2                   # a routing hint, not a removal
+    clock.now += reg.settings.MESH_SUSPECT_HOLD + 0.01   # decays by itself
+    assert {reg.choose("svc").uri for _ in range(50)} == {uri(1), uri(2)}
     reg.report_failure("not a uri")                      # ignored
-    assert events == [(ADDED, "svc", uri()), (REMOVED, "svc", uri()), (ADDED, "svc", uri())]
+    assert events == [(ADDED, "svc", uri(1)), (ADDED, "svc", uri(2))]
+
+
+def test_a_report_checks_the_endpoint_and_a_refusal_removes_it(reg: Registry, source: FakeSource,
+                                                                       events: list) -> None:
+    source.outcomes = {uri(1): "refused", uri(2): "open"}
+    reg.feed(entry(port=1, node="a"))
+    reg.feed(Heartbeat(REALM, "a", 1, 1))
+    reg.feed(entry(port=2, node="b"))
+    reg.report_failure(uri(2), kind="unreachable")       # checked, and it answers: kept
+    reg.report_failure(uri(1), kind="refused")           # checked, refused: gone
+    assert source.checked == [uri(2), uri(1)]
+    assert [e.uri for e in reg.lookup("svc")] == [uri(2)]
+    assert (REMOVED, "svc", uri(1)) in events
+    reg.feed(Heartbeat(REALM, "a", 1, 1))                # a late copy of one sent before the refusal...
+    assert [e.uri for e in reg.lookup("svc")] == [uri(2)]   # ...proves nothing
+    reg.feed(Heartbeat(REALM, "a", 1, 2))                # a newer one: it is back
+    assert len(reg.lookup("svc")) == 2
 
 
 def test_choose_prefers_this_machine_then_random(reg: Registry) -> None:
@@ -237,7 +270,7 @@ def test_choose_prefers_this_machine_then_random(reg: Registry) -> None:
     for port, host, node in [(1, "10.0.0.1", "a"), (2, "10.0.0.2", "b"), (3, "192.168.1.5", "c")]:
         reg.feed(entry(port=port, host=host, node=node))
     assert {reg.choose("svc").uri for _ in range(20)} == {uri(3, "192.168.1.5")}
-    reg.report_failure(uri(3, "192.168.1.5"))
+    reg.report_failure(uri(3, "192.168.1.5"))            # passed over while it is suspect
     assert {reg.choose("svc").uri for _ in range(50)} == {uri(1), uri(2, "10.0.0.2")}
     assert reg.choose("other") is None
     assert reg.choose_meta(meta_all=set()) is not None
@@ -339,15 +372,16 @@ def test_realm_is_validated(clock: Clock, source: FakeSource) -> None:
         Registry(Settings().copy(REALM=""), source=source, clock=clock)
 
 
-def test_report_failure_of_an_other_address_hides_the_entry(reg: Registry) -> None:
+def test_report_failure_of_an_other_address_passes_the_entry_over(reg: Registry) -> None:
     multi = records.make_entry(realm=REALM, name="svc", uri=uri(1), metadata=set(), node="n1",
                                incarnation=1, version=1, other_hosts=["192.0.2.1"])
     reg.feed(multi)
-    reg.feed(entry("other", 2))
+    reg.feed(entry("svc", 2, node="n2"))
     reg.report_failure(uri(1, host="192.0.2.1"))           # the address a proxy here chose
-    assert reg.lookup("svc") == [] and len(reg.lookup("other")) == 1
+    assert {reg.choose("svc").uri for _ in range(30)} == {uri(2)}
+    assert reg.stats()["avoided"] == 1
     reg.report_failure(uri(9, host="192.0.2.1"))           # another port: nobody's
-    assert len(reg.lookup("other")) == 1
+    assert reg.stats()["avoided"] == 1
 
 
 def test_a_change_of_other_addresses_is_an_update(reg: Registry, events: list) -> None:
@@ -357,3 +391,175 @@ def test_a_change_of_other_addresses_is_an_update(reg: Registry, events: list) -
     reg.feed(grown)
     assert events == [(ADDED, "svc", uri()), (UPDATED, "svc", uri())]
     assert reg.lookup("svc")[0].other_hosts == ("192.0.2.1",)
+
+
+# ---- suspicion before removal (Lifeguard): checks, refutation, a window that grows with loss
+
+def beat_for(reg: Registry, clock: Clock, node: str, seconds: float, lost_every: int = 0,
+             start_seq: int = 1) -> int:
+    """Heartbeats once a second for `seconds`, every lost_every-th one lost; returns the next seq."""
+    seq = start_seq
+    for _ in range(int(seconds)):
+        clock.now += 1.0
+        if not (lost_every and seq % lost_every == 0):
+            reg.feed(Heartbeat(REALM, node, 1, seq))
+        seq += 1
+        reg.sweep()
+    return seq
+
+
+def test_a_silent_node_is_suspected_and_checked_and_an_answer_refutes_it(reg: Registry, clock: Clock,
+                                                                         source: FakeSource) -> None:
+    source.outcomes = {uri(1): "open"}
+    reg.feed(entry(port=1, node="a"))
+    seq = beat_for(reg, clock, "a", 3)
+    clock.now += reg.settings.MESH_SUSPECT_AFTER + 0.1   # silent: suspected, checked, answers
+    reg.sweep()
+    assert source.checked == [uri(1)]
+    assert reg.stats()["suspect_nodes"] == 0 and len(reg.lookup("svc")) == 1
+    clock.now += reg.settings.MESH_LIVENESS_WINDOW - 1   # past the window since the last heartbeat
+    reg.sweep()
+    assert len(reg.lookup("svc")) == 1                   # the accepted connection vouched for it
+    source.outcomes = {}                                 # now the checks get no answer
+    for _ in range(int(reg.settings.MESH_LIVENESS_WINDOW * 4) + 2):
+        clock.now += 0.25
+        reg.sweep()
+    assert reg.lookup("svc") == [] and reg.stats()["suspect_nodes"] == 1
+    reg.feed(Heartbeat(REALM, "a", 1, seq))              # a late heartbeat clears the suspicion
+    assert len(reg.lookup("svc")) == 1 and reg.stats()["suspect_nodes"] == 0
+
+
+def test_a_killed_daemon_whose_port_refuses_is_gone_after_suspect_after(reg: Registry, clock: Clock,
+                                                                         source: FakeSource) -> None:
+    source.outcomes = {uri(1): "refused"}
+    reg.feed(entry(port=1, node="a"))
+    beat_for(reg, clock, "a", 3)
+    clock.now += reg.settings.MESH_SUSPECT_AFTER - 0.05
+    reg.sweep()
+    assert len(reg.lookup("svc")) == 1
+    clock.now += 0.1
+    reg.sweep()
+    assert reg.lookup("svc") == []                       # well before MESH_LIVENESS_WINDOW
+
+
+def test_the_liveness_window_grows_with_measured_heartbeat_loss(reg: Registry, clock: Clock) -> None:
+    settings = reg.settings
+    reg.feed(entry(port=1, node="clean"))
+    reg.feed(entry(port=2, node="lossy"))
+    for second in range(60):                             # one heartbeat in five lost: 20 %
+        clock.now += 1.0
+        reg.feed(Heartbeat(REALM, "clean", 1, second + 1))
+        if second % 5 != 4:
+            reg.feed(Heartbeat(REALM, "lossy", 1, second + 1))
+        reg.sweep()
+    health = reg.node_health()
+    assert 0.12 < health["lossy"]["loss"] < 0.3
+    # 0.2 ** 9 ~ 5e-7 < MESH_SILENCE_ODDS: about 9-10 missed heartbeats before "gone"
+    assert 8.0 < health["lossy"]["window"] <= settings.MESH_LIVENESS_WINDOW_MAX
+    # local health: the clean node's window is raised by the loss seen overall, not below the minimum
+    assert health["clean"]["window"] > settings.MESH_LIVENESS_WINDOW
+    clock.now += 6.0                                     # 6 s of silence: gone on a clean LAN, not here
+    reg.sweep()
+    assert {e.uri for e in reg.lookup("svc")} == {uri(1), uri(2)}
+    clock.now += settings.MESH_LIVENESS_WINDOW_MAX
+    reg.sweep()
+    assert reg.lookup("svc") == []
+
+
+def test_twenty_percent_random_loss_causes_no_false_departure(clock: Clock, source: FakeSource) -> None:
+    reg = new_registry(clock, source)
+    reg.feed(entry(port=1, node="a"))
+    rng = random.Random(3)
+    removed: list[str] = []
+    reg.subscribe(lambda event, e: removed.append(e.uri) if event == REMOVED else None)
+    for seq in range(1, 1801):                           # 30 minutes of heartbeats at 20 % loss
+        clock.now += 1.0
+        if rng.random() >= 0.2:
+            reg.feed(Heartbeat(REALM, "a", 1, seq))
+        for _ in range(4):
+            reg.sweep()
+            clock.now += 0.0
+    assert removed == []
+
+
+# ---- anti-entropy: a heartbeat digest, the node's index, exactly the missing entries
+
+def items_of(*entries: Entry) -> list[tuple[str, int]]:
+    return [(records.instance_label(e), e.version) for e in entries]
+
+
+def digest_beat(node: str, seq: int, *entries: Entry) -> Heartbeat:
+    return Heartbeat(REALM, node, 1, seq, count=len(entries), digest=records.entries_digest(items_of(*entries)))
+
+
+def test_a_missing_entry_is_found_through_the_index_and_asked_for_exactly(reg: Registry, clock: Clock,
+                                                                          source: FakeSource) -> None:
+    a, b, c = (entry(name, port, node="n1", ver=v) for name, port, v in [("a", 1, 1), ("b", 2, 2), ("c", 3, 3)])
+    reg.feed(a)
+    reg.feed(c)                                          # b's announcements were all lost
+    reg.feed(digest_beat("n1", 1, a, b, c))
+    reg.sweep()
+    assert source.__dict__.get("queried") is None        # grace: b may still be on its way
+    clock.now += reg.settings.MESH_SYNC_GRACE + 0.01
+    reg.sweep()
+    assert source.queried == [[records.index_name("n1", 0)]]
+    for page in records.index_pages(REALM, "n1", 1, 3, items_of(a, b, c)):
+        reg.feed(page)
+    reg.sweep()
+    assert source.queried[-1] == [records.service_name(records.instance_label(b))]
+    reg.feed(b)
+    reg.feed(digest_beat("n1", 2, a, b, c))
+    assert reg.stats()["syncing"] == 0
+    assert {e.name for e in reg.list()} == {"a", "b", "c"}
+
+
+def test_a_lost_goodbye_is_noticed_and_the_entry_dropped(reg: Registry, clock: Clock, events: list) -> None:
+    a, b = entry("a", 1, node="n1", ver=1), entry("b", 2, node="n1", ver=2)
+    reg.feed(a)
+    reg.feed(b)
+    reg.feed(digest_beat("n1", 1, a))                    # the node withdrew b; we missed the goodbye
+    clock.now += reg.settings.MESH_SYNC_GRACE + 0.01
+    reg.sweep()
+    for page in records.index_pages(REALM, "n1", 1, 3, items_of(a)):
+        reg.feed(page)
+    assert [e.name for e in reg.list()] == ["a"]
+    assert (REMOVED, "b", uri(2)) in events
+    reg.feed(b)                                          # a late copy does not bring it back
+    assert [e.name for e in reg.list()] == ["a"]
+
+
+def test_queries_back_off_exponentially_and_never_give_up_while_the_node_lives(reg: Registry, clock: Clock,
+                                                                                source: FakeSource) -> None:
+    a, b = entry("a", 1, node="n1", ver=1), entry("b", 2, node="n1", ver=2)
+    reg.feed(a)
+    asked_at: list[float] = []
+    seq = 1
+    while clock.now < 1000.0 + 60:                       # a minute of heartbeats; no index ever arrives
+        reg.feed(digest_beat("n1", seq, a, b))
+        seq += 1
+        for _ in range(4):
+            clock.now += 0.25
+            before = len(source.__dict__.get("queried", []))
+            reg.sweep()
+            if len(source.__dict__.get("queried", [])) > before:
+                asked_at.append(clock.now)
+    gaps = [round(later - earlier) for earlier, later in zip(asked_at, asked_at[1:])]
+    assert gaps[:4] == [1, 2, 4, 8]
+    assert set(gaps[4:]) == {8} and len(gaps) >= 9      # capped at MESH_QUERY_BACKOFF_MAX, still asking
+    clock.now += reg.settings.MESH_LIVENESS_WINDOW_MAX + 1   # the node dies: the asking stops
+    reg.sweep()
+    count = len(source.queried)
+    for _ in range(40):
+        clock.now += 1
+        reg.sweep()
+    assert len(source.queried) == count and reg.stats()["syncing"] == 0
+
+
+def test_heartbeats_without_a_digest_start_no_anti_entropy(reg: Registry, clock: Clock,
+                                                           source: FakeSource) -> None:
+    reg.feed(entry("a", 1, node="n1"))
+    for seq in range(5):
+        reg.feed(Heartbeat(REALM, "n1", 1, seq))
+        clock.now += 1
+        reg.sweep()
+    assert source.__dict__.get("queried") is None and reg.stats()["syncing"] == 0

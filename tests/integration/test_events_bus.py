@@ -114,3 +114,50 @@ def test_a_slow_handler_holds_up_no_other_subscriber(realm: str, buses: list[Eve
     slow = next(s for s in pub.stats()["subscribers"] if s["uri"] == slow_bus.stats()["inbox"])
     assert slow["dropped"] >= 1000 - 150 - 150 and slow["queued"] == 150   # the batch in its handler, a full backlog
     release.set()
+
+
+def test_asyncio_handlers_run_on_the_loop_in_order(realm: str, buses: list[EventBus]) -> None:
+    import asyncio
+
+    from meshrpc.events import aio
+
+    settings = settings_for(realm)
+    pub = EventBus(settings)
+    buses.append(pub)
+
+    async def main() -> tuple[list[int], list[int], bool]:
+        loop = asyncio.get_running_loop()
+        seen: list[int] = []
+        on_loop = True
+
+        async def handler(event: Any) -> None:
+            nonlocal on_loop
+            on_loop = on_loop and asyncio.get_running_loop() is loop
+            await asyncio.sleep(0)              # a coroutine that yields: the next event waits for it
+            seen.append(event.msg)
+
+        async with aio.EventBus(settings) as bus:
+            await bus.subscribe("a.*", handler)
+            iterated: list[int] = []
+            stream = bus.events("a.>")
+            first = asyncio.ensure_future(stream.__anext__())
+            assert await asyncio.to_thread(pub.wait_for_subscribers, "a.b", 1, 10) == 1
+            await asyncio.to_thread(_until, lambda: len(pub.subscribers("a.b")) == 1
+                                    and len(pub.stats()["subscribers"][0]["patterns"]) == 2)
+            for i in range(50):
+                pub.publish("a.b", i)
+            iterated.append((await first).msg)
+            async for event in stream:
+                iterated.append(event.msg)
+                if len(iterated) == 50:
+                    break
+            await stream.aclose()
+            assert await asyncio.to_thread(pub.flush, 10)
+        return seen, iterated, on_loop
+
+    seen, iterated, on_loop = asyncio.run(asyncio.wait_for(main(), 60))
+    assert seen == list(range(50)) and iterated == list(range(50)) and on_loop
+
+
+def _until(condition: Any) -> None:
+    wait_until(condition, 20, message="the publisher to know both patterns")

@@ -161,6 +161,24 @@ def test_pyro5_interop(runner: Runner) -> None:
     stop(theirs)
 
 
+def test_events_door_light_and_logger(runner: Runner) -> None:
+    light = serve(runner, "events/light.py")
+    logger = serve(runner, "events/logger.py")
+    sensor = client(runner, "events/door_sensor.py", "4", "--pause", "0.05")
+    assert sensor.out[0] == "door sensor: 2 subscribers listening", sensor.describe()
+    assert sensor.out[-1] == "door sensor: 4 events, 8 deliveries, 0 dropped", sensor.describe()
+    # flushed: each delivery returned after its handler ran (the lines may still be in the pipe)
+    light.expect(lambda _line: len(light.out) >= 5)
+    logger.expect(r"\(#3\)$")
+    assert light.out[1:] == ["light: hall door open -> light on", "light: hall door closed -> light off"] * 2
+    logged = [line for line in logger.out if line.startswith("logger: ") and "home.hall.door" in line]
+    assert [re.search(r"'state': '(\w+)'.*\(#(\d)\)", line).groups() for line in logged] == [
+        ("open", "0"), ("closed", "1"), ("open", "2"), ("closed", "3")], logger.describe()
+    stop(light)
+    stop(logger)
+    assert logger.out[-1] == "logger: stopped (0 events lost)"
+
+
 def test_examples_default_to_loopback() -> None:
     """No example binds anything but the configured host (localhost by default)."""
     for path in EXAMPLES.rglob("*.py"):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..server.decorators import expose, idempotent
-from .streams import Receipts
+from .streams import REPLAYED, Receipts
 from .subjects import Pattern
 
 log = logging.getLogger("meshrpc.events")
@@ -113,13 +113,13 @@ class Inbox:
                     self._on_loss(stream, gap)
             for offset in range(skip, len(events)):
                 try:
-                    subject, msg, when, retained = events[offset]
+                    subject, msg, when, flags = events[offset]
                 except (TypeError, ValueError):
                     log.warning("ignoring a malformed event from %s: %.80r", stream, events[offset])
                     continue
-                if not isinstance(subject, str):
+                if not isinstance(subject, str) or not isinstance(flags, int):
                     continue
-                event = Event(subject, msg, when, bool(retained), stream, first_seq + offset)
+                event = Event(subject, msg, when, bool(flags & REPLAYED), stream, first_seq + offset)
                 self.received += 1
                 for subscription in self._subscriptions:
                     if subscription.matches(subject):

@@ -14,21 +14,30 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
 from ..errors import MeshError
-from .streams import Backlog, EventTuple
+from .streams import REPLAYED, RETAIN, Backlog, EventTuple
 from .subjects import Pattern
 
 log = logging.getLogger("meshrpc.events")
 
-REPLAYED = 1       # event flag: a retained last value replayed to a new subscriber
-RETAIN = 2         # event flag (publisher to event server): keep this as the subject's last value
 
 Send = Callable[[Any, str, int, list], None]      # (proxy, stream, first_seq, events)
 _ROUTE_CACHE_MAX = 4096
-_SEQ_MEMORY_MAX = 10_000
+_ABSENT_MAX = 1000         # departed subscribers remembered (for at most MESH_DORMANT_KEEP seconds)
+
+
+@dataclass
+class _Absent:
+    patterns: tuple[Pattern, ...]
+    next_seq: int
+    since: float
+
+    def matches(self, subject: str) -> bool:
+        return any(p.matches(subject) for p in self.patterns)
 
 
 def send_deliver(proxy: Any, stream: str, first_seq: int, events: list) -> None:
@@ -152,10 +161,11 @@ class Router:
         self._send = send
         self._lock = threading.Lock()
         self._outboxes: dict[str, Outbox] = {}
-        self._routes: dict[str, tuple[Outbox, ...]] = {}
+        self._routes: dict[str, tuple[tuple[Outbox, ...], tuple[_Absent, ...]]] = {}
         self._retained: OrderedDict[str, tuple[Any, float]] = OrderedDict()
-        self._next_seq: OrderedDict[str, int] = OrderedDict()   # of subscribers gone: continue numbering
+        self._absent: OrderedDict[str, _Absent] = OrderedDict()   # subscribers gone, maybe for a moment
         self.published = 0
+        self.missed = 0                # events that departed subscribers would have had
         self.dropped_gone = 0          # by subscribers removed since
         self.delivered_gone = 0
         self._changed = threading.Condition(self._lock)
@@ -170,15 +180,20 @@ class Router:
                 self._retained.move_to_end(subject)
                 if len(self._retained) > self.settings.EVENTS_RETAIN_MAX:
                     self._retained.popitem(last=False)
-            outboxes = self._routes.get(subject)
-            if outboxes is None:
-                outboxes = tuple(o for o in self._outboxes.values() if o.matches(subject))
+            route = self._routes.get(subject)
+            if route is None:
+                route = (tuple(o for o in self._outboxes.values() if o.matches(subject)),
+                         tuple(a for a in self._absent.values() if a.matches(subject)))
                 if len(self._routes) >= _ROUTE_CACHE_MAX:
                     self._routes.clear()
-                self._routes[subject] = outboxes
-            event = (subject, message, when, 0)
+                self._routes[subject] = route
+            outboxes, absent = route
+            event = (subject, message, when, RETAIN if retain else 0)
             for outbox in outboxes:
                 outbox.put(event)
+            for gone in absent:          # it would have had this one: if it comes back, the gap shows
+                gone.next_seq += 1
+            self.missed += len(absent)
             return len(outboxes)
 
     def set_subscriber(self, uri: str, patterns: Iterable[Pattern], *, send: Send | None = None,
@@ -190,7 +205,7 @@ class Router:
             outbox = self._outboxes.get(uri)
             old = outbox.patterns if outbox is not None else ()
             if outbox is None:
-                outbox = Outbox(uri, patterns, self.settings, self.stream, first_seq=self._next_seq.pop(uri, 0),
+                outbox = Outbox(uri, patterns, self.settings, self.stream, first_seq=self._first_seq(uri),
                                 send=send or self._send, give_up_after=give_up_after, on_give_up=self._gave_up)
                 self._outboxes[uri] = outbox
                 log.info("subscriber %s: %s", uri, ", ".join(p.text for p in patterns))
@@ -210,7 +225,7 @@ class Router:
                 return
             self._routes.clear()
         left = len(outbox.backlog)
-        self._remember(uri, outbox.close())
+        self._remember(outbox, outbox.close())
         self._forget_counts(outbox)
         log.info("subscriber %s removed%s", uri, f" ({left} undelivered events dropped)" if left else "")
 
@@ -219,7 +234,7 @@ class Router:
             if self._outboxes.get(outbox.uri) is outbox:
                 del self._outboxes[outbox.uri]
                 self._routes.clear()
-        self._remember(outbox.uri, outbox.close())
+        self._remember(outbox, outbox.close())
         self._forget_counts(outbox)
 
     def _forget_counts(self, outbox: Outbox) -> None:
@@ -228,11 +243,23 @@ class Router:
             self.dropped_gone += outbox.backlog.dropped
             self.delivered_gone += outbox.delivered
 
-    def _remember(self, uri: str, next_seq: int) -> None:
+    def _remember(self, outbox: Outbox, next_seq: int) -> None:
+        """A subscriber went (goodbye, silence, or unreachable): remember its patterns and number
+        for a while, counting what it misses, so that if it comes back its first batch shows the gap."""
+        now = time.monotonic()
         with self._lock:
-            self._next_seq[uri] = next_seq
-            if len(self._next_seq) > _SEQ_MEMORY_MAX:
-                self._next_seq.popitem(last=False)
+            self._absent.pop(outbox.uri, None)
+            self._absent[outbox.uri] = _Absent(outbox.patterns, next_seq, now)
+            keep = self.settings.MESH_DORMANT_KEEP
+            while self._absent and (len(self._absent) > _ABSENT_MAX
+                                    or now - next(iter(self._absent.values())).since > keep):
+                self._absent.popitem(last=False)
+            self._routes.clear()
+
+    def _first_seq(self, uri: str) -> int:
+        """Lock held. The number a (returning) subscriber's stream continues from."""
+        gone = self._absent.pop(uri, None)
+        return gone.next_seq if gone is not None else 0
 
     def subscribers(self, subject: str | None = None) -> list[str]:
         with self._lock:
@@ -261,7 +288,8 @@ class Router:
             per = [o.stats() for o in self._outboxes.values()]
             return {"published": self.published, "subscribers": per, "retained": len(self._retained),
                     "delivered": sum(s["delivered"] for s in per) + self.delivered_gone,
-                    "dropped": sum(s["dropped"] for s in per) + self.dropped_gone}
+                    "dropped": sum(s["dropped"] for s in per) + self.dropped_gone,
+                    "missed_while_away": self.missed, "away": len(self._absent)}
 
     def close(self) -> None:
         with self._lock:

@@ -25,8 +25,8 @@ from ..config import Settings
 from ..server.decorators import expose, idempotent
 from .bus import SERVER_NAME
 from .inbox import Event
-from .router import RETAIN, Router
-from .streams import Receipts
+from .router import Router
+from .streams import RETAIN, Receipts
 from .subjects import Pattern, SubjectError, check_subject, pattern_of_tag
 
 log = logging.getLogger("meshrpc.events")

@@ -161,3 +161,26 @@ def test_asyncio_handlers_run_on_the_loop_in_order(realm: str, buses: list[Event
 
 def _until(condition: Any) -> None:
     wait_until(condition, 20, message="the publisher to know both patterns")
+
+
+def test_events_missed_while_a_subscriber_was_away_are_counted_when_it_returns(realm: str,
+                                                                              buses: list[EventBus]) -> None:
+    settings = settings_for(realm)
+    sub_bus, pub = EventBus(settings), EventBus(settings)
+    buses.extend([sub_bus, pub])
+    got = Collector()
+    sub_bus.subscribe("w.>", got)
+    assert pub.wait_for_subscribers("w.x", 1, 10) == 1
+    router, inbox = pub._publishing(), sub_bus.stats()["inbox"]
+    pub.publish("w.x", 0)
+    assert got.wait_for(1)
+    patterns = router._outboxes[inbox].patterns
+    router.remove_subscriber(inbox)              # as when its heartbeats were lost for a while
+    for i in range(1, 6):
+        pub.publish("w.x", i)                    # it misses these
+    pub.publish("v.x", "not for it")
+    router.set_subscriber(inbox, patterns)       # heard again
+    pub.publish("w.x", 6)
+    assert got.wait_for(2)
+    assert [(e.msg, e.seq) for e in got.events] == [(0, 0), (6, 6)]
+    assert sub_bus.stats()["lost"] == 5

@@ -5,11 +5,15 @@ The public API, re-exported here (names follow Pyro5's api module)."""
 from __future__ import annotations
 
 from . import errors
+from . import resolve as _resolve_module  # noqa: F401 - loaded first, so `meshrpc.resolve` stays the function
 from .blob import SerializedBlob
 from .client.batch import BatchProxy
 from .client.proxy import Proxy
 from .config import Settings, config
 from .context import current_context
+from .core import resolve, type_meta
+from .nameserver import start_ns, start_ns_loop
+from .serializers import SerializerBase
 from .server.daemon import Daemon, DaemonObject, serve
 from .server.decorators import behavior, callback, expose, idempotent, oneway
 from .uri import URI
@@ -56,8 +60,9 @@ def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool 
 
 
 __all__ = [
-    "AsyncProxy", "BatchProxy", "Daemon", "DaemonObject", "Future", "FutureResult", "Proxy", "SerializedBlob", "Settings", "URI", "__version__",
-    "asyncproxy", "behavior", "callback", "config", "current_context", "errors", "expose", "idempotent", "locate_ns", "oneway",
-    "register_class_to_dict", "register_dict_to_class", "serve", "unregister_class_to_dict",
-    "unregister_dict_to_class",
+    "AsyncProxy", "BatchProxy", "Daemon", "DaemonObject", "Future", "FutureResult", "Proxy", "SerializedBlob",
+    "SerializerBase", "Settings", "URI", "__version__", "asyncproxy", "behavior", "callback", "config",
+    "current_context", "errors", "expose", "idempotent", "locate_ns", "oneway", "register_class_to_dict",
+    "register_dict_to_class", "resolve", "serve", "start_ns", "start_ns_loop", "type_meta",
+    "unregister_class_to_dict", "unregister_dict_to_class",
 ]

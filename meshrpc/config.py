@@ -14,6 +14,16 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 ENV_PREFIX = "MESHRPC_"
+PYRO5_ENV_PREFIX = "PYRO_"  # read for the settings Pyro5 has too, when no MESHRPC_ variable is set
+PYRO5_SETTINGS = frozenset({
+    "HOST", "NS_HOST", "NS_PORT", "NS_BCPORT", "NS_BCHOST", "NS_AUTOCLEAN", "NS_LOOKUP_DELAY", "NATHOST", "NATPORT",
+    "COMPRESSION", "SERVERTYPE", "COMMTIMEOUT", "POLLTIMEOUT", "MAX_RETRIES", "SOCK_REUSE", "SOCK_NODELAY",
+    "DETAILED_TRACEBACK", "THREADPOOL_SIZE", "THREADPOOL_SIZE_MIN", "MAX_MESSAGE_SIZE", "BROADCAST_ADDRS",
+    "PREFER_IP_VERSION", "SERIALIZER", "SERPENT_BYTES_REPR", "ITER_STREAMING", "ITER_STREAM_LIFETIME",
+    "ITER_STREAM_LINGER", "LOGFILE", "LOGLEVEL", "LOGWIRE", "SSL", "SSL_SERVERCERT", "SSL_SERVERKEY",
+    "SSL_SERVERKEYPASSWD", "SSL_REQUIRECLIENTCERT", "SSL_CLIENTCERT", "SSL_CLIENTKEY", "SSL_CLIENTKEYPASSWD",
+    "SSL_CACERTS",
+})
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -98,6 +108,12 @@ class Settings:
         "Run oneway calls on the worker pool, off the connection's reader, so the calling proxy's "
         "next call need not wait (a connection's oneway calls still run in the order sent); False "
         "runs them inline on the connection's worker."))
+    SERVERTYPE: str = field(default="thread", metadata=_doc(
+        "Pyro5's server types: `thread` runs calls concurrently on the worker pool; `multiplex` runs "
+        "them one at a time (a pool of one worker), for objects that are not thread-safe. Both "
+        "serve from one selector loop, so idle connections hold no thread in either."))
+    THREADPOOL_SIZE_MIN: int = field(default=4, metadata=_doc(
+        "Accepted for Pyro5 programs; no effect: the worker pool starts threads when calls need them."))
     MAX_CONNECTIONS: int = field(default=10000, metadata=_doc(
         "Most client connections a daemon holds at once; more are refused and closed."))
     DETAILED_TRACEBACK: bool = field(default=False, metadata=_doc(
@@ -117,6 +133,14 @@ class Settings:
     NS_PORT: int = field(default=9090, metadata=_doc("Name server port (Pyro5's default)."))
     NS_BCPORT: int = field(default=9091, metadata=_doc(
         "UDP port of the name server's broadcast responder (Pyro5's default)."))
+    NS_BCHOST: str = field(default="", metadata=_doc(
+        "Address the name server's broadcast responder binds; empty means the name server's host."))
+    NS_LOOKUP_DELAY: float = field(default=0.0, metadata=_doc(
+        "Seconds a name-server lookup of a name that is not registered (yet) keeps retrying before "
+        "NamingError (Pyro5's setting; 0 fails at once)."))
+    BROADCAST_ADDRS: str = field(default="<broadcast>, 0.0.0.0", metadata=_doc(
+        "Accepted for Pyro5 programs; no effect: broadcast name-server discovery asks the broadcast "
+        "address of every interface the daemon serves (docs/nameserver.md)."))
     NS_AUTOREGISTER: bool = field(default=True, metadata=_doc(
         "When NS_HOST is set, daemons also register the objects they give a name in that name server "
         "(in the background) and withdraw them on unregister and shutdown."))
@@ -319,12 +343,42 @@ class Settings:
     GATEWAY_SSE_QUEUE: int = field(default=1000, metadata=_doc(
         "Events queued for one event-stream subscriber; a subscriber that falls further behind is "
         "disconnected (browsers reconnect and get a fresh snapshot)."))
+    PREFER_IP_VERSION: int = field(default=0, metadata=_doc(
+        "Accepted for Pyro5 programs; no effect: addresses are used as the system resolves them."))
+    SERPENT_BYTES_REPR: bool = field(default=False, metadata=_doc(
+        "Accepted for Pyro5 programs; no effect: serpent bytes are sent as Pyro5 peers expect "
+        "(base64 dicts), and as real bytes between meshrpc peers."))
     # --- diagnostics
+    LOGFILE: str = field(default="", metadata=_doc(
+        "Accepted for Pyro5 programs; no effect: meshrpc logs through the `meshrpc` logger, which the "
+        "application directs (LOGLEVEL adds a stderr handler when it sets up none)."))
     LOGLEVEL: str = field(default="", metadata=_doc(
         "Level for the `meshrpc` logger (DEBUG, INFO, WARNING...); empty leaves logging to the "
         "application."))
     LOGWIRE: bool = field(default=False, metadata=_doc(
         "Log every frame sent and received at DEBUG level (very verbose)."))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dataclass_fields__:  # a typo must not be silently ignored
+            raise AttributeError(f"unknown setting {name!r}; `python -m meshrpc config` lists them")
+        object.__setattr__(self, name, value)
+
+    def reset(self, use_environment: bool = True) -> None:
+        """Back to the defaults, then (unless use_environment is False) the environment variables."""
+        fresh = type(self).from_env() if use_environment else type(self)()
+        for f in fields(self):
+            object.__setattr__(self, f.name, getattr(fresh, f.name))
+
+    def dump(self) -> str:
+        """The effective settings as text, for diagnostics (`meshrpc config` prints them too)."""
+        import platform
+        from . import __version__
+        from .wire.frame import PROTOCOL_VERSION
+        lines = [f"meshrpc version: {__version__}", f"Python version: {platform.python_implementation()} "
+                 f"{platform.python_version()} ({platform.system()})", f"Protocol version: {PROTOCOL_VERSION}",
+                 "Settings:"]
+        lines += [f"{name} = {value}" for name, value in sorted(self.as_dict().items())]
+        return "\n".join(lines)
 
     def copy(self, **changes: Any) -> "Settings":
         """A copy with `changes` applied (checked like environment values)."""
@@ -348,6 +402,8 @@ class Settings:
         settings = cls()
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name)
+            if raw is None and f.name in PYRO5_SETTINGS:
+                raw = environ.get(PYRO5_ENV_PREFIX + f.name)  # a Pyro5 program's environment, unchanged
             if raw is not None:
                 settings.set(f.name, raw)
         return settings
@@ -404,3 +460,6 @@ def reference_markdown() -> str:
 
 
 config = Settings.from_env()
+# Pyro5's names for the class and the process-wide instance (`Pyro5.configure`)
+Configuration = Settings
+global_config = config

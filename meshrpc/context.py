@@ -8,7 +8,10 @@ never see each other's context.
 from __future__ import annotations
 
 import contextvars
+import uuid
 from typing import Any
+
+from .errors import MeshError
 
 _FIELDS = ("client", "client_sock_addr", "seq", "msg_flags", "serializer_id", "annotations",
            "response_annotations", "correlation_id")
@@ -25,7 +28,7 @@ class _CallState:
         self.serializer_id = 0
         self.annotations: dict[str, bytes] = {}
         self.response_annotations: dict[str, bytes] = {}
-        self.correlation_id: bytes | None = None
+        self.correlation_id: uuid.UUID | bytes | None = None  # bytes as received; read as a UUID
 
 
 _state: contextvars.ContextVar[_CallState] = contextvars.ContextVar("meshrpc_call_context")
@@ -60,11 +63,12 @@ def _field(name: str) -> property:
 class CallContext:
     """`meshrpc.current_context`: on the server, who is calling and how; on the client, what to send.
 
-    Server side, during a call: `client` (the connection), `client_sock_addr`, `seq`, `msg_flags`,
-    `serializer_id`, `annotations` (received), `response_annotations` (add entries to send back),
-    `correlation_id` (16 bytes or None).
-    Client side: set `correlation_id` to have proxies in this thread (or asyncio task) send it;
-    received annotations of the last reply are in `response_annotations`.
+    Server side, during a call: `client` (the connection; its `tracked_resources`, and attributes a
+    program sets on it), `client_sock_addr`, `seq`, `msg_flags`, `serializer_id`, `annotations`
+    (received), `response_annotations` (add entries to send back), `correlation_id` (a `uuid.UUID` or
+    None, as in Pyro5), `track_resource(r)` (`r.close()` runs when the client disconnects).
+    Client side: set `correlation_id` (a `uuid.UUID`, or its 16 bytes) to have proxies in this thread
+    (or asyncio task) send it; received annotations of the last reply are in `response_annotations`.
     """
 
     __slots__ = ()
@@ -76,7 +80,41 @@ class CallContext:
     serializer_id = _field("serializer_id")
     annotations = _field("annotations")
     response_annotations = _field("response_annotations")
-    correlation_id = _field("correlation_id")
+
+    @property
+    def correlation_id(self) -> uuid.UUID | None:
+        corr = _current().correlation_id
+        if corr is None or isinstance(corr, uuid.UUID):
+            return corr
+        return uuid.UUID(bytes=bytes(corr))  # as received: Pyro5's type is uuid.UUID
+
+    @correlation_id.setter
+    def correlation_id(self, value: uuid.UUID | bytes | None) -> None:
+        if not (value is None or isinstance(value, uuid.UUID)
+                or (isinstance(value, (bytes, bytearray)) and len(value) == 16)):
+            raise TypeError(f"a correlation id is a uuid.UUID (or its 16 bytes), not {value!r}")
+        _current().correlation_id = value
+
+    @property
+    def correlation_bytes(self) -> bytes | None:
+        """The correlation id as it travels in a message header (16 bytes), or None."""
+        corr = _current().correlation_id
+        return corr.bytes if isinstance(corr, uuid.UUID) else corr
+
+    def track_resource(self, resource: Any) -> None:
+        """Server side: call `resource.close()` when the calling client disconnects (unless untracked)."""
+        self._tracked("track").add(resource)
+
+    def untrack_resource(self, resource: Any) -> None:
+        """Server side: forget a resource given to track_resource (it was freed otherwise)."""
+        self._tracked("untrack").discard(resource)
+
+    @staticmethod
+    def _tracked(verb: str) -> Any:
+        tracked = getattr(_current().client, "tracked_resources", None)
+        if tracked is None:
+            raise MeshError(f"cannot {verb} a resource outside a call from a connected client")
+        return tracked
 
     def isolate(self) -> None:
         """Give the current context (an asyncio task's) a state of its own, starting empty.
@@ -95,13 +133,11 @@ class CallContext:
 
     def to_global(self) -> dict[str, Any]:
         """A plain dict copy, to carry the context into another thread."""
-        state = _current()
-        return {name: getattr(state, name) for name in _FIELDS}
+        return {name: getattr(self, name) for name in _FIELDS}
 
     def from_global(self, values: dict[str, Any]) -> None:
-        state = _current()
         for key, value in values.items():
-            setattr(state, key, value)
+            setattr(self, key, value)
 
 
 current_context = CallContext()

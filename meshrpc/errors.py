@@ -17,6 +17,9 @@ class MeshError(Exception):
     """Base of every meshrpc error."""
 
 
+PyroError = MeshError  # Pyro5's name of the base class, so `except errors.PyroError` keeps working
+
+
 class CommunicationError(MeshError):
     """A connection could not be made or failed."""
 
@@ -77,10 +80,45 @@ def get_remote_traceback(exc: BaseException) -> str | None:
     return "".join(map(str, lines)) if isinstance(lines, (list, tuple)) else str(lines)
 
 
-def format_traceback(exc: BaseException, detailed: bool = False) -> list[str]:
-    """Lines describing where `exc` was raised, for sending to the caller."""
+def format_traceback(ex_type: Any = None, ex_value: BaseException | None = None, ex_tb: TracebackType | None = None,
+                     detailed: bool = False) -> list[str]:
+    """Lines describing where an exception was raised, for sending to the caller.
+
+    `format_traceback(exc)` formats `exc`; with Pyro5's arguments `(type, value, tb)`, or none at all
+    inside an `except` block (the exception being handled), it formats that one. `detailed` adds the
+    local variables of every frame."""
+    exc = _exception_of(ex_type, ex_value, ex_tb)
+    if exc is None:
+        return []
     tbe = traceback.TracebackException.from_exception(exc, capture_locals=detailed)
-    return list(tbe.format())
+    lines = list(tbe.format())
+    if detailed:
+        lines.insert(0, " Extended stacktrace follows (most recent call last)\n")
+    return lines
+
+
+def get_pyro_traceback(ex_type: Any = None, ex_value: BaseException | None = None,
+                       ex_tb: TracebackType | None = None) -> list[str]:
+    """Pyro5's name: the local traceback lines of an exception (default: the one being handled), then
+    its remote traceback when it came from another process."""
+    exc = _exception_of(ex_type, ex_value, ex_tb)
+    if exc is None:
+        return []
+    return format_remote_error(exc).splitlines(keepends=True)
+
+
+def _exception_of(ex_type: Any, ex_value: BaseException | None, ex_tb: TracebackType | None) -> BaseException | None:
+    """The exception meant by (exc) or (type, value, tb) arguments, or the one being handled."""
+    if isinstance(ex_type, BaseException):
+        return ex_type
+    if ex_value is None:
+        ex_value = sys.exc_info()[1]
+        if ex_value is None:
+            return None
+        return ex_value
+    if ex_tb is not None and ex_value.__traceback__ is not ex_tb:
+        ex_value = ex_value.with_traceback(ex_tb)
+    return ex_value
 
 
 def format_remote_error(exc: BaseException) -> str:
@@ -89,7 +127,7 @@ def format_remote_error(exc: BaseException) -> str:
     remote = get_remote_traceback(exc)
     if not remote:
         return local
-    return local + " +--- This exception was raised remotely; remote traceback:\n" + "".join(
+    return local + " +--- This exception was raised remotely. Remote traceback:\n" + "".join(
         " | " + line + "\n" for line in remote.rstrip("\n").split("\n")) + " +--- End of remote traceback\n"
 
 

@@ -38,21 +38,28 @@ class URI:
             return
         if not isinstance(uri, str):
             raise TypeError(f"a URI must be a str or URI, not {type(uri).__name__}")
-        self.protocol, self.object, self.host, self.port, self.sockname = _parse(uri.strip())
+        self.protocol, self.object, self.host, self.port, self.sockname = _parse(uri)
 
     @classmethod
-    def from_parts(cls, object_id: str, host: str | None = None, port: int = 0,
+    def from_parts(cls, object_id: Any, host: str | None = None, port: int | None = None,
                    sockname: str | None = None, protocol: str = "PYRO") -> "URI":
         uri = cls.__new__(cls)
-        uri.protocol, uri.object, uri.host, uri.port, uri.sockname = protocol, object_id, host, port, sockname
+        if protocol == "PYROMETA" and isinstance(object_id, str):
+            object_id = _tag_set(object_id)
+        uri.protocol, uri.object, uri.host, uri.port, uri.sockname = protocol, object_id, host, port or None, sockname
         return uri
 
     @property
     def tags(self) -> frozenset[str]:
-        """The metadata tags of a PYROMETA URI (empty for the others)."""
+        """The metadata tags of a PYROMETA URI (empty for the others); its `object` too, as in Pyro5."""
         if self.protocol != "PYROMETA":
             return frozenset()
-        return frozenset(t for t in self.object.split(",") if t)
+        return self.object
+
+    @staticmethod
+    def isUnixsockLocation(location: str) -> bool:
+        """Pyro5's test: is this location part a Unix socket (`./u:path`)?"""
+        return location.startswith("./u:")
 
     @property
     def location(self) -> str | None:
@@ -69,7 +76,8 @@ class URI:
 
     def __str__(self) -> str:
         location = self.location
-        return f"{self.protocol}:{self.object}" + (f"@{location}" if location else "")
+        obj = ",".join(sorted(self.object)) if self.protocol == "PYROMETA" else self.object
+        return f"{self.protocol}:{obj}" + (f"@{location}" if location else "")
 
     def __repr__(self) -> str:
         return f"<meshrpc.URI {self}>"
@@ -92,7 +100,7 @@ class URI:
     # as a set and an absent port as None
     def __getstate__(self) -> tuple[Any, ...]:
         obj: Any = set(self.tags) if self.protocol == "PYROMETA" else self.object
-        return (self.protocol, obj, self.sockname, self.host, self.port or None)
+        return (self.protocol, obj, self.sockname, self.host, self.port)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         if not isinstance(state, (tuple, list)) or len(state) != 5:
@@ -104,20 +112,34 @@ class URI:
             obj = ",".join(sorted(str(tag) for tag in obj))
         if not isinstance(obj, str) or not obj:
             raise InvalidURIError("bad object in URI state")
+        if protocol == "PYROMETA":
+            obj = _tag_set(obj)
         if not (sockname is None or isinstance(sockname, str)) or not (host is None or isinstance(host, str)):
             raise InvalidURIError("bad location in URI state")
-        if port is None:
-            port = 0
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        if port == 0:
+            port = None
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535):
             raise InvalidURIError(f"bad port {port!r} in URI state")
         self.protocol, self.object, self.sockname, self.host, self.port = protocol, obj, sockname, host, port
 
 
-def _parse(text: str) -> tuple[str, str, str | None, int, str | None]:
+def _tag_set(text: str) -> frozenset[str]:
+    return frozenset(t for t in text.split(",") if t)
+
+
+def _parse(raw: str) -> tuple[str, Any, str | None, int | None, str | None]:
+    text = raw.lstrip()
     protocol, sep, rest = text.partition(":")
     protocol = protocol.upper()
     if not sep or protocol not in PROTOCOLS:
         raise InvalidURIError(f"invalid URI {text!r}: expected PYRO:, PYRONAME: or PYROMETA: at the start")
+    head, unix, sockname = rest.partition("@./u:")
+    if ":" in sockname:  # as Pyro5: a port after a socket path is a mistake, not part of the path
+        raise InvalidURIError(f"invalid URI {raw!r}: a Unix socket path cannot contain ':'")
+    if unix and protocol == "PYRO" and head and sockname.strip() and not any(c.isspace() for c in head):
+        return protocol, head, None, None, sockname  # a socket path may contain spaces (Pyro5 allows them)
+    text = text.rstrip()
+    rest = rest.rstrip()
     if any(c.isspace() for c in rest):
         raise InvalidURIError(f"invalid URI {text!r}: whitespace is not allowed")
     # the object part may itself contain '@' only for PYRONAME/PYROMETA without location; split on the last '@'
@@ -131,15 +153,19 @@ def _parse(text: str) -> tuple[str, str, str | None, int, str | None]:
     if not location:
         if protocol == "PYRO":
             raise InvalidURIError(f"invalid URI {text!r}: PYRO URIs need a location, as in PYRO:obj@host:port")
-        return protocol, obj, None, 0, None
+        return protocol, _tag_set(obj) if protocol == "PYROMETA" else obj, None, None, None
+    if location.startswith("[["):
+        raise InvalidURIError("invalid ipv6 address: enclosed in too many brackets")  # Pyro5's text
     match = _LOCATION.fullmatch(location)
+    if not match and location.startswith("["):
+        raise InvalidURIError("invalid ipv6 address: the part between brackets must be a numeric ipv6 address")
     if not match:
         raise InvalidURIError(f"invalid URI {text!r}: bad location {location!r} (expected host:port, "
                               "[ipv6]:port or ./u:/socket/path)")
     if match["sockname"]:
         if protocol != "PYRO":
             raise InvalidURIError(f"invalid URI {text!r}: unix sockets only with PYRO:")
-        return protocol, obj, None, 0, match["sockname"]
+        return protocol, obj, None, None, match["sockname"]
     host = match["ipv6"] or match["host"]
     port = int(match["port"]) if match["port"] else 0
     if port > 65535:
@@ -148,4 +174,4 @@ def _parse(text: str) -> tuple[str, str, str | None, int, str | None]:
         raise InvalidURIError(f"invalid URI {text!r}: PYRO URIs need a port, as in PYRO:obj@host:port")
     if protocol != "PYRO" and not port:
         port = DEFAULT_NS_PORT
-    return protocol, obj, host, port, None
+    return protocol, _tag_set(obj) if protocol == "PYROMETA" else obj, host, port, None

@@ -43,7 +43,7 @@ def start_ns(host: str | None = None, port: int | None = None, bcport: int | Non
     uri = daemon.uriFor(NAMESERVER_NAME)
     bcserver = None
     if enable_broadcast:
-        bind_host = host if host is not None else (settings.NS_HOST or settings.HOST)
+        bind_host = settings.NS_BCHOST or (host if host is not None else (settings.NS_HOST or settings.HOST))
         try:
             if ":" in bind_host.strip("[]"):
                 log.info("no broadcast responder for the IPv6 name server %s", uri)

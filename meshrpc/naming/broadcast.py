@@ -220,6 +220,28 @@ class BroadcastServer:
         self._wake_r.close()
         self._wake_w.close()
 
+    # --- Pyro5's names for the same things
+    runInThread = run_in_thread
+
+    @property
+    def nsUri(self) -> URI:
+        return self.ns_uri
+
+    @property
+    def sock(self) -> socket.socket:
+        """The first (main) responder socket."""
+        return self.sockets[0]
+
+    def fileno(self) -> int:
+        return self.sockets[0].fileno()
+
+    def getPort(self) -> int:
+        return self.port
+
+    def processRequest(self) -> None:
+        """Answer the queries waiting now (for a select loop that saw `sock` readable)."""
+        self.events(self.sockets)
+
     def __enter__(self) -> Self:
         return self
 

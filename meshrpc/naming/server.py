@@ -101,9 +101,10 @@ class NameServer:
     """Maps names to URIs (and metadata tags). Exposed with exactly Pyro5's name-server methods; the
     read-only ones and set_metadata are marked idempotent, so meshrpc proxies may re-send them."""
 
-    def __init__(self, storage: Storage | str | None = None) -> None:
+    def __init__(self, storage: Storage | str | None = None, storageProvider: Storage | None = None) -> None:
+        storage = storage if storage is not None else storageProvider  # storageProvider: Pyro5's name
         self.storage = open_storage(storage if storage is not None else "memory")
-        self._lock = threading.RLock()  # for the read-check-write of register/set_metadata limits
+        self.lock = threading.RLock()  # for the read-check-write of register/set_metadata limits (Pyro5's name)
         self._own_uri: str | None = None
 
     # ---------------------------------------------------------------- Pyro5's API
@@ -130,7 +131,7 @@ class NameServer:
         uri_text = _check_uri(uri)
         _check_name(name)
         tags = _check_tags(metadata)
-        with self._lock:
+        with self.lock:
             if self.storage.get(name) is None and self.storage.count() >= MAX_ENTRIES:
                 raise NamingError(f"name server full: {MAX_ENTRIES} entries")
             if not self.storage.put(name, uri_text, tags, only_if_absent=bool(safe)):
@@ -374,13 +375,21 @@ class NameServerDaemon(Daemon):
             self.register(self.nameserver, NAMESERVER_NAME)
         self.nameserver._register_self(self.uriFor(NAMESERVER_NAME, nat=True))
 
+    @property
+    def cleaner_thread(self) -> AutoCleaner | None:
+        """Pyro5's name for the autoclean thread (None when autoclean is off or the daemon closed)."""
+        return self.autocleaner
+
     def close(self) -> None:
         if self.autocleaner is not None:
             self.autocleaner.stop()
+            self.autocleaner = None
         if self.bridge is not None:
             self.bridge.close()
         super().close()
-        self.nameserver.close()
+        if self.nameserver is not None:
+            self.nameserver.close()
+            self.nameserver = None  # type: ignore[assignment]  # as Pyro5: a closed name server daemon has none
 
     def __repr__(self) -> str:
         return f"<meshrpc.naming.NameServerDaemon {self.locationStr}>"

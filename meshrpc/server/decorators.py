@@ -25,11 +25,31 @@ def expose(target: T) -> T:
         return target
     if inspect.isclass(target) or callable(target):
         name = getattr(target, "__name__", "")
-        if name.startswith("_") and not (name.startswith("__") and name.endswith("__")) and not inspect.isclass(target):
-            raise AttributeError(f"private method {name!r} cannot be exposed")
+        if name.startswith("_") and not (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(f"private name {name!r} cannot be exposed (names starting with _ are private)")
+        if inspect.isclass(target):
+            _mark_members_exposed(target)
         target._pyroExposed = True  # type: ignore[attr-defined]
         return target
     raise TypeError(f"@expose applies to classes, methods and properties, not {type(target).__name__}")
+
+
+def _mark_members_exposed(cls: type) -> None:
+    """A class-level @expose marks its own public methods and properties too (as Pyro5 does, so code
+    that checks `Class.method._pyroExposed` sees them)."""
+    for name, member in vars(cls).items():
+        if is_private_attribute(name):
+            continue
+        if isinstance(member, property):
+            funcs = [f for f in (member.fget, member.fset, member.fdel) if f is not None]
+        else:
+            func = getattr(member, "__func__", member)
+            funcs = [func] if inspect.isfunction(func) else []
+        for func in funcs:
+            try:
+                func._pyroExposed = True
+            except AttributeError:
+                pass
 
 
 def oneway(method: T) -> T:
@@ -55,15 +75,15 @@ def behavior(instance_mode: str = "session", instance_creator: Callable[[type], 
     """How a registered class is instantiated: once ("single"), per connection ("session", the default),
     or per call ("percall"); `instance_creator(cls)` builds instances when given."""
     if not isinstance(instance_mode, str):  # used bare as @behavior
-        raise SyntaxError("use @behavior(instance_mode=...) with parentheses")
-    if instance_mode not in INSTANCE_MODES:
-        raise ValueError(f"instance_mode must be one of {INSTANCE_MODES}, not {instance_mode!r}")
-    if instance_creator is not None and not callable(instance_creator):
-        raise TypeError("instance_creator must be callable")
+        raise SyntaxError("@behavior is missing arguments: use @behavior(instance_mode=...) with parentheses")
 
     def mark(cls: T) -> T:
         if not inspect.isclass(cls):
             raise TypeError("@behavior applies to classes")
+        if instance_mode not in INSTANCE_MODES:
+            raise ValueError(f"instance_mode must be one of {INSTANCE_MODES}, not {instance_mode!r}")
+        if instance_creator is not None and not callable(instance_creator):
+            raise TypeError("instance_creator must be callable")
         cls._pyroInstancing = (instance_mode, instance_creator)  # type: ignore[attr-defined]
         return cls
     return mark
@@ -78,7 +98,18 @@ _NEVER_EXPOSED_DUNDERS = frozenset("""
     __reduce_ex__ __init_subclass__ __class_getitem__ __subclasshook__ __instancecheck__
     __subclasscheck__ __getnewargs__ __getnewargs_ex__ __set_name__ __get__ __set__ __delete__
     __wire_dict__ __class__ __module__ __weakref__ __dict__ __doc__
+    __nonzero__ __coerce__ __cmp__ __hasattr__ __getinitargs__
 """.split())
+
+
+def is_private_attribute(attr_name: str) -> bool:
+    """True for names a daemon never serves: `_private` and `__mangled` names, and the dunders of
+    object lifecycle, identity, comparison and attribute access (other `__dunder__`s may be exposed)."""
+    if attr_name in _NEVER_EXPOSED_DUNDERS:
+        return True
+    if not attr_name.startswith("_"):
+        return False
+    return not (len(attr_name) > 4 and attr_name.startswith("__") and attr_name.endswith("__"))
 
 
 def _is_private(name: str) -> bool:

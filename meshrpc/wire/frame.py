@@ -138,6 +138,7 @@ def _header(frame: Frame, flags: int, payload_len: int, ann_len: int, max_size: 
                                    f"MAX_MESSAGE_SIZE ({max_size}); send less or raise the limit")
     corr = frame.correlation_id
     if corr:
+        corr = getattr(corr, "bytes", corr)  # a uuid.UUID (Pyro5 programs set those) travels as its bytes
         if len(corr) != 16:
             raise ProtocolError(f"a correlation id is 16 bytes (a UUID), not {len(corr)}")
         flags |= FLAG_CORR_ID

@@ -13,6 +13,7 @@ import base64
 import datetime
 import decimal
 import json
+import logging
 import marshal
 import struct
 import threading
@@ -31,6 +32,8 @@ try:  # optional extra
 except ImportError:  # pragma: no cover - depends on the environment
     msgpack = None
 
+log = logging.getLogger("meshrpc.serializers")
+
 ToDict = Callable[[Any], dict]
 FromDict = Callable[[str, dict], Any]
 
@@ -44,7 +47,8 @@ class ClassHooks:
         self.from_dict: dict[str, FromDict] = {}
         self.version = 0
 
-    def register_class_to_dict(self, cls: type, converter: ToDict) -> None:
+    def register_class_to_dict(self, cls: type, converter: ToDict, serpent_too: bool = True) -> None:
+        """serpent_too: Pyro5's argument; one hook serves every serializer here, so it changes nothing."""
         if not isinstance(cls, type) or cls is type:
             raise TypeError("register_class_to_dict needs a class")
         with self._lock:
@@ -175,8 +179,10 @@ def _dict_to_object(data: dict) -> Any:
             pass
     if classname == "float" and "value" in data:  # serpent's form of nan
         return float(data["value"])
-    raise SerializeError(f"unsupported serialized class: {classname}; register a hook with "
-                         f"meshrpc.register_dict_to_class({classname!r}, converter) to accept it")
+    # Pyro5's exact text (programs compare it); what to do goes to the log
+    log.warning("unsupported serialized class: %s; register a hook with meshrpc.register_dict_to_class(%r, "
+                "converter) to accept it", classname, classname)
+    raise SerializeError(f"unsupported serialized class: {classname}")
 
 
 def recreate_objects(data: Any) -> Any:

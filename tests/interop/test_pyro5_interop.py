@@ -183,7 +183,7 @@ def build_service(lib: Lib) -> tuple[type, type]:
         def context_info(self) -> dict[str, Any]:
             if lib is MESH:
                 ctx: Any = meshrpc.current_context
-                corr = ctx.correlation_id.hex() if ctx.correlation_id else None
+                corr = ctx.correlation_id.bytes.hex() if ctx.correlation_id else None
             else:
                 ctx = Pyro5.api.current_context
                 corr = ctx.correlation_id.bytes.hex() if ctx.correlation_id else None

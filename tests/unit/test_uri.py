@@ -24,15 +24,16 @@ needs_pyro5 = pytest.mark.skipif(Pyro5 is None, reason="Pyro5 is not installed")
 FORMS = [
     ("PYRO:obj@localhost:9999", "PYRO", "obj", "localhost", 9999, None),
     ("PYRO:obj_1.x-y@10.0.0.1:1", "PYRO", "obj_1.x-y", "10.0.0.1", 1, None),
-    ("PYRO:obj@./u:/tmp/some.sock", "PYRO", "obj", None, 0, "/tmp/some.sock"),
+    ("PYRO:obj@./u:/tmp/some.sock", "PYRO", "obj", None, None, "/tmp/some.sock"),
     ("PYRO:obj@[::1]:9999", "PYRO", "obj", "::1", 9999, None),
     ("PYRO:obj@[fe80::1:2]:65535", "PYRO", "obj", "fe80::1:2", 65535, None),
-    ("PYRONAME:some.name", "PYRONAME", "some.name", None, 0, None),
+    ("PYRONAME:some.name", "PYRONAME", "some.name", None, None, None),
     ("PYRONAME:some.name@nshost:9999", "PYRONAME", "some.name", "nshost", 9999, None),
     ("PYRONAME:some.name@[::1]:9999", "PYRONAME", "some.name", "::1", 9999, None),
-    ("PYROMETA:a,b", "PYROMETA", "a,b", None, 0, None),
-    ("PYROMETA:a,b@nshost:1234", "PYROMETA", "a,b", "nshost", 1234, None),
-    ("PYROMETA:single", "PYROMETA", "single", None, 0, None),
+    # as in Pyro5: no location means port None, and a PYROMETA object is its set of tags
+    ("PYROMETA:a,b", "PYROMETA", {"a", "b"}, None, None, None),
+    ("PYROMETA:a,b@nshost:1234", "PYROMETA", {"a", "b"}, "nshost", 1234, None),
+    ("PYROMETA:single", "PYROMETA", {"single"}, None, None, None),
 ]
 
 
@@ -197,7 +198,7 @@ def test_hypothesis_str_round_trip(obj, host, port, protocol):
     text = f"{protocol}:{obj}@{host}:{port}"
     uri = URI(text)
     assert str(uri) == text
-    assert (uri.object, uri.host, uri.port) == (obj, host, port)
+    assert (uri.object, uri.host, uri.port) == ({obj} if protocol == "PYROMETA" else obj, host, port)
     assert URI(str(uri)) == uri and hash(URI(str(uri))) == hash(uri)
 
 

@@ -5,13 +5,13 @@ The public API, re-exported here (names follow Pyro5's api module)."""
 from __future__ import annotations
 
 from . import errors
-from . import resolve as _resolve_module  # noqa: F401 - loaded first, so `meshrpc.resolve` stays the function
+from . import resolve  # a module that is also Pyro5's resolve(uri) function when called
 from .blob import SerializedBlob
 from .client.batch import BatchProxy
 from .client.proxy import Proxy
 from .config import Settings, config
 from .context import current_context
-from .core import resolve, type_meta
+from .core import type_meta
 from .nameserver import start_ns, start_ns_loop
 from .serializers import SerializerBase
 from .server.daemon import Daemon, DaemonObject, serve

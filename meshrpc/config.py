@@ -463,3 +463,8 @@ config = Settings.from_env()
 # Pyro5's names for the class and the process-wide instance (`Pyro5.configure`)
 Configuration = Settings
 global_config = config
+
+
+def dump() -> None:
+    """Print the effective process-wide settings (Pyro5's `configure.dump`; `meshrpc config` does the same)."""
+    print(config.dump())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
+import types
+from typing import Any
 
 from .config import Settings
 from .errors import NamingError
@@ -109,3 +112,15 @@ def failure_kind(reason: BaseException | None) -> str:
             return "handshake"
         error = error.__cause__ or error.__context__
     return "unreachable"
+
+
+class _CallableModule(types.ModuleType):
+    """`meshrpc.resolve` is this module, and calling it is Pyro5's `api.resolve(uri, delay_time=0)`
+    (see meshrpc.core.resolve), so `meshrpc.resolve(uri)` works after a Pyro5 import rename."""
+
+    def __call__(self, uri: Any, delay_time: float = 0.0, settings: Settings | None = None) -> URI:
+        from .core import resolve as resolve_as_pyro5
+        return resolve_as_pyro5(uri, delay_time, settings)
+
+
+sys.modules[__name__].__class__ = _CallableModule

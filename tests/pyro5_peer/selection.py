@@ -17,7 +17,7 @@ from __future__ import annotations
 
 NOT_PUBLIC: dict[str, str] = {
     "test_threadpool.py": "Pyro5's thread-pool server internals (svr_threads)",
-    "test_httpgateway.py": "Pyro5.utils.httpgateway, a utility meshrpc does not ship",
+    "test_httpgateway.py": "Pyro5.utils.httpgateway's WSGI function; meshrpc's gateway is `meshrpc gateway`",
     "test_pyro4compat.py": "Pyro5.compatibility.Pyro4; the migration guide has a table of Pyro4 names instead",
     "test_echoserver.py": "Pyro5.utils.echoserver's class and main(); meshrpc has `meshrpc echo` (CLI)",
     "test_socketutil.py::TestSocketServer": "Pyro5's socket server classes (svr_threads, svr_multiplex)",

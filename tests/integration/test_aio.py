@@ -283,3 +283,28 @@ def test_graceful_shutdown_answers_late_calls_not_run() -> None:
             await proxy.add(1, 1)  # a PYRO URI has nowhere else to go
         await proxy._pyroRelease()
     run(main())
+
+
+def test_bad_input_closes_one_connection_and_the_daemon_serves_on() -> None:
+    settings = Settings().copy(HANDSHAKE_TIMEOUT=0.5, MAX_MESSAGE_SIZE=1 << 16)
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=settings)
+        uri = daemon.register(Thing(), "thing")
+        async with daemon:
+            async def closed_after(data: bytes) -> bool:
+                reader, writer = await asyncio.open_connection(uri.host, uri.port)
+                writer.write(data)
+                try:
+                    return await asyncio.wait_for(reader.read(), 10) is not None  # EOF: the daemon closed it
+                finally:
+                    writer.close()
+            assert await closed_after(b"GET / HTTP/1.0\r\n\r\n" + bytes(40))            # not protocol 502
+            assert await closed_after(b"PYRO" + bytes(36))                             # a broken header
+            header = bytearray(b"PYRO\x01\xf6\x00\x01\x00\x00\x00\x00" + bytes(28))
+            header[12:16] = (1 << 30).to_bytes(4, "big")                             # far over MAX_MESSAGE_SIZE
+            assert await closed_after(bytes(header))
+            assert await closed_after(b"")                                            # silent: HANDSHAKE_TIMEOUT
+            async with meshrpc.aio.Proxy(uri) as proxy:
+                assert await proxy.add(1, 2) == 3
+    run(main())

@@ -189,16 +189,23 @@ def threaded_sequential(server: Server, method: str, calls: int) -> dict[str, An
 
 
 def case_sequential(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """Each variant `--rounds` times, interleaved; the medians."""
+    rounds: dict[str, list[dict[str, Any]]] = {}
     with Server("aio") as aio_server, Server("threaded") as threaded_server:
-        for label, server, client, method in (
-                ("aio proxy -> aio daemon, async def", aio_server, aio_sequential, "aecho"),
-                ("aio proxy -> aio daemon, plain method", aio_server, aio_sequential, "echo"),
-                ("threaded proxy -> threaded daemon", threaded_server, threaded_sequential, "echo"),
-                ("aio proxy -> threaded daemon", threaded_server, aio_sequential, "echo"),
-                ("threaded proxy -> aio daemon, async def", aio_server, threaded_sequential, "aecho")):
-            out[label] = client(server, method, args.calls)
-            log(f"  {label}: {out[label]}")
+        for _ in range(args.rounds):
+            for label, server, client, method in (
+                    ("aio proxy -> aio daemon, async def", aio_server, aio_sequential, "aecho"),
+                    ("aio proxy -> aio daemon, plain method", aio_server, aio_sequential, "echo"),
+                    ("threaded proxy -> threaded daemon", threaded_server, threaded_sequential, "echo"),
+                    ("aio proxy -> threaded daemon", threaded_server, aio_sequential, "echo"),
+                    ("threaded proxy -> aio daemon, async def", aio_server, threaded_sequential, "aecho")):
+                rounds.setdefault(label, []).append(client(server, method, args.calls))
+    out = {label: {"calls": runs[0]["calls"], "rounds": len(runs),
+                   "calls_per_s": statistics.median(r["calls_per_s"] for r in runs),
+                   "cpu_us_per_call": statistics.median(r["cpu_us_per_call"] for r in runs)}
+           for label, runs in rounds.items()}
+    for label, row in out.items():
+        log(f"  {label}: {row}")
     return out
 
 
@@ -319,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", choices=("aio", "threaded", "pyro5"), help=argparse.SUPPRESS)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
     parser.add_argument("--calls", type=int, default=5000, help="calls per sequential measurement (5000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of 'sequential' (medians; default 3)")
     parser.add_argument("--concurrency", type=int, default=1000, help="concurrent awaits in 'pipelined' (1000)")
     parser.add_argument("--idle", type=int, default=10000, help="idle clients in 'idle' (10000)")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
@@ -327,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         return serve_main(args.serve)
     if args.quick:
-        args.calls, args.concurrency, args.idle = 200, 100, 50
+        args.calls, args.concurrency, args.idle, args.rounds = 200, 100, 50, 1
     results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
                                "command": " ".join([Path(sys.executable).name, *sys.argv])}
     for name in args.cases.split(","):

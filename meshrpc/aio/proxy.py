@@ -19,7 +19,7 @@ from .. import errors
 from ..client.batch import BatchedCall
 from ..client.recovery import NotDelivered, Recovery, Step
 from ..config import Settings, config as default_config
-from ..context import current_context
+from ..context import current_context, current_state
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
 from ..uri import URI
 from ..wire import constants
@@ -358,7 +358,15 @@ class Proxy:
             if name not in self._pyroMethods:
                 raise AttributeError(f"remote object '{self._pyroUri}' has no exposed method '{name}'")
         flags = wire.FLAG_ONEWAY if name in self._pyroOneway else 0
-        return await self._pyroInvoke(name, args, kwargs, flags)
+        started = time.monotonic()
+        try:
+            value, error = await self._invoke_once(name, args, kwargs, flags, None, None)  # the common case
+        except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+            value, error = await self._recovering(
+                lambda recovery: self._invoke_once(name, args, kwargs, flags, None, recovery), name, exc, started)
+        if error is not None:
+            raise error  # the remote object's own exception: never taken for a connection failure
+        return value
 
     async def _pyroGetAttr(self, name: str) -> Any:
         """The value of the remote object's exposed attribute `name`."""
@@ -394,13 +402,16 @@ class Proxy:
         flags = wire.FLAG_BATCH | (wire.FLAG_ONEWAY if oneway else 0)
         return await self._pyroInvoke(constants.BATCH_METHOD, calls, None, flags)
 
-    async def _recovering(self, attempt: Any, methodname: str) -> Any:
+    async def _recovering(self, attempt: Any, methodname: str, failure: BaseException | None = None,
+                          started: float | None = None) -> Any:
+        """Run attempt(recovery) under the recovery rules; failure: the first attempt's, made already."""
         conn = self._conn
-        started = time.monotonic()
-        try:
-            return await attempt(None)  # the common case: no recovery state to build
-        except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
-            failure = exc
+        if failure is None:
+            started = time.monotonic()
+            try:
+                return await attempt(None)  # the common case: no recovery state to build
+            except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+                failure = exc
         recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
                             idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
                             started=started)
@@ -460,7 +471,7 @@ class Proxy:
             if conn.closed:
                 raise NotDelivered(f"the connection to {self._pyroUri} was closed", self._pyroUri, suspect=False)
             parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
-                                         self._pyroAnnotations() or None, current_context.correlation_id)
+                                         self._pyroAnnotations() or None, current_state().correlation_id)
             if oneway:
                 conn.write(parts)
                 await conn.drained()
@@ -499,7 +510,7 @@ class Proxy:
 
     def _reply(self, session: ClientSession, frame: wire.Frame) -> tuple[Any, BaseException | None]:
         blobs = None if self._pyroRawWireResponse else session.take_blobs(frame)
-        current_context.response_annotations = frame.annotations
+        current_state().response_annotations = frame.annotations
         self._pyroResponseAnnotations(frame.annotations, frame.type)
         if self._pyroRawWireResponse:
             return frame, None

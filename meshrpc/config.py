@@ -309,8 +309,13 @@ class Settings:
     GATEWAY_KEY: str = field(default="", metadata=_doc(
         "Gateway key: when set, HTTP clients must send it (header X-Pyro-Gateway-Key or parameter $key) "
         "to call services or see the mesh. Required (or TLS) for a gateway listening beyond localhost."))
+    GATEWAY_BACKEND: str = field(default="aio", metadata=_doc(
+        "How the gateway calls services: `aio` (meshrpc.aio proxies on its event loop, pipelined, no "
+        "thread per call) or `threads` (threaded proxies on GATEWAY_WORKERS threads). With SSL it uses "
+        "`threads` (meshrpc.aio has no TLS yet)."))
     GATEWAY_WORKERS: int = field(default=32, metadata=_doc(
-        "Threads the gateway's backend calls run on (shared by all services)."))
+        "Threads the gateway's calls run on with GATEWAY_BACKEND=threads (shared by all services); with "
+        "`aio`, name-server lookups run on at most 8 of them."))
     GATEWAY_BACKEND_CONCURRENCY: int = field(default=8, metadata=_doc(
         "Calls the gateway runs at once on one service (PYRONAME or tag query); more wait for a slot, so "
         "one slow service holds at most this many workers and never stalls the others."))

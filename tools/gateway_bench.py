@@ -255,6 +255,10 @@ def main() -> int:
         ours = Child([py, "-m", "meshrpc", "gateway", "-p", "0", "-e", r"http\."], env)
         children.append(ours)
         our_url = ours.expect(r"(http://\S+/)").group(1)
+        threaded = Child([py, "-m", "meshrpc", "gateway", "-p", "0", "-e", r"http\."],
+                         {**env, "MESHRPC_GATEWAY_BACKEND": "threads"})
+        children.append(threaded)
+        threaded_url = threaded.expect(r"(http://\S+/)").group(1)
         pyro_port = free_port()
         theirs = Child([py, "-m", "Pyro5.utils.httpgateway", "-H", "127.0.0.1", "-p", str(pyro_port),
                         "-e", r"http\."], env)
@@ -268,6 +272,7 @@ def main() -> int:
             try:
                 sequential_http(their_url + call, 1)
                 sequential_http(our_url + call, 1)
+                sequential_http(threaded_url + call, 1)
                 break
             except Exception:
                 if time.monotonic() > deadline:
@@ -277,18 +282,21 @@ def main() -> int:
         results: dict[str, Any] = {"load_before": [round(x, 2) for x in load_before]}
         direct = sequential_direct(direct_uri, args.sequential)
         via_ours = sequential_http(our_url + call, args.sequential)
+        via_threaded = sequential_http(threaded_url + call, args.sequential)
         via_theirs = sequential_http(their_url + call, max(200, args.sequential // 4))
         results["sequential_ms"] = {name: {"p50": round(percentile(t, 0.5) * 1000, 3),
                                            "p90": round(percentile(t, 0.9) * 1000, 3)}
                                     for name, t in (("direct proxy", direct), ("meshrpc gateway", via_ours),
+                                                    ("meshrpc, threads", via_threaded),
                                                     ("Pyro5 gateway", via_theirs))}
         results["overhead_p50_ms"] = round((percentile(via_ours, 0.5) - percentile(direct, 0.5)) * 1000, 3)
 
-        rates: dict[str, list[dict[str, float]]] = {"meshrpc gateway": [], "Pyro5 gateway": []}
+        rates: dict[str, list[dict[str, float]]] = {"meshrpc gateway": [], "meshrpc, threads": [],
+                                                    "Pyro5 gateway": []}
         for round_no in range(args.rounds):
-            order = [("meshrpc gateway", our_url, ours), ("Pyro5 gateway", their_url, theirs)]
-            if round_no % 2:
-                order.reverse()
+            order = [("meshrpc gateway", our_url, ours), ("meshrpc, threads", threaded_url, threaded),
+                     ("Pyro5 gateway", their_url, theirs)]
+            order = order[round_no % 3:] + order[:round_no % 3]
             for name, url, proc in order:
                 cpu_gw, cpu_backend = proc.cpu_seconds(), backend.cpu_seconds()
                 done, errors = asyncio.run(load(url + call, args.concurrency, args.duration))

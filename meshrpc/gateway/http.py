@@ -25,7 +25,7 @@ from ..errors import CommunicationError, NamingError, TimeoutError as CallTimeou
 from ..resolve import resolve_with_source
 from ..uri import URI
 from ..wire.serializers import by_name, exception_to_dict
-from .backend import META, NO_REPLY, Backend, Call, ThreadedBackend
+from .backend import META, NO_REPLY, Backend, Call, make_backend
 from .errors import (BadRequest, BodyTooLarge, Forbidden, GatewayError, RequestTimeout, TooManyRequests,
                      UnsafeBind, UnsupportedMediaType)
 from .limits import ConnectionGuard, RateLimiter
@@ -99,7 +99,7 @@ class Gateway:
         """Listen; the (host, port) bound. Raises UnsafeBind for an unprotected non-loopback address."""
         check_bind(host, self.key, ssl_context is not None)
         if self._backend is None:
-            self._backend = ThreadedBackend(self.settings)
+            self._backend = make_backend(self.settings)
         self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
         if self._registries is None:
             from ..mesh import get_registry

@@ -83,9 +83,20 @@ def gateways() -> Iterator[Any]:
         g.stop()
 
 
+@pytest.fixture(params=["aio", "threaded"])
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def gw(realm: str, backend: Any, gateways: Any) -> GatewayThread:
-    gateway = gateways(settings_for(realm))
+def gw(backend_kind: str, realm: str, backend: Any, gateways: Any) -> GatewayThread:
+    """A gateway on each backend: meshrpc.aio proxies (the default) and threaded proxies (TLS)."""
+    settings = settings_for(realm)
+    if backend_kind == "threaded":
+        from meshrpc.gateway.threaded import ThreadedBackend
+        gateway = gateways(settings, backend=ThreadedBackend(settings))
+    else:
+        gateway = gateways(settings)
     # the mesh has heard both objects before tests start asserting
     wait_until(lambda: len(request(gateway.url + "/mesh").json()["entries"]) == 2, 20, message="both entries on /mesh")
     return gateway

@@ -19,7 +19,8 @@ import aiohttp
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-extensions", "--mute-audio",
-                  "--no-default-browser-check", "--remote-debugging-address=127.0.0.1",
+                  "--no-default-browser-check", "--disable-features=MediaRouter,DialMediaRouteProvider",
+                  "--disable-domain-reliability", "--remote-debugging-address=127.0.0.1",
                   "--remote-debugging-port=0"]
 
 

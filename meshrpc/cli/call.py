@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from .. import Proxy
+from ..wire.constants import DAEMON_OBJECT_ID
 from .output import Output
 
 
@@ -59,7 +60,7 @@ def run_ping(args: argparse.Namespace, out: Output) -> int:
         connect = time.perf_counter() - started
         for _ in range(max(1, args.count)):
             started = time.perf_counter()
-            proxy._pyroInvoke("ping", (), None, object_id="Pyro.Daemon")
+            proxy._pyroInvoke("ping", (), None, object_id=DAEMON_OBJECT_ID)
             times.append(time.perf_counter() - started)
         target = str(proxy._pyroUri)
     result = {"uri": args.uri, "target": target, "connect_ms": connect * 1000,

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import itertools
 import logging
-import marshal
 import random
 import threading
 import time
 from typing import Any, Callable, Iterator
 
 from .. import errors
-from ..blob import SerializedBlob
 from ..config import Settings, config as default_config
 from ..context import current_context
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError, SerializeError
 from ..transport.sockets import FramedConnection, connect
 from ..uri import URI
 from ..wire import frame as wire
-from ..wire.serializers import BY_ID, WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
+from ..wire.constants import BATCH_METHOD, DAEMON_OBJECT_ID
+from ..wire.serializers import WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
+from ..wire.session import ClientSession, ConnectRefused, NotRun, StreamStarted, as_exception
 
 log = logging.getLogger("meshrpc.client")
 
-DAEMON_OBJECT_ID = "Pyro.Daemon"
 RECONNECT_PAUSE = 2.0  # seconds between attempts of _pyroReconnect (Pyro5's pace)
 
 # names that live on the proxy itself, never forwarded to the remote object
@@ -32,7 +31,6 @@ _LOCAL_ATTRS = frozenset({
     "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroLocator", "_pyroRawWireResponse",
     "_Proxy__pyroTimeout", "_pyroResolvedBy", "_Proxy__rebinding", "_Proxy__retarget",
 })
-NOT_RUN_ANNOTATION = "NRUN"  # on an error reply: the daemon is shutting down and did not run the call
 
 
 class _RemoteMethod:
@@ -310,55 +308,33 @@ class Proxy:
                 raise
             except CommunicationError as exc:
                 raise _NotDelivered(str(exc), target) from None
-        conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE,
-                                settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1,
-                                settings.PROTOCOL_ANNOTATIONS_MAX, settings.SPIN_WAIT)
         serializer = self._pyroSerializerObject()
+        session = ClientSession(serializer, settings)
+        conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE, spin_wait=settings.SPIN_WAIT, protocol=session)
         try:
-            payload = serializer.dumps({"handshake": self._pyroHandshake, "object": target.object})
-            seq = next(self._pyroSeq) & 0xFFFF
+            request = session.connect_request(target.object, self._pyroHandshake,
+                                              self._pyroAnnotations(), current_context.correlation_id,
+                                              time.time() if settings.KEY else None)
             try:
-                # offer meshrpc's capabilities: a meshrpc daemon answers with those it agrees to, Pyro5
-                # daemons ignore the annotation
-                offer = wire.CAP_OOB + (wire.CAP_BINARY if settings.SERPENT_BINARY else b"")
-                annotations = {**self._pyroAnnotations(), wire.CAPABILITIES: offer}
-                key_token = b""
-                if settings.KEY:   # mesh key (docs/security.md): prove we hold it, no extra round trip
-                    from ..mesh import auth
-                    key_token = auth.client_token(settings.KEY, target.object)
-                    annotations[auth.HANDSHAKE_ANNOTATION] = key_token
-                conn.send(wire.Frame(wire.MSG_CONNECT, serializer.id, seq, payload, 0, annotations,
-                                     current_context.correlation_id))
-                reply = conn.recv()
+                conn.send_parts(request)
+                event = conn.next_event()
             except (ConnectionClosedError, errors.TimeoutError) as exc:
                 raise _NotDelivered(f"handshake with {target} failed: {exc}", target) from None
-            self._pyroResponseAnnotations(reply.annotations, reply.type)
-            if reply.type == wire.MSG_CONNECTFAIL:
-                reason = _safe_loads(serializer, reply.payload)
-                if self._pyroLocator is not None and reason == "unknown object":
+            except errors.SecurityError as exc:  # the daemon failed the mesh-key proof (docs/security.md)
+                raise errors.SecurityError(f"connection to {target} refused: {exc}") from None
+            except ProtocolError as exc:  # the daemon broke the protocol (its kind kept)
+                raise type(exc)(f"handshake with {target}: {exc}") from None
+            self._pyroResponseAnnotations(event.annotations, event.type)
+            if isinstance(event, ConnectRefused):
+                reason = event.reason
+                if event.kind == "unknown-object" and self._pyroLocator is not None:
                     raise _NotDelivered(f"{target} no longer serves that object", target)
-                if isinstance(reason, str) and reason.startswith(("this daemon requires the mesh key",
-                                                                  "mesh key check failed")):
+                if event.kind == "mesh-key":
                     raise errors.SecurityError(f"connection to {target} rejected: {reason}"
                                                + ("" if settings.KEY else " (this proxy has no MESHRPC_KEY)"))
                 raise CommunicationError(f"connection to {target} rejected: {reason}")
-            if reply.type != wire.MSG_CONNECTOK:
-                raise ProtocolError(f"expected CONNECTOK from {target}, got message type {reply.type}")
-            if reply.serializer_id != serializer.id:
-                raise ProtocolError(f"{target} answered in serializer {reply.serializer_id}, not {serializer.name}")
-            if settings.KEY:
-                from ..mesh import auth
-                why = auth.check_server_token(settings.KEY, key_token,
-                                              reply.annotations.get(auth.HANDSHAKE_ANNOTATION))
-                if why:
-                    raise errors.SecurityError(f"connection to {target} refused: {why}; "
-                                               "not connecting to a daemon outside the mesh key")
-            answer = serializer.loads(reply.payload)
-            self._pyroValidateHandshake(answer.get("handshake"))
-            self._pyroProcessMetadata(answer.get("meta") or {})
-            agreed = wire.capabilities(reply.annotations)
-            conn.oob = wire.CAP_OOB in agreed
-            conn.binary = wire.CAP_BINARY in agreed and settings.SERPENT_BINARY
+            self._pyroValidateHandshake(event.handshake)
+            self._pyroProcessMetadata(event.metadata)
         except BaseException:
             conn.close()
             raise
@@ -417,7 +393,7 @@ class Proxy:
                     raise self.__gave_up(exc, rebind) from None
             except (errors.TimeoutError, ConnectionClosedError) as exc:  # sent, no reply: it may have run
                 self.__drop(self._pyroUri, exc)
-                if methodname in self._pyroIdempotent and methodname != "<batch>" and rebind.wait():
+                if methodname in self._pyroIdempotent and methodname != BATCH_METHOD and rebind.wait():
                     log.info("re-sending idempotent %s after: %s", methodname, exc)
                     continue
                 if isinstance(exc, ConnectionClosedError) and retries_left > 0:  # timeouts: it may still run
@@ -452,82 +428,44 @@ class Proxy:
             self.__connect()
             conn = self._pyroConnection
             assert conn is not None
-        serializer = self._pyroSerializerObject()
-        object_id = object_id or self._pyroUri.object
-        annotations = self._pyroAnnotations()
-        oob_mode = conn.oob and serializer.oob
-        wire_id = serializer.id
-        if vargs and isinstance(vargs[0], SerializedBlob):
-            payload, flags = self.__blob_payload(serializer, object_id, methodname, vargs, kwargs, flags, annotations)
-        elif oob_mode:
-            oob: list = []
-            wire_id, payload = serializer.encode_call(object_id, methodname, vargs, kwargs, oob, conn.binary)
-            if oob:
-                annotations = {**annotations, wire.OOB_ANNOTATION: wire.pack_oob(oob)}
-        else:
-            wire_id, payload = serializer.encode_call(object_id, methodname, vargs, kwargs, None, conn.binary)
-        seq = next(self._pyroSeq) & 0xFFFF
+        session = conn.protocol
+        request = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
+                                       self._pyroAnnotations(), current_context.correlation_id)
+        seq = session.last_seq
         try:
-            conn.send(wire.Frame(wire.MSG_INVOKE, wire_id, seq, payload, flags, annotations,
-                                 current_context.correlation_id))
+            conn.send_parts(request)
         except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
             raise _NotDelivered(str(exc), self._pyroUri, suspect=False) from None
         if flags & wire.FLAG_ONEWAY:
             return None
         try:
-            reply = conn.recv()
+            reply = conn.next_event()
         except errors.TimeoutError:
+            session.abandon(seq)
             self._pyroRelease()  # a late reply would put the connection out of step
             raise
-        if reply.type != wire.MSG_RESULT or reply.seq != seq:
+        except ProtocolError as exc:  # the daemon broke the protocol (its kind kept): the connection is unusable
             self._pyroRelease()
-            raise ProtocolError(f"invalid reply from {self._pyroUri} (type {reply.type}, seq {reply.seq}, "
-                                f"expected {seq}); connection closed")
-        codec = serializer
-        if reply.serializer_id != serializer.id:
-            codec = BY_ID.get(reply.serializer_id) if conn.binary else None
-            if codec is None or codec.values is not serializer:
-                self._pyroRelease()
-                raise ProtocolError(f"reply in serializer {reply.serializer_id}, expected {serializer.name}")
-        if reply.flags & wire.FLAG_EXCEPTION and NOT_RUN_ANNOTATION in reply.annotations:
+            raise type(exc)(f"{exc} from {self._pyroUri}; connection closed") from None
+        if reply.__class__ is NotRun:
             # the daemon is shutting down and refused the call without running it: certainly not delivered
             self._pyroRelease()
             raise _NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
+        raw = self._pyroRawWireResponse
         # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
-        blobs = reply.annotations.pop(wire.OOB_ANNOTATION, None) if oob_mode and not self._pyroRawWireResponse else None
+        blobs = None if raw else session.take_blobs(reply)
         current_context.response_annotations = reply.annotations
         self._pyroResponseAnnotations(reply.annotations, reply.type)
-        if self._pyroRawWireResponse:
+        if raw:
             return reply
-        if oob_mode and codec.oob:
-            data = codec.loads(reply.payload, wire.unpack_oob(blobs) if blobs is not None else [])
-        else:
-            data = codec.loads(reply.payload)
-        if reply.flags & wire.FLAG_ITEMSTREAMRESULT:
-            stream_id = reply.annotations.get("STRM")
-            if not stream_id:
-                raise ProtocolError("stream result without a stream id")
-            return StreamResultIterator(stream_id.decode("ascii"), self)
-        if reply.flags & wire.FLAG_EXCEPTION:
-            raise _as_exception(data)
-        return data
-
-    def __blob_payload(self, serializer: Serializer, object_id: str, method: str, vargs: Any,
-                       kwargs: dict | None, flags: int, annotations: dict[str, bytes]) -> tuple[bytes, int]:
-        if len(vargs) > 1 or kwargs:
-            raise SerializeError("a SerializedBlob must be the only argument of the call")
-        blob: SerializedBlob = vargs[0]
-        annotations["BLBI"] = marshal.dumps((blob.info, object_id, method))
-        flags |= wire.FLAG_KEEPSERIALIZED
-        if blob._contains_blob:
-            if blob._serializer_id != serializer.id:
-                raise SerializeError("a forwarded blob must use the same serializer as the proxy")
-            return blob._data, flags
-        return serializer.dumps_call(object_id, method, blob._data, kwargs), flags
+        value = session.reply_value(reply, blobs)
+        if value.__class__ is StreamStarted:
+            return StreamResultIterator(value.stream_id, self)
+        return value
 
     def _pyroInvokeBatch(self, calls: list[tuple[str, tuple, dict]], oneway: bool = False) -> Any:
         flags = wire.FLAG_BATCH | (wire.FLAG_ONEWAY if oneway else 0)
-        return self._pyroInvoke("<batch>", calls, None, flags)
+        return self._pyroInvoke(BATCH_METHOD, calls, None, flags)
 
 
 class _NotDelivered(ConnectionClosedError):
@@ -612,19 +550,6 @@ class StreamResultIterator:
             pass
 
 
-def _safe_loads(serializer: Serializer, payload: bytes) -> Any:
-    try:
-        return serializer.loads(payload)
-    except errors.MeshError:
-        return "<unreadable reason>"
-
-
-def _as_exception(data: Any) -> BaseException:
-    if isinstance(data, BaseException):
-        return data
-    return ProtocolError(f"the daemon flagged an exception but sent {type(data).__name__}: {data!r}")
-
-
 def _proxy_from_wire(data: dict) -> Proxy:
     proxy = Proxy.__new__(Proxy)
     proxy.__setstate__(tuple(data["state"]))
@@ -637,5 +562,5 @@ WIRE_CLASSES["meshrpc.client.proxy.Proxy"] = _proxy_from_wire
 
 def raise_batch_item(item: Any) -> Any:
     if isinstance(item, ExceptionWrapper):
-        raise _as_exception(item.exception)
+        raise as_exception(item.exception)
     return item

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..wire.constants import DAEMON_OBJECT_ID as DAEMON_NAME  # noqa: F401 (its one home is wire/constants.py)
+
 NAMESERVER_NAME = "Pyro.NameServer"  # object id and registered name, as in Pyro5
 NAMESERVER_METADATA = frozenset({"class:Pyro5.nameserver.NameServer"})  # Pyro5 tags its own entry so
-DAEMON_NAME = "Pyro.Daemon"
 
 # input limits: a bad or hostile client gets an error, the name server stays small and responsive
 MAX_NAME_LENGTH = 1024

@@ -222,19 +222,17 @@ def probe_daemon(uri: URI, timeout: float) -> bool:
     """Is a daemon serving at uri's location? A CONNECTOK or CONNECTFAIL to `Pyro.Daemon` says yes
     (a daemon that refuses our handshake is running all the same); no answer says no."""
     from ..transport.sockets import FramedConnection, connect
-    from ..wire import frame as wire
     from ..wire.serializers import by_name
+    from ..wire.session import ClientSession, ConnectRefused
     try:
         sock = connect(uri.host, uri.port, uri.sockname, timeout)
     except errors.CommunicationError:
         return False
-    conn = FramedConnection(sock, 1024 * 1024)
+    session = ClientSession(by_name("serpent"), Settings(KEY="", MAX_MESSAGE_SIZE=1024 * 1024))
+    conn = FramedConnection(sock, 1024 * 1024, protocol=session)
     try:
-        serializer = by_name("serpent")
-        conn.send(wire.Frame(wire.MSG_CONNECT, serializer.id, 1,
-                             serializer.dumps({"handshake": "hello", "object": DAEMON_NAME})))
-        reply = conn.recv()
-        return reply.type in (wire.MSG_CONNECTOK, wire.MSG_CONNECTFAIL)
+        conn.send_parts(session.connect_request(DAEMON_NAME))
+        return isinstance(conn.next_event(), ConnectRefused) or session.handshaken
     except (errors.MeshError, OSError):
         return False
     finally:

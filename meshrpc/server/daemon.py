@@ -30,20 +30,18 @@ from ..errors import DaemonError, ProtocolError, SerializeError
 from ..transport.sockets import FramedConnection, create_server_socket, limit_send_time
 from ..uri import URI
 from ..wire import frame as wire
-from ..wire.serializers import BY_ID, ExceptionWrapper, Serializer, by_id
+from ..wire.constants import BATCH_METHOD, DAEMON_OBJECT_ID, UNKNOWN_OBJECT_REASON
+from ..wire.serializers import BY_ID, ExceptionWrapper, Serializer
+from ..wire.session import NEED_DATA, ConnectRequest, ServerSession, refusal_for
 from .decorators import Registration, expose, oneway
 from .pool import WorkerPool
 from .streams import StreamTable
 
 log = logging.getLogger("meshrpc.server")
 
-DAEMON_OBJECT_ID = "Pyro.Daemon"
 _PLAIN_RESULTS = frozenset({type(None), bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset})
-STREAM_ANNOTATION = "STRM"
-BLOB_ANNOTATION = "BLBI"
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between stream expiry sweeps
 SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may have asked for the shutdown)
-NOT_RUN_ANNOTATION = "NRUN"  # on an error reply: shutting down, the call was not run (proxies go elsewhere)
 SHUTDOWN_DRAIN_MIN = 0.05  # seconds a stopping request loop answers late requests at least (some are on the way)
 
 
@@ -51,19 +49,30 @@ class ClientConnection(FramedConnection):
     """A client's connection as the daemon sees it."""
 
     def __init__(self, sock: socket.socket, addr: Any, settings: Settings) -> None:
-        super().__init__(sock, settings.MAX_MESSAGE_SIZE,
-                         settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1,
-                         settings.PROTOCOL_ANNOTATIONS_MAX, settings.SPIN_WAIT)
+        protocol = ServerSession(settings)
+        super().__init__(sock, settings.MAX_MESSAGE_SIZE, spin_wait=settings.SPIN_WAIT, protocol=protocol)
+        self.protocol: ServerSession = protocol
         self.addr = addr
-        self.handshaken = False
-        self.object_id: str | None = None  # the object named in the handshake
-        self.serializer: Serializer | None = None
         self.session: dict[str, Any] = {}  # per-connection instances ("session" mode)
         self.idle_poller: Any = None  # the socket and the pool's backlog signal (set by the daemon)
         self.oneways: collections.deque[tuple[wire.Frame, tuple]] = collections.deque()
         self.oneway_lock = threading.Lock()
         self.oneway_draining = False
         self.connected_at = time.time()
+
+    # what the handshake agreed, as Pyro5's connection objects show it (e.g. to validateHandshake)
+    @property
+    def handshaken(self) -> bool:
+        return self.protocol.handshaken
+
+    @property
+    def object_id(self) -> str | None:
+        """The object named in the accepted handshake."""
+        return self.protocol.object_id
+
+    @property
+    def serializer(self) -> Serializer | None:
+        return self.protocol.serializer
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.addr}>"
@@ -396,14 +405,6 @@ class Daemon:
     def _refuse_plaintext(self, channel: Any, data: bytes) -> None:
         """A TLS daemon's answer, in the clear, to a client that sent plain protocol 502: a CONNECTFAIL
         its proxy (meshrpc or Pyro5) shows as "connection rejected: <reason>"."""
-        ser_id, seq = 1, 0
-        if len(data) >= wire.HEADER_SIZE:
-            header = wire.HEADER.unpack_from(data)
-            ser_id, seq = header[3], header[5]
-        try:
-            serializer = by_id(ser_id).values
-        except SerializeError:
-            serializer = by_id(1)
         try:
             peer = channel.sock.getpeername()
         except OSError:
@@ -411,8 +412,7 @@ class Daemon:
         log.info("refused a plain (non-TLS) client from %s: this daemon accepts TLS only", peer)
         reason = ("this daemon accepts TLS connections only: set SSL=True on the client (and SSL_CACERTS to "
                   "the CA of the daemon's certificate); see docs/security.md")
-        channel.send_plain(wire.encode(wire.Frame(wire.MSG_CONNECTFAIL, serializer.id, seq,
-                                                   serializer.dumps(reason))))
+        channel.send_plain(refusal_for(data, reason))
 
     def _start_reaper(self) -> None:
         limits = [t for t in (self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT) if t > 0]
@@ -456,13 +456,14 @@ class Daemon:
         A partial frame never pins the worker: it stays in the connection's reader while the
         connection waits in the selector again (a slow client cannot hold a worker)."""
         linger_ms = self.settings.WORKER_LINGER * 1000
-        reader = conn.reader
+        protocol = conn.protocol
         pool = self._pool
         try:
             while True:
-                frame = reader.next_frame()
-                if frame is not None:
-                    self._handle(conn, frame)
+                # the key proof needs the time, and only before the handshake
+                event = protocol.next_event(None if protocol.handshaken else time.time())
+                if event is not NEED_DATA:
+                    self._handle(conn, event)
                     continue
                 if self._stop.is_set():
                     if conn.poller.poll(0):  # shutting down: answer what came ("not run")
@@ -514,95 +515,58 @@ class Daemon:
         except Exception:
             log.exception("clientDisconnect hook failed")
 
-    def _handle(self, conn: ClientConnection, frame: wire.Frame) -> None:
+    def _handle(self, conn: ClientConnection, event: Any) -> None:
         if self.settings.LOGWIRE:
-            log.debug("received from %s: %r", conn.addr, frame)
-        if frame.type == wire.MSG_PING:
-            conn.send(wire.Frame(wire.MSG_PING, frame.serializer_id, frame.seq, b"pong"))
-        elif not conn.handshaken:
-            if frame.type != wire.MSG_CONNECT:
-                raise ProtocolError(f"expected CONNECT as the first message, got type {frame.type}")
-            self._handshake(conn, frame)
-        elif frame.type == wire.MSG_INVOKE:
+            log.debug("received from %s: %r", conn.addr, event)
+        if event.type == wire.MSG_INVOKE:
             with self._calls_lock:
                 too_late = self._stop.is_set()
                 if not too_late:
                     self._calls_in_progress += 1
             if too_late:
-                self._refuse_not_run(conn, frame)
+                self._refuse_not_run(conn, event)
                 return
             try:
-                self._invoke(conn, frame)
+                self._invoke(conn, event)
             finally:
                 with self._calls_lock:
                     self._calls_in_progress -= 1
+        elif event.type == wire.MSG_PING:
+            conn.send_parts(conn.protocol.pong(event))
         else:
-            raise ProtocolError(f"unexpected message type {frame.type} after the handshake")
+            self._handshake(conn, event)
 
-    def _handshake(self, conn: ClientConnection, frame: wire.Frame) -> None:
-        try:
-            codec = by_id(frame.serializer_id)
-        except SerializeError:
-            raise ProtocolError(f"client asked for unknown serializer id {frame.serializer_id}") from None
-        serializer = conn.serializer = codec.values
+    def _handshake(self, conn: ClientConnection, request: ConnectRequest) -> None:
+        protocol = conn.protocol
 
         def fail(reason: str) -> None:
             log.info("handshake from %s refused: %s", conn.addr, reason)
-            conn.send(wire.Frame(wire.MSG_CONNECTFAIL, serializer.id, frame.seq, serializer.dumps(reason)))
+            conn.send_parts(protocol.refuse_connect(request, reason))
 
-        try:
-            data = codec.loads(frame.payload)
-            handshake, object_id = data["handshake"], data["object"]
-        except (SerializeError, errors.SecurityError, KeyError, TypeError) as exc:
-            return fail(f"invalid handshake data: {exc}")
-        key_proof: bytes | None = None
-        if self.settings.KEY:
-            # --- mesh key (docs/security.md): the proxy proves it holds the key, we prove it back
-            from ..mesh import auth
-            key_proof, why = auth.check_client_token(
-                self.settings.KEY, frame.annotations.get(auth.HANDSHAKE_ANNOTATION), object_id,
-                self.settings.KEY_WINDOW)
-            if key_proof is None:
-                return fail(why)
+        if request.refusal is not None:  # bad handshake data, or the mesh key is missing or wrong
+            return fail(request.refusal)
+        object_id = request.object_id
         registration = self._objects.get(object_id) if isinstance(object_id, str) else None
         if registration is None:
-            return fail("unknown object")
-        self._set_context(conn, frame)
+            return fail(UNKNOWN_OBJECT_REASON)
+        self._set_context(conn, request.frame)
         try:
-            answer = self.validateHandshake(conn, handshake)
+            answer = self.validateHandshake(conn, request.handshake)
         except Exception as exc:
             return fail(f"handshake denied: {exc}" if str(exc) else "handshake denied")
         try:
-            payload = serializer.dumps({"handshake": answer, "meta": self._metadata(object_id, False)})
+            reply = protocol.accept_connect(request, answer, self._metadata(object_id, False))
         except SerializeError as exc:
             return fail(f"cannot serialize the handshake answer: {exc}")
-        conn.handshaken, conn.object_id = True, object_id
-        # a meshrpc proxy offers its capabilities; Pyro5 proxies never do, and get the plain answer
-        offered = wire.capabilities(frame.annotations)
-        conn.oob = wire.CAP_OOB in offered
-        conn.binary = wire.CAP_BINARY in offered and self.settings.SERPENT_BINARY
-        agreed = (wire.CAP_OOB if conn.oob else b"") + (wire.CAP_BINARY if conn.binary else b"")
-        annotations = {wire.CAPABILITIES: agreed} if agreed else {}
-        if key_proof is not None:
-            from ..mesh import auth
-            annotations[auth.HANDSHAKE_ANNOTATION] = key_proof
-        conn.send(wire.Frame(wire.MSG_CONNECTOK, serializer.id, frame.seq, payload, 0, annotations,
-                             correlation_id=frame.correlation_id))
+        conn.send_parts(reply)
 
     def _refuse_not_run(self, conn: ClientConnection, frame: wire.Frame) -> None:
-        """Shutting down: answer a request that came too late without running it. The reply says so
-        (NOT_RUN_ANNOTATION): meshrpc proxies treat the call as not delivered and go elsewhere;
-        Pyro5 proxies get the DaemonError and know the call did not run."""
+        """Shutting down: answer a request that came too late without running it (ServerSession.not_run_reply):
+        meshrpc proxies treat the call as not delivered and go elsewhere; Pyro5 proxies get the DaemonError."""
         if frame.flags & wire.FLAG_ONEWAY:
             log.info("oneway call from %s not run: the daemon is shutting down", conn.addr)
             return
-        try:
-            serializer = by_id(frame.serializer_id).values
-        except SerializeError:
-            raise ProtocolError(f"unknown serializer id {frame.serializer_id}") from None
-        error = DaemonError("the daemon is shutting down; the call was not run")
-        conn.send(wire.Frame(wire.MSG_RESULT, serializer.id, frame.seq, serializer.dumps(error), wire.FLAG_EXCEPTION,
-                             {NOT_RUN_ANNOTATION: b"1"}, frame.correlation_id))
+        conn.send_parts(conn.protocol.not_run_reply(frame))
 
     def validateHandshake(self, conn: ClientConnection, data: Any) -> Any:
         """Override to check the proxy's handshake data; raise to refuse. Returns the data sent back."""
@@ -624,24 +588,13 @@ class Daemon:
         ctx.correlation_id = frame.correlation_id
 
     def _invoke(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        protocol = conn.protocol
+        is_oneway = frame.flags & wire.FLAG_ONEWAY
         try:
-            codec = by_id(frame.serializer_id)  # how this payload is encoded
-        except SerializeError:
-            raise ProtocolError(f"unknown serializer id {frame.serializer_id}") from None
-        serializer = codec.values  # the conversation's serializer: the reply's
-        is_oneway = bool(frame.flags & wire.FLAG_ONEWAY)
-        oob_mode = conn.oob and serializer.oob
-        try:
-            if frame.flags & wire.FLAG_KEEPSERIALIZED:
-                call = self._blob_call(frame)
-            elif oob_mode and codec.oob:
-                blobs = frame.annotations.pop(wire.OOB_ANNOTATION, None)
-                call = codec.loads_call(frame.payload, wire.unpack_oob(blobs) if blobs is not None else [])
-            else:
-                call = codec.loads_call(frame.payload)
+            call = protocol.decode_call(frame)
         except (SerializeError, errors.SecurityError) as exc:
             if not is_oneway:
-                self._reply_error(conn, frame, serializer, exc)
+                conn.send_parts(protocol.error_reply(frame, exc))
             else:
                 log.warning("dropped oneway call from %s: %s", conn.addr, exc)
             return
@@ -652,24 +605,13 @@ class Daemon:
         flags, result = self._run(conn, frame, call)
         if is_oneway:
             return
-        if flags & wire.FLAG_EXCEPTION and not flags & wire.FLAG_ITEMSTREAMRESULT:
-            self._reply_error(conn, frame, serializer, result)
-            return
         annotations = current_context.response_annotations
         if flags & wire.FLAG_ITEMSTREAMRESULT:
-            annotations = {**annotations, STREAM_ANNOTATION: result.encode("ascii")}
-            reply_id, payload = serializer.id, serializer.dumps(ProtocolError("result of call is an iterator"))
+            conn.send_parts(protocol.stream_reply(frame, result, annotations))
+        elif flags & wire.FLAG_EXCEPTION:
+            conn.send_parts(protocol.error_reply(frame, result, annotations))
         else:
-            oob = [] if oob_mode else None
-            try:
-                reply_id, payload = serializer.encode(result, oob, conn.binary)
-            except (SerializeError, errors.SecurityError) as exc:
-                self._reply_error(conn, frame, serializer, SerializeError(f"cannot serialize the result: {exc}"))
-                return
-            if oob:
-                annotations = {**annotations, wire.OOB_ANNOTATION: wire.pack_oob(oob)}
-        conn.send(wire.Frame(wire.MSG_RESULT, reply_id, frame.seq, payload, flags, annotations,
-                             frame.correlation_id))
+            conn.send_parts(protocol.result_reply(frame, result, annotations, flags))
 
     def _queue_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
         """Oneway calls of a connection run off its reader, in the order they were sent: one pool task
@@ -693,20 +635,6 @@ class Daemon:
             if flags & wire.FLAG_EXCEPTION:
                 log.warning("oneway call %s failed: %r", call[1], result)
 
-    def _blob_call(self, frame: wire.Frame) -> tuple:
-        import marshal
-        from ..blob import SerializedBlob
-        from ..wire import marshal_check
-        try:
-            annotation = frame.annotations[BLOB_ANNOTATION]
-            # security (found by tests/integration/test_fuzz_daemon.py): marshal trusts declared sizes;
-            # five bytes announcing a tuple of 2**31 items held the GIL for a minute
-            marshal_check.check(annotation)
-            info, object_id, method = marshal.loads(annotation)
-        except (KeyError, ValueError, EOFError, TypeError, SerializeError):
-            raise SerializeError("blob call without a valid BLBI annotation") from None
-        return object_id, method, (SerializedBlob(info, frame.payload, True, frame.serializer_id),), {}
-
     def _run(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any]:
         """Run one call (or a batch): (reply flags, result or exception)."""
         object_id, method, vargs, kwargs = call
@@ -715,7 +643,7 @@ class Daemon:
             if registration is None:
                 raise DaemonError(f"unknown object {object_id!r}")
             instance = registration.instance(conn.session)
-            if frame.flags & wire.FLAG_BATCH and method == "<batch>":
+            if frame.flags & wire.FLAG_BATCH and method == BATCH_METHOD:
                 return wire.FLAG_BATCH, self._run_batch(registration, instance, vargs)
             result = self._call(registration, instance, method, vargs, kwargs)
         except Exception as exc:
@@ -775,17 +703,6 @@ class Daemon:
         log.debug("call %s raised %r", method, exc)
         return exc
 
-    def _reply_error(self, conn: ClientConnection, frame: wire.Frame, serializer: Serializer,
-                     exc: BaseException) -> None:
-        try:
-            payload = serializer.dumps(exc)
-        except Exception as inner:  # the exception itself does not serialize: send a description
-            payload = serializer.dumps(errors.SerializeError(f"{type(exc).__name__}: {exc} "
-                                                             f"(the exception could not be serialized: {inner})"))
-        conn.send(wire.Frame(wire.MSG_RESULT, serializer.id, frame.seq, payload, wire.FLAG_EXCEPTION,
-                             current_context.response_annotations if current_context.client is conn else {},
-                             frame.correlation_id))
-
     @staticmethod
     def _is_stream(result: Any) -> bool:
         if type(result) in _PLAIN_RESULTS:  # the common case, without an ABC check
@@ -795,7 +712,7 @@ class Daemon:
     def _metadata(self, object_id: str, as_lists: bool) -> dict[str, Any]:
         registration = self._objects.get(object_id)
         if registration is None:
-            raise DaemonError("unknown object")
+            raise DaemonError(UNKNOWN_OBJECT_REASON)
         members = registration.members
         convert = list if as_lists else set
         meta = {key: convert(members[key]) for key in ("methods", "oneway", "attrs")}

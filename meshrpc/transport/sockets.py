@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
 from ..wire import frame as wire
+from ..wire.session import NEED_DATA
 
 log = logging.getLogger("meshrpc.transport")
 
@@ -147,16 +148,15 @@ class FramedConnection:
     """
 
     def __init__(self, sock: socket.socket, max_size: int, compress_min: int = -1,
-                 max_annotations: int = 64, spin_wait: float = 0.0) -> None:
+                 max_annotations: int = 64, spin_wait: float = 0.0, *, protocol: Any = None) -> None:
         self.sock = sock
-        self.reader = wire.FrameReader(max_size, max_annotations)
+        # protocol: the connection's wire.session (ClientSession/ServerSession); bytes read go to its reader
+        self.protocol = protocol
+        self.reader = protocol.reader if protocol is not None else wire.FrameReader(max_size, max_annotations)
         self.max_size = max_size
         self.compress_min = compress_min
         self.send_lock = threading.Lock()
         self.closed = False
-        # what the handshake agreed with a meshrpc peer (wire.CAPABILITIES); Pyro5 peers: neither
-        self.oob = False     # bytes out of band
-        self.binary = False  # plain serpent values in binary form
         # adaptive spin: poll without sleeping for up to spin_wait seconds when recent answers came
         # faster than that; a sleeping thread costs a scheduler wake-up (tens of microseconds) per reply
         self.spin_wait = 0.0 if _single_core() else spin_wait
@@ -177,7 +177,21 @@ class FramedConnection:
         self.last_active = time.monotonic()
 
     def send(self, frame: wire.Frame) -> None:
-        parts = wire.encode_parts(frame, compress_min=self.compress_min, max_size=self.max_size)
+        self.send_parts(wire.encode_parts(frame, compress_min=self.compress_min, max_size=self.max_size))
+
+    # what the handshake agreed with a meshrpc peer (wire.constants.CAP_*); Pyro5 peers: nothing
+    @property
+    def oob(self) -> bool:
+        """Bytes-like values travel out of band."""
+        return self.protocol is not None and self.protocol.oob
+
+    @property
+    def binary(self) -> bool:
+        """Plain serpent values travel in binary form."""
+        return self.protocol is not None and self.protocol.binary
+
+    def send_parts(self, parts: list) -> None:
+        """Send buffers made by a session (wire.session), in order, as one message or several."""
         with self.send_lock:
             try:
                 for part in parts:
@@ -187,6 +201,16 @@ class FramedConnection:
                 raise TimeoutError("sending timed out") from None
             except OSError as exc:
                 raise ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
+
+    def next_event(self) -> Any:
+        """The protocol session's next event, reading (and blocking, within the socket's timeout)
+        until there is one."""
+        protocol = self.protocol
+        event = protocol.next_event()
+        while event is NEED_DATA:
+            self.fill()
+            event = protocol.next_event()
+        return event
 
     def recv(self) -> wire.Frame:
         """The next frame; blocks (within the socket's timeout)."""

@@ -49,7 +49,9 @@ class ClientConnection(FramedConnection):
     """A client's connection as the daemon sees it."""
 
     def __init__(self, sock: socket.socket, addr: Any, settings: Settings) -> None:
-        protocol = ServerSession(settings)
+        # requests are answered one after the other here: no pipelining (a slow call would hold up the
+        # calls behind it; a proxy that gives up on one reconnects instead)
+        protocol = ServerSession(settings, pipelining=False)
         super().__init__(sock, settings.MAX_MESSAGE_SIZE, spin_wait=settings.SPIN_WAIT, protocol=protocol)
         self.protocol: ServerSession = protocol
         self.addr = addr

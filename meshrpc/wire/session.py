@@ -445,12 +445,16 @@ class ClientSession(_Session):
 
 class ServerSession(_Session):
     """The daemon's side of one connection. Requests are answered by seq, so pipelined requests
-    (CAP_PIPELINE) may be answered in any order; a driver may as well answer them in order."""
+    (CAP_PIPELINE) may be answered in any order. `pipelining=False`: never agree to it (a driver that
+    answers a connection's requests one after the other: a slow call would hold up the calls behind
+    it, and a proxy that gave up on it could not get a fresh connection's worth of service)."""
 
-    __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "_key_proof")
+    __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "accepts_pipelining", "_key_proof")
 
-    def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None) -> None:
+    def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
+                 pipelining: bool = True) -> None:
         super().__init__(settings)
+        self.accepts_pipelining = pipelining
         self.key_window = settings.KEY_WINDOW
         self.replay_cache = replay_cache
         self.object_id: Any = None                 # the object named in the accepted CONNECT
@@ -509,7 +513,7 @@ class ServerSession(_Session):
         offered = capabilities(request.annotations)
         self.oob = CAP_OOB in offered
         self.binary = CAP_BINARY in offered and self.serpent_binary
-        self.pipelined = CAP_PIPELINE in offered
+        self.pipelined = CAP_PIPELINE in offered and self.accepts_pipelining
         agreed = ((CAP_OOB if self.oob else b"") + (CAP_BINARY if self.binary else b"")
                   + (CAP_PIPELINE if self.pipelined else b""))
         annotations = {CAPABILITIES: agreed} if agreed else {}

@@ -81,6 +81,15 @@ def test_capabilities_agreed_only_when_both_sides_offer_them() -> None:
     assert client.pipelined and server.pipelined and client.binary and server.binary and client.oob
     client, server = pair(pipelining=False, server_settings=Settings(SERPENT_BINARY=False))
     assert not client.pipelined and not server.pipelined and not client.binary and not server.binary
+    # a server that answers one request after the other does not agree to pipelining
+    client = ws.ClientSession(by_name("serpent"), Settings(), pipelining=True)
+    server = ws.ServerSession(Settings(), pipelining=False)
+    deliver(client.connect_request("obj"), server)
+    [ok] = frames_of(server.accept_connect(server.next_event(), "hello", {}))
+    assert constants.CAP_PIPELINE not in wire.capabilities(ok.annotations) and not server.pipelined
+    client.receive_data(wire.encode(ok))
+    client.next_event()
+    assert not client.pipelined and client.oob
 
 
 def test_a_pyro5_proxy_gets_the_plain_answer() -> None:

@@ -4,6 +4,7 @@ The public API, re-exported here (names follow Pyro5's api module)."""
 
 from __future__ import annotations
 
+from . import plugins as _plugins  # noqa: F401 (plugs the mesh, the name server and Proxy into daemons)
 from . import errors
 from . import resolve  # a module that is also Pyro5's resolve(uri) function when called
 from .blob import SerializedBlob
@@ -14,8 +15,9 @@ from .context import current_context
 from .core import type_meta
 from .nameserver import start_ns, start_ns_loop
 from .serializers import SerializerBase
-from .server.daemon import Daemon, DaemonObject, serve
+from .server.daemon import Daemon, DaemonObject
 from .server.decorators import behavior, callback, expose, idempotent, oneway
+from .serving import serve
 from .uri import URI
 from .wire.serializers import (register_class_to_dict, register_dict_to_class, unregister_class_to_dict,
                                unregister_dict_to_class)

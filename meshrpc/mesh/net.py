@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import netifaces
 
+from ..transport import interfaces as host_interfaces
 from ..uri import URI
 
 log = logging.getLogger("meshrpc.mesh")
@@ -56,21 +57,11 @@ def addresses_for(bind_host: str, interfaces: list[str]) -> list[str]:
 
 def ipv4_interface_infos() -> Iterator[dict[str, str]]:
     """netifaces' IPv4 entries (addr, netmask, broadcast, peer) of every interface, now."""
-    for name in netifaces.interfaces():
-        try:
-            infos = netifaces.ifaddresses(name).get(netifaces.AF_INET, [])
-        except ValueError:                   # the interface vanished meanwhile
-            continue
-        yield from infos
+    return host_interfaces.ipv4_interface_infos(netifaces)
 
 
 def ipv4_addresses(include_loopback: bool = True) -> list[str]:
-    found = []
-    for info in ipv4_interface_infos():
-        address = info.get("addr")
-        if address and (include_loopback or not address.startswith("127.")):
-            found.append(address)
-    return _dedup(found)
+    return host_interfaces.ipv4_addresses(include_loopback, netifaces)
 
 
 _NETWORKS_TTL = 2.0   # seconds: interfaces change rarely, and a stale answer only costs a retry

@@ -88,6 +88,10 @@ class MeshPublisher:
         discovery.local_feed(entry)
         log.debug("mesh: published %s -> %s as %s", name, entry.uri, info.name)
 
+    def register(self, name: str, uri: str, tags: frozenset[str]) -> None:
+        """publish(), in the shape of a daemon's announcers (server/hooks.py)."""
+        self.publish(name, uri, set(tags))
+
     def withdraw(self, name: str, uri: str) -> None:
         """Goodbye for one object (no-op if it was not published)."""
         try:

@@ -486,7 +486,7 @@ def test_request_loop_condition_and_shutdown_from_a_call(start_daemon):
     thread2 = threading.Thread(target=daemon2.requestLoop, args=(lambda: not flag.is_set(),), daemon=True)
     thread2.start()
     flag.set()
-    daemon2._wake()
+    daemon2._connection_server._wake()
     thread2.join(10)
     assert not thread2.is_alive()
     daemon2.close()

@@ -59,7 +59,7 @@ def test_autoregister_can_be_turned_off():
         settings = ns_settings(NS_PORT=ns.port, NS_AUTOREGISTER=False, REALM="t-" + uuid.uuid4().hex[:10])
         with meshrpc.Daemon(HOST, settings=settings) as daemon:
             daemon.register(Thing(), name="bridge.quiet")
-            assert daemon._ns_registrar is None
+            assert "nameserver" not in daemon._announcers.active
         assert ns.daemon.nameserver.count() == 1  # only the name server itself
     finally:
         ns.stop()

@@ -1,0 +1,32 @@
+"""Plugs the packages a daemon uses but server/ does not import into its hooks (server/hooks.py):
+the mesh and the name server as announcers, client.Proxy for Daemon.proxyFor.
+
+Imported by meshrpc/__init__.py. The announcer factories import lazily, so discovery (zeroconf)
+and the name-server client load only on a daemon's first named registration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .client.proxy import Proxy
+from .server.hooks import Announcer, plug_in, plug_in_proxy_factory
+
+
+def mesh_announcer(bind_host: str, settings: Any) -> Announcer:
+    """Announce on the mesh (mDNS/DNS-SD, docs/mesh.md): every named registration."""
+    from .mesh import MeshPublisher
+    return MeshPublisher(bind_host, settings)
+
+
+def name_server_announcer(bind_host: str, settings: Any) -> Announcer | None:
+    """Keep named registrations in the configured name server (NS_HOST with NS_AUTOREGISTER)."""
+    if not (settings.NS_HOST and settings.NS_AUTOREGISTER):
+        return None
+    from .naming.registrar import NameServerRegistrar
+    return NameServerRegistrar(settings)
+
+
+plug_in("mesh", mesh_announcer)
+plug_in("nameserver", name_server_announcer)
+plug_in_proxy_factory(lambda uri, settings: Proxy(uri, settings=settings))

@@ -1,0 +1,573 @@
+"""The connection server of a daemon: drives its sockets with threads (docs/architecture.md).
+
+One selector loop (`requestLoop`, or an external loop through `sockets`/`events`) watches the
+listening socket and every *idle* connection. When an idle connection has data, it is handed to a
+worker of a bounded pool, which reads and answers requests on it and keeps watching it for
+WORKER_LINGER seconds (a chatty client then pays no thread hand-off), then hands it back. Idle
+connections hold no thread, so hundreds of connected proxies are fine.
+
+Each connection's protocol is its wire.session.ServerSession; calls run through the daemon's
+server.dispatch.Dispatcher. Here: sockets, TLS, threads, parking, reaping, the shutdown drain.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .. import errors
+from ..config import Settings
+from ..context import current_context
+from ..errors import ProtocolError, SerializeError
+from ..transport.sockets import FramedConnection, limit_send_time
+from ..wire import frame as wire
+from ..wire.constants import UNKNOWN_OBJECT_REASON
+from ..wire.serializers import BY_ID, Serializer
+from ..wire.session import NEED_DATA, ConnectRequest, ServerSession, refusal_for
+from .pool import WorkerPool
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("meshrpc.server")
+
+HOUSEKEEPING_INTERVAL = 1.0  # seconds between stream expiry sweeps
+SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may have asked for the shutdown)
+SHUTDOWN_DRAIN_MIN = 0.05  # seconds a stopping request loop answers late requests at least (some are on the way)
+
+
+class ClientConnection(FramedConnection):
+    """A client's connection as the daemon sees it."""
+
+    def __init__(self, sock: socket.socket, addr: Any, settings: Settings) -> None:
+        # requests are answered one after the other here: no pipelining (a slow call would hold up the
+        # calls behind it; a proxy that gives up on one reconnects instead)
+        protocol = ServerSession(settings, pipelining=False)
+        super().__init__(sock, settings.MAX_MESSAGE_SIZE, spin_wait=settings.SPIN_WAIT, protocol=protocol)
+        self.protocol: ServerSession = protocol
+        self.addr = addr
+        self.session: dict[str, Any] = {}  # per-connection instances ("session" mode)
+        self.idle_poller: Any = None  # the socket and the pool's backlog signal (set by the daemon)
+        self.oneways: collections.deque[tuple[wire.Frame, tuple]] = collections.deque()
+        self.oneway_lock = threading.Lock()
+        self.oneway_draining = False
+        self.connected_at = time.time()
+
+    # what the handshake agreed, as Pyro5's connection objects show it (e.g. to validateHandshake)
+    @property
+    def handshaken(self) -> bool:
+        return self.protocol.handshaken
+
+    @property
+    def object_id(self) -> str | None:
+        """The object named in the accepted handshake."""
+        return self.protocol.object_id
+
+    @property
+    def serializer(self) -> Serializer | None:
+        return self.protocol.serializer
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.addr}>"
+
+
+class ConnectionServer:
+    """Serves a daemon's listening socket with a selector loop and a bounded pool of workers.
+
+    `daemon` provides the hooks (validateHandshake, clientDisconnect), the goodbyes (_withdraw) and
+    close(); `dispatch` runs the calls; `streams` is the daemon's stream table."""
+
+    def __init__(self, daemon: "Daemon", listener: socket.socket, unixsocket: str | None, tls_context: Any,
+                 location: str) -> None:
+        self.daemon = daemon
+        self.settings = settings = daemon.settings
+        self._dispatch = daemon._dispatch
+        self._streams = daemon._streams
+        self._listener = listener
+        self._unixsocket = unixsocket
+        self._tls_context = tls_context
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._connections: set[ClientConnection] = set()
+        self._parked: dict[socket.socket, ClientConnection] = {}
+        self._to_park: collections.deque[ClientConnection] = collections.deque()
+        self._pool = WorkerPool(settings.THREADPOOL_SIZE)
+        self._stop = threading.Event()
+        self._loop_done = threading.Event()
+        self._loop_done.set()
+        self._next_housekeeping = 0.0
+        self._calls_lock = threading.Lock()
+        self._calls_in_progress = 0
+        self._server_spin = settings.SERVER_SPIN
+        # --- security: the plaintext warning, and the thread that enforces HANDSHAKE_TIMEOUT/IDLE_TIMEOUT
+        if not unixsocket and tls_context is None and not settings.KEY:
+            _warn_if_exposed(listener, location)
+        self._start_reaper()
+
+    # ------------------------------------------------------------------ the selector loop
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """Sockets for an external select loop: pass the readable ones to `events()`."""
+        self._drain_parking()
+        return [self._listener, self._wake_r, *self._parked]
+
+    def events(self, eventsockets: Iterable[socket.socket]) -> None:
+        """Handle readable sockets (from `sockets`) found by an external select loop."""
+        for sock in eventsockets:
+            if sock is self._listener:
+                self._accept()
+            elif sock is self._wake_r:
+                self._drain_wakeups()
+            else:
+                conn = self._parked.pop(sock, None)
+                if conn is not None:
+                    self._unpark(conn)
+                    self._pool.submit(self._serve, conn)
+        self._drain_parking()
+        self._housekeeping()
+
+    def requestLoop(self, loopCondition: Callable[[], bool] = lambda: True) -> None:
+        """Serve until `shutdown()` is called or `loopCondition()` returns false."""
+        import selectors
+        self._loop_done.clear()
+        selector = selectors.DefaultSelector()
+        self._selector = selector
+        try:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            for sock in self._parked:
+                selector.register(sock, selectors.EVENT_READ)
+            while not self._stop.is_set() and loopCondition():
+                ready = selector.select(self.settings.POLLTIMEOUT)
+                self.events([key.fileobj for key, _ in ready])  # type: ignore[misc]
+            if self._stop.is_set():
+                self._drain(selector)
+        finally:
+            self._selector = None
+            selector.close()
+            self._loop_done.set()
+            if self._stop.is_set():
+                self.daemon.close()
+
+    _selector: Any = None
+
+    def _park(self, conn: ClientConnection) -> None:
+        if conn.closed:
+            return
+        self._parked[conn.sock] = conn
+        if self._selector is not None:
+            import selectors
+            self._selector.register(conn.sock, selectors.EVENT_READ)
+
+    def _unpark(self, conn: ClientConnection) -> None:
+        if self._selector is not None:
+            try:
+                self._selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _drain_parking(self) -> None:
+        while self._to_park:
+            self._park(self._to_park.popleft())
+
+    def _hand_back(self, conn: ClientConnection) -> None:
+        """From a worker: the connection is idle, let the selector watch it again."""
+        self._to_park.append(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or we are closing
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            if len(self._connections) >= self.settings.MAX_CONNECTIONS:
+                log.warning("refusing connection from %s: MAX_CONNECTIONS (%d) reached", addr,
+                            self.settings.MAX_CONNECTIONS)
+                sock.close()
+                continue
+            sock.setblocking(True)
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and self.settings.SOCK_NODELAY:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = self._secure_connection(sock, addr)
+            if conn is None:
+                continue
+            self._connections.add(conn)
+            log.debug("connection from %s", addr)
+            self._pool.submit(self._serve, conn)  # its CONNECT follows at once: no trip through the selector
+
+    # ------------------------------------------------------------------ security (docs/security.md)
+
+    def _secure_connection(self, sock: socket.socket, addr: Any) -> ClientConnection | None:
+        """The ClientConnection of an accepted socket, under the daemon's limits: TLS sockets are
+        wrapped without a handshake (it advances on the worker, never blocking the selector; a
+        plain-protocol client is answered why it is refused), and sends are time limited."""
+        send_timeout = self.settings.SEND_TIMEOUT
+        if self._tls_context is not None:
+            from ..transport import tls
+            try:
+                sock = tls.wrap_server(sock, self._tls_context)
+            except OSError as exc:
+                log.info("connection from %s lost before TLS: %s", addr, exc)
+                sock.close()
+                return None
+        else:
+            limit_send_time(sock, send_timeout)
+        conn = ClientConnection(sock, addr, self.settings)
+        conn.accepted_at = time.monotonic()  # type: ignore[attr-defined]
+        conn.idle_poller = select.poll()
+        conn.idle_poller.register(sock, select.POLLIN)
+        conn.idle_poller.register(self._pool.backlog_fd, select.POLLIN)
+        if conn.tls is not None:
+            conn.tls.send_timeout = send_timeout or None
+            conn.tls.on_plaintext = self._refuse_plaintext
+        return conn
+
+    def _refuse_plaintext(self, channel: Any, data: bytes) -> None:
+        """A TLS daemon's answer, in the clear, to a client that sent plain protocol 502: a CONNECTFAIL
+        its proxy (meshrpc or Pyro5) shows as "connection rejected: <reason>"."""
+        try:
+            peer = channel.sock.getpeername()
+        except OSError:
+            peer = "?"
+        log.info("refused a plain (non-TLS) client from %s: this daemon accepts TLS only", peer)
+        reason = ("this daemon accepts TLS connections only: set SSL=True on the client (and SSL_CACERTS to "
+                  "the CA of the daemon's certificate); see docs/security.md")
+        channel.send_plain(refusal_for(data, reason))
+
+    def _start_reaper(self) -> None:
+        limits = [t for t in (self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT) if t > 0]
+        if not limits:
+            return
+        interval = min(1.0, max(0.05, min(limits) / 4))
+        threading.Thread(target=_reaper_loop, args=(weakref.ref(self), self._stop, interval),
+                         name="meshrpc-reaper", daemon=True).start()
+
+    def _reap(self) -> None:
+        """Close connections past HANDSHAKE_TIMEOUT (no CONNECT completed) or IDLE_TIMEOUT (parked, with
+        no byte received or sent). Shutting a socket down makes it readable: its worker, or the
+        selector then a worker, finds it closed and drops it the usual way (clientDisconnect included)."""
+        now = time.monotonic()
+        handshake, idle = self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT
+        parked = set(self._parked.values()) if idle > 0 else ()
+        for conn in list(self._connections):
+            if conn.closed:
+                continue
+            if not conn.handshaken:
+                if handshake > 0 and now - getattr(conn, "accepted_at", now) > handshake:
+                    log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
+                             conn.addr, handshake)
+                    _abort(conn)
+            elif conn in parked and now - conn.last_active > idle:
+                log.debug("closing connection from %s: idle for IDLE_TIMEOUT (%g s)", conn.addr, idle)
+                _abort(conn)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            expired = self._streams.expire()
+            if expired:
+                log.debug("expired %d streams", expired)
+
+    # ------------------------------------------------------------------ a connection's worker
+
+    def _serve(self, conn: ClientConnection) -> None:
+        """Answer requests on `conn` until it is idle for WORKER_LINGER, closes, or others need the worker.
+
+        A partial frame never pins the worker: it stays in the connection's reader while the
+        connection waits in the selector again (a slow client cannot hold a worker)."""
+        linger_ms = self.settings.WORKER_LINGER * 1000
+        protocol = conn.protocol
+        pool = self._pool
+        try:
+            while True:
+                # the key proof needs the time, and only before the handshake
+                event = protocol.next_event(None if protocol.handshaken else time.time())
+                if event is not NEED_DATA:
+                    self._handle(conn, event)
+                    continue
+                if self._stop.is_set():
+                    if conn.poller.poll(0):  # shutting down: answer what came ("not run")
+                        conn.fill()
+                        continue
+                    self._hand_back(conn)  # and let the draining loop watch it for late requests
+                    return
+                if pool.backlog():  # other connections are waiting for a worker: take turns
+                    self._hand_back(conn)
+                    return
+                if self._server_spin and not self._calls_in_progress and conn.try_fill():
+                    continue  # the next request came quickly: no sleep, no wake-up
+                # idle: keep watching for WORKER_LINGER, unless other connections wait for a worker
+                if not self._linger(conn, linger_ms):
+                    self._hand_back(conn)
+                    return
+                conn.fill()
+        except (errors.ConnectionClosedError, errors.TimeoutError):
+            self._drop(conn)
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: %s", conn.addr, exc)
+            self._drop(conn)
+        except Exception:
+            log.exception("closing connection from %s after an unexpected error", conn.addr)
+            self._drop(conn)
+
+    def _linger(self, conn: ClientConnection, linger_ms: float) -> bool:
+        """Wait for the connection's next request: True when it has data, False when the worker should
+        hand it back (idle for linger_ms, or tasks are waiting for a worker)."""
+        deadline = time.monotonic() + linger_ms / 1000
+        sock_fd = conn.sock.fileno()
+        while True:
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0 or self._pool.backlog():
+                return False
+            events = conn.idle_poller.poll(remaining_ms)
+            if any(fd == sock_fd for fd, _ in events):
+                return True
+            # else: the pool's backlog signal, or the time is up: the checks above decide
+
+    def _drop(self, conn: ClientConnection) -> None:
+        if conn.closed:
+            return
+        conn.close()
+        self._connections.discard(conn)
+        self._streams.orphan(conn)
+        try:
+            self.daemon.clientDisconnect(conn)
+        except Exception:
+            log.exception("clientDisconnect hook failed")
+
+    def _handle(self, conn: ClientConnection, event: Any) -> None:
+        if self.settings.LOGWIRE:
+            log.debug("received from %s: %r", conn.addr, event)
+        if event.type == wire.MSG_INVOKE:
+            with self._calls_lock:
+                too_late = self._stop.is_set()
+                if not too_late:
+                    self._calls_in_progress += 1
+            if too_late:
+                self._refuse_not_run(conn, event)
+                return
+            try:
+                self._invoke(conn, event)
+            finally:
+                with self._calls_lock:
+                    self._calls_in_progress -= 1
+        elif event.type == wire.MSG_PING:
+            conn.send_parts(conn.protocol.pong(event))
+        else:
+            self._handshake(conn, event)
+
+    def _handshake(self, conn: ClientConnection, request: ConnectRequest) -> None:
+        protocol = conn.protocol
+
+        def fail(reason: str) -> None:
+            log.info("handshake from %s refused: %s", conn.addr, reason)
+            conn.send_parts(protocol.refuse_connect(request, reason))
+
+        if request.refusal is not None:  # bad handshake data, or the mesh key is missing or wrong
+            return fail(request.refusal)
+        object_id = request.object_id
+        if self._dispatch.lookup(object_id) is None:
+            return fail(UNKNOWN_OBJECT_REASON)
+        self._set_context(conn, request.frame)
+        try:
+            answer = self.daemon.validateHandshake(conn, request.handshake)
+        except Exception as exc:
+            return fail(f"handshake denied: {exc}" if str(exc) else "handshake denied")
+        try:
+            reply = protocol.accept_connect(request, answer, self._dispatch.metadata(object_id, False))
+        except SerializeError as exc:
+            return fail(f"cannot serialize the handshake answer: {exc}")
+        conn.send_parts(reply)
+
+    def _refuse_not_run(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        """Shutting down: answer a request that came too late without running it (ServerSession.not_run_reply):
+        meshrpc proxies treat the call as not delivered and go elsewhere; Pyro5 proxies get the DaemonError."""
+        if frame.flags & wire.FLAG_ONEWAY:
+            log.info("oneway call from %s not run: the daemon is shutting down", conn.addr)
+            return
+        conn.send_parts(conn.protocol.not_run_reply(frame))
+
+    def _set_context(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        ctx = current_context
+        ctx.client = conn
+        ctx.client_sock_addr = conn.addr
+        ctx.seq = frame.seq
+        ctx.msg_flags = frame.flags
+        codec = BY_ID.get(frame.serializer_id)  # the serializer, not its binary form
+        ctx.serializer_id = codec.values.id if codec is not None else frame.serializer_id
+        ctx.annotations = frame.annotations
+        ctx.response_annotations = {}
+        ctx.correlation_id = frame.correlation_id
+
+    def _invoke(self, conn: ClientConnection, frame: wire.Frame) -> None:
+        protocol = conn.protocol
+        is_oneway = frame.flags & wire.FLAG_ONEWAY
+        try:
+            call = protocol.decode_call(frame)
+        except (SerializeError, errors.SecurityError) as exc:
+            if not is_oneway:
+                conn.send_parts(protocol.error_reply(frame, exc))
+            else:
+                log.warning("dropped oneway call from %s: %s", conn.addr, exc)
+            return
+        if is_oneway and self.settings.ONEWAY_THREADED:
+            self._queue_oneway(conn, frame, call)
+            return
+        self._set_context(conn, frame)
+        flags, result = self._dispatch.run(conn, frame.flags, call)
+        if is_oneway:
+            return
+        annotations = current_context.response_annotations
+        if flags & wire.FLAG_ITEMSTREAMRESULT:
+            conn.send_parts(protocol.stream_reply(frame, result, annotations))
+        elif flags & wire.FLAG_EXCEPTION:
+            conn.send_parts(protocol.error_reply(frame, result, annotations))
+        else:
+            conn.send_parts(protocol.result_reply(frame, result, annotations, flags))
+
+    def _queue_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
+        """Oneway calls of a connection run off its reader, in the order they were sent: one pool task
+        drains the connection's queue, so a flood of them costs no thread (or task) each."""
+        with conn.oneway_lock:
+            conn.oneways.append((frame, call))
+            if conn.oneway_draining:
+                return
+            conn.oneway_draining = True
+        self._pool.submit(self._drain_oneways, conn)
+
+    def _drain_oneways(self, conn: ClientConnection) -> None:
+        while True:
+            with conn.oneway_lock:
+                if not conn.oneways:
+                    conn.oneway_draining = False
+                    return
+                frame, call = conn.oneways.popleft()
+            self._set_context(conn, frame)
+            flags, result = self._dispatch.run(conn, frame.flags, call)
+            if flags & wire.FLAG_EXCEPTION:
+                log.warning("oneway call %s failed: %r", call[1], result)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def stop(self) -> None:
+        """Stop the request loop (from any thread, including a call); the loop then drains and closes
+        the daemon. No loop running (`loop_running` false): the caller closes the daemon itself."""
+        self._stop.set()
+        self._wake()
+
+    @property
+    def loop_running(self) -> bool:
+        return not self._loop_done.is_set()
+
+    def close(self) -> None:
+        """Drop every connection, stop the workers, close the listening socket (and remove a Unix
+        socket's file). Calls in progress had their chance: see wait_for_calls."""
+        self._stop.set()
+        for conn in list(self._connections):
+            self._drop(conn)
+        self._pool.close()
+        self._listener.close()
+        self._wake_w.close()
+        if self._loop_done.is_set():
+            self._wake_r.close()
+        if self._unixsocket:
+            try:
+                os.unlink(self._unixsocket)
+            except OSError:
+                pass
+
+    def _drain(self, selector: Any) -> None:
+        """The request loop was stopped: shut down without losing a call. New connections are refused;
+        calls in progress finish and reply; requests that still come are answered "not run" (see
+        _refuse_not_run) while the goodbyes go out. close() then drops the connections left."""
+        with self._calls_lock:
+            pass  # a barrier: every call that was let in before the stop is counted from here on
+        try:
+            selector.unregister(self._listener)
+        except (KeyError, ValueError):
+            pass
+        self._listener.close()  # connecting is refused from now on: certainly not delivered
+        withdrawing = threading.Thread(target=self.daemon._withdraw, name="meshrpc-goodbyes", daemon=True)
+        withdrawing.start()
+        started = time.monotonic()
+        deadline = started + SHUTDOWN_GRACE
+        while time.monotonic() < deadline and (withdrawing.is_alive() or self._calls_in_progress
+                                                or time.monotonic() - started < SHUTDOWN_DRAIN_MIN):
+            ready = selector.select(0.01)
+            self.events([key.fileobj for key, _ in ready])  # type: ignore[misc]
+        withdrawing.join(max(0.0, deadline - time.monotonic()))
+
+    def wait_for_calls(self, grace: float) -> None:
+        """Let calls in progress send their replies; the caller's own call does not count."""
+        own = 1 if threading.current_thread().name.startswith(self._pool.name) else 0
+        deadline = time.monotonic() + grace
+        while self._calls_in_progress > own and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+_warned_plaintext = False
+
+
+def _warn_if_exposed(listener: socket.socket, location: str) -> None:
+    """Once per process: a daemon without TLS or a mesh key listens beyond this machine."""
+    global _warned_plaintext
+    if _warned_plaintext:
+        return
+    try:
+        address = ipaddress.ip_address(listener.getsockname()[0].split("%")[0])
+    except (ValueError, OSError, IndexError):
+        return
+    if address.is_loopback:
+        return
+    _warned_plaintext = True
+    logging.getLogger("meshrpc.security").warning(
+        "daemon %s listens on a non-loopback address without TLS or a mesh key: anyone who can reach it can "
+        "call its objects and read or change its traffic; set MESHRPC_KEY (callers must hold the key) and/or "
+        "SSL with a certificate (encryption), see docs/security.md, or bind localhost", location)
+
+
+def _abort(conn: ClientConnection) -> None:
+    try:
+        socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the socket itself, not the SSL layer
+    except OSError:
+        pass
+
+
+def _reaper_loop(server_ref: "weakref.ref[ConnectionServer]", stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        server = server_ref()
+        if server is None:
+            return
+        try:
+            server._reap()
+        except Exception:  # the reaper must not die of one odd connection
+            log.exception("connection reaper failed")
+        del server

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 from .. import errors
 from ..config import Settings, config as default_config
 from ..context import current_context
-from ..errors import CommunicationError, ConnectionClosedError, ProtocolError, SerializeError
+from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
 from ..transport.sockets import FramedConnection, connect
 from ..uri import URI
 from ..wire import frame as wire

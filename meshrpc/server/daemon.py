@@ -92,8 +92,9 @@ class Daemon:
         self._closed = False
         self._streams = StreamTable(settings.ITER_STREAM_LIFETIME, settings.ITER_STREAM_LINGER,
                                     settings.MAX_STREAMS_PER_CONNECTION)
-        # calls go through self._call, so that subclasses may change how a method is called
-        self._dispatch = Dispatcher(settings, self._streams, invoke=self._call)
+        # a subclass may change how a method is called by overriding _call (one call less when not)
+        overridden = type(self)._call is not Daemon._call
+        self._dispatch = Dispatcher(settings, self._streams, invoke=self._call if overridden else None)
         # discovery follows the bound host (0.0.0.0: every interface)
         self._announcers = Announcers(host if not unixsocket else "localhost", settings)
         self._register_daemon_object(interface)

@@ -284,7 +284,8 @@ class ClientSession(_Session):
         """INVOKE of `method` on `object_id`; the seq used is `last_seq`. A SerializedBlob as the only
         argument travels as it is (BLBI). FLAG_ONEWAY: no reply comes (the seq is not outstanding).
         SerializeError: nothing was recorded and nothing is to be sent."""
-        self._check_ready()
+        if not self.handshaken or self.out_of_step or (self._waiting >= 0 and not self.pipelined):
+            self._check_ready()  # raises why not
         serializer = self.serializer
         if annotations is None:
             annotations = {}
@@ -299,11 +300,17 @@ class ClientSession(_Session):
                 annotations = {**annotations, OOB_ANNOTATION: pack_oob(oob)}
         else:
             wire_id, payload = serializer.encode_call(object_id, method, vargs, kwargs, None, self.binary)
-        seq = self._next_seq()
+        if self.pipelined:
+            seq = self._next_seq()
+        else:  # the hot path: one call at a time, no seq can be taken
+            seq = self._seq = self.last_seq = (self._seq + 1) & SEQ_MASK
         parts = encode_parts(Frame(MSG_INVOKE, wire_id, seq, payload, flags, annotations, correlation_id),
                              compress_min=self.compress_min, max_size=self.max_size)
         if not flags & FLAG_ONEWAY:
-            self._expect(seq)
+            if self.pipelined:
+                self._outstanding.add(seq)
+            else:
+                self._waiting = seq
         return parts
 
     def _blob_payload(self, object_id: str, method: str, vargs: Any, kwargs: dict | None,
@@ -353,8 +360,10 @@ class ClientSession(_Session):
         """The next event, or NEED_DATA. Raises ProtocolError (and SecurityError, for a wrong key proof)
         when the peer broke the protocol: the connection is unusable then."""
         while True:
-            frame = self._next_frame()
+            frame = self.reader.next_frame()
             if frame is None:
+                if self._eof:
+                    self._next_frame()  # raises ConnectionClosedError
                 return NEED_DATA
             if not self.handshaken:
                 return self._connect_reply(frame)
@@ -372,7 +381,7 @@ class ClientSession(_Session):
             else:
                 expected = self._waiting if not self.pipelined else sorted(self._outstanding)
                 raise ProtocolError(f"invalid reply (type {frame.type}, seq {seq}, expected {expected})")
-            if seq in self._pings:
+            if self._pings and seq in self._pings:
                 self._pings.discard(seq)
                 if frame.type != MSG_PING:
                     raise ProtocolError(f"invalid reply to a ping (message type {frame.type}, seq {seq})")
@@ -465,8 +474,10 @@ class ServerSession(_Session):
         """The next event, or NEED_DATA: a ConnectRequest, or a Frame (MSG_INVOKE: a request, MSG_PING).
         `now` (time.time()) is needed while not handshaken when the daemon has a mesh key.
         ProtocolError: the client broke the protocol; close the connection."""
-        frame = self._next_frame()
+        frame = self.reader.next_frame()
         if frame is None:
+            if self._eof:
+                self._next_frame()  # raises ConnectionClosedError
             return NEED_DATA
         msg_type = frame.type
         if self.handshaken:

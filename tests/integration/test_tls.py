@@ -545,7 +545,7 @@ def test_pyro5_client_over_tls(certs: Certs, start_daemon: Any) -> None:
 
 def test_plaintext_warning_once_for_exposed_daemons(start_daemon: Any, monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    from meshrpc.server import daemon as daemon_module
+    from meshrpc.server import connections as daemon_module
 
     monkeypatch.setattr(daemon_module, "_warned_plaintext", False)
     caplog.set_level(logging.WARNING, logger="meshrpc.security")
@@ -559,7 +559,7 @@ def test_plaintext_warning_once_for_exposed_daemons(start_daemon: Any, monkeypat
 
 def test_no_plaintext_warning_with_a_mesh_key(start_daemon: Any, monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:
-    from meshrpc.server import daemon as daemon_module
+    from meshrpc.server import connections as daemon_module
 
     monkeypatch.setattr(daemon_module, "_warned_plaintext", False)
     caplog.set_level(logging.WARNING, logger="meshrpc.security")

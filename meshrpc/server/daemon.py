@@ -25,7 +25,7 @@ from .hooks import Announcers, make_proxy
 from .connections import (HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE,  # noqa: F401 (re-exported)
                           ClientConnection, ConnectionServer)
 from .decorators import Registration, expose, oneway
-from .dispatch import Dispatcher
+from .dispatch import _PLAIN_RESULTS, Dispatcher  # noqa: F401 (_PLAIN_RESULTS: meshrpc.aio uses it)
 from .streams import StreamTable
 
 log = logging.getLogger("meshrpc.server")

@@ -15,8 +15,7 @@ from .. import errors
 from ..config import Settings
 from ..errors import CommunicationError, ConnectionClosedError
 from ..uri import URI
-
-BATCH_METHOD = "<batch>"  # the method name of a batch: never re-sent as a whole
+from ..wire.constants import BATCH_METHOD  # a batch is never re-sent as a whole
 
 
 class NotDelivered(ConnectionClosedError):

@@ -15,9 +15,8 @@ from .context import current_context
 from .core import type_meta
 from .nameserver import start_ns, start_ns_loop
 from .serializers import SerializerBase
-from .server.daemon import Daemon, DaemonObject
+from .server.daemon import Daemon, DaemonObject, serve
 from .server.decorators import behavior, callback, expose, idempotent, oneway
-from .serving import serve
 from .uri import URI
 from .wire.serializers import (register_class_to_dict, register_dict_to_class, unregister_class_to_dict,
                                unregister_dict_to_class)

@@ -1,5 +1,6 @@
 """Plugs the packages a daemon uses but server/ does not import into its hooks (server/hooks.py):
-the mesh and the name server as announcers, client.Proxy for Daemon.proxyFor.
+the mesh and the name server as announcers, client.Proxy for Daemon.proxyFor, the name server's
+locator for serve(use_ns=True).
 
 Imported by meshrpc/__init__.py. The announcer factories import lazily, so discovery (zeroconf)
 and the name-server client load only on a daemon's first named registration.
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .client.proxy import Proxy
-from .server.hooks import Announcer, plug_in, plug_in_proxy_factory
+from .server.hooks import Announcer, plug_in, plug_in_name_server_locator, plug_in_proxy_factory
 
 
 def mesh_announcer(bind_host: str, settings: Any) -> Announcer:
@@ -30,3 +31,11 @@ def name_server_announcer(bind_host: str, settings: Any) -> Announcer | None:
 plug_in("mesh", mesh_announcer)
 plug_in("nameserver", name_server_announcer)
 plug_in_proxy_factory(lambda uri, settings: Proxy(uri, settings=settings))
+
+
+def _locate_name_server(settings: Any) -> Any:
+    from .naming import locate_ns
+    return locate_ns(settings=settings)
+
+
+plug_in_name_server_locator(_locate_name_server)

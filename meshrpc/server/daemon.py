@@ -21,7 +21,7 @@ from ..errors import DaemonError
 from ..transport.sockets import create_server_socket
 from ..uri import URI
 from ..wire.constants import DAEMON_OBJECT_ID
-from .hooks import Announcers, make_proxy
+from .hooks import Announcers, locate_name_server, make_proxy
 from .connections import (HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE,  # noqa: F401 (re-exported)
                           ClientConnection, ConnectionServer)
 from .decorators import Registration, expose, oneway
@@ -301,4 +301,23 @@ def _primary_address(wildcard: str) -> str:
     return "::1" if family == socket.AF_INET6 else "127.0.0.1"
 
 
-__all__ = ["Daemon", "DaemonObject", "ClientConnection"]
+def serve(objects: dict[Any, str], host: str | None = None, port: int = 0, daemon: Daemon | None = None,
+          use_ns: bool = False, verbose: bool = True) -> None:
+    """Register `objects` ({object or class: name}) on a daemon, advertise them by name, and serve."""
+    daemon = daemon or Daemon(host, port)
+    with daemon:
+        ns = None
+        if use_ns:
+            ns = locate_name_server(daemon.settings)
+        for obj, name in objects.items():
+            uri = daemon.register(obj, name, name=name)
+            if ns is not None:
+                ns.register(name, uri)
+            if verbose:
+                log.info("serving %s as %s", name, uri)
+        if ns is not None:
+            ns._pyroRelease()
+        daemon.requestLoop()
+
+
+__all__ = ["Daemon", "DaemonObject", "ClientConnection", "serve"]

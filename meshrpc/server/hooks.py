@@ -1,5 +1,6 @@
 """Hooks that other packages plug into, so that server/ imports none of them: announcing named
-registrations (the mesh, the name server), and making proxies (client/) for Daemon.proxyFor.
+registrations (the mesh, the name server), making proxies (client/) for Daemon.proxyFor, and
+finding the name server (naming/) for serve(use_ns=True).
 
 Announcers.
 
@@ -101,3 +102,18 @@ class Announcers:
                 announcer.close()
             except Exception:
                 log.exception("withdrawing announcements failed")
+
+
+# ---------------------------------------------------------------- finding the name server
+_name_server_locator: list[Callable[[Any], Any]] = []
+
+
+def plug_in_name_server_locator(locate: Callable[[Any], Any]) -> None:
+    """How serve(use_ns=True) finds the name server: locate(settings) -> a proxy to it."""
+    _name_server_locator[:] = [locate]
+
+
+def locate_name_server(settings: Any) -> Any:
+    if not _name_server_locator:
+        raise RuntimeError("no name-server locator plugged in: import meshrpc first")
+    return _name_server_locator[0](settings)

@@ -32,6 +32,7 @@ from ..uri import URI
 from ..wire import frame as wire
 from ..wire.serializers import BY_ID, ExceptionWrapper, Serializer, by_id
 from .decorators import Registration, expose, oneway
+from .signals import DEFAULT_SIGNALS, stop_on_signals
 from .pool import WorkerPool
 from .streams import StreamTable
 
@@ -86,8 +87,14 @@ class DaemonObject:
         return (f"meshrpc daemon {self.daemon.locationStr}, {len(self.daemon._objects)} objects, "
                 f"{len(self.daemon._connections)} connections")
 
-    def get_metadata(self, objectId: str, as_lists: bool = False) -> dict[str, Any]:
-        return self.daemon._metadata(objectId, as_lists)
+    def get_metadata(self, objectId: str, as_lists: bool = False, detailed: bool = False) -> dict[str, Any]:
+        """Pyro5's metadata; detailed=True (a meshrpc extension) adds a "details" key with signatures
+        and docstrings (`describe_members`), which Pyro5 proxies never ask for and would ignore."""
+        meta = self.daemon._metadata(objectId, as_lists)
+        if detailed:
+            from .decorators import describe_members
+            meta["details"] = describe_members(self.daemon._objects[objectId].target)
+        return meta
 
     def get_next_stream_item(self, streamId: str) -> Any:
         return self.daemon._streams.next_item(streamId, current_context.client)
@@ -282,7 +289,18 @@ class Daemon:
         self._housekeeping()
 
     def requestLoop(self, loopCondition: Callable[[], bool] = lambda: True) -> None:
-        """Serve until `shutdown()` is called or `loopCondition()` returns false."""
+        """Serve until `shutdown()` is called or `loopCondition()` returns false. In the main thread,
+        SIGTERM (a service manager's stop) calls `shutdown()` too, unless the program has a SIGTERM
+        handler of its own (docs/servers.md)."""
+        with stop_on_signals(self):
+            self._serve_until(loopCondition)
+
+    def stop_on_signals(self, *signals: int) -> Any:
+        """A context manager: inside it, these signals (default SIGTERM) call `shutdown()`; for programs
+        that run their own loop with `events()`. Main thread only; a program's own handlers stay."""
+        return stop_on_signals(self, tuple(signals) or DEFAULT_SIGNALS)
+
+    def _serve_until(self, loopCondition: Callable[[], bool]) -> None:
         import selectors
         self._loop_done.clear()
         selector = selectors.DefaultSelector()

@@ -418,13 +418,6 @@ class Settings:
         """(settings, problems): every good `MESHRPC_*` variable applied, a sentence per bad one."""
         environ = os.environ if environ is None else environ
         settings = cls()
-        for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name)
-            if raw is None and f.name in PYRO5_SETTINGS:
-                raw = environ.get(PYRO5_ENV_PREFIX + f.name)  # a Pyro5 program's environment, unchanged
-            if raw is not None:
-                settings.set(f.name, raw)
-        return settings
         problems = []
         known = {f.name for f in fields(cls)}
         for variable, raw in sorted(environ.items()):
@@ -440,6 +433,13 @@ class Settings:
                 settings.set(name, raw)
             except ValueError as exc:
                 problems.append(f"{variable}={raw!r}: {exc}")
+        for f in fields(cls):  # a Pyro5 program's environment, unchanged: PYRO_ names Pyro5 has too
+            raw = environ.get(PYRO5_ENV_PREFIX + f.name)
+            if raw is not None and f.name in PYRO5_SETTINGS and ENV_PREFIX + f.name not in environ:
+                try:
+                    settings.set(f.name, raw)
+                except ValueError as exc:
+                    problems.append(f"{PYRO5_ENV_PREFIX}{f.name}={raw!r}: {exc}")
         return settings, problems
 
     def as_dict(self) -> dict[str, Any]:

@@ -4,15 +4,19 @@ The public API, re-exported here (names follow Pyro5's api module)."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from . import plugins as _plugins  # noqa: F401 (plugs the mesh, the name server and Proxy into daemons)
 from . import errors
 from . import resolve  # a module that is also Pyro5's resolve(uri) function when called
 from .blob import SerializedBlob
 from .client.batch import BatchProxy
 from .client.proxy import Proxy
-from .config import Settings, config
+from .config import ENV_PROBLEMS, Settings, config
 from .context import current_context
 from .core import type_meta
+from .errors import ConfigError
 from .nameserver import start_ns, start_ns_loop
 from .serializers import SerializerBase
 from .server.daemon import Daemon, DaemonObject, serve
@@ -42,6 +46,16 @@ def _apply_loglevel(level: str) -> None:
         logger.addHandler(handler)
 
 
+def _started_as_cli() -> bool:
+    """True while the `meshrpc` command (or `python -m meshrpc...`) imports the package: it reports
+    bad MESHRPC_* variables itself, as one line and exit code 2."""
+    main = sys.modules.get("__main__")
+    path = os.path.basename(str(getattr(main, "__file__", "") or ""))
+    return sys.argv[:1] == ["-m"] or path in ("meshrpc", "meshrpc-script.py")
+
+
+if ENV_PROBLEMS and not _started_as_cli():
+    raise ConfigError(ENV_PROBLEMS)
 _apply_loglevel(config.LOGLEVEL)
 
 

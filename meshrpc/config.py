@@ -9,9 +9,12 @@ The configuration reference in docs/ is generated from the field docs below.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+
+from .errors import ConfigError
 
 ENV_PREFIX = "MESHRPC_"
 PYRO5_ENV_PREFIX = "PYRO_"  # read for the settings Pyro5 has too, when no MESHRPC_ variable is set
@@ -24,6 +27,7 @@ PYRO5_SETTINGS = frozenset({
     "SSL_SERVERKEYPASSWD", "SSL_REQUIRECLIENTCERT", "SSL_CLIENTCERT", "SSL_CLIENTKEY", "SSL_CLIENTKEYPASSWD",
     "SSL_CACERTS",
 })
+ENV_NOT_SETTINGS = "MESHRPC_TEST_"  # the test suite's own knobs (MESHRPC_TEST_SOAK_SECONDS...), not settings
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -402,16 +406,41 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """Defaults with every `MESHRPC_<ITEM>` environment variable applied."""
+        """Defaults with every `MESHRPC_<ITEM>` environment variable applied; ConfigError (one line
+        naming every bad variable) for a bad value or a `MESHRPC_*` name that is no setting."""
+        settings, problems = cls.from_env_checked(environ)
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    @classmethod
+    def from_env_checked(cls, environ: Mapping[str, str] | None = None) -> tuple["Settings", list[str]]:
+        """(settings, problems): every good `MESHRPC_*` variable applied, a sentence per bad one."""
         environ = os.environ if environ is None else environ
         settings = cls()
-        for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name)
-            if raw is None and f.name in PYRO5_SETTINGS:
-                raw = environ.get(PYRO5_ENV_PREFIX + f.name)  # a Pyro5 program's environment, unchanged
-            if raw is not None:
-                settings.set(f.name, raw)
-        return settings
+        problems = []
+        known = {f.name for f in fields(cls)}
+        for variable, raw in sorted(environ.items()):
+            if not variable.startswith(ENV_PREFIX) or variable.startswith(ENV_NOT_SETTINGS):
+                continue
+            name = variable[len(ENV_PREFIX):]
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = f"did you mean {ENV_PREFIX}{close[0]}? " if close else ""
+                problems.append(f"{variable} is not a meshrpc setting ({hint}`meshrpc config` lists them)")
+                continue
+            try:
+                settings.set(name, raw)
+            except ValueError as exc:
+                problems.append(f"{variable}={raw!r}: {exc}")
+        for f in fields(cls):  # a Pyro5 program's environment, unchanged: PYRO_ names Pyro5 has too
+            raw = environ.get(PYRO5_ENV_PREFIX + f.name)
+            if raw is not None and f.name in PYRO5_SETTINGS and ENV_PREFIX + f.name not in environ:
+                try:
+                    settings.set(f.name, raw)
+                except ValueError as exc:
+                    problems.append(f"{PYRO5_ENV_PREFIX}{f.name}={raw!r}: {exc}")
+        return settings, problems
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -422,7 +451,33 @@ class Settings:
         return [(f.name, str(f.type), f.default, f.metadata.get("doc", "")) for f in fields(cls)]
 
 
+_LOG_LEVELS = ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SERIALIZERS = ("serpent", "json", "marshal", "msgpack")
+
+
+def _check_value(name: str, value: Any) -> str | None:
+    """Why value is no good for the setting name (beyond its type), or None."""
+    if name == "REALM" and not str(value).strip():
+        return ("the realm must not be empty: leave MESHRPC_REALM unset (or --realm out) for the "
+                "default realm, 'default'")
+    if name == "LOGLEVEL" and str(value).upper() not in _LOG_LEVELS:
+        return "use DEBUG, INFO, WARNING, ERROR or CRITICAL (or nothing)"
+    if name == "SERIALIZER" and value not in _SERIALIZERS:
+        return "use serpent, json, marshal or msgpack"
+    if isinstance(value, float) and value < 0:  # seconds: a negative one is a typo, not "off" (that is 0)
+        return "seconds must not be negative (0 turns a limit off where the setting says so)"
+    return None
+
+
 def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    converted = _convert(name, type_name, value)
+    why = _check_value(name, converted)
+    if why:
+        raise ValueError(f"setting {name}: {why}")
+    return converted
+
+
+def _convert(name: str, type_name: Any, value: Any) -> Any:
     type_name = str(type_name)
     try:
         if type_name == "bool":
@@ -464,7 +519,9 @@ def reference_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-config = Settings.from_env()
+#: the process settings; bad MESHRPC_* variables are listed in ENV_PROBLEMS (and left at their defaults)
+#: and raised as ConfigError by `import meshrpc` (the CLI prints them as one line instead)
+config, ENV_PROBLEMS = Settings.from_env_checked()
 # Pyro5's names for the class and the process-wide instance (`Pyro5.configure`)
 Configuration = Settings
 global_config = config

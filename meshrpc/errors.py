@@ -56,6 +56,16 @@ class SecurityError(MeshError):
     """Something was refused for safety (unsafe class, failed authentication...)."""
 
 
+class ConfigError(MeshError, ValueError):
+    """Bad `MESHRPC_*` environment variables (a value of the wrong kind, or a name that is no
+    setting): one line naming each, with what to do. Raised by `import meshrpc`; the CLI prints it."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 ALL_ERRORS: tuple[type[MeshError], ...] = (
     MeshError, CommunicationError, ConnectionClosedError, TimeoutError, ProtocolError,
     MessageTooLargeError, SerializeError, NamingError, DaemonError, SecurityError,

@@ -461,7 +461,10 @@ def measure_lossy(daemons: int, objects: int, loss: float, delay: tuple[float, f
 
 
 def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tuple[float, float],
-               soak: float, seed: int, progress: Callable[[str], None]) -> dict[str, Any]:
+               soak: float, seed: int, progress: Callable[[str], None], *,
+               caller_settings: dict[str, str] | None = None, call_names: int | None = None) -> dict[str, Any]:
+    """One run of the lossy scenario in a fresh lab. caller_settings: MESHRPC_* variables for the
+    calling processes only; call_names: call only that many of the names (fewer new connections)."""
     agents: list[Agent] = []
     result: dict[str, Any] = {"seed": seed}
     with netlab.Lab(daemons + 2, seed=seed) as lab:
@@ -499,8 +502,9 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
             progress(f"  cold: {cold['seen']}/{len(published)} in {result['cold_all_max_s']} s")
             # soak: calls by name while watching for false departures
             since = warm.mark()
-            names = sorted(n for n in published if n != "l.restart")
-            caller = Agent(client_host, LOSSY_CALLER, {"names": names, "pause": 0.05, "seed": seed}, env)
+            names = sorted(n for n in published if n != "l.restart")[:call_names]
+            caller_env = {**env, **(caller_settings or {})}
+            caller = Agent(client_host, LOSSY_CALLER, {"names": names, "pause": 0.05, "seed": seed}, caller_env)
             agents.append(caller)
             caller.wait_for(lambda m: m["op"] == "ready", 60, "caller ready")
             time.sleep(soak)
@@ -515,7 +519,7 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
                      f"{len(departures)} false departures")
             # restart: kill -9 the provider of l.restart, start it on another host
             fixed = Agent(client_host, LOSSY_CALLER, {"fixed": "l.restart", "pause": 0.05, "seed": seed,
-                                                      "log": os.environ.get("MESH_BENCH_LOG", "")}, env)
+                                                      "log": os.environ.get("MESH_BENCH_LOG", "")}, caller_env)
             agents.append(fixed)
             fixed.wait_for(lambda m: m["op"] == "call", 60, "first call to l.restart")
             os.kill(fleet[0].proc.pid, signal.SIGKILL)
@@ -534,8 +538,13 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
             result["restart_to_call_s"] = round(call["t"] - heard["t"], 3)
             fixed.proc.stdin.close()
             fixed_done = fixed.wait_for(lambda m: m["op"] == "done", 120, "restart caller done")
-            result["restart_calls_failed"] = fixed_done["failed"]
-            result["calls_failed"] += fixed_done["failed"]
+            # a call in flight when its daemon is killed may have run: it fails (ConnectionClosedError)
+            # and is not re-sent, by the at-most-once rule; any other failure counts
+            restart_failures = [m for m in fixed.history if m["op"] == "failure"]
+            result["restart_failures"] = restart_failures[:5]
+            result["restart_in_flight_failed"] = sum(m["error"].startswith("ConnectionClosedError")
+                                                     for m in restart_failures)
+            result["calls_failed"] += len(restart_failures) - result["restart_in_flight_failed"]
             duplicates = 0
             for agent in [*fleet[1:], restarted]:
                 duplicates += agent.request("stats")["duplicates"]
@@ -549,15 +558,18 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
     return result
 
 
-def measure_traffic(hosts: int, objects: int, seconds: float,
-                    progress: Callable[[str], None]) -> dict[str, Any]:
+def measure_traffic(hosts: int, objects: int, seconds: float, progress: Callable[[str], None],
+                    loss: float = 0.0, delay: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
     """Steady-state discovery traffic: HOSTS daemons with OBJECTS objects each and one browsing
-    registry on a clean LAN; after everything is visible (and a settling time), the frames and bytes
-    each host sends during SECONDS, from the kernel's interface counters."""
+    registry (on a clean LAN unless LOSS/DELAY); after everything is visible (and a settling time),
+    the frames and bytes each host sends during SECONDS, from the kernel's interface counters."""
     netlab = _usable_netlab()
     agents: list[Agent] = []
     with netlab.Lab(hosts + 1) as lab:
         browser_host = lab.hosts[-1]
+        if loss or delay[1]:
+            for host in lab.hosts:
+                host.set_loss(loss, delay_ms=delay, direction="egress")
         try:
             env = _env("bench-t-" + uuid.uuid4().hex[:8])
             observer = _start_observer(browser_host, env, agents)
@@ -584,7 +596,7 @@ def measure_traffic(hosts: int, objects: int, seconds: float,
     def rate(name: str, key: str) -> float:
         return round((after[name][key] - before[name][key]) / seconds, 2)
     daemons = [h.name for h in lab.hosts[:-1]]
-    return {"hosts": hosts, "objects_per_host": objects, "seconds": seconds,
+    return {"hosts": hosts, "objects_per_host": objects, "seconds": seconds, "loss_percent": loss,
             "daemon_tx_packets_per_s": [rate(n, "tx_packets") for n in daemons],
             "daemon_tx_bytes_per_s": [rate(n, "tx_bytes") for n in daemons],
             "browser_tx_packets_per_s": rate(browser_host.name, "tx_packets"),
@@ -625,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--traffic", type=float, metavar="SECONDS",
                         help="only measure steady-state discovery traffic per host over SECONDS")
+    parser.add_argument("--lossy-traffic", action="store_true",
+                        help="with --traffic: every host loses --loss %% with --delay")
     parser.add_argument("--lossy", action="store_true",
                         help="only run issue 13's lossy-network scenario (--daemons, --objects, --loss, "
                              "--delay, --soak, --runs)")
@@ -646,8 +660,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(lossy if args.json else lossy["summary"], indent=2))
         return 0 if all(lossy["summary"]["goals"].values()) else 1
     if args.traffic:
+        low, _, high = args.delay.partition("-") if args.loss else ("0", "", "0")
         traffic = measure_traffic(args.hosts, args.objects, args.traffic,
-                                  (lambda _: None) if quiet else (lambda text: print(f"... {text}", file=sys.stderr, flush=True)))
+                                  (lambda _: None) if quiet else (lambda text: print(f"... {text}", file=sys.stderr, flush=True)),
+                                  args.loss if args.lossy_traffic else 0.0,
+                                  (float(low), float(high or low)) if args.lossy_traffic else (0.0, 0.0))
         print(json.dumps(traffic, indent=2))
         return 0
     results = measure(args.hosts, args.objects, args.repeat,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
+from .common import ArgumentValueError
 from .output import Output
 
 # sub-command name -> module (loaded only when used, so `meshrpc --help` stays fast)
@@ -22,7 +24,10 @@ COMMANDS = {
     "ns": "ns",
     "echo": "echo",
     "call": "call",
+    "get": "call",
+    "set": "call",
     "ping": "call",
+    "describe": "describe",
     "config": "config_cmd",
     "version": "config_cmd",
     "events": "events",
@@ -48,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..config import ENV_PROBLEMS
+    if ENV_PROBLEMS:  # checked before anything runs: one line, no traceback
+        Output().err("ConfigError: " + "; ".join(ENV_PROBLEMS))
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -61,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.err("interrupted")
         return 130
+    except BrokenPipeError:  # `meshrpc browse --watch --json | head`: the reader is gone, a normal end
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 0
+    except ArgumentValueError as exc:  # a value the typed-argument rule refuses: a usage error
+        out.err(str(exc))
+        return 2
     except Exception as exc:  # one clear line; the traceback only with --debug
         if args.debug:
             raise

@@ -1,60 +1,175 @@
-"""`meshrpc call URI METHOD [ARGS...]` and `meshrpc ping URI`."""
+"""`meshrpc call URI METHOD [ARG...] [NAME=ARG...]`, `get URI PROPERTY`, `set URI PROPERTY VALUE`,
+`ping URI`."""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import time
 from typing import Any
 
 from .. import Proxy
+from ..errors import MeshError
+from ..uri import URI
 from ..wire.constants import DAEMON_OBJECT_ID
+from .common import VALUE_RULE, add_realm_option, parse_call_arguments, parse_value, settings_for
 from .output import Output
+
+DEFAULT_TIMEOUT = 10.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("call", help="call a method of a remote object and print the result")
+    p = sub.add_parser("call", help="call a method of a remote object and print the result",
+                       description="Call METHOD of the object at URI and print the result (repr, or JSON with "
+                                   "--json). " + VALUE_RULE + ".")
     p.add_argument("uri", help="PYRO:, PYRONAME: or PYROMETA: URI")
     p.add_argument("method")
-    p.add_argument("args", nargs="*", help="arguments as Python literals (strings that are not literals pass as is)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default %(default)s)")
-    p.add_argument("--serializer", default=None, help="serpent, marshal, json or msgpack")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("args", nargs="*", metavar="ARG", help="an argument, or NAME=ARG for a keyword argument")
+    p.add_argument("--args-json", default=None, metavar="JSON",
+                   help="more arguments: a JSON array (positional) or object (keyword)")
+    p.add_argument("--all", action="store_true",
+                   help="call every provider of a PYRONAME/PYROMETA URI on the mesh and print each result "
+                        "(exit 1 when any failed)")
+    _common(p, "print the result as JSON")
     p.set_defaults(run=run_call)
+
+    p = sub.add_parser("get", help="read a property of a remote object",
+                       description="Print the value of PROPERTY (an exposed property) of the object at URI.")
+    p.add_argument("uri", help="PYRO:, PYRONAME: or PYROMETA: URI")
+    p.add_argument("property")
+    _common(p, "print the value as JSON")
+    p.set_defaults(run=run_get)
+
+    p = sub.add_parser("set", help="set a property of a remote object",
+                       description="Set PROPERTY (an exposed property with a setter) of the object at URI to "
+                                   "VALUE (read by the rule of `meshrpc call`).")
+    p.add_argument("uri", help="PYRO:, PYRONAME: or PYROMETA: URI")
+    p.add_argument("property")
+    p.add_argument("value", metavar="VALUE")
+    _common(p, "print the outcome as JSON")
+    p.set_defaults(run=run_set)
+
     p = sub.add_parser("ping", help="check that a remote object answers, and how fast")
     p.add_argument("uri", help="PYRO:, PYRONAME: or PYROMETA: URI")
     p.add_argument("--count", type=int, default=1, help="round trips to time (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the timings as JSON")
+    _common(p, "print the timings as JSON", serializer=False)
     p.set_defaults(run=run_ping)
 
 
-def parse_argument(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+def _common(p: argparse.ArgumentParser, json_help: str, serializer: bool = True) -> None:
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
+    if serializer:
+        p.add_argument("--serializer", default=None, help="serpent, marshal, json or msgpack")
+    add_realm_option(p)
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
+def open_proxy(args: argparse.Namespace, uri: str | None = None) -> Proxy:
+    proxy = Proxy(uri or args.uri, settings=settings_for(getattr(args, "realm", None)))
+    proxy._pyroTimeout = args.timeout
+    if getattr(args, "serializer", None):
+        proxy._pyroSerializer = args.serializer
+    return proxy
+
+
+def invoke(proxy: Proxy, method: str, positional: list[Any], keywords: dict[str, Any]) -> Any:
+    proxy._pyroBind()  # the metadata first: a property is not called
+    if method in proxy._pyroAttrs and method not in proxy._pyroMethods:
+        raise MeshError(f"{method} is a property of {proxy._pyroUri}: read it with `meshrpc get`, "
+                        f"set it with `meshrpc set`")
+    result = getattr(proxy, method)(*positional, **keywords)
+    if hasattr(result, "__next__"):
+        result = list(result)
+    return result
+
+
+def show(out: Output, value: Any, key: str = "result") -> None:
+    if out.json_mode:
+        out.json({key: value})
+    else:
+        out.line(repr(value))
 
 
 def run_call(args: argparse.Namespace, out: Output) -> int:
-    with Proxy(args.uri) as proxy:
-        proxy._pyroTimeout = args.timeout
-        if args.serializer:
-            proxy._pyroSerializer = args.serializer
-        result = getattr(proxy, args.method)(*[parse_argument(a) for a in args.args])
-        if hasattr(result, "__next__"):
-            result = list(result)
-    if out.json_mode:
-        out.json({"result": result})
-    else:
-        out.line(repr(result))
+    positional, keywords = parse_call_arguments(args.args, args.args_json)
+    if args.all:
+        return call_every_provider(args, out, positional, keywords)
+    with open_proxy(args) as proxy:
+        result = invoke(proxy, args.method, positional, keywords)
+    show(out, result)
     return 0
+
+
+def call_every_provider(args: argparse.Namespace, out: Output, positional: list[Any],
+                        keywords: dict[str, Any]) -> int:
+    """--all: the method on each provider the mesh knows, one line (or JSON row) per provider."""
+    from ..mesh import net
+    from . import browse
+    locator = URI(args.uri)
+    if locator.is_direct:
+        raise MeshError("--all needs a PYRONAME: or PYROMETA: URI (a PYRO: URI names one object)")
+    registry = browse.registry_for(args.realm, args)
+    if locator.protocol == "PYRONAME":
+        def select() -> list[Any]:
+            return registry.lookup(locator.object)
+    else:
+        def select() -> list[Any]:
+            return registry.yplookup(set(locator.tags), None)
+    if not out.json_mode:
+        out.status(f"looking for the providers of {locator} (realm {registry.realm!r}) ...")
+    entries = browse.gather(registry, min(args.timeout, browse.DEFAULT_TIMEOUT), select, wait_for_any=True)
+    if not entries:
+        raise MeshError(f"no provider of {locator} on the mesh (realm {registry.realm!r})")
+    rows = []
+    for entry in sorted(entries, key=lambda e: e.uri):
+        target = str(net.reachable_uri(entry.uri, entry.other_hosts))
+        row: dict[str, Any] = {"name": entry.name, "uri": target, "host": entry.host}
+        try:
+            with open_proxy(args, target) as proxy:
+                row["result"] = invoke(proxy, args.method, positional, keywords)
+        except Exception as exc:  # one provider's failure is its row, not the end of the command
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+        if not out.json_mode:
+            shown = repr(row["result"]) if "result" in row else out.style("error: " + row["error"], "red")
+            out.line(f"{target}  {shown}")
+    if out.json_mode:
+        out.json(rows)
+    return 1 if any("error" in row for row in rows) else 0
+
+
+def run_get(args: argparse.Namespace, out: Output) -> int:
+    with open_proxy(args) as proxy:
+        proxy._pyroBind()
+        if args.property not in proxy._pyroAttrs:
+            raise AttributeError(_not_a_property(proxy, args.property))
+        value = getattr(proxy, args.property)
+    show(out, value, "value")
+    return 0
+
+
+def run_set(args: argparse.Namespace, out: Output) -> int:
+    value = parse_value(args.value)
+    with open_proxy(args) as proxy:
+        proxy._pyroBind()
+        if args.property not in proxy._pyroAttrs:
+            raise AttributeError(_not_a_property(proxy, args.property))
+        setattr(proxy, args.property, value)
+    if out.json_mode:
+        out.json({"property": args.property, "value": value})
+    else:
+        out.status(f"{args.property} = {value!r}")
+    return 0
+
+
+def _not_a_property(proxy: Proxy, name: str) -> str:
+    hint = ("it is a method: use `meshrpc call`" if name in proxy._pyroMethods
+            else f"its properties: {', '.join(sorted(proxy._pyroAttrs)) or 'none'}")
+    return f"{proxy._pyroUri} has no exposed property {name!r} ({hint}; `meshrpc describe URI` lists all)"
 
 
 def run_ping(args: argparse.Namespace, out: Output) -> int:
     times = []
-    with Proxy(args.uri) as proxy:
-        proxy._pyroTimeout = args.timeout
+    with open_proxy(args) as proxy:
         started = time.perf_counter()
         proxy._pyroBind()
         connect = time.perf_counter() - started

@@ -8,6 +8,8 @@ import time
 from typing import Any, Iterator
 
 from .. import Daemon, expose, oneway
+from ..server.signals import stop_on_signals
+from .common import add_realm_option, settings_for
 from .output import Output
 
 
@@ -50,13 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="meshrpc.echo", help="name to advertise on the mesh (default: %(default)s)")
     p.add_argument("--tag", action="append", default=[], help="metadata tag to advertise (repeatable)")
     p.add_argument("--no-mesh", action="store_true", help="do not advertise on the mesh")
+    add_realm_option(p)
     p.add_argument("--json", action="store_true", help="print the URI as JSON")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
     server = EchoServer()
-    with Daemon(args.host, args.port) as daemon:
+    with Daemon(args.host, args.port, settings=settings_for(args.realm)) as daemon:
         server.daemon = daemon
         if args.no_mesh:
             uri = daemon.register(server, "echo")
@@ -66,9 +69,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
             out.json({"uri": str(uri), "name": None if args.no_mesh else args.name})
         else:
             out.line(f"echo server ready: {uri}" + ("" if args.no_mesh else f"  (PYRONAME:{args.name})"))
-            out.status("Ctrl-C or the oneway call shutdown() stops it")
+            out.status("Ctrl-C, SIGTERM or the oneway call shutdown() stops it")
         try:
-            daemon.requestLoop(lambda: not server.stopped.is_set())
+            with stop_on_signals(daemon):  # SIGTERM (a service manager's stop) ends it like Ctrl-C: goodbyes sent
+                daemon.requestLoop(lambda: not server.stopped.is_set())
         except KeyboardInterrupt:
             pass  # Ctrl-C is how an echo server is meant to stop
     return 0

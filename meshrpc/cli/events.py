@@ -73,8 +73,11 @@ def run_pub(args: argparse.Namespace, out: Output) -> int:
         out.json({"subject": args.subject, "subscribers": count, "delivered": stats["delivered"],
                   "dropped": stats["dropped"], "complete": flushed})
     else:
-        out.line(f"published {args.subject} to {count} subscriber{'s' if count != 1 else ''}"
-                 + ("" if flushed else " (not all deliveries finished)"))
+        out.line(f"published {args.subject} to {count} subscriber{'s' if count != 1 else ''}")
+    if not flushed:
+        late = [f"{s['uri']} ({s['failures']} failed attempts)" for s in stats["subscribers"] if s["queued"]
+                or s["delivered"] == 0]
+        out.err(f"not delivered within {config.EVENTS_DELIVER_TIMEOUT:g} s to: {', '.join(late) or '?'}")
     return 0 if flushed else 1
 
 
@@ -110,7 +113,7 @@ def run_sub(args: argparse.Namespace, out: Output) -> int:
 
     with EventBus(server=args.server, on_loss=lost) as bus:
         bus.subscribe(args.patterns, show, regex=args.regex)
-        out.status(f"ready: subscribed to {' '.join(args.patterns)}; Ctrl-C stops")
+        out.status(f"ready: subscribed to {' '.join(args.patterns)} (inbox {bus.stats()['inbox']}); Ctrl-C stops")
         try:
             done.wait()
         except KeyboardInterrupt:

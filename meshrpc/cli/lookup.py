@@ -17,6 +17,7 @@ from ..config import config
 from ..errors import MeshError, NamingError
 from ..uri import URI
 from . import browse
+from .common import add_realm_option
 from .output import Output
 
 SOURCES = ("mesh", "ns", "all")
@@ -77,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _query_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str) -> None:
     p.add_argument("--source", choices=SOURCES, default="mesh",
                    help="where to look: the mesh (default), a name server (ns), or both (all)")
-    p.add_argument("--realm", default=None, help=f"mesh realm (default: MESHRPC_REALM, now {config.REALM!r})")
+    add_realm_option(p)
     p.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
     _ns_location(p)
     p.add_argument("--json", action="store_true", help="a JSON array of {name, uri, metadata, host, source}")

@@ -6,14 +6,13 @@ Also runnable as `python -m meshrpc.cli.ns [options]`.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..config import config
+from ..server.signals import stop_on_signals
+from .common import add_realm_option, settings_for
 from .output import Output
 
 
@@ -42,25 +41,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bridge", action="store_true",
                    help="mirror the services heard on the mesh into the name server, for clients that "
                         "reach only the name server")
+    add_realm_option(p)
     p.add_argument("--json", action="store_true", help="print the URI as JSON")
-
-
-@contextlib.contextmanager
-def _sigterm_stops(daemon: Any) -> Iterator[None]:
-    """SIGTERM shuts the name server down cleanly (main thread only; elsewhere nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: daemon.shutdown())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from ..naming import start_ns
     uri, daemon, bcserver = start_ns(args.host, args.port, args.bcport, storage=args.storage,
+                                     settings=settings_for(args.realm),
                                      enable_broadcast=not args.no_broadcast, autoclean=args.autoclean,
                                      announce=args.mesh, bridge=args.bridge)
     try:
@@ -78,8 +66,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             else:
                 broadcast = "no broadcast responder"
             out.status(f"storage {args.storage}, {count} entries; {broadcast}")
-            out.status("Ctrl-C stops it")
-        with _sigterm_stops(daemon):
+            out.status("Ctrl-C or SIGTERM stops it")
+        with stop_on_signals(daemon):
             try:
                 daemon.requestLoop()
             except KeyboardInterrupt:

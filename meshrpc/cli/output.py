@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,18 @@ class Output:
     def line(self, text: str = "", *styles: str) -> None:
         self.stream.write(self.style(text, *styles) + "\n")
         self.stream.flush()
+
+    def check_reader(self) -> None:
+        """BrokenPipeError when stdout is a pipe whose reader has gone (`browse --watch | head`), so a
+        command that waits for news ends now rather than at its next line."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, ValueError, OSError):
+            return
+        poller = select.poll()
+        poller.register(fd, select.POLLERR)
+        if any(mask & (select.POLLERR | select.POLLHUP) for _, mask in poller.poll(0)):
+            raise BrokenPipeError(f"the reader of stdout (fd {fd}) is gone")
 
     def json(self, value: Any) -> None:
         self.stream.write(json.dumps(value, default=_json_default, sort_keys=True) + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ log = logging.getLogger("meshrpc.events")
 
 INBOX_NAME = "meshrpc.events.inbox"       # announcement i > 0 of one inbox: INBOX_NAME + ".i"
 SERVER_NAME = "Pyro.EventService"         # the event server's object id and name (Pyro3's)
+SERVER_POLL = 0.05      # seconds between questions to the event server while waiting for subscribers
 _TXT_RESERVE = 500    # bytes of a mesh announcement that are not tags: realm, node, uri, addresses, signature
 
 
@@ -88,8 +90,18 @@ class EventBus:
         return self._publishing().subscribers(subject)
 
     def wait_for_subscribers(self, subject: str | None = None, count: int = 1, timeout: float = 3.0) -> int:
-        """Wait until this bus knows at least count subscribers (of subject); how many it knows."""
-        return self._publishing().wait_for_subscribers(subject, count, timeout)
+        """Wait until at least count subscribers (of subject) are known; how many are. With an event
+        server: the subscribers attached there (asked every SERVER_POLL seconds meanwhile)."""
+        router = self._publishing()
+        if self.server is None:
+            return router.wait_for_subscribers(subject, count, timeout)
+        from ..client.proxy import Proxy
+        deadline = time.monotonic() + timeout
+        with Proxy(self.server, settings=self.settings) as server:
+            while True:
+                found = server.subscriber_count(subject)
+                if found >= count or time.monotonic() >= deadline or self._lease_stop.wait(SERVER_POLL):
+                    return found
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything published so far was delivered (or dropped and counted)."""

@@ -80,8 +80,8 @@ class Outbox:
         """Wait until everything put so far was delivered (or dropped); False on timeout."""
         target = self.backlog.next_seq
         deadline = time.monotonic() + timeout
-        with self._progress:
-            while self.acked < target and not self._stopped.is_set():
+        with self._progress:    # a closed outbox may still finish the batch it is sending: wait for that too
+            while self.acked < target and self._thread.is_alive():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -92,9 +92,7 @@ class Outbox:
         """Stop sending; the events still queued are dropped and counted. Returns the next number
         (a later outbox to the same subscriber continues from it, so the gap shows)."""
         self._stopped.set()
-        self.backlog.close()
-        with self._progress:
-            self._progress.notify_all()
+        self.backlog.close()          # wakes the sender, which tells flush() waiters as it ends
         return self.backlog.next_seq
 
     def stats(self) -> dict[str, Any]:

@@ -90,6 +90,11 @@ class EventServer:
             self._leases.pop(str(inbox), None)
         self.router.remove_subscriber(str(inbox))
 
+    @idempotent
+    def subscriber_count(self, subject: str | None = None) -> int:
+        """Subscribers (of subject) attached now: what a bus in server mode waits for."""
+        return len(self.router.subscribers(subject))
+
     # ---------------------------------------------------------------- Pyro3's Event Server API
     def publish(self, subjects: Any, message: Any) -> None:
         try:

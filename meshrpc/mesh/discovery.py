@@ -157,6 +157,7 @@ class Discovery:
         self._worker: threading.Thread | None = None
         self._probe_slots = threading.BoundedSemaphore(max(1, self.settings.MESH_PROBE_CONCURRENCY))
         self._warned: OrderedDict[str, None] = OrderedDict()
+        self.realms_heard: OrderedDict[str, float] = OrderedDict()  # realm -> when last heard (monotonic)
         self._overflow_warned = False
         self.closed = False
 
@@ -616,12 +617,22 @@ class Discovery:
         self._dispatch(decoded, goodbye, heard)
 
     def _dispatch(self, item: Entry | Heartbeat | records.IndexPage, goodbye: bool, heard: float) -> None:
+        self._note_realm(item.realm)
         for registry in self._registry_list():
             if registry.realm == item.realm:
                 if goodbye:
                     registry.feed_goodbye(item)
                 else:
                     registry.feed(item, heard)
+
+    def _note_realm(self, realm: str) -> None:
+        """Remember the realms heard (bounded like everything fed from outside), for `browse --all-realms`
+        and for hints that say what was heard when a realm looks empty."""
+        realms = self.realms_heard
+        realms.pop(realm, None)
+        realms[realm] = time.monotonic()
+        if len(realms) > self.settings.MESH_MAX_NODES:
+            realms.popitem(last=False)
 
     def _warn_once(self, source: str, why: str) -> None:
         key = source.lower()

@@ -23,7 +23,7 @@ SERVICE_TYPE = "_meshrpc._tcp.local."
 # DNS-SD browsers of SERVICE_TYPE never list them; a registry asks for them only on a digest mismatch.
 INDEX_SERVICE_TYPE = "_meshrpc-ix._tcp.local."
 INDEX_PREFIX = "mrix"
-INDEX_PAGE_ENTRIES = 16           # labels per index page: 16 x (63 + 21) bytes stays under 1400
+INDEX_PAGE_ENTRIES = 14           # labels per index page: 14 x (63 + 21) bytes and headers fit DEFAULT_TXT_MAX
 _DIGEST_HEX = 8
 FORMAT_VERSION = "1"
 HEARTBEAT_PREFIX = "mrhb-"

@@ -259,6 +259,19 @@ class Registry:
             raise
         return unsubscribe
 
+    def removal_cause(self, entry: Entry) -> str:
+        """Why entry left lookup(), asked by a subscriber when a "removed" event comes: "goodbye" (its
+        daemon withdrew it), "expiry" (not heard within MESH_LIVENESS_WINDOW), "unreachable" (reported
+        by a proxy, or a probe failed), "restart" (its daemon came back as a new incarnation), or ""
+        (visible again by now)."""
+        with self._lock:
+            slot = self._slots.get(entry.key)
+            if slot is not None:
+                if slot.suspected_at is not None:
+                    return "unreachable"
+                return "expiry" if slot.dormant_since is not None else ""
+            return "goodbye" if entry.key in self._tombstones else "restart"
+
     def report_failure(self, uri: str | URI, kind: str = "unreachable") -> None:
         """A proxy could not reach uri: choose() passes its entries over while another provider of
         the name exists (lookup() still lists them; the only provider is never hidden), for

@@ -22,6 +22,7 @@ from ..transport.sockets import create_server_socket
 from ..uri import URI
 from ..wire.constants import DAEMON_OBJECT_ID
 from .hooks import Announcers, locate_name_server, make_proxy
+from .signals import DEFAULT_SIGNALS, stop_on_signals
 from .connections import (HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE,  # noqa: F401 (re-exported)
                           ClientConnection, ConnectionServer)
 from .decorators import Registration, expose, oneway
@@ -48,8 +49,14 @@ class DaemonObject:
         return (f"meshrpc daemon {self.daemon.locationStr}, {len(self.daemon._objects)} objects, "
                 f"{len(self.daemon._connections)} connections")
 
-    def get_metadata(self, objectId: str, as_lists: bool = False) -> dict[str, Any]:
-        return self.daemon._metadata(objectId, as_lists)
+    def get_metadata(self, objectId: str, as_lists: bool = False, detailed: bool = False) -> dict[str, Any]:
+        """Pyro5's metadata; detailed=True (a meshrpc extension) adds a "details" key with signatures
+        and docstrings (`describe_members`), which Pyro5 proxies never ask for and would ignore."""
+        meta = self.daemon._metadata(objectId, as_lists)
+        if detailed:
+            from .decorators import describe_members
+            meta["details"] = describe_members(self.daemon._objects[objectId].target)
+        return meta
 
     def get_next_stream_item(self, streamId: str) -> Any:
         return self.daemon._streams.next_item(streamId, current_context.client)
@@ -230,8 +237,16 @@ class Daemon:
         self._connection_server.events(eventsockets)
 
     def requestLoop(self, loopCondition: Callable[[], bool] = lambda: True) -> None:
-        """Serve until `shutdown()` is called or `loopCondition()` returns false."""
-        self._connection_server.requestLoop(loopCondition)
+        """Serve until `shutdown()` is called or `loopCondition()` returns false. In the main thread,
+        SIGTERM (a service manager's stop) calls `shutdown()` too, unless the program has a SIGTERM
+        handler of its own (docs/servers.md)."""
+        with stop_on_signals(self):
+            self._connection_server.requestLoop(loopCondition)
+
+    def stop_on_signals(self, *signals: int) -> Any:
+        """A context manager: inside it, these signals (default SIGTERM) call `shutdown()`; for programs
+        that run their own loop with `events()`. Main thread only; a program's own handlers stay."""
+        return stop_on_signals(self, tuple(signals) or DEFAULT_SIGNALS)
 
     @property
     def _connections(self) -> set[ClientConnection]:

@@ -200,3 +200,27 @@ class Registration:
         except Exception as exc:
             raise DaemonError(f"could not create an instance of {self.target.__name__} for "
                               f"{self.object_id!r}: {exc}") from exc
+
+
+def describe_members(obj: Any) -> dict[str, Any]:
+    """What `meshrpc describe` shows of an exposed object: its class, docstring, and per exposed method
+    its signature (without self), docstring and flags, per exposed property its docstring and whether
+    it can be set. Sent only when asked (`get_metadata(id, detailed=True)`), as extra keys."""
+    cls = obj if inspect.isclass(obj) else type(obj)
+    members = exposed_members_of_class(cls)
+    methods = {}
+    for name in sorted(members["methods"]):
+        func = inspect.getattr_static(cls, name)
+        func = getattr(func, "__func__", func)
+        try:
+            signature = str(inspect.signature(func)).replace("(self, ", "(").replace("(self)", "()")
+        except (TypeError, ValueError):
+            signature = "(...)"
+        methods[name] = {"signature": signature, "doc": inspect.getdoc(func) or "",
+                         "oneway": name in members["oneway"], "idempotent": name in members["idempotent"]}
+    attrs = {}
+    for name in sorted(members["attrs"]):
+        prop = inspect.getattr_static(cls, name)
+        attrs[name] = {"doc": inspect.getdoc(prop) or "", "writable": getattr(prop, "fset", None) is not None}
+    return {"class": cls.__name__, "doc": inspect.getdoc(cls) or "", "methods": methods, "attrs": attrs}
+

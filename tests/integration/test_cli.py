@@ -185,18 +185,20 @@ def test_browse_table_and_json(runner: Runner, echo: Echo) -> None:
 
 def test_browse_watch_json_sees_a_daemon_arrive_and_leave(runner: Runner) -> None:
     watch = runner.meshrpc("browse", "--watch", "--json")
+    marker = json.loads(watch.expect(r'"event": "all-for-now"'))
+    assert marker["count"] == 0, watch.describe()
     name = unique("test.watch")
     echo = Echo(runner, name, "watched")
     added = json.loads(watch.expect(rf'"name": "{re.escape(name)}"'))
-    assert added["event"] == "added"
-    assert {"event", "name", "uri", "metadata", "host", "time"} <= set(added)
+    assert added["event"] == "added" and added["cause"] == "announce"
+    assert {"event", "cause", "name", "uri", "metadata", "host", "realm", "time"} <= set(added)
     assert (added["uri"], added["metadata"], added["host"]) == (echo.uri, ["watched"], "127.0.0.1")
     assert abs(added["time"] - time.time()) < 60
 
     echo.stop()  # a clean stop says goodbye on the mesh: removed at once
     removed = json.loads(watch.expect(rf'"event": "removed".*"name": "{re.escape(name)}"|'
                                       rf'"name": "{re.escape(name)}".*"event": "removed"'))
-    assert removed["uri"] == echo.uri and removed["event"] == "removed"
+    assert removed["uri"] == echo.uri and removed["event"] == "removed" and removed["cause"] == "goodbye"
     for line in watch.out:
         json.loads(line)  # every line is one JSON object
 

@@ -9,10 +9,10 @@ pipelined bursts. Each case ends by half-closing its connection and reading unti
 
 By default 2000 cases (well under a minute). A longer run, by hand:
 
-    MESHRPC_FUZZ_CASES=100000 MESHRPC_FUZZ_SEED=7 python3 -m pytest tests/integration/test_fuzz_daemon.py -s
+    MESHRPC_TEST_FUZZ_CASES=100000 MESHRPC_TEST_FUZZ_SEED=7 python3 -m pytest tests/integration/test_fuzz_daemon.py -s
 
-MESHRPC_FUZZ_SEED picks the seed (default 1); a failing case is reported with its number, and
-`MESHRPC_FUZZ_ONLY=<number>` runs that case alone.
+MESHRPC_TEST_FUZZ_SEED picks the seed (default 1); a failing case is reported with its number, and
+`MESHRPC_TEST_FUZZ_ONLY=<number>` runs that case alone.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import meshrpc
 from meshrpc.wire import frame as wire
 from meshrpc.wire.serializers import by_name
 
-CASES = int(os.environ.get("MESHRPC_FUZZ_CASES", "2000"))
-SEED = int(os.environ.get("MESHRPC_FUZZ_SEED", "1"))
-ONLY = os.environ.get("MESHRPC_FUZZ_ONLY")
+CASES = int(os.environ.get("MESHRPC_TEST_FUZZ_CASES", "2000"))
+SEED = int(os.environ.get("MESHRPC_TEST_FUZZ_SEED", "1"))
+ONLY = os.environ.get("MESHRPC_TEST_FUZZ_ONLY")
 FUZZERS = 16  # connections fuzzed at once
 HOST = "127.0.0.1"
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024

@@ -2,8 +2,8 @@
 MAX_CONNECTIONS, MAX_MESSAGE_SIZE, MAX_STREAMS_PER_CONNECTION; slow-loris clients that cannot pin a
 daemon; and a load/soak run of 200 concurrent clients.
 
-The soak lasts MESHRPC_SOAK_SECONDS (default 10) seconds; run it longer by hand, e.g.
-`MESHRPC_SOAK_SECONDS=300 python3 -m pytest tests/integration/test_limits.py -k soak -s`.
+The soak lasts MESHRPC_TEST_SOAK_SECONDS (default 10) seconds; run it longer by hand, e.g.
+`MESHRPC_TEST_SOAK_SECONDS=300 python3 -m pytest tests/integration/test_limits.py -k soak -s`.
 Memory figures are the process's RSS (daemon and clients share the process), read from /proc.
 """
 
@@ -335,7 +335,7 @@ def test_slow_loris_cannot_pin_the_daemon(start_daemon: Any, pool: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- load and soak
-SOAK_SECONDS = float(os.environ.get("MESHRPC_SOAK_SECONDS", "10"))
+SOAK_SECONDS = float(os.environ.get("MESHRPC_TEST_SOAK_SECONDS", "10"))
 SOAK_CLIENTS = 200
 SOAK_RSS_BOUND_MB = 30.0  # RSS after the soak may exceed RSS after the warm-up by at most this
 

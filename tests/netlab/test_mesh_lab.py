@@ -87,6 +87,9 @@ for line in sys.stdin:
             uri = daemon.register(Greeter(), name=cmd["name"], metadata=set(cmd["tags"]))
             reply = {"uri": str(uri), "object": uri.object, "port": uri.port, "before": before,
                      "after": time.monotonic()}
+        elif cmd["op"] == "unregister":
+            daemon_for(None).unregister(cmd["object"])
+            reply = {"unregistered": cmd["object"]}
         elif cmd["op"] == "register_many":
             daemon = daemon_for(None)
             for i in range(cmd["count"]):

@@ -198,3 +198,44 @@ def test_int_setting_refuses_a_fractional_float(value):
 
 def test_int_setting_accepts_an_integral_float():
     assert Settings().copy(NS_PORT=5.0).NS_PORT == 5
+
+
+# --------------------------------------------------------------------------- the environment, checked at start
+
+def test_every_meshrpc_variable_is_checked_with_a_suggestion():
+    settings, problems = Settings.from_env_checked({
+        "MESHRPC_REBIND_TIMOUT": "3", "MESHRPC_COMMTIMEOUT": "soon", "MESHRPC_NS_PORT": "9999",
+        "MESHRPC_TEST_FUZZ_SEED": "7", "OTHER": "x"})
+    assert settings.NS_PORT == 9999 and len(problems) == 2, problems
+    assert any("MESHRPC_REBIND_TIMOUT is not a meshrpc setting (did you mean MESHRPC_REBIND_TIMEOUT?" in p
+               for p in problems)
+    assert any(p.startswith("MESHRPC_COMMTIMEOUT='soon'") for p in problems)
+    with pytest.raises(meshrpc.errors.ConfigError) as info:
+        Settings.from_env({"MESHRPC_REBIND_TIMOUT": "3"})
+    assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("name,value", [("REALM", ""), ("REALM", "  "), ("SERIALIZER", "pickle"),
+                                        ("LOGLEVEL", "LOUD"), ("REBIND_TIMEOUT", "-1")])
+def test_bad_values_are_refused(name, value):
+    _, problems = Settings.from_env_checked({"MESHRPC_" + name: value})
+    assert len(problems) == 1 and problems[0].startswith(f"MESHRPC_{name}="), problems
+    with pytest.raises(ValueError):
+        Settings().copy(**{name: value})
+
+
+def test_import_raises_one_line_and_the_cli_prints_one_line():
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHRPC_")}
+    env.update(MESHRPC_REBIND_TIMOUT="3")
+    lib = subprocess.run([sys.executable, "-c", "import meshrpc"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert lib.returncode == 1 and lib.stderr.strip().splitlines()[-1] == (
+        "meshrpc.errors.ConfigError: MESHRPC_REBIND_TIMOUT is not a meshrpc setting (did you mean "
+        "MESHRPC_REBIND_TIMEOUT? `meshrpc config` lists them)"), lib.stderr
+    cli = subprocess.run([sys.executable, "-m", "meshrpc", "config"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert cli.returncode == 2 and cli.stdout == "", cli
+    assert cli.stderr.splitlines() == ["error: ConfigError: " + lib.stderr.strip().splitlines()[-1].split(": ", 1)[1]]

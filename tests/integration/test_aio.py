@@ -47,6 +47,11 @@ class Thing:
     def count(self, n: int) -> Any:
         yield from range(n)
 
+    async def ticks(self, n: int) -> Any:
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
     def fail(self) -> None:
         raise ValueError("deliberate failure")
 
@@ -106,6 +111,7 @@ def test_call_kinds_aio_to_aio() -> None:
                 batch.add(2, 2)
                 assert list(await batch()) == [2, 4]                    # batch
                 assert [item async for item in await proxy.count(4)] == [0, 1, 2, 3]  # stream
+                assert [item async for item in await proxy.ticks(3)] == [0, 1, 2]     # an async generator
                 with pytest.raises(ValueError, match="deliberate failure") as info:
                     await proxy.fail()                                   # remote exception
                 assert "in fail" in "".join(errors.get_remote_traceback(info.value) or "")

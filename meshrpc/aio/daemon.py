@@ -268,6 +268,9 @@ class Daemon(threaded.Daemon):
         """On an executor thread: the threaded daemon's dispatch (instance modes, batches, streams)."""
         self._frame_context(conn, frame)
         flags, result = self._run(conn, frame, call)  # type: ignore[arg-type]
+        if not flags and inspect.isasyncgen(result):  # an async generator: a remote iterator too
+            assert self._loop is not None
+            flags, result = self._finish(conn, _PulledOnLoop(result, self._loop))
         return flags, result, current_context.response_annotations
 
     async def _run_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
@@ -399,6 +402,28 @@ class Daemon(threaded.Daemon):
 
     def __repr__(self) -> str:
         return f"<meshrpc.aio.Daemon {self.locationStr}>"
+
+
+class _PulledOnLoop:
+    """An async generator as a plain iterator for the stream table: items are pulled (from an
+    executor thread, where get_next_stream_item runs) by running its __anext__ on the daemon's loop."""
+
+    def __init__(self, agen: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._agen = agen
+        self._loop = loop
+
+    def __iter__(self) -> "_PulledOnLoop":
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return asyncio.run_coroutine_threadsafe(self._agen.__anext__(), self._loop).result()
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._agen.aclose(), self._loop)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

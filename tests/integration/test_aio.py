@@ -47,6 +47,11 @@ class Thing:
     def count(self, n: int) -> Any:
         yield from range(n)
 
+    async def ticks(self, n: int) -> Any:
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
     def fail(self) -> None:
         raise ValueError("deliberate failure")
 
@@ -106,6 +111,7 @@ def test_call_kinds_aio_to_aio() -> None:
                 batch.add(2, 2)
                 assert list(await batch()) == [2, 4]                    # batch
                 assert [item async for item in await proxy.count(4)] == [0, 1, 2, 3]  # stream
+                assert [item async for item in await proxy.ticks(3)] == [0, 1, 2]     # an async generator
                 with pytest.raises(ValueError, match="deliberate failure") as info:
                     await proxy.fail()                                   # remote exception
                 assert "in fail" in "".join(errors.get_remote_traceback(info.value) or "")
@@ -314,3 +320,27 @@ def test_bad_input_closes_one_connection_and_the_daemon_serves_on() -> None:
             async with meshrpc.aio.Proxy(uri) as proxy:
                 assert await proxy.add(1, 2) == 3
     run(main())
+
+
+def test_sync_and_async_share_the_registry_and_the_one_zeroconf(realm: str, start_daemon: Any) -> None:
+    settings = Settings().copy(REALM=realm, INTERFACES="127.0.0.1", HOST="127.0.0.1")
+    from meshrpc.mesh import discovery, get_registry, reset_for_tests
+    threaded = start_daemon(settings=settings)
+    threaded.register(Thing(), name="shared.thing")
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy("PYRONAME:shared.thing", settings=settings) as proxy:
+            assert await proxy.add(1, 1) == 2
+        zeroconf = discovery.get_discovery()._zc
+        assert zeroconf is not None and zeroconf.loop is not asyncio.get_running_loop()  # a thread of its own
+        registry = get_registry(settings)
+
+        def threaded_client() -> int:
+            with meshrpc.Proxy("PYRONAME:shared.thing", settings=settings) as sync_proxy:
+                return sync_proxy.add(2, 2)
+        assert await asyncio.to_thread(threaded_client) == 4
+        assert get_registry(settings) is registry and discovery.get_discovery()._zc is zeroconf
+    try:
+        run(main())
+    finally:
+        reset_for_tests()

@@ -141,7 +141,7 @@ class Dispatcher:
     def finish(self, connection: Any, result: Any) -> tuple[int, Any]:
         """(reply flags, result) for what a method returned: an iterator becomes a stream the proxy
         pulls from (owned by `connection`)."""
-        if not self.is_stream(result):
+        if type(result) in _PLAIN_RESULTS or not self.is_stream(result):  # the first test: the common case
             return 0, result
         if not self.settings.ITER_STREAMING:
             return FLAG_EXCEPTION, errors.MeshError(

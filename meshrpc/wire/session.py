@@ -578,7 +578,8 @@ class ServerSession(_Session):
     def result_reply(self, frame: Frame, result: Any, annotations: dict | None = None, flags: int = 0) -> list:
         """RESULT carrying `result` (flags: FLAG_BATCH for a batch's list). A result that does not
         serialize becomes an error reply (SerializeError) instead."""
-        serializer = self._values(frame)
+        codec = BY_ID.get(frame.serializer_id)  # inline _values: the hot path
+        serializer = codec.values if codec is not None else self._values(frame)
         oob: list | None = [] if self.oob and serializer.oob else None
         try:
             reply_id, payload = serializer.encode(result, oob, self.binary)

@@ -103,7 +103,8 @@ class EtcdCluster:
             if host.startswith("127."):
                 c, p = _free_ports(host, 2)
             else:                               # inside a lab namespace: nothing else listens there
-                c, p = 2379, 2380
+                c = 2379 + 10 * len(self.client_ports)
+                p = c + 1
             self.client_ports.append(c)
             self.peer_ports.append(p)
         for i in range(self.size):
@@ -132,6 +133,13 @@ class EtcdCluster:
             log.close()
 
     def health(self, i: int, timeout: float = 1.0) -> bool:
+        if self.wrap[i]:                        # inside a namespace: ask from there
+            code = ("import json,sys,urllib.request\n"
+                    f"r=urllib.request.urlopen({self.url(i) + '/health'!r},timeout={timeout})\n"
+                    "sys.exit(0 if json.loads(r.read()).get('health')=='true' else 1)")
+            done = subprocess.run(self.wrap[i] + [sys.executable, "-I", "-S", "-c", code],
+                                  capture_output=True, timeout=timeout + 30)
+            return done.returncode == 0
         try:
             with urllib.request.urlopen(self.url(i) + "/health", timeout=timeout) as resp:
                 return json.loads(resp.read()).get("health") == "true"

@@ -58,6 +58,14 @@ def _free_ports(host: str, count: int) -> list[int]:
     return ports
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies (no orphaned members
+    after a killed test run or benchmark)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class EtcdCluster:
     def __init__(self, size: int = 3, *, hosts: Sequence[str] | None = None,
                  wrap: Sequence[Sequence[str]] | None = None, base_dir: str | None = None) -> None:
@@ -128,7 +136,8 @@ class EtcdCluster:
         log = open(os.path.join(self.base_dir, f"m{i}.log"), "ab")
         try:
             self.procs[i] = subprocess.Popen(self.wrap[i] + self._member_args(i, state), stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
         finally:
             log.close()
 
@@ -215,6 +224,10 @@ class EtcdCluster:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     size = int(args[0]) if args else 3
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     with EtcdCluster(size) as cluster:
         print(cluster.resolve, flush=True)
         try:

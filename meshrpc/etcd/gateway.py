@@ -21,6 +21,7 @@ from ..errors import NamingError
 
 log = logging.getLogger("meshrpc.etcd")
 
+TXN_OPS = 100           # operations per transaction (etcd refuses more than --max-txn-ops, 128 by default)
 API_PATH = "/v3/"       # etcd >= 3.4 (3.3 and older are out of support): no /version round trip
 
 
@@ -119,6 +120,13 @@ class Gateway:
     def put(self, key: bytes, value: bytes, lease: int) -> int:
         reply = self.call("kv/put", {"key": b64(key), "value": b64(value), "lease": str(lease)})
         return int(reply["header"]["revision"])
+
+    def put_many(self, items: list[tuple[bytes, bytes]], lease: int) -> None:
+        """Several puts in transactions of at most TXN_OPS (one request and one revision each)."""
+        for start in range(0, len(items), TXN_OPS):
+            chunk = items[start:start + TXN_OPS]
+            self.call("kv/txn", {"success": [{"request_put": {"key": b64(k), "value": b64(v), "lease": str(lease)}}
+                                             for k, v in chunk]})
 
     def delete(self, key: bytes) -> None:
         self.call("kv/deleterange", {"key": b64(key)})

@@ -21,7 +21,7 @@ from ..mesh import records
 from ..mesh.records import Entry
 from ..uri import URI
 from . import entries
-from .gateway import Gateway
+from .gateway import TXN_OPS, Gateway
 
 log = logging.getLogger("meshrpc.etcd")
 
@@ -142,11 +142,11 @@ class EtcdRegistrar:
             with self._lock:
                 self._stale_keys.discard(key)
                 self._written.pop(key, None)
-        for key, value in wanted:
-            self.gateway.put(key, value, self._lease)
-            self.writes += 1
+        if wanted:
+            self.gateway.put_many(wanted, self._lease)
+            self.writes += -(-len(wanted) // TXN_OPS)
             with self._lock:
-                self._written[key] = value
+                self._written.update(wanted)
 
     def _lease_lost(self) -> None:
         self._lease = 0

@@ -79,6 +79,8 @@ class EtcdCluster:
         self.client_ports: list[int] = []
         self.peer_ports: list[int] = []
         self.extra_args: list[str] = []
+        # client TLS: {"cert", "key", "ca"} of the members, {"client_cert", "client_key"} for our checks
+        self.tls: dict[str, str] = {}
 
     # ------------------------------------------------------------------ addresses
     @property
@@ -88,10 +90,18 @@ class EtcdCluster:
     @property
     def resolve(self) -> str:
         """The RESOLVE item naming this cluster."""
-        return "etcd://" + ",".join(self.endpoints)
+        return ("etcds://" if self.tls else "etcd://") + ",".join(self.endpoints)
 
     def url(self, index: int) -> str:
-        return f"http://{self.endpoints[index]}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoints[index]}"
+
+    def _ssl_context(self) -> object:
+        import ssl
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.tls["ca"])
+        context.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+        return context
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> EtcdCluster:
@@ -123,13 +133,14 @@ class EtcdCluster:
         cluster = ",".join(f"m{j}=http://{self.hosts[j]}:{self.peer_ports[j]}" for j in range(self.size))
         data = os.path.join(self.base_dir, f"m{i}")
         return [ETCD, "--name", f"m{i}", "--data-dir", data,
-                "--listen-client-urls", f"http://{self.hosts[i]}:{self.client_ports[i]}",
-                "--advertise-client-urls", f"http://{self.hosts[i]}:{self.client_ports[i]}",
+                "--listen-client-urls", self.url(i), "--advertise-client-urls", self.url(i),
                 "--listen-peer-urls", f"http://{self.hosts[i]}:{self.peer_ports[i]}",
                 "--initial-advertise-peer-urls", f"http://{self.hosts[i]}:{self.peer_ports[i]}",
                 "--initial-cluster", cluster, "--initial-cluster-token", self.token,
                 "--initial-cluster-state", state,
                 "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_MS),
+                *(["--cert-file", self.tls["cert"], "--key-file", self.tls["key"], "--trusted-ca-file",
+                   self.tls["ca"], "--client-cert-auth"] if self.tls else []),
                 *self.extra_args]
 
     def _spawn(self, i: int, state: str) -> None:
@@ -150,7 +161,7 @@ class EtcdCluster:
                                   capture_output=True, timeout=timeout + 30)
             return done.returncode == 0
         try:
-            with urllib.request.urlopen(self.url(i) + "/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(self.url(i) + "/health", timeout=timeout, context=self._ssl_context()) as resp:
                 return json.loads(resp.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -172,7 +183,7 @@ class EtcdCluster:
 
     def status(self, i: int) -> dict:
         req = urllib.request.Request(self.url(i) + "/v3/maintenance/status", data=b"{}", method="POST")
-        with urllib.request.urlopen(req, timeout=2) as resp:
+        with urllib.request.urlopen(req, timeout=2, context=self._ssl_context()) as resp:
             return json.loads(resp.read())
 
     def leader(self, timeout: float = 10.0) -> int:

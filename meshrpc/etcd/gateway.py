@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,9 +106,12 @@ class Gateway:
     def _client(self, host: str, port: int) -> Any:
         from etcd3gw.client import Etcd3Client
         s = self.settings
-        return Etcd3Client(host=host, port=port, protocol="https" if self.target.tls else "http",
-                           ca_cert=s.ETCD_CACERT or None, cert_key=s.ETCD_CERT_KEY or None,
-                           cert_cert=s.ETCD_CERT or None, timeout=s.ETCD_TIMEOUT, api_path=API_PATH)
+        client = Etcd3Client(host=host, port=port, protocol="https" if self.target.tls else "http",
+                             ca_cert=s.ETCD_CACERT or None, cert_key=s.ETCD_CERT_KEY or None,
+                             cert_cert=s.ETCD_CERT or None, timeout=s.ETCD_TIMEOUT, api_path=API_PATH)
+        if s.ETCD_CACERT:      # requests would let REQUESTS_CA_BUNDLE override the CA we were given
+            client.session.trust_env = False
+        return client
 
     # ---------------------------------------------------------------- the calls meshrpc makes
 
@@ -174,7 +178,7 @@ class Gateway:
                                       f"(check ETCD_USER and ETCD_PASSWORD, and the user's role on "
                                       f"{self.settings.ETCD_PREFIX!r})") from None
                 if _is_tls(why):
-                    raise NamingError(f"TLS with etcd at {client.host}:{client.port} failed: {why[:160]} (check "
+                    raise NamingError(f"TLS with etcd at {client.host}:{client.port} failed: {_tls_reason(why)} (check "
                                       f"ETCD_CACERT, ETCD_CERT and ETCD_CERT_KEY, and that the members serve "
                                       f"etcds://)") from None
                 if not _is_retryable(exc, why):
@@ -239,6 +243,7 @@ class Gateway:
             raise WatchBroken(f"{client.host}:{client.port}: {_why(exc)[:120]}") from None
         session = requests.Session()
         session.verify, session.cert = client.session.verify, client.session.cert
+        session.trust_env = client.session.trust_env
         session.headers.update(client.session.headers)
         request = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
                                       "start_revision": str(start_revision), "progress_notify": True}}
@@ -331,6 +336,18 @@ def _is_auth(why: str) -> bool:
 
 def _is_tls(why: str) -> bool:
     return any(s in why for s in ("SSL", "CERTIFICATE", "certificate", "TLS"))
+
+
+def _tls_reason(why: str) -> str:
+    """The gist of an SSL error buried in requests' text."""
+    if "CERTIFICATE_VERIFY_FAILED" in why or "SSLCertVerificationError" in why:
+        return "the member's certificate did not verify against ETCD_CACERT (or the system's CAs)"
+    if "SSLEOFError" in why or "EOF occurred" in why or "ALERT" in why:
+        return "the member ended the handshake (it wants a client certificate it accepts)"
+    if "WRONG_VERSION_NUMBER" in why:
+        return "the member does not speak TLS (use etcd://)"
+    found = re.search(r"\[SSL: ([A-Z_]+)\]", why)
+    return found.group(1).lower().replace("_", " ") if found else why[:120]
 
 
 def _is_retryable(exc: BaseException, why: str) -> bool:

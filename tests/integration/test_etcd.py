@@ -12,6 +12,7 @@ import pytest
 
 import meshrpc
 from meshrpc import etcd
+from meshrpc.etcd import entries as _entries, gateway as _gateway  # noqa: F401 - etcd.gateway below
 from meshrpc.errors import NamingError
 
 from etcd_support import EtcdCluster, Relay, available, daemon_process
@@ -272,7 +273,7 @@ def test_cli_lookup_list_browse_with_source_etcd(cluster: EtcdCluster, realm: st
         rows = json.loads(run("yplookup", "--all", "beta", "--source", "etcd", "--json").stdout)
         assert [r["name"] for r in rows] == ["cli.two"]
         rows = json.loads(run("browse", "--source", "etcd", "--json").stdout)
-        assert sorted(r["name"] for r in rows) == ["cli.one", "cli.two"]
+        assert sorted(r["name"] for r in rows) == ["cli.one", "cli.two"] and not any(r["stale"] for r in rows)
         missing = run("lookup", "cli.none", "--source", "etcd")
         assert missing.returncode == 1 and "in etcd" in missing.stderr
     finally:

@@ -69,10 +69,7 @@ def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...
     tried: list[str] = []
     for group in source_groups(uri, settings, sources):
         try:
-            if group[0] in REGISTRIES:
-                found = _resolve_registries(uri, settings, wait, group)
-            else:
-                found = _RESOLVERS[group[0]](uri, settings, wait)
+            found = resolve_group(uri, settings, group, wait)
         except NamingError as exc:
             tried.append(f"{'+'.join(group)}: {exc}")
             continue
@@ -112,6 +109,13 @@ def source_groups(uri: URI, settings: Settings, sources: tuple[str, ...] | None)
         else:
             groups.append([source])
     return groups
+
+
+def resolve_group(uri: URI, settings: Settings, group: list[str], wait: float | None) -> tuple[URI, str] | None:
+    """Ask one group of source_groups(): (PYRO URI, source) or None; NamingError says why it could not."""
+    if group[0] in REGISTRIES:
+        return _resolve_registries(uri, settings, wait, group)
+    return _RESOLVERS[group[0]](uri, settings, wait)
 
 
 def _registry_views(settings: Settings, names: list[str]) -> list[tuple[str, Any]]:

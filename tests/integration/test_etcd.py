@@ -278,3 +278,18 @@ def test_cli_lookup_list_browse_with_source_etcd(cluster: EtcdCluster, realm: st
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_asyncio_resolver_asks_etcd_too(cluster: EtcdCluster, realm: str) -> None:
+    import asyncio
+    import importlib
+    aio_resolve = importlib.import_module("meshrpc.aio.resolve")   # meshrpc.aio.resolve is also a function
+    from meshrpc.etcd.registrar import EtcdRegistrar
+    settings = settings_for(realm, "mesh," + cluster.resolve, LOOKUP_TIMEOUT=3.0, INTERFACES="127.0.0.1")
+    writer = EtcdRegistrar(settings)
+    try:
+        writer.register("aio.only.in.etcd", "PYRO:x@127.0.0.1:9", {"aio"})
+        found = asyncio.run(aio_resolve.resolve_with_source(meshrpc.URI("PYROMETA:aio"), settings))
+        assert found == (meshrpc.URI("PYRO:x@127.0.0.1:9"), "etcd")
+    finally:
+        writer.close()

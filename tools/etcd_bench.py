@@ -49,7 +49,10 @@ for d in range(first, first + daemons):
     for o in range(per_daemon):
         daemon.register(Obj(), name=f"bench.d{d}.o{o}", metadata={"bench", f"d{d}"})
     running.append(daemon)
-registrars = [d._etcd_registrar for d in running]
+def registrar_of(daemon):     # the daemon's etcd announcer
+    announcers = getattr(daemon, "_announcers", None)
+    return announcers.active["etcd"] if announcers is not None else daemon._etcd_registrar
+registrars = [registrar_of(d) for d in running]
 while sum(r.written() for r in registrars) < daemons * per_daemon:
     time.sleep(0.05)
 print("READY", flush=True)

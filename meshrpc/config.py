@@ -156,6 +156,32 @@ class Settings:
         "0 turns autoclean off (Pyro5's default)."))
     NS_AUTOCLEAN_MISSES: int = field(default=3, metadata=_doc(
         "Consecutive failed liveness probes after which the name server removes a daemon's entries."))
+    # --- etcd registry (docs/etcd.md)
+    ETCD_PREFIX: str = field(default="/meshrpc/", metadata=_doc(
+        "Key prefix of meshrpc's entries in etcd; each realm lives under `<prefix><realm>/`."))
+    ETCD_LEASE_TTL: int = field(default=3, metadata=_doc(
+        "Seconds of the lease a daemon's etcd keys are bound to: after a crash (no goodbye) its names "
+        "are gone within this time (plus up to 0.5 s of etcd's expiry check). etcd's minimum is about "
+        "1.5 election timeouts."))
+    ETCD_KEEPALIVE_INTERVAL: float = field(default=1.0, metadata=_doc(
+        "Seconds between a daemon's lease keep-alives (keep it under a third of ETCD_LEASE_TTL): the only "
+        "etcd writes of a daemon whose objects do not change."))
+    ETCD_TIMEOUT: float = field(default=2.0, metadata=_doc(
+        "Seconds one etcd request may take on one member before the next member is tried."))
+    ETCD_WATCH_IDLE: float = field(default=5.0, metadata=_doc(
+        "Seconds a watch may stay silent before the mirror re-establishes it (from the revision it has): "
+        "how long a silently cut connection to etcd goes unnoticed."))
+    ETCD_RETRY_INTERVAL: float = field(default=0.5, metadata=_doc(
+        "Seconds between attempts to reach etcd again after every member failed (readers and writers)."))
+    ETCD_USER: str = field(default="", metadata=_doc(
+        "etcd user name (etcd auth); empty: no authentication."))
+    ETCD_PASSWORD: str = field(default="", metadata=_doc("Password of ETCD_USER."))
+    ETCD_CACERT: str = field(default="", metadata=_doc(
+        "CA certificate file (PEM) that signed the etcd members' certificates (etcds:// endpoints); empty: "
+        "the system's CAs."))
+    ETCD_CERT: str = field(default="", metadata=_doc(
+        "Client certificate file (PEM) for etcd members that require client certificates (etcds://)."))
+    ETCD_CERT_KEY: str = field(default="", metadata=_doc("Private key file (PEM) of ETCD_CERT."))
     # --- mesh
     REALM: str = field(default="default", metadata=_doc(
         "Mesh realm: processes only see announcements of their own realm, so several meshes can "
@@ -166,7 +192,10 @@ class Settings:
     LOOKUP_TIMEOUT: float = field(default=3.0, metadata=_doc(
         "Seconds a PYRONAME/PYROMETA lookup waits for an answer before NamingError."))
     RESOLVE: str = field(default="mesh,ns", metadata=_doc(
-        "Sources that resolve PYRONAME/PYROMETA, in order: mesh, ns, or both."))
+        "Sources that resolve PYRONAME/PYROMETA, in order, comma separated: `mesh` (or `mdns`), "
+        "`etcd://host:port,host:port,...` (an etcd cluster; `etcds://` for TLS) and `ns`. The mesh and "
+        "etcd together are one provider set. Daemons also register their names in the etcd cluster "
+        "named here, and skip multicast when `mesh` is not named (docs/etcd.md)."))
     MESH_NODE_ID: str = field(default="", metadata=_doc(
         "Stable mesh node id of a daemon (letters, digits, '-', at most 32); a restart with the same "
         "id replaces the old announcements at once. Empty: a random id per daemon."))

@@ -1,4 +1,4 @@
-"""Resolution of PYRONAME and PYROMETA URIs to a PYRO URI: the mesh registry first, then the name server."""
+"""Resolution of PYRONAME and PYROMETA URIs to a PYRO URI: the registries (the mesh, etcd), then the name server."""
 
 from __future__ import annotations
 
@@ -13,15 +13,46 @@ from .uri import URI
 
 log = logging.getLogger("meshrpc.resolve")
 
-SOURCES = ("mesh", "ns")
+SOURCES = ("mesh", "etcd", "ns")
+REGISTRIES = ("mesh", "etcd")          # consecutive registries in RESOLVE form one provider set
+_ALIASES = {"mdns": "mesh"}
+_ETCD_SCHEMES = ("etcd://", "etcds://")
+
+
+def split_sources(text: str) -> list[tuple[str, list[str]]]:
+    """RESOLVE parsed: [(source, etcd endpoints)]. Items are comma separated; `etcd://h1:2379,h2:2379`
+    (or `etcds://` for TLS) names a cluster: the host:port items after it are more of its members."""
+    found: list[tuple[str, list[str]]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        lowered = item.lower()
+        if lowered.startswith(_ETCD_SCHEMES):
+            scheme, _, first = item.partition("://")
+            found.append(("etcd", [f"{scheme.lower()}://{first}"] if first else []))
+        elif _ALIASES.get(lowered, lowered) in SOURCES and lowered != "etcd":
+            found.append((_ALIASES.get(lowered, lowered), []))
+        elif found and found[-1][0] == "etcd" and ":" in item:
+            found[-1][1].append(item)
+        else:
+            found.append((item, []))
+    return found
 
 
 def resolve_sources(settings: Settings) -> list[str]:
-    sources = [s.strip() for s in settings.RESOLVE.split(",") if s.strip()]
+    parsed = split_sources(settings.RESOLVE)
+    sources = [name for name, _ in parsed]
     unknown = [s for s in sources if s not in SOURCES]
-    if unknown or not sources:
-        raise NamingError(f"RESOLVE={settings.RESOLVE!r}: use mesh, ns or mesh,ns")
+    if unknown or not sources or any(name == "etcd" and not members for name, members in parsed):
+        raise NamingError(f"RESOLVE={settings.RESOLVE!r}: use mesh (or mdns), ns and etcd://host:port[,host:port...] "
+                          f"in the order to ask them, comma separated")
     return sources
+
+
+def announces_on_mesh(settings: Settings) -> bool:
+    """Daemons announce on mDNS unless RESOLVE names etcd and not the mesh (a site without multicast)."""
+    names = [name for name, _ in split_sources(settings.RESOLVE)]
+    return "mesh" in names or "etcd" not in names
 
 
 def resolve(uri: URI, settings: Settings) -> URI:
@@ -32,19 +63,19 @@ def resolve(uri: URI, settings: Settings) -> URI:
 def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...] | None = None,
                         wait: float | None = None) -> tuple[URI, str]:
     """(PYRO URI of a provider, the source that gave it). sources: a subset of RESOLVE to ask;
-    wait: seconds the mesh waits for an announcement (default LOOKUP_TIMEOUT)."""
+    wait: seconds the registries wait for an announcement (default LOOKUP_TIMEOUT)."""
     if uri.is_direct:
         return uri, "direct"
     tried: list[str] = []
-    for source in sources_to_ask(uri, settings, sources):
+    for group in source_groups(uri, settings, sources):
         try:
-            found = _RESOLVERS[source](uri, settings, wait)
+            found = resolve_group(uri, settings, group, wait)
         except NamingError as exc:
-            tried.append(f"{source}: {exc}")
+            tried.append(f"{'+'.join(group)}: {exc}")
             continue
         if found is not None:
-            return found, source
-        tried.append(f"{source}: not found")
+            return found
+        tried.append(f"{'+'.join(group)}: not found")
     raise not_found(uri, tried)
 
 
@@ -58,6 +89,45 @@ def sources_to_ask(uri: URI, settings: Settings, sources: tuple[str, ...] | None
 def not_found(uri: URI, tried: list[str]) -> NamingError:
     what = "name" if uri.protocol == "PYRONAME" else "tags"
     return NamingError(f"cannot resolve {uri}: no provider of that {what} found ({'; '.join(tried)})")
+
+
+def source_groups(uri: URI, settings: Settings, sources: tuple[str, ...] | None) -> list[list[str]]:
+    """sources_to_ask() with consecutive registries (mesh, etcd) as one group: one provider set. A
+    registry asked for explicitly brings the other registries RESOLVE names along (shared with meshrpc.aio)."""
+    order = list(sources_to_ask(uri, settings, sources))
+    if sources is not None and any(s in REGISTRIES for s in sources):
+        try:
+            configured = resolve_sources(settings)
+        except NamingError:
+            configured = []
+        order += [s for s in configured if s in REGISTRIES and s not in order]
+        order.sort(key=lambda s: s not in REGISTRIES)       # stable: the registries stay together, first
+    groups: list[list[str]] = []
+    for source in order:
+        if groups and source in REGISTRIES and groups[-1][0] in REGISTRIES:
+            groups[-1].append(source)
+        else:
+            groups.append([source])
+    return groups
+
+
+def resolve_group(uri: URI, settings: Settings, group: list[str], wait: float | None) -> tuple[URI, str] | None:
+    """Ask one group of source_groups(): (PYRO URI, source) or None; NamingError says why it could not."""
+    if group[0] in REGISTRIES:
+        return _resolve_registries(uri, settings, wait, group)
+    return _RESOLVERS[group[0]](uri, settings, wait)
+
+
+def _registry_views(settings: Settings, names: list[str]) -> list[tuple[str, Any]]:
+    views: list[tuple[str, Any]] = []
+    for name in names:
+        if name == "mesh":
+            from .mesh import get_registry
+            views.append((name, get_registry(settings)))
+        else:
+            from .etcd import get_mirror   # loaded only when RESOLVE names etcd
+            views.append((name, get_mirror(settings)))
+    return views
 
 
 def _resolve_mesh(uri: URI, settings: Settings, wait: float | None = None) -> URI | None:
@@ -74,12 +144,41 @@ def _resolve_mesh(uri: URI, settings: Settings, wait: float | None = None) -> UR
     return URI(net.reachable_uri(entry.uri, entry.other_hosts))
 
 
-def _resolve_ns(uri: URI, settings: Settings, wait: float | None = None) -> URI | None:
+def _resolve_registries(uri: URI, settings: Settings, wait: float | None, names: list[str]) -> tuple[URI, str] | None:
+    if names == ["mesh"]:
+        found = _resolve_mesh(uri, settings, wait)
+        return None if found is None else (found, "mesh")
+    from . import providers
+    from .mesh import net
+    views = _registry_views(settings, names)
+    if uri.protocol == "PYRONAME":
+        def query(view: Any) -> list[Any]:
+            return view.lookup(uri.object)
+    else:
+        def query(view: Any) -> list[Any]:
+            return view.yplookup(uri.tags)
+    timeout = settings.LOOKUP_TIMEOUT if wait is None else wait
+    candidates = providers.wait_merged(views, query, timeout)
+    mesh = dict(views).get("mesh")
+    if mesh is not None:        # the mesh's replica policy (passing over providers a proxy failed to reach)
+        entry = mesh._pick([e for e, _ in candidates])
+        chosen = None if entry is None else next(pair for pair in candidates if pair[0] is entry)
+    else:
+        chosen = providers.pick(candidates, views[0][1].is_local)
+    if chosen is None:
+        return None
+    entry, source = chosen
+    # a provider bound to every interface: the address this machine can reach (else entry.uri)
+    return URI(net.reachable_uri(entry.uri, entry.other_hosts)), source
+
+
+def _resolve_ns(uri: URI, settings: Settings, wait: float | None = None) -> tuple[URI, str] | None:
     from .naming import resolve_ns  # loaded only when the name server is used
-    return resolve_ns(uri, settings)
+    found = resolve_ns(uri, settings)
+    return None if found is None else (found, "ns")
 
 
-_RESOLVERS = {"mesh": _resolve_mesh, "ns": _resolve_ns}
+_RESOLVERS = {"ns": _resolve_ns}
 
 
 def report_failure(target: URI, settings: Settings, reason: BaseException | None = None) -> None:
@@ -87,7 +186,13 @@ def report_failure(target: URI, settings: Settings, reason: BaseException | None
     that choosing passes it over for a short while (never hiding the only provider). reason: the
     failure, which tells its kind (failure_kind): a refused connection or a daemon shutting down
     makes the registry check the endpoint at once."""
-    import sys
+    if "meshrpc.etcd" in sys.modules:    # the etcd mirror too (docs/etcd.md), if this process runs one
+        try:
+            mirror = sys.modules["meshrpc.etcd"].existing_mirror(settings)
+            if mirror is not None:
+                mirror.report_failure(str(target))
+        except Exception:  # reporting is advice; it must never break the caller
+            log.debug("could not report the failure of %s to the etcd mirror", target, exc_info=True)
     if "meshrpc.mesh" not in sys.modules:
         return
     from .mesh import get_registry

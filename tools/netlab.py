@@ -79,6 +79,7 @@ __all__ = [
     "Host",
     "Lab",
     "LabInfo",
+    "RoutedLab",
     "NetlabError",
     "Unsupported",
     "available",
@@ -1033,6 +1034,70 @@ def _relay_main(seed: str) -> int:
         now = time.monotonic()
         for port in ports.values():
             port.flush(now)
+
+
+# --------------------------------------------------------------------------
+# routed subnets (issue 14: the etcd registry across routers)
+
+
+class RoutedLab(Lab):
+    """Hosts on several subnets joined by a router: unicast is routed, multicast (mDNS) stays on its
+    subnet, as across a real router. ``RoutedLab((2, 2, 1))``: h1, h2 on subnet 0, h3, h4 on subnet 1,
+    h5 on subnet 2.
+
+    The router is the lab's ``-sw`` namespace: one bridge per subnet (``br0``, ``br1``...), each holding
+    the router's address ``.1`` of its subnet, and IPv4 forwarding on. Hosts get ``.2``, ``.3``... and a
+    default route through the router. Everything else (run, popen, link_down, teardown, stale-lab
+    cleanup) is the plain Lab's.
+    """
+
+    def __init__(self, subnet_sizes: Sequence[int] = (2, 2, 1), prefix: str | None = None) -> None:
+        if not subnet_sizes or min(subnet_sizes) < 1:
+            raise ValueError("every subnet needs at least one host")
+        super().__init__(sum(subnet_sizes), prefix)
+        k = zlib.crc32(self.prefix.encode()) % 254 + 1
+        self.subnets = [ipaddress.IPv4Network(f"10.{232 + i}.{k}.0/24") for i in range(len(subnet_sizes))]
+        self.router_addresses = [str(next(net.hosts())) for net in self.subnets]
+        self.subnet_index: dict[str, int] = {}
+        hosts = iter(self.hosts)
+        for i, (net, size) in enumerate(zip(self.subnets, subnet_sizes)):
+            addresses = itertools.islice(net.hosts(), 1, size + 1)       # .1 is the router's
+            for address in addresses:
+                host = next(hosts)
+                host.address = str(address)
+                self.subnet_index[host.name] = i
+        self._used = {h.address for h in self.hosts}
+
+    def subnet_hosts(self, index: int) -> list[Host]:
+        return [h for h in self.hosts if self.subnet_index[h.name] == index]
+
+    def _build(self) -> None:
+        _ip_batch(f"netns add {ns}" for ns in [self.switch_netns] + [h.netns for h in self.hosts])
+        owner = f"{_MARKER} pid={os.getpid()} start={_proc_start_time(os.getpid())}"
+        router = []
+        for i, (net, address) in enumerate(zip(self.subnets, self.router_addresses)):
+            router += [f"link add name br{i} type bridge mcast_snooping 0", f"link set dev br{i} up",
+                       f"addr add {address}/{net.prefixlen} dev br{i}"]
+        router.insert(1, f'link set dev {BRIDGE} alias "{owner}"')     # br0 carries the owner marker
+        router.append("link set dev lo up")
+        for h in self.hosts:
+            router += [f"link add name {h.switch_port} type veth peer name {h.interface} netns {h.netns}",
+                       f"link set dev {h.switch_port} master br{self.subnet_index[h.name]} up"]
+        _ip_batch(router, netns=self.switch_netns)
+        _run([_tool("ip"), "netns", "exec", self.switch_netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        _ip_batches_parallel([
+            (h.netns, [
+                "link set dev lo up",
+                f"addr add {h.address}/24 dev {h.interface}",
+                f"link set dev {h.interface} up",
+                f"route add {MULTICAST_NET} dev {h.interface}",
+                f"route add default via {self.router_addresses[self.subnet_index[h.name]]}",
+            ])
+            for h in self.hosts
+        ])
+
+    def _allocate(self, address: str | None) -> ipaddress.IPv4Interface:
+        raise NetlabError("extra addresses are not supported in a RoutedLab")
 
 
 # --------------------------------------------------------------------------

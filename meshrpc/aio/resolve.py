@@ -28,15 +28,15 @@ async def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[st
     if uri.is_direct:
         return uri, "direct"
     tried: list[str] = []
-    for source in sync_resolve.sources_to_ask(uri, settings, sources):
+    for group in sync_resolve.source_groups(uri, settings, sources):
+        source = "+".join(group)
         try:
-            if source == "mesh":
+            if group == ["mesh"]:
                 found = await _resolve_mesh(uri, settings, wait)
-            else:
+            else:           # the name server, or registries merged with etcd's mirror (docs/etcd.md)
                 loop = asyncio.get_running_loop()
-                found = await loop.run_in_executor(None, sync_resolve.resolve_with_source, uri, settings,
-                                                   ("ns",), wait)
-                found = found[0]
+                answer = await loop.run_in_executor(None, sync_resolve.resolve_group, uri, settings, group, wait)
+                found, source = answer if answer is not None else (None, source)
         except NamingError as exc:
             tried.append(f"{source}: {exc}")
             continue

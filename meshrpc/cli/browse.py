@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all-realms", action="store_true", help="every realm heard (a REALM column is added)")
     p.add_argument("--lan", action="store_true",
                    help="listen on every network interface (as MESHRPC_HOST=0.0.0.0), not only this machine's")
+    p.add_argument("--source", choices=("mesh", "etcd"), default="mesh",
+                   help="the mesh (mDNS, default) or the etcd cluster MESHRPC_RESOLVE names")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="seconds to listen at most before printing (default %(default)s)")
     p.set_defaults(run=run, parser=p)
@@ -63,11 +65,15 @@ def quiet_foreign_records(args: argparse.Namespace | None) -> None:
         logging.getLogger("meshrpc.mesh").addFilter(_FOREIGN_RECORD_FILTER)
 
 
-def registry_for(realm: str | None, args: argparse.Namespace | None = None) -> Any:
-    """The process's mesh registry of realm (default: MESHRPC_REALM); --lan listens on every interface."""
-    from ..mesh import get_registry
+def registry_for(realm: str | None, args: argparse.Namespace | None = None, source: str = "mesh") -> Any:
+    """The process's mesh registry of realm (default: MESHRPC_REALM); --lan listens on every interface.
+    source "etcd": the process's mirror of the realm in the etcd cluster RESOLVE names (docs/etcd.md)."""
     quiet_foreign_records(args)
     settings = settings_for(realm)
+    if source == "etcd":
+        from ..etcd import get_mirror
+        return get_mirror(settings)
+    from ..mesh import get_registry
     if getattr(args, "lan", False):
         settings = settings.copy(HOST="0.0.0.0")
     return get_registry(settings)
@@ -86,6 +92,8 @@ def gather(registry: Any, timeout: float, select: Callable[[], list[Any]], wait_
     Answers have settled after SETTLE seconds without news, once select() found something (or, unless
     wait_for_any, once SETTLE * 3 seconds passed: a fresh registry hears every daemon's answer to its
     first query well within that on a LAN)."""
+    if getattr(registry, "complete", False):   # an etcd mirror knows everything once synced: nothing to await
+        return select()
     news = threading.Event()
     unsubscribe = registry.subscribe(lambda event, entry: news.set())
     try:
@@ -151,7 +159,7 @@ class View:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.registries: dict[str, Any] = {}
-        self.home = registry_for(args.realm, args)
+        self.home = registry_for(args.realm, args, getattr(args, "source", "mesh"))
         self.registries[self.home.realm] = self.home
 
     def add_new_realms(self, subscribe: Callable[[Any], None] | None = None) -> None:
@@ -185,7 +193,11 @@ def run(args: argparse.Namespace, out: Output) -> int:
     entries = view.gather()
     if out.json_mode:
         now = time.monotonic()
-        out.json([entry_row(e, now) for e in entries])
+        rows = [entry_row(e, now) for e in entries]
+        if hasattr(view.home, "stale"):         # the etcd mirror: True while etcd is out of reach
+            for row in rows:
+                row["stale"] = view.home.stale
+        out.json(rows)
     elif entries:
         print_table(out, entries, with_realm=args.all_realms)
     else:

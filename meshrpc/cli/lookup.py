@@ -20,7 +20,7 @@ from . import browse
 from .common import add_realm_option
 from .output import Output
 
-SOURCES = ("mesh", "ns", "all")
+SOURCES = ("mesh", "etcd", "ns", "all")
 NS_TIMEOUT = 5.0  # default seconds for name-server calls
 
 
@@ -77,7 +77,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _query_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str) -> None:
     p.add_argument("--source", choices=SOURCES, default="mesh",
-                   help="where to look: the mesh (default), a name server (ns), or both (all)")
+                   help="where to look: the mesh (default), the etcd cluster MESHRPC_RESOLVE names (etcd), a name "
+                        "server (ns), or all of them (all)")
     add_realm_option(p)
     p.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
     _ns_location(p)
@@ -147,6 +148,10 @@ class Sources:
             registry = browse.registry_for(self.args.realm, self.args)
             self.realm = registry.realm
             self.rows += [row(e.name, e.uri, e.metadata, "mesh") for e in mesh(registry)]
+        if mesh is not None and (source == "etcd" or (source == "all" and etcd_configured())):
+            mirror = browse.registry_for(self.args.realm, self.args, "etcd")
+            self.realm = mirror.realm
+            self.rows += [row(e.name, e.uri, e.metadata, "etcd") for e in mesh(mirror)]
         if source in ("ns", "all") and ns is not None:
             try:
                 with locate(self.args, self.out) as proxy:
@@ -167,9 +172,16 @@ class Sources:
         places = []
         if self.args.source in ("mesh", "all"):
             places.append(f"on the mesh (realm {self.realm!r})")
+        if self.args.source == "etcd" or (self.args.source == "all" and etcd_configured()):
+            places.append(f"in etcd (realm {self.realm!r})")
         if self.args.source in ("ns", "all"):
             places.append("in the name server")
         return " or ".join(places)
+
+
+def etcd_configured() -> bool:
+    from ..resolve import split_sources
+    return any(name == "etcd" for name, _ in split_sources(config.RESOLVE))
 
 
 def progress(out: Output, text: str) -> None:
@@ -251,7 +263,7 @@ def run_list(args: argparse.Namespace, out: Output) -> int:
         else:
             what = "matching" if args.prefix or args.regex else "registered"
             out.status(f"nothing {what} {sources.where()}." +
-                       (" " + browse.why_empty(sources.realm) if args.source != "ns" else ""))
+                       (" " + browse.why_empty(sources.realm) if args.source in ("mesh", "all") else ""))
         return 0
     show(out, args, sources.rows)
     return 0
@@ -287,7 +299,7 @@ def run_yplookup(args: argparse.Namespace, out: Output) -> int:
             wanted = " and ".join(filter(None, [f"all of {','.join(sorted(meta_all))}" if meta_all else "",
                                                 f"any of {','.join(sorted(meta_any))}" if meta_any else ""]))
             out.status(f"nothing with {wanted} {sources.where()}." +
-                       (" " + browse.why_empty(sources.realm) if args.source != "ns" else ""))
+                       (" " + browse.why_empty(sources.realm) if args.source in ("mesh", "all") else ""))
         return 0
     show(out, args, sources.rows)
     return 0

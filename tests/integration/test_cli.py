@@ -132,7 +132,7 @@ def test_help_of_every_command(runner: Runner) -> None:
         text = procs[name].stdout
         assert "--json" in text and "--timeout" in text and "--ns-host" in text, text
     for name in ("lookup", "list", "yplookup"):
-        assert "--source {mesh,ns,all}" in procs[name].stdout
+        assert "--source {mesh,etcd,ns,all}" in procs[name].stdout
 
 
 def test_no_command_prints_help(runner: Runner) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 from .. import errors
 from ..config import Settings, config as default_config
-from ..context import current_context
+from ..context import current_context, current_state
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
 from ..transport.sockets import FramedConnection, connect
 from ..uri import URI
@@ -429,8 +429,9 @@ class Proxy:
             conn = self._pyroConnection
             assert conn is not None
         session = conn.protocol
+        state = current_state()  # the call context, without the property indirection (hot path)
         request = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
-                                       self._pyroAnnotations(), current_context.correlation_id)
+                                       self._pyroAnnotations(), state.correlation_id)
         seq = session.last_seq
         try:
             conn.send_parts(request)
@@ -454,7 +455,7 @@ class Proxy:
         raw = self._pyroRawWireResponse
         # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
         blobs = None if raw else session.take_blobs(reply)
-        current_context.response_annotations = reply.annotations
+        state.response_annotations = reply.annotations
         self._pyroResponseAnnotations(reply.annotations, reply.type)
         if raw:
             return reply

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import errors
 from ..config import Settings
-from ..context import current_context
+from ..context import current_context, current_state
 from ..errors import ProtocolError, SerializeError
 from ..transport.sockets import FramedConnection, limit_send_time
 from ..wire import frame as wire
@@ -415,17 +415,12 @@ class ConnectionServer:
             return
         conn.send_parts(conn.protocol.not_run_reply(frame))
 
-    def _set_context(self, conn: ClientConnection, frame: wire.Frame) -> None:
-        ctx = current_context
-        ctx.client = conn
-        ctx.client_sock_addr = conn.addr
-        ctx.seq = frame.seq
-        ctx.msg_flags = frame.flags
+    @staticmethod
+    def _set_context(conn: ClientConnection, frame: wire.Frame) -> None:
         codec = BY_ID.get(frame.serializer_id)  # the serializer, not its binary form
-        ctx.serializer_id = codec.values.id if codec is not None else frame.serializer_id
-        ctx.annotations = frame.annotations
-        ctx.response_annotations = {}
-        ctx.correlation_id = frame.correlation_id
+        current_context.begin(conn, conn.addr, frame.seq, frame.flags,
+                              codec.values.id if codec is not None else frame.serializer_id,
+                              frame.annotations, frame.correlation_id)
 
     def _invoke(self, conn: ClientConnection, frame: wire.Frame) -> None:
         protocol = conn.protocol
@@ -445,7 +440,7 @@ class ConnectionServer:
         flags, result = self._dispatch.run(conn, frame.flags, call)
         if is_oneway:
             return
-        annotations = current_context.response_annotations
+        annotations = current_state().response_annotations
         if flags & wire.FLAG_ITEMSTREAMRESULT:
             conn.send_parts(protocol.stream_reply(frame, result, annotations))
         elif flags & wire.FLAG_EXCEPTION:

@@ -504,3 +504,16 @@ def test_https(realm: str, backend: Any, gateways: Any, tmp_path: Any) -> None:
     finally:
         loop.run_until_complete(gateway.stop())
         loop.close()
+
+
+def test_cli_starts_serves_and_stops_cleanly(runner: Runner) -> None:
+    from subprocs import assert_clean_exit
+    gateway = runner.meshrpc("gateway", "--port", "0", "--json")
+    url = json.loads(gateway.expect(r'"url"'))["url"]
+    assert url.startswith("http://127.0.0.1:") or url.startswith("http://localhost:") or "[::1]" in url
+    assert request(url + "health").json()["status"] == "ok"
+    assert gateway.stop() == 0
+    assert_clean_exit(gateway)
+    refused = runner.run("gateway", "--host", "0.0.0.0", "--port", "0")
+    assert refused.proc.returncode == 1
+    assert "refusing to listen on '0.0.0.0'" in refused.stderr and "gateway key" in refused.stderr

@@ -449,18 +449,24 @@ def test_connection_limit(realm: str, backend: Any, gateways: Any) -> None:
     port = int(gw.url.rsplit(":", 1)[1])
     idle = [socket.create_connection(("127.0.0.1", port), 10) for _ in range(4)]
     try:
-        def refused() -> bool:
-            with socket.create_connection(("127.0.0.1", port), 10) as extra:
-                extra.settimeout(10)
-                try:
-                    return extra.recv(10) == b""          # closed on arrival
-                except OSError:
-                    return True
-        wait_until(refused, 20, message="a connection over the limit refused")
+        guard = gw.gateway.guard
+        wait_until(lambda: len(guard.server.connections) == 4, 20, message="the four idle connections open")
+        with socket.create_connection(("127.0.0.1", port), 10) as extra:
+            extra.settimeout(5)
+            try:
+                assert extra.recv(10) == b""                # closed on arrival
+            except ConnectionResetError:
+                pass
+        assert guard.refused == 1
     finally:
         for sock in idle:
             sock.close()
-    wait_until(lambda: request(gw.url + "/health").status == 200, 20, message="served again once they closed")
+    def served() -> bool:
+        try:
+            return request(gw.url + "/health").status == 200
+        except OSError:            # refused while the server has not yet seen the idle ones close
+            return False
+    wait_until(served, 20, message="served again once they closed")
     assert request(gw.url + "/health").json()["connections_refused"] >= 1
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import ssl
+from typing import Any
 
 from ..config import config
 from .output import Output
@@ -63,22 +64,22 @@ def run(args: argparse.Namespace, out: Output) -> int:
     return asyncio.run(_serve(gateway, args, context, out))
 
 
-async def _serve(gateway: object, args: argparse.Namespace, context: ssl.SSLContext | None, out: Output) -> int:
+async def _serve(gateway: Any, args: argparse.Namespace, context: ssl.SSLContext | None, out: Output) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    host, port = await gateway.start(args.host, args.port, context)  # type: ignore[attr-defined]
-    shown = f"[{host}]" if ":" in host else host
-    url = f"{'https' if context else 'http'}://{shown}:{port}/"
     try:
+        host, port = await gateway.start(args.host, args.port, context)
+        shown = f"[{host}]" if ":" in host else host
+        url = f"{'https' if context else 'http'}://{shown}:{port}/"
         if out.json_mode:
-            out.json({"url": url, "realms": gateway.realms, "expose": args.expose})  # type: ignore[attr-defined]
+            out.json({"url": url, "realms": gateway.realms, "expose": args.expose})
         else:
             out.line(f"gateway ready: {url}")
-            out.status(f"realms {', '.join(gateway.realms)}; names callable: {args.expose or 'all'}"  # type: ignore[attr-defined]
-                       f"{'; gateway key required' if gateway.key else ''}. Ctrl-C stops it")  # type: ignore[attr-defined]
+            out.status(f"realms {', '.join(gateway.realms)}; names callable: {args.expose or 'all'}"
+                       f"{'; gateway key required' if gateway.key else ''}. Ctrl-C stops it")
         await stop.wait()
     finally:
-        await gateway.stop()  # type: ignore[attr-defined]
+        await gateway.stop()
     return 0

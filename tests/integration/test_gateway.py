@@ -442,3 +442,84 @@ def test_unprotected_bind_beyond_localhost_is_refused(realm: str) -> None:
     check_bind("localhost", "", False)
     check_bind("127.0.0.1", "", False)
     check_bind("::1", "", False)
+
+
+def test_connection_limit(realm: str, backend: Any, gateways: Any) -> None:
+    gw = gateways(settings_for(realm, GATEWAY_MAX_CONNECTIONS=4))
+    port = int(gw.url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), 10) for _ in range(4)]
+    try:
+        guard = gw.gateway.guard
+        wait_until(lambda: len(guard.server.connections) == 4, 20, message="the four idle connections open")
+        with socket.create_connection(("127.0.0.1", port), 10) as extra:
+            extra.settimeout(5)
+            try:
+                assert extra.recv(10) == b""                # closed on arrival
+            except ConnectionResetError:
+                pass
+        assert guard.refused == 1
+    finally:
+        for sock in idle:
+            sock.close()
+    def served() -> bool:
+        try:
+            return request(gw.url + "/health").status == 200
+        except OSError:            # refused while the server has not yet seen the idle ones close
+            return False
+    wait_until(served, 20, message="served again once they closed")
+    assert request(gw.url + "/health").json()["connections_refused"] >= 1
+
+
+def test_several_realms(realm: str, backend: Any, gateways: Any, start_daemon: Any) -> None:
+    other = realm + "-b"
+    start_daemon(settings=settings_for(other)).register(Thermostat(), name="http.other", metadata={"b"})
+    gw = gateways(settings_for(realm), realms=[realm, other])
+    wait_until(lambda: len(request(gw.url + "/mesh").json()["entries"]) == 3, 20, message="entries of both realms")
+    assert [e["name"] for e in request(gw.url + f"/mesh?realm={other}").json()["entries"]] == ["http.other"]
+    reply = wait_until(lambda: request(gw.url + "/pyro/http.other/echo?message=b"), 20)
+    assert reply.status == 200 and reply.json() == "b"
+
+
+def test_https(realm: str, backend: Any, gateways: Any, tmp_path: Any) -> None:
+    import shutil
+    import ssl
+    import subprocess
+    import urllib.request
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    import asyncio
+
+    from meshrpc.cli.gateway import tls_context
+    from meshrpc.gateway import Gateway
+    gateway = Gateway(settings_for(realm))
+    loop = asyncio.new_event_loop()
+    try:
+        host, port = loop.run_until_complete(gateway.start("127.0.0.1", 0, tls_context(str(cert), str(key))))
+        client = ssl.create_default_context(cafile=str(cert))
+        client.check_hostname = False
+
+        def fetch() -> Any:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/pyro/http.thermo/echo?message=tls",
+                                        context=client, timeout=20) as response:
+                return json.loads(response.read())
+        result = loop.run_until_complete(asyncio.wait_for(loop.run_in_executor(None, fetch), 60))
+        assert result == "tls"
+    finally:
+        loop.run_until_complete(gateway.stop())
+        loop.close()
+
+
+def test_cli_starts_serves_and_stops_cleanly(runner: Runner) -> None:
+    from subprocs import assert_clean_exit
+    gateway = runner.meshrpc("gateway", "--port", "0", "--json")
+    url = json.loads(gateway.expect(r'"url"'))["url"]
+    assert url.startswith("http://127.0.0.1:") or url.startswith("http://localhost:") or "[::1]" in url
+    assert request(url + "health").json()["status"] == "ok"
+    assert gateway.stop() == 0
+    assert_clean_exit(gateway)
+    refused = runner.run("gateway", "--host", "0.0.0.0", "--port", "0")
+    assert refused.proc.returncode == 1
+    assert "refusing to listen on '0.0.0.0'" in refused.stderr and "gateway key" in refused.stderr

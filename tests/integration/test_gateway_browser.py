@@ -97,3 +97,38 @@ async def drive(url: str, runner: Runner, shots: Any) -> None:
         await page.screenshot(shots / "4-daemon-left.png")
         assert page.errors == [], page.errors
         await page.close()
+
+
+@pytest.mark.timeout(120)
+def test_page_asks_for_the_gateway_key(realm: str, start_daemon: Any) -> None:
+    settings = meshrpc.config.copy(HOST="127.0.0.1", REALM=realm, NS_AUTOREGISTER=False, RESOLVE="mesh")
+    start_daemon(settings=settings).register(Thermostat(), name="http.kitchen.thermostat", metadata={"thermo"})
+    gateway = GatewayThread(settings, key="let-me-in")
+    shots = artefact_dir("gateway-browser-key")
+    print(f"\nscreenshots: {shots}")
+
+    async def drive() -> None:
+        assert CHROMIUM is not None
+        async with Browser(CHROMIUM) as browser:
+            page = await browser.page()
+            await page.goto(gateway.url + "/")
+            await page.wait_for("!document.getElementById('keybar').hidden", 30, "the key prompt")
+            await page.screenshot(shots / "1-key-prompt.png")
+            await page.evaluate("""(() => { document.getElementById('keyinput').value = 'let-me-in';
+                document.getElementById('keyform').requestSubmit(); })()""")
+            await page.wait_for(row_exists("http.kitchen.thermostat"), 30, "the service once the key is given")
+            assert await page.evaluate("document.getElementById('keybar').hidden")
+            await page.evaluate("location.hash = '#/s/http.kitchen.thermostat'")
+            await page.wait_for("!!document.querySelector('form[data-method=\"temperature\"]')", 30, "the forms")
+            await page.evaluate("document.querySelector('form[data-method=\"temperature\"]').requestSubmit()")
+            value = await page.wait_for(
+                "(() => { const r = document.querySelector('.result[data-method=\"temperature\"][data-state=\"ok\"]');"
+                " return r && r.textContent; })()", 30, "the attribute read with the key")
+            assert "21.5" in value
+            await page.screenshot(shots / "2-with-key.png")
+            assert page.errors == [], page.errors
+            await page.close()
+    try:
+        asyncio.run(drive())
+    finally:
+        gateway.stop()

@@ -56,3 +56,19 @@ def test_plan_refusals() -> None:
     with pytest.raises(NoSuchMember, match="nosuch"):
         plan(Call("PYRONAME:x", "r", "nosuch"), METHODS, ATTRS, ONEWAY)
     assert NoSuchMember.status == 404 and BadRequest.status == 400
+
+
+def test_event_subscriber_that_falls_behind_is_marked_and_gets_nothing_more() -> None:
+    import asyncio
+
+    from meshrpc.gateway.meshwatch import Subscriber
+
+    async def main() -> None:
+        subscriber = Subscriber(2)
+        for i in range(3):
+            subscriber.put("added", {"n": i})
+        assert subscriber.overflowed
+        subscriber.put("added", {"n": 3})
+        assert [subscriber.queue.get_nowait()[1]["n"] for _ in range(2)] == [0, 1]
+        assert subscriber.queue.empty()
+    asyncio.run(main())

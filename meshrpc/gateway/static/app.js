@@ -71,6 +71,7 @@ function connect() {
     $("realms").textContent = "realm " + data.realms.join(", ");
     setStatus("live", "live");
     $("keybar").hidden = true;
+    $("empty").textContent = EMPTY_TEXT;
     render();
   });
   for (const kind of ["added", "updated", "removed"]) {
@@ -106,8 +107,11 @@ function connect() {
 
 function setStatus(kind, text) { const s = $("status"); s.dataset.state = kind; s.textContent = text; }
 
+const EMPTY_TEXT = $("empty").textContent;
+
 function askForKey() {
   setStatus("down", "key needed");
+  $("empty").textContent = "This gateway shows the mesh to those who have its key.";
   $("keybar").hidden = false;
   $("keyinput").focus();
 }

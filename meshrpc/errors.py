@@ -28,8 +28,29 @@ class ConnectionClosedError(CommunicationError):
     """The peer closed the connection (or it broke) before the reply arrived."""
 
 
-class TimeoutError(CommunicationError, builtins.TimeoutError):  # noqa: A001 - Pyro5's name
-    """No reply within the proxy's timeout. Also a builtin TimeoutError."""
+class NotDeliveredError(CommunicationError):
+    """The call certainly did not run: no daemon received it (connecting, the handshake or sending
+    failed, or the daemon refused it unrun while shutting down). Safe to try again, whatever the method.
+    A PYRONAME:/PYROMETA: proxy already tried again, for REBIND_TIMEOUT (docs/resilience.md)."""
+
+
+class NoProviderError(NotDeliveredError):
+    """The name (or tags) are known, but no provider could be reached within REBIND_TIMEOUT; the call
+    did not run."""
+
+
+class MaybeDeliveredError(CommunicationError):
+    """The request was sent and no reply came: the call may have run (or may still be running).
+    Re-sent automatically only for @idempotent methods (docs/resilience.md); the base of TimeoutError
+    and ReplyLostError."""
+
+
+class TimeoutError(MaybeDeliveredError, builtins.TimeoutError):  # noqa: A001 - Pyro5's name
+    """No reply within the proxy's timeout: the call may have run. Also a builtin TimeoutError."""
+
+
+class ReplyLostError(ConnectionClosedError, MaybeDeliveredError):
+    """The connection broke after the request was sent, before the reply: the call may have run."""
 
 
 class ProtocolError(CommunicationError):
@@ -48,12 +69,18 @@ class NamingError(MeshError):
     """A name could not be resolved or registered."""
 
 
+class UnknownNameError(NamingError):
+    """No source asked (the mesh, a name server) knows the name or tags: check the name, the realm
+    (MESHRPC_REALM) and RESOLVE. Raised as soon as every source asked has said no; the call did not run."""
+
+
 class DaemonError(MeshError):
     """The daemon refused a request (unknown object, bad registration...)."""
 
 
 class SecurityError(MeshError):
-    """Something was refused for safety (unsafe class, failed authentication...)."""
+    """Something was refused for safety (unsafe class, failed authentication...). A connection refused
+    for credentials (a TLS certificate, the mesh key) is one; it is never retried: fix the credentials."""
 
 
 class ConfigError(MeshError, ValueError):

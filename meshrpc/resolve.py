@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import types
 from typing import Any
 
 from .config import Settings
-from .errors import NamingError
+from .errors import NamingError, UnknownNameError
 from .uri import URI
 
 log = logging.getLogger("meshrpc.resolve")
@@ -63,20 +64,71 @@ def resolve(uri: URI, settings: Settings) -> URI:
 def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...] | None = None,
                         wait: float | None = None) -> tuple[URI, str]:
     """(PYRO URI of a provider, the source that gave it). sources: a subset of RESOLVE to ask;
-    wait: seconds the registries wait for an announcement (default LOOKUP_TIMEOUT)."""
+    wait: seconds the registries wait for an announcement (default LOOKUP_TIMEOUT).
+
+    Source groups (source_groups) are preferred in order, but a later one is asked while an earlier one
+    still waits (after LATER_SOURCES_AFTER seconds), so an unknown name costs the longest source's time,
+    not their sum. UnknownNameError once every source said no; its message blames only sources that
+    were configured."""
     if uri.is_direct:
         return uri, "direct"
-    tried: list[str] = []
-    for group in source_groups(uri, settings, sources):
-        try:
-            found = resolve_group(uri, settings, group, wait)
-        except NamingError as exc:
-            tried.append(f"{'+'.join(group)}: {exc}")
-            continue
+    groups = source_groups(uri, settings, sources)
+    answers: dict[int, tuple[tuple[URI, str] | None, str]] = {}
+    answered = threading.Condition()
+
+    def ask(index: int) -> None:
+        answer = _ask(groups[index], uri, settings, wait)
+        with answered:
+            answers[index] = answer
+            answered.notify_all()
+
+    def start(index: int) -> None:
+        threading.Thread(target=ask, args=(index,), name="meshrpc-resolve", daemon=True).start()
+
+    if len(groups) == 1:
+        ask(0)
+    else:
+        start(0)
+        with answered:  # the first source usually answers from memory: ask the others only if it waits
+            answered.wait_for(lambda: 0 in answers, timeout=LATER_SOURCES_AFTER)
+            first = answers.get(0)
+        if first is None or first[0] is None:
+            for index in range(1, len(groups)):
+                start(index)
+    tried = []
+    for index in range(len(groups)):
+        with answered:
+            answered.wait_for(lambda: index in answers)
+            found, why = answers[index]
         if found is not None:
             return found
-        tried.append(f"{'+'.join(group)}: not found")
+        tried.append(why)
     raise not_found(uri, tried)
+
+
+LATER_SOURCES_AFTER = 0.25  # seconds the first source has before the next ones are asked too
+
+
+def _ask(group: list[str], uri: URI, settings: Settings, wait: float | None) -> tuple[tuple[URI, str] | None, str]:
+    """(found, why not) from one source group; why not is a clause for the error message."""
+    try:
+        found = resolve_group(uri, settings, group, wait)
+    except NamingError as exc:
+        return None, _failure_text("+".join(group), uri, settings, exc)
+    if found is not None:
+        return found, ""
+    if group[0] in REGISTRIES:
+        waited = settings.LOOKUP_TIMEOUT if wait is None else wait
+        where = " or ".join({"mesh": "on the mesh", "etcd": "in etcd"}.get(name, name) for name in group)
+        return None, f"not announced {where} (realm {settings.REALM!r}, waited {waited:g} s)"
+    return None, "not registered in the name server"
+
+
+def _failure_text(source: str, uri: URI, settings: Settings, exc: NamingError) -> str:
+    if source == "ns" and not uri.host and not settings.NS_HOST:
+        # a name server nobody configured is not blamed with its connection errors
+        return "no name server found (none configured: MESHRPC_NS_HOST)"
+    return f"{source}: {exc}"
 
 
 def sources_to_ask(uri: URI, settings: Settings, sources: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -86,9 +138,14 @@ def sources_to_ask(uri: URI, settings: Settings, sources: tuple[str, ...] | None
     return tuple(sources or resolve_sources(settings))
 
 
-def not_found(uri: URI, tried: list[str]) -> NamingError:
-    what = "name" if uri.protocol == "PYRONAME" else "tags"
-    return NamingError(f"cannot resolve {uri}: no provider of that {what} found ({'; '.join(tried)})")
+def not_found(uri: URI, tried: list[str]) -> UnknownNameError:
+    """The one error for a name (or tags) that no source asked knows, with what each said."""
+    if uri.protocol == "PYRONAME":
+        what = f"name {uri.object!r}"
+    else:
+        what = f"tags {','.join(sorted(uri.tags))!r}"
+    return UnknownNameError(f"unknown {what}: {'; '.join(tried)}. Check the spelling and the realm "
+                            f"(`meshrpc browse --all-realms` lists what is announced)")
 
 
 def source_groups(uri: URI, settings: Settings, sources: tuple[str, ...] | None) -> list[list[str]]:

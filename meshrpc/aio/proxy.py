@@ -414,7 +414,7 @@ class Proxy:
                 failure = exc
         recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
                             idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
-                            started=started)
+                            started=started, known=self._pyroResolvedBy is not None)
         try:
             while True:
                 try:

@@ -29,7 +29,7 @@ _LOCAL_ATTRS = frozenset({
     "_pyroUri", "_pyroConnection", "_pyroMethods", "_pyroOneway", "_pyroAttrs", "_pyroIdempotent",
     "_pyroTimeout", "_pyroSeq", "_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries",
     "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroLocator", "_pyroRawWireResponse",
-    "_Proxy__pyroTimeout", "_pyroResolvedBy", "_Proxy__rebinding", "_Proxy__retarget",
+    "_Proxy__pyroTimeout", "_pyroResolvedBy", "_Proxy__rebinding", "_Proxy__retarget", "_Proxy__known",
 })
 
 
@@ -68,6 +68,7 @@ class Proxy:
         self._pyroResolvedBy: str | None = None  # the source ("mesh", "ns") that resolved the locator last
         self.__rebinding: _Rebind | None = None  # while a call recovers: its rebind budget
         self.__retarget: URI | None = None  # a provider to reconnect to once, before re-resolving
+        self.__known = False  # the locator was resolved at least once: its name is known
         self._pyroConnection: FramedConnection | None = None
         self._pyroMethods: frozenset[str] = frozenset()
         self._pyroOneway: frozenset[str] = frozenset()
@@ -284,6 +285,7 @@ class Proxy:
         else:
             target, source = resolve_with_source(self._pyroLocator, self._pyroSettings)
         self._pyroResolvedBy = source
+        self.__known = True  # from now on, a failing resolution means "providers gone", not "unknown"
         return target
 
     def __connect(self) -> bool:
@@ -319,6 +321,10 @@ class Proxy:
                 conn.send_parts(request)
                 event = conn.next_event()
             except (ConnectionClosedError, errors.TimeoutError) as exc:
+                refusal = _tls_refusal(settings, str(exc))
+                if refusal:  # refused for credentials: no retry or other provider changes that
+                    from ..transport.tls import TLSError
+                    raise TLSError(f"TLS: {target} refused this client: {refusal}") from None
                 raise _NotDelivered(f"handshake with {target} failed: {exc}", target) from None
             except errors.SecurityError as exc:  # the daemon failed the mesh-key proof (docs/security.md)
                 raise errors.SecurityError(f"connection to {target} refused: {exc}") from None
@@ -382,12 +388,16 @@ class Proxy:
                     self.__retarget = exc.target
                     continue
                 if self._pyroLocator is None and not rebind.first:
-                    raise CommunicationError(str(exc)) from None  # a PYRO URI has nowhere else to go
+                    # a PYRO URI has nowhere else to go
+                    raise errors.NotDeliveredError(f"{exc}; the call did not run") from None
                 if not rebind.wait():
                     raise self.__gave_up(exc, rebind) from None
             except errors.NamingError as exc:
-                if rebind.first:
-                    raise  # the first resolution: nothing was known, say so at once
+                # one outcome per situation, whatever the timing (docs/resilience.md): a name this proxy
+                # never resolved, that no source knows, is unknown, at once; a name it resolved before
+                # is known, and its providers are waited for until REBIND_TIMEOUT (then NoProviderError)
+                if not self.__known:
+                    raise  # resolve.py says which: UnknownNameError, or a configuration problem
                 log.info("%s not resolvable yet: %s", self._pyroLocator, exc)
                 if not rebind.wait():
                     raise self.__gave_up(exc, rebind) from None
@@ -400,7 +410,9 @@ class Proxy:
                     retries_left -= 1
                     log.info("re-sending %s (MAX_RETRIES) after: %s", methodname, exc)
                     continue
-                raise
+                if isinstance(exc, errors.MaybeDeliveredError):
+                    raise
+                raise errors.ReplyLostError(f"{exc} after {methodname} was sent: it may have run") from None
 
     def __drop(self, target: URI | None, reason: Exception, suspect: bool = True) -> None:
         """Close the connection; suspect: tell the mesh that target failed (hidden for a while).
@@ -413,8 +425,9 @@ class Proxy:
 
     def __gave_up(self, exc: Exception, rebind: "_Rebind") -> CommunicationError:
         what = self._pyroLocator or self._pyroUri
-        return CommunicationError(f"cannot reach {what} after {rebind.attempts} attempts in "
-                                  f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); last error: {exc}")
+        cls = errors.NoProviderError if self._pyroLocator is not None else errors.NotDeliveredError
+        return cls(f"cannot reach {what} after {rebind.attempts} attempts in {rebind.elapsed():.1f} s "
+                   f"(REBIND_TIMEOUT {rebind.timeout:g} s); the call did not run; last error: {exc}")
 
     def __invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
                       object_id: str | None) -> Any:
@@ -549,6 +562,13 @@ class StreamResultIterator:
             self.close()
         except Exception:
             pass
+
+
+def _tls_refusal(settings: Settings, text: str) -> str | None:
+    if not settings.SSL:
+        return None
+    from ..transport.tls import peer_refusal
+    return peer_refusal(text)
 
 
 def _proxy_from_wire(data: dict) -> Proxy:

@@ -85,7 +85,7 @@ class Recovery:
     locator: the proxy has a PYRONAME/PYROMETA URI to re-resolve; target: its current PYRO URI."""
 
     def __init__(self, settings: Settings, methodname: str, *, locator: URI | None, idempotent: bool,
-                 max_retries: int, started: float | None = None) -> None:
+                 max_retries: int, started: float | None = None, known: bool = False) -> None:
         self.rebind = Rebind(settings, started)  # started: when the call began (monotonic; default now)
         self.methodname = methodname
         self.locator = locator
@@ -93,6 +93,7 @@ class Recovery:
         self.retries_left = max_retries
         self.reconnected = False
         self.target: URI | None = None
+        self.known = known  # the proxy resolved its locator before: a failing resolution is "providers gone"
 
     def after(self, exc: BaseException, target: URI | None) -> Step:
         rebind = self.rebind
@@ -103,11 +104,12 @@ class Recovery:
                 self.reconnected = True  # the connection broke, the daemon may be fine: reconnect to it at once
                 return Step(True, retarget=exc.target)
             if self.locator is None and not rebind.first:
-                return Step(False, error=CommunicationError(str(exc)), suspect=suspect)  # nowhere else to go
+                # nowhere else to go
+                return Step(False, error=errors.NotDeliveredError(f"{exc}; the call did not run"), suspect=suspect)
             return self._again(exc, suspect)
         if isinstance(exc, errors.NamingError):
-            if rebind.first:
-                return Step(False, drop=False)  # the first resolution: nothing was known, say so at once
+            if not self.known:  # a name never resolved, that no source knows: UnknownNameError, at once
+                return Step(False, drop=False)
             return self._again(exc, None, drop=False)
         if isinstance(exc, (errors.TimeoutError, ConnectionClosedError)):  # sent, no reply: it may have run
             suspect = target if self.locator is not None else None
@@ -118,7 +120,10 @@ class Recovery:
             if isinstance(exc, ConnectionClosedError) and self.retries_left > 0:  # timeouts: it may still run
                 self.retries_left -= 1
                 return Step(True, suspect=suspect)
-            return Step(False, suspect=suspect)
+            if isinstance(exc, errors.MaybeDeliveredError):
+                return Step(False, suspect=suspect)
+            lost = errors.ReplyLostError(f"{exc} after {self.methodname} was sent: it may have run")
+            return Step(False, error=lost, suspect=suspect)
         return Step(False, drop=False)  # anything else is the call's own answer
 
     def _again(self, exc: BaseException, suspect: URI | None, drop: bool = True) -> Step:
@@ -129,5 +134,7 @@ class Recovery:
 
     def gave_up(self, exc: BaseException) -> CommunicationError:
         rebind = self.rebind
-        return CommunicationError(f"cannot reach {self.locator or self.target} after {rebind.attempts} attempts in "
-                                  f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); last error: {exc}")
+        cls = errors.NoProviderError if self.locator is not None else errors.NotDeliveredError
+        return cls(f"cannot reach {self.locator or self.target} after {rebind.attempts} attempts in "
+                   f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); the call did not run; "
+                   f"last error: {exc}")

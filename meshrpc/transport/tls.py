@@ -33,8 +33,9 @@ TLS_RECORD_HANDSHAKE = 0x16  # the first byte of a TLS ClientHello record
 PLAIN_TAG = b"PYRO"  # the first bytes of a plain protocol 502 message
 
 
-class TLSError(CommunicationError):
-    """A TLS connection was refused: the peer's certificate did not verify, or ours was refused."""
+class TLSError(CommunicationError, SecurityError):
+    """A TLS connection was refused: the peer's certificate did not verify, or ours was refused
+    (a SecurityError: refused for credentials, not worth a retry)."""
 
 
 # ----------------------------------------------------------------------------------- contexts
@@ -189,6 +190,14 @@ _HINTS = {
 }
 _PEER_REFUSALS = {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
                   "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "SSLV3_ALERT_HANDSHAKE_FAILURE"}
+
+
+def peer_refusal(text: str) -> str | None:
+    """The hint for a refusal by the peer named in an error text (a TLS 1.3 daemon refuses a client's
+    certificate after the handshake, at the first read), else None."""
+    upper = text.upper()
+    code = next((code for code in _PEER_REFUSALS if code in upper), None)
+    return None if code is None else _HINTS.get(code, "the daemon refused this client's certificate")
 
 
 def describe(exc: BaseException) -> str:

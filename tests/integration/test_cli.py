@@ -378,7 +378,7 @@ def test_name_server_missing_is_one_clear_error(runner: Runner) -> None:
 
 @pytest.mark.parametrize("args, contains", [
     (["call", "not-a-uri", "echo"], "InvalidURIError"),
-    (["ping", "PYRO:obj@127.0.0.1:PORT"], "CommunicationError"),
+    (["ping", "PYRO:obj@127.0.0.1:PORT"], "NotDeliveredError"),
     (["call", "PYRO:obj@127.0.0.1:PORT", "echo", "1"], "cannot connect"),
     (["lookup", "nothing.here", "--timeout", "0.3"], "not found"),
     (["browse", "--timeout", "not-a-number"], "invalid float value"),

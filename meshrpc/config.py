@@ -265,7 +265,8 @@ class Settings:
         "When a newer provider of a name appears on another daemon, probe the older ones with a TCP "
         "connect and hide them if refused (restart on another host/port replaces at once)."))
     MESH_PROBE_TIMEOUT: float = field(default=0.5, metadata=_doc(
-        "Seconds a contested provider's TCP probe may take; no answer counts as unreachable."))
+        "Seconds a TCP probe may take: of a contested provider (no answer counts as unreachable) and "
+        "of a silent or reported daemon (no answer is no evidence either way)."))
     MESH_PROBE_CONCURRENCY: int = field(default=8, metadata=_doc(
         "Most probes running at once per process; more contested entries are left alone."))
     MESH_INTERFACE_CHECK_INTERVAL: float = field(default=5.0, metadata=_doc(

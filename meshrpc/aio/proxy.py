@@ -450,7 +450,7 @@ class Proxy:
                 conn.close()
         if step.suspect is not None:
             from ..resolve import report_failure
-            report_failure(step.suspect, self._pyroSettings)
+            report_failure(step.suspect, self._pyroSettings, exc)
         log.info("call to %s failed: %s", self._pyroUri, exc)
 
     async def _invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,

@@ -415,12 +415,12 @@ class Proxy:
                 raise errors.ReplyLostError(f"{exc} after {methodname} was sent: it may have run") from None
 
     def __drop(self, target: URI | None, reason: Exception, suspect: bool = True) -> None:
-        """Close the connection; suspect: tell the mesh that target failed (hidden for a while).
+        """Close the connection; suspect: tell the mesh that target failed (passed over for a while).
         A broken connection says nothing about the provider accepting new ones: not suspected."""
         self._pyroRelease()
         if suspect and self._pyroLocator is not None and target is not None:
             from ..resolve import report_failure
-            report_failure(target, self._pyroSettings)
+            report_failure(target, self._pyroSettings, reason)
         log.info("connection to %s failed: %s", target or self._pyroUri, reason)
 
     def __gave_up(self, exc: Exception, rebind: "_Rebind") -> CommunicationError:

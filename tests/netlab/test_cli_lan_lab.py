@@ -1,0 +1,42 @@
+"""`meshrpc browse --lan` between two hosts of the network lab (tools/netlab.py): only inside lab
+namespaces may discovery listen beyond loopback. Host A serves `meshrpc echo` on 0.0.0.0; on host B,
+`browse --lan` sees it at A's address, and a plain `browse` (loopback only) does not, with a hint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from test_netlab import _require_netlab, netlab
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.netlab, pytest.mark.timeout(120)]
+
+
+def test_browse_lan_sees_another_host() -> None:
+    _require_netlab()
+    realm = "lab-" + uuid.uuid4().hex[:10]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHRPC_", "PYRO_"))}
+    env.update(MESHRPC_REALM=realm, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    cli = [sys.executable, "-m", "meshrpc"]
+    with netlab.Lab(2) as lab:
+        server, browser = lab.hosts
+        echo = server.popen([*cli, "echo", "--host", "0.0.0.0", "--name", "lan.echo", "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert echo.stdout is not None
+        uri = json.loads(echo.stdout.readline())["uri"]
+        assert server.address in uri, uri
+        found = browser.run([*cli, "browse", "--lan", "--json", "--timeout", "10"], env=env,
+                            capture_output=True, text=True, timeout=60)
+        rows = json.loads(found.stdout)
+        assert [(r["name"], r["host"]) for r in rows] == [("lan.echo", server.address)], found
+        local = browser.run([*cli, "browse", "--timeout", "1"], env=env, capture_output=True, text=True, timeout=60)
+        assert local.returncode == 0 and local.stdout == "" and "--lan" in local.stderr, local
+        echo.terminate()
+        echo.wait(15)

@@ -396,6 +396,7 @@ for line in sys.stdin:
 LOSSY_CALLER = r"""
 import json, random, sys, threading, time, uuid
 import meshrpc
+import meshrpc.errors
 from meshrpc.mesh import get_registry
 cfg = json.loads(sys.argv[1])
 rng = random.Random(cfg["seed"])
@@ -424,7 +425,11 @@ while not stop.is_set():
             emit(op="call", ok=True, t=time.monotonic(), uri=str(proxy._pyroUri))
     except Exception as exc:
         failed += 1
-        emit(op="failure", name=name, error="%s: %s" % (type(exc).__name__, exc), seconds=time.monotonic() - started)
+        # sent, and the connection broke before the reply: it may have run (at most once, not re-sent)
+        maybe = isinstance(exc, (getattr(meshrpc.errors, "MaybeDeliveredError", meshrpc.errors.ConnectionClosedError),
+                                 meshrpc.errors.ConnectionClosedError))
+        emit(op="failure", name=name, error="%s: %s" % (type(exc).__name__, exc), seconds=time.monotonic() - started,
+             maybe_delivered=maybe)
     stop.wait(cfg["pause"])
 emit(op="done", ok=ok, failed=failed)
 """
@@ -538,12 +543,11 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
             result["restart_to_call_s"] = round(call["t"] - heard["t"], 3)
             fixed.proc.stdin.close()
             fixed_done = fixed.wait_for(lambda m: m["op"] == "done", 120, "restart caller done")
-            # a call in flight when its daemon is killed may have run: it fails (ConnectionClosedError)
-            # and is not re-sent, by the at-most-once rule; any other failure counts
+            # a call in flight when its daemon is killed may have run: it fails (maybe delivered) and is
+            # not re-sent, by the at-most-once rule; any other failure counts
             restart_failures = [m for m in fixed.history if m["op"] == "failure"]
             result["restart_failures"] = restart_failures[:5]
-            result["restart_in_flight_failed"] = sum(m["error"].startswith("ConnectionClosedError")
-                                                     for m in restart_failures)
+            result["restart_in_flight_failed"] = sum(bool(m["maybe_delivered"]) for m in restart_failures)
             result["calls_failed"] += len(restart_failures) - result["restart_in_flight_failed"]
             duplicates = 0
             for agent in [*fleet[1:], restarted]:

@@ -6,9 +6,9 @@ import argparse
 import json
 import threading
 import time
-from typing import Any
 
 from ..config import config
+from .common import VALUE_RULE, add_realm_option, parse_value, settings_for
 from .output import Output
 
 
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     pub = actions.add_parser("pub", help="publish one event")
     pub.add_argument("subject", help="dotted subject, e.g. home.hall.door")
-    pub.add_argument("message", help="the message as JSON, e.g. '{\"open\": true}' (a bare word is a string)")
+    pub.add_argument("message", help="the message: " + VALUE_RULE.split(";")[0])
     pub.add_argument("--retain", action="store_true", help="keep it as the subject's last value for later subscribers")
     pub.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
                      help="wait this long for a first subscriber to be found (default: %(default)s)")
@@ -43,26 +43,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=0, help="port (default: any free port)")
     serve.add_argument("--no-mesh", action="store_true", help="do not announce it on the mesh")
     serve.add_argument("--json", action="store_true", help="print the URI as JSON")
+    add_realm_option(serve)
     serve.set_defaults(run=run_serve)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    add_realm_option(p)
     p.add_argument("--server", default=None, metavar="URI|HOST:PORT",
                    help="use this event server instead of the mesh (default: MESHRPC_EVENTS_SERVER)")
-
-
-def _message(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def run_pub(args: argparse.Namespace, out: Output) -> int:
     from ..events import EventBus, check_subject
     check_subject(args.subject)
-    message = _message(args.message)
-    with EventBus(server=args.server) as bus:
+    message = parse_value(args.message)
+    with EventBus(settings_for(args.realm), server=args.server) as bus:
         if args.wait > 0:
             out.status(f"looking for subscribers of {args.subject} (up to {args.wait:g} s)...")
             bus.wait_for_subscribers(args.subject, 1, args.wait)
@@ -111,7 +106,7 @@ def run_sub(args: argparse.Namespace, out: Output) -> int:
             else:
                 out.status(f"lost {count} event(s) from publisher {publisher}")
 
-    with EventBus(server=args.server, on_loss=lost) as bus:
+    with EventBus(settings_for(args.realm), server=args.server, on_loss=lost) as bus:
         bus.subscribe(args.patterns, show, regex=args.regex)
         out.status(f"ready: subscribed to {' '.join(args.patterns)} (inbox {bus.stats()['inbox']}); Ctrl-C stops")
         try:
@@ -125,5 +120,5 @@ def run_sub(args: argparse.Namespace, out: Output) -> int:
 
 def run_serve(args: argparse.Namespace, out: Output) -> int:
     from ..events.server import serve
-    serve(args.host, args.port, announce=not args.no_mesh, out=out)
+    serve(args.host, args.port, announce=not args.no_mesh, settings=settings_for(args.realm), out=out)
     return 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from ..errors import MeshError
+from ..errors import MeshError, SecurityError
 from .streams import REPLAYED, RETAIN, Backlog, EventTuple
 from .subjects import Pattern
 
@@ -129,6 +129,11 @@ class Outbox:
                         if proxy is not None:
                             proxy._pyroRelease()
                             proxy = None
+                        if isinstance(exc, SecurityError):    # a mesh key mismatch does not heal by trying
+                            log.warning("dropping subscriber %s: it refuses this publisher (%s)", self.uri, exc)
+                            if self._on_give_up is not None:
+                                self._on_give_up(self)
+                            return
                         if self._give_up_after is not None and now - failing_since > self._give_up_after:
                             log.warning("dropping subscriber %s: unreachable for %.1f s", self.uri, now - failing_since)
                             if self._on_give_up is not None:

@@ -68,10 +68,10 @@ def test_under_a_mesh_key_only_key_holders_publish_and_subscribe(realm: str, bus
     assert holder.wait_for(1)
     assert keyed_pub.flush(10)
     # the keyed inbox refuses keyless connections: delivery keeps failing, nothing arrives
-    def refused() -> dict:
-        return next(s for s in keyless_pub.stats()["subscribers"] if s["uri"] == keyed_sub.stats()["inbox"])
-    wait_until(lambda: refused()["failures"] >= 2, 20, message="the keyless delivery to be refused twice")
-    assert refused()["delivered"] == 0
+    # ... so the keyless publisher gives that subscriber up (a key mismatch does not heal by retrying)
+    keyed_inbox = keyed_sub.stats()["inbox"]
+    wait_until(lambda: keyed_inbox not in keyless_pub.subscribers(), 20, message="the refused subscriber dropped")
+    assert keyless_pub.stats()["delivered"] <= 1          # only to the keyless subscriber
     assert [e.msg for e in holder.events] == ["genuine"]
     assert "genuine" not in [e.msg for e in outsider.events]
 

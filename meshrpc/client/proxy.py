@@ -112,8 +112,9 @@ class Proxy:
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute '{name}' to set")
 
     def __dir__(self) -> list[str]:
-        """What the remote object exposes (the proxy's own _pyro* machinery is left out, as help noise)."""
-        return sorted(name for name in self._pyroMethods | self._pyroAttrs if not name.startswith("__"))
+        """The proxy's class API (as Pyro5's dir) and what the remote object exposes; not the proxy's
+        per-instance state (connection, locks, caches), which made dir() a wall of private names."""
+        return sorted(set(dir(type(self))) | self._pyroMethods | self._pyroAttrs)
 
     # --- container protocol: forwarded when the remote object exposes the dunder method
     def __remote_dunder(self, name: str, *args: Any) -> Any:

@@ -18,6 +18,11 @@ Cases (``--cases`` takes names or numbers, comma separated):
 5. large    10 MB bytes echoed (serpent, marshal); 50 MB stream of 1 MB chunks from a generator
 6. threads  N client threads (one proxy each) hammering one daemon for a bounded time
 7. discovery placeholder: measured only when meshrpc.mesh exposes MeshPublisher/get_registry
+8. idle     server memory with many connected idle proxies
+9. spaced   calls 100 us and 1 ms apart (a sleep between calls): rate and CPU per call, both sides
+
+Every rate comes with CPU per call beside it (client process, server process, and their total; from
+getrusage for this process and /proc/<pid>/stat for the server, 10 ms ticks).
 
 Usage::
 
@@ -472,6 +477,7 @@ class Counts:
     duration: float
     discovery_ops: int
     idle_proxies: int = 1000
+    spaced_calls: int = 3000  # at the 100 us gap; half as many at 1 ms
 
 
 FULL = Counts(small_calls=5000, small_warmup=200, raw_msg_size=100, batch_size=1000, batch_repeats=5,
@@ -481,7 +487,39 @@ FULL = Counts(small_calls=5000, small_warmup=200, raw_msg_size=100, batch_size=1
 QUICK = Counts(small_calls=50, small_warmup=5, raw_msg_size=100, batch_size=20, batch_repeats=2,
                oneway_calls=50, connect_ops=5, large_bytes=64 * 1024, large_repeats=1,
                stream_total=256 * 1024, stream_chunk=64 * 1024, threads=4, duration=0.3,
-               discovery_ops=2, idle_proxies=20)
+               discovery_ops=2, idle_proxies=20, spaced_calls=40)
+
+
+# ====================================================================== CPU accounting
+
+class CpuSpan:
+    """CPU seconds (user + system) the client process (this one, all threads) and the server process
+    used between enter and exit: `with CpuSpan(srv) as cpu: ...; cpu.per_call(n)`. Server CPU comes
+    from /proc/<pid>/stat in 10 ms ticks: measure at least a few hundred milliseconds of it."""
+
+    def __init__(self, srv: Server) -> None:
+        self.srv = srv
+        self.client = self.server = 0.0
+
+    def __enter__(self) -> Self:
+        self._client0, self._server0 = time.process_time(), self.srv.cpu_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client = time.process_time() - self._client0
+        self.server = self.srv.cpu_time() - self._server0
+
+    def per_call(self, calls: int, prefix: str = "cpu", suffix: str = "") -> dict[str, float]:
+        """{prefix_client<suffix>, prefix_server<suffix>, prefix_total<suffix>}: microseconds per call."""
+        calls = max(1, calls)
+        client, server = self.client / calls * 1e6, self.server / calls * 1e6
+        return {f"{prefix}_client{suffix}": client, f"{prefix}_server{suffix}": server,
+                f"{prefix}_total{suffix}": client + server}
+
+
+def cpu_rows(label: str, suffix: str = "") -> list["Row"]:
+    return [Row(f"cpu_{side}{suffix}", f"{label} {side} CPU/call", "us", False, True)
+            for side in ("client", "server", "total")]
 
 
 # ====================================================================== cases
@@ -520,17 +558,16 @@ def measure_small(lib: str, srv: Server, c: Counts) -> dict[str, float]:
             msg = b"x" * c.raw_msg_size
             for _ in range(c.small_warmup):
                 client.echo(msg)
-            cpu0, srv0, start = time.process_time(), srv.cpu_time(), perf()
-            for _ in range(c.small_calls):
-                client.echo(msg)
-            elapsed = perf() - start
-            cpu1, srv1 = time.process_time(), srv.cpu_time()
+            with CpuSpan(srv) as cpu:
+                start = perf()
+                for _ in range(c.small_calls):
+                    client.echo(msg)
+                elapsed = perf() - start
         finally:
             client.close()
         for ser in SERIALIZERS:
             out[ser] = c.small_calls / elapsed
-            out[f"cpu_client_{ser}"] = (cpu1 - cpu0) / c.small_calls * 1e6
-            out[f"cpu_server_{ser}"] = (srv1 - srv0) / c.small_calls * 1e6
+            out.update(cpu.per_call(c.small_calls, suffix=f"_{ser}"))
         return out
     for ser in SERIALIZERS:
         proxy = bound_proxy(lib, srv.uri, ser)
@@ -538,18 +575,49 @@ def measure_small(lib: str, srv: Server, c: Counts) -> dict[str, float]:
             echo = proxy.echo
             for i in range(c.small_warmup):
                 echo(i)
-            cpu0, srv0, start = time.process_time(), srv.cpu_time(), perf()
-            for i in range(c.small_calls):
-                echo(i)
-            elapsed = perf() - start
-            cpu1, srv1 = time.process_time(), srv.cpu_time()
+            with CpuSpan(srv) as cpu:
+                start = perf()
+                for i in range(c.small_calls):
+                    echo(i)
+                elapsed = perf() - start
             if echo(123456) != 123456:
                 raise AssertionError("echo returned a wrong value")
         finally:
             proxy._pyroRelease()
         out[ser] = c.small_calls / elapsed
-        out[f"cpu_client_{ser}"] = (cpu1 - cpu0) / c.small_calls * 1e6
-        out[f"cpu_server_{ser}"] = (srv1 - srv0) / c.small_calls * 1e6
+        out.update(cpu.per_call(c.small_calls, suffix=f"_{ser}"))
+    return out
+
+
+def measure_spaced(lib: str, srv: Server, c: Counts) -> dict[str, float]:
+    """Calls spaced by a sleep (as sensors and home scripts make them): the rate, and CPU per call
+    of each side. The gap is a time.sleep, so the real spacing is the gap plus the timer's slack."""
+    out: dict[str, float] = {}
+    if lib == "raw":
+        client = RawClient(srv.port)
+        msg = b"x" * c.raw_msg_size
+        call: Callable[[int], Any] = lambda _i: client.echo(msg)  # noqa: E731
+        close: Callable[[], None] = client.close
+    else:
+        proxy = bound_proxy(lib, srv.uri, "serpent")
+        call, close = proxy.echo, proxy._pyroRelease
+    sleep = time.sleep
+    try:
+        for gap_us, calls in ((100, c.spaced_calls), (1000, max(1, c.spaced_calls // 2))):
+            gap = gap_us / 1e6
+            for i in range(c.small_warmup):
+                call(i)
+                sleep(gap)
+            with CpuSpan(srv) as cpu:
+                start = perf()
+                for i in range(calls):
+                    call(i)
+                    sleep(gap)
+                elapsed = perf() - start
+            out[f"rate_{gap_us}us"] = calls / elapsed
+            out.update(cpu.per_call(calls, suffix=f"_{gap_us}us"))
+    finally:
+        close()
     return out
 
 
@@ -557,22 +625,29 @@ def measure_batch(lib: str, srv: Server, c: Counts) -> dict[str, float]:
     api = client_api(lib)
     proxy = bound_proxy(lib, srv.uri)
     times = []
+    cpu = CpuSpan(srv)
+
+    def one_batch() -> float:
+        start = perf()
+        batch = api.BatchProxy(proxy)
+        for i in range(c.batch_size):
+            batch.echo(i)
+        results = list(batch())
+        elapsed = perf() - start
+        if len(results) != c.batch_size or results[-1] != c.batch_size - 1:
+            raise AssertionError(f"batch returned {len(results)} results")
+        return elapsed
+
     try:
-        for rep in range(c.batch_repeats + 1):  # the first one warms up
-            start = perf()
-            batch = api.BatchProxy(proxy)
-            for i in range(c.batch_size):
-                batch.echo(i)
-            results = list(batch())
-            elapsed = perf() - start
-            if len(results) != c.batch_size or results[-1] != c.batch_size - 1:
-                raise AssertionError(f"batch returned {len(results)} results")
-            if rep:
-                times.append(elapsed)
+        one_batch()  # warms up
+        with cpu:
+            for _ in range(c.batch_repeats):
+                times.append(one_batch())
     finally:
         proxy._pyroRelease()
     median = statistics.median(times)
-    return {"batch_time": median * 1000.0, "batch_rate": c.batch_size / median}
+    return {"batch_time": median * 1000.0, "batch_rate": c.batch_size / median,
+            **cpu.per_call(c.batch_size * c.batch_repeats)}
 
 
 def measure_oneway(lib: str, srv: Server, c: Counts) -> dict[str, float]:
@@ -764,8 +839,10 @@ def measure_threads(lib: str, srv: Server, c: Counts) -> dict[str, float]:
     for thread in threads:
         thread.start()
     # the clock starts when every thread has connected (or failed to)
+    cpu = CpuSpan(srv)
     try:
         barrier.wait(120)
+        cpu.__enter__()
         start = perf()
         state["deadline"] = start + c.duration
         barrier.wait(120)
@@ -773,6 +850,7 @@ def measure_threads(lib: str, srv: Server, c: Counts) -> dict[str, float]:
         raise RuntimeError("client threads did not get ready within 120s") from None
     for thread in threads:
         thread.join(c.duration + 60)
+    cpu.__exit__()
     hung = sum(t.is_alive() for t in threads)
     end = max(ends) if ends else perf()
     all_lat = sorted(x for lst in latencies for x in lst)
@@ -783,7 +861,8 @@ def measure_threads(lib: str, srv: Server, c: Counts) -> dict[str, float]:
               "p99": percentile(all_lat, 99) * 1000.0 if all_lat else float("nan"),
               "errors": float(errs),
               # fairness: calls of the least served thread over those of the median thread (1.0 = even)
-              "fairness": (min(len(x) for x in latencies) / max(1.0, statistics.median(len(x) for x in latencies)))}
+              "fairness": (min(len(x) for x in latencies) / max(1.0, statistics.median(len(x) for x in latencies))),
+              **cpu.per_call(calls)}
     if first_errors or hung:
         result["_note"] = "; ".join(first_errors + ([f"{hung} client threads hung"] if hung else []))  # type: ignore
     return result
@@ -847,15 +926,14 @@ def build_cases(counts: Counts) -> list[Case]:
     return [
         Case(1, "small", "small synchronous call (int echo), one proxy",
              [Row(ser, f"{ser}", "calls/s", True, True) for ser in SERIALIZERS]
-             + [Row(f"cpu_{side}_{ser}", f"{ser} {side} CPU/call", "us", False, True)
-                for ser in SERIALIZERS for side in ("client", "server")],
+             + [row for ser in SERIALIZERS for row in cpu_rows(ser, f"_{ser}")],
              LIBS + ("raw",), measure_small,
              note=f"raw: {counts.raw_msg_size}-byte length-prefixed ping-pong, same for every row (the floor); "
                   "CPU/call: user+system CPU of the client process and of the server process per call "
                   "(10 ms tick resolution), less sensitive to machine load than calls/s"),
         Case(2, "batch", f"BatchProxy, {n_batch} calls per batch (serpent)",
              [Row("batch_time", "time per batch", "ms", False, False),
-              Row("batch_rate", "calls", "calls/s", True, False)],
+              Row("batch_rate", "calls", "calls/s", True, False)] + cpu_rows("batched call"),
              LIBS, measure_batch),
         Case(3, "oneway", f"{n_oneway} oneway calls, then one sync call (serpent)",
              [Row("sync_return", "until the sync call returns", "s", False, True),
@@ -881,7 +959,7 @@ def build_cases(counts: Counts) -> list[Case]:
               Row("p50", "p50 latency", "ms", False, True),
               Row("p99", "p99 latency", "ms", False, True),
               Row("errors", "errors", "count", False, True),
-              Row("fairness", "fairness (min/median calls)", "ratio", True, True)],
+              Row("fairness", "fairness (min/median calls)", "ratio", True, True)] + cpu_rows("call"),
              LIBS + ("raw",), measure_threads, env=threads_env,
              note=f"Pyro5 server runs with PYRO_THREADPOOL_SIZE={counts.threads + 20}; meshrpc with its "
                   "defaults; raw: a thread per connection"),
@@ -895,6 +973,13 @@ def build_cases(counts: Counts) -> list[Case]:
              LIBS, measure_idle, env=idle_env,
              note=f"Pyro5 server runs with PYRO_THREADPOOL_SIZE={counts.idle_proxies + 20} (a thread per "
                   "connection); meshrpc with its defaults (idle connections hold no thread)"),
+        Case(9, "spaced", f"spaced calls: int echo (serpent), then time.sleep(gap); {counts.spaced_calls} "
+             f"calls at 100 us, {max(1, counts.spaced_calls // 2)} at 1 ms",
+             [row for gap in ("100us", "1000us")
+              for row in [Row(f"rate_{gap}", f"gap {gap}", "calls/s", True, True)] + cpu_rows(f"gap {gap}", f"_{gap}")],
+             LIBS + ("raw",), measure_spaced,
+             note="CPU/call: user+system CPU of each process over the measured calls (10 ms ticks); the "
+                  "client's share includes its sleeps' wake-ups, the same for every library"),
     ]
 
 
@@ -1278,7 +1363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="rounds; figures are medians (default 3, quick 1)")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
     parser.add_argument("--cases", default="all", help="comma-separated case names or numbers "
-                        "(small,batch,oneway,connect,large,threads,discovery,idle or 1-8)")
+                        "(small,batch,oneway,connect,large,threads,discovery,idle,spaced or 1-9)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout (no table)")
     parser.add_argument("--json-out", metavar="FILE", help="also write the JSON results to FILE")
     parser.add_argument("--threads", type=int, help="client threads in case 6 (default 100, quick 4)")

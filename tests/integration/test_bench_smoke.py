@@ -12,9 +12,12 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench.py"
 
-EXPECTED_CASES = ("small", "batch", "oneway", "connect", "large", "threads", "discovery", "idle")
+EXPECTED_CASES = ("small", "batch", "oneway", "connect", "large", "threads", "discovery", "idle", "spaced")
 PLACEHOLDERS = ("discovery",)  # may be skipped (with a note) until meshrpc.mesh has something to measure
-RAW_CASES = ("small", "oneway", "connect", "large", "threads")
+RAW_CASES = ("small", "oneway", "connect", "large", "threads", "spaced")
+# every rate comes with CPU per call of the client, the server and both: {case: rate rows}
+RATE_CASES = {"small": ("serpent", "marshal", "json", "msgpack"), "batch": ("batch_rate",), "threads": ("rate",),
+              "spaced": ("rate_100us", "rate_1000us")}
 
 
 def _is_number(value: object) -> bool:
@@ -64,6 +67,22 @@ def test_quick_run_has_the_raw_floor(quick_run: tuple[subprocess.CompletedProces
     keys = [row["key"] for row in doc["cases"]["small"]["rows"]]
     for serializer in ("serpent", "marshal", "json", "msgpack"):  # case 1 covers every serializer
         assert serializer in keys
+
+
+@pytest.mark.timeout(180)
+def test_every_rate_has_cpu_per_call_beside_it(quick_run: tuple[subprocess.CompletedProcess, dict]) -> None:
+    _, doc = quick_run
+    for name, rate_keys in RATE_CASES.items():
+        rows = {row["key"]: row for row in doc["cases"][name]["rows"]}
+        for rate_key in rate_keys:
+            suffix = rate_key.replace("rate", "") if name == "spaced" else ("" if name != "small" else f"_{rate_key}")
+            for side in ("client", "server", "total"):
+                row = rows.get(f"cpu_{side}{suffix}")
+                assert row is not None, f"{name}: no {side} CPU row beside {rate_key}"
+                assert row["unit"] == "us"
+                for lib in ("meshrpc", "pyro5"):
+                    assert _is_number(row[lib]) and row[lib] >= 0, f"{name}/{row['key']}/{lib}: {row[lib]!r}"
+            assert rows[f"cpu_total{suffix}"]["meshrpc"] >= rows[f"cpu_client{suffix}"]["meshrpc"]
 
 
 @pytest.mark.timeout(120)

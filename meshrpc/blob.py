@@ -13,6 +13,10 @@ class SerializedBlob:
 
     def __init__(self, info: Any, data: Any, is_blob: bool = False, serializer_id: int = 0) -> None:
         self.info = info
+        if is_blob and hasattr(data, "serializer_id") and not isinstance(data, (bytes, bytearray, memoryview)):
+            # a meshrpc.protocol message (Pyro5 programs pass those): its serialized INVOKE payload
+            serializer_id = data.serializer_id
+            data = bytes(getattr(data, "payload", None) or data.data)
         self._data = data
         self._contains_blob = is_blob  # data is an already serialized INVOKE payload
         self._serializer_id = serializer_id

@@ -56,6 +56,7 @@ class SendingMessage:
         corr = current_context.correlation_bytes
         self.corr_id = corr or bytes(16)
         payload = bytes(payload)
+        self.payload = payload  # uncompressed, for SerializedBlob(info, message, is_blob=True)
         flags &= ~FLAGS_COMPRESSED  # the flag says what this message does, not what the caller asked
         if config.COMPRESSION and len(payload) > COMPRESSION_MIN_SIZE:
             payload, flags = zlib.compress(payload), flags | FLAGS_COMPRESSED

@@ -8,6 +8,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+from .errors import SerializeError
 from .wire import serializers as _wire
 from .wire.serializers import hooks as _hooks
 
@@ -18,6 +19,15 @@ _NATIVE_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes, 
 #: builtin exception classes by name: the ones a receiver rebuilds (plus meshrpc.errors classes)
 all_exceptions: dict[str, type] = {name: cls for name, cls in vars(builtins).items()
                                    if isinstance(cls, type) and issubclass(cls, BaseException)}
+
+
+def _as_pyro5_error(exc: SerializeError) -> Exception:
+    """Pyro5's serializers let the ValueError of a value that contains itself through; meshrpc's
+    messages raise SerializeError for it. Pyro5's API here keeps Pyro5's type."""
+    text = str(exc).lower()
+    if "circular" in text or "recursion" in text:
+        return ValueError(str(exc))
+    return exc
 
 
 class SerializerBase:
@@ -37,13 +47,19 @@ class SerializerBase:
         self._replacements: dict[type, Any] = {}
 
     def dumps(self, data: Any) -> bytes:
-        return self._codec.dumps(self._replaced(data))
+        try:
+            return self._codec.dumps(self._replaced(data))
+        except SerializeError as exc:
+            raise _as_pyro5_error(exc) from None
 
     def loads(self, data: bytes | bytearray | memoryview) -> Any:
         return self._codec.loads(bytes(data))
 
     def dumpsCall(self, obj: str, method: str, vargs: Any, kwargs: dict | None) -> bytes:
-        return self._codec.dumps_call(obj, method, self._replaced(vargs), self._replaced(kwargs))
+        try:
+            return self._codec.dumps_call(obj, method, self._replaced(vargs), self._replaced(kwargs))
+        except SerializeError as exc:
+            raise _as_pyro5_error(exc) from None
 
     def loadsCall(self, data: bytes | bytearray | memoryview) -> tuple[Any, Any, Any, Any]:
         """(object id, method, vargs, kwargs) as they were sent."""

@@ -32,6 +32,10 @@ MODULES = {
     "Pyro5.configure": "meshrpc.config",
     "Pyro5.utils.echoserver": "meshrpc.cli.echo",
 }
+#: Pyro5's private names that tests use, and meshrpc's public counterpart ("module:attribute")
+PRIVATE_NAMES = {
+    "Pyro5.client": {"_StreamResultIterator": "meshrpc.client.proxy:StreamResultIterator"},
+}
 #: Pyro5 internals meshrpc has no counterpart of: importable, empty
 PLACEHOLDERS = ("Pyro5.svr_threads", "Pyro5.svr_multiplex", "Pyro5.svr_existingconn", "Pyro5.nsc")
 
@@ -52,7 +56,12 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         name = spec.name
         if name in MODULES:
-            return importlib.import_module(MODULES[name])
+            module = importlib.import_module(MODULES[name])
+            for private, target in PRIVATE_NAMES.get(name, {}).items():
+                owner, _, attribute = target.partition(":")
+                if not hasattr(module, private):
+                    setattr(module, private, getattr(importlib.import_module(owner), attribute))
+            return module
         module = types.ModuleType(name)
         module.__path__ = []  # type: ignore[attr-defined]
         if name == "Pyro5":

@@ -24,6 +24,8 @@ _last_lock = threading.Lock()
 
 
 def _ns_uri(host: str, port: int) -> URI:
+    if host.startswith("./u:"):  # a name server on a Unix socket, as Pyro5's locate_ns accepts
+        return URI.from_parts(NAMESERVER_NAME, sockname=host[4:])
     return URI.from_parts(NAMESERVER_NAME, host.strip("[]"), port)
 
 

@@ -21,8 +21,9 @@ def expose(target: T) -> T:
             target.fget._pyroExposed = True  # type: ignore[attr-defined]
         return target
     if isinstance(target, (staticmethod, classmethod)):
-        target.__func__._pyroExposed = True  # type: ignore[attr-defined]
-        return target
+        # the method object is wrapped already: this order cannot mark it reliably (as in Pyro5)
+        raise AttributeError(f"@expose must be done after @{type(target).__name__}: put @expose below it "
+                             f"(method {target.__func__.__name__!r})")
     if inspect.isclass(target) or callable(target):
         name = getattr(target, "__name__", "")
         if name.startswith("_") and not (name.startswith("__") and name.endswith("__")):

@@ -440,10 +440,9 @@ class MarshalSerializer(Serializer):
     id, name = 2, "marshal"
 
     def dumps(self, obj: Any, oob: list | None = None) -> bytes:
-        try:
+        if plain.is_plain(obj):
             return marshal.dumps(obj)
-        except ValueError:
-            pass  # something marshal cannot represent: convert, then try again
+        # marshal would write any bytes-like value (an array.array too) as bytes: convert as Pyro5 does
         try:
             return marshal.dumps(self._convert(obj))
         except (ValueError, RecursionError) as exc:

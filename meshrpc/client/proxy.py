@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import random
 import threading
@@ -30,7 +30,9 @@ _LOCAL_ATTRS = frozenset({
     "_pyroTimeout", "_pyroSeq", "_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries",
     "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroLocator", "_pyroRawWireResponse",
     "_Proxy__pyroTimeout", "_pyroResolvedBy", "_Proxy__rebinding", "_Proxy__retarget", "_Proxy__known",
+    "_pyroReleased", "_pyroConnectedSocket",
 })
+CONNECTED_SOCKET_LOCATION = "./u:<connected socket>"  # the URI location of a proxy on a given socket
 
 
 class _RemoteMethod:
@@ -58,10 +60,14 @@ class Proxy:
     """
 
     def __init__(self, uri: str | URI, connected_socket: Any = None, *, settings: Settings | None = None) -> None:
-        if connected_socket is not None:
-            raise errors.MeshError("connected_socket proxies are not supported")
         settings = settings or default_config
         object.__setattr__(self, "_pyroSettings", settings)
+        # connected_socket: talk over this socket (a socketpair end, or one inherited after fork) to the
+        # daemon on its other end; `uri` may then be just the object id. The socket stays open when the
+        # proxy is released, so proxies can take turns on it (as in Pyro5).
+        self._pyroConnectedSocket = connected_socket
+        if connected_socket is not None and isinstance(uri, str) and ":" not in uri:
+            uri = f"PYRO:{uri}@{CONNECTED_SOCKET_LOCATION}"
         given = URI(uri)
         self._pyroUri = given  # the current target: replaced by the resolved PYRO URI once connected
         self._pyroLocator: URI | None = None if given.is_direct else given  # PYRONAME/PYROMETA to re-resolve
@@ -70,12 +76,14 @@ class Proxy:
         self.__retarget: URI | None = None  # a provider to reconnect to once, before re-resolving
         self.__known = False  # the locator was resolved at least once: its name is known
         self._pyroConnection: FramedConnection | None = None
-        self._pyroMethods: frozenset[str] = frozenset()
-        self._pyroOneway: frozenset[str] = frozenset()
-        self._pyroAttrs: frozenset[str] = frozenset()
-        self._pyroIdempotent: frozenset[str] = frozenset()
+        # sets a program may change, as in Pyro5 (e.g. _pyroOneway.add(name) for a method it calls oneway)
+        self._pyroMethods: set[str] = set()
+        self._pyroOneway: set[str] = set()
+        self._pyroAttrs: set[str] = set()
+        self._pyroIdempotent: set[str] = set()
         self._pyroMethodCache: dict[str, _RemoteMethod] = {}
-        self._pyroSeq = itertools.count(1)
+        self._pyroSeq = 0  # the sequence number of the last request sent (Pyro5's attribute; informational)
+        self._pyroReleased = False  # _pyroRelease() was called: streams wait for _pyroReconnect()/_pyroBind()
         self._pyroHandshake: Any = "hello"
         self._pyroSerializer: str | None = None
         self._pyroMaxRetries = settings.MAX_RETRIES
@@ -109,7 +117,7 @@ class Proxy:
         if name in self._pyroAttrs:
             self._pyroInvoke("__setattr__", (name, value), None)
             return None
-        raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute '{name}' to set")
+        raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute '{name}'")  # Pyro5's text
 
     def __dir__(self) -> list[str]:
         """The proxy's class API (as Pyro5's dir) and what the remote object exposes; not the proxy's
@@ -154,7 +162,7 @@ class Proxy:
 
     def __del__(self) -> None:
         conn = self.__dict__.get("_pyroConnection")
-        if conn is not None:
+        if conn is not None and self.__dict__.get("_pyroConnectedSocket") is None:
             conn.close()
 
     def __copy__(self) -> "Proxy":
@@ -166,6 +174,7 @@ class Proxy:
         twin._pyroSerializer = self._pyroSerializer
         twin._pyroMaxRetries = self._pyroMaxRetries
         twin._pyroTimeout = self._pyroTimeout
+        twin._pyroRawWireResponse = self._pyroRawWireResponse
         return twin
 
     def __repr__(self) -> str:
@@ -201,23 +210,47 @@ class Proxy:
         self.__pyroTimeout = timeout or None
         conn = self._pyroConnection
         if conn is not None:
-            conn.sock.settimeout(self.__pyroTimeout)
+            conn.timeout = self.__pyroTimeout
 
     def _pyroClaimOwnership(self) -> None:
         """Pyro5 compatibility: meshrpc proxies are not owned by a thread, so there is nothing to do."""
 
     def _pyroBind(self) -> bool:
-        """Connect now (instead of at the first call) and fetch the object's metadata."""
-        with self._pyroLock:
+        """Connect now (instead of at the first call) and fetch the object's metadata. False when the
+        proxy was connected already (as in Pyro5)."""
+        with self.__locked():
+            if self._pyroConnection is not None:
+                return False
             return self.__recovering(self.__connect, "")
 
     def _pyroRelease(self) -> None:
-        """Close the connection; the next call connects again."""
+        """Close the connection; the next call connects again. A stream result of this proxy raises
+        ConnectionClosedError until the proxy is bound again (_pyroReconnect/_pyroBind, or a call)."""
         with self._pyroLock:
-            if self._pyroConnection is not None:
-                self._pyroConnection.close()
-                self._pyroConnection = None
-                log.debug("released connection to %s", self._pyroUri)
+            self._pyroReleased = True
+            self.__close_connection()
+
+    def __close_connection(self) -> None:
+        conn = self._pyroConnection
+        if conn is not None:
+            self._pyroConnection = None
+            if self._pyroConnectedSocket is None:
+                conn.close()  # a given socket stays open for the next proxy that takes its turn
+            log.debug("released connection to %s", self._pyroUri)
+
+    @contextlib.contextmanager
+    def __locked(self) -> Iterator[None]:
+        """The proxy's lock, waited for at most the proxy's timeout: a call of another thread that
+        hangs on a shared proxy gives this one a TimeoutError instead of a hang."""
+        timeout = self.__pyroTimeout
+        if not self._pyroLock.acquire(timeout=timeout if timeout else -1):
+            raise errors.TimeoutError(f"the proxy for {self._pyroUri} was busy with another thread's call for "
+                                      f"longer than its timeout ({timeout:g} s); use a proxy per thread "
+                                      "(copy.copy(proxy)) for calls that may take long")
+        try:
+            yield
+        finally:
+            self._pyroLock.release()
 
     def _pyroReconnect(self, tries: int = 100000000) -> None:
         """Drop the connection and connect again, trying `tries` times (RECONNECT_PAUSE apart)."""
@@ -244,10 +277,10 @@ class Proxy:
                 self._pyroProcessMetadata(meta)
 
     def _pyroProcessMetadata(self, meta: dict) -> None:
-        self._pyroMethods = frozenset(meta.get("methods") or ())
-        self._pyroOneway = frozenset(meta.get("oneway") or ())
-        self._pyroAttrs = frozenset(meta.get("attrs") or ())
-        self._pyroIdempotent = frozenset(meta.get("idempotent") or ())
+        self._pyroMethods = set(meta.get("methods") or ())
+        self._pyroOneway = set(meta.get("oneway") or ())
+        self._pyroAttrs = set(meta.get("attrs") or ())
+        self._pyroIdempotent = set(meta.get("idempotent") or ())
         self._pyroMethodCache = {}
         if not self._pyroMethods and not self._pyroAttrs:
             log.warning("remote object %s exposes no methods or attributes (forgot @expose?)", self._pyroUri)
@@ -256,8 +289,9 @@ class Proxy:
         """Override to check the daemon's handshake answer; raise to refuse the connection."""
 
     def _pyroAnnotations(self) -> dict[str, bytes]:
-        """Override to add annotations to every message this proxy sends."""
-        return {}
+        """The annotations sent with every message: by default those of `current_context.annotations`
+        (set it in the calling thread, as in Pyro5); override to add others."""
+        return current_context.annotations
 
     def _pyroResponseAnnotations(self, annotations: dict[str, bytes], msgtype: int) -> None:
         """Override to see the annotations of every reply."""
@@ -292,15 +326,19 @@ class Proxy:
     def __connect(self) -> bool:
         if self._pyroConnection is not None:
             return True
-        target = self._pyroResolve()
         settings = self._pyroSettings
         timeout = self.__pyroTimeout
-        try:
-            sock = connect(target.host, target.port, target.sockname, timeout or settings.CONNECT_TIMEOUT,
-                           settings.SOCK_NODELAY)
-        except CommunicationError as exc:
-            raise _NotDelivered(str(exc), target) from None
-        if settings.SSL:
+        if self._pyroConnectedSocket is not None:
+            target, sock = self._pyroUri, self._pyroConnectedSocket
+            sock.settimeout(timeout or settings.CONNECT_TIMEOUT)
+        else:
+            target = self._pyroResolve()
+            try:
+                sock = connect(target.host, target.port, target.sockname, timeout or settings.CONNECT_TIMEOUT,
+                               settings.SOCK_NODELAY)
+            except CommunicationError as exc:
+                raise _NotDelivered(str(exc), target) from None
+        if settings.SSL and self._pyroConnectedSocket is None:
             # --- TLS (docs/security.md): handshake now; the daemon's certificate must verify and name
             # the URI's host. A refused certificate (TLSError) is raised as it is: no retry helps.
             from ..transport import tls
@@ -326,7 +364,8 @@ class Proxy:
                 if refusal:  # refused for credentials: no retry or other provider changes that
                     from ..transport.tls import TLSError
                     raise TLSError(f"TLS: {target} refused this client: {refusal}") from None
-                raise _NotDelivered(f"handshake with {target} failed: {exc}", target) from None
+                raise _NotDelivered(f"handshake with {target} failed: {exc}", target,
+                                    timed_out=isinstance(exc, errors.TimeoutError)) from None
             except errors.SecurityError as exc:  # the daemon failed the mesh-key proof (docs/security.md)
                 raise errors.SecurityError(f"connection to {target} refused: {exc}") from None
             except ProtocolError as exc:  # the daemon broke the protocol (its kind kept)
@@ -340,13 +379,17 @@ class Proxy:
                     raise errors.SecurityError(f"connection to {target} rejected: {reason}"
                                                + ("" if settings.KEY else " (this proxy has no MESHRPC_KEY)"))
                 raise CommunicationError(f"connection to {target} rejected: {reason}")
+            self._pyroConnection = conn  # the hook may look at it (e.g. _pyroConnection.getpeercert())
             self._pyroValidateHandshake(event.handshake)
             self._pyroProcessMetadata(event.metadata)
         except BaseException:
-            conn.close()
+            self._pyroConnection = None
+            if self._pyroConnectedSocket is None:
+                conn.close()
             raise
         sock.settimeout(timeout)
         self._pyroConnection = conn
+        self._pyroReleased = False
         if self._pyroUri != target:
             if self._pyroLocator is not None and self._pyroUri != self._pyroLocator:
                 log.info("rebound %s from %s to %s", self._pyroLocator, self._pyroUri, target)
@@ -362,7 +405,7 @@ class Proxy:
         Recovery (docs/resilience.md): a call that certainly did not reach a daemon is retried, for
         PYRONAME/PYROMETA proxies on a freshly resolved provider, until REBIND_TIMEOUT; a call that may
         have reached one is re-sent only when the method is idempotent or `_pyroMaxRetries` allows it."""
-        with self._pyroLock:
+        with self.__locked():
             return self.__recovering(lambda: self.__invoke_once(methodname, vargs, kwargs, flags, object_id),
                                      methodname)
 
@@ -418,7 +461,7 @@ class Proxy:
     def __drop(self, target: URI | None, reason: Exception, suspect: bool = True) -> None:
         """Close the connection; suspect: tell the mesh that target failed (passed over for a while).
         A broken connection says nothing about the provider accepting new ones: not suspected."""
-        self._pyroRelease()
+        self.__close_connection()
         if suspect and self._pyroLocator is not None and target is not None:
             from ..resolve import report_failure
             report_failure(target, self._pyroSettings, reason)
@@ -446,7 +489,13 @@ class Proxy:
         state = current_state()  # the call context, without the property indirection (hot path)
         request = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
                                        self._pyroAnnotations(), state.correlation_id)
-        seq = session.last_seq
+        seq = self._pyroSeq = session.last_seq
+        limit = self._pyroSettings.MAX_MESSAGE_SIZE  # read now: a program may have changed it since connecting
+        if limit and sum(memoryview(part).nbytes for part in request) > limit + wire.HEADER_SIZE:
+            session.abandon(seq)
+            self.__close_connection()  # nothing was sent: certainly not delivered
+            raise errors.MessageTooLargeError(f"the call of {methodname} is larger than MAX_MESSAGE_SIZE "
+                                              f"({limit} bytes); send less or raise the limit")
         try:
             conn.send_parts(request)
         except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
@@ -457,14 +506,14 @@ class Proxy:
             reply = conn.next_event()
         except errors.TimeoutError:
             session.abandon(seq)
-            self._pyroRelease()  # a late reply would put the connection out of step
+            self.__close_connection()  # a late reply would put the connection out of step
             raise
         except ProtocolError as exc:  # the daemon broke the protocol (its kind kept): the connection is unusable
-            self._pyroRelease()
+            self.__close_connection()
             raise type(exc)(f"{exc} from {self._pyroUri}; connection closed") from None
         if reply.__class__ is NotRun:
             # the daemon is shutting down and refused the call without running it: certainly not delivered
-            self._pyroRelease()
+            self.__close_connection()
             raise _NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
         raw = self._pyroRawWireResponse
         # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
@@ -486,10 +535,11 @@ class Proxy:
 class _NotDelivered(ConnectionClosedError):
     """A call that certainly did not reach a daemon: connecting, the handshake or sending failed."""
 
-    def __init__(self, message: str, target: URI | None, suspect: bool = True) -> None:
+    def __init__(self, message: str, target: URI | None, suspect: bool = True, timed_out: bool = False) -> None:
         super().__init__(message)
         self.target = target
         self.suspect = suspect  # False: an established connection broke (the provider may well be fine)
+        self.timed_out = timed_out  # no answer in time (the handshake): a TimeoutError when given up
 
 
 class _Rebind:
@@ -538,6 +588,11 @@ class StreamResultIterator:
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
+        proxy = self.proxy
+        if proxy._pyroReleased and proxy._pyroConnection is None:
+            # as in Pyro5: the program closed the proxy; the daemon keeps the stream ITER_STREAM_LINGER seconds
+            raise ConnectionClosedError("the proxy of this stream result was released; _pyroReconnect() or "
+                                        "_pyroBind() it to go on with the stream")
         try:
             return self.proxy._pyroInvoke("get_next_stream_item", (self.streamId,), None,
                                           object_id=DAEMON_OBJECT_ID)

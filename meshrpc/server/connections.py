@@ -55,6 +55,9 @@ class ClientConnection(FramedConnection):
         self.protocol: ServerSession = protocol
         self.addr = addr
         self.session: dict[str, Any] = {}  # per-connection instances ("session" mode)
+        self.pyroInstances = self.session  # Pyro5's name for them
+        # current_context.track_resource(r): r.close() runs when this connection closes
+        self.tracked_resources: weakref.WeakSet[Any] = weakref.WeakSet()
         self.idle_poller: Any = None  # the socket and the pool's backlog signal (set by the daemon)
         self.oneways: collections.deque[tuple[wire.Frame, tuple]] = collections.deque()
         self.oneway_lock = threading.Lock()
@@ -100,7 +103,8 @@ class ConnectionServer:
         self._connections: set[ClientConnection] = set()
         self._parked: dict[socket.socket, ClientConnection] = {}
         self._to_park: collections.deque[ClientConnection] = collections.deque()
-        self._pool = WorkerPool(settings.THREADPOOL_SIZE)
+        # SERVERTYPE multiplex: one call at a time, as Pyro5's multiplexed server runs them
+        self._pool = WorkerPool(1 if settings.SERVERTYPE == "multiplex" else settings.THREADPOOL_SIZE)
         self._stop = threading.Event()
         self._loop_done = threading.Event()
         self._loop_done.set()
@@ -119,7 +123,8 @@ class ConnectionServer:
     def sockets(self) -> list[socket.socket]:
         """Sockets for an external select loop: pass the readable ones to `events()`."""
         self._drain_parking()
-        return [self._listener, self._wake_r, *self._parked]
+        # the wake-up socket brings connections back from workers: not needed while there are none
+        return [self._listener, *([self._wake_r] if self._connections else []), *self._parked]
 
     def events(self, eventsockets: Iterable[socket.socket]) -> None:
         """Handle readable sockets (from `sockets`) found by an external select loop."""
@@ -222,6 +227,22 @@ class ConnectionServer:
             log.debug("connection from %s", addr)
             self._pool.submit(self._serve, conn)  # its CONNECT follows at once: no trip through the selector
 
+    def adopt(self, sock: socket.socket) -> ClientConnection | None:
+        """Serve a socket connected already (one end of a socketpair, or inherited after fork): one
+        client connection; proxies may take turns on it, each with its own handshake."""
+        sock.setblocking(True)
+        try:
+            addr = sock.getpeername() or "connected socket"
+        except OSError:
+            addr = "connected socket"
+        conn = self._secure_connection(sock, addr)
+        if conn is None:
+            return None
+        conn.protocol.rehandshake = True
+        self._connections.add(conn)
+        self._pool.submit(self._serve, conn)
+        return conn
+
     # ------------------------------------------------------------------ security (docs/security.md)
 
     def _secure_connection(self, sock: socket.socket, addr: Any) -> ClientConnection | None:
@@ -295,6 +316,10 @@ class ConnectionServer:
             expired = self._streams.expire()
             if expired:
                 log.debug("expired %d streams", expired)
+            try:
+                self.daemon.housekeeping()
+            except Exception:
+                log.exception("the daemon's housekeeping() failed")
 
     # ------------------------------------------------------------------ a connection's worker
 
@@ -362,6 +387,12 @@ class ConnectionServer:
             self.daemon.clientDisconnect(conn)
         except Exception:
             log.exception("clientDisconnect hook failed")
+        resources, conn.tracked_resources = list(conn.tracked_resources), weakref.WeakSet()
+        for resource in resources:
+            try:
+                resource.close()
+            except Exception:
+                log.exception("closing a resource tracked for %s failed", conn.addr)
 
     def _handle(self, conn: ClientConnection, event: Any) -> None:
         if self.settings.LOGWIRE:
@@ -456,7 +487,11 @@ class ConnectionServer:
             if conn.oneway_draining:
                 return
             conn.oneway_draining = True
-        self._pool.submit(self._drain_oneways, conn)
+        if self.settings.SERVERTYPE == "multiplex":
+            # one call at a time on the pool's one worker; oneway calls run beside them (as in Pyro5)
+            threading.Thread(target=self._drain_oneways, args=(conn,), name="meshrpc-oneway", daemon=True).start()
+        else:
+            self._pool.submit(self._drain_oneways, conn)
 
     def _drain_oneways(self, conn: ClientConnection) -> None:
         while True:
@@ -479,6 +514,10 @@ class ConnectionServer:
         self._wake()
 
     @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
     def loop_running(self) -> bool:
         return not self._loop_done.is_set()
 
@@ -493,7 +532,7 @@ class ConnectionServer:
         self._wake_w.close()
         if self._loop_done.is_set():
             self._wake_r.close()
-        if self._unixsocket:
+        if self._unixsocket and not self._unixsocket.startswith("\0"):  # abstract names have no file
             try:
                 os.unlink(self._unixsocket)
             except OSError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import weakref
 from typing import Any, Callable, TypeVar
 
 from ..errors import DaemonError
@@ -161,15 +162,23 @@ def exposed_members(obj: Any) -> dict[str, frozenset[str]]:
 
 
 class Registration:
-    """An object or class registered in a daemon, and how to get the instance for a call."""
+    """An object or class registered in a daemon, and how to get the instance for a call.
 
-    __slots__ = ("object_id", "target", "mode", "creator", "name", "metadata", "members", "_single", "_lock")
+    `owner`: the daemon (a weak proxy of it); instances it creates for a registered class get `_pyroId` and `_pyroDaemon`
+    as the registered objects do (code in exposed methods calls `self._pyroDaemon.register(...)`).
+    A weak registration (`weakref.ref` target) lasts as long as the object does."""
 
-    def __init__(self, object_id: str, target: Any, name: str | None, metadata: frozenset[str]) -> None:
+    __slots__ = ("object_id", "_target", "weak", "mode", "creator", "name", "metadata", "members", "owner",
+                 "_single", "_lock")
+
+    def __init__(self, object_id: str, target: Any, name: str | None, metadata: frozenset[str],
+                 owner: Any = None, weak: bool = False) -> None:
         self.object_id = object_id
-        self.target = target
+        self.weak = weak
+        self._target = weakref.ref(target) if weak else target
         self.name = name
         self.metadata = metadata
+        self.owner = owner
         self._single: Any = None
         self._lock = threading.Lock()
         if inspect.isclass(target):
@@ -178,10 +187,26 @@ class Registration:
             self.mode, self.creator = "instance", None
         self.members = exposed_members(target)  # computed once: every call checks against it
 
+    @property
+    def target(self) -> Any:
+        """The registered object or class (None when a weakly registered object is gone)."""
+        return self._target() if self.weak else self._target
+
+    def refresh_members(self) -> None:
+        """Compute the exposed members again (the class changed since it was registered)."""
+        target = self.target
+        exposed_members_of_class.cache_clear()
+        self.members = exposed_members(target)
+
     def instance(self, session: dict[str, Any]) -> Any:
         """The object a call runs on; `session` holds the per-connection instances."""
         if self.mode == "instance":
-            return self.target
+            if self.weak:
+                target = self._target()
+                if target is None:
+                    raise DaemonError(f"object {self.object_id!r} is gone (it was registered weakly)")
+                return target
+            return self._target
         if self.mode == "percall":
             return self._create()
         if self.mode == "single":
@@ -197,10 +222,16 @@ class Registration:
 
     def _create(self) -> Any:
         try:
-            return self.creator(self.target) if self.creator else self.target()
+            obj = self.creator(self._target) if self.creator else self._target()
         except Exception as exc:
-            raise DaemonError(f"could not create an instance of {self.target.__name__} for "
+            raise DaemonError(f"could not create an instance of {self._target.__name__} for "
                               f"{self.object_id!r}: {exc}") from exc
+        if self.owner is not None:
+            try:
+                obj._pyroId, obj._pyroDaemon = self.object_id, self.owner
+            except AttributeError:
+                pass  # __slots__ without those names: served, not autoproxied
+        return obj
 
 
 def describe_members(obj: Any) -> dict[str, Any]:

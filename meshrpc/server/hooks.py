@@ -73,6 +73,7 @@ class Announcers:
         self.bind_host = bind_host
         self.settings = settings
         self.active: dict[str, Announcer] = {}
+        self.announced: dict[str, tuple[str, frozenset[str]]] = {}  # name -> (uri, tags), for late announcers
         self._started = False
         self._lock = threading.Lock()
 
@@ -88,12 +89,35 @@ class Announcers:
 
     def register(self, name: str, uri: str, tags: frozenset[str]) -> None:
         self._start()
+        with self._lock:
+            self.announced[name] = (uri, tags)
         for announcer in list(self.active.values()):
             announcer.register(name, uri, tags)
 
     def withdraw(self, name: str, uri: str) -> None:
+        with self._lock:
+            if self.announced.get(name, ("",))[0] == uri:
+                del self.announced[name]
         for announcer in list(self.active.values()):
             announcer.withdraw(name, uri)
+
+    def add_name_server(self, host: str, port: int) -> None:
+        """A name server found after the announcers started (serve() looks for one): its announcer
+        ("nameserver") keeps every name announced so far, and later ones, registered there."""
+        self._start()
+        settings = self.settings.copy(NS_HOST=host, NS_PORT=port, NS_AUTOREGISTER=True)
+        factory = dict(plugged_in()).get("nameserver")
+        announcer = factory(self.bind_host, settings) if factory is not None else None
+        if announcer is None:
+            return
+        with self._lock:
+            previous = self.active.pop("nameserver", None)
+            self.active["nameserver"] = announcer
+            announced = dict(self.announced)
+        if previous is not None:
+            previous.close()
+        for name, (uri, tags) in announced.items():
+            announcer.register(name, uri, tags)
 
     def close(self) -> None:
         """Goodbyes from every announcer. Idempotent; one failing does not stop the others."""

@@ -21,12 +21,21 @@ class Stream:
 
 
 class StreamTable:
-    def __init__(self, lifetime: float, linger: float, per_connection: int) -> None:
-        self.lifetime = lifetime
-        self.linger = linger
+    def __init__(self, lifetime: float, linger: float, per_connection: int, *, settings: Any = None) -> None:
+        self._lifetime = lifetime
+        self._linger = linger
         self.per_connection = per_connection
+        self._settings = settings  # given: ITER_STREAM_LIFETIME/ITER_STREAM_LINGER are read from it when needed
         self._streams: dict[str, Stream] = {}
         self._lock = threading.Lock()
+
+    @property
+    def lifetime(self) -> float:
+        return self._settings.ITER_STREAM_LIFETIME if self._settings is not None else self._lifetime
+
+    @property
+    def linger(self) -> float:
+        return self._settings.ITER_STREAM_LINGER if self._settings is not None else self._linger
 
     def __len__(self) -> int:
         return len(self._streams)

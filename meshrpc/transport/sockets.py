@@ -32,7 +32,8 @@ def create_server_socket(host: str, port: int = 0, unixsocket: str | None = None
                          reuse: bool = True, backlog: int = 200) -> socket.socket:
     """A listening socket on host:port (IPv4 or IPv6) or on a Unix socket path."""
     if unixsocket:
-        if os.path.exists(unixsocket) and _is_stale_unix_socket(unixsocket):
+        # a name starting with NUL is in Linux's abstract namespace: no file to check or remove
+        if not unixsocket.startswith("\0") and os.path.exists(unixsocket) and _is_stale_unix_socket(unixsocket):
             os.unlink(unixsocket)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -234,7 +235,7 @@ class FramedConnection:
             try:
                 data = self._recv(self._read_size())
             except socket.timeout:
-                raise TimeoutError("no reply within the timeout") from None
+                raise TimeoutError("receiving: timeout") from None  # Pyro5's text (programs compare it)
             except OSError as exc:
                 raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
         if not data:
@@ -282,6 +283,15 @@ class FramedConnection:
             return self._recv(size)
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+
+    @property
+    def timeout(self) -> float | None:
+        """The socket's timeout (seconds, None: none), as on Pyro5's connection objects."""
+        return self.sock.gettimeout()
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self.sock.settimeout(value)
 
     def getpeercert(self) -> dict | None:
         """The peer's certificate (ssl's dict form) on a TLS connection that checked one, else None

@@ -12,6 +12,7 @@ import array
 import base64
 import datetime
 import decimal
+import inspect
 import json
 import logging
 import marshal
@@ -24,7 +25,7 @@ import serpent
 
 from . import marshal_check, plain
 from ..uri import URI
-from ..errors import (WIRE_NAME_OF, SecurityError, SerializeError,
+from ..errors import (WIRE_NAME_OF, DaemonError, SecurityError, SerializeError,
                       exception_from_wire)
 
 try:  # optional extra
@@ -118,19 +119,28 @@ def exception_to_dict(exc: BaseException) -> dict:
 
 def object_to_dict(obj: Any) -> dict:
     """The dict form of an object no serializer represents natively."""
+    # static lookup: never a proxy's remote __getattr__
+    daemon = inspect.getattr_static(obj, "_pyroDaemon", None)
+    if daemon is not None and not isinstance(obj, type):
+        # an object registered in a daemon travels as a proxy to it (autoproxy); the daemon is referred
+        # to weakly: a collected one, or a registration that ended, leaves a plain object
+        try:
+            return daemon.proxyFor(obj).__wire_dict__()
+        except (ReferenceError, DaemonError):
+            pass
     for cls in type(obj).__mro__:
         converter = hooks.to_dict.get(cls)
         if converter is not None:
-            return converter(obj)
+            value = converter(obj)
+            if isinstance(value, dict) and "__class__" not in value:
+                # name the class the hook was registered for, so a dict_to_class hook can rebuild it (as Pyro5)
+                value = {**value, "__class__": f"{cls.__module__}.{cls.__name__}"}
+            return value
     wire_dict = getattr(obj, "__wire_dict__", None)
     if wire_dict is not None and not isinstance(obj, type):
         return wire_dict()
     if isinstance(obj, BaseException):
         return exception_to_dict(obj)
-    daemon = getattr(obj, "_pyroDaemon", None)
-    if daemon is not None and not isinstance(obj, type):
-        # an object registered in a daemon travels as a proxy to it (autoproxy)
-        return daemon.proxyFor(obj).__wire_dict__()
     getstate = getattr(type(obj), "__getstate__", None)
     if getstate is not None and getstate is not object.__getstate__:
         state = obj.__getstate__()

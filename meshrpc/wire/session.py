@@ -291,6 +291,7 @@ class ClientSession(_Session):
             annotations = {}
         if vargs and isinstance(vargs[0], SerializedBlob):
             wire_id = serializer.id
+            annotations = dict(annotations)  # the caller's dict (maybe current_context's) stays as it was
             payload = self._blob_payload(object_id, method, vargs, kwargs, annotations)
             flags |= FLAG_KEEPSERIALIZED
         elif self._oob_mode:
@@ -458,12 +459,16 @@ class ServerSession(_Session):
     answers a connection's requests one after the other: a slow call would hold up the calls behind
     it, and a proxy that gave up on it could not get a fresh connection's worth of service)."""
 
-    __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "accepts_pipelining", "_key_proof")
+    __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "accepts_pipelining", "_key_proof",
+                 "rehandshake")
 
     def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
-                 pipelining: bool = True) -> None:
+                 pipelining: bool = True, rehandshake: bool = False) -> None:
         super().__init__(settings)
         self.accepts_pipelining = pipelining
+        # rehandshake: a CONNECT after the handshake starts over (proxies taking turns on one connected
+        # socket, as Pyro5 allows for daemons on a socketpair)
+        self.rehandshake = rehandshake
         self.key_window = settings.KEY_WINDOW
         self.replay_cache = replay_cache
         self.object_id: Any = None                 # the object named in the accepted CONNECT
@@ -483,6 +488,9 @@ class ServerSession(_Session):
         if self.handshaken:
             if msg_type == MSG_INVOKE or msg_type == MSG_PING:
                 return frame
+            if msg_type == MSG_CONNECT and self.rehandshake:
+                self.handshaken = False
+                return self._connect_request(frame, now)
             raise ProtocolError(f"unexpected message type {msg_type} after the handshake")
         if msg_type == MSG_PING:
             return frame

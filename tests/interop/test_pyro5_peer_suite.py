@@ -43,7 +43,15 @@ def _outcomes(junit: Path) -> dict[str, str]:
     return outcomes
 
 
-@pytest.mark.timeout(SUITE_TIMEOUT + 30)
+def _nodeid(test: str) -> str:
+    """tests.test_x.Class::name (junit) -> tests/test_x.py::Class::name (pytest)."""
+    classname, name = test.split("::", 1)
+    parts = classname.split(".")
+    path = "/".join(parts[:2]) + ".py"
+    return "::".join([path, *parts[2:], name])
+
+
+@pytest.mark.timeout(2 * SUITE_TIMEOUT + 30)
 def test_pyro5_suite_passes_against_meshrpc(tmp_path: Path) -> None:
     root, why = sdist.fetch()
     if root is None:
@@ -53,13 +61,21 @@ def test_pyro5_suite_passes_against_meshrpc(tmp_path: Path) -> None:
     junit = tmp_path / "peer.xml"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("PYRO_LOGLEVEL", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.pyro5_peer.shim", "-p", "no:cacheprovider",
-         f"--timeout={TEST_TIMEOUT}", f"--junitxml={junit}", "-o", "junit_family=xunit1", "tests"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT)
+    def run(*tests: str, report: Path = junit) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "tests.pyro5_peer.shim", "-p", "no:cacheprovider",
+             f"--timeout={TEST_TIMEOUT}", f"--junitxml={report}", "-o", "junit_family=xunit1", *tests],
+            cwd=root, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT)
+
+    done = run("tests")
     assert junit.exists(), f"the peer suite did not run:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     outcomes = _outcomes(junit)
     failed = sorted(n for n, o in outcomes.items() if o == "failed")
+    if failed:  # once more, alone: some of Pyro5's tests assert timings a loaded machine can miss
+        again = tmp_path / "again.xml"
+        done = run(*(_nodeid(n) for n in failed), report=again)
+        outcomes.update(_outcomes(again) if again.exists() else {})
+        failed = sorted(n for n, o in outcomes.items() if o == "failed")
     assert not failed, (f"{len(failed)} of Pyro5's public-API tests fail against meshrpc and are not listed as "
                         f"deliberate differences (tests/pyro5_peer/selection.py):\n" + "\n".join(failed)
                         + f"\n{done.stdout[-4000:]}")

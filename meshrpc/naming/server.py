@@ -153,7 +153,8 @@ class NameServer:
         name, prefix, regex = (_check_filter(name, "name"), _check_filter(prefix, "prefix"),
                                _check_filter(regex, "regex"))
         if name and name != NAMESERVER_NAME:
-            return self.storage.remove([name])
+            with self.lock:  # with register's check-then-write (and as Pyro5 programs expect of remove)
+                return self.storage.remove([name])
         if prefix or regex:
             selected = self._select(prefix, regex)
             selected.pop(NAMESERVER_NAME, None)

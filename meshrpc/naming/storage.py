@@ -26,6 +26,14 @@ Entry = tuple[str, frozenset[str]]  # (uri string, metadata tags)
 class Storage:
     """The interface the name server uses. Every method is atomic."""
 
+    # Pyro5's storages are mappings: `name in storage` and `del storage[name]` work here too
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __delitem__(self, name: str) -> None:
+        if not self.remove([name]):
+            raise KeyError(name)
+
     def get(self, name: str) -> Entry | None:
         raise NotImplementedError
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import threading
 import uuid
 import weakref
 from typing import Any, Callable, Iterable

@@ -20,7 +20,7 @@ from ..client.batch import BatchedCall
 from ..client.recovery import NotDelivered, Recovery, Step
 from ..config import Settings, config as default_config
 from ..context import current_context, current_state
-from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
+from ..errors import CommunicationError, ConnectionClosedError
 from ..uri import URI
 from ..wire import constants
 from ..wire import frame as wire

@@ -13,6 +13,7 @@ from .. import errors
 from ..config import Settings, config as default_config
 from ..context import current_context, current_state
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
+from ..loopcheck import refuse_in_running_loop
 from ..transport.sockets import FramedConnection, connect
 from ..uri import URI
 from ..wire import frame as wire
@@ -211,6 +212,12 @@ class Proxy:
         conn = self._pyroConnection
         if conn is not None:
             conn.timeout = self.__pyroTimeout
+
+    def _pyroAsync(self) -> Any:
+        """An asynchronous twin of this proxy (Pyro4's async mode, docs/clients.md): its calls return
+        meshrpc.FutureResults at once. This proxy stays synchronous."""
+        from .futures import AsyncProxy
+        return AsyncProxy(self)
 
     def _pyroClaimOwnership(self) -> None:
         """Pyro5 compatibility: meshrpc proxies are not owned by a thread, so there is nothing to do."""
@@ -411,6 +418,7 @@ class Proxy:
 
     def __recovering(self, attempt: Callable[[], Any], methodname: str) -> Any:
         """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md."""
+        refuse_in_running_loop("meshrpc.Proxy")
         retries_left = self._pyroMaxRetries
         rebind = _Rebind(self._pyroSettings)
         outer, self.__rebinding = self.__rebinding, rebind

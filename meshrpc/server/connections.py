@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import weakref
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import errors
@@ -468,7 +469,7 @@ class ConnectionServer:
             self._queue_oneway(conn, frame, call)
             return
         self._set_context(conn, frame)
-        flags, result = self._dispatch.run(conn, frame.flags, call)
+        flags, result = _awaitable_refused(*self._dispatch.run(conn, frame.flags, call), call)
         if is_oneway:
             return
         annotations = current_state().response_annotations
@@ -501,7 +502,7 @@ class ConnectionServer:
                     return
                 frame, call = conn.oneways.popleft()
             self._set_context(conn, frame)
-            flags, result = self._dispatch.run(conn, frame.flags, call)
+            flags, result = _awaitable_refused(*self._dispatch.run(conn, frame.flags, call), call)
             if flags & wire.FLAG_EXCEPTION:
                 log.warning("oneway call %s failed: %r", call[1], result)
 
@@ -586,6 +587,15 @@ def _warn_if_exposed(listener: socket.socket, location: str) -> None:
         "daemon %s listens on a non-loopback address without TLS or a mesh key: anyone who can reach it can "
         "call its objects and read or change its traffic; set MESHRPC_KEY (callers must hold the key) and/or "
         "SSL with a certificate (encryption), see docs/security.md, or bind localhost", location)
+
+
+def _awaitable_refused(flags: int, result: Any, call: tuple) -> tuple[int, Any]:
+    """An `async def` method gave its coroutine: this daemon has no loop to await it on."""
+    if result.__class__ is CoroutineType:
+        result.close()
+        return wire.FLAG_EXCEPTION, errors.DaemonError(
+            f"{call[1]} is an `async def` method: serve its object with meshrpc.aio.Daemon (docs/asyncio.md)")
+    return flags, result
 
 
 def _abort(conn: ClientConnection) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 from ..config import Settings, config as default_config
 from ..context import current_context
 from ..errors import DaemonError, MeshError
+from ..loopcheck import refuse_in_running_loop
 from ..transport.sockets import create_server_socket
 from ..uri import URI
 from ..wire.constants import DAEMON_OBJECT_ID
@@ -317,6 +318,7 @@ class Daemon:
         """Serve until `shutdown()` is called or `loopCondition()` returns false. In the main thread,
         SIGTERM (a service manager's stop) calls `shutdown()` too, unless the program has a SIGTERM
         handler of its own (docs/servers.md)."""
+        refuse_in_running_loop("meshrpc.Daemon.requestLoop")
         with stop_on_signals(self):
             if self._combined:
                 self._combined_loop(loopCondition)

@@ -344,3 +344,31 @@ def test_sync_and_async_share_the_registry_and_the_one_zeroconf(realm: str, star
         run(main())
     finally:
         reset_for_tests()
+
+
+def test_the_blocking_api_inside_a_running_loop_is_refused_naming_meshrpc_aio(start_daemon: Any) -> None:
+    uri = start_daemon().register(Thing(), "thing")
+
+    async def main() -> None:
+        proxy = meshrpc.Proxy(uri)
+        with pytest.raises(RuntimeError, match=r"meshrpc\.aio"):
+            proxy.add(1, 2)          # would freeze the loop (or deadlock, were the daemon on it)
+        with pytest.raises(RuntimeError, match=r"meshrpc\.aio"):
+            proxy._pyroBind()
+        daemon = meshrpc.Daemon(host="127.0.0.1")
+        try:
+            with pytest.raises(RuntimeError, match=r"meshrpc\.aio"):
+                daemon.requestLoop()
+        finally:
+            daemon.close()
+        assert await asyncio.to_thread(lambda: proxy.add(1, 2)) == 3  # the way out the message names
+        proxy._pyroRelease()
+    run(main())
+
+
+def test_threaded_daemon_refuses_async_def_methods_clearly(start_daemon: Any) -> None:
+    uri = start_daemon().register(Thing(), "thing")
+    with meshrpc.Proxy(uri) as proxy:
+        with pytest.raises(errors.DaemonError, match=r"async def.*meshrpc\.aio\.Daemon"):
+            proxy.nap(0.01)
+        assert proxy.add(1, 1) == 2

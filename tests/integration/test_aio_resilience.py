@@ -4,8 +4,6 @@ and rebinding after a provider moved."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import signal
 from pathlib import Path
 from typing import Any, Iterator

@@ -55,7 +55,7 @@ def test_then_chains_and_iferror(served: tuple[Thing, meshrpc.URI]) -> None:
         threads.append(threading.current_thread().name)
         return value * factor
 
-    slow = meshrpc.asyncproxy(meshrpc.Proxy(uri))  # TODO _pyroAsync
+    slow = meshrpc.Proxy(uri)._pyroAsync()
     chained = slow.block(0.2, 4).then(times, 10).then(times, factor=2).then(str)
     assert not chained.ready
     assert chained.value == "80"

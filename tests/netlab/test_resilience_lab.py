@@ -102,7 +102,7 @@ def test_failover_between_replicas_loses_no_call(lab, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------
-# 3. a non-idempotent call in flight when its server dies: ConnectionClosedError, run at most once
+# 3. a non-idempotent call in flight when its server dies: ReplyLostError (maybe delivered), run at most once
 
 REPETITIONS = 20
 
@@ -121,12 +121,12 @@ def test_in_flight_non_idempotent_call_fails_and_ran_at_most_once(lab, tmp_path)
             assert int(running.split()[1]) == i + 1  # this call is the (i+1)th run, the first time
             server.kill()  # mid-sleep: the call is in flight
             _, call = client.wait_json("CALL ", STEP, mark)
-            assert call["ok"] is False and call["error"] == "ConnectionClosedError", call
+            assert call["ok"] is False and call["error"] == "ReplyLostError", call
             assert int(counter.read_text()) == i + 1  # not re-sent anywhere
         client.send("quit")
         _, result = client.wait_json("RESULT ", STEP)
         client.wait_exit(STEP)
-    assert result == {"calls": REPETITIONS, "returned": 0, "errors": {"ConnectionClosedError": REPETITIONS}}
+    assert result == {"calls": REPETITIONS, "returned": 0, "errors": {"ReplyLostError": REPETITIONS}}
     assert int(counter.read_text()) == REPETITIONS
 
 

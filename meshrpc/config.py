@@ -80,9 +80,10 @@ class Settings:
         "Times a proxy re-sends a call after a connection failure, idempotent or not (Pyro5 "
         "semantics; opt-in)."))
     SPIN_WAIT: float = field(default=0.0002, metadata=_doc(
-        "Seconds a thread waiting for a message polls without sleeping, while recent messages came "
-        "that fast (saves a scheduler wake-up per call on fast links; 0 turns it off; off on "
-        "single-core machines). At most one thread per process spins at a time."))
+        "Seconds a thread waiting for a message polls without sleeping (saves a scheduler wake-up per "
+        "call on fast links; 0 turns it off; off on single-core machines). A connection spins only "
+        "while its recent spins saw messages arrive within half of this; after 4 slow ones it stops "
+        "and re-checks one wait in 64. At most one thread per process spins at a time."))
     SERVER_SPIN: bool = field(default=True, metadata=_doc(
         "Let daemon workers spin-wait (SPIN_WAIT) for a client's next request too, while no other call "
         "runs and no other thread of the daemon waits. Saves a scheduler wake-up per call (the largest "

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA
+from .spin import SpinGate
 
 log = logging.getLogger("meshrpc.transport")
 
@@ -137,6 +138,11 @@ class _Waiters:
 _waiters = _Waiters()
 
 
+def _others_waiting() -> bool:
+    """Another thread started waiting: a spinning thread leaves the cores to it."""
+    return _waiters.count > 1
+
+
 def _single_core() -> bool:
     return (os.cpu_count() or 1) < 2
 
@@ -158,10 +164,10 @@ class FramedConnection:
         self.compress_min = compress_min
         self.send_lock = threading.Lock()
         self.closed = False
-        # adaptive spin: poll without sleeping for up to spin_wait seconds when recent answers came
-        # faster than that; a sleeping thread costs a scheduler wake-up (tens of microseconds) per reply
+        # adaptive spin: poll without sleeping for up to spin_wait seconds while recent messages came
+        # well within that; a sleeping thread costs a scheduler wake-up (tens of microseconds) per reply
         self.spin_wait = 0.0 if _single_core() else spin_wait
-        self._slow_streak = 0
+        self.spin_gate = SpinGate(self.spin_wait)
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
         # --- security hooks (docs/security.md). An ssl.SSLSocket is read and written through a
@@ -246,7 +252,7 @@ class FramedConnection:
         self.reader.feed(data)
 
     def _try_spin(self, waiting: int) -> bool:
-        if waiting > 1 or not self.spin_wait or not self._worth_spinning():
+        if waiting > 1 or not self.spin_gate.should_spin():
             return False
         data = self._spin_recv(self._read_size())
         if data is None:
@@ -261,24 +267,12 @@ class FramedConnection:
         wanted = self.reader.wanted()
         return RECV_CHUNK if wanted <= RECV_CHUNK else min(wanted, RECV_MAX)
 
-    def _worth_spinning(self) -> bool:
-        if self._slow_streak >= 4:  # answers have been slow: spin again only now and then, to re-check
-            self._slow_streak = (self._slow_streak + 1) % 64
-            return self._slow_streak == 0
-        return True
-
     def _spin_recv(self, size: int) -> bytes | None:
         """Data, b"" on close, or None when nothing came within spin_wait (or TLS has no data yet)."""
         # poll(0) never sleeps and works the same whether or not the socket has a timeout
-        poll, clock = self.poller.poll, time.perf_counter
-        deadline = clock() + self.spin_wait
-        while not poll(0):
-            if clock() > deadline:
-                self._slow_streak += 1
-                return None
-            if _waiters.count > 1:  # another thread started waiting: leave the cores to it
-                return None
-        self._slow_streak = 0
+        poll = self.poller.poll
+        if not self.spin_gate.spin(lambda: bool(poll(0)), time.perf_counter, _others_waiting):
+            return None
         try:
             return self._recv(size)
         except OSError as exc:

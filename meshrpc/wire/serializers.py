@@ -190,7 +190,7 @@ def _dict_to_object(data: dict) -> Any:
     if classname == "float" and "value" in data:  # serpent's form of nan
         return float(data["value"])
     # Pyro5's exact text (programs compare it); what to do goes to the log
-    log.info("unsupported serialized class: %s; register a hook with meshrpc.register_dict_to_class(%r, "
+    log.warning("unsupported serialized class: %s; register a hook with meshrpc.register_dict_to_class(%r, "
                 "converter) to accept it", classname, classname)
     raise SerializeError(f"unsupported serialized class: {classname}")
 

@@ -89,8 +89,8 @@ def normalized(output: str) -> list[str]:
                 skip_code_line = False
             else:
                 continue
-        if SERVE_BANNER.match(line):
-            continue
+        if SERVE_BANNER.match(line) or "register a hook with meshrpc.register_dict_to_class" in line:
+            continue  # serve()'s own words; meshrpc's logged hint (Python prints warnings when no logging is set up)
         if re.search(r'File ".*/(Pyro5|meshrpc)/', line):
             skip_code_line = True  # a frame of the library itself (and its code line): not the program's
             continue

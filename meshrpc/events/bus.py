@@ -1,10 +1,11 @@
 """EventBus: publish and subscribe for one process (or one part of it), over the mesh or through
 an event server (docs/events.md).
 
-Mesh mode (no broker): subscribing starts a small daemon serving an Inbox and announces it on the
-mesh under the name `meshrpc.events.inbox` with one metadata tag per pattern (`ev:home.*.door`);
-publishing watches the mesh registry for those announcements (a subscription to its changes, not
-polling) and keeps one Outbox per subscriber. Server mode (EVENTS_SERVER or server=): the same
+Mesh mode (no broker): subscribing starts a small daemon serving an Inbox and announces it under
+the name `meshrpc.events.inbox` with one metadata tag per pattern (`ev:home.*.door`) through the
+daemon announcers of the registries RESOLVE names (the mesh, etcd: `registry_names`); publishing
+watches those registries for the announcements (subscriptions to their changes, not polling),
+merges them into one provider set and keeps one Outbox per subscriber. Server mode (EVENTS_SERVER or server=): the same
 inbox attaches to the event server with a lease, and publishing sends to the server.
 """
 
@@ -41,6 +42,14 @@ def server_uri(text: str) -> URI:
     return URI(text)
 
 
+def registry_names(settings: Settings) -> list[str]:
+    """The registries subscribers announce on and publishers watch, as daemons announce: the mesh
+    unless RESOLVE names etcd and not the mesh; etcd when RESOLVE names a cluster (docs/etcd.md)."""
+    from ..resolve import REGISTRIES, announces_on_mesh, split_sources
+    names = [name for name, _ in split_sources(settings.RESOLVE) if name in REGISTRIES]
+    return (["mesh"] if announces_on_mesh(settings) else []) + (["etcd"] if "etcd" in names else [])
+
+
 def send_relay(proxy: Any, stream: str, first_seq: int, events: list) -> None:
     proxy.relay(stream, first_seq, events)
 
@@ -64,12 +73,13 @@ class EventBus:
         self._lock = threading.RLock()
         self._entries_lock = threading.Lock()      # the registry's callbacks take only this one
         self._router: Router | None = None
-        self._stop_watching: Callable[[], None] | None = None
-        self._subscriber_entries: dict[tuple[str, str], tuple[str, frozenset[Pattern]]] = {}
+        self._stop_watching: list[Callable[[], None]] = []
+        # (registry, (name, uri)) -> (reachable uri, patterns): a subscriber on two registries is one
+        self._subscriber_entries: dict[tuple[str, tuple[str, str]], tuple[str, frozenset[Pattern]]] = {}
         self._inbox = Inbox(on_loss=self._lost)
         self._daemon: Any = None
         self._inbox_uri = ""
-        self._announcer: Any = None
+        self._announcers: list[Any] | None = None
         self._announced: dict[str, frozenset[str]] = {}
         self._lease_stop = threading.Event()
         self._lease_thread: threading.Thread | None = None
@@ -119,16 +129,24 @@ class EventBus:
                 router.set_subscriber(str(self.server), [Pattern.parse(">")])
                 self._router = router
                 return router
-            from ..mesh import ADDED, get_registry
+            from ..mesh import ADDED
+            from ..resolve import _registry_views
             self._router = Router(self.settings, self.id)
-            registry = get_registry(self.settings)
-            self._stop_watching = registry.subscribe(self._mesh_changed)
-            for entry in registry.list(prefix=INBOX_NAME):      # known before we subscribed
-                self._mesh_changed(ADDED, entry)
+            for source, registry in _registry_views(self.settings, registry_names(self.settings)):
+                def changed(event: str, entry: Any, source: str = source) -> None:
+                    self._registry_changed(source, event, entry)
+                self._stop_watching.append(registry.subscribe(changed))
+                try:
+                    known = registry.list(prefix=INBOX_NAME)     # known before we subscribed
+                except MeshError as exc:    # etcd not reached yet: its watcher reports them when it is
+                    log.warning("events: subscribers in %s not known yet: %s", source, exc)
+                    known = []
+                for entry in known:
+                    changed(ADDED, entry)
             return self._router
 
-    def _mesh_changed(self, event: str, entry: Any) -> None:
-        """Registry callback (the mesh thread; quick): a subscriber announcement came, changed or went."""
+    def _registry_changed(self, source: str, event: str, entry: Any) -> None:
+        """Registry callback (its thread; quick): a subscriber announcement came, changed or went."""
         if entry.name != INBOX_NAME and not entry.name.startswith(INBOX_NAME + "."):
             return
         from ..mesh import REMOVED, net
@@ -138,10 +156,10 @@ class EventBus:
         uri = net.reachable_uri(entry.uri, entry.other_hosts)
         with self._entries_lock:
             if event == REMOVED:
-                self._subscriber_entries.pop(entry.key, None)
+                self._subscriber_entries.pop((source, entry.key), None)
             else:
                 patterns = frozenset(p for p in map(pattern_of_tag, entry.metadata) if p is not None)
-                self._subscriber_entries[entry.key] = (uri, patterns)
+                self._subscriber_entries[(source, entry.key)] = (uri, patterns)
             merged = set().union(*(p for u, p in self._subscriber_entries.values() if u == uri))
             if merged:
                 router.set_subscriber(uri, sorted(merged, key=lambda p: (p.is_regex, p.text)))
@@ -204,16 +222,26 @@ class EventBus:
             return
         groups = pack_tags(patterns, self.settings.MESH_TXT_MAX - _TXT_RESERVE)
         wanted = {INBOX_NAME if i == 0 else f"{INBOX_NAME}.{i}": tags for i, tags in enumerate(groups)}
-        if self._announcer is None:
-            from ..mesh import MeshPublisher
-            self._announcer = MeshPublisher(self.settings.HOST, self.settings)
+        if self._announcers is None:
+            self._announcers = self._registry_announcers()
         for name, tags in wanted.items():
             if self._announced.get(name) != tags:
-                self._announcer.publish(name, self._inbox_uri, set(tags))
+                for announcer in self._announcers:
+                    announcer.register(name, self._inbox_uri, frozenset(tags))
                 self._announced[name] = tags
         for name in [n for n in self._announced if n not in wanted]:
-            self._announcer.withdraw(name, self._inbox_uri)
+            for announcer in self._announcers:
+                announcer.withdraw(name, self._inbox_uri)
             del self._announced[name]
+
+    def _registry_announcers(self) -> list[Any]:
+        """The daemon announcers (server/hooks.py) of the registries in registry_names(): the mesh
+        publisher, etcd's registrar (a lease: a killed subscriber leaves within ETCD_LEASE_TTL). Not
+        the name server's: it holds one URI per name, and there are many subscribers."""
+        from ..server.hooks import plugged_in
+        wanted = registry_names(self.settings)
+        made = (factory(self.settings.HOST, self.settings) for key, factory in plugged_in() if key in wanted)
+        return [announcer for announcer in made if announcer is not None]
 
     # ---------------------------------------------------------------- server mode: leases
 
@@ -268,8 +296,8 @@ class EventBus:
         if flush > 0:
             self.flush(flush)
         self._lease_stop.set()
-        if self._stop_watching is not None:
-            self._stop_watching()
+        for stop_watching in self._stop_watching:
+            stop_watching()
         if self._router is not None:
             self._router.close()
         if self.server is not None and self._announced.get("server"):
@@ -278,8 +306,8 @@ class EventBus:
                 self._renew_once()     # detach
             except MeshError:
                 pass
-        if self._announcer is not None:
-            self._announcer.close()
+        for announcer in self._announcers or ():
+            announcer.close()
         if self._daemon is not None:
             self._daemon.shutdown()
 

@@ -145,8 +145,8 @@ class Page:
 
 
 def artefact_dir(test_name: str) -> Path:
-    """Where a test keeps screenshots: $MESHRPC_ARTIFACTS (CI) or the temp directory, one folder per run."""
-    root = Path(os.environ.get("MESHRPC_ARTIFACTS") or Path(tempfile.gettempdir()) / "meshrpc-artifacts")
+    """Where a test keeps screenshots: $MESHRPC_TEST_ARTIFACTS (CI) or the temp directory, one folder per run."""
+    root = Path(os.environ.get("MESHRPC_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "meshrpc-artifacts")
     folder = root / f"{test_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -1,6 +1,6 @@
 """The gateway's web page in a real headless Chromium (driven over the DevTools protocol): it shows a
 daemon appear and disappear without a reload, and a method called through its form shows the result
-and a remote traceback. Screenshots go to the directory this test prints ($MESHRPC_ARTIFACTS in CI)."""
+and a remote traceback. Screenshots go to the directory this test prints ($MESHRPC_TEST_ARTIFACTS in CI)."""
 
 from __future__ import annotations
 

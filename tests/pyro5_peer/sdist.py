@@ -2,7 +2,7 @@
 
 Never committed: `pip download --no-deps --no-binary :all: Pyro5==<installed version>` into a cache
 directory (MESHRPC_TEST_CACHE, default ~/.cache/meshrpc-tests), unpacked once. .ci/run fetches it
-before the suite runs and sets MESHRPC_REQUIRE_PYRO5_SDIST=1, so CI fails instead of skipping when
+before the suite runs and sets MESHRPC_TEST_REQUIRE_PYRO5_SDIST=1, so CI fails instead of skipping when
 it cannot be had.
 """
 
@@ -56,7 +56,7 @@ def fetch() -> tuple[Path | None, str]:
 
 def required() -> bool:
     """CI must have the sdist: a missing one is a failure there, a skip elsewhere."""
-    return os.environ.get("MESHRPC_REQUIRE_PYRO5_SDIST", "") not in ("", "0")
+    return os.environ.get("MESHRPC_TEST_REQUIRE_PYRO5_SDIST", "") not in ("", "0")
 
 
 if __name__ == "__main__":  # .ci/run: fetch it now

@@ -239,3 +239,16 @@ def test_import_raises_one_line_and_the_cli_prints_one_line():
                          timeout=60)
     assert cli.returncode == 2 and cli.stdout == "", cli
     assert cli.stderr.splitlines() == ["error: ConfigError: " + lib.stderr.strip().splitlines()[-1].split(": ", 1)[1]]
+
+
+def test_ci_script_exports_only_settings_or_test_knobs():
+    """`.ci/run` exports variables before `import meshrpc`: an unknown MESHRPC_* name would fail every test."""
+    import re
+    from pathlib import Path
+
+    from meshrpc.config import ENV_NOT_SETTINGS, ENV_PREFIX, Settings
+
+    script = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    names = {f.name for f in __import__("dataclasses").fields(Settings)}
+    for variable in re.findall(r"\b(" + ENV_PREFIX + r"[A-Z0-9_]+)=", script):
+        assert variable.startswith(ENV_NOT_SETTINGS) or variable[len(ENV_PREFIX):] in names, variable

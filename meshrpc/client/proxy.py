@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -20,6 +19,7 @@ from ..wire import frame as wire
 from ..wire.constants import BATCH_METHOD, DAEMON_OBJECT_ID
 from ..wire.serializers import WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
 from ..wire.session import ClientSession, ConnectRefused, NotRun, StreamStarted, as_exception
+from .recovery import NotDelivered, Rebind
 
 log = logging.getLogger("meshrpc.client")
 
@@ -73,7 +73,7 @@ class Proxy:
         self._pyroUri = given  # the current target: replaced by the resolved PYRO URI once connected
         self._pyroLocator: URI | None = None if given.is_direct else given  # PYRONAME/PYROMETA to re-resolve
         self._pyroResolvedBy: str | None = None  # the source ("mesh", "ns") that resolved the locator last
-        self.__rebinding: _Rebind | None = None  # while a call recovers: its rebind budget
+        self.__rebinding: Rebind | None = None  # while a call recovers: its rebind budget
         self.__retarget: URI | None = None  # a provider to reconnect to once, before re-resolving
         self.__known = False  # the locator was resolved at least once: its name is known
         self._pyroConnection: FramedConnection | None = None
@@ -344,7 +344,7 @@ class Proxy:
                 sock = connect(target.host, target.port, target.sockname, timeout or settings.CONNECT_TIMEOUT,
                                settings.SOCK_NODELAY)
             except CommunicationError as exc:
-                raise _NotDelivered(str(exc), target) from None
+                raise NotDelivered(str(exc), target) from None
         if settings.SSL and self._pyroConnectedSocket is None:
             # --- TLS (docs/security.md): handshake now; the daemon's certificate must verify and name
             # the URI's host. A refused certificate (TLSError) is raised as it is: no retry helps.
@@ -355,7 +355,7 @@ class Proxy:
             except tls.TLSError:
                 raise
             except CommunicationError as exc:
-                raise _NotDelivered(str(exc), target) from None
+                raise NotDelivered(str(exc), target) from None
         serializer = self._pyroSerializerObject()
         session = ClientSession(serializer, settings)
         conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE, spin_wait=settings.SPIN_WAIT, protocol=session)
@@ -371,7 +371,7 @@ class Proxy:
                 if refusal:  # refused for credentials: no retry or other provider changes that
                     from ..transport.tls import TLSError
                     raise TLSError(f"TLS: {target} refused this client: {refusal}") from None
-                raise _NotDelivered(f"handshake with {target} failed: {exc}", target,
+                raise NotDelivered(f"handshake with {target} failed: {exc}", target,
                                     timed_out=isinstance(exc, errors.TimeoutError)) from None
             except errors.SecurityError as exc:  # the daemon failed the mesh-key proof (docs/security.md)
                 raise errors.SecurityError(f"connection to {target} refused: {exc}") from None
@@ -381,7 +381,7 @@ class Proxy:
             if isinstance(event, ConnectRefused):
                 reason = event.reason
                 if event.kind == "unknown-object" and self._pyroLocator is not None:
-                    raise _NotDelivered(f"{target} no longer serves that object", target)
+                    raise NotDelivered(f"{target} no longer serves that object", target)
                 if event.kind == "mesh-key":
                     raise errors.SecurityError(f"connection to {target} rejected: {reason}"
                                                + ("" if settings.KEY else " (this proxy has no MESHRPC_KEY)"))
@@ -420,7 +420,7 @@ class Proxy:
         """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md."""
         refuse_in_running_loop("meshrpc.Proxy")
         retries_left = self._pyroMaxRetries
-        rebind = _Rebind(self._pyroSettings)
+        rebind = Rebind(self._pyroSettings)
         outer, self.__rebinding = self.__rebinding, rebind
         try:
             return self.__recover(attempt, methodname, rebind, retries_left)
@@ -428,12 +428,12 @@ class Proxy:
             self.__rebinding = outer
             self.__retarget = None
 
-    def __recover(self, attempt: Callable[[], Any], methodname: str, rebind: "_Rebind", retries_left: int) -> Any:
+    def __recover(self, attempt: Callable[[], Any], methodname: str, rebind: "Rebind", retries_left: int) -> Any:
         reconnected = False
         while True:
             try:
                 return attempt()
-            except _NotDelivered as exc:
+            except NotDelivered as exc:
                 self.__drop(exc.target, exc, exc.suspect)
                 if not exc.suspect and not reconnected and self._pyroLocator is not None and exc.target is not None:
                     reconnected = True  # the connection broke, the daemon may be fine: reconnect to it at once
@@ -475,7 +475,7 @@ class Proxy:
             report_failure(target, self._pyroSettings, reason)
         log.info("connection to %s failed: %s", target or self._pyroUri, reason)
 
-    def __gave_up(self, exc: Exception, rebind: "_Rebind") -> CommunicationError:
+    def __gave_up(self, exc: Exception, rebind: "Rebind") -> CommunicationError:
         what = self._pyroLocator or self._pyroUri
         cls = errors.NoProviderError if self._pyroLocator is not None else errors.NotDeliveredError
         return cls(f"cannot reach {what} after {rebind.attempts} attempts in {rebind.elapsed():.1f} s "
@@ -487,7 +487,7 @@ class Proxy:
         if conn is not None and conn.poller.poll(0):
             # an idle connection that is readable was closed by the daemon (or is out of step):
             # replace it before sending, so the call certainly is not lost
-            raise _NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
+            raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
                                 suspect=False)
         if conn is None:
             self.__connect()
@@ -507,7 +507,7 @@ class Proxy:
         try:
             conn.send_parts(request)
         except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
-            raise _NotDelivered(str(exc), self._pyroUri, suspect=False) from None
+            raise NotDelivered(str(exc), self._pyroUri, suspect=False) from None
         if flags & wire.FLAG_ONEWAY:
             return None
         try:
@@ -522,7 +522,7 @@ class Proxy:
         if reply.__class__ is NotRun:
             # the daemon is shutting down and refused the call without running it: certainly not delivered
             self.__close_connection()
-            raise _NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
+            raise NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
         raw = self._pyroRawWireResponse
         # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
         blobs = None if raw else session.take_blobs(reply)
@@ -538,48 +538,6 @@ class Proxy:
     def _pyroInvokeBatch(self, calls: list[tuple[str, tuple, dict]], oneway: bool = False) -> Any:
         flags = wire.FLAG_BATCH | (wire.FLAG_ONEWAY if oneway else 0)
         return self._pyroInvoke(BATCH_METHOD, calls, None, flags)
-
-
-class _NotDelivered(ConnectionClosedError):
-    """A call that certainly did not reach a daemon: connecting, the handshake or sending failed."""
-
-    def __init__(self, message: str, target: URI | None, suspect: bool = True, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.target = target
-        self.suspect = suspect  # False: an established connection broke (the provider may well be fine)
-        self.timed_out = timed_out  # no answer in time (the handshake): a TimeoutError when given up
-
-
-class _Rebind:
-    """Backoff with jitter between attempts, bounded by REBIND_TIMEOUT."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.timeout = settings.REBIND_TIMEOUT
-        self.pause = settings.REBIND_BACKOFF_MIN
-        self.pause_max = settings.REBIND_BACKOFF_MAX
-        self.started = time.monotonic()
-        self.attempts = 1
-        self.first = True
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def remaining(self) -> float:
-        return self.timeout - self.elapsed()
-
-    def wait(self) -> bool:
-        """Pause before the next attempt; False when the time is up."""
-        if self.first:  # the first retry goes at once: a stale connection is the common case
-            self.first = False
-            self.attempts += 1
-            return self.elapsed() < self.timeout
-        remaining = self.timeout - self.elapsed()
-        if remaining <= 0:
-            return False
-        time.sleep(min(remaining, self.pause * random.uniform(0.5, 1.5)))
-        self.pause = min(self.pause * 2, self.pause_max)
-        self.attempts += 1
-        return True
 
 
 class StreamResultIterator:

@@ -21,10 +21,11 @@ from ..wire.constants import BATCH_METHOD  # a batch is never re-sent as a whole
 class NotDelivered(ConnectionClosedError):
     """A call that certainly did not reach a daemon: connecting, the handshake or sending failed."""
 
-    def __init__(self, message: str, target: URI | None, suspect: bool = True) -> None:
+    def __init__(self, message: str, target: URI | None, suspect: bool = True, timed_out: bool = False) -> None:
         super().__init__(message)
         self.target = target
         self.suspect = suspect  # False: an established connection broke (the provider may well be fine)
+        self.timed_out = timed_out  # no answer in time (the handshake): a TimeoutError when given up
 
 
 class Rebind:

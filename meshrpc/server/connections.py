@@ -170,10 +170,13 @@ class ConnectionServer:
     def _park(self, conn: ClientConnection) -> None:
         if conn.closed:
             return
-        self._parked[conn.sock] = conn
         if self._selector is not None:
             import selectors
-            self._selector.register(conn.sock, selectors.EVENT_READ)
+            try:
+                self._selector.register(conn.sock, selectors.EVENT_READ)
+            except (ValueError, OSError):
+                return  # closed by another thread since the check (seen at SIGTERM): nothing to watch
+        self._parked[conn.sock] = conn
 
     def _unpark(self, conn: ClientConnection) -> None:
         if self._selector is not None:

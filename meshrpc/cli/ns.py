@@ -54,20 +54,20 @@ def run(args: argparse.Namespace, out: Output) -> int:
     try:
         if bcserver is not None:
             bcserver.run_in_thread()
-        count = daemon.nameserver.count()
-        if out.json_mode:
-            out.json({"uri": str(uri), "broadcast": bcserver.locationStr if bcserver else None,
-                      "storage": args.storage, "entries": count})
-        else:
-            out.line(f"name server ready: {uri}")
-            if bcserver is not None:
-                where = ", ".join(f"{address or '0.0.0.0'}:{bcserver.port}" for address in bcserver.addresses)
-                broadcast = f"broadcast responder on {where}"
+        with stop_on_signals(daemon):  # before saying ready: a SIGTERM right after it must say goodbye
+            count = daemon.nameserver.count()
+            if out.json_mode:
+                out.json({"uri": str(uri), "broadcast": bcserver.locationStr if bcserver else None,
+                          "storage": args.storage, "entries": count})
             else:
-                broadcast = "no broadcast responder"
-            out.status(f"storage {args.storage}, {count} entries; {broadcast}")
-            out.status("Ctrl-C or SIGTERM stops it")
-        with stop_on_signals(daemon):
+                out.line(f"name server ready: {uri}")
+                if bcserver is not None:
+                    where = ", ".join(f"{address or '0.0.0.0'}:{bcserver.port}" for address in bcserver.addresses)
+                    broadcast = f"broadcast responder on {where}"
+                else:
+                    broadcast = "no broadcast responder"
+                out.status(f"storage {args.storage}, {count} entries; {broadcast}")
+                out.status("Ctrl-C or SIGTERM stops it")
             try:
                 daemon.requestLoop()
             except KeyboardInterrupt:

@@ -82,8 +82,18 @@ class Settings:
     SPIN_WAIT: float = field(default=0.0002, metadata=_doc(
         "Seconds a thread waiting for a message polls without sleeping (saves a scheduler wake-up per "
         "call on fast links; 0 turns it off; off on single-core machines). A connection spins only "
-        "while its recent spins saw messages arrive within half of this; after 4 slow ones it stops "
-        "and re-checks one wait in 64. At most one thread per process spins at a time."))
+        "while its recent spins saw messages arrive within SPIN_LATE_SHARE of this; after "
+        "SPIN_SLOW_LIMIT slow ones it stops and re-checks one wait in SPIN_RECHECK_EVERY. At most one "
+        "thread per process spins at a time."))
+    SPIN_SLOW_LIMIT: int = field(default=4, metadata=_doc(
+        "Slow spins in a row (nothing came within SPIN_WAIT, or only late in it) after which a "
+        "connection stops spinning: spaced calls then cost no spinning CPU."))
+    SPIN_RECHECK_EVERY: int = field(default=64, metadata=_doc(
+        "While a connection's spinning is off, one wait in this many spins anyway, to notice that "
+        "messages came fast again (one fast spin turns spinning back on)."))
+    SPIN_LATE_SHARE: float = field(default=0.5, metadata=_doc(
+        "A message that arrives after this share of SPIN_WAIT counts as slow: the spin before it cost "
+        "more CPU than the scheduler wake-up it saved."))
     SERVER_SPIN: bool = field(default=True, metadata=_doc(
         "Let daemon workers spin-wait (SPIN_WAIT) for a client's next request too, while no other call "
         "runs and no other thread of the daemon waits. Saves a scheduler wake-up per call (the largest "

@@ -14,6 +14,7 @@ from ..context import current_context, current_state
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
 from ..loopcheck import refuse_in_running_loop
 from ..transport.sockets import FramedConnection, connect
+from ..transport.spin import SpinGate
 from ..uri import URI
 from ..wire import frame as wire
 from ..wire.constants import BATCH_METHOD, DAEMON_OBJECT_ID
@@ -358,7 +359,8 @@ class Proxy:
                 raise NotDelivered(str(exc), target) from None
         serializer = self._pyroSerializerObject()
         session = ClientSession(serializer, settings)
-        conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE, spin_wait=settings.SPIN_WAIT, protocol=session)
+        conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE, protocol=session,
+                                spin_gate=SpinGate.from_settings(settings))
         try:
             request = session.connect_request(target.object, self._pyroHandshake,
                                               self._pyroAnnotations(), current_context.correlation_id,

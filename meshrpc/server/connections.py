@@ -29,6 +29,7 @@ from ..config import Settings
 from ..context import current_context, current_state
 from ..errors import ProtocolError, SerializeError
 from ..transport.sockets import FramedConnection, limit_send_time
+from ..transport.spin import SpinGate
 from ..wire import frame as wire
 from ..wire.constants import UNKNOWN_OBJECT_REASON
 from ..wire.serializers import BY_ID, Serializer
@@ -52,7 +53,7 @@ class ClientConnection(FramedConnection):
         # requests are answered one after the other here: no pipelining (a slow call would hold up the
         # calls behind it; a proxy that gives up on one reconnects instead)
         protocol = ServerSession(settings, pipelining=False)
-        super().__init__(sock, settings.MAX_MESSAGE_SIZE, spin_wait=settings.SPIN_WAIT, protocol=protocol)
+        super().__init__(sock, settings.MAX_MESSAGE_SIZE, protocol=protocol, spin_gate=SpinGate.from_settings(settings))
         self.protocol: ServerSession = protocol
         self.addr = addr
         self.session: dict[str, Any] = {}  # per-connection instances ("session" mode)

@@ -155,7 +155,8 @@ class FramedConnection:
     """
 
     def __init__(self, sock: socket.socket, max_size: int, compress_min: int = -1,
-                 max_annotations: int = 64, spin_wait: float = 0.0, *, protocol: Any = None) -> None:
+                 max_annotations: int = 64, spin_wait: float = 0.0, *, protocol: Any = None,
+                 spin_gate: SpinGate | None = None) -> None:
         self.sock = sock
         # protocol: the connection's wire.session (ClientSession/ServerSession); bytes read go to its reader
         self.protocol = protocol
@@ -166,8 +167,11 @@ class FramedConnection:
         self.closed = False
         # adaptive spin: poll without sleeping for up to spin_wait seconds while recent messages came
         # well within that; a sleeping thread costs a scheduler wake-up (tens of microseconds) per reply
-        self.spin_wait = 0.0 if _single_core() else spin_wait
-        self.spin_gate = SpinGate(self.spin_wait)
+        # (spin_gate: a gate built from Settings, SpinGate.from_settings; it replaces spin_wait)
+        self.spin_gate = spin_gate if spin_gate is not None else SpinGate(spin_wait)
+        if _single_core():
+            self.spin_gate.spin_wait = 0.0
+        self.spin_wait = self.spin_gate.spin_wait
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
         # --- security hooks (docs/security.md). An ssl.SSLSocket is read and written through a

@@ -12,41 +12,51 @@ from what its own spins saw, and nothing else:
   kept the gate from ever closing: after each missed spin and linger, a second attempt found the
   request waiting and wiped the streak of slow ones (issue 15).
 
-After SLOW_LIMIT slow spins in a row the gate closes; it then spins on one wait in RECHECK_EVERY,
-to notice when messages get fast again (one fast spin reopens it).
+After `slow_limit` slow spins in a row the gate closes; it then spins on one wait in `recheck_every`,
+to notice when messages get fast again (one fast spin reopens it). The constants are Settings
+(SPIN_SLOW_LIMIT, SPIN_RECHECK_EVERY, SPIN_LATE_SHARE), documented in meshrpc/config.py.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-SLOW_LIMIT = 4
-RECHECK_EVERY = 64
-# data that arrives after this share of the budget has cost more CPU than the wake-up it saved
-LATE_SHARE = 0.5
+from ..config import Settings
 
 
 class SpinGate:
     """One connection's spin decisions (one reader at a time, like the connection's receiving side)."""
 
-    def __init__(self, spin_wait: float) -> None:
+    def __init__(self, spin_wait: float, slow_limit: int = Settings.SPIN_SLOW_LIMIT,
+                 recheck_every: int = Settings.SPIN_RECHECK_EVERY,
+                 late_share: float = Settings.SPIN_LATE_SHARE) -> None:
         self.spin_wait = spin_wait
+        self.slow_limit = slow_limit
+        self.recheck_every = recheck_every
+        # data that arrives after this share of the budget has cost more CPU than the wake-up it saved
+        self.late_share = late_share
         self.slow_streak = 0
         self._skipped = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "SpinGate":
+        """A gate with the SPIN_* settings of `settings` (a meshrpc.config.Settings)."""
+        return cls(settings.SPIN_WAIT, settings.SPIN_SLOW_LIMIT, settings.SPIN_RECHECK_EVERY,
+                   settings.SPIN_LATE_SHARE)
 
     @property
     def open(self) -> bool:
         """Spinning is on for this connection (recent spins saw fast messages)."""
-        return bool(self.spin_wait) and self.slow_streak < SLOW_LIMIT
+        return bool(self.spin_wait) and self.slow_streak < self.slow_limit
 
     def should_spin(self) -> bool:
-        """Whether the next wait spins; while closed, True for one wait in RECHECK_EVERY."""
+        """Whether the next wait spins; while closed, True for one wait in recheck_every."""
         if not self.spin_wait:
             return False
-        if self.slow_streak < SLOW_LIMIT:
+        if self.slow_streak < self.slow_limit:
             return True
         self._skipped += 1
-        if self._skipped >= RECHECK_EVERY:
+        if self._skipped >= self.recheck_every:
             self._skipped = 0
             return True
         return False
@@ -61,7 +71,7 @@ class SpinGate:
         deadline = start + self.spin_wait
         while True:
             if ready():
-                self._judge(clock() - start <= self.spin_wait * LATE_SHARE)
+                self._judge(clock() - start <= self.spin_wait * self.late_share)
                 return True
             if clock() > deadline:
                 self._judge(False)
@@ -73,5 +83,5 @@ class SpinGate:
         if fast:
             self.slow_streak = 0
             self._skipped = 0
-        elif self.slow_streak < SLOW_LIMIT:
+        elif self.slow_streak < self.slow_limit:
             self.slow_streak += 1

@@ -9,7 +9,11 @@ import pytest
 
 from meshrpc.transport import sockets
 from meshrpc.wire import frame as wire
-from meshrpc.transport.spin import RECHECK_EVERY, SLOW_LIMIT, SpinGate
+from meshrpc.config import Settings
+from meshrpc.transport.spin import SpinGate
+
+SLOW_LIMIT = Settings.SPIN_SLOW_LIMIT
+RECHECK_EVERY = Settings.SPIN_RECHECK_EVERY
 
 SPIN_WAIT = 200e-6
 
@@ -65,6 +69,17 @@ def test_missed_spins_close_the_gate_and_it_rechecks_now_and_then() -> None:
     line.message_in(1e-3)
     assert not spin(gate, line)
     assert [gate.should_spin() for _ in range(RECHECK_EVERY)].count(True) == 1
+
+
+def test_the_gate_takes_its_limits_from_settings() -> None:
+    settings = Settings().copy(SPIN_WAIT=SPIN_WAIT, SPIN_SLOW_LIMIT=2, SPIN_RECHECK_EVERY=8, SPIN_LATE_SHARE=0.25)
+    gate, line = SpinGate.from_settings(settings), FakeLine()
+    line.message_in(SPIN_WAIT * 0.4)  # fast under the default share (0.5), late under 0.25
+    assert spin(gate, line) and gate.slow_streak == 1
+    line.message_in(1e-3)
+    assert not spin(gate, line)
+    assert not gate.open  # closed after 2 slow spins, not 4
+    assert [gate.should_spin() for _ in range(8 * 2)].count(True) == 2
 
 
 def test_a_fast_recheck_reopens_the_gate() -> None:

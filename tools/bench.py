@@ -30,7 +30,7 @@ Usage::
     python3 tools/bench.py --quick --json            # CI smoke run, JSON on stdout
     python3 tools/bench.py --cases small,threads --threads 50 --duration 5
     python3 tools/bench.py --profile                 # case 1 (serpent) under cProfile, both sides
-    python3 tools/bench.py --profile --cases batch   # the same for case 2
+    python3 tools/bench.py --profile --cases batch   # the same for case 2 (or spaced: case 9, 100 us gaps)
 
 Like for like: Pyro5's serpent carries ``bytes`` as a base64 dict; the bench server turns such a dict
 back into bytes before echoing it (so both directions pay the encoding), and the client decodes the
@@ -1249,6 +1249,14 @@ def profile_workload(lib: str, proxy: Any, case: str, batch_size: int) -> Callab
                 list(batch())
         return run
     echo = proxy.echo
+    if case == "spaced":
+        sleep = time.sleep
+
+        def run(n: int) -> None:
+            for i in range(n):
+                echo(i)
+                sleep(100e-6)
+        return run
 
     def run(n: int) -> None:
         for i in range(n):
@@ -1256,7 +1264,8 @@ def profile_workload(lib: str, proxy: Any, case: str, batch_size: int) -> Callab
     return run
 
 
-PROFILE_CASES = {"small": "case 1 (serpent)", "batch": "case 2 (serpent, batches of 1000 calls; an rpc is a batch)"}
+PROFILE_CASES = {"small": "case 1 (serpent)", "batch": "case 2 (serpent, batches of 1000 calls; an rpc is a batch)",
+                 "spaced": "case 9 (serpent, calls 100 us apart)"}
 
 
 def run_profile(libs: list[str], calls: int, warmup: int, limit: int, case: str = "small",
@@ -1416,9 +1425,10 @@ def main(argv: list[str] | None = None) -> int:
         for lib in libs:
             if lib not in LIBS:
                 raise SystemExit(f"unknown library {lib!r} for --profile-libs")
-        case = {"all": "small", "small": "small", "1": "small", "batch": "batch", "2": "batch"}.get(args.cases)
+        case = {"all": "small", "small": "small", "1": "small", "batch": "batch", "2": "batch",
+                "spaced": "spaced", "9": "spaced"}.get(args.cases)
         if case is None:
-            raise SystemExit("--profile runs one case: --cases small (the default) or --cases batch")
+            raise SystemExit("--profile runs one case: --cases small (the default), batch or spaced")
         if case == "batch":
             calls, warmup = (2, 1) if args.quick else (50, 3)
         else:

@@ -113,6 +113,10 @@ class Settings:
     AIO_EXECUTOR_SIZE: int = field(default=32, metadata=_doc(
         "Most threads an asyncio daemon (meshrpc.aio.Daemon) runs plain, non-async methods on; "
         "`async def` methods run on its loop and need none."))
+    AIO_CORK_BYTES: int = field(default=16384, metadata=_doc(
+        "meshrpc.aio: messages written in one turn of the event loop after its first go out together, "
+        "in one system call per this many bytes (and at the end of the turn): side-by-side calls or "
+        "replies share system calls, and the peer starts on the first ones while the rest are written."))
     FUTURE_WORKERS: int = field(default=4, metadata=_doc(
         "Threads (for the whole process) that run meshrpc.Future callables and the then/iferror "
         "chains of asynchronous calls; the calls themselves run on one shared asyncio loop thread."))

@@ -8,8 +8,9 @@ calls. The machine may be shared: the load average is printed with the results.
 
 Cases (``--cases``, comma separated):
 
-  sequential  one call after the other: aio proxy -> aio daemon (async def and plain methods),
-              threaded proxy -> threaded daemon, and the two crossed
+  sequential  one call after the other: aio proxy -> aio daemon (async def, plain, and plain marked
+              meshrpc.aio.nonblocking), threaded proxy -> threaded daemon, and the two crossed (the
+              proxies compared on one server: aio vs threaded proxy -> threaded daemon)
   pipelined   N concurrent awaits on one aio proxy (aio daemon; then a Pyro5 daemon, serialized):
               calls/s, errors, p50/p99 latency, and the ratio to the sequential rate
   idle        N idle connected clients held by an aio daemon and by a threaded daemon: memory per
@@ -46,9 +47,16 @@ sys.path.insert(0, str(ROOT))
 # ------------------------------------------------------------------ the server side (child processes)
 
 def make_service(lib: Any) -> Any:
+    import meshrpc.aio
+    nonblocking = meshrpc.aio.nonblocking if lib.__name__.startswith("meshrpc") else (lambda method: method)
+
     @lib.expose
     class Bench:
         def echo(self, value: Any) -> Any:
+            return value
+
+        @nonblocking
+        def fecho(self, value: Any) -> Any:  # a plain method the aio daemon may run on its loop
             return value
 
         async def aecho(self, value: Any) -> Any:
@@ -196,6 +204,8 @@ def case_sequential(args: argparse.Namespace) -> dict[str, Any]:
             for label, server, client, method in (
                     ("aio proxy -> aio daemon, async def", aio_server, aio_sequential, "aecho"),
                     ("aio proxy -> aio daemon, plain method", aio_server, aio_sequential, "echo"),
+                    ("aio proxy -> aio daemon, plain method marked nonblocking", aio_server, aio_sequential,
+                     "fecho"),
                     ("threaded proxy -> threaded daemon", threaded_server, threaded_sequential, "echo"),
                     ("aio proxy -> threaded daemon", threaded_server, aio_sequential, "echo"),
                     ("threaded proxy -> aio daemon, async def", aio_server, threaded_sequential, "aecho")):
@@ -236,13 +246,23 @@ def pipelined(server: Server, method: str, concurrency: int) -> dict[str, Any]:
 
 
 def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
+    """`--rounds` rounds against one aio daemon, each: a sequential run (`--calls`), then N concurrent
+    awaits on one proxy; medians (errors: the sum) and the ratio of the medians; then one round against
+    a Pyro5 daemon (serialized)."""
     out: dict[str, Any] = {}
     n = args.concurrency
+    seq_label, conc_label = "sequential, aio daemon", f"{n} concurrent, aio daemon"
     with Server("aio") as server:
-        out["sequential, aio daemon"] = aio_sequential(server, "aecho", n)
-        out[f"{n} concurrent, aio daemon"] = pipelined(server, "aecho", n)
-        out["ratio to sequential"] = round(out[f"{n} concurrent, aio daemon"]["calls_per_s"]
-                                           / out["sequential, aio daemon"]["calls_per_s"], 1)
+        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], conc_label: []}
+        for _ in range(args.rounds):
+            rounds[seq_label].append(aio_sequential(server, "aecho", args.calls))
+            rounds[conc_label].append(pipelined(server, "aecho", n))
+        for label, runs in rounds.items():
+            out[label] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            out[label]["rounds"] = [r["calls_per_s"] for r in runs]
+            if "errors" in runs[0]:
+                out[label]["errors"] = sum(r["errors"] for r in runs)
+        out["ratio to sequential"] = round(out[conc_label]["calls_per_s"] / out[seq_label]["calls_per_s"], 2)
     try:
         with Server("pyro5") as server:
             out["sequential, Pyro5 daemon"] = aio_sequential(server, "echo", n)
@@ -326,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", choices=("aio", "threaded", "pyro5"), help=argparse.SUPPRESS)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
     parser.add_argument("--calls", type=int, default=5000, help="calls per sequential measurement (5000)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of 'sequential' (medians; default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of 'sequential' and 'pipelined' (medians; default 3)")
     parser.add_argument("--concurrency", type=int, default=1000, help="concurrent awaits in 'pipelined' (1000)")
     parser.add_argument("--idle", type=int, default=10000, help="idle clients in 'idle' (10000)")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")

@@ -10,8 +10,8 @@ meshrpc.Daemon, and share the process's settings, mesh registry and Zeroconf ins
 
 from __future__ import annotations
 
-from .daemon import Daemon
+from .daemon import Daemon, nonblocking
 from .proxy import AsyncStreamIterator, BatchProxy, Proxy, RemoteAttribute
 from .resolve import resolve
 
-__all__ = ["AsyncStreamIterator", "BatchProxy", "Daemon", "Proxy", "RemoteAttribute", "resolve"]
+__all__ = ["AsyncStreamIterator", "BatchProxy", "Daemon", "Proxy", "RemoteAttribute", "nonblocking", "resolve"]

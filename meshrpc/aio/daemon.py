@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import logging
 import time
@@ -25,11 +26,22 @@ from ..server import daemon as threaded
 from ..wire import constants
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, ConnectRequest, ServerSession
-from .proxy import Cork
+from .cork import Cork
 
 log = logging.getLogger("meshrpc.aio")
 
 HOUSEKEEPING_INTERVAL = threaded.HOUSEKEEPING_INTERVAL
+NONBLOCKING_MARK = "_meshrpcNonblocking"
+_AWAITED, _ON_LOOP, _IN_EXECUTOR = "awaited", "on the loop", "in the executor"  # where a method runs
+
+
+def nonblocking(method: Any) -> Any:
+    """Mark a plain (not `async def`) method as one that never blocks: a meshrpc.aio.Daemon then
+    calls it on its loop instead of handing it to its executor, which saves a thread hand-off per
+    call (docs/asyncio.md). Only for quick methods that do no I/O and take no lock another thread
+    may hold: while it runs, the daemon serves nobody else. The threaded Daemon ignores the mark."""
+    setattr(method, NONBLOCKING_MARK, True)
+    return method
 SHUTDOWN_GRACE = threaded.SHUTDOWN_GRACE
 
 
@@ -49,7 +61,7 @@ class _ClientConnection(asyncio.Protocol):
         self.accepted_at = time.monotonic()
         self.last_active = self.accepted_at
         self.calls = 0  # requests of this connection running now
-        self._corked = Cork(asyncio.get_running_loop(), self)
+        self._corked = Cork(asyncio.get_running_loop(), self, daemon.settings.AIO_CORK_BYTES)
 
     def __repr__(self) -> str:
         return f"<aio ClientConnection {self.addr}>"
@@ -107,7 +119,7 @@ class Daemon(threaded.Daemon):
         self._stopped: asyncio.Event | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
-        self._coroutine_methods: dict[tuple[Any, str], bool] = {}  # (registration, method) -> async def?
+        self._method_kinds: dict[tuple[Any, str], str] = {}  # (registration, method) -> where it runs
 
     # ------------------------------------------------------------------ serving
     async def start(self) -> None:
@@ -230,29 +242,40 @@ class Daemon(threaded.Daemon):
                 log.warning("dropped oneway call from %s: %s", conn.addr, exc)
             return
         assert self._loop is not None
-        if self._is_coroutine_call(conn, call):
-            running: asyncio.Future[Any] = self._loop.create_task(self._run_async(conn, frame, call))
-        else:
-            running = self._loop.run_in_executor(self._executor, self._run_sync, conn, frame, call)
-        self._calls.add(running)
+        where = self._where_to_run(call)
+        if where is _ON_LOOP:  # marked nonblocking: no thread hop, no task
+            self._reply(conn, frame, contextvars.copy_context().run(self._run_on_loop, conn, frame, call))
+            return
         conn.calls += 1
+        if where is _AWAITED:
+            # the task answers by itself when done (no done-callback, no extra turn of the loop)
+            self._calls.add(self._loop.create_task(self._serve_async(conn, frame, call)))
+            return
+        running = self._loop.run_in_executor(self._executor, self._run_sync, conn, frame, call)
+        self._calls.add(running)
         running.add_done_callback(lambda done: self._finished(conn, frame, done))
 
-    def _is_coroutine_call(self, conn: _ClientConnection, call: tuple) -> bool:
+    def _where_to_run(self, call: tuple) -> str:
+        """_AWAITED (`async def`), _ON_LOOP (marked nonblocking) or _IN_EXECUTOR (any other method)."""
         object_id, method = call[0], call[1]
         registration = self._objects.get(object_id) if isinstance(object_id, str) else None
         if registration is None:
-            return False
+            return _IN_EXECUTOR
         key = (registration, method)
-        known = self._coroutine_methods.get(key)
+        known = self._method_kinds.get(key)
         if known is None:
             # the class's attribute (instance modes register classes); a registration is never
             # changed in place, so the answer holds for as long as it is registered
-            known = (method in registration.members["methods"]
-                     and inspect.iscoroutinefunction(getattr(registration.target, method, None)))
-            if len(self._coroutine_methods) > 10000:
-                self._coroutine_methods.clear()
-            self._coroutine_methods[key] = known
+            known = _IN_EXECUTOR
+            if method in registration.members["methods"]:
+                func = getattr(registration.target, method, None)
+                if inspect.iscoroutinefunction(func):
+                    known = _AWAITED
+                elif getattr(func, NONBLOCKING_MARK, False):
+                    known = _ON_LOOP
+            if len(self._method_kinds) > 10000:
+                self._method_kinds.clear()
+            self._method_kinds[key] = known
         return known
 
     def _context_for(self, conn: Any, seq: int, flags: int, serializer_id: int, annotations: dict,
@@ -272,6 +295,29 @@ class Daemon(threaded.Daemon):
             assert self._loop is not None
             flags, result = self._finish(conn, _PulledOnLoop(result, self._loop))
         return flags, result, current_context.response_annotations
+
+    def _run_on_loop(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
+        """On the loop, in a context of its own: a plain method marked nonblocking."""
+        self._frame_context(conn, frame)
+        flags, result = self._run(conn, frame, call)  # type: ignore[arg-type]
+        if not flags and inspect.isasyncgen(result):
+            flags, result = self._finish(conn, result)  # pragma: no cover - an async generator is not plain
+        return flags, result, current_context.response_annotations
+
+    async def _serve_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> None:
+        """The task of one `async def` call: runs it, then sends its reply."""
+        try:
+            outcome = await self._run_async(conn, frame, call)
+        except asyncio.CancelledError:
+            self._reply(conn, frame, (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {}))
+            raise
+        except Exception as exc:  # a fault of the daemon, not of the method (that is a reply)
+            log.error("call failed inside the daemon: %r", exc)
+            outcome = wire.FLAG_EXCEPTION, DaemonError(f"internal error: {exc!r}"), {}
+        finally:
+            self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
+            conn.calls -= 1
+        self._reply(conn, frame, outcome)
 
     async def _run_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
         """On the loop: an `async def` method, awaited (its context is this task's own)."""
@@ -307,22 +353,26 @@ class Daemon(threaded.Daemon):
         return result
 
     def _finished(self, conn: _ClientConnection, frame: wire.Frame, done: asyncio.Future[Any]) -> None:
+        """An executor call is done: its reply."""
         self._calls.discard(done)
         conn.calls -= 1
+        if done.cancelled():
+            outcome: tuple = (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {})
+        elif done.exception() is not None:
+            log.error("call failed inside the daemon: %r", done.exception())
+            outcome = wire.FLAG_EXCEPTION, DaemonError(f"internal error: {done.exception()!r}"), {}
+        else:
+            outcome = done.result()
+        self._reply(conn, frame, outcome)
+
+    def _reply(self, conn: _ClientConnection, frame: wire.Frame, outcome: tuple) -> None:
+        """Send the reply of a finished call (nothing for a oneway call, or when the client is gone)."""
+        flags, result, annotations = outcome
         if frame.flags & wire.FLAG_ONEWAY or conn.closed:
-            if not done.cancelled() and done.exception() is None and done.result()[0] & wire.FLAG_EXCEPTION:
-                log.warning("oneway call failed: %r", done.result()[1])
+            if flags & wire.FLAG_EXCEPTION:
+                log.warning("oneway call failed: %r", result)
             return
         session = conn.wire
-        if done.cancelled():
-            conn.send(session.error_reply(frame, DaemonError("the call was cancelled by the daemon")))
-            return
-        failure = done.exception()
-        if failure is not None:
-            log.error("call failed inside the daemon: %r", failure)
-            conn.send(session.error_reply(frame, DaemonError(f"internal error: {failure!r}")))
-            return
-        flags, result, annotations = done.result()
         try:
             if flags & wire.FLAG_ITEMSTREAMRESULT:
                 parts = session.stream_reply(frame, result, annotations)

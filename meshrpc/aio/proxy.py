@@ -27,6 +27,7 @@ from ..wire import frame as wire
 from ..wire.serializers import Serializer, by_name
 from ..wire.session import NEED_DATA, ClientSession, Connected, ConnectRefused, NotRun, StreamStarted
 from . import resolve as aio_resolve
+from .cork import Cork
 
 log = logging.getLogger("meshrpc.aio")
 
@@ -34,7 +35,7 @@ log = logging.getLogger("meshrpc.aio")
 class _Connection(asyncio.Protocol):
     """The socket side of one proxy connection: feeds the session, wakes the waiting calls."""
 
-    def __init__(self, session: ClientSession, target: URI) -> None:
+    def __init__(self, session: ClientSession, target: URI, cork_bytes: int) -> None:
         self.session = session
         self.target = target
         self.transport: asyncio.Transport | None = None
@@ -46,7 +47,8 @@ class _Connection(asyncio.Protocol):
         self.close_reason: BaseException | None = None
         self._writable = asyncio.Event()
         self._writable.set()
-        self._corked = Cork(loop, self)
+        self.paused = False  # flow control: the transport's buffer is full (await drained())
+        self._corked = Cork(loop, self, cork_bytes)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,9 +67,11 @@ class _Connection(asyncio.Protocol):
         self._fail(ConnectionClosedError(f"the connection to {self.target} was lost{reason}"))
 
     def pause_writing(self) -> None:
+        self.paused = True
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        self.paused = False
         self._writable.set()
 
     # --- driving the session
@@ -99,13 +103,14 @@ class _Connection(asyncio.Protocol):
         self._corked.write(parts)
 
     async def drained(self) -> None:
-        if not self._writable.is_set():  # flow control: a big message waits for the socket to drain
-            await self._writable.wait()
+        """Flow control: a big message waits for the socket to drain (callers test `paused` first)."""
+        await self._writable.wait()
 
     def _fail(self, reason: BaseException) -> None:
         if not self.closed:
             self.closed = True
             self.close_reason = reason
+        self.paused = False
         if self.transport is not None:
             self.transport.close()
         self._writable.set()
@@ -117,39 +122,6 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
-
-
-class Cork:
-    """The first message written in a turn of the loop goes out at once (a lone call waits for
-    nothing); the ones written after it in the same turn go out together at the end of the turn: calls
-    (or replies) made side by side cost one system call, not one each. `owner.transport` is the
-    asyncio transport."""
-
-    __slots__ = ("_loop", "_owner", "_parts", "_turn")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, owner: Any) -> None:
-        self._loop = loop
-        self._owner = owner
-        self._parts: list = []
-        self._turn = False  # something was written in this turn already
-
-    def write(self, parts: list) -> None:
-        if self._turn:
-            self._parts.extend(parts)
-            return
-        self._turn = True
-        self._loop.call_soon(self._flush)
-        transport = self._owner.transport
-        if transport is not None and not transport.is_closing():
-            transport.writelines(parts)
-
-    def _flush(self) -> None:
-        self._turn = False
-        if self._parts:
-            parts, self._parts = self._parts, []
-            transport = self._owner.transport
-            if transport is not None and not transport.is_closing():
-                transport.writelines(parts)
 
 
 def _closed(reason: BaseException) -> BaseException:
@@ -474,13 +446,15 @@ class Proxy:
                                          self._pyroAnnotations() or None, current_state().correlation_id)
             if oneway:
                 conn.write(parts)
-                await conn.drained()
+                if conn.paused:
+                    await conn.drained()
                 return None, None
             seq = session.last_seq
             waiter = conn.waiting[seq] = conn.loop.create_future()
             try:
                 conn.write(parts)
-                await conn.drained()
+                if conn.paused:
+                    await conn.drained()
                 if self._pyroTimeout:
                     async with asyncio.timeout(self._pyroTimeout):
                         event = await waiter
@@ -565,7 +539,7 @@ class Proxy:
         session = ClientSession(self._pyroSerializerObject(), settings, pipelining=True)
 
         def protocol() -> _Connection:
-            return _Connection(session, target)
+            return _Connection(session, target, settings.AIO_CORK_BYTES)
         try:
             async with asyncio.timeout(timeout):
                 if target.sockname:

@@ -59,12 +59,20 @@ def _plain(value: Any, depth: int) -> bool:
     if t is tuple or t is list:
         if len(value) > _WIDE:
             return _plain_level(value, depth + 1)
-        return all(_plain(v, depth + 1) for v in value)
+        return _all_plain(value, depth + 1)
     if t is dict:
-        return _plain_keys(value) and all(_plain(v, depth + 1) for v in value.values())
+        return _plain_keys(value) and _all_plain(value.values(), depth + 1)
     if t is set:
         return bool(value) and _plain_keys(value)
     return False
+
+
+def _all_plain(values: Any, depth: int) -> bool:
+    # a loop, not all(<generator>): this runs on every call's arguments, and scalars need no recursion
+    for v in values:
+        if type(v) not in _SCALARS and not _plain(v, depth):
+            return False
+    return True
 
 
 def _plain_level(level: list | tuple, depth: int) -> bool:
@@ -92,6 +100,8 @@ def _plain_level(level: list | tuple, depth: int) -> bool:
 
 
 def _plain_keys(keys: Any) -> bool:
+    if not keys:
+        return True
     keys = keys if isinstance(keys, (dict, set)) else list(keys)
     if set(map(type, keys)) <= _KEYS:
         return True

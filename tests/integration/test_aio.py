@@ -71,6 +71,19 @@ class Thing:
         self.runs += 1
         return self.runs
 
+    def where(self) -> tuple[str, str, Any]:
+        return threading.current_thread().name, str(meshrpc.current_context.client_sock_addr), \
+            meshrpc.current_context.seq
+
+    @meshrpc.aio.nonblocking
+    def where_on_loop(self) -> tuple[str, str, Any]:
+        return threading.current_thread().name, str(meshrpc.current_context.client_sock_addr), \
+            meshrpc.current_context.seq
+
+    @meshrpc.aio.nonblocking
+    def fail_on_loop(self) -> None:
+        raise ValueError("deliberate failure on the loop")
+
     @property
     def level(self) -> int:
         return self._level
@@ -158,6 +171,31 @@ def test_pipelined_calls_run_side_by_side_and_match_their_replies() -> None:
             started = time.monotonic()
             assert await asyncio.gather(*(proxy.block(0.3, i) for i in range(8))) == list(range(8))
             assert time.monotonic() - started < 2.0
+    run(main())
+
+
+def test_a_plain_method_marked_nonblocking_runs_on_the_loop_and_others_in_the_executor() -> None:
+    """meshrpc.aio.nonblocking: no thread hand-off (the method runs on the daemon's loop thread), with
+    its call context and its exceptions as for any method; an unmarked plain method never runs there."""
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        loop_thread = threading.current_thread().name
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            thread, addr, seq = await proxy.where_on_loop()
+            assert thread == loop_thread
+            assert addr != "None" and seq > 0
+            thread, _, _ = await proxy.where()
+            assert thread != loop_thread and thread.startswith("meshrpc-aio-worker")
+            with pytest.raises(ValueError, match="deliberate failure on the loop") as info:
+                await proxy.fail_on_loop()
+            assert "in fail_on_loop" in "".join(errors.get_remote_traceback(info.value) or "")
+            batch = meshrpc.aio.BatchProxy(proxy)  # a batch runs in the executor as a whole
+            batch.where_on_loop()
+            batch.add(1, 2)
+            results = list(await batch())
+            assert results[0][0] != loop_thread and results[1] == 3
+            # side by side with pipelined calls on one connection, each gets its own reply
+            assert await asyncio.gather(*(proxy.add(i, 0) for i in range(50))) == list(range(50))
     run(main())
 
 

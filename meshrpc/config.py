@@ -117,6 +117,9 @@ class Settings:
         "meshrpc.aio: messages written in one turn of the event loop after its first go out together, "
         "in one system call per this many bytes (and at the end of the turn): side-by-side calls or "
         "replies share system calls, and the peer starts on the first ones while the rest are written."))
+    AIO_RECEIVE_BUFFER: int = field(default=262144, metadata=_doc(
+        "meshrpc.aio: bytes read from a socket at most at once, into one buffer per event loop that "
+        "the loop's connections share (no buffer allocated per read, none held by idle connections)."))
     FUTURE_WORKERS: int = field(default=4, metadata=_doc(
         "Threads (for the whole process) that run meshrpc.Future callables and the then/iferror "
         "chains of asynchronous calls; the calls themselves run on one shared asyncio loop thread."))

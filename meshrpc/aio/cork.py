@@ -7,12 +7,17 @@ from typing import Any
 
 
 class Cork:
-    """The first message written in a turn of the loop goes out at once (a lone call or reply waits for
-    nothing); the ones written after it in the same turn are gathered and go out together at the end of
-    the turn, or as soon as `flush_bytes` of them are waiting: many calls (or replies) made side by
-    side cost a few system calls, not one each, and the peer starts on the first of them while this
-    side still writes the rest (the two processes then work at the same time). `owner.transport` is
-    the asyncio transport."""
+    """Gathers messages so that many written side by side cost a few system calls, not one each.
+
+    - `write_alone(parts)`: nothing else is on its way (a lone call, the last reply due): it goes out
+      at once with anything gathered, and costs no extra turn of the loop.
+    - `write(parts)`: the first message of a turn of the loop goes out at once; the ones after it in
+      the same turn are gathered and go out together at the end of the turn.
+    - `gather(parts)` ... `flush()`: the caller says when the batch ends (the daemon, while it works
+      through the requests of one read).
+    Gathered messages also go out whenever `flush_bytes` of them are waiting, so the peer starts on
+    the first ones while this side still writes the rest (the two processes then work at the same
+    time). `owner.transport` is the asyncio transport."""
 
     __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes")
 
@@ -21,29 +26,40 @@ class Cork:
         self._owner = owner
         self._parts: list = []
         self._size = 0
-        self._turn = False  # something was written in this turn already
+        self._turn = False  # something was written in this turn already (and the end is scheduled)
         self._flush_bytes = flush_bytes
+
+    def write_alone(self, parts: list) -> None:
+        if self._parts:
+            self.gather(parts)
+            self.flush()
+        else:
+            self._send(parts)
 
     def write(self, parts: list) -> None:
         if self._turn:
-            self._parts += parts
-            self._size += sum(map(len, parts))
-            if self._size >= self._flush_bytes:
-                self._send()
+            self.gather(parts)
             return
         self._turn = True
         self._loop.call_soon(self._end_of_turn)
-        transport = self._owner.transport
-        if transport is not None and not transport.is_closing():
-            transport.writelines(parts)
+        self._send(parts)
 
-    def _send(self) -> None:
-        parts, self._parts, self._size = self._parts, [], 0
+    def gather(self, parts: list) -> None:
+        self._parts += parts
+        self._size += sum(map(len, parts))
+        if self._size >= self._flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            parts, self._parts, self._size = self._parts, [], 0
+            self._send(parts)
+
+    def _send(self, parts: list) -> None:
         transport = self._owner.transport
         if transport is not None and not transport.is_closing():
             transport.writelines(parts)
 
     def _end_of_turn(self) -> None:
         self._turn = False
-        if self._parts:
-            self._send()
+        self.flush()

@@ -27,10 +27,12 @@ from ..wire import constants
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, ConnectRequest, ServerSession
 from .cork import Cork
+from .receiving import receive_buffer
 
 log = logging.getLogger("meshrpc.aio")
 
 HOUSEKEEPING_INTERVAL = threaded.HOUSEKEEPING_INTERVAL
+SHUTDOWN_GRACE = threaded.SHUTDOWN_GRACE
 NONBLOCKING_MARK = "_meshrpcNonblocking"
 _AWAITED, _ON_LOOP, _IN_EXECUTOR = "awaited", "on the loop", "in the executor"  # where a method runs
 
@@ -42,10 +44,9 @@ def nonblocking(method: Any) -> Any:
     may hold: while it runs, the daemon serves nobody else. The threaded Daemon ignores the mark."""
     setattr(method, NONBLOCKING_MARK, True)
     return method
-SHUTDOWN_GRACE = threaded.SHUTDOWN_GRACE
 
 
-class _ClientConnection(asyncio.Protocol):
+class _ClientConnection(asyncio.BufferedProtocol):
     """A client's connection as the asyncio daemon sees it (`current_context.client` during its calls)."""
 
     def __init__(self, daemon: "Daemon") -> None:
@@ -61,7 +62,10 @@ class _ClientConnection(asyncio.Protocol):
         self.accepted_at = time.monotonic()
         self.last_active = self.accepted_at
         self.calls = 0  # requests of this connection running now
-        self._corked = Cork(asyncio.get_running_loop(), self, daemon.settings.AIO_CORK_BYTES)
+        self.pumping = False  # the daemon is working through the requests of one read
+        loop = asyncio.get_running_loop()
+        self._corked = Cork(loop, self, daemon.settings.AIO_CORK_BYTES)
+        self._received = receive_buffer(loop, daemon.settings.AIO_RECEIVE_BUFFER)
 
     def __repr__(self) -> str:
         return f"<aio ClientConnection {self.addr}>"
@@ -71,10 +75,18 @@ class _ClientConnection(asyncio.Protocol):
         self.addr = transport.get_extra_info("peername")
         self.daemon._connected(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._received
+
+    def buffer_updated(self, nbytes: int) -> None:
         self.last_active = time.monotonic()
-        self.wire.receive_data(data)
-        self.daemon._pump(self)
+        self.wire.receive_data(self._received[:nbytes])  # copied out: the buffer is the loop's
+        self.pumping = True
+        try:
+            self.daemon._pump(self)
+        finally:
+            self.pumping = False
+            self._corked.flush()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -84,7 +96,12 @@ class _ClientConnection(asyncio.Protocol):
 
     def send(self, parts: list) -> None:
         if parts and not self.closed and self.transport is not None and not self.transport.is_closing():
-            self._corked.write(parts)
+            if self.pumping:  # more requests of this read may follow: flushed when the read is done
+                self._corked.gather(parts)
+            elif self.calls:  # other calls of this connection are running: their replies may join
+                self._corked.write(parts)
+            else:
+                self._corked.write_alone(parts)
             self.last_active = time.monotonic()
 
     def close(self) -> None:

@@ -28,14 +28,15 @@ from ..wire.serializers import Serializer, by_name
 from ..wire.session import NEED_DATA, ClientSession, Connected, ConnectRefused, NotRun, StreamStarted
 from . import resolve as aio_resolve
 from .cork import Cork
+from .receiving import receive_buffer
 
 log = logging.getLogger("meshrpc.aio")
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """The socket side of one proxy connection: feeds the session, wakes the waiting calls."""
 
-    def __init__(self, session: ClientSession, target: URI, cork_bytes: int) -> None:
+    def __init__(self, session: ClientSession, target: URI, settings: Settings) -> None:
         self.session = session
         self.target = target
         self.transport: asyncio.Transport | None = None
@@ -48,14 +49,18 @@ class _Connection(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self.paused = False  # flow control: the transport's buffer is full (await drained())
-        self._corked = Cork(loop, self, cork_bytes)
+        self._corked = Cork(loop, self, settings.AIO_CORK_BYTES)
+        self._received = receive_buffer(loop, settings.AIO_RECEIVE_BUFFER)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self.session.receive_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._received
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.session.receive_data(self._received[:nbytes])  # copied out: the buffer is the loop's
         self._pump()
 
     def eof_received(self) -> bool:
@@ -97,10 +102,14 @@ class _Connection(asyncio.Protocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(event)
 
-    def write(self, parts: list) -> None:
+    def write(self, parts: list, alone: bool = False) -> None:
+        """alone: no other call is in flight on this connection (nothing to gather it with)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
-        self._corked.write(parts)
+        if alone:
+            self._corked.write_alone(parts)
+        else:
+            self._corked.write(parts)
 
     async def drained(self) -> None:
         """Flow control: a big message waits for the socket to drain (callers test `paused` first)."""
@@ -450,9 +459,11 @@ class Proxy:
                     await conn.drained()
                 return None, None
             seq = session.last_seq
-            waiter = conn.waiting[seq] = conn.loop.create_future()
+            waiting = conn.waiting
+            alone = not waiting
+            waiter = waiting[seq] = conn.loop.create_future()
             try:
-                conn.write(parts)
+                conn.write(parts, alone)
                 if conn.paused:
                     await conn.drained()
                 if self._pyroTimeout:
@@ -539,7 +550,7 @@ class Proxy:
         session = ClientSession(self._pyroSerializerObject(), settings, pipelining=True)
 
         def protocol() -> _Connection:
-            return _Connection(session, target, settings.AIO_CORK_BYTES)
+            return _Connection(session, target, settings)
         try:
             async with asyncio.timeout(timeout):
                 if target.sockname:

@@ -10,7 +10,8 @@ Cases (``--cases``, comma separated):
 
   sequential  one call after the other: aio proxy -> aio daemon (async def, plain, and plain marked
               meshrpc.aio.nonblocking), threaded proxy -> threaded daemon, and the two crossed (the
-              proxies compared on one server: aio vs threaded proxy -> threaded daemon)
+              proxies compared on one server: aio vs threaded proxy -> threaded daemon, the threaded
+              proxy also without its spin-wait, as an event loop never spins)
   pipelined   N concurrent awaits on one aio proxy (aio daemon; then a Pyro5 daemon, serialized):
               calls/s, errors, p50/p99 latency, and the ratio to the sequential rate
   idle        N idle connected clients held by an aio daemon and by a threaded daemon: memory per
@@ -183,9 +184,13 @@ def aio_sequential(server: Server, method: str, calls: int) -> dict[str, Any]:
     return asyncio.run(main())
 
 
-def threaded_sequential(server: Server, method: str, calls: int) -> dict[str, Any]:
+def threaded_sequential(server: Server, method: str, calls: int, spin: bool = True) -> dict[str, Any]:
+    import dataclasses
+
     import meshrpc
-    with meshrpc.Proxy(server.uri) as proxy:
+    from meshrpc.config import config
+    settings = config if spin else dataclasses.replace(config, SPIN_WAIT=0.0)
+    with meshrpc.Proxy(server.uri, settings=settings) as proxy:
         call = getattr(proxy, method)
         for _ in range(50):
             call(1)
@@ -207,6 +212,8 @@ def case_sequential(args: argparse.Namespace) -> dict[str, Any]:
                     ("aio proxy -> aio daemon, plain method marked nonblocking", aio_server, aio_sequential,
                      "fecho"),
                     ("threaded proxy -> threaded daemon", threaded_server, threaded_sequential, "echo"),
+                    ("threaded proxy without spinning (SPIN_WAIT=0) -> threaded daemon", threaded_server,
+                     lambda server, method, calls: threaded_sequential(server, method, calls, spin=False), "echo"),
                     ("aio proxy -> threaded daemon", threaded_server, aio_sequential, "echo"),
                     ("threaded proxy -> aio daemon, async def", aio_server, threaded_sequential, "aecho")):
                 rounds.setdefault(label, []).append(client(server, method, args.calls))

@@ -5,8 +5,12 @@ announcing are the threaded Daemon's (this class extends it); what differs is wh
 sockets. Every connection is an asyncio protocol feeding a ServerSession; each request runs as it
 arrives, so one connection's requests can run side by side and are answered in any order (the
 client agreed to pipelining; a Pyro5 client sends one at a time anyway):
-- `async def` methods are awaited on the loop (a slow one holds nobody else up);
-- plain methods run in a bounded executor (AIO_EXECUTOR_SIZE threads), so they never block the loop.
+- `async def` methods are awaited on the loop (a slow one holds nobody else up), each in a task that
+  sends its own reply;
+- plain methods run in a bounded executor (AIO_EXECUTOR_SIZE threads), so they never block the loop,
+  unless marked `nonblocking`: those are called on the loop, without a thread hand-off.
+Calls are run by the threaded Daemon's Dispatcher: `run` for whole calls, `prepare`/`finish` around
+the await of an `async def` method. Replies written side by side share system calls (Cork).
 """
 
 from __future__ import annotations
@@ -305,20 +309,20 @@ class Daemon(threaded.Daemon):
                           frame.annotations, frame.correlation_id)
 
     def _run_sync(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
-        """On an executor thread: the threaded daemon's dispatch (instance modes, batches, streams)."""
+        """On an executor thread: the Dispatcher runs the whole call (instance modes, batches, streams)."""
         self._frame_context(conn, frame)
-        flags, result = self._run(conn, frame, call)  # type: ignore[arg-type]
-        if not flags and inspect.isasyncgen(result):  # an async generator: a remote iterator too
-            assert self._loop is not None
-            flags, result = self._finish(conn, _PulledOnLoop(result, self._loop))
-        return flags, result, current_context.response_annotations
+        return self._outcome(conn, *self._dispatch.run(conn, frame.flags, call))
 
     def _run_on_loop(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
         """On the loop, in a context of its own: a plain method marked nonblocking."""
         self._frame_context(conn, frame)
-        flags, result = self._run(conn, frame, call)  # type: ignore[arg-type]
+        return self._outcome(conn, *self._dispatch.run(conn, frame.flags, call))
+
+    def _outcome(self, conn: _ClientConnection, flags: int, result: Any) -> tuple[int, Any, dict]:
+        """(reply flags, result, response annotations): an async generator is a remote iterator too."""
         if not flags and inspect.isasyncgen(result):
-            flags, result = self._finish(conn, result)  # pragma: no cover - an async generator is not plain
+            assert self._loop is not None
+            flags, result = self._dispatch.finish(conn, _PulledOnLoop(result, self._loop))
         return flags, result, current_context.response_annotations
 
     async def _serve_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> None:
@@ -337,29 +341,25 @@ class Daemon(threaded.Daemon):
         self._reply(conn, frame, outcome)
 
     async def _run_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
-        """On the loop: an `async def` method, awaited (its context is this task's own)."""
+        """On the loop: an `async def` method, looked up by the Dispatcher and awaited (its context is
+        this task's own)."""
         self._frame_context(conn, frame)  # a state of this task's own
-        flags, result = self._run(conn, frame, call)  # type: ignore[arg-type]  # returns the coroutine
-        if inspect.iscoroutine(result):
-            try:
-                result = await result
-            except Exception as exc:
-                return wire.FLAG_EXCEPTION, self._traced(exc, call[1]), current_context.response_annotations
-            if type(result) in threaded._PLAIN_RESULTS:
-                return 0, result, current_context.response_annotations
-            flags, result = self._finish(conn, result)
+        dispatch = self._dispatch
+        method = call[1]
+        try:
+            prepared = dispatch.prepare(conn, frame.flags, call)
+        except Exception as exc:  # unknown object or method
+            return (*dispatch.failure(exc, method), current_context.response_annotations)
+        function = prepared.function
+        try:
+            result = await function(*prepared.vargs, **prepared.kwargs)
+        except Exception as exc:
+            if getattr(function, "_pyroCallback", False):
+                log.warning("exception in callback %s", method, exc_info=True)
+            flags, result = dispatch.failure(exc, method)
+        else:
+            flags, result = dispatch.finish(conn, result)
         return flags, result, current_context.response_annotations
-
-    def _finish(self, conn: _ClientConnection, result: Any) -> tuple[int, Any]:
-        if self._is_stream(result):
-            if not self.settings.ITER_STREAMING:
-                return wire.FLAG_EXCEPTION, errors.MeshError(
-                    "the result is an iterator and ITER_STREAMING is off; return a list instead")
-            try:
-                return wire.FLAG_EXCEPTION | wire.FLAG_ITEMSTREAMRESULT, self._streams.add(iter(result), conn)
-            except DaemonError as exc:
-                return wire.FLAG_EXCEPTION, exc
-        return 0, result
 
     def _call(self, registration: Any, instance: Any, method: str, vargs: tuple, kwargs: dict) -> Any:
         result = super()._call(registration, instance, method, vargs, kwargs)

@@ -31,7 +31,7 @@ from .signals import DEFAULT_SIGNALS, stop_on_signals
 from .connections import (HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE,  # noqa: F401 (re-exported)
                           ClientConnection, ConnectionServer)
 from .decorators import Registration, expose, oneway
-from .dispatch import _PLAIN_RESULTS, Dispatcher  # noqa: F401 (_PLAIN_RESULTS: meshrpc.aio uses it)
+from .dispatch import Dispatcher
 from .streams import StreamTable
 
 log = logging.getLogger("meshrpc.server")

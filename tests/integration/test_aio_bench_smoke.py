@@ -19,7 +19,7 @@ def test_quick_run_reports_every_case() -> None:
                           check=False, timeout=170, cwd=BENCH.parents[1], stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"aio_bench exited {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
     doc = json.loads(proc.stdout)
-    assert len(doc["sequential"]) == 6
+    assert len(doc["sequential"]) == 7
     assert all(row["calls_per_s"] > 0 and row["cpu_us_per_call"] > 0 for row in doc["sequential"].values())
     pipelined = doc["pipelined"]
     assert pipelined["100 concurrent, aio daemon"]["errors"] == 0

@@ -106,6 +106,16 @@ class Settings:
         "First pause between reconnection attempts (doubles, with jitter, up to REBIND_BACKOFF_MAX)."))
     REBIND_BACKOFF_MAX: float = field(default=1.0, metadata=_doc(
         "Longest pause between reconnection attempts."))
+    CONNECT_ATTEMPT_TIMEOUT: float = field(default=0.2, metadata=_doc(
+        "Seconds the first TCP connect attempt to a provider resolved by name (PYRONAME/PYROMETA) may "
+        "take before it is abandoned and made again on a fresh socket (a lost SYN costs this, not "
+        "TCP's 1 s/3 s/7 s backoff); docs/resilience.md."))
+    CONNECT_ATTEMPT_GROWTH: float = field(default=1.5, metadata=_doc(
+        "Each further connect attempt to the same provider within one call may take this many times "
+        "longer than the last, up to CONNECT_ATTEMPT_TIMEOUT_MAX."))
+    CONNECT_ATTEMPT_TIMEOUT_MAX: float = field(default=1.0, metadata=_doc(
+        "Longest connect attempt to a provider resolved by name; never more than the proxy's timeout "
+        "(COMMTIMEOUT, else CONNECT_TIMEOUT) or what is left of REBIND_TIMEOUT."))
     # --- server
     THREADPOOL_SIZE: int = field(default=128, metadata=_doc(
         "Most worker threads a daemon runs calls on. Idle connections hold no worker, so this "

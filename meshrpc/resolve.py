@@ -259,6 +259,37 @@ def report_failure(target: URI, settings: Settings, reason: BaseException | None
         log.debug("could not report the failure of %s", target, exc_info=True)
 
 
+def watch_announcements(locator: URI, settings: Settings, heard: Any) -> Any:
+    """Call heard() (on the registry's thread) whenever the process's mesh registry hears a provider
+    of locator (a PYRONAME or PYROMETA URI) announced or re-announced; returns the function that stops
+    it. A proxy recovering a call listens so that its pause ends as soon as a provider (re)appears."""
+    if "meshrpc.mesh" not in sys.modules:
+        return _still
+    from .mesh import get_registry
+    registry = get_registry(settings)
+    if locator.protocol == "PYRONAME":
+        def matches(entry: Any) -> bool:
+            return entry.name == locator.object
+    else:
+        wanted = set(locator.tags)
+
+        def matches(entry: Any) -> bool:
+            return wanted <= set(entry.metadata)
+
+    def listen(event: str, entry: Any) -> None:
+        if event != "removed" and matches(entry):
+            heard()
+    try:
+        return registry.subscribe(listen)
+    except Exception:  # listening is advice; it must never break the caller
+        log.debug("could not listen for announcements of %s", locator, exc_info=True)
+        return _still
+
+
+def _still() -> None:
+    """Nothing to stop."""
+
+
 def failure_kind(reason: BaseException | None) -> str:
     """The registry's kind of a proxy's failure (meshrpc.mesh.registry.FAILURE_KINDS)."""
     seen: set[int] = set()

@@ -11,16 +11,18 @@ reply is dropped by the session, never handed to another call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, AsyncIterator
 
 from .. import errors
 from ..client.batch import BatchedCall
-from ..client.recovery import NotDelivered, Recovery, Step
+from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 from ..config import Settings, config as default_config
 from ..context import current_context, current_state
 from ..errors import CommunicationError, ConnectionClosedError
+from ..resolve import watch_announcements
 from ..uri import URI
 from ..wire import constants
 from ..wire import frame as wire
@@ -396,8 +398,13 @@ class Proxy:
         recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
                             idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
                             started=started, known=self._pyroResolvedBy is not None)
+        rebind = recovery.rebind
+        listening = None
         try:
             while True:
+                if listening is None and self._pyroLocator is not None and self._pyroResolvedBy == "mesh":
+                    # news of the name (an announcement the registry heard) ends a pause
+                    listening = watch_announcements(self._pyroLocator, self._pyroSettings, rebind.heard)
                 try:
                     if failure is None:
                         conn = self._conn
@@ -405,6 +412,7 @@ class Proxy:
                     exc, failure = failure, None
                     raise exc
                 except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+                    recovery.known = recovery.known or self._pyroResolvedBy is not None
                     step = recovery.after(exc, self._pyroUri)
                     self._carry_out(step, exc, conn)
                     if not step.retry:
@@ -414,10 +422,12 @@ class Proxy:
                     if step.retarget is not None:
                         self._retarget = step.retarget
                     if step.pause:
-                        await asyncio.sleep(step.pause)
+                        await _pause(rebind, step.pause)
                     if methodname:
                         log.info("retrying %s after: %s", methodname, exc)
         finally:
+            if listening is not None:
+                listening()
             self._retarget = None
 
     def _carry_out(self, step: Step, exc: BaseException, conn: _Connection | None) -> None:
@@ -516,7 +526,7 @@ class Proxy:
             if conn is not None and not conn.closed:
                 return conn
             target = await self._resolve(recovery)
-            conn = await self._connect(target)
+            conn = await self._connect(target, recovery.rebind if recovery is not None else None)
             self._conn = conn
             if self._pyroUri != target:
                 if self._pyroLocator is not None and self._pyroUri != self._pyroLocator:
@@ -540,12 +550,14 @@ class Proxy:
         self._pyroResolvedBy = source
         return target
 
-    async def _connect(self, target: URI) -> _Connection:
+    async def _connect(self, target: URI, rebind: Rebind | None = None) -> _Connection:
         settings = self._pyroSettings
         if settings.SSL:
             raise errors.MeshError("meshrpc.aio does not speak TLS yet: use the threaded meshrpc.Proxy "
                                    "(through meshrpc.asyncproxy for futures) for SSL daemons")
-        timeout = self._pyroTimeout or settings.CONNECT_TIMEOUT
+        # by name: short connect attempts that grow, the handshake within the budget (docs/resilience.md)
+        timeout, handshake_timeout = connect_timeouts(settings, target, by_name=self._pyroLocator is not None,
+                                                      proxy_timeout=self._pyroTimeout, rebind=rebind)
         loop = asyncio.get_running_loop()
         session = ClientSession(self._pyroSerializerObject(), settings, pipelining=True)
 
@@ -558,17 +570,19 @@ class Proxy:
                 else:
                     _, conn = await loop.create_connection(protocol, target.host, target.port)
         except (OSError, TimeoutError) as exc:
-            why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise NotDelivered(f"cannot connect to {target}: {why}", target) from None
+            stalled = isinstance(exc, TimeoutError)
+            why = "timed out" if stalled else (exc.strerror or str(exc))
+            raise NotDelivered(f"cannot connect to {target}: {why}", target, timed_out=stalled) from None
         try:
             try:
                 conn.write(session.connect_request(target.object, self._pyroHandshake,
                                                    self._pyroAnnotations() or None,
                                                    current_context.correlation_id, now=time.time()))
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(handshake_timeout):
                     event = await conn.handshake
             except (ConnectionClosedError, TimeoutError) as exc:
-                raise NotDelivered(f"handshake with {target} failed: {exc or 'timed out'}", target) from None
+                raise NotDelivered(f"handshake with {target} failed: {exc or 'timed out'}", target,
+                                   timed_out=isinstance(exc, TimeoutError)) from None
             self._pyroResponseAnnotations(event.annotations, wire.MSG_CONNECTOK if isinstance(event, Connected)
                                           else wire.MSG_CONNECTFAIL)
             if isinstance(event, ConnectRefused):
@@ -588,6 +602,26 @@ class Proxy:
 
     def _pyroBatch(self) -> "BatchProxy":
         return BatchProxy(self)
+
+
+async def _pause(rebind: Rebind, seconds: float) -> None:
+    """Pause between attempts, ended early by news of the name (rebind.heard, on the registry's thread)."""
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(woken.set)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+    rebind.woken = wake
+    try:
+        if not rebind.news:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), seconds)
+    finally:
+        rebind.woken = None
+        rebind.news = False
 
 
 class AsyncStreamIterator:

@@ -20,7 +20,7 @@ from ..wire import frame as wire
 from ..wire.constants import BATCH_METHOD, DAEMON_OBJECT_ID
 from ..wire.serializers import WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
 from ..wire.session import ClientSession, ConnectRefused, NotRun, StreamStarted, as_exception
-from .recovery import NotDelivered, Rebind
+from .recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 
 log = logging.getLogger("meshrpc.client")
 
@@ -341,22 +341,26 @@ class Proxy:
             sock.settimeout(timeout or settings.CONNECT_TIMEOUT)
         else:
             target = self._pyroResolve()
+            # by name: short connect attempts that grow, the handshake within the budget (docs/resilience.md)
+            connect_timeout, handshake_timeout = connect_timeouts(
+                settings, target, by_name=self._pyroLocator is not None, proxy_timeout=timeout,
+                rebind=self.__rebinding)
             try:
-                sock = connect(target.host, target.port, target.sockname, timeout or settings.CONNECT_TIMEOUT,
-                               settings.SOCK_NODELAY)
+                sock = connect(target.host, target.port, target.sockname, connect_timeout, settings.SOCK_NODELAY)
             except CommunicationError as exc:
-                raise NotDelivered(str(exc), target) from None
+                raise NotDelivered(str(exc), target, timed_out=isinstance(exc, errors.TimeoutError)) from None
+            sock.settimeout(handshake_timeout)
         if settings.SSL and self._pyroConnectedSocket is None:
             # --- TLS (docs/security.md): handshake now; the daemon's certificate must verify and name
             # the URI's host. A refused certificate (TLSError) is raised as it is: no retry helps.
             from ..transport import tls
             try:
-                sock = tls.wrap_client(sock, settings, target.host, timeout or settings.CONNECT_TIMEOUT,
+                sock = tls.wrap_client(sock, settings, target.host, sock.gettimeout(),
                                        target.location or str(target))
             except tls.TLSError:
                 raise
             except CommunicationError as exc:
-                raise NotDelivered(str(exc), target) from None
+                raise NotDelivered(str(exc), target, timed_out=isinstance(exc, errors.TimeoutError)) from None
         serializer = self._pyroSerializerObject()
         session = ClientSession(serializer, settings)
         conn = FramedConnection(sock, settings.MAX_MESSAGE_SIZE, protocol=session,
@@ -419,69 +423,53 @@ class Proxy:
                                      methodname)
 
     def __recovering(self, attempt: Callable[[], Any], methodname: str) -> Any:
-        """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md."""
+        """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md
+        (meshrpc.client.recovery decides; this carries it out)."""
         refuse_in_running_loop("meshrpc.Proxy")
-        retries_left = self._pyroMaxRetries
-        rebind = Rebind(self._pyroSettings)
-        outer, self.__rebinding = self.__rebinding, rebind
+        started = time.monotonic()
         try:
-            return self.__recover(attempt, methodname, rebind, retries_left)
+            return attempt()  # the common case: no recovery state to build
+        except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+            failure: BaseException = exc
+        recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
+                            idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
+                            started=started, known=self.__known)
+        outer, self.__rebinding = self.__rebinding, recovery.rebind
+        listening = None
+        try:
+            while True:
+                if listening is None and self._pyroLocator is not None and self._pyroResolvedBy == "mesh":
+                    from ..resolve import watch_announcements  # news of the name ends a pause
+                    listening = watch_announcements(self._pyroLocator, self._pyroSettings, recovery.rebind.heard)
+                recovery.known = self.__known  # resolved during this call: its name is known now
+                step = recovery.after(failure, self._pyroUri)
+                self.__carry_out(step, failure)
+                if not step.retry:
+                    if step.error is not None:
+                        raise step.error from None
+                    raise failure
+                self.__retarget = step.retarget
+                if step.pause:
+                    recovery.rebind.sleep(step.pause)
+                try:
+                    return attempt()
+                except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+                    failure = exc
         finally:
+            if listening is not None:
+                listening()
             self.__rebinding = outer
             self.__retarget = None
 
-    def __recover(self, attempt: Callable[[], Any], methodname: str, rebind: "Rebind", retries_left: int) -> Any:
-        reconnected = False
-        while True:
-            try:
-                return attempt()
-            except NotDelivered as exc:
-                self.__drop(exc.target, exc, exc.suspect)
-                if not exc.suspect and not reconnected and self._pyroLocator is not None and exc.target is not None:
-                    reconnected = True  # the connection broke, the daemon may be fine: reconnect to it at once
-                    self.__retarget = exc.target
-                    continue
-                if self._pyroLocator is None and not rebind.first:
-                    # a PYRO URI has nowhere else to go
-                    raise errors.NotDeliveredError(f"{exc}; the call did not run") from None
-                if not rebind.wait():
-                    raise self.__gave_up(exc, rebind) from None
-            except errors.NamingError as exc:
-                # one outcome per situation, whatever the timing (docs/resilience.md): a name this proxy
-                # never resolved, that no source knows, is unknown, at once; a name it resolved before
-                # is known, and its providers are waited for until REBIND_TIMEOUT (then NoProviderError)
-                if not self.__known:
-                    raise  # resolve.py says which: UnknownNameError, or a configuration problem
-                log.info("%s not resolvable yet: %s", self._pyroLocator, exc)
-                if not rebind.wait():
-                    raise self.__gave_up(exc, rebind) from None
-            except (errors.TimeoutError, ConnectionClosedError) as exc:  # sent, no reply: it may have run
-                self.__drop(self._pyroUri, exc)
-                if methodname in self._pyroIdempotent and methodname != BATCH_METHOD and rebind.wait():
-                    log.info("re-sending idempotent %s after: %s", methodname, exc)
-                    continue
-                if isinstance(exc, ConnectionClosedError) and retries_left > 0:  # timeouts: it may still run
-                    retries_left -= 1
-                    log.info("re-sending %s (MAX_RETRIES) after: %s", methodname, exc)
-                    continue
-                if isinstance(exc, errors.MaybeDeliveredError):
-                    raise
-                raise errors.ReplyLostError(f"{exc} after {methodname} was sent: it may have run") from None
-
-    def __drop(self, target: URI | None, reason: Exception, suspect: bool = True) -> None:
-        """Close the connection; suspect: tell the mesh that target failed (passed over for a while).
-        A broken connection says nothing about the provider accepting new ones: not suspected."""
-        self.__close_connection()
-        if suspect and self._pyroLocator is not None and target is not None:
+    def __carry_out(self, step: Step, exc: BaseException) -> None:
+        """Close the connection; report the provider that failed to the mesh (passed over for a while)."""
+        if step.drop:
+            self.__close_connection()
+        if step.suspect is not None:
             from ..resolve import report_failure
-            report_failure(target, self._pyroSettings, reason)
-        log.info("connection to %s failed: %s", target or self._pyroUri, reason)
-
-    def __gave_up(self, exc: Exception, rebind: "Rebind") -> CommunicationError:
-        what = self._pyroLocator or self._pyroUri
-        cls = errors.NoProviderError if self._pyroLocator is not None else errors.NotDeliveredError
-        return cls(f"cannot reach {what} after {rebind.attempts} attempts in {rebind.elapsed():.1f} s "
-                   f"(REBIND_TIMEOUT {rebind.timeout:g} s); the call did not run; last error: {exc}")
+            report_failure(step.suspect, self._pyroSettings, exc)
+        log.info("call to %s failed: %s%s", self._pyroLocator or self._pyroUri, exc,
+                 "; trying again" if step.retry else "")
 
     def __invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
                       object_id: str | None) -> Any:

@@ -8,8 +8,10 @@ mesh, pause (time.sleep or asyncio.sleep), retry or raise. So the at-most-once r
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .. import errors
 from ..config import Settings
@@ -25,48 +27,101 @@ class NotDelivered(ConnectionClosedError):
         super().__init__(message)
         self.target = target
         self.suspect = suspect  # False: an established connection broke (the provider may well be fine)
-        self.timed_out = timed_out  # no answer in time (the handshake): a TimeoutError when given up
+        self.timed_out = timed_out  # no answer in time (connecting or the handshake): a stall
 
 
 class Rebind:
-    """Backoff with jitter between attempts, bounded by REBIND_TIMEOUT."""
+    """Backoff with jitter between attempts, bounded by REBIND_TIMEOUT; the timeouts of connect
+    attempts (short ones that grow per provider, docs/resilience.md); news of the name (an
+    announcement heard by the registry) ends the pause."""
 
-    def __init__(self, settings: Settings, started: float | None = None) -> None:
+    def __init__(self, settings: Settings, started: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = settings.REBIND_TIMEOUT
         self.pause = settings.REBIND_BACKOFF_MIN
         self.pause_max = settings.REBIND_BACKOFF_MAX
-        self.started = time.monotonic() if started is None else started
+        self.attempt_first = settings.CONNECT_ATTEMPT_TIMEOUT
+        self.attempt_growth = settings.CONNECT_ATTEMPT_GROWTH
+        self.attempt_max = settings.CONNECT_ATTEMPT_TIMEOUT_MAX
+        self.clock = clock
+        self.started = clock() if started is None else started
         self.attempts = 1
         self.first = True
+        self.stalls: dict[str, int] = {}  # provider -> connect attempts to it that timed out
+        self.news = False  # a provider of the name was (re)announced since the last attempt began
+        self.woken: Callable[[], None] | None = None  # the driver's way to end its pause early
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
     def remaining(self) -> float:
         return self.timeout - self.elapsed()
 
-    def next_pause(self) -> float | None:
-        """Seconds to pause before the next attempt; None when the time is up."""
-        if self.first:  # the first retry goes at once: a stale connection is the common case
-            self.first = False
-            self.attempts += 1
-            return 0.0 if self.elapsed() < self.timeout else None
+    def heard(self) -> None:
+        """The registry heard a provider of the name announced (called on the registry's thread)."""
+        self.news = True
+        woken = self.woken
+        if woken is not None:
+            woken()
+
+    def next_pause(self, stalled: bool = False) -> float | None:
+        """Seconds to pause before the next attempt; None when the time is up. stalled: the failed
+        attempt timed out, which was its wait: the next one goes at once."""
         remaining = self.remaining()
         if remaining <= 0:
             return None
+        self.attempts += 1
+        if self.first or stalled or self.news:  # the first retry goes at once: a stale connection is common
+            self.first = self.news = False
+            return 0.0
         pause = min(remaining, self.pause * random.uniform(0.5, 1.5))
         self.pause = min(self.pause * 2, self.pause_max)
-        self.attempts += 1
         return pause
 
-    def wait(self) -> bool:
-        """Pause (sleeping) before the next attempt; False when the time is up."""
-        pause = self.next_pause()
-        if pause is None:
-            return False
-        if pause:
-            time.sleep(pause)
-        return True
+    def connect_timeout(self, target: URI, cap: float) -> float:
+        """Seconds the TCP connect to target may take in this attempt: CONNECT_ATTEMPT_TIMEOUT, times
+        CONNECT_ATTEMPT_GROWTH per earlier stall of this target, within the cap and the budget."""
+        grown = self.attempt_first * self.attempt_growth ** self.stalls.get(str(target), 0)
+        return _at_least(min(grown, self.attempt_max, cap, self.remaining()))
+
+    def handshake_timeout(self, cap: float) -> float:
+        """Seconds the handshake may take: the daemon is there; the rest of the budget, up to cap."""
+        return _at_least(min(cap, self.remaining()))
+
+    def stalled(self, target: URI | None) -> None:
+        if target is not None:
+            key = str(target)
+            self.stalls[key] = self.stalls.get(key, 0) + 1
+
+    def sleep(self, seconds: float) -> None:
+        """Pause (the threaded proxy), ended early by news of the name."""
+        woken = threading.Event()
+        self.woken = woken.set
+        try:
+            if not self.news:
+                woken.wait(seconds)
+        finally:
+            self.woken = None
+            self.news = False
+
+
+MIN_ATTEMPT = 0.05  # seconds: an attempt at the very end of the budget still gets a chance
+
+
+def _at_least(seconds: float) -> float:
+    return max(MIN_ATTEMPT, seconds)
+
+
+def connect_timeouts(settings: Settings, target: URI, *, by_name: bool, proxy_timeout: float | None,
+                     rebind: Rebind | None) -> tuple[float, float]:
+    """(TCP connect, handshake) timeouts of one attempt to target (docs/resilience.md). A PYRO URI
+    gets the proxy's timeout, else CONNECT_TIMEOUT, for each (as Pyro5); by name: short attempts."""
+    cap = proxy_timeout or settings.CONNECT_TIMEOUT
+    if not by_name:
+        return cap, cap
+    if rebind is None:  # a first attempt, no recovery yet (the asyncio proxy's fast path)
+        return _at_least(min(settings.CONNECT_ATTEMPT_TIMEOUT, settings.CONNECT_ATTEMPT_TIMEOUT_MAX, cap)), cap
+    return rebind.connect_timeout(target, cap), rebind.handshake_timeout(cap)
 
 
 @dataclass
@@ -86,8 +141,9 @@ class Recovery:
     locator: the proxy has a PYRONAME/PYROMETA URI to re-resolve; target: its current PYRO URI."""
 
     def __init__(self, settings: Settings, methodname: str, *, locator: URI | None, idempotent: bool,
-                 max_retries: int, started: float | None = None, known: bool = False) -> None:
-        self.rebind = Rebind(settings, started)  # started: when the call began (monotonic; default now)
+                 max_retries: int, started: float | None = None, known: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rebind = Rebind(settings, started, clock)  # started: when the call began (clock; default now)
         self.methodname = methodname
         self.locator = locator
         self.idempotent = idempotent and methodname != BATCH_METHOD
@@ -107,7 +163,9 @@ class Recovery:
             if self.locator is None and not rebind.first:
                 # nowhere else to go
                 return Step(False, error=errors.NotDeliveredError(f"{exc}; the call did not run"), suspect=suspect)
-            return self._again(exc, suspect)
+            if exc.timed_out:  # a stall: the next attempt to that provider may take longer
+                rebind.stalled(exc.target)
+            return self._again(exc, suspect, stalled=exc.timed_out)
         if isinstance(exc, errors.NamingError):
             if not self.known:  # a name never resolved, that no source knows: UnknownNameError, at once
                 return Step(False, drop=False)
@@ -127,8 +185,8 @@ class Recovery:
             return Step(False, error=lost, suspect=suspect)
         return Step(False, drop=False)  # anything else is the call's own answer
 
-    def _again(self, exc: BaseException, suspect: URI | None, drop: bool = True) -> Step:
-        pause = self.rebind.next_pause()
+    def _again(self, exc: BaseException, suspect: URI | None, drop: bool = True, stalled: bool = False) -> Step:
+        pause = self.rebind.next_pause(stalled)
         if pause is None:
             return Step(False, error=self.gave_up(exc), drop=drop, suspect=suspect)
         return Step(True, pause, drop=drop, suspect=suspect)

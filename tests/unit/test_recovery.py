@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
+
 from meshrpc import errors
-from meshrpc.client.recovery import NotDelivered, Recovery
+from meshrpc.client.recovery import MIN_ATTEMPT, NotDelivered, Recovery, connect_timeouts
 from meshrpc.config import Settings
 from meshrpc.uri import URI
 
@@ -79,3 +84,86 @@ def test_the_rebind_budget_ends_with_a_clear_error() -> None:
 def test_other_exceptions_are_the_calls_own_answer() -> None:
     step = recovery().after(ValueError("remote"), TARGET)
     assert not step.retry and not step.drop and step.error is None
+
+
+# --- connecting by name: short attempts that grow, stalls within the budget, news ends the pause
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timed(clock: FakeClock, **changes: float) -> Recovery:
+    settings = SETTINGS.copy(CONNECT_TIMEOUT=10.0, CONNECT_ATTEMPT_TIMEOUT=0.2, CONNECT_ATTEMPT_GROWTH=1.5,
+                             CONNECT_ATTEMPT_TIMEOUT_MAX=1.0, **changes)
+    return Recovery(settings, "m", locator=NAME, idempotent=False, max_retries=0, clock=clock)
+
+
+def test_a_stalled_connect_is_retried_at_once_with_a_longer_attempt_until_the_budget_ends() -> None:
+    clock = FakeClock()
+    r = timed(clock)
+    other = URI("PYRO:obj@127.0.0.2:9999")
+    attempts = []
+    while True:
+        connect, handshake = connect_timeouts(SETTINGS, TARGET, by_name=True,
+                                              proxy_timeout=None, rebind=r.rebind)
+        attempts.append(round(connect, 3))
+        assert handshake == pytest.approx(min(10.0, r.rebind.remaining())) or handshake == MIN_ATTEMPT
+        clock.now += connect  # the SYN (or SYN-ACK) was lost: the attempt times out
+        step = r.after(NotDelivered("connecting timed out", TARGET, timed_out=True), TARGET)
+        if not step.retry:
+            break
+        assert step.pause == 0.0 and step.suspect == TARGET  # the timeout was the wait; reported
+    # the first attempts are short and grow, never past CONNECT_ATTEMPT_TIMEOUT_MAX; the call went on
+    # for the whole REBIND_TIMEOUT (a stalled connect used to take all of it: CONNECT_TIMEOUT 10 s)
+    assert attempts[:5] == [0.2, 0.3, 0.45, 0.675, 1.0] and max(attempts) == 1.0
+    assert len(attempts) >= 12 and clock.now - 1000.0 == pytest.approx(10.0, abs=0.06)
+    assert type(step.error) is errors.NoProviderError and "REBIND_TIMEOUT" in str(step.error)
+    # a provider not tried yet starts short again; the budget bounds every attempt
+    assert connect_timeouts(SETTINGS, other, by_name=True, proxy_timeout=None, rebind=r.rebind)[0] == MIN_ATTEMPT
+    fresh = timed(FakeClock())
+    assert connect_timeouts(SETTINGS, other, by_name=True, proxy_timeout=None, rebind=fresh.rebind)[0] == 0.2
+
+
+def test_refusals_pause_with_backoff_but_news_of_the_name_ends_the_pause() -> None:
+    clock = FakeClock()
+    r = timed(clock)
+    assert r.after(NotDelivered("refused", TARGET), TARGET).pause == 0.0  # first retry at once
+    assert r.after(NotDelivered("refused", TARGET), TARGET).pause > 0     # then backoff
+    r.rebind.heard()  # the registry heard a provider of the name (re)announced during the attempt
+    assert r.after(NotDelivered("refused", TARGET), TARGET).pause == 0.0
+    assert r.after(NotDelivered("refused", TARGET), TARGET).pause > 0     # news is used once
+    woken = []
+    r.rebind.woken = lambda: woken.append(True)  # a driver pausing: news wakes it
+    r.rebind.heard()
+    assert woken == [True]
+
+
+def test_a_pausing_thread_is_woken_by_news() -> None:
+    r = timed(FakeClock())
+    threading.Timer(0.05, r.rebind.heard).start()
+    started = time.monotonic()
+    r.rebind.sleep(30.0)
+    assert time.monotonic() - started < 20.0 and not r.rebind.news
+
+
+def test_a_pyro_uri_and_the_first_attempt_get_their_timeouts() -> None:
+    settings = SETTINGS.copy(CONNECT_TIMEOUT=7.0, CONNECT_ATTEMPT_TIMEOUT=0.2)
+    assert connect_timeouts(settings, TARGET, by_name=False, proxy_timeout=None, rebind=None) == (7.0, 7.0)
+    assert connect_timeouts(settings, TARGET, by_name=False, proxy_timeout=2.0, rebind=None) == (2.0, 2.0)
+    assert connect_timeouts(settings, TARGET, by_name=True, proxy_timeout=None, rebind=None) == (0.2, 7.0)
+    assert connect_timeouts(settings, TARGET, by_name=True, proxy_timeout=0.1, rebind=None) == (0.1, 0.1)
+
+
+def test_a_stalled_handshake_is_not_delivered_and_retried_like_a_stalled_connect() -> None:
+    clock = FakeClock()
+    r = timed(clock)
+    clock.now += 9.0  # a daemon that accepted and never answered the handshake for 9 s
+    step = r.after(NotDelivered("handshake timed out", TARGET, timed_out=True), TARGET)
+    assert step.retry and step.pause == 0.0
+    assert connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=None, rebind=r.rebind)[1] \
+        == pytest.approx(1.0)  # what is left of the budget

@@ -58,13 +58,11 @@ def test_a_small_lossy_scenario_meets_the_issue_goals_loosely() -> None:
     if not ok:
         pytest.skip(reason)
     bench = load_tool("mesh_bench.py")
-    # 10 % loss and callers with 30 s connect/rebind budgets: with today's proxy a new connection
-    # whose SYN exchange is lost four times in a row (1+2+4 s of TCP back-off) exhausts the default
-    # 10 s budgets (CONNECT_TIMEOUT = REBIND_TIMEOUT); at 20 % loss that is 1.7 % of connections,
-    # a flaky test. The discovery side is tested at 20 % above and in test_netlab.
+    # 10 % loss, callers with the default budgets: connecting by name in short attempts
+    # (docs/resilience.md) keeps lost SYNs and handshakes from eating REBIND_TIMEOUT. The discovery
+    # side is tested at 20 % above and in test_netlab; connecting at 20 % in test_connect_loss_lab.
     result = bench._lossy_run(netlab, daemons=3, objects=20, loss=10.0, delay=(10.0, 30.0), soak=15.0,
-                              seed=7, progress=lambda text: print(f"[mesh-loss-lab] {text}"), call_names=5,
-                              caller_settings={"MESHRPC_CONNECT_TIMEOUT": "30", "MESHRPC_REBIND_TIMEOUT": "30"})
+                              seed=7, progress=lambda text: print(f"[mesh-loss-lab] {text}"), call_names=5)
     print(f"[mesh-loss-lab] {result}")
     assert result["warm_missing"] == []
     assert result["warm_visible_max_s"] < 10.0         # goal 3 s; loose for a loaded CI machine
@@ -73,6 +71,6 @@ def test_a_small_lossy_scenario_meets_the_issue_goals_loosely() -> None:
     assert result["restart_in_flight_failed"] <= 1     # the call the kill interrupted, at most
     assert result["false_departures"] == 0, result["departed"]
     assert result["duplicates"] == 0
-    assert result["restart_to_call_s"] < 30.0          # goal 2 s; TCP's SYN back-off dominates here
+    assert result["restart_to_call_s"] < 10.0          # goal 2 s (docs/mesh.md); loose for a loaded CI machine
     relay = result["relay"]["h1"]
     assert 0.03 < relay["dropped"] / relay["frames"] < 0.2   # the loss really was there

@@ -116,6 +116,11 @@ class Settings:
     CONNECT_ATTEMPT_TIMEOUT_MAX: float = field(default=1.0, metadata=_doc(
         "Longest connect attempt to a provider resolved by name; never more than the proxy's timeout "
         "(COMMTIMEOUT, else CONNECT_TIMEOUT) or what is left of REBIND_TIMEOUT."))
+    HANDSHAKE_ATTEMPT_TIMEOUT: float = field(default=2.0, metadata=_doc(
+        "Seconds the handshake (and TLS handshake) of a connection to a provider resolved by name may "
+        "take in a first attempt (TCP retransmits lost data several times within it); each further "
+        "attempt to the same provider CONNECT_ATTEMPT_GROWTH times longer, up to the proxy's timeout "
+        "(COMMTIMEOUT, else CONNECT_TIMEOUT) and never beyond what is left of REBIND_TIMEOUT."))
     # --- server
     THREADPOOL_SIZE: int = field(default=128, metadata=_doc(
         "Most worker threads a daemon runs calls on. Idle connections hold no worker, so this "

@@ -43,6 +43,7 @@ class Rebind:
         self.attempt_first = settings.CONNECT_ATTEMPT_TIMEOUT
         self.attempt_growth = settings.CONNECT_ATTEMPT_GROWTH
         self.attempt_max = settings.CONNECT_ATTEMPT_TIMEOUT_MAX
+        self.handshake_first = settings.HANDSHAKE_ATTEMPT_TIMEOUT
         self.clock = clock
         self.started = clock() if started is None else started
         self.attempts = 1
@@ -84,9 +85,12 @@ class Rebind:
         grown = self.attempt_first * self.attempt_growth ** self.stalls.get(str(target), 0)
         return _at_least(min(grown, self.attempt_max, cap, self.remaining()))
 
-    def handshake_timeout(self, cap: float) -> float:
-        """Seconds the handshake may take: the daemon is there; the rest of the budget, up to cap."""
-        return _at_least(min(cap, self.remaining()))
+    def handshake_timeout(self, target: URI, cap: float) -> float:
+        """Seconds the handshake with target may take in this attempt: HANDSHAKE_ATTEMPT_TIMEOUT (TCP
+        retransmits lost data within it; a slow daemon gets longer the next time), within the cap and
+        the budget."""
+        grown = self.handshake_first * self.attempt_growth ** self.stalls.get(str(target), 0)
+        return _at_least(min(grown, cap, self.remaining()))
 
     def stalled(self, target: URI | None) -> None:
         if target is not None:
@@ -119,9 +123,10 @@ def connect_timeouts(settings: Settings, target: URI, *, by_name: bool, proxy_ti
     cap = proxy_timeout or settings.CONNECT_TIMEOUT
     if not by_name:
         return cap, cap
-    if rebind is None:  # a first attempt, no recovery yet (the asyncio proxy's fast path)
-        return _at_least(min(settings.CONNECT_ATTEMPT_TIMEOUT, settings.CONNECT_ATTEMPT_TIMEOUT_MAX, cap)), cap
-    return rebind.connect_timeout(target, cap), rebind.handshake_timeout(cap)
+    if rebind is None:  # a first attempt: no recovery state yet
+        return (_at_least(min(settings.CONNECT_ATTEMPT_TIMEOUT, settings.CONNECT_ATTEMPT_TIMEOUT_MAX, cap)),
+                _at_least(min(settings.HANDSHAKE_ATTEMPT_TIMEOUT, cap)))
+    return rebind.connect_timeout(target, cap), rebind.handshake_timeout(target, cap)
 
 
 @dataclass

@@ -99,7 +99,7 @@ class FakeClock:
 
 def timed(clock: FakeClock, **changes: float) -> Recovery:
     settings = SETTINGS.copy(CONNECT_TIMEOUT=10.0, CONNECT_ATTEMPT_TIMEOUT=0.2, CONNECT_ATTEMPT_GROWTH=1.5,
-                             CONNECT_ATTEMPT_TIMEOUT_MAX=1.0, **changes)
+                             CONNECT_ATTEMPT_TIMEOUT_MAX=1.0, HANDSHAKE_ATTEMPT_TIMEOUT=2.0, **changes)
     return Recovery(settings, "m", locator=NAME, idempotent=False, max_retries=0, clock=clock)
 
 
@@ -107,12 +107,12 @@ def test_a_stalled_connect_is_retried_at_once_with_a_longer_attempt_until_the_bu
     clock = FakeClock()
     r = timed(clock)
     other = URI("PYRO:obj@127.0.0.2:9999")
-    attempts = []
+    attempts, handshakes = [], []
     while True:
         connect, handshake = connect_timeouts(SETTINGS, TARGET, by_name=True,
                                               proxy_timeout=None, rebind=r.rebind)
         attempts.append(round(connect, 3))
-        assert handshake == pytest.approx(min(10.0, r.rebind.remaining())) or handshake == MIN_ATTEMPT
+        handshakes.append(round(handshake, 3))
         clock.now += connect  # the SYN (or SYN-ACK) was lost: the attempt times out
         step = r.after(NotDelivered("connecting timed out", TARGET, timed_out=True), TARGET)
         if not step.retry:
@@ -122,6 +122,8 @@ def test_a_stalled_connect_is_retried_at_once_with_a_longer_attempt_until_the_bu
     # for the whole REBIND_TIMEOUT (a stalled connect used to take all of it: CONNECT_TIMEOUT 10 s)
     assert attempts[:5] == [0.2, 0.3, 0.45, 0.675, 1.0] and max(attempts) == 1.0
     assert len(attempts) >= 12 and clock.now - 1000.0 == pytest.approx(10.0, abs=0.06)
+    # the handshake (once TCP is connected) starts at 2 s and grows likewise, within the budget
+    assert handshakes[:3] == [2.0, 3.0, 4.5] and all(h <= 10.0 for h in handshakes)
     assert type(step.error) is errors.NoProviderError and "REBIND_TIMEOUT" in str(step.error)
     # a provider not tried yet starts short again; the budget bounds every attempt
     assert connect_timeouts(SETTINGS, other, by_name=True, proxy_timeout=None, rebind=r.rebind)[0] == MIN_ATTEMPT
@@ -155,15 +157,17 @@ def test_a_pyro_uri_and_the_first_attempt_get_their_timeouts() -> None:
     settings = SETTINGS.copy(CONNECT_TIMEOUT=7.0, CONNECT_ATTEMPT_TIMEOUT=0.2)
     assert connect_timeouts(settings, TARGET, by_name=False, proxy_timeout=None, rebind=None) == (7.0, 7.0)
     assert connect_timeouts(settings, TARGET, by_name=False, proxy_timeout=2.0, rebind=None) == (2.0, 2.0)
-    assert connect_timeouts(settings, TARGET, by_name=True, proxy_timeout=None, rebind=None) == (0.2, 7.0)
+    assert connect_timeouts(settings, TARGET, by_name=True, proxy_timeout=None, rebind=None) == (0.2, 2.0)
     assert connect_timeouts(settings, TARGET, by_name=True, proxy_timeout=0.1, rebind=None) == (0.1, 0.1)
 
 
 def test_a_stalled_handshake_is_not_delivered_and_retried_like_a_stalled_connect() -> None:
     clock = FakeClock()
     r = timed(clock)
-    clock.now += 9.0  # a daemon that accepted and never answered the handshake for 9 s
+    clock.now += 2.0  # a daemon that accepted and did not answer the handshake in its 2 s
     step = r.after(NotDelivered("handshake timed out", TARGET, timed_out=True), TARGET)
     assert step.retry and step.pause == 0.0
+    assert connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=None, rebind=r.rebind) == pytest.approx((0.3, 3.0))
+    clock.now += 7.0
     assert connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=None, rebind=r.rebind)[1] \
         == pytest.approx(1.0)  # what is left of the budget

@@ -397,7 +397,7 @@ class Proxy:
                 failure = exc
         recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
                             idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
-                            started=started, known=self._pyroResolvedBy is not None)
+                            started=started, connect_cap=self._pyroTimeout, known=self._pyroResolvedBy is not None)
         rebind = recovery.rebind
         listening = None
         try:

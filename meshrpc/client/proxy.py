@@ -433,7 +433,7 @@ class Proxy:
             failure: BaseException = exc
         recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
                             idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
-                            started=started, known=self.__known)
+                            started=started, connect_cap=self.__pyroTimeout, known=self.__known)
         outer, self.__rebinding = self.__rebinding, recovery.rebind
         listening = None
         try:

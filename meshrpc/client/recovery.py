@@ -36,8 +36,11 @@ class Rebind:
     announcement heard by the registry) ends the pause."""
 
     def __init__(self, settings: Settings, started: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, connect_cap: float | None = None) -> None:
         self.timeout = settings.REBIND_TIMEOUT
+        # connecting may go on (in short attempts) as long as one connect could take, also when the
+        # rebind budget is shorter (REBIND_TIMEOUT 0: no rebinding, but a connect still gets its time)
+        self.connect_budget = max(self.timeout, connect_cap or settings.CONNECT_TIMEOUT)
         self.pause = settings.REBIND_BACKOFF_MIN
         self.pause_max = settings.REBIND_BACKOFF_MAX
         self.attempt_first = settings.CONNECT_ATTEMPT_TIMEOUT
@@ -58,6 +61,9 @@ class Rebind:
     def remaining(self) -> float:
         return self.timeout - self.elapsed()
 
+    def connect_remaining(self) -> float:
+        return self.connect_budget - self.elapsed()
+
     def heard(self) -> None:
         """The registry heard a provider of the name announced (called on the registry's thread)."""
         self.news = True
@@ -68,7 +74,7 @@ class Rebind:
     def next_pause(self, stalled: bool = False) -> float | None:
         """Seconds to pause before the next attempt; None when the time is up. stalled: the failed
         attempt timed out, which was its wait: the next one goes at once."""
-        remaining = self.remaining()
+        remaining = self.connect_remaining() if stalled else self.remaining()
         if remaining <= 0:
             return None
         self.attempts += 1
@@ -83,14 +89,14 @@ class Rebind:
         """Seconds the TCP connect to target may take in this attempt: CONNECT_ATTEMPT_TIMEOUT, times
         CONNECT_ATTEMPT_GROWTH per earlier stall of this target, within the cap and the budget."""
         grown = self.attempt_first * self.attempt_growth ** self.stalls.get(str(target), 0)
-        return _at_least(min(grown, self.attempt_max, cap, self.remaining()))
+        return _at_least(min(grown, self.attempt_max, cap, self.connect_remaining()))
 
     def handshake_timeout(self, target: URI, cap: float) -> float:
         """Seconds the handshake with target may take in this attempt: HANDSHAKE_ATTEMPT_TIMEOUT (TCP
         retransmits lost data within it; a slow daemon gets longer the next time), within the cap and
         the budget."""
         grown = self.handshake_first * self.attempt_growth ** self.stalls.get(str(target), 0)
-        return _at_least(min(grown, cap, self.remaining()))
+        return _at_least(min(grown, cap, self.connect_remaining()))
 
     def stalled(self, target: URI | None) -> None:
         if target is not None:
@@ -147,8 +153,9 @@ class Recovery:
 
     def __init__(self, settings: Settings, methodname: str, *, locator: URI | None, idempotent: bool,
                  max_retries: int, started: float | None = None, known: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.rebind = Rebind(settings, started, clock)  # started: when the call began (clock; default now)
+                 clock: Callable[[], float] = time.monotonic, connect_cap: float | None = None) -> None:
+        # started: when the call began (clock; default now); connect_cap: the proxy's connect timeout
+        self.rebind = Rebind(settings, started, clock, connect_cap)
         self.methodname = methodname
         self.locator = locator
         self.idempotent = idempotent and methodname != BATCH_METHOD

@@ -98,8 +98,8 @@ class FakeClock:
 
 
 def timed(clock: FakeClock, **changes: float) -> Recovery:
-    settings = SETTINGS.copy(CONNECT_TIMEOUT=10.0, CONNECT_ATTEMPT_TIMEOUT=0.2, CONNECT_ATTEMPT_GROWTH=1.5,
-                             CONNECT_ATTEMPT_TIMEOUT_MAX=1.0, HANDSHAKE_ATTEMPT_TIMEOUT=2.0, **changes)
+    settings = SETTINGS.copy(**{"CONNECT_TIMEOUT": 10.0, "CONNECT_ATTEMPT_TIMEOUT": 0.2, "CONNECT_ATTEMPT_GROWTH": 1.5,
+                                "CONNECT_ATTEMPT_TIMEOUT_MAX": 1.0, "HANDSHAKE_ATTEMPT_TIMEOUT": 2.0, **changes})
     return Recovery(settings, "m", locator=NAME, idempotent=False, max_retries=0, clock=clock)
 
 
@@ -167,7 +167,26 @@ def test_a_stalled_handshake_is_not_delivered_and_retried_like_a_stalled_connect
     clock.now += 2.0  # a daemon that accepted and did not answer the handshake in its 2 s
     step = r.after(NotDelivered("handshake timed out", TARGET, timed_out=True), TARGET)
     assert step.retry and step.pause == 0.0
-    assert connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=None, rebind=r.rebind) == pytest.approx((0.3, 3.0))
+    timeouts = connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=None, rebind=r.rebind)
+    assert timeouts == pytest.approx((0.3, 3.0))
     clock.now += 7.0
     assert connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=None, rebind=r.rebind)[1] \
         == pytest.approx(1.0)  # what is left of the budget
+
+
+def test_without_a_rebind_budget_a_stalled_connect_still_gets_the_connect_timeout() -> None:
+    clock = FakeClock()
+    r = timed(clock, REBIND_TIMEOUT=0.0, CONNECT_TIMEOUT=5.0)  # no rebinding, but connecting gets 5 s
+    tries = 0
+    while True:
+        connect = connect_timeouts(SETTINGS.copy(CONNECT_TIMEOUT=5.0), TARGET, by_name=True,
+                                   proxy_timeout=None, rebind=r.rebind)[0]
+        clock.now += connect
+        tries += 1
+        step = r.after(NotDelivered("connecting timed out", TARGET, timed_out=True), TARGET)
+        if not step.retry:
+            break
+    assert tries >= 6 and clock.now - 1000.0 == pytest.approx(5.0, abs=0.06)
+    assert type(step.error) is errors.NoProviderError
+    r = timed(FakeClock(), REBIND_TIMEOUT=0.0)
+    assert not r.after(NotDelivered("refused", TARGET), TARGET).retry  # a refusal: no rebinding

@@ -406,6 +406,12 @@ def emit(**msg):
     sys.stdout.flush()
 registry.subscribe(lambda event, e: emit(op="event", event=event, name=e.name, uri=e.uri, t=time.monotonic())
                    if e.name == cfg.get("fixed") else None)
+# a client that calls is a warm one: the cold registry's first seconds are measured apart (cold <= 5 s),
+# and a name not heard within LOOKUP_TIMEOUT is UnknownNameError by design (docs/resilience.md)
+wanted = set(cfg.get("names") or [cfg["fixed"]])
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline and not wanted <= {e.name for e in registry.list()}:
+    time.sleep(0.1)
 emit(op="ready")
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()

@@ -345,7 +345,7 @@ class ConnectionServer:
                     continue
                 if self._stop.is_set():
                     if conn.poller.poll(0):  # shutting down: answer what came ("not run")
-                        conn.fill()
+                        conn.fill(spin=False)
                         continue
                     self._hand_back(conn)  # and let the draining loop watch it for late requests
                     return
@@ -358,7 +358,7 @@ class ConnectionServer:
                 if not self._linger(conn, linger_ms):
                     self._hand_back(conn)
                     return
-                conn.fill()
+                conn.fill(spin=False)  # readable: the gate was asked once already, by try_fill
         except (errors.ConnectionClosedError, errors.TimeoutError):
             self._drop(conn)
         except ProtocolError as exc:
@@ -371,16 +371,18 @@ class ConnectionServer:
     def _linger(self, conn: ClientConnection, linger_ms: float) -> bool:
         """Wait for the connection's next request: True when it has data, False when the worker should
         hand it back (idle for linger_ms, or tasks are waiting for a worker)."""
-        deadline = time.monotonic() + linger_ms / 1000
+        monotonic = time.monotonic
+        deadline = monotonic() + linger_ms / 1000
         sock_fd = conn.sock.fileno()
-        while True:
-            remaining_ms = (deadline - time.monotonic()) * 1000
-            if remaining_ms <= 0 or self._pool.backlog():
-                return False
-            events = conn.idle_poller.poll(remaining_ms)
-            if any(fd == sock_fd for fd, _ in events):
-                return True
-            # else: the pool's backlog signal, or the time is up: the checks above decide
+        poll, backlog = conn.idle_poller.poll, self._pool.backlog
+        remaining_ms = linger_ms
+        while remaining_ms > 0 and not backlog():
+            for fd, _ in poll(remaining_ms):
+                if fd == sock_fd:
+                    return True
+            # else: the pool's backlog signal, or the time is up: the loop's checks decide
+            remaining_ms = (deadline - monotonic()) * 1000
+        return False
 
     def _drop(self, conn: ClientConnection) -> None:
         if conn.closed:

@@ -234,20 +234,21 @@ class FramedConnection:
 
     def try_fill(self) -> bool:
         """Poll without sleeping for up to spin_wait (when worthwhile); True when data was read."""
+        if not self.spin_gate.should_spin():  # asked first: a closed gate costs no lock
+            return False
         with _waiters as waiting:
             return self._try_spin(waiting)
 
-    def fill(self) -> None:
-        """Read what the socket has (at least one byte) into the frame reader."""
-        with _waiters as waiting:
-            if self._try_spin(waiting):
-                return
-            try:
-                data = self._recv(self._read_size())
-            except socket.timeout:
-                raise TimeoutError("receiving: timeout") from None  # Pyro5's text (programs compare it)
-            except OSError as exc:
-                raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+    def fill(self, spin: bool = True) -> None:
+        """Read what the socket has (at least one byte) into the frame reader. spin=False: the caller
+        saw the socket readable (or spun already), so no spin and no waiting is counted."""
+        if not spin:
+            data = self._read(self._read_size())
+        else:
+            with _waiters as waiting:
+                if self.spin_gate.should_spin() and self._try_spin(waiting):
+                    return
+                data = self._read(self._read_size())
         if not data:
             if data is None:  # TLS: no application data yet (a partial record, or the handshake goes on)
                 return
@@ -255,8 +256,17 @@ class FramedConnection:
         self.last_active = time.monotonic()
         self.reader.feed(data)
 
+    def _read(self, size: int) -> bytes | None:
+        try:
+            return self._recv(size)
+        except socket.timeout:
+            raise TimeoutError("receiving: timeout") from None  # Pyro5's text (programs compare it)
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+
     def _try_spin(self, waiting: int) -> bool:
-        if waiting > 1 or not self.spin_gate.should_spin():
+        """One spin, the gate having said yes."""
+        if waiting > 1:
             return False
         data = self._spin_recv(self._read_size())
         if data is None:

@@ -67,14 +67,20 @@ def check(data: bytes, plain_only: bool = False) -> None:
                 pos += size
                 continue
             kind = kind_of[code]
-            if kind == _COUNTED or kind == _SIZED or kind == _LONG:
+            if kind == _SIZED:  # the commonest token of a call (names, strings): tested first
+                count = unpack(data, pos + 1)[0]
+                pos += 5
+                if not 0 <= count <= end - pos:
+                    raise SerializeError(f"marshal data declares a size of {count} where {end - pos} bytes remain")
+                pos += count
+            elif kind == _COUNTED or kind == _LONG:
                 count = unpack(data, pos + 1)[0]
                 pos += 5
                 if kind == _LONG:
                     count = 2 * abs(count)
                 if not 0 <= count <= end - pos:
                     raise SerializeError(f"marshal data declares a size of {count} where {end - pos} bytes remain")
-                if kind != _COUNTED:
+                if kind == _LONG:
                     pos += count
             elif kind == _SHORT or kind == _TEXT_FLOAT:
                 pos += 2 + data[pos + 1]

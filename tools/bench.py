@@ -15,7 +15,7 @@ Cases (``--cases`` takes names or numbers, comma separated):
 3. oneway   10,000 oneway calls then one synchronous call: time until it returns, and until the
             server has run all oneway calls
 4. connect  new proxy + connect + first call (median latency); raw: connect + one ping-pong
-5. large    10 MB bytes echoed (serpent, marshal); 50 MB stream of 1 MB chunks from a generator
+5. large    10 MiB bytes echoed (serpent, marshal; gRPC too when grpcio is installed); 50 MiB stream of 1 MiB chunks
 6. threads  N client threads (one proxy each) hammering one daemon for a bounded time
 7. discovery placeholder: measured only when meshrpc.mesh exposes MeshPublisher/get_registry
 8. idle     server memory with many connected idle proxies
@@ -73,7 +73,10 @@ REPO = os.path.dirname(HERE)
 THIS = os.path.abspath(__file__)
 
 LIBS = ("meshrpc", "pyro5")
-LIB_TITLES = {"meshrpc": "meshrpc", "pyro5": "Pyro5", "raw": "raw"}
+LIB_TITLES = {"meshrpc": "meshrpc", "pyro5": "Pyro5", "raw": "raw", "grpc": "gRPC"}
+# gRPC (grpcio, the `bench` extra) is a reference peer in case 5 only: raw bytes in, the same bytes out
+GRPC_ECHO = "/bench.Bench/Echo"
+GRPC_MAX_MESSAGE = 256 * 1024 * 1024
 SERIALIZERS = ("serpent", "marshal", "json", "msgpack")
 SERVER_START_TIMEOUT = 30.0
 SERVER_STOP_TIMEOUT = 20.0
@@ -200,6 +203,8 @@ class ThreadProfiles:
 def serve_main(kind: str, profile_out: str | None, name: str | None) -> int:
     if kind == "raw":
         return raw_server_main()
+    if kind == "grpc":
+        return grpc_server_main()
     profiles = main_prof = None
     if profile_out:  # before the daemon exists: Pyro5 starts its first workers in Daemon()
         profiles = ThreadProfiles()
@@ -320,6 +325,47 @@ def raw_server_main() -> int:
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def grpc_available() -> bool:
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def grpc_server_main() -> int:
+    """A gRPC server with one unary method that returns its request: no protobuf, raw bytes both ways."""
+    from concurrent import futures
+
+    import grpc
+    options = [("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+               ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+    service, method = GRPC_ECHO.strip("/").split("/")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(lambda request, _context: request)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"PORT {port}", flush=True)
+    try:
+        sys.stdin.buffer.read()  # until the bench closes our stdin
+    finally:
+        server.stop(0)
+    return 0
+
+
+class GrpcClient:
+    def __init__(self, port: int) -> None:
+        import grpc
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE)])
+        self.echo = self.channel.unary_unary(GRPC_ECHO)  # no (de)serializers: bytes as they are
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 class RawClient:
@@ -481,7 +527,7 @@ class Counts:
 
 
 FULL = Counts(small_calls=5000, small_warmup=200, raw_msg_size=100, batch_size=1000, batch_repeats=5,
-              oneway_calls=10000, connect_ops=200, large_bytes=10 * 1024 * 1024, large_repeats=3,
+              oneway_calls=10000, connect_ops=200, large_bytes=10 * 1024 * 1024, large_repeats=5,
               stream_total=50 * 1024 * 1024, stream_chunk=1024 * 1024, threads=100, duration=3.0,
               discovery_ops=5)
 QUICK = Counts(small_calls=50, small_warmup=5, raw_msg_size=100, batch_size=20, batch_repeats=2,
@@ -714,20 +760,41 @@ def measure_connect(lib: str, srv: Server, c: Counts) -> dict[str, float]:
     return {"p50": percentile(latencies, 50) * 1000.0, "p90": percentile(latencies, 90) * 1000.0}
 
 
+def timed_echoes(echo: Callable[[bytes], bytes], payload: bytes, c: Counts, srv: Server) -> dict[str, float]:
+    """The median time of large_repeats echoes of `payload`, the throughput (payload bytes per second
+    each way), and CPU per echo of both sides; every reply is checked."""
+    echo(payload)  # warm-up: connection windows, allocator
+    times = []
+    with CpuSpan(srv) as cpu:
+        for _ in range(c.large_repeats):
+            start = perf()
+            reply = echo(payload)
+            times.append(perf() - start)
+            if reply != payload:
+                raise AssertionError("the echoed bytes differ")
+    median = statistics.median(times)
+    return {"echo": median, "mibs": len(payload) / median / 1024 / 1024,
+            **cpu.per_call(c.large_repeats, suffix="_echo")}
+
+
 def measure_large(lib: str, srv: Server, c: Counts) -> dict[str, float]:
     payload = os.urandom(c.large_bytes)
     out: dict[str, float] = {}
+    if lib == "grpc":
+        client = GrpcClient(srv.port)
+        try:
+            echoed = timed_echoes(client.echo, payload, c, srv)
+        finally:
+            client.close()
+        out["echo_serpent"] = out["echo_marshal"] = echoed.pop("echo")
+        out.update(echoed)
+        return out
     if lib == "raw":
         client = RawClient(srv.port)
         try:
-            times = []
-            for _ in range(c.large_repeats):
-                start = perf()
-                reply = client.echo(payload)
-                times.append(perf() - start)
-                if len(reply) != len(payload):
-                    raise AssertionError("short echo")
-            out["echo_serpent"] = out["echo_marshal"] = statistics.median(times)
+            echoed = timed_echoes(client.echo, payload, c, srv)
+            out["echo_serpent"] = out["echo_marshal"] = echoed.pop("echo")
+            out.update(echoed)
             start = perf()
             got = 0
             while got < c.stream_total:
@@ -739,14 +806,10 @@ def measure_large(lib: str, srv: Server, c: Counts) -> dict[str, float]:
     for ser in ("serpent", "marshal"):
         proxy = bound_proxy(lib, srv.uri, ser)
         try:
-            times = []
-            for _ in range(c.large_repeats):
-                start = perf()
-                reply = tobytes(proxy.echo_bytes(payload))
-                times.append(perf() - start)
-                if reply != payload:
-                    raise AssertionError("the echoed bytes differ")
-            out[f"echo_{ser}"] = statistics.median(times)
+            echoed = timed_echoes(lambda data, echo=proxy.echo_bytes: tobytes(echo(data)), payload, c, srv)
+            out[f"echo_{ser}"] = echoed.pop("echo")
+            if ser == "serpent":  # the throughput and CPU rows are serpent's (bytes travel as they are)
+                out.update(echoed)
             start = perf()
             got = 0
             for chunk in proxy.stream(c.stream_total, c.stream_chunk):
@@ -945,15 +1008,18 @@ def build_cases(counts: Counts) -> list[Case]:
              [Row("p50", "median latency", "ms", False, True),
               Row("p90", "p90 latency", "ms", False, True)],
              LIBS + ("raw",), measure_connect, note="raw: TCP connect + one ping-pong"),
-        Case(5, "large", f"{mb:g} MB bytes echo; {smb:g} MB stream of {cmb:g} MB chunks (generator)",
-             [Row("echo_serpent", f"{mb:g} MB echo, serpent", "s", False, True),
-              Row("echo_marshal", f"{mb:g} MB echo, marshal", "s", False, True),
-              Row("stream_serpent", f"{smb:g} MB stream, serpent", "s", False, True),
-              Row("stream_marshal", f"{smb:g} MB stream, marshal", "s", False, True)],
-             LIBS + ("raw",), measure_large,
+        Case(5, "large", f"{mb:g} MiB bytes echo; {smb:g} MiB stream of {cmb:g} MiB chunks (generator)",
+             [Row("echo_serpent", f"{mb:g} MiB echo, serpent", "s", False, True),
+              Row("mibs", f"{mb:g} MiB echo, serpent", "MiB/s", True, True)]
+             + cpu_rows("echo", "_echo")
+             + [Row("echo_marshal", f"{mb:g} MiB echo, marshal", "s", False, True),
+                Row("stream_serpent", f"{smb:g} MiB stream, serpent", "s", False, True),
+                Row("stream_marshal", f"{smb:g} MiB stream, marshal", "s", False, True)],
+             LIBS + ("raw", "grpc"), measure_large,
              note="serpent: Pyro5 sends bytes as base64 dicts (server re-encodes real bytes), meshrpc "
-                  "peers out of band; "
-                  "raw: plain bytes, one round trip per chunk"),
+                  "peers out of band; raw: plain bytes, one round trip per chunk; gRPC (grpcio, when "
+                  "installed: pip install -e .[bench]): a unary method echoing raw bytes, no protobuf, "
+                  "echo rows only; MiB/s: payload bytes per second each way"),
         Case(6, "threads", f"{counts.threads} client threads (one proxy each), {counts.duration:g} s, serpent",
              [Row("rate", "aggregate", "calls/s", True, True),
               Row("p50", "p50 latency", "ms", False, True),
@@ -1026,7 +1092,7 @@ def run_cases(cases: list[Case], counts: Counts, rounds: int) -> dict[str, Any]:
         for case in cases:
             if case.name in skipped:
                 continue
-            libs = list(case.libs)
+            libs = [lib for lib in case.libs if lib != "grpc" or grpc_available()]
             shift = rnd % len(libs)
             for lib in libs[shift:] + libs[:shift]:  # rotate who goes first
                 log(f"[round {rnd + 1}/{rounds}] case {case.number} {case.name}: {LIB_TITLES[lib]} ...")
@@ -1056,14 +1122,15 @@ def run_cases(cases: list[Case], counts: Counts, rounds: int) -> dict[str, Any]:
         for row in case.rows:
             r: dict[str, Any] = {"key": row.key, "label": row.label, "unit": row.unit,
                                  "higher_is_better": row.higher_is_better}
-            for lib in ("meshrpc", "pyro5", "raw"):
+            for lib in ("meshrpc", "pyro5", "raw", "grpc"):
                 vals = samples.get((case.name, row.key, lib), [])
-                applies = lib in case.libs and (lib != "raw" or row.raw)
+                applies = lib in case.libs and (lib != "raw" or row.raw) and (lib != "grpc" or bool(vals))
                 r[lib] = statistics.median(vals) if vals and applies else None
                 if applies:
                     r.setdefault("samples", {})[lib] = vals
             r["ratio_pyro5"] = ratio(r["meshrpc"], r["pyro5"])
             r["ratio_raw"] = ratio(r["meshrpc"], r["raw"])
+            r["ratio_grpc"] = ratio(r["meshrpc"], r["grpc"])
             entry["rows"].append(r)
         entry["errors"] = {lib: errs for (cname, lib), errs in errors.items() if cname == case.name}
         entry["notes"] = {lib: ns for (cname, lib), ns in notes.items() if cname == case.name}
@@ -1137,8 +1204,13 @@ def render_table(doc: dict[str, Any]) -> str:
                     cells.append(fmt_value(v, row["unit"]))
             w(f"{label:<44} {cells[0]:>12} {cells[1]:>12} {cells[2]:>12} "
               f"{fmt_ratio(row['ratio_pyro5']):>11} {fmt_ratio(row['ratio_raw']):>9}\n")
+            if row.get("grpc") is not None:  # gRPC's figure (case 5) on a line of its own
+                w(f"{'':<44} {'gRPC':>12} {fmt_value(row['grpc'], row['unit']):>12} {'':>12} "
+                  f"{'mesh/gRPC':>11} {fmt_ratio(row['ratio_grpc']):>9}\n")
         if case.get("note"):
             w(f"   note: {case['note']}\n")
+        if "grpc" in case.get("libs", ()) and not any(row.get("grpc") is not None for row in case["rows"]):
+            w("   gRPC: not measured (grpcio is not installed: pip install -e .[bench])\n")
         for lib, errs in case.get("errors", {}).items():
             for err in errs[:3]:
                 w(f"   ERROR {LIB_TITLES[lib]}: {err[:400]}\n")
@@ -1386,7 +1458,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a meshrpc setting for client and servers (as MESHRPC_NAME), e.g. SPIN_WAIT=0; repeatable")
     parser.add_argument("--pyro-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a Pyro5 setting for client and servers (as PYRO_NAME), e.g. SOCK_NODELAY=true; repeatable")
-    parser.add_argument("--serve", choices=["meshrpc", "pyro5", "raw"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["meshrpc", "pyro5", "raw", "grpc"], help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1465,6 +1537,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for row in entry["rows"]:
             for lib in case.libs:
+                if lib == "grpc":  # optional, and for the echo rows only
+                    continue
                 if (lib != "raw" or any(r.raw for r in case.rows if r.key == row["key"])) and row.get(lib) is None:
                     missing.append(f"{case.name}/{row['key']}/{lib}")
     if missing:

@@ -20,9 +20,10 @@ from .spin import SpinGate
 log = logging.getLogger("meshrpc.transport")
 
 # reads of up to 64 KiB stay in malloc's small-block range (bigger buffers cost an mmap and munmap
-# per read); a frame known to be larger is read in chunks of up to RECV_MAX
+# per read); a frame known to be larger is read in chunks of up to RECV_MAX until its reader gives it
+# a buffer of its own (wire.frame.FrameReader.receive_buffer), which is filled with recv_into
 RECV_CHUNK = 64 * 1024
-RECV_MAX = 4 * 1024 * 1024
+RECV_MAX = 256 * 1024
 
 
 def is_ipv6(host: str) -> bool:
@@ -242,6 +243,10 @@ class FramedConnection:
     def fill(self, spin: bool = True) -> None:
         """Read what the socket has (at least one byte) into the frame reader. spin=False: the caller
         saw the socket readable (or spun already), so no spin and no waiting is counted."""
+        into = self.reader.receive_buffer() if self.tls is None else None
+        if into is not None:  # the rest of a large frame: straight into its buffer, no copies
+            self._read_into(into)
+            return
         if not spin:
             data = self._read(self._read_size())
         else:
@@ -256,6 +261,22 @@ class FramedConnection:
         self.last_active = time.monotonic()
         self.reader.feed(data)
 
+    def _read_into(self, view: memoryview) -> None:
+        with _waiters:  # counted as waiting (a blocking read), never spinning: the frame is large
+            self._recv_into(view)
+
+    def _recv_into(self, view: memoryview) -> None:
+        try:
+            count = self.sock.recv_into(view)
+        except socket.timeout:
+            raise TimeoutError("receiving: timeout") from None
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+        if not count:
+            raise ConnectionClosedError("the peer closed the connection")
+        self.last_active = time.monotonic()
+        self.reader.received(count)
+
     def _read(self, size: int) -> bytes | None:
         try:
             return self._recv(size)
@@ -268,6 +289,12 @@ class FramedConnection:
         """One spin, the gate having said yes."""
         if waiting > 1:
             return False
+        into = self.reader.receive_buffer() if self.tls is None else None
+        if into is not None:  # a large frame's rest: wait for it as usual, then read it in place
+            if not self.spin_gate.spin(self._readable_now, time.perf_counter, _others_waiting):
+                return False
+            self._recv_into(into)
+            return True
         data = self._spin_recv(self._read_size())
         if data is None:
             return False
@@ -284,13 +311,15 @@ class FramedConnection:
     def _spin_recv(self, size: int) -> bytes | None:
         """Data, b"" on close, or None when nothing came within spin_wait (or TLS has no data yet)."""
         # poll(0) never sleeps and works the same whether or not the socket has a timeout
-        poll = self.poller.poll
-        if not self.spin_gate.spin(lambda: bool(poll(0)), time.perf_counter, _others_waiting):
+        if not self.spin_gate.spin(self._readable_now, time.perf_counter, _others_waiting):
             return None
         try:
             return self._recv(size)
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+
+    def _readable_now(self) -> bool:
+        return bool(self.poller.poll(0))
 
     @property
     def timeout(self) -> float | None:

@@ -24,6 +24,12 @@ _PREFIX = struct.Struct("!4sH")
 _ANNOTATION = struct.Struct("!4sI")
 _ZERO_ID = bytes(16)
 _U32 = struct.Struct("!I")
+# a frame at least this big is read into a buffer of its own (FrameReader.receive_buffer): no growing
+# buffer, no copy out of it, and its out-of-band blobs are handed on as views into it
+LARGE_FRAME = 256 * 1024
+# ...once the peer has sent at least 1/LARGE_FRAME_PROOF of it: a header alone (announcing up to
+# MAX_MESSAGE_SIZE) never makes the reader hold more than that many times what really came
+LARGE_FRAME_PROOF = 4
 
 
 def capabilities(annotations: dict) -> bytes:
@@ -96,7 +102,7 @@ def unpack_oob(value: bytes) -> list[bytes]:
         raise ProtocolError("out-of-band annotation: blob lengths do not add up")
     blobs, pos = [], start
     for length in lengths:
-        blobs.append(value[pos:pos + length])
+        blobs.append(bytes(value[pos:pos + length]))  # `value` may be a view into a frame's buffer
         pos += length
     return blobs
 
@@ -174,7 +180,9 @@ def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> 
     return [header + annotations, payload]
 
 
-def parse_annotations(data: bytes | memoryview, limit: int = 64) -> dict[str, bytes]:
+def parse_annotations(data: bytes | memoryview, limit: int = 64, oob_view: bool = False) -> dict[str, bytes]:
+    """The annotations block as {id: value bytes}; oob_view: the OOB_ANNOTATION's value stays a view
+    into `data` (the caller owns that buffer; unpack_oob copies the blobs out once)."""
     result: dict[str, bytes] = {}
     view = memoryview(data)
     pos, end = 0, len(view)
@@ -189,7 +197,8 @@ def parse_annotations(data: bytes | memoryview, limit: int = 64) -> dict[str, by
             name = key.decode("ascii")
         except UnicodeDecodeError:
             raise ProtocolError(f"annotation id is not ASCII: {key!r}") from None
-        result[name] = bytes(view[pos:pos + length])
+        value = view[pos:pos + length]
+        result[name] = value if oob_view and name == OOB_ANNOTATION else bytes(value)  # type: ignore[assignment]
         pos += length
         if len(result) > limit:
             raise ProtocolError(f"more than {limit} annotations in one message")
@@ -202,25 +211,63 @@ class FrameReader:
     Errors (bad tag, version, magic, type, sizes) raise ProtocolError; the connection is unusable after.
     """
 
-    __slots__ = ("max_size", "max_annotations", "_buf", "_header")
+    __slots__ = ("max_size", "max_annotations", "_buf", "_header", "_body", "_filled")
 
     def __init__(self, max_size: int = 1024 ** 3, max_annotations: int = 64) -> None:
         self.max_size = max_size
         self.max_annotations = max_annotations
         self._buf = bytearray()
         self._header: tuple | None = None
+        # a large frame's own buffer (receive_buffer) and how much of it is filled
+        self._body: bytearray | None = None
+        self._filled = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        body = self._body
+        if body is not None:  # a large frame being read: into its buffer, the rest (next frames) after
+            room = len(body) - self._filled
+            if len(data) <= room:
+                body[self._filled:self._filled + len(data)] = data
+                self._filled += len(data)
+                return
+            body[self._filled:] = memoryview(data)[:room]
+            self._filled = len(body)
+            data = memoryview(data)[room:]
         self._buf += data
         if self._header is None and len(self._buf) >= 6:
             check_prefix(self._buf)
 
+    def receive_buffer(self) -> memoryview | None:
+        """Where to read the rest of a large frame (LARGE_FRAME or more) straight from a socket
+        (recv_into), then say how much with received(); None: read as usual and feed()."""
+        body = self._body
+        if body is None:
+            header = self._header
+            if header is None:
+                if len(self._buf) < HEADER_SIZE:
+                    return None
+                header = self._header = parse_header(self._buf, self.max_size)
+            total = HEADER_SIZE + header[7] + header[6]
+            if total < LARGE_FRAME or len(self._buf) >= total or len(self._buf) * LARGE_FRAME_PROOF < total:
+                return None
+            body = self._body = bytearray(total)  # sizes checked against max_size by parse_header
+            self._filled = len(self._buf)
+            body[:self._filled] = self._buf
+            self._buf.clear()
+        return memoryview(body)[self._filled:]
+
+    def received(self, count: int) -> None:
+        """`count` bytes were written into the receive_buffer()."""
+        self._filled += count
+
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._filled
 
     def wanted(self) -> int:
         """Bytes still needed to complete the frame being read (at least 1 when nothing is buffered)."""
+        if self._body is not None:
+            return len(self._body) - self._filled
         if self._header is None:
             return max(1, HEADER_SIZE - len(self._buf))
         return max(0, HEADER_SIZE + self._header[6] + self._header[7] - len(self._buf))
@@ -234,17 +281,30 @@ class FrameReader:
             header = self._header = parse_header(buf, self.max_size)
         _, _, msg_type, ser_id, flags, seq, data_len, ann_len, corr, _, _ = header
         end = HEADER_SIZE + ann_len + data_len
-        if len(buf) < end:
-            return None
-        annotations = parse_annotations(memoryview(buf)[HEADER_SIZE:HEADER_SIZE + ann_len],
-                                        self.max_annotations) if ann_len else {}
-        payload = bytes(memoryview(buf)[HEADER_SIZE + ann_len:end])  # one copy, not two
-        if end == len(buf):
-            buf.clear()
-        else:
-            del buf[:end]
+        body = self._body
+        if body is not None:
+            if self._filled < end:
+                return None
+            # the frame owns this buffer: annotations' blobs stay views into it, no copy
+            view = memoryview(body)
+            annotations = parse_annotations(view[HEADER_SIZE:HEADER_SIZE + ann_len], self.max_annotations,
+                                            oob_view=True) if ann_len else {}
+            payload = bytes(view[HEADER_SIZE + ann_len:end])
+            self._body, self._filled = None, 0
             if len(buf) >= 6:
                 check_prefix(buf)
+        else:
+            if len(buf) < end:
+                return None
+            annotations = parse_annotations(memoryview(buf)[HEADER_SIZE:HEADER_SIZE + ann_len],
+                                            self.max_annotations) if ann_len else {}
+            payload = bytes(memoryview(buf)[HEADER_SIZE + ann_len:end])  # one copy, not two
+            if end == len(buf):
+                buf.clear()
+            else:
+                del buf[:end]
+                if len(buf) >= 6:
+                    check_prefix(buf)
         self._header = None
         if flags & FLAG_COMPRESSED:
             payload = decompress(payload, self.max_size)

@@ -685,3 +685,71 @@ def test_hypothesis_pyro5_parses_whatever_we_encode(frame):
     assert (msg.type, msg.serializer_id, msg.seq, msg.flags, bytes(msg.data)) == \
         (expected.type, expected.serializer_id, expected.seq, expected.flags, expected.payload)
     assert {k: bytes(v) for k, v in msg.annotations.items()} == expected.annotations
+
+
+# --- large frames read into a buffer of their own (FrameReader.receive_buffer, issue 15)
+
+def _read_like_a_socket(reader: FrameReader, stream: bytes, chunk: int) -> list[Frame]:
+    """What FramedConnection does: recv_into the reader's buffer when it offers one, else feed."""
+    frames, pos = [], 0
+    while pos < len(stream):
+        into = reader.receive_buffer()
+        if into is not None:
+            count = min(len(into), chunk, len(stream) - pos)
+            into[:count] = stream[pos:pos + count]
+            reader.received(count)
+        else:
+            count = min(chunk, len(stream) - pos)
+            reader.feed(stream[pos:pos + count])
+        pos += count
+        while (frame := reader.next_frame()) is not None:
+            frames.append(frame)
+    return frames
+
+
+def test_a_large_frame_is_read_in_place_and_its_blobs_come_out_as_bytes():
+    blob = os.urandom(3 * F.LARGE_FRAME)
+    big = Frame(F.MSG_RESULT, 1, 7, b"payload", 0, {F.OOB_ANNOTATION: F.pack_oob([blob, b"tail"]), "XTRA": b"x"})
+    small = Frame(F.MSG_RESULT, 1, 8, b"next")
+    stream = b"".join(bytes(p) for p in encode_parts(big)) + encode(small)
+    reader = FrameReader()
+    frames = _read_like_a_socket(reader, stream, 100_000)
+    assert [f.seq for f in frames] == [7, 8] and reader.buffered == 0
+    first = frames[0]
+    assert first.payload == b"payload" and first.annotations["XTRA"] == b"x"
+    assert isinstance(first.annotations[F.OOB_ANNOTATION], memoryview)  # not copied out of the buffer
+    blobs = F.unpack_oob(first.annotations[F.OOB_ANNOTATION])
+    assert blobs == [blob, b"tail"] and all(type(b) is bytes for b in blobs)
+    assert frames[1].payload == b"next"
+
+
+def test_a_large_frame_read_in_place_equals_the_same_frame_fed():
+    blob = os.urandom(2 * F.LARGE_FRAME + 5)
+    data = b"".join(bytes(p) for p in encode_parts(Frame(F.MSG_INVOKE, 4, 3, blob, F.FLAG_CORR_ID, {},
+                                                          uuid.uuid4().bytes)))
+    fed = FrameReader()
+    fed.feed(data)
+    expected = fed.next_frame()
+    (got,) = _read_like_a_socket(FrameReader(), data, 65536)
+    assert (got.type, got.serializer_id, got.seq, got.flags, got.payload, got.correlation_id) == (
+        expected.type, expected.serializer_id, expected.seq, expected.flags, expected.payload, expected.correlation_id)
+
+
+def test_a_header_alone_gets_no_buffer_of_the_announced_size():
+    """A peer that announces a huge frame and sends little must not make the reader allocate it:
+    the buffer of its own comes only after 1/LARGE_FRAME_PROOF of the frame has arrived."""
+    size = 512 * 1024 * 1024
+    header = F.HEADER.pack(F.TAG, F.PROTOCOL_VERSION, F.MSG_INVOKE, 1, 0, 1, size, 0, bytes(16), 0, F.MAGIC)
+    reader = FrameReader(max_size=1024 ** 3)
+    reader.feed(header + bytes(1000))
+    assert reader.receive_buffer() is None and reader.next_frame() is None
+    assert reader.wanted() == size - 1000
+
+
+def test_a_large_frame_over_the_size_limit_is_refused_before_any_buffer():
+    header = F.HEADER.pack(F.TAG, F.PROTOCOL_VERSION, F.MSG_INVOKE, 1, 0, 1, 10 * F.LARGE_FRAME, 0, bytes(16), 0,
+                           F.MAGIC)
+    reader = FrameReader(max_size=F.LARGE_FRAME)
+    reader.feed(header)
+    with pytest.raises(MessageTooLargeError):
+        reader.receive_buffer()

@@ -192,6 +192,7 @@ class ConnectionServer:
 
     def _hand_back(self, conn: ClientConnection) -> None:
         """From a worker: the connection is idle, let the selector watch it again."""
+        conn.reader.release_spare()  # an idle connection holds no large-frame buffer
         self._to_park.append(conn)
         self._wake()
 

@@ -287,14 +287,10 @@ class FramedConnection:
 
     def _try_spin(self, waiting: int) -> bool:
         """One spin, the gate having said yes."""
-        if waiting > 1:
+        # in the middle of a large frame, spinning between its chunks burns a core for nothing: its
+        # bytes come as fast as the peer writes them, and a sleeping read loses no round trip
+        if waiting > 1 or self.reader.wanted() > RECV_CHUNK:
             return False
-        into = self.reader.receive_buffer() if self.tls is None else None
-        if into is not None:  # a large frame's rest: wait for it as usual, then read it in place
-            if not self.spin_gate.spin(self._readable_now, time.perf_counter, _others_waiting):
-                return False
-            self._recv_into(into)
-            return True
         data = self._spin_recv(self._read_size())
         if data is None:
             return False

@@ -30,6 +30,14 @@ LARGE_FRAME = 256 * 1024
 # ...once the peer has sent at least 1/LARGE_FRAME_PROOF of it: a header alone (announcing up to
 # MAX_MESSAGE_SIZE) never makes the reader hold more than that many times what really came
 LARGE_FRAME_PROOF = 4
+# a frame's own buffer is kept for the next large frame (fresh memory costs a page fault per 4 KiB)
+# up to this size, until the connection goes idle (FrameReader.release_spare)
+SPARE_MAX = 64 * 1024 * 1024
+
+
+class OobBlobs(list):
+    """An OOB_ANNOTATION value already split into its blobs (bytes): a large frame's reader copies
+    them out of its buffer at once, so that the buffer serves the next frame."""
 
 
 def capabilities(annotations: dict) -> bytes:
@@ -91,6 +99,8 @@ def pack_oob(blobs: list) -> list:
 
 def unpack_oob(value: bytes) -> list[bytes]:
     """The blobs of an OOB_ANNOTATION value; ProtocolError when it is malformed."""
+    if isinstance(value, OobBlobs):
+        return value
     if len(value) < 4:
         raise ProtocolError("truncated out-of-band annotation")
     count = _U32.unpack_from(value)[0]
@@ -180,9 +190,9 @@ def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> 
     return [header + annotations, payload]
 
 
-def parse_annotations(data: bytes | memoryview, limit: int = 64, oob_view: bool = False) -> dict[str, bytes]:
-    """The annotations block as {id: value bytes}; oob_view: the OOB_ANNOTATION's value stays a view
-    into `data` (the caller owns that buffer; unpack_oob copies the blobs out once)."""
+def parse_annotations(data: bytes | memoryview, limit: int = 64, oob_split: bool = False) -> dict[str, bytes]:
+    """The annotations block as {id: value bytes}; oob_split: the OOB_ANNOTATION's value comes as
+    OobBlobs, its blobs copied straight out of `data` (one copy, not two)."""
     result: dict[str, bytes] = {}
     view = memoryview(data)
     pos, end = 0, len(view)
@@ -198,7 +208,7 @@ def parse_annotations(data: bytes | memoryview, limit: int = 64, oob_view: bool 
         except UnicodeDecodeError:
             raise ProtocolError(f"annotation id is not ASCII: {key!r}") from None
         value = view[pos:pos + length]
-        result[name] = value if oob_view and name == OOB_ANNOTATION else bytes(value)  # type: ignore[assignment]
+        result[name] = OobBlobs(unpack_oob(value)) if oob_split and name == OOB_ANNOTATION else bytes(value)  # type: ignore[assignment]
         pos += length
         if len(result) > limit:
             raise ProtocolError(f"more than {limit} annotations in one message")
@@ -211,27 +221,29 @@ class FrameReader:
     Errors (bad tag, version, magic, type, sizes) raise ProtocolError; the connection is unusable after.
     """
 
-    __slots__ = ("max_size", "max_annotations", "_buf", "_header", "_body", "_filled")
+    __slots__ = ("max_size", "max_annotations", "_buf", "_header", "_body", "_filled", "_end", "_spare")
 
     def __init__(self, max_size: int = 1024 ** 3, max_annotations: int = 64) -> None:
         self.max_size = max_size
         self.max_annotations = max_annotations
         self._buf = bytearray()
         self._header: tuple | None = None
-        # a large frame's own buffer (receive_buffer) and how much of it is filled
+        # a large frame's own buffer (receive_buffer; may be longer than the frame), how much of it is
+        # filled, and where the frame ends; the last one, kept for the next large frame
         self._body: bytearray | None = None
-        self._filled = 0
+        self._filled = self._end = 0
+        self._spare: bytearray | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         body = self._body
         if body is not None:  # a large frame being read: into its buffer, the rest (next frames) after
-            room = len(body) - self._filled
+            room = self._end - self._filled
             if len(data) <= room:
                 body[self._filled:self._filled + len(data)] = data
                 self._filled += len(data)
                 return
-            body[self._filled:] = memoryview(data)[:room]
-            self._filled = len(body)
+            body[self._filled:self._end] = memoryview(data)[:room]
+            self._filled = self._end
             data = memoryview(data)[room:]
         self._buf += data
         if self._header is None and len(self._buf) >= 6:
@@ -248,13 +260,24 @@ class FrameReader:
                     return None
                 header = self._header = parse_header(self._buf, self.max_size)
             total = HEADER_SIZE + header[7] + header[6]
-            if total < LARGE_FRAME or len(self._buf) >= total or len(self._buf) * LARGE_FRAME_PROOF < total:
+            if total < LARGE_FRAME or len(self._buf) >= total:
                 return None
-            body = self._body = bytearray(total)  # sizes checked against max_size by parse_header
-            self._filled = len(self._buf)
+            spare = self._spare
+            if spare is not None and len(spare) >= total:
+                body = spare  # memory this reader holds already: no proof needed
+            elif len(self._buf) * LARGE_FRAME_PROOF < total:
+                return None
+            else:
+                body = bytearray(total)  # sizes checked against max_size by parse_header
+            self._spare = None
+            self._body, self._end, self._filled = body, total, len(self._buf)
             body[:self._filled] = self._buf
             self._buf.clear()
-        return memoryview(body)[self._filled:]
+        return memoryview(body)[self._filled:self._end]
+
+    def release_spare(self) -> None:
+        """Drop the buffer kept for the next large frame (the connection goes idle)."""
+        self._spare = None
 
     def received(self, count: int) -> None:
         """`count` bytes were written into the receive_buffer()."""
@@ -267,7 +290,7 @@ class FrameReader:
     def wanted(self) -> int:
         """Bytes still needed to complete the frame being read (at least 1 when nothing is buffered)."""
         if self._body is not None:
-            return len(self._body) - self._filled
+            return self._end - self._filled
         if self._header is None:
             return max(1, HEADER_SIZE - len(self._buf))
         return max(0, HEADER_SIZE + self._header[6] + self._header[7] - len(self._buf))
@@ -285,12 +308,13 @@ class FrameReader:
         if body is not None:
             if self._filled < end:
                 return None
-            # the frame owns this buffer: annotations' blobs stay views into it, no copy
-            view = memoryview(body)
-            annotations = parse_annotations(view[HEADER_SIZE:HEADER_SIZE + ann_len], self.max_annotations,
-                                            oob_view=True) if ann_len else {}
-            payload = bytes(view[HEADER_SIZE + ann_len:end])
-            self._body, self._filled = None, 0
+            with memoryview(body) as view:  # released before the buffer is kept for the next frame
+                annotations = parse_annotations(view[HEADER_SIZE:HEADER_SIZE + ann_len], self.max_annotations,
+                                                oob_split=True) if ann_len else {}
+                payload = bytes(view[HEADER_SIZE + ann_len:end])
+            self._body, self._filled, self._end = None, 0, 0
+            if len(body) <= SPARE_MAX:
+                self._spare = body
             if len(buf) >= 6:
                 check_prefix(buf)
         else:

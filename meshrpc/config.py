@@ -43,8 +43,9 @@ class Settings:
     HOST: str = field(default="localhost", metadata=_doc(
         "Address a daemon binds by default. `localhost` keeps the daemon and its discovery traffic on "
         "this machine; use `0.0.0.0` (or an address) to serve the LAN."))
-    NATHOST: str = field(default="", metadata=_doc(
-        "Host name or address published in URIs instead of the bound one (daemon behind NAT)."))
+    NATHOST: str | None = field(default=None, metadata=_doc(
+        "Host name or address published in URIs instead of the bound one (daemon behind NAT); None "
+        "(Pyro5's default, also for an empty value) publishes the bound one."))
     NATPORT: int = field(default=0, metadata=_doc(
         "Port published in URIs instead of the bound one; 0 means the bound port."))
     SOCK_REUSE: bool = field(default=True, metadata=_doc(
@@ -170,8 +171,9 @@ class Settings:
     NS_PORT: int = field(default=9090, metadata=_doc("Name server port (Pyro5's default)."))
     NS_BCPORT: int = field(default=9091, metadata=_doc(
         "UDP port of the name server's broadcast responder (Pyro5's default)."))
-    NS_BCHOST: str = field(default="", metadata=_doc(
-        "Address the name server's broadcast responder binds; empty means the name server's host."))
+    NS_BCHOST: str | None = field(default=None, metadata=_doc(
+        "Address the name server's broadcast responder binds; None (Pyro5's default, also for an empty "
+        "value) means the name server's host."))
     NS_LOOKUP_DELAY: float = field(default=0.0, metadata=_doc(
         "Seconds a name-server lookup of a name that is not registered (yet) keeps retrying before "
         "NamingError (Pyro5's setting; 0 fails at once)."))
@@ -558,6 +560,8 @@ def _convert(name: str, type_name: Any, value: Any) -> Any:
             return int(value)
         if type_name == "float":
             return float(value)
+        if type_name == "str | None":  # Pyro5's optional host names: None when not given
+            return str(value) if value is not None and str(value) != "" else None
         return str(value)
     except (ValueError, OverflowError):
         raise ValueError(f"setting {name} needs a {type_name} value, got {value!r}") from None

@@ -31,6 +31,24 @@ class _CallState:
         self.correlation_id: uuid.UUID | bytes | None = None  # bytes as received; read as a UUID
 
 
+class _FreshId:
+    """A server call that came without a correlation id gets a fresh uuid4, as Pyro5 daemons give one:
+    made when first read (most calls never read it), so this marker stands in until then."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+
+FRESH_ID = _FreshId()
+
+
+def _fresh(state: "_CallState") -> uuid.UUID:
+    corr = state.correlation_id = uuid.uuid4()
+    return corr
+
+
 _state: contextvars.ContextVar[_CallState] = contextvars.ContextVar("meshrpc_call_context")
 
 
@@ -83,9 +101,12 @@ class CallContext:
 
     @property
     def correlation_id(self) -> uuid.UUID | None:
-        corr = _current().correlation_id
+        state = _current()
+        corr = state.correlation_id
         if corr is None or isinstance(corr, uuid.UUID):
             return corr
+        if corr is FRESH_ID:
+            return _fresh(state)
         return uuid.UUID(bytes=bytes(corr))  # as received: Pyro5's type is uuid.UUID
 
     @correlation_id.setter
@@ -98,7 +119,10 @@ class CallContext:
     @property
     def correlation_bytes(self) -> bytes | None:
         """The correlation id as it travels in a message header (16 bytes), or None."""
-        corr = _current().correlation_id
+        state = _current()
+        corr = state.correlation_id
+        if corr is FRESH_ID:
+            corr = _fresh(state)
         return corr.bytes if isinstance(corr, uuid.UUID) else corr
 
     def track_resource(self, resource: Any) -> None:
@@ -125,10 +149,12 @@ class CallContext:
 
     def begin(self, client: Any, client_sock_addr: Any, seq: int, msg_flags: int, serializer_id: int,
               annotations: dict[str, bytes], correlation_id: bytes | None) -> None:
-        """A server starts handling a call: a fresh state with these facts (one step, for speed)."""
+        """A server starts handling a call: a fresh state with these facts (one step, for speed). A call
+        without a correlation id gets a fresh one (made when read), as in Pyro5."""
         state = _CallState()
         state.client, state.client_sock_addr, state.seq, state.msg_flags = client, client_sock_addr, seq, msg_flags
-        state.serializer_id, state.annotations, state.correlation_id = serializer_id, annotations, correlation_id
+        state.serializer_id, state.annotations = serializer_id, annotations
+        state.correlation_id = correlation_id or FRESH_ID
         _state.set(state)
 
     def to_global(self) -> dict[str, Any]:

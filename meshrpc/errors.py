@@ -42,11 +42,20 @@ class NoProviderError(NotDeliveredError):
 class MaybeDeliveredError(CommunicationError):
     """The request was sent and no reply came: the call may have run (or may still be running).
     Re-sent automatically only for @idempotent methods (docs/resilience.md); the base of TimeoutError
-    and ReplyLostError."""
+    and ReplyLostError (NotSentTimeoutError is a TimeoutError only for Pyro5's sake: it did not run)."""
 
 
 class TimeoutError(MaybeDeliveredError, builtins.TimeoutError):  # noqa: A001 - Pyro5's name
     """No reply within the proxy's timeout: the call may have run. Also a builtin TimeoutError."""
+
+
+class NotSentTimeoutError(NotDeliveredError, TimeoutError):
+    """The timeout passed before the call was sent, so it did not run: connecting, the handshake, or
+    waiting for a proxy busy with another thread's call took too long. A NotDeliveredError (safe to try
+    again, whatever the method) and, so that `except TimeoutError` in Pyro5 programs catches it as in
+    Pyro5, also a TimeoutError: test for NotDeliveredError first when telling "did not run" from "may
+    have run". Its text is the transport's (Pyro5's "receiving: timeout" for a handshake); a note
+    (shown in tracebacks and by the CLI) names the target."""
 
 
 class ReplyLostError(ConnectionClosedError, MaybeDeliveredError):
@@ -63,6 +72,14 @@ class MessageTooLargeError(ProtocolError):
 
 class SerializeError(ProtocolError):
     """Data could not be serialized or deserialized."""
+
+
+class UnknownSerializerError(SerializeError, ValueError, KeyError):
+    """A serializer name that cannot be used: unknown, unsafe (pickle and its kin), or its package is
+    not installed. Also a ValueError and a KeyError, what Pyro5 raises for a bad configured serializer
+    and a bad `_pyroSerializer` override."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
 
 
 class NamingError(MeshError):

@@ -20,7 +20,7 @@ from .. import errors
 from ..client.batch import BatchedCall
 from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 from ..config import Settings, config as default_config
-from ..context import current_context, current_state
+from ..context import FRESH_ID, current_context, current_state
 from ..errors import CommunicationError, ConnectionClosedError
 from ..resolve import watch_announcements
 from ..uri import URI
@@ -461,8 +461,11 @@ class Proxy:
         try:
             if conn.closed:
                 raise NotDelivered(f"the connection to {self._pyroUri} was closed", self._pyroUri, suspect=False)
+            corr = current_state().correlation_id
+            if corr is FRESH_ID:  # inside a server call that came without one: its fresh id, as in Pyro5
+                corr = current_context.correlation_bytes
             parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
-                                         self._pyroAnnotations() or None, current_state().correlation_id)
+                                         self._pyroAnnotations() or None, corr)
             if oneway:
                 conn.write(parts)
                 if conn.paused:
@@ -582,7 +585,8 @@ class Proxy:
                     event = await conn.handshake
             except (ConnectionClosedError, TimeoutError) as exc:
                 raise NotDelivered(f"handshake with {target} failed: {exc or 'timed out'}", target,
-                                   timed_out=isinstance(exc, TimeoutError)) from None
+                                   timed_out=isinstance(exc, TimeoutError),
+                                   timeout_text=str(exc) or "receiving: timeout") from None
             self._pyroResponseAnnotations(event.annotations, wire.MSG_CONNECTOK if isinstance(event, Connected)
                                           else wire.MSG_CONNECTFAIL)
             if isinstance(event, ConnectRefused):

@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one clear line; the traceback only with --debug
         if args.debug:
             raise
-        out.err(f"{type(exc).__name__}: {exc}")
+        notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))  # e.g. which target timed out
+        out.err(f"{type(exc).__name__}: {exc}{notes}")
         return 1
 
 

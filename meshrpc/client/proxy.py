@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 from .. import errors
 from ..config import Settings, config as default_config
-from ..context import current_context, current_state
+from ..context import FRESH_ID, current_context, current_state
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
 from ..loopcheck import refuse_in_running_loop
 from ..transport.sockets import FramedConnection, connect
@@ -87,7 +87,8 @@ class Proxy:
         self._pyroSeq = 0  # the sequence number of the last request sent (Pyro5's attribute; informational)
         self._pyroReleased = False  # _pyroRelease() was called: streams wait for _pyroReconnect()/_pyroBind()
         self._pyroHandshake: Any = "hello"
-        self._pyroSerializer: str | None = None
+        self._pyroSerializer: str | None = None  # an override of settings.SERIALIZER for this proxy
+        by_name(settings.SERIALIZER)  # an unusable one is said now (as Pyro5), not at the first call
         self._pyroMaxRetries = settings.MAX_RETRIES
         self.__pyroTimeout = settings.COMMTIMEOUT or None
         self._pyroLock = threading.RLock()
@@ -249,12 +250,12 @@ class Proxy:
     @contextlib.contextmanager
     def __locked(self) -> Iterator[None]:
         """The proxy's lock, waited for at most the proxy's timeout: a call of another thread that
-        hangs on a shared proxy gives this one a TimeoutError instead of a hang."""
+        hangs on a shared proxy gives this one a NotSentTimeoutError (a TimeoutError) instead of a hang."""
         timeout = self.__pyroTimeout
         if not self._pyroLock.acquire(timeout=timeout if timeout else -1):
-            raise errors.TimeoutError(f"the proxy for {self._pyroUri} was busy with another thread's call for "
-                                      f"longer than its timeout ({timeout:g} s); use a proxy per thread "
-                                      "(copy.copy(proxy)) for calls that may take long")
+            raise errors.NotSentTimeoutError(f"the proxy for {self._pyroUri} was busy with another thread's call "
+                                             f"for longer than its timeout ({timeout:g} s); use a proxy per "
+                                             "thread (copy.copy(proxy)) for calls that may take long")
         try:
             yield
         finally:
@@ -378,7 +379,7 @@ class Proxy:
                     from ..transport.tls import TLSError
                     raise TLSError(f"TLS: {target} refused this client: {refusal}") from None
                 raise NotDelivered(f"handshake with {target} failed: {exc}", target,
-                                    timed_out=isinstance(exc, errors.TimeoutError)) from None
+                                    timed_out=isinstance(exc, errors.TimeoutError), timeout_text=str(exc)) from None
             except errors.SecurityError as exc:  # the daemon failed the mesh-key proof (docs/security.md)
                 raise errors.SecurityError(f"connection to {target} refused: {exc}") from None
             except ProtocolError as exc:  # the daemon broke the protocol (its kind kept)
@@ -473,6 +474,8 @@ class Proxy:
 
     def __invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
                       object_id: str | None) -> Any:
+        if self._pyroSerializer is not None:
+            self._pyroSerializerObject()  # an unusable override is refused before anything else
         conn = self._pyroConnection
         if conn is not None and conn.poller.poll(0):
             # an idle connection that is readable was closed by the daemon (or is out of step):
@@ -485,8 +488,11 @@ class Proxy:
             assert conn is not None
         session = conn.protocol
         state = current_state()  # the call context, without the property indirection (hot path)
+        corr = state.correlation_id
+        if corr is FRESH_ID:  # inside a server call that came without one: its fresh id, as in Pyro5
+            corr = current_context.correlation_bytes
         request = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
-                                       self._pyroAnnotations(), state.correlation_id)
+                                       self._pyroAnnotations(), corr)
         seq = self._pyroSeq = session.last_seq
         limit = self._pyroSettings.MAX_MESSAGE_SIZE  # read now: a program may have changed it since connecting
         if limit and sum(memoryview(part).nbytes for part in request) > limit + wire.HEADER_SIZE:

@@ -23,11 +23,24 @@ from ..wire.constants import BATCH_METHOD  # a batch is never re-sent as a whole
 class NotDelivered(ConnectionClosedError):
     """A call that certainly did not reach a daemon: connecting, the handshake or sending failed."""
 
-    def __init__(self, message: str, target: URI | None, suspect: bool = True, timed_out: bool = False) -> None:
+    def __init__(self, message: str, target: URI | None, suspect: bool = True, timed_out: bool = False,
+                 timeout_text: str = "") -> None:
         super().__init__(message)
         self.target = target
         self.suspect = suspect  # False: an established connection broke (the provider may well be fine)
         self.timed_out = timed_out  # no answer in time (connecting or the handshake): a stall
+        self.timeout_text = timeout_text  # the transport's words for it, when not the message itself
+
+
+def not_delivered_error(exc: NotDelivered, text: str) -> errors.NotDeliveredError:
+    """What a PYRO: proxy raises when it gives up on a call that did not run: after a timeout,
+    NotSentTimeoutError with the transport's text (as Pyro5's TimeoutError) and `text` as a note;
+    otherwise NotDeliveredError(text)."""
+    if not exc.timed_out:
+        return errors.NotDeliveredError(text)
+    error = errors.NotSentTimeoutError(exc.timeout_text or str(exc))
+    error.add_note(text)
+    return error
 
 
 class Rebind:
@@ -174,7 +187,7 @@ class Recovery:
                 return Step(True, retarget=exc.target)
             if self.locator is None and not rebind.first:
                 # nowhere else to go
-                return Step(False, error=errors.NotDeliveredError(f"{exc}; the call did not run"), suspect=suspect)
+                return Step(False, error=not_delivered_error(exc, f"{exc}; the call did not run"), suspect=suspect)
             if exc.timed_out:  # a stall: the next attempt to that provider may take longer
                 rebind.stalled(exc.target)
             return self._again(exc, suspect, stalled=exc.timed_out)
@@ -205,7 +218,9 @@ class Recovery:
 
     def gave_up(self, exc: BaseException) -> CommunicationError:
         rebind = self.rebind
-        cls = errors.NoProviderError if self.locator is not None else errors.NotDeliveredError
-        return cls(f"cannot reach {self.locator or self.target} after {rebind.attempts} attempts in "
-                   f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); the call did not run; "
-                   f"last error: {exc}")
+        text = (f"cannot reach {self.locator or self.target} after {rebind.attempts} attempts in "
+                f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); the call did not run; "
+                f"last error: {exc}")
+        if self.locator is not None:
+            return errors.NoProviderError(text)
+        return not_delivered_error(exc, text) if isinstance(exc, NotDelivered) else errors.NotDeliveredError(text)

@@ -25,7 +25,7 @@ import serpent
 
 from . import marshal_check, plain
 from ..uri import URI
-from ..errors import (WIRE_NAME_OF, DaemonError, SecurityError, SerializeError,
+from ..errors import (WIRE_NAME_OF, DaemonError, SecurityError, SerializeError, UnknownSerializerError,
                       exception_from_wire)
 
 try:  # optional extra
@@ -614,15 +614,18 @@ REFUSED_NAMES = ("pickle", "dill", "cloudpickle")
 
 
 def by_name(name: str) -> Serializer:
+    """The serializer called `name`; UnknownSerializerError (a ValueError and KeyError too, as in Pyro5)
+    when it cannot be used."""
     serializer = BY_NAME.get(name)
     if serializer is not None:
         return serializer
     if name in REFUSED_NAMES:
-        raise SerializeError(f"serializer {name!r} is unsafe (it can run code on the receiver) and is not "
-                             f"supported; use one of {', '.join(BY_NAME)}")
+        raise UnknownSerializerError(f"serializer {name!r} is unsafe (it can run code on the receiver) and is "
+                                     f"not supported; use one of {', '.join(BY_NAME)}")
     if name == "msgpack":
-        raise SerializeError("serializer 'msgpack' needs the msgpack package: pip install 'meshrpc[msgpack]'")
-    raise SerializeError(f"unknown serializer {name!r}; choose one of {', '.join(BY_NAME)}")
+        raise UnknownSerializerError("serializer 'msgpack' needs the msgpack package: "
+                                     "pip install 'meshrpc[msgpack]'")
+    raise UnknownSerializerError(f"unknown serializer {name!r}; choose one of {', '.join(BY_NAME)}")
 
 
 def by_id(serializer_id: int) -> Serializer:

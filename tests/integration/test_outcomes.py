@@ -102,6 +102,20 @@ def test_not_delivered_by_pyro_uri(realm: str) -> None:
     assert "connection refused" in str(exc) and "did not run" in str(exc)
 
 
+def test_a_handshake_timeout_did_not_run_and_is_a_timeout_for_pyro5_programs(realm: str) -> None:
+    """A daemon that accepts connections but never answers: the call did not run (NotDeliveredError),
+    and a Pyro5 program's `except TimeoutError` catches it with Pyro5's text."""
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens; nobody ever answers the handshake
+        proxy = meshrpc.Proxy(f"PYRO:obj@127.0.0.1:{silent.getsockname()[1]}", settings=settings(realm))
+        proxy._pyroTimeout = 0.3
+        exc, took = timed(lambda: proxy.hello())
+    assert type(exc) is errors.NotSentTimeoutError and took < 5, (exc, took)
+    assert isinstance(exc, errors.NotDeliveredError) and isinstance(exc, errors.TimeoutError)
+    assert isinstance(exc, TimeoutError) and str(exc) == "receiving: timeout"
+    assert any("did not run" in note for note in exc.__notes__), exc.__notes__
+
+
 def test_maybe_delivered_reply_lost_and_timeout(runner: Runner, server_script: Path, realm: str,
                                                 start_daemon: Any) -> None:
     server = runner.python(server_script, "svc.dies")

@@ -12,7 +12,8 @@ from meshrpc.config import ENV_PREFIX, Settings
 pytestmark = pytest.mark.timeout(30)
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+# "str | None": Pyro5's optional host names (NATHOST, NS_BCHOST), None when not given
+TYPES = {"bool": bool, "int": int, "float": float, "str": str, "str | None": type(None)}
 
 
 def field_type(name: str) -> str:
@@ -46,10 +47,16 @@ def test_names_are_upper_case_identifiers():
 @pytest.mark.parametrize("name, value", [
     ("HOST", "localhost"), ("NS_PORT", 9090), ("NS_BCPORT", 9091), ("MAX_MESSAGE_SIZE", 1024 ** 3),
     ("SERIALIZER", "serpent"), ("ITER_STREAMING", True), ("ITER_STREAM_LINGER", 30.0), ("COMPRESSION", False),
-    ("COMMTIMEOUT", 0.0), ("MAX_RETRIES", 0), ("NATHOST", ""), ("NATPORT", 0), ("NS_HOST", ""),
+    ("COMMTIMEOUT", 0.0), ("MAX_RETRIES", 0), ("NATHOST", None), ("NATPORT", 0), ("NS_BCHOST", None), ("NS_HOST", ""),
 ])
 def test_pyro5_matching_defaults(name, value):
     assert getattr(Settings(), name) == value
+
+
+def test_optional_host_names_are_none_when_empty_as_in_pyro5():
+    settings = Settings.from_env({"PYRO_NATHOST": "nat.example", "MESHRPC_NS_BCHOST": ""})
+    assert settings.NATHOST == "nat.example" and settings.NS_BCHOST is None
+    assert Settings().copy(NATHOST="").NATHOST is None
 
 
 def test_pyro5_configuration_names_are_present():

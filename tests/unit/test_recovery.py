@@ -190,3 +190,22 @@ def test_without_a_rebind_budget_a_stalled_connect_still_gets_the_connect_timeou
     assert type(step.error) is errors.NoProviderError
     r = timed(FakeClock(), REBIND_TIMEOUT=0.0)
     assert not r.after(NotDelivered("refused", TARGET), TARGET).retry  # a refusal: no rebinding
+
+
+def test_a_pyro_uri_that_timed_out_before_sending_raises_not_sent_timeout() -> None:
+    r = recovery(locator=None)
+    timed_out = NotDelivered(f"handshake with {TARGET} failed: receiving: timeout", TARGET,
+                             timed_out=True, timeout_text="receiving: timeout")
+    assert r.after(timed_out, TARGET).retry
+    step = r.after(timed_out, TARGET)
+    error = step.error
+    assert not step.retry and type(error) is errors.NotSentTimeoutError
+    assert isinstance(error, errors.NotDeliveredError) and isinstance(error, TimeoutError)
+    assert str(error) == "receiving: timeout"  # Pyro5's text; the note names the daemon
+    assert any(str(TARGET) in note and "did not run" in note for note in error.__notes__)
+
+
+def test_a_name_whose_providers_time_out_is_still_no_provider() -> None:
+    step = recovery(settings=SETTINGS.copy(REBIND_TIMEOUT=0.0)).after(
+        NotDelivered("handshake timed out", TARGET, timed_out=True, timeout_text="receiving: timeout"), TARGET)
+    assert not step.retry and type(step.error) is errors.NoProviderError

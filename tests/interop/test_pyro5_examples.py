@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import Pyro5.api
 import Pyro5.errors
@@ -33,17 +34,29 @@ START_TIMEOUT = 30.0  # seconds for a server to register its names
 RUN_TIMEOUT = 60.0  # seconds for a client to finish
 SEED = 5  # random.seed for every program, so the examples' random choices repeat
 
-# (example directory, server script, client script, names the server registers, compare the server's output)
+# (example directory, server script, client script, names the server registers, compare the server's output,
+#  in order): "exact" compares line by line; "lines" compares the lines in any order, for programs whose
+# threads or callbacks print as timing has it (callback: five workers sleep and call back in parallel)
 # (exceptions: a failing oneway call is logged by meshrpc's daemon, printed by Pyro5's: the guide says so)
 EXAMPLES = [
-    ("shoppingcart", "shopserver.py", "clients.py", ["example.shop"], True),
-    ("exceptions", "server.py", "client.py", ["example.exceptions"], False),
-    ("banks", "server.py", "client.py", ["example.banks.rabobank", "example.banks.abn"], True),
+    ("shoppingcart", "shopserver.py", "clients.py", ["example.shop"], True, "exact"),
+    ("exceptions", "server.py", "client.py", ["example.exceptions"], False, "exact"),
+    ("banks", "server.py", "client.py", ["example.banks.rabobank", "example.banks.abn"], True, "exact"),
+    ("instancemode", "server.py", "client.py", ["instance.single", "instance.session", "instance.percall"], True,
+     "exact"),
+    ("callback", "server.py", "client.py", ["example.callback"], True, "lines"),
 ]
 
 # a program runs from its own directory, with a fixed random seed; "meshrpc" loads the import shim first
+# (print() writes its text and its newline separately, so threads printing at once could glue two lines
+# together; here each print() is whole: the lines are the program's, only their order is timing)
 LAUNCHER = """
-import random, runpy, sys
+import builtins, random, runpy, sys, threading
+_print, _printing = builtins.print, threading.RLock()
+def print_whole_lines(*args, **kwargs):
+    with _printing:
+        _print(*args, **kwargs)
+builtins.print = print_whole_lines
 if sys.argv[1] == "meshrpc":
     import tests.pyro5_peer.shim
 import Pyro5.api, Pyro5.errors  # loaded before the seed: what a library draws at import does not count
@@ -72,6 +85,9 @@ MASKS = [
     (re.compile(r"\./u:(<+[^>]*>+|\S*)"), "./u:?"),
     (re.compile(r"unknown object '[^']*'"), "unknown object"),
     (re.compile(r"\b(?:Pyro5|meshrpc)\.errors\."), "errors."),  # each side's own error classes
+    # repr() of a proxy names each library's class (a deliberate difference the guide lists)
+    (re.compile(r"<(?:Pyro5\.client\.Proxy|meshrpc\.Proxy) at "), "<Proxy at "),
+    (re.compile(r"(<Proxy at 0x\?; (?:not )?connected; for PYRO:\?)(?: owner [^>]*)?>"), r"\1>"),
     # the banner before a remote traceback is each library's own sentence (the guide says so)
     (re.compile(r"^ \+--- This exception .*remotely.*traceback:$"), " +--- remote traceback:"),  # meshrpc names the id (the guide says so)  # a daemon on a connected socket names its location in its own words
 ]
@@ -144,9 +160,17 @@ def nameserver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     proc.wait(10)
 
 
+def _run_client(server_proc: subprocess.Popen, command: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, str]:
+    """Run the client to its end: (its output, the server's output read meanwhile)."""
+    done = subprocess.run(command, cwd=cwd, env=env, text=True, timeout=RUN_TIMEOUT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return done.stdout, ""
+
+
 def _run_pair(example: Path, server: str, client: str, names: list[str], server_lib: str, client_lib: str,
-              env: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(client output, server output), normalized, of one run."""
+              env: dict[str, str], drive: Any = _run_client) -> tuple[list[str], list[str]]:
+    """(client output, server output), normalized, of one run. `drive` runs the client once the server
+    has registered `names` (its default: to the end, with no input)."""
     with Pyro5.api.Proxy(env["_NS_URI"]) as ns:
         for name in names:
             ns.remove(name)
@@ -162,27 +186,164 @@ def _run_pair(example: Path, server: str, client: str, names: list[str], server_
                     pytest.fail(f"{example.name}/{server} ({server_lib}) did not register {names}:\n"
                                 f"{server_proc.communicate()[0]}")
                 time.sleep(0.05)
-        done = subprocess.run([*launch, client_lib, client], cwd=example, env=env, text=True, timeout=RUN_TIMEOUT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        client_output, server_output = drive(server_proc, [*launch, client_lib, client], example, env)
     finally:
         server_proc.terminate()
         try:
-            server_output = server_proc.communicate(timeout=10)[0]
+            rest = server_proc.communicate(timeout=10)[0]
         except subprocess.TimeoutExpired:
             server_proc.kill()
-            server_output = server_proc.communicate()[0]
-    return normalized(done.stdout), normalized(server_output)
+            rest = server_proc.communicate()[0]
+    return normalized(client_output), normalized(server_output + rest)
+
+
+def _client_given_the_uri(server_proc: subprocess.Popen, command: list[str], cwd: Path,
+                          env: dict[str, str]) -> tuple[str, str]:
+    """A server that uses no name server prints its URI; the client asks for it on stdin (autoproxy)."""
+    seen = []
+    while True:
+        line = server_proc.stdout.readline()  # bounded by the test's timeout
+        if not line:
+            pytest.fail(f"{command[-1]}'s server ended without printing a URI:\n{''.join(seen)}")
+        seen.append(line)
+        uri = re.search(r"PYRO:[^\s'\">]+", line)
+        if uri:
+            break
+    done = subprocess.run(command, cwd=cwd, env=env, text=True, timeout=RUN_TIMEOUT, input=uri[0] + "\n",
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return done.stdout, "".join(seen)
 
 
 @pytest.mark.timeout(4 * (START_TIMEOUT + RUN_TIMEOUT))
-@pytest.mark.parametrize("directory, server, client, names, server_too", EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_autoproxy_example_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path,
+                                                                       nameserver: dict[str, str]) -> None:
+    """A factory registers the objects it makes with self._pyroDaemon.register and returns them: the
+    client gets proxies (autoproxy) and calls them; the server prints what they were told."""
+    example = examples_dir / "autoproxy"
+    runs = {libs: _run_pair(example, "server.py", "client.py", [], *libs, nameserver, drive=_client_given_the_uri)
+            for libs in (("pyro5", "pyro5"), ("meshrpc", "pyro5"), ("pyro5", "meshrpc"))}
+    reference = runs[("pyro5", "pyro5")]
+    assert any("Thingy 3 says: I am last then..." in line for line in reference[1]), reference
+    for (server_lib, client_lib), (client_out, server_out) in runs.items():
+        assert client_out == reference[0], f"autoproxy: the client's output differs with a {server_lib} server " \
+                                           f"and a {client_lib} client"
+        assert server_out == reference[1], f"autoproxy: the server's output differs with a {server_lib} server " \
+                                           f"and a {client_lib} client"
+
+
+USERSESSION_NAMES = ["example.usersession.singletondb", "example.usersession.sessiondb"]
+CONCURRENT = "***** Multiple concurrent proxies on the Session-Bound Database... (no issues)"
+OUTCOME = re.compile(r"^(?:\[Thread-\d+\] num=10[0-2]|RuntimeError: ERROR: concurrent "
+                     r"connection access \((?:read|write)\) by multiple different threads)$")
+DB_LINE = re.compile(r"^DB: user user123 (?:stores: number = 10[0-2]|retrieve: number)$")
+SESSION_CREATED = "[SessionboundDatabase] new instance and connection for user: user123"
+
+
+def _read_available(pipe: Any) -> str:
+    """What a process has written to `pipe` so far (without waiting for more)."""
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    finally:
+        os.set_blocking(fd, True)
+    return b"".join(chunks).decode()
+
+
+def _client_in_two_halves(server_proc: subprocess.Popen, command: list[str], cwd: Path,
+                          env: dict[str, str]) -> tuple[str, str]:
+    """usersession: run the sequential half; when the client waits at its first input(), take what the
+    server printed so far (the calls were synchronous, so all of it is there); then let the client
+    run its concurrent half. A line "--- concurrent ---" marks the cut in both outputs."""
+    client = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        first = []
+        while not first or first[-1].rstrip("\n") != CONCURRENT:
+            line = client.stdout.readline()  # bounded by the test's timeout
+            if not line:
+                pytest.fail(f"usersession's client ended early:\n{''.join(first)}")
+            first.append(line)
+        server_first = _read_available(server_proc.stdout)
+        rest = client.communicate(input="\n\n", timeout=RUN_TIMEOUT)[0]
+    finally:
+        if client.poll() is None:
+            client.kill()  # our own child, by its handle
+            client.wait(5)
+    return "".join(first) + "--- concurrent ---\n" + rest, server_first + "--- concurrent ---\n"
+
+
+def _concurrent_outcomes(lines: list[str]) -> list[str]:
+    """The concurrent half's outcome lines (a number read, or the database's concurrency error), each
+    iteration of each thread giving one; anything but those, section headers and tracebacks fails."""
+    outcomes = []
+    for line in lines:
+        if line.startswith("enter to start:"):  # input()'s prompt, with no newline of its own
+            line = line[len("enter to start:"):].lstrip(" ")
+        if OUTCOME.match(line):
+            outcomes.append(line)
+        elif not (line in ("", "--- concurrent ---") or line.startswith("***** ")
+                  or line.startswith("Traceback (most recent call last):") or line.startswith("  ")):
+            pytest.fail(f"usersession printed an unexpected line: {line!r}")
+    return outcomes
+
+
+@pytest.mark.timeout(4 * (START_TIMEOUT + RUN_TIMEOUT))
+def test_usersession_example_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path,
+                                                                         nameserver: dict[str, str]) -> None:
+    """Session instances read the USER annotation the client set in current_context.annotations, in
+    their constructor. The sequential half prints the same line by line; the concurrent half is timing
+    by design (threads share one database, and the singleton one shows its concurrency errors), so
+    there each of 2x2 threads' 3 iterations must give a number or that error, and the server must
+    make a session instance (for user123) per thread and log only user123's database calls."""
+    example = examples_dir / "usersession"
+    runs = {libs: _run_pair(example, "server.py", "client.py", USERSESSION_NAMES, *libs, nameserver,
+                            drive=_client_in_two_halves)
+            for libs in (("pyro5", "pyro5"), ("meshrpc", "pyro5"), ("pyro5", "meshrpc"))}
+    cut = "--- concurrent ---"
+    reference_client, reference_server = (out[:out.index(cut)] for out in runs[("pyro5", "pyro5")])
+    assert reference_server.count(SESSION_CREATED) == 2, reference_server
+    for (server_lib, client_lib), (client_out, server_out) in runs.items():
+        where = f"usersession with a {server_lib} server and a {client_lib} client"
+        assert client_out[:client_out.index(cut)] == reference_client, f"{where}: the client's output differs"
+        assert server_out[:server_out.index(cut)] == reference_server, f"{where}: the server's output differs"
+        concurrent = client_out[client_out.index(cut):]
+        outcomes = _concurrent_outcomes(concurrent)
+        session_half = _concurrent_outcomes(concurrent[:concurrent.index(next(
+            line for line in concurrent if line.startswith("***** Multiple concurrent proxies on the Singleton")))])
+        assert len(outcomes) == 12 and len(session_half) == 6, f"{where}: {concurrent}"
+        assert all("num=" in line for line in session_half), f"{where}: a session-bound call failed: {concurrent}"
+        server_rest = server_out[server_out.index(cut) + 1:]
+        assert server_rest.count(SESSION_CREATED) == 2, f"{where}: {server_rest}"
+        db_lines = [line for line in server_rest if line != SESSION_CREATED]
+        assert all(DB_LINE.match(line) for line in db_lines) and 12 <= len(db_lines) <= 24, f"{where}: {server_rest}"
+
+
+def in_order(lines: list[str], compare: str) -> list[str]:
+    """The lines as compared: as printed ("exact"), or sorted ("lines": which thread prints first is timing)."""
+    return sorted(lines) if compare == "lines" else lines
+
+
+@pytest.mark.timeout(4 * (START_TIMEOUT + RUN_TIMEOUT))
+@pytest.mark.parametrize("directory, server, client, names, server_too, compare", EXAMPLES,
+                         ids=[e[0] for e in EXAMPLES])
 def test_example_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path, nameserver: dict[str, str],
                                                              directory: str, server: str, client: str,
-                                                             names: list[str], server_too: bool) -> None:
+                                                             names: list[str], server_too: bool,
+                                                             compare: str) -> None:
     example = examples_dir / directory
-    reference = _run_pair(example, server, client, names, "pyro5", "pyro5", nameserver)
+    reference = [in_order(out, compare)
+                 for out in _run_pair(example, server, client, names, "pyro5", "pyro5", nameserver)]
     for server_lib, client_lib in (("meshrpc", "pyro5"), ("pyro5", "meshrpc")):
-        client_out, server_out = _run_pair(example, server, client, names, server_lib, client_lib, nameserver)
+        client_out, server_out = (in_order(out, compare) for out in
+                                  _run_pair(example, server, client, names, server_lib, client_lib, nameserver))
         assert client_out == reference[0], f"{directory}: the client's output differs with a {server_lib} " \
                                            f"server and a {client_lib} client"
         if server_too:

@@ -206,6 +206,6 @@ def test_a_pyro_uri_that_timed_out_before_sending_raises_not_sent_timeout() -> N
 
 
 def test_a_name_whose_providers_time_out_is_still_no_provider() -> None:
-    step = recovery(settings=SETTINGS.copy(REBIND_TIMEOUT=0.0)).after(
-        NotDelivered("handshake timed out", TARGET, timed_out=True, timeout_text="receiving: timeout"), TARGET)
-    assert not step.retry and type(step.error) is errors.NoProviderError
+    stalled = NotDelivered("handshake timed out", TARGET, timed_out=True, timeout_text="receiving: timeout")
+    assert type(recovery().gave_up(stalled)) is errors.NoProviderError
+    assert type(recovery(locator=None).gave_up(stalled)) is errors.NotSentTimeoutError

@@ -180,6 +180,38 @@ def test_a_call_waiting_for_another_threads_call_on_a_shared_proxy_waits_at_most
     assert "quick" not in calls and first == ["held"]  # the waiting call never ran; the first one ended well
 
 
+def test_a_call_without_a_correlation_id_gets_a_fresh_one_as_in_pyro5(start_daemon: Any) -> None:
+    """Pyro5 daemons give every request a correlation id (uuid4) when the client sent none; it is the
+    same throughout the call, and a proxy used inside the call passes it on."""
+    import uuid
+
+    @meshrpc.expose
+    class Ids:
+        def twice(self) -> list:
+            return [str(meshrpc.current_context.correlation_id), str(meshrpc.current_context.correlation_id)]
+
+        def passed_on(self, uri: str) -> list:
+            with meshrpc.Proxy(uri) as inner:
+                return [str(meshrpc.current_context.correlation_id), inner.twice()[0]]
+
+    running = start_daemon()
+    uri = running.register(Ids(), "ids")
+    for proxy_class in (meshrpc.Proxy, Pyro5.api.Proxy):
+        with proxy_class(str(uri)) as ids:
+            first, again = ids.twice()
+            assert first == again and uuid.UUID(first).version == 4
+            assert ids.twice()[0] != first  # a fresh one per request
+    with meshrpc.Proxy(uri) as ids:
+        outer, inner = ids.passed_on(str(uri))
+        assert outer == inner
+        given = uuid.uuid4()
+        meshrpc.current_context.correlation_id = given
+        try:
+            assert ids.twice() == [str(given)] * 2  # one the client sends is kept
+        finally:
+            meshrpc.current_context.correlation_id = None
+
+
 # ----------------------------------------------------------------------------------- TLS
 @pytest.fixture(scope="module")
 def certs() -> Iterator[Any]:

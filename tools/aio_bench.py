@@ -13,7 +13,8 @@ Cases (``--cases``, comma separated):
               proxies compared on one server: aio vs threaded proxy -> threaded daemon, the threaded
               proxy also without its spin-wait, as an event loop never spins)
   pipelined   N concurrent awaits on one aio proxy (aio daemon; then a Pyro5 daemon, serialized):
-              calls/s, errors, p50/p99 latency, and the ratio to the sequential rate
+              calls/s, errors, p50/p99 latency, and the ratio to the sequential rate; once as one
+              burst of N, once kept in flight (N tasks each awaiting --each calls in turn)
   idle        N idle connected clients held by an aio daemon and by a threaded daemon: memory per
               connection (the server's RSS growth / N)
   slow        one client awaits a 2 s `async def` call while another makes quick calls: their worst
@@ -252,24 +253,59 @@ def pipelined(server: Server, method: str, concurrency: int) -> dict[str, Any]:
     return asyncio.run(main())
 
 
+def sustained(server: Server, method: str, concurrency: int, each: int) -> dict[str, Any]:
+    """`concurrency` tasks on one aio proxy, each awaiting `each` calls one after the other: that many
+    awaits stay in flight the whole time (a burst also measures filling and draining the pipe)."""
+    import meshrpc.aio
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker(proxy: Any) -> None:
+        nonlocal errors
+        call = getattr(proxy, method)
+        for _ in range(each):
+            started = time.perf_counter()
+            try:
+                await call(1)
+            except Exception:
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+
+    async def main() -> dict[str, Any]:
+        async with meshrpc.aio.Proxy(server.uri) as proxy:
+            await asyncio.gather(*(getattr(proxy, method)(1) for _ in range(50)))
+            meter = Meter(server, concurrency * each)
+            meter.start()
+            await asyncio.gather(*(worker(proxy) for _ in range(concurrency)))
+            latencies.sort()
+            return meter.stop(errors=errors, p50_ms=round(latencies[len(latencies) // 2] * 1000, 2),
+                              p99_ms=round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2))
+    return asyncio.run(main())
+
+
 def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
     """`--rounds` rounds against one aio daemon, each: a sequential run (`--calls`), then N concurrent
-    awaits on one proxy; medians (errors: the sum) and the ratio of the medians; then one round against
+    awaits on one proxy as one burst, then N tasks on one proxy each awaiting `--each` calls in turn (N
+    awaits kept in flight); medians (errors: the sum) and the ratios of the medians; then one round against
     a Pyro5 daemon (serialized)."""
     out: dict[str, Any] = {}
     n = args.concurrency
     seq_label, conc_label = "sequential, aio daemon", f"{n} concurrent, aio daemon"
+    kept_label = f"{n} concurrent, kept in flight ({n} tasks x {args.each} awaits each), aio daemon"
     with Server("aio") as server:
-        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], conc_label: []}
+        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], conc_label: [], kept_label: []}
         for _ in range(args.rounds):
             rounds[seq_label].append(aio_sequential(server, "aecho", args.calls))
             rounds[conc_label].append(pipelined(server, "aecho", n))
+            rounds[kept_label].append(sustained(server, "aecho", n, args.each))
         for label, runs in rounds.items():
             out[label] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
             out[label]["rounds"] = [r["calls_per_s"] for r in runs]
             if "errors" in runs[0]:
                 out[label]["errors"] = sum(r["errors"] for r in runs)
         out["ratio to sequential"] = round(out[conc_label]["calls_per_s"] / out[seq_label]["calls_per_s"], 2)
+        out["ratio to sequential, kept in flight"] = round(out[kept_label]["calls_per_s"]
+                                                          / out[seq_label]["calls_per_s"], 2)
     try:
         with Server("pyro5") as server:
             out["sequential, Pyro5 daemon"] = aio_sequential(server, "echo", n)
@@ -356,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of 'sequential' and 'pipelined' (medians; default 3)")
     parser.add_argument("--concurrency", type=int, default=1000, help="concurrent awaits in 'pipelined' (1000)")
+    parser.add_argument("--each", type=int, default=10,
+                        help="'pipelined', kept in flight: calls each concurrent task awaits in turn (10)")
     parser.add_argument("--idle", type=int, default=10000, help="idle clients in 'idle' (10000)")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -363,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         return serve_main(args.serve)
     if args.quick:
-        args.calls, args.concurrency, args.idle, args.rounds = 200, 100, 50, 1
+        args.calls, args.concurrency, args.idle, args.rounds, args.each = 200, 100, 50, 1, 2
     results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
                                "command": " ".join([Path(sys.executable).name, *sys.argv])}
     for name in args.cases.split(","):

@@ -23,6 +23,7 @@ def test_quick_run_reports_every_case() -> None:
     assert all(row["calls_per_s"] > 0 and row["cpu_us_per_call"] > 0 for row in doc["sequential"].values())
     pipelined = doc["pipelined"]
     assert pipelined["100 concurrent, aio daemon"]["errors"] == 0
+    assert pipelined["100 concurrent, kept in flight (100 tasks x 2 awaits each), aio daemon"]["errors"] == 0
     assert pipelined["100 concurrent, Pyro5 daemon (serialized)"]["errors"] == 0
     assert doc["idle"]["aio daemon"]["clients"] == 50 and doc["idle"]["threaded daemon"]["clients"] == 50
     assert doc["slow"]["quick_calls_during_slow_call"] > 0

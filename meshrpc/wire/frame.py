@@ -24,15 +24,16 @@ _PREFIX = struct.Struct("!4sH")
 _ANNOTATION = struct.Struct("!4sI")
 _ZERO_ID = bytes(16)
 _U32 = struct.Struct("!I")
-# a frame at least this big is read into a buffer of its own (FrameReader.receive_buffer): no growing
-# buffer, no copy out of it, and its out-of-band blobs are handed on as views into it
+# a frame at least this big is read into a buffer of its own (FrameReader.receive_buffer, filled with
+# recv_into): no growing buffer, and its out-of-band blobs are copied out of it once
 LARGE_FRAME = 256 * 1024
 # ...once the peer has sent at least 1/LARGE_FRAME_PROOF of it: a header alone (announcing up to
 # MAX_MESSAGE_SIZE) never makes the reader hold more than that many times what really came
 LARGE_FRAME_PROOF = 4
 # a frame's own buffer is kept for the next large frame (fresh memory costs a page fault per 4 KiB)
-# up to this size, until the connection goes idle (FrameReader.release_spare)
-SPARE_MAX = 64 * 1024 * 1024
+# up to this size: a daemon drops it when the connection goes idle (FrameReader.release_spare), a
+# proxy keeps it while it is connected
+SPARE_MAX = 16 * 1024 * 1024
 
 
 class OobBlobs(list):

@@ -209,7 +209,13 @@ def parse_annotations(data: bytes | memoryview, limit: int = 64, oob_split: bool
         except UnicodeDecodeError:
             raise ProtocolError(f"annotation id is not ASCII: {key!r}") from None
         value = view[pos:pos + length]
-        result[name] = OobBlobs(unpack_oob(value)) if oob_split and name == OOB_ANNOTATION else bytes(value)  # type: ignore[assignment]
+        if oob_split and name == OOB_ANNOTATION:
+            try:
+                result[name] = OobBlobs(unpack_oob(value))  # type: ignore[assignment]
+            except ProtocolError:  # not blobs (a peer's own annotation of that name?): the session judges
+                result[name] = bytes(value)
+        else:
+            result[name] = bytes(value)
         pos += length
         if len(result) > limit:
             raise ProtocolError(f"more than {limit} annotations in one message")

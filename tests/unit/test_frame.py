@@ -774,3 +774,12 @@ def test_a_large_frame_over_the_size_limit_is_refused_before_any_buffer():
     reader.feed(header)
     with pytest.raises(MessageTooLargeError):
         reader.receive_buffer()
+
+
+def test_a_large_frame_keeps_an_annotation_named_like_the_blobs_that_is_not_blobs():
+    """A Pyro5 peer may use any annotation id: a value that is not a blob table stays bytes, as in small frames."""
+    odd = b"\xff" * 10
+    stream = b"".join(bytes(p) for p in encode_parts(Frame(F.MSG_INVOKE, 1, 1, os.urandom(F.LARGE_FRAME), 0,
+                                                           {F.OOB_ANNOTATION: odd})))
+    (frame,) = _read_like_a_socket(FrameReader(), stream, 65536)
+    assert frame.annotations[F.OOB_ANNOTATION] == odd and type(frame.annotations[F.OOB_ANNOTATION]) is bytes

@@ -147,6 +147,12 @@ class ConnectionServer:
         """Serve until `shutdown()` is called or `loopCondition()` returns false."""
         import selectors
         self._loop_done.clear()
+        if self._stop.is_set():
+            # shutdown() came before the loop (a SIGTERM right after start-up): it closed the daemon
+            # itself, or the close below does it; there is nothing left to serve.
+            self._loop_done.set()
+            self.daemon.close()
+            return
         selector = selectors.DefaultSelector()
         self._selector = selector
         try:

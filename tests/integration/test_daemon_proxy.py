@@ -492,6 +492,17 @@ def test_request_loop_condition_and_shutdown_from_a_call(start_daemon):
     daemon2.close()
 
 
+def test_shutdown_before_the_request_loop_makes_the_loop_return_at_once():
+    # a SIGTERM (stop_on_signals) can land between a program's start-up and its requestLoop()
+    daemon = meshrpc.Daemon(host="127.0.0.1")
+    daemon.register(Calculator(), "calc")
+    daemon.shutdown()
+    daemon.requestLoop()  # returns (pytest-timeout bounds it) instead of failing on the closed listener
+    with pytest.raises(meshrpc.errors.CommunicationError):
+        with meshrpc.Proxy(f"PYRO:calc@{daemon.locationStr}") as proxy:
+            proxy._pyroBind()
+
+
 def test_external_select_loop():
     daemon = meshrpc.Daemon(host="127.0.0.1")
     uri = daemon.register(Calculator(), "calc")

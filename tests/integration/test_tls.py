@@ -235,10 +235,13 @@ def test_plain_client_gets_a_clear_refusal_and_the_daemon_goes_on(certs: Certs, 
             plain.echo(1)
     for junk in (b"GET / HTTP/1.0\r\n\r\n", os.urandom(300), b"PYRO"):
         with socket.create_connection((HOST, uri.port), timeout=5) as raw:
-            raw.sendall(junk)
-            raw.shutdown(socket.SHUT_WR)
-            while raw.recv(4096):  # the daemon closes it (a refusal may come first)
-                pass
+            try:
+                raw.sendall(junk)
+                raw.shutdown(socket.SHUT_WR)
+                while raw.recv(4096):  # the daemon closes it (a refusal may come first)
+                    pass
+            except (ConnectionError, OSError) as exc:  # it may close before we are done: that is fine
+                assert not isinstance(exc, TimeoutError), "the daemon left a junk connection open"
     with meshrpc.Proxy(uri, settings=client_settings(certs)) as proxy:
         assert proxy.echo("still serving") == "still serving"
     wait_until(lambda: live_connections(running) == 0, message="refused connections dropped")

@@ -85,7 +85,9 @@ class Settings:
         "call on fast links; 0 turns it off; off on single-core machines). A connection spins only "
         "while its recent spins saw messages arrive within SPIN_LATE_SHARE of this; after "
         "SPIN_SLOW_LIMIT slow ones it stops and re-checks one wait in SPIN_RECHECK_EVERY. At most one "
-        "thread per process spins at a time."))
+        "thread per process spins at a time. The asyncio proxy spins the same way for the reply of a "
+        "lone call, and only while its event loop has nothing else ready (no callback, no due timer, "
+        "no other readable socket); not on uvloop or other non-selector loops."))
     SPIN_SLOW_LIMIT: int = field(default=4, metadata=_doc(
         "Slow spins in a row (nothing came within SPIN_WAIT, or only late in it) after which a "
         "connection stops spinning: spaced calls then cost no spinning CPU."))

@@ -31,6 +31,7 @@ from ..wire.session import NEED_DATA, ClientSession, Connected, ConnectRefused, 
 from . import resolve as aio_resolve
 from .cork import Cork
 from .receiving import receive_buffer
+from .spin import LoopSpin
 
 log = logging.getLogger("meshrpc.aio")
 
@@ -53,10 +54,13 @@ class _Connection(asyncio.BufferedProtocol):
         self.paused = False  # flow control: the transport's buffer is full (await drained())
         self._corked = Cork(loop, self, settings.AIO_CORK_BYTES)
         self._received = receive_buffer(loop, settings.AIO_RECEIVE_BUFFER)
+        self._settings = settings
+        self.spin: LoopSpin | None = None  # polls for a lone call's reply while the loop is idle
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.spin = LoopSpin.for_transport(self.loop, transport, self._settings)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._received
@@ -112,6 +116,18 @@ class _Connection(asyncio.BufferedProtocol):
             self._corked.write_alone(parts)
         else:
             self._corked.write(parts)
+
+    def poll_reply(self) -> None:
+        """A lone call was just written: spin for its reply (aio/spin.py); what came is read now, so
+        the call finds its reply without a turn of the loop."""
+        assert self.spin is not None
+        try:
+            count = self.spin.read_reply(self._received)
+        except OSError as exc:
+            self._fail(ConnectionClosedError(f"the connection to {self.target} was lost: {exc}"))
+            return
+        if count:
+            self.buffer_updated(count)
 
     async def drained(self) -> None:
         """Flow control: a big message waits for the socket to drain (callers test `paused` first)."""
@@ -479,6 +495,8 @@ class Proxy:
                 conn.write(parts, alone)
                 if conn.paused:
                     await conn.drained()
+                elif alone and conn.spin is not None:
+                    conn.poll_reply()
                 if self._pyroTimeout:
                     async with asyncio.timeout(self._pyroTimeout):
                         event = await waiter

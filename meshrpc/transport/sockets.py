@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA
-from .spin import SpinGate
+from .spin import SpinGate, others_waiting as _others_waiting, single_core as _single_core, waiters as _waiters
 
 log = logging.getLogger("meshrpc.transport")
 
@@ -116,36 +116,6 @@ def limit_send_time(sock: socket.socket, seconds: float) -> None:
                         struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
     except (OSError, struct.error):
         log.debug("SO_SNDTIMEO not supported here; sends to clients are not time limited")
-
-
-class _Waiters:
-    """How many threads of this process wait for a message right now. Spinning pays only when one
-    does: with several, a spinning thread takes the GIL and the cores from the others' work."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> int:
-        with self._lock:
-            self.count += 1
-            return self.count
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._lock:
-            self.count -= 1
-
-
-_waiters = _Waiters()
-
-
-def _others_waiting() -> bool:
-    """Another thread started waiting: a spinning thread leaves the cores to it."""
-    return _waiters.count > 1
-
-
-def _single_core() -> bool:
-    return (os.cpu_count() or 1) < 2
 
 
 class FramedConnection:

@@ -15,10 +15,15 @@ from what its own spins saw, and nothing else:
 After `slow_limit` slow spins in a row the gate closes; it then spins on one wait in `recheck_every`,
 to notice when messages get fast again (one fast spin reopens it). The constants are Settings
 (SPIN_SLOW_LIMIT, SPIN_RECHECK_EVERY, SPIN_LATE_SHARE), documented in meshrpc/config.py.
+
+Both drivers spin through it: the threaded connections (transport/sockets.py) and the asyncio
+proxy (aio/spin.py); `waiters` counts the waits of either, so at most one of them spins at a time.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any, Callable
 
 from ..config import Settings
@@ -85,3 +90,35 @@ class SpinGate:
             self._skipped = 0
         elif self.slow_streak < self.slow_limit:
             self.slow_streak += 1
+
+
+class Waiters:
+    """How many threads of this process wait for a message right now. Spinning pays only when one
+    does: with several, a spinning thread takes the GIL and the cores from the others' work."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> int:
+        with self._lock:
+            self.count += 1
+            return self.count
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+# one per process on purpose: the cores and the GIL it rations are the process's
+waiters = Waiters()
+
+
+def others_waiting() -> bool:
+    """Another thread started waiting: a spinning thread leaves the cores to it."""
+    return waiters.count > 1
+
+
+def single_core() -> bool:
+    """No spinning on one core: the peer that would answer needs it."""
+    return (os.cpu_count() or 1) < 2

@@ -1,0 +1,172 @@
+"""The asyncio proxy's spin (meshrpc/aio/spin.py): it reads a lone call's reply without the loop, and
+it never holds up other work of the loop.
+
+The daemon is a meshrpc.aio.Daemon on a loop of its own thread (it never counts as a spinning
+waiter). The client's SPIN_WAIT is made huge (30 s), so a spin that ignored the loop's other work
+would hold the loop for the whole call: the remote method waits (at most 5 s) for something only
+the client's loop can do, and returns whether it happened. Ordering, not timing, decides each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import meshrpc
+import meshrpc.aio
+from meshrpc.aio.spin import LoopSpin
+from meshrpc.config import config
+
+pytestmark = pytest.mark.timeout(60)
+
+LONG_SPIN = config.copy(SPIN_WAIT=30.0)
+
+
+@meshrpc.expose
+class Waiter:
+    def __init__(self) -> None:
+        self.happened = threading.Event()
+        self.before_waiting: Callable[[], None] = lambda: None
+
+    def echo(self, value: Any) -> Any:
+        return value
+
+    async def wait_for_the_client(self) -> bool:
+        """True when the client's loop did its other work while this call was in flight."""
+        self.before_waiting()
+        return await asyncio.get_running_loop().run_in_executor(None, self.happened.wait, 5.0)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Waiter, meshrpc.URI]]:
+    """A Waiter on a meshrpc.aio.Daemon whose loop runs in a thread of its own."""
+    waiter = Waiter()
+    daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+    uri = daemon.register(waiter, "waiter")
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(daemon.start())
+        started.set()
+        loop.run_forever()
+    thread = threading.Thread(target=serve, name="aio-daemon", daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield waiter, uri
+    asyncio.run_coroutine_threadsafe(daemon.aclose(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+class Polls:
+    """Counts the spin's polls of the loop's selector on one connection (the spin ran iff some)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.count = 0
+        self.polled = threading.Event()
+        self._select = conn.spin._select
+        conn.spin._select = self._counted
+
+    def _counted(self, timeout: float) -> list:
+        self.count += 1
+        self.polled.set()
+        return self._select(timeout)
+
+
+def run(coro: Any) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, 40)
+    return asyncio.run(bounded())
+
+
+def test_a_lone_call_reads_its_reply_in_the_spin(served: Any) -> None:
+    _, uri = served
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri, settings=LONG_SPIN) as proxy:
+            conn = proxy._conn
+            assert conn.spin is not None
+            read = []
+            spin_read = conn.spin.read_reply
+
+            def counted(into: memoryview) -> int:
+                read.append(spin_read(into))
+                return read[-1]
+            conn.spin.read_reply = counted
+            assert [await proxy.echo(i) for i in range(20)] == list(range(20))
+            assert len(read) == 20 and all(read), read  # every reply was read by the spin
+    run(main())
+
+
+@pytest.mark.parametrize("other_work", ["a timer falls due", "another socket gets data", "another thread queues a callback"])
+def test_the_spin_gives_way_to_other_work_of_the_loop(served: Any, other_work: str) -> None:
+    waiter, uri = served
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with meshrpc.aio.Proxy(uri, settings=LONG_SPIN) as proxy:
+            polls = Polls(proxy._conn)
+            assert await proxy.echo(1) == 1  # the gate is open: the next call spins
+            theirs = mine = None
+            if other_work == "a timer falls due":
+                loop.call_later(0.05, waiter.happened.set)
+            elif other_work == "another socket gets data":
+                theirs, mine = socket.socketpair()
+                mine.setblocking(False)
+                loop.add_reader(mine, waiter.happened.set)
+                waiter.before_waiting = lambda: theirs.send(b"x")
+            else:
+                def once_spinning() -> None:  # queued while the client spins, not before it started
+                    assert polls.polled.wait(5)
+                    loop.call_soon_threadsafe(waiter.happened.set)
+                waiter.before_waiting = once_spinning
+            before = polls.count
+            polls.polled.clear()
+            try:
+                assert await proxy.wait_for_the_client() is True
+            finally:
+                if mine is not None:
+                    loop.remove_reader(mine)
+                    mine.close()
+                    theirs.close()
+            assert polls.count > before  # the call did spin, and gave way
+            assert await proxy.echo(2) == 2
+    run(main())
+
+
+def test_no_spin_while_a_callback_is_ready(served: Any) -> None:
+    _, uri = served
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with meshrpc.aio.Proxy(uri, settings=LONG_SPIN) as proxy:
+            polls = Polls(proxy._conn)
+            assert await proxy.echo(1) == 1
+            spun = polls.count
+            assert spun > 0
+            ran = []
+            loop.call_soon(ran.append, "callback")
+            assert await proxy.echo(2) == 2
+            assert polls.count == spun  # not one poll: the loop had a callback ready
+            assert ran == ["callback"]
+    run(main())
+
+
+def test_no_spin_without_spin_wait_or_on_a_loop_whose_idleness_is_unknown(served: Any) -> None:
+    _, uri = served
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri, settings=config.copy(SPIN_WAIT=0.0)) as proxy:
+            assert proxy._conn.spin is None
+            assert await proxy.echo(3) == 3
+    run(main())
+    # uvloop, the Windows proactor: not a selector event loop, so no spin (and no private attributes read)
+    assert LoopSpin.for_transport(SimpleNamespace(), SimpleNamespace(), LONG_SPIN) is None  # type: ignore[arg-type]

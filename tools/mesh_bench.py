@@ -95,8 +95,16 @@ def emit(**msg):
         sys.stdout.write(json.dumps(msg) + "\n")
         sys.stdout.flush()
 
+if os.environ.get("MESH_BENCH_OBSERVER_LOG"):   # why entries left: the registry's INFO lines
+    import logging
+    logging.basicConfig(filename=os.environ["MESH_BENCH_OBSERVER_LOG"], level=logging.INFO,
+                        format="%(created).3f %(name)s %(message)s")
 registry = get_registry()
-registry.subscribe(lambda event, e: emit(op="event", event=event, name=e.name, uri=e.uri, t=time.monotonic()))
+
+def on_event(event, e):
+    cause = registry.removal_cause(e) if event == "removed" else ""
+    emit(op="event", event=event, name=e.name, uri=e.uri, t=time.monotonic(), cause=cause)
+registry.subscribe(on_event)
 emit(op="ready", pid=os.getpid())
 for line in sys.stdin:
     cmd = json.loads(line)
@@ -525,7 +533,7 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
             result["failures"] = [m for m in caller.history if m["op"] == "failure"][:5]
             departures = [m for m in warm.history[since:] if m["op"] == "event" and m["event"] == "removed"]
             result["false_departures"] = len(departures)
-            result["departed"] = [m["name"] for m in departures][:10]
+            result["departed"] = [f"{m['name']} ({m.get('cause') or '?'})" for m in departures][:10]
             progress(f"  soak {soak:g} s: {done['ok']} calls, {done['failed']} failed, "
                      f"{len(departures)} false departures")
             # restart: kill -9 the provider of l.restart, start it on another host

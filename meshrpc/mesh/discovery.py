@@ -272,7 +272,10 @@ class Discovery:
             out = DNSOutgoing(_FLAGS_RESPONSE_AA)
             for beat in beats:
                 if beat.index is not None:    # the index follows the digest before the digest is sent
-                    self._publish_index(zc, beat)
+                    try:
+                        self._publish_index(zc, beat)
+                    except Exception:         # the heartbeat must go on: it vouches for everything
+                        log.exception("mesh: could not update the index of node %s", beat.node)
                 out.add_answer_at_time(beat.record(), 0)
             interval = min(beat.interval for beat in beats)
             assert zc.loop is not None
@@ -439,8 +442,11 @@ class Discovery:
             return False
 
         def run() -> None:
+            outcome = "silent"                # whatever goes wrong, the registry hears back (no evidence)
             try:
                 outcome = net.probe_outcome(net.reachable_uri(entry.uri, entry.other_hosts), timeout)
+            except Exception:
+                log.exception("mesh: checking %s failed", entry.uri)
             finally:
                 self._probe_slots.release()
             done(entry, outcome)

@@ -418,8 +418,8 @@ class Registry:
                     self._suspect_node(node, now, checks)
                 if node.sync is not None or node.mismatch_since is not None:
                     asks += self._sync_step(node, now)
-                if now - node.heard <= window:
-                    continue                  # a fresh heartbeat vouches for every entry of the node
+                if now - max(node.heard, node.entry_heard) <= window:
+                    continue                  # anything fresh from the node vouches for all its entries
                 node.sync, node.mismatch_since = None, None   # a dead node has nothing to repair
                 for key in list(node.keys):
                     slot = self._slots[key]
@@ -630,7 +630,11 @@ class Registry:
             return
         listed = {label.lower(): version for p in sync.pages.values() for label, version in p.items}
         now = self._clock()
-        for key in list(node.keys):           # ours but not the node's: a goodbye we missed
+        # Drop what the index no longer lists only when the index is the state the node's latest
+        # heartbeat vouches for: a stale snapshot (an old page from a cache, an answer overtaken by a
+        # change) must never remove the entry of a live node; the next index will do.
+        confirmed = node.claimed == (len(listed), records.entries_digest(listed.items()))
+        for key in list(node.keys) if confirmed else ():   # ours but not the node's: a lost goodbye
             slot = self._slots[key]
             if slot.label not in listed and slot.entry.version <= sync.version:
                 log.info("mesh: %s at %s was withdrawn by node %s (goodbye lost); dropping it",

@@ -563,3 +563,78 @@ def test_heartbeats_without_a_digest_start_no_anti_entropy(reg: Registry, clock:
         clock.now += 1
         reg.sweep()
     assert source.__dict__.get("queried") is None and reg.stats()["syncing"] == 0
+
+
+# ---- an entry of a live node is never removed on partial or stale evidence (issue 13)
+
+def live_for(reg: Registry, clock: Clock, seq: int, *entries: Entry) -> int:
+    """Heartbeats with the digest of entries, once a second until the registry asks for the index
+    again (anti-entropy back-off); returns the next seq."""
+    asked = len(reg._source.__dict__.get("queried", []))   # type: ignore[union-attr]
+    for _ in range(60):
+        if len(reg._source.__dict__.get("queried", [])) > asked:   # type: ignore[union-attr]
+            break
+        clock.now += 1.0
+        reg.feed(digest_beat("n1", seq, *entries))
+        seq += 1
+        reg.sweep()
+    return seq
+
+def test_an_index_that_disagrees_with_the_heartbeat_removes_nothing(reg: Registry, clock: Clock,
+                                                                    events: list) -> None:
+    a, b, c = (entry(name, port, node="n1", ver=v) for name, port, v in [("a", 1, 1), ("b", 2, 2), ("c", 3, 3)])
+    reg.feed(a)
+    reg.feed(b)                                          # c's announcements were all lost
+    reg.feed(digest_beat("n1", 1, a, b, c))
+    clock.now += reg.settings.MESH_SYNC_GRACE + 0.01
+    reg.sweep()
+    # an index that lists neither b nor c (a stale or mixed snapshot: its digest is not the heartbeat's)
+    for page in records.index_pages(REALM, "n1", 1, 3, items_of(a)):
+        reg.feed(page)
+    assert {e.name for e in reg.list()} == {"a", "b"}
+    assert not [event for event in events if event[0] == REMOVED]
+    # the index the heartbeat vouches for: c is asked for, nothing is dropped
+    live_for(reg, clock, 2, a, b, c)
+    for page in records.index_pages(REALM, "n1", 1, 3, items_of(a, b, c)):
+        reg.feed(page)
+    assert {e.name for e in reg.list()} == {"a", "b"}
+    reg.feed(c)
+    assert {e.name for e in reg.list()} == {"a", "b", "c"}
+    assert not [event for event in events if event[0] == REMOVED]
+
+
+def test_a_lost_goodbye_is_repaired_once_heartbeat_and_index_agree(reg: Registry, clock: Clock,
+                                                                  events: list) -> None:
+    a, b = entry("a", 1, node="n1", ver=1), entry("b", 2, node="n1", ver=2)
+    reg.feed(a)
+    reg.feed(b)
+    reg.feed(digest_beat("n1", 1, a))                    # b withdrawn, the goodbye lost
+    clock.now += reg.settings.MESH_SYNC_GRACE + 0.01
+    reg.sweep()
+    reg.feed(digest_beat("n1", 2, a, b))                 # a newer heartbeat: b is back (re-published)
+    for page in records.index_pages(REALM, "n1", 1, 3, items_of(a)):
+        reg.feed(page)                                   # an index overtaken by that change
+    assert {e.name for e in reg.list()} == {"a", "b"}
+    live_for(reg, clock, 3, a)                           # withdrawn again, and the index agrees
+    for page in records.index_pages(REALM, "n1", 1, 4, items_of(a)):
+        reg.feed(page)
+    assert [e.name for e in reg.list()] == ["a"] and (REMOVED, "b", uri(2)) in events
+
+
+def test_a_node_heard_through_its_announcements_keeps_all_its_entries(reg: Registry, clock: Clock,
+                                                                      source: FakeSource, events: list) -> None:
+    source.outcomes = {}                                 # checks get no answer (a lossy link)
+    a, b = entry("a", 1, node="n1"), entry("b", 2, node="n1")
+    reg.feed(a)
+    reg.feed(b)
+    seq = beat_for(reg, clock, "n1", 3)
+    # every heartbeat is lost for twice the window, but a's answers (to other hosts' questions) arrive
+    for _ in range(int(2 * reg.settings.MESH_LIVENESS_WINDOW_MAX)):
+        clock.now += 1.0
+        reg.feed(a)
+        reg.sweep()
+    assert {e.name for e in reg.list()} == {"a", "b"}
+    assert not [event for event in events if event[0] == REMOVED]
+    clock.now += reg.settings.MESH_LIVENESS_WINDOW_MAX + 1   # then nothing at all: the node is gone
+    reg.sweep()
+    assert reg.list() == [] and seq > 0

@@ -258,11 +258,17 @@ class Settings:
     MESH_SYNC_GRACE: float = field(default=0.3, metadata=_doc(
         "Seconds a daemon's heartbeat digest may disagree with a registry's copy of its objects (an "
         "announcement still on its way) before the registry fetches the daemon's index (anti-entropy)."))
-    MESH_QUERY_BACKOFF_MIN: float = field(default=1.0, metadata=_doc(
+    MESH_QUERY_BACKOFF_MIN: float = field(default=0.5, metadata=_doc(
         "First pause (s) before asking again for records that did not come (missing TXT records, a "
         "daemon's index and the objects it lacks); doubles up to MESH_QUERY_BACKOFF_MAX, and the "
-        "asking goes on while the daemon lives. RFC 6762 responders answer a record at most once a "
-        "second, so shorter pauses do not help."))
+        "asking goes on while the daemon lives. One-shot questions (MESH_ONE_SHOT_QUESTIONS) are "
+        "answered at once; multicast answers come at most once a second per record (RFC 6762), so "
+        "without one-shot questions a pause under 1 s does not help."))
+    MESH_ONE_SHOT_QUESTIONS: bool = field(default=True, metadata=_doc(
+        "Ask for missing records with one-shot questions (RFC 6762 6.7: from an ephemeral port, "
+        "answered at once by unicast to it, by zeroconf and Avahi alike) instead of multicast "
+        "questions, whose answers a responder holds back for up to 1 s after it last multicast them. "
+        "Off: multicast questions, for networks that filter unicast answers from port 5353."))
     MESH_QUERY_BACKOFF_MAX: float = field(default=8.0, metadata=_doc(
         "Longest pause (s) between two queries for the same missing records."))
     MESH_ANNOUNCE_REPEATS: int = field(default=2, metadata=_doc(

@@ -50,6 +50,7 @@ from zeroconf import (
 from ..config import Settings
 from ..errors import NamingError
 from . import net, records
+from .oneshot import OneShotAsker
 from .records import Entry, Heartbeat
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ class Discovery:
         self._resolve_armed = False                                 # loop only
         self._reannounce: dict[str, tuple[float, int, float]] = {}  # loop only: name -> (due, left, gap)
         self._reannounce_armed = False                              # loop only
+        self._asker: OneShotAsker | None = None                     # loop only
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.settings.MESH_FEED_QUEUE_MAX))
         self._worker: threading.Thread | None = None
         self._probe_slots = threading.BoundedSemaphore(max(1, self.settings.MESH_PROBE_CONCURRENCY))
@@ -383,11 +385,21 @@ class Discovery:
 
     def _send_questions(self, names: list[str]) -> None:
         """On the loop: TXT questions, as many packets as they need (no known answers: nothing that
-        we lack can be suppressed)."""
+        we lack can be suppressed); one-shot (answered at once by unicast, oneshot.py) unless
+        MESH_ONE_SHOT_QUESTIONS is off or no interface can send them."""
         zc = self._zc
         if zc is None or self.closed:
             return
-        for chunk in _question_chunks(names):
+        chunks = _question_chunks(names)
+        if self.settings.MESH_ONE_SHOT_QUESTIONS:
+            if self._asker is None:
+                self._asker = OneShotAsker(zc)
+            questions = [[DNSQuestion(name, _TYPE_TXT, _CLASS_IN) for name in chunk] for chunk in chunks]
+            with self._lock:
+                interfaces = list(self._interfaces)
+            if self._asker.ask(interfaces, questions):
+                return
+        for chunk in chunks:
             out = DNSOutgoing(_FLAGS_QUERY)
             for name in chunk:
                 out.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
@@ -742,6 +754,9 @@ class Discovery:
                 zc.send(out)
             if browser is not None:
                 browser.cancel()
+            asker, self._asker = self._asker, None
+            if asker is not None:
+                self._call_on_loop(asker.close)
             if not self._on_loop():
                 zc.remove_listener(self._listener)
                 zc.close()                    # sends goodbyes for every registered service

@@ -528,8 +528,9 @@ def test_a_lost_goodbye_is_noticed_and_the_entry_dropped(reg: Registry, clock: C
     assert [e.name for e in reg.list()] == ["a"]
 
 
-def test_queries_back_off_exponentially_and_never_give_up_while_the_node_lives(reg: Registry, clock: Clock,
+def test_queries_back_off_exponentially_and_never_give_up_while_the_node_lives(clock: Clock,
                                                                                 source: FakeSource) -> None:
+    reg = new_registry(clock, source, MESH_QUERY_BACKOFF_MIN=1.0)   # whole seconds: exact gaps
     a, b = entry("a", 1, node="n1", ver=1), entry("b", 2, node="n1", ver=2)
     reg.feed(a)
     asked_at: list[float] = []

@@ -6,7 +6,8 @@ cannot silence them), the browser and record listener that feed registries, a on
 cold start (unicast answers, `meshrpc-mesh-oneshot` thread, 1 s), TXT queries for services the
 browser saw without their TXT (lost answers, asked again with back-off), each node's index (pages
 answered from zeroconf's service registry, never announced) and the digest its heartbeat carries,
-extra announcements of new objects, TXT queries registries ask for (anti-entropy), the
+extra announcements of new objects, TXT queries registries ask for (anti-entropy; one-shot
+questions answered by unicast, oneshot.py), the
 `meshrpc-mesh` worker thread (decode, feed, sweep, watch interfaces) and endpoint probes/checks.
 
 Threading rule from zeroconf: its sync API must not be called from its loop thread. Nothing here
@@ -67,7 +68,7 @@ _CLASS_IN_UNIQUE = 1 | 0x8000           # IN with the mDNS cache-flush bit: repl
 _FLAGS_QUERY = 0
 _FLAGS_RESPONSE_AA = 0x8000 | 0x0400    # QR (response) + AA (authoritative)
 # A service the browser reports whose TXT is not cached (its answer was lost) is asked for: a
-# multicast TXT question this long after the report, then again with back-off (MESH_QUERY_BACKOFF_*)
+# TXT question (one-shot, oneshot.py) this long after the report, then again with back-off (MESH_QUERY_BACKOFF_*)
 # until _TXT_QUERY_ROUNDS questions went unanswered; a live node's heartbeat digest (anti-entropy in
 # the registry) keeps asking for it after that, for as long as the node lives.
 _TXT_FIRST_QUERY = 0.2

@@ -510,7 +510,7 @@ class Registry:
                 if slot.visible:
                     self._pending.append((ADDED, self._public(slot)))
                     self._notify()
-        if hb.count >= 0 and self._fresh(heard):
+        if hb.count >= 0 and self._fresh(heard) and hb.seq >= node.seq:   # not an older beat's claim
             node.claimed = (hb.count, hb.digest)
             self._compare_digest(node, heard)
 

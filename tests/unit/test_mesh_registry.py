@@ -639,3 +639,16 @@ def test_a_node_heard_through_its_announcements_keeps_all_its_entries(reg: Regis
     clock.now += reg.settings.MESH_LIVENESS_WINDOW_MAX + 1   # then nothing at all: the node is gone
     reg.sweep()
     assert reg.list() == [] and seq > 0
+
+
+def test_an_older_heartbeat_arriving_late_does_not_overrule_the_newest_digest(reg: Registry, clock: Clock,
+                                                                             source: FakeSource) -> None:
+    a, b = entry("a", 1, node="n1", ver=1), entry("b", 2, node="n1", ver=2)
+    reg.feed(a)
+    reg.feed(b)
+    reg.feed(digest_beat("n1", 5, a, b))
+    reg.feed(digest_beat("n1", 4, a))                    # e.g. re-fed when zeroconf's cache expires it
+    clock.now += reg.settings.MESH_SYNC_GRACE + 0.01
+    reg.sweep()
+    assert source.__dict__.get("queried") is None and reg.stats()["syncing"] == 0
+    assert {e.name for e in reg.list()} == {"a", "b"}

@@ -133,11 +133,13 @@ if "name" in cfg:
     t2 = time.monotonic()
     print(json.dumps({"import": t1 - t0, "start": t0, "created": t1, "done": t2, "found": len(found)}), flush=True)
 else:
-    seen, done, first = set(), threading.Event(), []
+    seen, done, first, arrived = set(), threading.Event(), [], []
     def on_event(event, entry):
         if event == "added" and entry.name.startswith(cfg["prefix"]):
             if not first:
                 first.append(time.monotonic())
+            if entry.key not in seen:
+                arrived.append(time.monotonic() - t1)
             seen.add(entry.key)
             if len(seen) >= cfg["expect"]:
                 done.set()
@@ -146,7 +148,7 @@ else:
     t2 = time.monotonic()
     print(json.dumps({"import": t1 - t0, "start": t0, "created": t1, "done": t2, "complete": complete,
                       "first": first[0] if first else None, "seen": len(seen),
-                      "stats": registry.stats()}), flush=True)
+                      "arrived": [round(t, 3) for t in arrived], "stats": registry.stats()}), flush=True)
 """
 
 
@@ -212,10 +214,13 @@ class Agent:
                 self.proc.wait(10)
 
 
-def _env(realm: str) -> dict[str, str]:
+def _env(realm: str, settings: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of lab processes: this checkout's meshrpc, a realm of their own, and `settings`
+    (NAME -> value, as MESHRPC_NAME) for every process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHRPC_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update({"MESHRPC_REALM": realm, "MESHRPC_HOST": "0.0.0.0", "MESHRPC_RESOLVE": "mesh"})
+    env.update({f"MESHRPC_{name}": value for name, value in (settings or {}).items()})
     return env
 
 
@@ -450,16 +455,18 @@ emit(op="done", ok=ok, failed=failed)
 
 
 def measure_lossy(daemons: int, objects: int, loss: float, delay: tuple[float, float], soak: float,
-                  runs: int, seed: int, progress: Callable[[str], None]) -> dict[str, Any]:
+                  runs: int, seed: int, progress: Callable[[str], None],
+                  settings: dict[str, str] | None = None) -> dict[str, Any]:
     """Issue 13's scenario, RUNS times: DAEMONS hosts with OBJECTS objects each, a warm registry,
     a cold one and a PYRONAME caller, every host losing LOSS % of the frames it sends with a uniform
     DELAY ms; the caller calls for SOAK seconds; then a provider is killed and restarted elsewhere."""
     netlab = _usable_netlab()
     report: dict[str, Any] = {"daemons": daemons, "objects_per_daemon": objects, "loss_percent": loss,
-                              "delay_ms": list(delay), "soak_s": soak, "runs": []}
+                              "delay_ms": list(delay), "soak_s": soak, "settings": settings or {}, "runs": []}
     for run in range(runs):
         progress(f"lossy run {run + 1}/{runs}")
-        report["runs"].append(_lossy_run(netlab, daemons, objects, loss, delay, soak, seed + run, progress))
+        report["runs"].append(_lossy_run(netlab, daemons, objects, loss, delay, soak, seed + run, progress,
+                                         settings=settings))
     rows = report["runs"]
     report["summary"] = {
         "warm_visible_max_s": max(r["warm_visible_max_s"] for r in rows),
@@ -481,7 +488,8 @@ def measure_lossy(daemons: int, objects: int, loss: float, delay: tuple[float, f
 
 def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tuple[float, float],
                soak: float, seed: int, progress: Callable[[str], None], *,
-               caller_settings: dict[str, str] | None = None, call_names: int | None = None) -> dict[str, Any]:
+               caller_settings: dict[str, str] | None = None, call_names: int | None = None,
+               settings: dict[str, str] | None = None) -> dict[str, Any]:
     """One run of the lossy scenario in a fresh lab. caller_settings: MESHRPC_* variables for the
     calling processes only; call_names: call only that many of the names (fewer new connections)."""
     agents: list[Agent] = []
@@ -491,7 +499,7 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
         for host in lab.hosts:
             host.set_loss(loss, delay_ms=delay, direction="egress")
         try:
-            env = _env("bench-l-" + uuid.uuid4().hex[:8])
+            env = _env("bench-l-" + uuid.uuid4().hex[:8], settings)
             warm = _start_observer(warm_host, env, agents)
             fleet = [Agent(host, LOSSY_DAEMON, {"prefix": f"l.{host.name}", "objects": objects,
                                                 "extra": ["l.restart"] if i == 0 else []}, env)
@@ -513,11 +521,28 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
             result["warm_visible_max_s"] = round(max(lags) if not missing else float("inf"), 3)
             result["warm_visible_median_s"] = round(statistics.median(lags), 3)
             result["warm_missing"] = missing[:10]
+            # where the tail comes from: zeroconf's three announcements go out within 0.5 s, the
+            # extra ones at 1 s and 3 s (+10-30 ms); anything else came by anti-entropy or a browser
+            result["warm_lags_slowest"] = sorted(((round(lag, 3), name) for name, lag in
+                                                  ((n, seen[n] - published[n]) for n in seen if n in published)),
+                                                 reverse=True)[:5]
+            result["warm_lag_counts"] = {
+                label: sum(low <= lag < high for lag in lags)
+                for label, low, high in (("<0.6", -1.0, 0.6), ("0.6-1", 0.6, 1.0), ("1-1.2", 1.0, 1.2),
+                                         ("1.2-3", 1.2, 3.0), ("3-3.2", 3.0, 3.2), (">=3.2", 3.2, 1e9))}
             progress(f"  warm: {len(seen)}/{len(published)} visible, slowest {result['warm_visible_max_s']} s")
             # cold: a fresh process counting everything
             cold = _run_fresh(client_host, {"prefix": "l.", "expect": len(published), "timeout": 30.0}, env, 120)
             result["cold_all_max_s"] = round(cold["done"] - cold["created"] if cold["complete"] else float("inf"), 3)
             result["cold_seen"] = cold["seen"]
+            arrived = sorted(cold.get("arrived", []))
+            # the cold registry's slowest names: one-shot PTR answers come within ~0.1 s, the
+            # browser's queries at about 0.1, 1, 3 ... s; the rest came by anti-entropy
+            result["cold_arrivals_slowest_s"] = arrived[-5:]
+            result["cold_arrival_counts"] = {
+                label: sum(low <= t < high for t in arrived)
+                for label, low, high in (("<0.5", -1.0, 0.5), ("0.5-1", 0.5, 1.0), ("1-2", 1.0, 2.0),
+                                         ("2-3", 2.0, 3.0), ("3-5", 3.0, 5.0), (">=5", 5.0, 1e9))}
             progress(f"  cold: {cold['seen']}/{len(published)} in {result['cold_all_max_s']} s")
             # soak: calls by name while watching for false departures
             since = warm.mark()
@@ -666,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=60.0, help="lossy: seconds of calls per run")
     parser.add_argument("--runs", type=int, default=1, help="lossy: runs (a fresh lab each)")
     parser.add_argument("--seed", type=int, default=1, help="lossy: seed of the first run")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="lossy: a meshrpc setting for every lab process (MESHRPC_NAME), repeatable")
     args = parser.parse_args(argv)
     if args.hosts < 2 or args.objects < 1 or args.repeat < 1:
         parser.error("need --hosts >= 2, --objects >= 1, --repeat >= 1")
@@ -674,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         low, _, high = args.delay.partition("-")
         lossy = measure_lossy(args.daemons, args.objects, args.loss, (float(low), float(high or low)),
                               args.soak, args.runs, args.seed,
-                              lambda text: print(f"... {text}", file=sys.stderr, flush=True))
+                              lambda text: print(f"... {text}", file=sys.stderr, flush=True),
+                              dict(item.split("=", 1) for item in args.setting))
         print(json.dumps(lossy if args.json else lossy["summary"], indent=2))
         return 0 if all(lossy["summary"]["goals"].values()) else 1
     if args.traffic:

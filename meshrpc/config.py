@@ -84,10 +84,11 @@ class Settings:
         "Seconds a thread waiting for a message polls without sleeping (saves a scheduler wake-up per "
         "call on fast links; 0 turns it off; off on single-core machines). A connection spins only "
         "while its recent spins saw messages arrive within SPIN_LATE_SHARE of this; after "
-        "SPIN_SLOW_LIMIT slow ones it stops and re-checks one wait in SPIN_RECHECK_EVERY. At most one "
-        "thread per process spins at a time. The asyncio proxy spins the same way for the reply of a "
-        "lone call, and only while its event loop has nothing else ready (no callback, no due timer, "
-        "no other readable socket); not on uvloop or other non-selector loops."))
+        "SPIN_SLOW_LIMIT slow ones it stops and re-checks one wait in SPIN_RECHECK_EVERY; a new "
+        "connection's first SPIN_START_AFTER waits never spin. At most one thread per process spins at "
+        "a time. The asyncio proxy spins the same way for the reply of a lone call, and only while its "
+        "event loop has nothing else ready (no callback, no due timer, no other readable socket); not "
+        "on uvloop or other non-selector loops."))
     SPIN_SLOW_LIMIT: int = field(default=4, metadata=_doc(
         "Slow spins in a row (nothing came within SPIN_WAIT, or only late in it) after which a "
         "connection stops spinning: spaced calls then cost no spinning CPU."))
@@ -97,6 +98,11 @@ class Settings:
     SPIN_LATE_SHARE: float = field(default=0.5, metadata=_doc(
         "A message that arrives after this share of SPIN_WAIT counts as slow: the spin before it cost "
         "more CPU than the scheduler wake-up it saved."))
+    SPIN_START_AFTER: int = field(default=3, metadata=_doc(
+        "Waits of a new connection that never spin: its handshake and first calls. Their answers come "
+        "after a thread hand-off and a handshake's parsing, later than SPIN_WAIT, and a spin on a "
+        "core the peer shares keeps the peer from answering (a connect plus first call took twice "
+        "as long)."))
     SERVER_SPIN: bool = field(default=True, metadata=_doc(
         "Let daemon workers spin-wait (SPIN_WAIT) for a client's next request too, while no other call "
         "runs and no other thread of the daemon waits. Saves a scheduler wake-up per call (the largest "

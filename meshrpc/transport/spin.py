@@ -13,8 +13,12 @@ from what its own spins saw, and nothing else:
   request waiting and wiped the streak of slow ones (issue 15).
 
 After `slow_limit` slow spins in a row the gate closes; it then spins on one wait in `recheck_every`,
-to notice when messages get fast again (one fast spin reopens it). The constants are Settings
-(SPIN_SLOW_LIMIT, SPIN_RECHECK_EVERY, SPIN_LATE_SHARE), documented in meshrpc/config.py.
+to notice when messages get fast again (one fast spin reopens it). A new connection's first
+`start_after` waits (its handshake and first calls) never spin: their answers come after a thread
+hand-off and parsing a handshake, and when the peer shares this core a spin holds it off (the
+scheduler often puts a fresh connection's two ends on one core: connect plus first call took twice
+as long as without spinning). The constants are Settings (SPIN_SLOW_LIMIT, SPIN_RECHECK_EVERY,
+SPIN_LATE_SHARE, SPIN_START_AFTER), documented in meshrpc/config.py.
 
 Both drivers spin through it: the threaded connections (transport/sockets.py) and the asyncio
 proxy (aio/spin.py); `waiters` counts the waits of either, so at most one of them spins at a time.
@@ -34,7 +38,8 @@ class SpinGate:
 
     def __init__(self, spin_wait: float, slow_limit: int = Settings.SPIN_SLOW_LIMIT,
                  recheck_every: int = Settings.SPIN_RECHECK_EVERY,
-                 late_share: float = Settings.SPIN_LATE_SHARE) -> None:
+                 late_share: float = Settings.SPIN_LATE_SHARE,
+                 start_after: int = Settings.SPIN_START_AFTER) -> None:
         self.spin_wait = spin_wait
         self.slow_limit = slow_limit
         self.recheck_every = recheck_every
@@ -42,12 +47,14 @@ class SpinGate:
         self.late_share = late_share
         self.slow_streak = 0
         self._skipped = 0
+        # a new connection's first waits (handshake, first call) say nothing about its steady pace
+        self._unproven = max(0, start_after)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "SpinGate":
         """A gate with the SPIN_* settings of `settings` (a meshrpc.config.Settings)."""
         return cls(settings.SPIN_WAIT, settings.SPIN_SLOW_LIMIT, settings.SPIN_RECHECK_EVERY,
-                   settings.SPIN_LATE_SHARE)
+                   settings.SPIN_LATE_SHARE, settings.SPIN_START_AFTER)
 
     @property
     def open(self) -> bool:
@@ -57,6 +64,9 @@ class SpinGate:
     def should_spin(self) -> bool:
         """Whether the next wait spins; while closed, True for one wait in recheck_every."""
         if not self.spin_wait:
+            return False
+        if self._unproven:
+            self._unproven -= 1
             return False
         if self.slow_streak < self.slow_limit:
             return True

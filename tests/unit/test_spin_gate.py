@@ -14,6 +14,7 @@ from meshrpc.transport.spin import SpinGate
 
 SLOW_LIMIT = Settings.SPIN_SLOW_LIMIT
 RECHECK_EVERY = Settings.SPIN_RECHECK_EVERY
+START_AFTER = Settings.SPIN_START_AFTER
 
 SPIN_WAIT = 200e-6
 
@@ -43,12 +44,17 @@ def never() -> bool:
     return False
 
 
+def proven_gate() -> SpinGate:
+    """A gate past a new connection's first waits (SPIN_START_AFTER): the steady-state rules."""
+    return SpinGate(SPIN_WAIT, start_after=0)
+
+
 def spin(gate: SpinGate, line: FakeLine) -> bool:
     return gate.spin(line.ready, line.clock, never)
 
 
 def test_fast_messages_keep_the_gate_open() -> None:
-    gate, line = SpinGate(SPIN_WAIT), FakeLine()
+    gate, line = proven_gate(), FakeLine()
     for _ in range(50):
         assert gate.should_spin()
         line.message_in(20e-6)
@@ -57,7 +63,7 @@ def test_fast_messages_keep_the_gate_open() -> None:
 
 
 def test_missed_spins_close_the_gate_and_it_rechecks_now_and_then() -> None:
-    gate, line = SpinGate(SPIN_WAIT), FakeLine()
+    gate, line = proven_gate(), FakeLine()
     for _ in range(SLOW_LIMIT):
         assert gate.should_spin()
         line.message_in(1e-3)
@@ -72,8 +78,10 @@ def test_missed_spins_close_the_gate_and_it_rechecks_now_and_then() -> None:
 
 
 def test_the_gate_takes_its_limits_from_settings() -> None:
-    settings = Settings().copy(SPIN_WAIT=SPIN_WAIT, SPIN_SLOW_LIMIT=2, SPIN_RECHECK_EVERY=8, SPIN_LATE_SHARE=0.25)
+    settings = Settings().copy(SPIN_WAIT=SPIN_WAIT, SPIN_SLOW_LIMIT=2, SPIN_RECHECK_EVERY=8, SPIN_LATE_SHARE=0.25,
+                               SPIN_START_AFTER=1)
     gate, line = SpinGate.from_settings(settings), FakeLine()
+    assert not gate.should_spin()  # the new connection's one unproven wait
     line.message_in(SPIN_WAIT * 0.4)  # fast under the default share (0.5), late under 0.25
     assert spin(gate, line) and gate.slow_streak == 1
     line.message_in(1e-3)
@@ -83,7 +91,7 @@ def test_the_gate_takes_its_limits_from_settings() -> None:
 
 
 def test_a_fast_recheck_reopens_the_gate() -> None:
-    gate, line = SpinGate(SPIN_WAIT), FakeLine()
+    gate, line = proven_gate(), FakeLine()
     for _ in range(SLOW_LIMIT):
         line.message_in(1e-3)
         spin(gate, line)
@@ -97,7 +105,7 @@ def test_a_fast_recheck_reopens_the_gate() -> None:
 def test_data_found_after_a_linger_does_not_reset_the_slow_streak() -> None:
     """The daemon's pattern for spaced requests (the bug of issue 15): a spin that misses, then the
     worker sleeps in its linger, then a second attempt finds the request already there."""
-    gate, line = SpinGate(SPIN_WAIT), FakeLine()
+    gate, line = proven_gate(), FakeLine()
     spins = 0
     for _ in range(100):
         if gate.should_spin():
@@ -115,7 +123,7 @@ def test_data_found_after_a_linger_does_not_reset_the_slow_streak() -> None:
 
 def test_late_arrivals_count_as_slow() -> None:
     """Data that comes late in the budget cost more CPU in spinning than a wake-up saves."""
-    gate, line = SpinGate(SPIN_WAIT), FakeLine()
+    gate, line = proven_gate(), FakeLine()
     for _ in range(SLOW_LIMIT):
         line.message_in(SPIN_WAIT * 0.9)
         assert spin(gate, line)
@@ -123,11 +131,24 @@ def test_late_arrivals_count_as_slow() -> None:
 
 
 def test_giving_way_to_another_thread_is_not_judged() -> None:
-    gate, line = SpinGate(SPIN_WAIT), FakeLine()
+    gate, line = proven_gate(), FakeLine()
     for _ in range(SLOW_LIMIT * 3):
         line.message_in(1e-3)
         assert not gate.spin(line.ready, line.clock, lambda: True)
     assert gate.open
+
+
+def test_a_new_connection_spins_only_after_its_first_waits() -> None:
+    """Its handshake and first calls never spin: their answers come late anyway, and a spin on a core
+    the peer shares held the peer off (connect + first call took 2x as long as without spinning)."""
+    gate, line = SpinGate(SPIN_WAIT), FakeLine()
+    assert START_AFTER >= 2  # at least the handshake and the first call
+    assert [gate.should_spin() for _ in range(START_AFTER)] == [False] * START_AFTER
+    assert gate.open and gate.slow_streak == 0  # unproven waits are not judged slow
+    for _ in range(10):
+        assert gate.should_spin()
+        line.message_in(20e-6)
+        assert spin(gate, line)
 
 
 def test_spin_wait_zero_never_spins() -> None:
@@ -154,7 +175,7 @@ def test_a_daemon_connection_stops_spinning_for_spaced_requests() -> None:
     requests coming after the spin gave up, the connection must stop spinning after SLOW_LIMIT of them."""
     server_sock, client_sock = socket.socketpair()
     try:
-        conn = sockets.FramedConnection(server_sock, 1 << 20, spin_wait=SPIN_WAIT)
+        conn = sockets.FramedConnection(server_sock, 1 << 20, spin_gate=proven_gate())
         counter = CountingPoller(conn.poller)
         conn.poller = counter  # type: ignore[assignment]
         spun = []

@@ -39,6 +39,17 @@ class NoProviderError(NotDeliveredError):
     did not run."""
 
 
+class ConnectionLostError(NotDeliveredError, ConnectionClosedError):
+    """The daemon had closed the proxy's connection (it stopped, or dropped the client), and connecting
+    again failed: the call did not run. Also a ConnectionClosedError, which Pyro5 raises there, so a
+    Pyro5 program's `except ConnectionClosedError:` (then `_pyroReconnect()`) catches it."""
+
+
+class ProviderLostError(NoProviderError, ConnectionClosedError):
+    """NoProviderError of a PYRONAME:/PYROMETA: proxy whose connection the daemon had closed: also a
+    ConnectionClosedError, for Pyro5 programs (see ConnectionLostError)."""
+
+
 class MaybeDeliveredError(CommunicationError):
     """The request was sent and no reply came: the call may have run (or may still be running).
     Re-sent automatically only for @idempotent methods (docs/resilience.md); the base of TimeoutError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import types
 from typing import Any
 
@@ -72,6 +73,7 @@ def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...
     were configured."""
     if uri.is_direct:
         return uri, "direct"
+    prefer_until = time.monotonic() + settings.RESOLVE_PREFER_WAIT
     groups = source_groups(uri, settings, sources)
     answers: dict[int, tuple[tuple[URI, str] | None, str]] = {}
     answered = threading.Condition()
@@ -95,15 +97,29 @@ def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...
         if first is None or first[0] is None:
             for index in range(1, len(groups)):
                 start(index)
-    tried = []
-    for index in range(len(groups)):
-        with answered:
-            answered.wait_for(lambda: index in answers)
-            found, why = answers[index]
-        if found is not None:
-            return found
-        tried.append(why)
-    raise not_found(uri, tried)
+    with answered:
+        while (chosen := _preferred_answer(answers, len(groups), prefer_until)) is None:
+            answered.wait(max(0.0, prefer_until - time.monotonic()) or None)
+        if chosen >= 0:
+            return answers[chosen][0]  # type: ignore[return-value]
+        raise not_found(uri, [answers[index][1] for index in range(len(groups))])
+
+
+def _preferred_answer(answers: dict[int, tuple[tuple[URI, str] | None, str]], count: int,
+                      prefer_until: float) -> int | None:
+    """Which source's answer to take: the first in RESOLVE order that found the name once every
+    earlier one said no; after RESOLVE_PREFER_WAIT, also one behind an earlier source still asking
+    (a name only a name server knows costs that, not the mesh's LOOKUP_TIMEOUT). -1: every source
+    said no; None: wait for more answers."""
+    for index in range(count):
+        if index not in answers:
+            if time.monotonic() < prefer_until:
+                return None
+            return next((later for later in range(index + 1, count)
+                         if later in answers and answers[later][0] is not None), None)
+        if answers[index][0] is not None:
+            return index
+    return -1
 
 
 LATER_SOURCES_AFTER = 0.25  # seconds the first source has before the next ones are asked too

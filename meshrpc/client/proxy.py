@@ -34,6 +34,9 @@ _LOCAL_ATTRS = frozenset({
     "_Proxy__pyroTimeout", "_pyroResolvedBy", "_Proxy__rebinding", "_Proxy__retarget", "_Proxy__known",
     "_pyroReleased", "_pyroConnectedSocket",
 })
+# asked by pickle and copy on the instance: answered locally, never by the remote object (as in Pyro5);
+# any other name, dunder or not, is looked up in the remote object's exposed names
+_PICKLE_PROTOCOL_ATTRS = frozenset({"__getnewargs__", "__getnewargs_ex__", "__getinitargs__"})
 CONNECTED_SOCKET_LOCATION = "./u:<connected socket>"  # the URI location of a proxy on a given socket
 
 
@@ -96,7 +99,7 @@ class Proxy:
 
     # --- attributes: local ones are plain, exposed remote properties go over the wire
     def __getattr__(self, name: str) -> Any:
-        if name in _LOCAL_ATTRS or name.startswith("__"):
+        if name in _LOCAL_ATTRS or name in _PICKLE_PROTOCOL_ATTRS:
             raise AttributeError(name)
         cached = self._pyroMethodCache.get(name)
         if cached is not None:
@@ -505,6 +508,7 @@ class Proxy:
         except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
             raise NotDelivered(str(exc), self._pyroUri, suspect=False) from None
         if flags & wire.FLAG_ONEWAY:
+            state.response_annotations = {}  # no reply, so none (as Pyro5: not the last call's)
             return None
         try:
             reply = conn.next_event()

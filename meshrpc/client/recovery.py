@@ -32,12 +32,13 @@ class NotDelivered(ConnectionClosedError):
         self.timeout_text = timeout_text  # the transport's words for it, when not the message itself
 
 
-def not_delivered_error(exc: NotDelivered, text: str) -> errors.NotDeliveredError:
+def not_delivered_error(exc: NotDelivered, text: str, lost: bool = False) -> errors.NotDeliveredError:
     """What a PYRO: proxy raises when it gives up on a call that did not run: after a timeout,
     NotSentTimeoutError with the transport's text (as Pyro5's TimeoutError) and `text` as a note;
-    otherwise NotDeliveredError(text)."""
+    when the daemon had closed the proxy's connection (`lost`), ConnectionLostError(text) (Pyro5's
+    ConnectionClosedError too); otherwise NotDeliveredError(text)."""
     if not exc.timed_out:
-        return errors.NotDeliveredError(text)
+        return (errors.ConnectionLostError if lost else errors.NotDeliveredError)(text)
     error = errors.NotSentTimeoutError(exc.timeout_text or str(exc))
     error.add_note(text)
     return error
@@ -174,6 +175,7 @@ class Recovery:
         self.idempotent = idempotent and methodname != BATCH_METHOD
         self.retries_left = max_retries
         self.reconnected = False
+        self.lost = False  # the call found its established connection closed by the daemon
         self.target: URI | None = None
         self.known = known  # the proxy resolved its locator before: a failing resolution is "providers gone"
 
@@ -181,13 +183,15 @@ class Recovery:
         rebind = self.rebind
         self.target = target
         if isinstance(exc, NotDelivered):
+            self.lost = self.lost or not exc.suspect
             suspect = exc.target if exc.suspect and self.locator is not None else None
             if not exc.suspect and not self.reconnected and self.locator is not None and exc.target is not None:
                 self.reconnected = True  # the connection broke, the daemon may be fine: reconnect to it at once
                 return Step(True, retarget=exc.target)
             if self.locator is None and not rebind.first:
                 # nowhere else to go
-                return Step(False, error=not_delivered_error(exc, f"{exc}; the call did not run"), suspect=suspect)
+                return Step(False, error=not_delivered_error(exc, f"{exc}; the call did not run", self.lost),
+                            suspect=suspect)
             if exc.timed_out:  # a stall: the next attempt to that provider may take longer
                 rebind.stalled(exc.target)
             return self._again(exc, suspect, stalled=exc.timed_out)
@@ -222,5 +226,7 @@ class Recovery:
                 f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); the call did not run; "
                 f"last error: {exc}")
         if self.locator is not None:
-            return errors.NoProviderError(text)
-        return not_delivered_error(exc, text) if isinstance(exc, NotDelivered) else errors.NotDeliveredError(text)
+            return (errors.ProviderLostError if self.lost else errors.NoProviderError)(text)
+        if isinstance(exc, NotDelivered):
+            return not_delivered_error(exc, text, self.lost)
+        return (errors.ConnectionLostError if self.lost else errors.NotDeliveredError)(text)

@@ -486,6 +486,8 @@ class ConnectionServer:
         if is_oneway:
             return
         annotations = current_state().response_annotations
+        if self.daemon._reply_annotations is not None:
+            annotations = {**annotations, **self.daemon._reply_annotations()}
         if flags & wire.FLAG_ITEMSTREAMRESULT:
             conn.send_parts(protocol.stream_reply(frame, result, annotations))
         elif flags & wire.FLAG_EXCEPTION:

@@ -124,6 +124,8 @@ class Daemon:
         # discovery follows the bound host (0.0.0.0: every interface)
         self._announcers = Announcers(host if not unixsocket else "localhost", settings)
         self._register_daemon_object(interface)
+        # a subclass's annotations() are added to every reply (no call per reply when not overridden)
+        self._reply_annotations = self.annotations if type(self).annotations is not Daemon.annotations else None
         self._connection_server = ConnectionServer(self, self._listener, None if connected_socket else unixsocket,
                                                    self._tls_context, self.locationStr)
         self._combined: list[Any] = []
@@ -357,6 +359,11 @@ class Daemon:
 
     def clientDisconnect(self, conn: ClientConnection) -> None:
         """Override to learn that a client connection closed."""
+
+    def annotations(self) -> dict[str, bytes]:
+        """Override to send these annotations with every reply, besides (and over) the call's
+        `current_context.response_annotations`, as in Pyro5."""
+        return {}
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:

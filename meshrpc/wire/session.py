@@ -276,7 +276,7 @@ class ClientSession(_Session):
                 raise ValueError("connect_request needs `now` (time.time()) for the mesh-key proof")
             self._key_token = keyproof.client_token(self.key, object_id, int(now * 1000))
             annotations[KEY_ANNOTATION] = self._key_token
-        seq = self._connect_seq = self._next_seq()
+        seq = self._connect_seq = self.last_seq = 0  # as Pyro5's: the first call then has seq 1
         return self._encode(Frame(MSG_CONNECT, self.serializer.id, seq, payload, 0, annotations, correlation_id))
 
     def call_request(self, object_id: str, method: str, vargs: Any, kwargs: dict | None, flags: int = 0,

@@ -209,3 +209,20 @@ def test_a_name_whose_providers_time_out_is_still_no_provider() -> None:
     stalled = NotDelivered("handshake timed out", TARGET, timed_out=True, timeout_text="receiving: timeout")
     assert type(recovery().gave_up(stalled)) is errors.NoProviderError
     assert type(recovery(locator=None).gave_up(stalled)) is errors.NotSentTimeoutError
+
+
+def test_a_connection_the_daemon_closed_that_cannot_be_made_again_is_pyro5s_connection_closed_error() -> None:
+    """Pyro5 programs catch ConnectionClosedError when their daemon went away (then _pyroReconnect()):
+    a call that found its connection closed and could not connect again raises a NotDeliveredError that
+    is also a ConnectionClosedError; one that never had a connection stays a plain NotDeliveredError."""
+    r = recovery(locator=None)
+    assert r.after(NotDelivered("closed by the daemon", TARGET, suspect=False), TARGET).retry
+    step = r.after(NotDelivered("refused", TARGET), TARGET)
+    assert not step.retry and type(step.error) is errors.ConnectionLostError
+    assert isinstance(step.error, errors.NotDeliveredError) and isinstance(step.error, errors.ConnectionClosedError)
+    assert not isinstance(step.error, errors.MaybeDeliveredError)
+    by_name = recovery(settings=SETTINGS.copy(REBIND_TIMEOUT=0.0))
+    by_name.after(NotDelivered("closed by the daemon", TARGET, suspect=False), TARGET)
+    error = by_name.after(NotDelivered("refused", TARGET), TARGET).error
+    assert type(error) is errors.ProviderLostError and isinstance(error, errors.ConnectionClosedError)
+    assert type(recovery(locator=None).gave_up(NotDelivered("refused", TARGET))) is errors.NotDeliveredError

@@ -1,0 +1,154 @@
+"""What Pyro5's example programs rely on, found by running them with their imports renamed (issue 16):
+remote dunder methods and Pyro5's text for private names (attributes), ConnectionClosedError when the
+daemon went away (autoreconnect), a Daemon subclass's annotations() and a oneway call's empty response
+annotations, the first call's seq (callcontext), and a name only a name server knows resolving without
+waiting for the mesh's LOOKUP_TIMEOUT (every PYRONAME example against a Pyro5 name server). Real
+sockets; the real Pyro5 as the peer where a program would have one."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import pickle
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import Pyro5.api
+import Pyro5.nameserver
+import pytest
+
+import meshrpc
+from meshrpc import errors
+
+pytestmark = pytest.mark.timeout(60)
+
+HOST = "127.0.0.1"
+WAIT = 10.0  # seconds: bound of every wait for another thread
+
+
+@contextlib.contextmanager
+def serving(daemon: Any) -> Iterator[Any]:
+    """daemon.requestLoop() in a thread (a meshrpc or a Pyro5 daemon), shut down and joined at the end."""
+    thread = threading.Thread(target=daemon.requestLoop, name="test-requestLoop", daemon=True)
+    thread.start()
+    try:
+        yield daemon
+    finally:
+        daemon.shutdown()
+        thread.join(WAIT)
+        daemon.close()
+        assert not thread.is_alive(), "the request loop did not stop"
+
+
+class Thingy:
+    """The attributes example's object: a remote dunder method, and private names it does not expose."""
+
+    def __init__(self) -> None:
+        self._value = 1
+        self.__value = 2
+
+    def __dunder__(self) -> str:
+        return "yep"
+
+    def ping(self) -> str:
+        return "pong"
+
+
+@pytest.mark.parametrize("library", ["meshrpc", "pyro5"])
+def test_a_proxy_calls_remote_dunder_methods_and_says_pyro5s_text_for_private_names(library: str) -> None:
+    """p.__dunder__() runs remotely (Pyro5 exposes dunder methods); p.__value and p._value raise
+    AttributeError with Pyro5's text; pickling and copying a proxy still ask nothing remote."""
+    lib = meshrpc if library == "meshrpc" else Pyro5.api
+    with lib.Daemon(host=HOST) as daemon, serving(daemon):
+        uri = str(daemon.register(lib.expose(Thingy), "thingy"))
+        with meshrpc.Proxy(uri) as proxy:
+            assert proxy.__dunder__() == "yep"
+            for private in ("__value", "_value"):
+                with pytest.raises(AttributeError) as refused:
+                    getattr(proxy, private)
+                assert str(refused.value) == f"remote object '{uri}' has no exposed attribute or method '{private}'"
+            assert pickle.loads(pickle.dumps(proxy))._pyroUri == proxy._pyroUri
+            with copy.copy(proxy) as other:
+                assert other.ping() == "pong"
+
+
+def test_a_daemon_that_went_away_raises_connection_closed_and_the_proxy_reconnects_when_it_is_back() -> None:
+    """The autoreconnect example: `except ConnectionClosedError: proxy._pyroReconnect()` around calls on a
+    PYRO URI, the daemon restarted on the same port with the same object id."""
+    first = meshrpc.Daemon(host=HOST)
+    port = first.locationStr.rsplit(":", 1)[1]
+    with serving(first):
+        uri = first.register(meshrpc.expose(Thingy), "fixed")
+        proxy = meshrpc.Proxy(uri)
+        assert proxy.ping() == "pong"
+    with pytest.raises(errors.ConnectionClosedError) as lost:
+        proxy.ping()
+    assert isinstance(lost.value, errors.NotDeliveredError)  # it did not run, and meshrpc says so too
+    with meshrpc.Daemon(host=HOST, port=int(port)) as second, serving(second):
+        second.register(meshrpc.expose(Thingy), "fixed")
+        proxy._pyroReconnect()
+        assert proxy.ping() == "pong"
+    proxy._pyroRelease()
+
+
+class Echo:
+    def echo(self, text: str) -> str:
+        return text
+
+    @meshrpc.oneway
+    def forget(self, text: str) -> None:
+        pass
+
+    def seq(self) -> int:
+        return meshrpc.current_context.seq
+
+
+class AnnotatingDaemon(meshrpc.Daemon):
+    def annotations(self) -> dict[str, bytes]:
+        return {"DDAA": b"set by the daemon"}
+
+
+def test_a_daemon_subclass_annotations_go_with_every_reply_and_a_oneway_call_has_none() -> None:
+    """The callcontext example: a Daemon subclass's annotations() reach meshrpc and Pyro5 clients in
+    current_context.response_annotations; after a oneway call they are empty (no reply came); the first
+    call on a connection has seq 1, as Pyro5's."""
+    with AnnotatingDaemon(host=HOST) as daemon, serving(daemon):
+        uri = str(daemon.register(meshrpc.expose(Echo), "echo"))
+        for lib in (meshrpc, Pyro5.api):
+            with lib.Proxy(uri) as proxy:
+                assert proxy.seq() == 1
+                assert proxy.echo("hi") == "hi"
+                assert bytes(lib.current_context.response_annotations["DDAA"]) == b"set by the daemon"
+                proxy.forget("hi")
+                assert dict(lib.current_context.response_annotations) == {}
+
+
+@pytest.fixture
+def pyro5_name_server() -> Iterator[str]:
+    """A real Pyro5 name server in this process, on loopback, without broadcast: its URI."""
+    ns_uri, ns_daemon, _ = Pyro5.nameserver.start_ns(host=HOST, port=0, enableBroadcast=False)
+    with serving(ns_daemon):
+        yield str(ns_uri)
+
+
+def test_a_name_only_a_pyro5_name_server_knows_resolves_without_waiting_the_lookup_timeout(
+        realm: str, pyro5_name_server: str) -> None:
+    """Pyro5 programs register names in a name server only: a meshrpc client with the default RESOLVE
+    (mesh, then the name server) takes the name server's answer once the mesh has had
+    RESOLVE_PREFER_WAIT, not after the mesh's whole LOOKUP_TIMEOUT."""
+    ns_location = pyro5_name_server.rsplit("@", 1)[1]
+    settings = meshrpc.config.copy(REALM=realm, NS_HOST=HOST, NS_PORT=int(ns_location.rsplit(":", 1)[1]),
+                                   LOOKUP_TIMEOUT=5.0, RESOLVE_PREFER_WAIT=0.5)
+    with Pyro5.api.Daemon(host=HOST) as daemon, serving(daemon):
+        uri = daemon.register(Pyro5.api.expose(Thingy), "thingy")
+        with Pyro5.api.Proxy(pyro5_name_server) as ns:
+            ns.register("example.only.in.ns", uri)
+        started = time.monotonic()
+        with meshrpc.Proxy("PYRONAME:example.only.in.ns", settings=settings) as proxy:
+            assert proxy.ping() == "pong"
+        took = time.monotonic() - started
+        assert took < 3.0, f"resolving took {took:.1f} s: it waited for the mesh's LOOKUP_TIMEOUT (5 s)"
+        with pytest.raises(errors.UnknownNameError):  # an unknown name still waits for every source
+            meshrpc.Proxy("PYRONAME:example.nowhere", settings=settings.copy(LOOKUP_TIMEOUT=1.0))._pyroBind()

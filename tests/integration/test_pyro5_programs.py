@@ -7,7 +7,6 @@ sockets; the real Pyro5 as the peer where a program would have one."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import pickle
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import Pyro5.api
 import Pyro5.nameserver
 import pytest
+from test_pyro5_api import serving
 
 import meshrpc
 from meshrpc import errors
@@ -25,21 +25,6 @@ from meshrpc import errors
 pytestmark = pytest.mark.timeout(60)
 
 HOST = "127.0.0.1"
-WAIT = 10.0  # seconds: bound of every wait for another thread
-
-
-@contextlib.contextmanager
-def serving(daemon: Any) -> Iterator[Any]:
-    """daemon.requestLoop() in a thread (a meshrpc or a Pyro5 daemon), shut down and joined at the end."""
-    thread = threading.Thread(target=daemon.requestLoop, name="test-requestLoop", daemon=True)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        daemon.shutdown()
-        thread.join(WAIT)
-        daemon.close()
-        assert not thread.is_alive(), "the request loop did not stop"
 
 
 class Thingy:
@@ -79,7 +64,7 @@ def test_a_daemon_that_went_away_raises_connection_closed_and_the_proxy_reconnec
     PYRO URI, the daemon restarted on the same port with the same object id."""
     first = meshrpc.Daemon(host=HOST)
     port = first.locationStr.rsplit(":", 1)[1]
-    with serving(first):
+    with first, serving(first):
         uri = first.register(meshrpc.expose(Thingy), "fixed")
         proxy = meshrpc.Proxy(uri)
         assert proxy.ping() == "pong"
@@ -129,7 +114,7 @@ def test_a_daemon_subclass_annotations_go_with_every_reply_and_a_oneway_call_has
 def pyro5_name_server() -> Iterator[str]:
     """A real Pyro5 name server in this process, on loopback, without broadcast: its URI."""
     ns_uri, ns_daemon, _ = Pyro5.nameserver.start_ns(host=HOST, port=0, enableBroadcast=False)
-    with serving(ns_daemon):
+    with ns_daemon, serving(ns_daemon):
         yield str(ns_uri)
 
 

@@ -234,10 +234,10 @@ class Settings:
         "(localhost -> loopback only, 0.0.0.0 -> every non-loopback interface)."))
     LOOKUP_TIMEOUT: float = field(default=3.0, metadata=_doc(
         "Seconds a PYRONAME/PYROMETA lookup waits for an answer before NamingError."))
-    RESOLVE_PREFER_WAIT: float = field(default=0.5, metadata=_doc(
-        "Seconds an earlier RESOLVE source that has not answered yet is preferred over a later one "
-        "that has: then the later one's answer is taken. A name registered only in a name server "
-        "costs about this, not LOOKUP_TIMEOUT (the mesh finds announced names in tens of ms)."))
+    RESOLVE_PREFER_WAIT: float = field(default=0.1, metadata=_doc(
+        "Seconds the first RESOLVE source has to answer (the mesh answers from memory) before the "
+        "later ones are asked too; a later one's answer is then taken when it comes first. A name "
+        "registered only in a name server (by a Pyro5 program) costs about this, not LOOKUP_TIMEOUT."))
     RESOLVE: str = field(default="mesh,ns", metadata=_doc(
         "Sources that resolve PYRONAME/PYROMETA, in order, comma separated: `mesh` (or `mdns`), "
         "`etcd://host:port,host:port,...` (an etcd cluster; `etcds://` for TLS) and `ns`. The mesh and "

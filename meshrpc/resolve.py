@@ -68,8 +68,9 @@ def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...
     wait: seconds the registries wait for an announcement (default LOOKUP_TIMEOUT).
 
     Source groups (source_groups) are preferred in order, but a later one is asked while an earlier one
-    still waits (after LATER_SOURCES_AFTER seconds), so an unknown name costs the longest source's time,
-    not their sum. UnknownNameError once every source said no; its message blames only sources that
+    still waits (after RESOLVE_PREFER_WAIT seconds, and its answer is then taken), so an unknown name
+    costs the longest source's time, not their sum, and a name only a later one knows costs about
+    RESOLVE_PREFER_WAIT. UnknownNameError once every source said no; its message blames only sources that
     were configured."""
     if uri.is_direct:
         return uri, "direct"
@@ -92,7 +93,7 @@ def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...
     else:
         start(0)
         with answered:  # the first source usually answers from memory: ask the others only if it waits
-            answered.wait_for(lambda: 0 in answers, timeout=LATER_SOURCES_AFTER)
+            answered.wait_for(lambda: 0 in answers, timeout=settings.RESOLVE_PREFER_WAIT)
             first = answers.get(0)
         if first is None or first[0] is None:
             for index in range(1, len(groups)):
@@ -120,9 +121,6 @@ def _preferred_answer(answers: dict[int, tuple[tuple[URI, str] | None, str]], co
         if answers[index][0] is not None:
             return index
     return -1
-
-
-LATER_SOURCES_AFTER = 0.25  # seconds the first source has before the next ones are asked too
 
 
 def _ask(group: list[str], uri: URI, settings: Settings, wait: float | None) -> tuple[tuple[URI, str] | None, str]:

@@ -31,7 +31,7 @@ _LOCAL_ATTRS = frozenset({
     "_pyroUri", "_pyroConnection", "_pyroMethods", "_pyroOneway", "_pyroAttrs", "_pyroIdempotent",
     "_pyroTimeout", "_pyroSeq", "_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries",
     "_pyroLock", "_pyroSettings", "_pyroMethodCache", "_pyroLocator", "_pyroRawWireResponse",
-    "_Proxy__pyroTimeout", "_pyroResolvedBy", "_Proxy__rebinding", "_Proxy__retarget", "_Proxy__known",
+    "_Proxy__pyroTimeout", "_pyroResolvedBy", "_Proxy__rebinding", "_Proxy__retarget", "_Proxy__known", "_Proxy__lost",
     "_pyroReleased", "_pyroConnectedSocket",
 })
 # asked by pickle and copy on the instance: answered locally, never by the remote object (as in Pyro5);
@@ -80,6 +80,7 @@ class Proxy:
         self.__rebinding: Rebind | None = None  # while a call recovers: its rebind budget
         self.__retarget: URI | None = None  # a provider to reconnect to once, before re-resolving
         self.__known = False  # the locator was resolved at least once: its name is known
+        self.__lost = False  # the daemon closed this proxy's connection, and it has not connected since
         self._pyroConnection: FramedConnection | None = None
         # sets a program may change, as in Pyro5 (e.g. _pyroOneway.add(name) for a method it calls oneway)
         self._pyroMethods: set[str] = set()
@@ -407,6 +408,7 @@ class Proxy:
         sock.settimeout(timeout)
         self._pyroConnection = conn
         self._pyroReleased = False
+        self.__lost = False
         if self._pyroUri != target:
             if self._pyroLocator is not None and self._pyroUri != self._pyroLocator:
                 log.info("rebound %s from %s to %s", self._pyroLocator, self._pyroUri, target)
@@ -437,7 +439,8 @@ class Proxy:
             failure: BaseException = exc
         recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
                             idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
-                            started=started, connect_cap=self.__pyroTimeout, known=self.__known)
+                            started=started, connect_cap=self.__pyroTimeout, known=self.__known,
+                            lost=self.__lost)
         outer, self.__rebinding = self.__rebinding, recovery.rebind
         listening = None
         try:
@@ -449,6 +452,7 @@ class Proxy:
                 step = recovery.after(failure, self._pyroUri)
                 self.__carry_out(step, failure)
                 if not step.retry:
+                    self.__lost = recovery.lost  # until a connect succeeds: the same error every time
                     if step.error is not None:
                         raise step.error from None
                     raise failure

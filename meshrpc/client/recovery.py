@@ -167,15 +167,17 @@ class Recovery:
 
     def __init__(self, settings: Settings, methodname: str, *, locator: URI | None, idempotent: bool,
                  max_retries: int, started: float | None = None, known: bool = False,
-                 clock: Callable[[], float] = time.monotonic, connect_cap: float | None = None) -> None:
-        # started: when the call began (clock; default now); connect_cap: the proxy's connect timeout
+                 clock: Callable[[], float] = time.monotonic, connect_cap: float | None = None,
+                 lost: bool = False) -> None:
+        # started: when the call began (clock; default now); connect_cap: the proxy's connect timeout;
+        # lost: the daemon had closed the proxy's connection (in an earlier call) and it has not connected since
         self.rebind = Rebind(settings, started, clock, connect_cap)
         self.methodname = methodname
         self.locator = locator
         self.idempotent = idempotent and methodname != BATCH_METHOD
         self.retries_left = max_retries
         self.reconnected = False
-        self.lost = False  # the call found its established connection closed by the daemon
+        self.lost = lost  # the daemon closed the proxy's connection (in this call or before)
         self.target: URI | None = None
         self.known = known  # the proxy resolved its locator before: a failing resolution is "providers gone"
 

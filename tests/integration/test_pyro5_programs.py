@@ -68,9 +68,10 @@ def test_a_daemon_that_went_away_raises_connection_closed_and_the_proxy_reconnec
         uri = first.register(meshrpc.expose(Thingy), "fixed")
         proxy = meshrpc.Proxy(uri)
         assert proxy.ping() == "pong"
-    with pytest.raises(errors.ConnectionClosedError) as lost:
-        proxy.ping()
-    assert isinstance(lost.value, errors.NotDeliveredError)  # it did not run, and meshrpc says so too
+    for _ in range(2):  # the first call after the loss and the next one: the same class
+        with pytest.raises(errors.ConnectionClosedError) as lost:
+            proxy.ping()
+        assert type(lost.value) is errors.ConnectionLostError  # it did not run, and meshrpc says so too
     with meshrpc.Daemon(host=HOST, port=int(port)) as second, serving(second):
         second.register(meshrpc.expose(Thingy), "fixed")
         proxy._pyroReconnect()
@@ -125,7 +126,7 @@ def test_a_name_only_a_pyro5_name_server_knows_resolves_without_waiting_the_look
     RESOLVE_PREFER_WAIT, not after the mesh's whole LOOKUP_TIMEOUT."""
     ns_location = pyro5_name_server.rsplit("@", 1)[1]
     settings = meshrpc.config.copy(REALM=realm, NS_HOST=HOST, NS_PORT=int(ns_location.rsplit(":", 1)[1]),
-                                   LOOKUP_TIMEOUT=5.0, RESOLVE_PREFER_WAIT=0.5)
+                                   LOOKUP_TIMEOUT=5.0)
     with Pyro5.api.Daemon(host=HOST) as daemon, serving(daemon):
         uri = daemon.register(Pyro5.api.expose(Thingy), "thingy")
         with Pyro5.api.Proxy(pyro5_name_server) as ns:
@@ -134,6 +135,6 @@ def test_a_name_only_a_pyro5_name_server_knows_resolves_without_waiting_the_look
         with meshrpc.Proxy("PYRONAME:example.only.in.ns", settings=settings) as proxy:
             assert proxy.ping() == "pong"
         took = time.monotonic() - started
-        assert took < 3.0, f"resolving took {took:.1f} s: it waited for the mesh's LOOKUP_TIMEOUT (5 s)"
+        assert took < 2.0, f"resolving took {took:.1f} s: it waited for the mesh's LOOKUP_TIMEOUT (5 s)"
         with pytest.raises(errors.UnknownNameError):  # an unknown name still waits for every source
             meshrpc.Proxy("PYRONAME:example.nowhere", settings=settings.copy(LOOKUP_TIMEOUT=1.0))._pyroBind()

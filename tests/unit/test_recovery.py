@@ -226,3 +226,6 @@ def test_a_connection_the_daemon_closed_that_cannot_be_made_again_is_pyro5s_conn
     error = by_name.after(NotDelivered("refused", TARGET), TARGET).error
     assert type(error) is errors.ProviderLostError and isinstance(error, errors.ConnectionClosedError)
     assert type(recovery(locator=None).gave_up(NotDelivered("refused", TARGET))) is errors.NotDeliveredError
+    later = Recovery(SETTINGS, "m", locator=None, idempotent=False, max_retries=0, lost=True)  # a later call
+    later.after(NotDelivered("refused", TARGET), TARGET)
+    assert type(later.after(NotDelivered("refused", TARGET), TARGET).error) is errors.ConnectionLostError

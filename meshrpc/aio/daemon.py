@@ -246,7 +246,7 @@ class Daemon(threaded.Daemon):
         try:
             answer = self.validateHandshake(conn, request.handshake)  # type: ignore[arg-type]
         except Exception as exc:
-            conn.send(session.refuse_connect(request, f"handshake denied: {exc}" if str(exc) else "handshake denied"))
+            conn.send(session.refuse_connect(request, str(exc) or "handshake denied"))
             return
         conn.send(session.accept_connect(request, answer, self._metadata(object_id, False)))
         conn.handshaken, conn.object_id = True, object_id

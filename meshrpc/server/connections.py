@@ -65,6 +65,7 @@ class ClientConnection(FramedConnection):
         self.oneway_lock = threading.Lock()
         self.oneway_draining = False
         self.connected_at = time.time()
+        self.dropping = False  # the daemon is letting it go (clientDisconnect runs once, before closing)
 
     # what the handshake agreed, as Pyro5's connection objects show it (e.g. to validateHandshake)
     @property
@@ -103,6 +104,7 @@ class ConnectionServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._connections: set[ClientConnection] = set()
+        self._drop_lock = threading.Lock()
         self._parked: dict[socket.socket, ClientConnection] = {}
         self._to_park: collections.deque[ClientConnection] = collections.deque()
         # SERVERTYPE multiplex: one call at a time, as Pyro5's multiplexed server runs them
@@ -392,15 +394,20 @@ class ConnectionServer:
         return False
 
     def _drop(self, conn: ClientConnection) -> None:
-        if conn.closed:
-            return
-        conn.close()
+        with self._drop_lock:  # a worker and close() may both drop it
+            if conn.closed or conn.dropping:
+                return
+            conn.dropping = True
         self._connections.discard(conn)
         self._streams.orphan(conn)
+        # as in Pyro5: only for a client whose handshake was accepted, before its socket closes (the hook
+        # may still ask it, e.g. conn.sock.getpeername())
         try:
-            self.daemon.clientDisconnect(conn)
+            if conn.handshaken:
+                self.daemon.clientDisconnect(conn)
         except Exception:
             log.exception("clientDisconnect hook failed")
+        conn.close()
         resources, conn.tracked_resources = list(conn.tracked_resources), weakref.WeakSet()
         for resource in resources:
             try:
@@ -445,7 +452,7 @@ class ConnectionServer:
         try:
             answer = self.daemon.validateHandshake(conn, request.handshake)
         except Exception as exc:
-            return fail(f"handshake denied: {exc}" if str(exc) else "handshake denied")
+            return fail(str(exc) or "handshake denied")  # the hook's own words, as Pyro5 sends them
         try:
             reply = protocol.accept_connect(request, answer, self._dispatch.metadata(object_id, False))
         except SerializeError as exc:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import Pyro5.api
+import Pyro5.errors
 import Pyro5.nameserver
 import pytest
 from test_pyro5_api import serving
@@ -25,6 +26,7 @@ from meshrpc import errors
 pytestmark = pytest.mark.timeout(60)
 
 HOST = "127.0.0.1"
+WAIT = 10.0  # seconds: bound of every wait for another thread
 
 
 class Thingy:
@@ -138,3 +140,43 @@ def test_a_name_only_a_pyro5_name_server_knows_resolves_without_waiting_the_look
         assert took < 2.0, f"resolving took {took:.1f} s: it waited for the mesh's LOOKUP_TIMEOUT (5 s)"
         with pytest.raises(errors.UnknownNameError):  # an unknown name still waits for every source
             meshrpc.Proxy("PYRONAME:example.nowhere", settings=settings.copy(LOOKUP_TIMEOUT=1.0))._pyroBind()
+
+
+class GatekeeperDaemon(meshrpc.Daemon):
+    """The handshake example's daemon: refuses a wrong secret, and asks a leaving client's socket its peer."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.left: list[Any] = []
+        self.gone = threading.Event()
+
+    def validateHandshake(self, conn: Any, data: Any) -> Any:
+        if data != "pancakes":
+            raise ValueError("wrong secret code, connection refused")
+        return "welcome"
+
+    def clientDisconnect(self, conn: Any) -> None:
+        self.left.append(conn.sock.getpeername())
+        self.gone.set()
+
+
+@pytest.mark.parametrize("library", ["meshrpc", "pyro5"])
+def test_a_refused_handshake_says_the_hooks_words_and_client_disconnect_sees_the_open_socket(library: str) -> None:
+    """validateHandshake's exception text is the refusal the proxy shows (Pyro5's wording: no prefix);
+    clientDisconnect runs once per accepted client, before its socket closes (conn.sock.getpeername()
+    works), and not for a client whose handshake was refused."""
+    lib = meshrpc if library == "meshrpc" else Pyro5.api
+    with GatekeeperDaemon(host=HOST) as daemon, serving(daemon):
+        uri = str(daemon.register(meshrpc.expose(Echo), "echo"))
+        refused = lib.Proxy(uri)
+        refused._pyroHandshake = "waffles"
+        with pytest.raises((errors.CommunicationError, Pyro5.errors.CommunicationError)) as denied:
+            refused._pyroBind()
+        assert str(denied.value).endswith(" rejected: wrong secret code, connection refused"), denied.value
+        refused._pyroRelease()
+        with lib.Proxy(uri) as proxy:
+            proxy._pyroHandshake = "pancakes"
+            assert proxy.echo("hi") == "hi"
+            address = proxy._pyroConnection.sock.getsockname()
+        assert daemon.gone.wait(WAIT), "clientDisconnect was not called"
+        assert daemon.left == [address]

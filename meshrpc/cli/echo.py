@@ -1,4 +1,5 @@
-"""`meshrpc echo`: a test server (like Pyro's echo server) with echo, error, slow and generator."""
+"""`meshrpc echo`: a test server with the methods of Pyro5's echo server (Pyro5.utils.echoserver), the
+same results and error texts, and a few parameters of its own (slow(seconds), generator(count))."""
 
 from __future__ import annotations
 
@@ -25,18 +26,39 @@ class EchoServer:
         return message
 
     def error(self) -> None:
-        raise ValueError("this is the error you asked for")
+        raise ValueError("this is the generated error from echoserver echo() method")  # Pyro5's text
 
-    def slow(self, seconds: float = 1.0) -> str:
+    def error_with_text(self) -> None:
+        raise ValueError("the message of the error")
+
+    def slow(self, seconds: float | None = None) -> str:
+        """Pyro5's slow(): 5 s, then its answer; slow(seconds): that long (at most a minute)."""
+        if seconds is None:
+            time.sleep(5)
+            return "Finally, an answer!"
         time.sleep(min(float(seconds), 60.0))
         return "slept %.1f s" % seconds
 
-    def generator(self, count: int = 5) -> Iterator[int]:
-        return iter(range(int(count)))
+    def generator(self, count: int | None = None) -> Iterator[Any]:
+        """Pyro5's generator(): "one", "two", "three"; generator(count): 0 .. count-1."""
+        return iter(("one", "two", "three") if count is None else range(int(count)))
+
+    def nan(self) -> float:
+        return float("nan")
+
+    def inf(self) -> float:
+        return float("inf")
+
+    def __dunder__(self) -> str:
+        return "should be allowed (dunder)"
 
     @oneway
     def oneway_echo(self, message: Any) -> None:
         pass
+
+    @oneway
+    def oneway_slow(self) -> None:
+        time.sleep(5)
 
     @oneway
     def shutdown(self) -> None:

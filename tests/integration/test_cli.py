@@ -252,7 +252,7 @@ def test_call_and_ping_an_echo_server(runner: Runner, echo: Echo) -> None:
     assert text.stdout.startswith(f"{echo.uri}: connected in"), text.describe()
 
     remote_error = runner.run("call", echo.uri, "error")
-    assert_one_line_error(remote_error, 1, "ValueError: this is the error you asked for")
+    assert_one_line_error(remote_error, 1, "ValueError: this is the generated error from echoserver echo() method")
 
 
 # ------------------------------------------------------------------ lookup, list, yplookup on the mesh

@@ -81,7 +81,7 @@ async def drive(url: str, runner: Runner, shots: Any) -> None:
         error = await page.wait_for(
             "(() => { const r = document.querySelector('.result[data-method=\"error\"][data-state=\"error\"]');"
             " return r && r.textContent; })()", 30, "the error result")
-        assert "builtins.ValueError: this is the error you asked for" in error and "remote traceback" in error
+        assert "builtins.ValueError: this is the generated error from echoserver echo() method" in error and "remote traceback" in error
         await page.screenshot(shots / "2-service-page.png")
 
         await page.evaluate("location.hash = '#/'")

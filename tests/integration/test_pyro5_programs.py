@@ -180,3 +180,28 @@ def test_a_refused_handshake_says_the_hooks_words_and_client_disconnect_sees_the
             address = proxy._pyroConnection.sock.getsockname()
         assert daemon.gone.wait(WAIT), "clientDisconnect was not called"
         assert daemon.left == [address]
+
+
+def test_meshrpc_echo_serves_what_pyro5s_echo_server_serves() -> None:
+    """The echoserver example runs against `meshrpc echo` as against `python -m Pyro5.utils.echoserver`:
+    the same results and error texts for what Pyro5's echo object offers."""
+    from Pyro5.utils.echoserver import EchoServer as Pyro5Echo
+
+    from meshrpc.cli.echo import EchoServer
+
+    def answers(uri: str) -> list[str]:
+        seen = []
+        with meshrpc.Proxy(uri) as echo:
+            seen += [repr(echo.echo([1, "two"])), repr(list(echo.generator())), repr(echo.nan()),
+                     repr(echo.inf()), echo.__dunder__()]
+            for method in (echo.error, echo.error_with_text):
+                with pytest.raises(ValueError) as raised:
+                    method()
+                seen.append(str(raised.value))
+            echo.oneway_echo("ignored")
+        return seen
+
+    with Pyro5.api.Daemon(host=HOST) as pyro5_daemon, serving(pyro5_daemon):
+        reference = answers(str(pyro5_daemon.register(Pyro5Echo(), "echo")))
+    with meshrpc.Daemon(host=HOST) as daemon, serving(daemon):
+        assert answers(str(daemon.register(EchoServer(), "echo"))) == reference

@@ -72,8 +72,15 @@ class SendingMessage:
 
     @staticmethod
     def ping(connection: Any) -> None:
-        """Send a PING on a connection (anything with send/recv) and wait for its answer."""
+        """Send a PING on a connection (a meshrpc proxy's `_pyroConnection`, or anything with send/recv
+        of bytes) and wait for its answer; ConnectionClosedError when the connection is gone."""
         message = SendingMessage(MSG_PING, 0, 0, PING_SERIALIZER_ID, b"ping")
+        if hasattr(connection, "send_parts"):  # a meshrpc connection: whole frames in, bytes out
+            connection.send_parts([message.data])
+            answer = connection.recv()
+            if answer.type != MSG_PING:
+                raise ProtocolError(f"invalid message type {answer.type} received (expected {MSG_PING})")
+            return
         connection.send(message.data)
         recv_stub(connection, [MSG_PING])
 

@@ -205,3 +205,21 @@ def test_meshrpc_echo_serves_what_pyro5s_echo_server_serves() -> None:
         reference = answers(str(pyro5_daemon.register(Pyro5Echo(), "echo")))
     with meshrpc.Daemon(host=HOST) as daemon, serving(daemon):
         assert answers(str(daemon.register(EchoServer(), "echo"))) == reference
+
+
+@pytest.mark.parametrize("library", ["meshrpc", "pyro5"])
+def test_protocol_ping_on_a_proxys_connection_answers_and_then_says_it_closed(library: str) -> None:
+    """The disconnects example pings `proxy._pyroConnection` with protocol.SendingMessage.ping before
+    each call, and reconnects on ConnectionClosedError."""
+    import meshrpc.protocol
+    lib = meshrpc if library == "meshrpc" else Pyro5.api
+    with lib.Daemon(host=HOST) as daemon, serving(daemon):
+        uri = str(daemon.register(lib.expose(Thingy), "thingy"))
+        proxy = meshrpc.Proxy(uri)
+        assert proxy.ping() == "pong"
+        meshrpc.protocol.SendingMessage.ping(proxy._pyroConnection)
+        assert proxy.ping() == "pong"  # the connection is still in step
+    if library == "meshrpc":  # (a stopped Pyro5 daemon's worker may still answer its open connection)
+        with pytest.raises(errors.ConnectionClosedError):
+            meshrpc.protocol.SendingMessage.ping(proxy._pyroConnection)
+    proxy._pyroRelease()

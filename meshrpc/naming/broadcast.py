@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from typing import Self
+from typing import Any, Self
 
 from ..errors import CommunicationError
 from ..mesh.net import ipv4_interface_infos
@@ -25,6 +25,9 @@ from .constants import BROADCAST_INTERVAL, BROADCAST_MAX_DATAGRAM, BROADCAST_POL
 log = logging.getLogger("meshrpc.naming")
 
 LOOPBACK_BROADCAST = "127.255.255.255"
+# Pyro5 clients ask "<broadcast>" by default: a responder for an interface listens there too and
+# answers only askers on that interface's networks
+LIMITED_BROADCAST = "255.255.255.255"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _WILDCARDS = {"", "0.0.0.0"}
 
@@ -75,13 +78,21 @@ def _broadcast_for(address: str) -> list[str]:
 
 def responder_addresses(host: str) -> list[str]:
     """Where a responder for a name server bound to host listens: [""] for all interfaces, else the
-    host's IPv4 address and its interface's broadcast address; [] when there is no IPv4 host."""
+    host's IPv4 address, its interface's broadcast address and (not on loopback) the limited broadcast
+    address that Pyro5 clients use; [] when there is no IPv4 host."""
     if host.strip() in _WILDCARDS:
         return [""]
     address = _ipv4_of(host)
     if address is None:
         return []
-    return _dedup([address, *_broadcast_for(address)])
+    limited = [] if ipaddress.IPv4Address(address).is_loopback else [LIMITED_BROADCAST]
+    return _dedup([address, *_broadcast_for(address), *limited])
+
+
+def _networks_of(address: str) -> list[ipaddress.IPv4Network]:
+    """The networks of the interfaces that hold address."""
+    ip = ipaddress.IPv4Address(address)
+    return [iface.network for iface, _ in _interface_networks() if ip in iface.network]
 
 
 def broadcast_targets(host: str) -> list[str]:
@@ -123,6 +134,7 @@ class BroadcastServer:
         self.wildcard = addresses == [""]
         self.sockets: list[socket.socket] = []
         self._closed = False
+        self._poll: Any = None  # fileno()'s epoll over the sockets, made when first asked
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         try:
@@ -142,6 +154,11 @@ class BroadcastServer:
             raise
         self.port = port
         self.addresses = bound
+        # a query to the limited broadcast address may come from any interface: answered only from the
+        # networks of the address served (see _answers)
+        self._limited = next((sock for sock, address in zip(self.sockets, bound) if address == LIMITED_BROADCAST),
+                             None)
+        self._served_networks = _networks_of(addresses[0]) if self._limited is not None else []
         self.locationStr = f"{addresses[0] or '0.0.0.0'}:{port}"
         log.info("name server broadcast responder on %s", ", ".join(f"{a or '0.0.0.0'}:{port}" for a in addresses))
 
@@ -179,13 +196,21 @@ class BroadcastServer:
                     break
                 except OSError:
                     break  # e.g. an ICMP error of an earlier reply, or closed meanwhile
-                if data != BROADCAST_REQUEST:
+                if data != BROADCAST_REQUEST or not self._answers(sock, addr[0]):
                     continue
                 try:
                     sock.sendto(self.reply_for(addr[0]), addr)
                     log.debug("answered GET_NSURI from %s", addr[0])
                 except OSError as exc:
                     log.debug("cannot answer %s: %s", addr, exc)
+
+    def _answers(self, sock: socket.socket, peer: str) -> bool:
+        if sock is not self._limited:
+            return True
+        try:
+            return any(ipaddress.IPv4Address(peer) in network for network in self._served_networks)
+        except ValueError:
+            return False
 
     def run_in_thread(self) -> threading.Thread:
         """Answer queries from a daemon thread until close()."""
@@ -217,6 +242,8 @@ class BroadcastServer:
             thread.join(BROADCAST_POLL + 1)
         for sock in self.sockets:
             sock.close()
+        if self._poll is not None:
+            self._poll.close()
         self._wake_r.close()
         self._wake_w.close()
 
@@ -233,7 +260,16 @@ class BroadcastServer:
         return self.sockets[0]
 
     def fileno(self) -> int:
-        return self.sockets[0].fileno()
+        """For select(): with several responder sockets, an epoll descriptor that is readable while any
+        of them is (Linux), so a loop that selects on the server itself (as Pyro5 programs do) and then
+        calls processRequest() hears queries on every address; else the main socket."""
+        if len(self.sockets) == 1 or not hasattr(select, "epoll"):
+            return self.sockets[0].fileno()
+        if self._poll is None:
+            self._poll = select.epoll()
+            for sock in self.sockets:
+                self._poll.register(sock.fileno(), select.EPOLLIN)
+        return self._poll.fileno()
 
     def getPort(self) -> int:
         return self.port

@@ -332,8 +332,13 @@ class Daemon:
         parts = [self, *self._combined]
         try:
             while not self._closed and not self._connection_server.stop_requested and loopCondition():
-                owners = {sock: part for part in parts for sock in part.sockets}
-                readable, _, _ = select.select(list(owners), [], [], self.settings.POLLTIMEOUT)
+                owners = {sock: part for part in parts for sock in part.sockets if sock.fileno() >= 0}
+                try:
+                    readable, _, _ = select.select(list(owners), [], [], self.settings.POLLTIMEOUT)
+                except (OSError, ValueError):
+                    if all(sock.fileno() >= 0 for sock in owners):
+                        raise
+                    continue  # a worker let a connection go meanwhile: look again at what is open now
                 for part in parts:
                     part.events([sock for sock in readable if owners[sock] is part])
         finally:

@@ -223,3 +223,57 @@ def test_protocol_ping_on_a_proxys_connection_answers_and_then_says_it_closed(li
         with pytest.raises(errors.ConnectionClosedError):
             meshrpc.protocol.SendingMessage.ping(proxy._pyroConnection)
     proxy._pyroRelease()
+
+
+COMBINED_SERVER = """
+import meshrpc
+settings = meshrpc.config.copy(SERVERTYPE="multiplex", HOST="127.0.0.1")
+with meshrpc.Daemon(settings=settings) as main, meshrpc.Daemon(settings=settings) as other:
+    main.combine(other)
+    print(other.register(meshrpc.expose(type("Thing", (), {"ping": lambda self: "pong"})), "thing"), flush=True)
+    main.requestLoop()
+print("done", flush=True)
+"""
+
+
+def test_sigterm_ends_a_combined_request_loop_cleanly() -> None:
+    """The eventloop example (multiplexed): one daemon's requestLoop serves another combined with it;
+    SIGTERM while it waits in select ends it (the daemons close) without an error."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    server = subprocess.Popen([sys.executable, "-c", COMBINED_SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        uri = server.stdout.readline().strip()  # bounded by the test's timeout
+        with Pyro5.api.Proxy(uri) as proxy:
+            assert proxy.ping() == "pong"
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=WAIT)
+    finally:
+        if server.poll() is None:
+            server.kill()  # our own child, by its handle
+            server.wait(WAIT)
+    assert server.returncode == 0 and out.strip() == "done", err
+
+
+def test_a_select_loop_on_the_broadcast_server_hears_queries_on_each_of_its_addresses() -> None:
+    """The eventloop example (threads) selects on the BroadcastServer object itself and calls
+    processRequest(): a query sent to its broadcast address (not its first socket) must wake it."""
+    import select
+    import socket
+
+    from meshrpc.naming.broadcast import BroadcastServer
+
+    with BroadcastServer(f"PYRO:Pyro.NameServer@{HOST}:9090", HOST, 0) as responder:
+        assert len(responder.sockets) > 1, responder.addresses
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as asker:
+            asker.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            asker.settimeout(WAIT)
+            asker.sendto(b"GET_NSURI", (responder.addresses[-1], responder.port))
+            readable, _, _ = select.select([responder], [], [], WAIT)
+            assert readable == [responder], "select() on the broadcast server did not wake"
+            responder.processRequest()
+            assert asker.recvfrom(1000)[0] == f"PYRO:Pyro.NameServer@{HOST}:9090".encode()

@@ -98,3 +98,30 @@ def test_client_without_multicast_resolves_mesh_service_through_bridging_name_se
     assert result["answer"] == "served on h1"
     assert f"@{h1.address}:" in result["target"]
     assert result["mesh_knows"] == [], "h3's own registry must not have heard the mesh (multicast does not route)"
+
+
+PYRO5_LOCATE = textwrap.dedent("""
+    import Pyro5.api
+    with Pyro5.api.locate_ns() as ns:
+        print(ns._pyroUri, flush=True)
+""")
+
+
+def test_a_pyro5_client_on_the_lan_finds_a_meshrpc_name_server_by_its_default_broadcast(lab):
+    """Pyro5 clients locate a name server by broadcasting to 255.255.255.255 ("<broadcast>"): a meshrpc
+    name server serving its LAN address answers them (and only askers on that LAN)."""
+    h1, h2, _ = lab.hosts
+    realm = "lab-" + uuid.uuid4().hex[:10]
+    ns = h1.popen([sys.executable, "-m", "meshrpc", "ns", "--host", h1.address, "--port", "9090", "--bcport", "9091",
+                   "--json"], stdout=subprocess.PIPE, text=True, env={**_env(realm), "MESHRPC_HOST": h1.address})
+    try:
+        _wait_line(ns, "{")
+        # a LAN host with a default route (where "<broadcast>" leaves), Pyro5's settings untouched
+        h2.run(["ip", "route", "add", "default", "dev", h2.interface], check=True, capture_output=True)
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("PYRO_", "MESHRPC_"))}
+        client = h2.run([sys.executable, "-c", PYRO5_LOCATE], capture_output=True, text=True, timeout=60, env=env)
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.strip() == f"PYRO:Pyro.NameServer@{h1.address}:9090"
+    finally:
+        ns.terminate()
+        ns.wait(10)

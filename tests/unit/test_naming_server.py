@@ -223,7 +223,9 @@ def test_broadcast_addresses_follow_the_interface(monkeypatch: pytest.MonkeyPatc
             (ipaddress.IPv4Interface("10.1.2.3/24"), "10.1.2.255"),
             (ipaddress.IPv4Interface("172.16.0.9/16"), None)]  # e.g. a point-to-point link
     monkeypatch.setattr(broadcast, "_interface_networks", lambda: fake)
-    assert broadcast.responder_addresses("10.1.2.3") == ["10.1.2.3", "10.1.2.255"]
+    # and the limited broadcast address, where Pyro5 clients ask by default
+    assert broadcast.responder_addresses("10.1.2.3") == ["10.1.2.3", "10.1.2.255", "255.255.255.255"]
+    assert broadcast._networks_of("10.1.2.3") == [ipaddress.IPv4Network("10.1.2.0/24")]
     assert broadcast.broadcast_targets("10.1.2.3") == ["10.1.2.3", "10.1.2.255"]
     assert broadcast.broadcast_targets("10.1.2.77") == ["10.1.2.77", "10.1.2.255"]  # a peer on that LAN
     assert broadcast.broadcast_targets("172.16.0.9") == ["172.16.0.9"]

@@ -51,7 +51,7 @@ from zeroconf import (
 from ..config import Settings
 from ..errors import NamingError
 from . import net, records
-from .oneshot import OneShotAsker
+from .oneshot import MDNS_GROUP, ONE_SHOT_RCVBUF, OneShotAsker
 from .records import Entry, Heartbeat
 
 if TYPE_CHECKING:
@@ -81,9 +81,7 @@ _INDEX_TTL = 120                        # s: index pages are fetched on demand, 
 # to port 5353, which the kernel hands to just one of the host's mDNS sockets (SO_REUSEPORT: other
 # meshrpc processes, avahi), and its later queries are answered by multicast, which a responder
 # holds back for up to 1 s after it last multicast the same records.
-_MDNS_GROUP = ("224.0.0.251", 5353)
 _ONE_SHOT_LISTEN = 1.0                  # seconds the one-shot sockets wait for unicast answers
-_ONE_SHOT_RCVBUF = 1 << 20              # a burst of answers from many responders must fit
 _SUFFIX = "." + records.SERVICE_TYPE.lower()
 _STOP = object()
 
@@ -527,7 +525,7 @@ class Discovery:
                     continue
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _ONE_SHOT_RCVBUF)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ONE_SHOT_RCVBUF)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
                     sock.bind((address, 0))      # this interface only, an ephemeral port
@@ -537,7 +535,7 @@ class Discovery:
                     out = DNSOutgoing(_FLAGS_QUERY, False, query_ids[sock])
                     out.add_question(DNSQuestion(records.SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
                     for packet in out.packets():
-                        sock.sendto(packet, _MDNS_GROUP)
+                        sock.sendto(packet, MDNS_GROUP)
                 except OSError as exc:
                     log.debug("mesh: one-shot query on %s failed: %s", address, exc)
                     sock.close()
@@ -557,7 +555,7 @@ class Discovery:
                         data, source = sock.recvfrom(9000)
                     except OSError:
                         continue
-                    if source[1] != _MDNS_GROUP[1]:
+                    if source[1] != MDNS_GROUP[1]:
                         continue                 # RFC 6762 11: mDNS answers come from port 5353
                     message = DNSIncoming(data, source)
                     if message.valid and message.is_response() and message.id == query_ids[sock]:

@@ -24,7 +24,7 @@ log = logging.getLogger("meshrpc.mesh")
 
 MDNS_GROUP = ("224.0.0.251", 5353)
 _FLAGS_QUERY = 0
-_RCVBUF = 1 << 20                     # a burst of answers from many responders must fit
+ONE_SHOT_RCVBUF = 1 << 20             # a burst of answers from many responders must fit
 _RECENT_IDS = 256                     # answers carry the id of a question we asked lately
 
 
@@ -71,7 +71,7 @@ class OneShotAsker:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 sock.setblocking(False)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ONE_SHOT_RCVBUF)
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
                 sock.bind((address, 0))       # this interface only, an ephemeral port

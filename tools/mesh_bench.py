@@ -602,7 +602,8 @@ def _lossy_run(netlab: Any, daemons: int, objects: int, loss: float, delay: tupl
 
 
 def measure_traffic(hosts: int, objects: int, seconds: float, progress: Callable[[str], None],
-                    loss: float = 0.0, delay: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
+                    loss: float = 0.0, delay: tuple[float, float] = (0.0, 0.0),
+                    settings: dict[str, str] | None = None) -> dict[str, Any]:
     """Steady-state discovery traffic: HOSTS daemons with OBJECTS objects each and one browsing
     registry (on a clean LAN unless LOSS/DELAY); after everything is visible (and a settling time),
     the frames and bytes each host sends during SECONDS, from the kernel's interface counters."""
@@ -614,7 +615,7 @@ def measure_traffic(hosts: int, objects: int, seconds: float, progress: Callable
             for host in lab.hosts:
                 host.set_loss(loss, delay_ms=delay, direction="egress")
         try:
-            env = _env("bench-t-" + uuid.uuid4().hex[:8])
+            env = _env("bench-t-" + uuid.uuid4().hex[:8], settings)
             observer = _start_observer(browser_host, env, agents)
             for host in lab.hosts[:-1]:
                 agents.append(Agent(host, PUBLISHER, {"prefix": f"bench.t.{host.name}", "objects": objects}, env))
@@ -640,6 +641,7 @@ def measure_traffic(hosts: int, objects: int, seconds: float, progress: Callable
         return round((after[name][key] - before[name][key]) / seconds, 2)
     daemons = [h.name for h in lab.hosts[:-1]]
     return {"hosts": hosts, "objects_per_host": objects, "seconds": seconds, "loss_percent": loss,
+            "settings": settings or {},
             "daemon_tx_packets_per_s": [rate(n, "tx_packets") for n in daemons],
             "daemon_tx_bytes_per_s": [rate(n, "tx_bytes") for n in daemons],
             "browser_tx_packets_per_s": rate(browser_host.name, "tx_packets"),
@@ -692,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="lossy: runs (a fresh lab each)")
     parser.add_argument("--seed", type=int, default=1, help="lossy: seed of the first run")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="lossy: a meshrpc setting for every lab process (MESHRPC_NAME), repeatable")
+                        help="lossy, traffic: a meshrpc setting for every lab process (MESHRPC_NAME), "
+                             "repeatable")
     args = parser.parse_args(argv)
     if args.hosts < 2 or args.objects < 1 or args.repeat < 1:
         parser.error("need --hosts >= 2, --objects >= 1, --repeat >= 1")
@@ -710,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         traffic = measure_traffic(args.hosts, args.objects, args.traffic,
                                   (lambda _: None) if quiet else (lambda text: print(f"... {text}", file=sys.stderr, flush=True)),
                                   args.loss if args.lossy_traffic else 0.0,
-                                  (float(low), float(high or low)) if args.lossy_traffic else (0.0, 0.0))
+                                  (float(low), float(high or low)) if args.lossy_traffic else (0.0, 0.0),
+                                  dict(item.split("=", 1) for item in args.setting))
         print(json.dumps(traffic, indent=2))
         return 0
     results = measure(args.hosts, args.objects, args.repeat,

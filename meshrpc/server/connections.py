@@ -43,7 +43,9 @@ log = logging.getLogger("meshrpc.server")
 
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between stream expiry sweeps
 SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may have asked for the shutdown)
-SHUTDOWN_DRAIN_MIN = 0.05  # seconds a stopping request loop answers late requests at least (some are on the way)
+# seconds a stopping request loop answers late requests at least (some are on the way), counted from the
+# stop and from the last answer of a call in progress (its client may call again at once)
+SHUTDOWN_DRAIN_MIN = 0.05
 
 
 class ClientConnection(FramedConnection):
@@ -115,6 +117,8 @@ class ConnectionServer:
         self._next_housekeeping = 0.0
         self._calls_lock = threading.Lock()
         self._calls_in_progress = 0
+        self._answered_while_stopping = 0.0  # monotonic time a call in progress at the stop answered
+        self._serving = 0  # workers serving a connection now: spinning pays only for a lone one
         self._server_spin = settings.SERVER_SPIN
         # --- security: the plaintext warning, and the thread that enforces HANDSHAKE_TIMEOUT/IDLE_TIMEOUT
         if not unixsocket and tls_context is None and not settings.KEY:
@@ -345,6 +349,16 @@ class ConnectionServer:
         linger_ms = self.settings.WORKER_LINGER * 1000
         protocol = conn.protocol
         pool = self._pool
+        with self._calls_lock:
+            self._serving += 1
+        try:
+            self._serve_requests(conn, protocol, pool, linger_ms)
+        finally:
+            with self._calls_lock:
+                self._serving -= 1
+
+    def _serve_requests(self, conn: ClientConnection, protocol: ServerSession, pool: WorkerPool,
+                        linger_ms: float) -> None:
         try:
             while True:
                 # the key proof needs the time, and only before the handshake
@@ -361,7 +375,9 @@ class ConnectionServer:
                 if pool.backlog():  # other connections are waiting for a worker: take turns
                     self._hand_back(conn)
                     return
-                if self._server_spin and not self._calls_in_progress and conn.try_fill():
+                # spin only while this is the one connection being served: with others, a spinning
+                # worker takes the GIL and a core from their requests
+                if self._server_spin and self._serving == 1 and not self._calls_in_progress and conn.try_fill():
                     continue  # the next request came quickly: no sleep, no wake-up
                 # idle: keep watching for WORKER_LINGER, unless other connections wait for a worker
                 if not self._linger(conn, linger_ms):
@@ -431,6 +447,8 @@ class ConnectionServer:
             finally:
                 with self._calls_lock:
                     self._calls_in_progress -= 1
+                if self._stop.is_set():  # the drain answers "not run" for a while after this answer
+                    self._answered_while_stopping = time.monotonic()
         elif event.type == wire.MSG_PING:
             conn.send_parts(conn.protocol.pong(event))
         else:
@@ -564,7 +582,8 @@ class ConnectionServer:
     def _drain(self, selector: Any) -> None:
         """The request loop was stopped: shut down without losing a call. New connections are refused;
         calls in progress finish and reply; requests that still come are answered "not run" (see
-        _refuse_not_run) while the goodbyes go out. close() then drops the connections left."""
+        _refuse_not_run) while the goodbyes go out, and for SHUTDOWN_DRAIN_MIN after the stop and after
+        the last answer. close() then drops the connections left."""
         with self._calls_lock:
             pass  # a barrier: every call that was let in before the stop is counted from here on
         try:
@@ -576,8 +595,9 @@ class ConnectionServer:
         withdrawing.start()
         started = time.monotonic()
         deadline = started + SHUTDOWN_GRACE
-        while time.monotonic() < deadline and (withdrawing.is_alive() or self._calls_in_progress
-                                                or time.monotonic() - started < SHUTDOWN_DRAIN_MIN):
+        while time.monotonic() < deadline and (
+                withdrawing.is_alive() or self._calls_in_progress
+                or time.monotonic() - max(started, self._answered_while_stopping) < SHUTDOWN_DRAIN_MIN):
             ready = selector.select(0.01)
             self.events([key.fileobj for key, _ in ready])  # type: ignore[misc]
         withdrawing.join(max(0.0, deadline - time.monotonic()))

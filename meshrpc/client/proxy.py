@@ -255,15 +255,18 @@ class Proxy:
     def __locked(self) -> Iterator[None]:
         """The proxy's lock, waited for at most the proxy's timeout: a call of another thread that
         hangs on a shared proxy gives this one a NotSentTimeoutError (a TimeoutError) instead of a hang."""
+        self.__acquire()
+        try:
+            yield
+        finally:
+            self._pyroLock.release()
+
+    def __acquire(self) -> None:
         timeout = self.__pyroTimeout
         if not self._pyroLock.acquire(timeout=timeout if timeout else -1):
             raise errors.NotSentTimeoutError(f"the proxy for {self._pyroUri} was busy with another thread's call "
                                              f"for longer than its timeout ({timeout:g} s); use a proxy per "
                                              "thread (copy.copy(proxy)) for calls that may take long")
-        try:
-            yield
-        finally:
-            self._pyroLock.release()
 
     def _pyroReconnect(self, tries: int = 100000000) -> None:
         """Drop the connection and connect again, trying `tries` times (RECONNECT_PAUSE apart)."""
@@ -424,9 +427,19 @@ class Proxy:
         Recovery (docs/resilience.md): a call that certainly did not reach a daemon is retried, for
         PYRONAME/PYROMETA proxies on a freshly resolved provider, until REBIND_TIMEOUT; a call that may
         have reached one is re-sent only when the method is idempotent or `_pyroMaxRetries` allows it."""
-        with self.__locked():
-            return self.__recovering(lambda: self.__invoke_once(methodname, vargs, kwargs, flags, object_id),
-                                     methodname)
+        # the hot path, spelled out: no context manager, no closure until an attempt fails
+        self.__acquire()
+        try:
+            refuse_in_running_loop("meshrpc.Proxy")
+            started = time.monotonic()
+            try:
+                return self.__invoke_once(methodname, vargs, kwargs, flags, object_id)
+            except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+                failure: BaseException = exc
+            return self.__recover(lambda: self.__invoke_once(methodname, vargs, kwargs, flags, object_id),
+                                  methodname, started, failure)
+        finally:
+            self._pyroLock.release()
 
     def __recovering(self, attempt: Callable[[], Any], methodname: str) -> Any:
         """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md
@@ -437,6 +450,11 @@ class Proxy:
             return attempt()  # the common case: no recovery state to build
         except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
             failure: BaseException = exc
+        return self.__recover(attempt, methodname, started, failure)
+
+    def __recover(self, attempt: Callable[[], Any], methodname: str, started: float,
+                  failure: BaseException) -> Any:
+        """After `attempt` failed with `failure`: retry, pause or raise, as recovery.Recovery says."""
         recovery = Recovery(self._pyroSettings, methodname, locator=self._pyroLocator,
                             idempotent=methodname in self._pyroIdempotent, max_retries=self._pyroMaxRetries,
                             started=started, connect_cap=self.__pyroTimeout, known=self.__known,
@@ -484,9 +502,9 @@ class Proxy:
         if self._pyroSerializer is not None:
             self._pyroSerializerObject()  # an unusable override is refused before anything else
         conn = self._pyroConnection
-        if conn is not None and conn.poller.poll(0):
-            # an idle connection that is readable was closed by the daemon (or is out of step):
-            # replace it before sending, so the call certainly is not lost
+        if conn is not None and conn.peer_closed():
+            # the daemon closed the idle connection (or crashed): replace it before sending, so the
+            # call certainly is not lost
             raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
                                 suspect=False)
         if conn is None:
@@ -498,11 +516,18 @@ class Proxy:
         corr = state.correlation_id
         if corr is FRESH_ID:  # inside a server call that came without one: its fresh id, as in Pyro5
             corr = current_context.correlation_bytes
+        cls = type(self)
+        # the hooks' defaults are taken straight from the call context (a subclass may override them)
+        annotations = (state.annotations if cls._pyroAnnotations is _DEFAULT_ANNOTATIONS
+                       else self._pyroAnnotations())
         request = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
-                                       self._pyroAnnotations(), corr)
-        seq = self._pyroSeq = session.last_seq
+                                       annotations, corr)
+        attrs = self.__dict__  # plain attributes: written without the remote-attribute __setattr__ (hot path)
+        seq = attrs["_pyroSeq"] = session.last_seq
         limit = self._pyroSettings.MAX_MESSAGE_SIZE  # read now: a program may have changed it since connecting
-        if limit and sum(memoryview(part).nbytes for part in request) > limit + wire.HEADER_SIZE:
+        # (the session checked the limit it was made with: only a changed one is checked again here)
+        if (limit != session.max_size and limit
+                and sum(memoryview(part).nbytes for part in request) > limit + wire.HEADER_SIZE):
             session.abandon(seq)
             self.__close_connection()  # nothing was sent: certainly not delivered
             raise errors.MessageTooLargeError(f"the call of {methodname} is larger than MAX_MESSAGE_SIZE "
@@ -531,7 +556,8 @@ class Proxy:
         # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
         blobs = None if raw else session.take_blobs(reply)
         state.response_annotations = reply.annotations
-        self._pyroResponseAnnotations(reply.annotations, reply.type)
+        if cls._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
+            self._pyroResponseAnnotations(reply.annotations, reply.type)
         if raw:
             return reply
         value = session.reply_value(reply, blobs)
@@ -542,6 +568,10 @@ class Proxy:
     def _pyroInvokeBatch(self, calls: list[tuple[str, tuple, dict]], oneway: bool = False) -> Any:
         flags = wire.FLAG_BATCH | (wire.FLAG_ONEWAY if oneway else 0)
         return self._pyroInvoke(BATCH_METHOD, calls, None, flags)
+
+
+_DEFAULT_ANNOTATIONS = Proxy._pyroAnnotations
+_DEFAULT_RESPONSE_ANNOTATIONS = Proxy._pyroResponseAnnotations
 
 
 class StreamResultIterator:

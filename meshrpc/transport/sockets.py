@@ -24,6 +24,7 @@ log = logging.getLogger("meshrpc.transport")
 # a buffer of its own (wire.frame.FrameReader.receive_buffer), which is filled with recv_into
 RECV_CHUNK = 64 * 1024
 RECV_MAX = 256 * 1024
+_TCP_ESTABLISHED = 1  # tcpi_state, the first byte of Linux's TCP_INFO
 
 
 def is_ipv6(host: str) -> bool:
@@ -157,6 +158,20 @@ class FramedConnection:
             self.tls = TLSChannel(sock)  # type: ignore[arg-type]
             self._recv, self._sendall = self.tls.recv, self.tls.sendall
         self.last_active = time.monotonic()
+        # a plain TCP connection's liveness is its TCP state (peer_closed)
+        self._tcp_state = (self.tls is None and hasattr(socket, "TCP_INFO")
+                           and sock.family in (socket.AF_INET, socket.AF_INET6))
+
+    def peer_closed(self) -> bool:
+        """Whether the peer closed this idle connection: a proxy asks before it sends a call on it. On
+        plain TCP the kernel's TCP state says it without letting go of the GIL (poll() lets go: with
+        many client threads, a hand-over to another thread per call); otherwise: readable when idle."""
+        if self._tcp_state:
+            try:
+                return self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+            except OSError:
+                return True
+        return bool(self.poller.poll(0))
 
     def send(self, frame: wire.Frame) -> None:
         self.send_parts(wire.encode_parts(frame, compress_min=self.compress_min, max_size=self.max_size))
@@ -188,6 +203,8 @@ class FramedConnection:
         """The protocol session's next event, reading (and blocking, within the socket's timeout)
         until there is one."""
         protocol = self.protocol
+        if not self.reader.buffered:  # nothing read ahead (the usual case): no frame before a read
+            self.fill()
         event = protocol.next_event()
         while event is NEED_DATA:
             self.fill()
@@ -217,7 +234,7 @@ class FramedConnection:
         if into is not None:  # the rest of a large frame: straight into its buffer, no copies
             self._read_into(into)
             return
-        if not spin:
+        if not spin or not self.spin_wait:  # never spins (SPIN_WAIT 0): not counted among the waiters
             data = self._read(self._read_size())
         else:
             with _waiters as waiting:

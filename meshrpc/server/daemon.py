@@ -289,6 +289,12 @@ class Daemon:
     def sock(self) -> socket.socket:
         return self._listener
 
+    @property
+    def transportServer(self) -> "Daemon":
+        """Pyro5's socket-server object: here the daemon plays that part itself (`sock`, `sockets`,
+        `locationStr`, `events`), e.g. `daemon.transportServer.sock.getsockname()`."""
+        return self
+
     # ------------------------------------------------------------------ dispatch (server/dispatch.py)
     def _run(self, conn: Any, frame: Any, call: tuple) -> tuple[int, Any]:
         """Run one call (or a batch): (reply flags, result or exception)."""

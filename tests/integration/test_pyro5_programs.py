@@ -277,3 +277,9 @@ def test_a_select_loop_on_the_broadcast_server_hears_queries_on_each_of_its_addr
             assert readable == [responder], "select() on the broadcast server did not wake"
             responder.processRequest()
             assert asker.recvfrom(1000)[0] == f"PYRO:Pyro.NameServer@{HOST}:9090".encode()
+
+
+def test_transport_server_gives_the_listening_socket() -> None:
+    """The filetransfer example binds its blob socket next to `self.transportServer.sock`."""
+    with meshrpc.Daemon(host=HOST) as daemon:
+        assert daemon.transportServer.sock.getsockname() == (HOST, int(daemon.locationStr.rsplit(":", 1)[1]))

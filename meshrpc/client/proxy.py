@@ -400,6 +400,7 @@ class Proxy:
                     raise errors.SecurityError(f"connection to {target} rejected: {reason}"
                                                + ("" if settings.KEY else " (this proxy has no MESHRPC_KEY)"))
                 raise CommunicationError(f"connection to {target} rejected: {reason}")
+            conn.objectId = target.object  # Pyro5's connection attribute (programs print it)
             self._pyroConnection = conn  # the hook may look at it (e.g. _pyroConnection.getpeercert())
             self._pyroValidateHandshake(event.handshake)
             self._pyroProcessMetadata(event.metadata)

@@ -52,6 +52,7 @@ def test_a_proxy_calls_remote_dunder_methods_and_says_pyro5s_text_for_private_na
         uri = str(daemon.register(lib.expose(Thingy), "thingy"))
         with meshrpc.Proxy(uri) as proxy:
             assert proxy.__dunder__() == "yep"
+            assert proxy._pyroConnection.objectId == "thingy"  # distributed-computing3 prints it
             for private in ("__value", "_value"):
                 with pytest.raises(AttributeError) as refused:
                     getattr(proxy, private)

@@ -10,10 +10,11 @@ Cases (``--cases``, comma separated):
 
   sequential  one call after the other: aio proxy -> aio daemon (async def, plain, and plain marked
               meshrpc.aio.nonblocking), threaded proxy -> threaded daemon, and the two crossed (the
-              proxies compared on one server: aio vs threaded proxy -> threaded daemon, the threaded
-              proxy also without its spin-wait, as an event loop never spins)
+              proxies compared on one server: aio vs threaded proxy -> threaded daemon, each also
+              without its spin-wait, SPIN_WAIT=0)
   pipelined   N concurrent awaits on one aio proxy (aio daemon; then a Pyro5 daemon, serialized):
-              calls/s, errors, p50/p99 latency, and the ratio to the sequential rate; once as one
+              calls/s, errors, p50/p99 latency, and the ratio to the sequential rate (with the
+              proxy's spin, as by default, and without it); once as one
               burst of N, once kept in flight (N tasks each awaiting --each calls in turn)
   idle        N idle connected clients held by an aio daemon and by a threaded daemon: memory per
               connection (the server's RSS growth / N)
@@ -169,11 +170,13 @@ class Meter:
                 "cpu_us_per_call": round(cpu / self.calls * 1e6, 1), **extra}
 
 
-def aio_sequential(server: Server, method: str, calls: int) -> dict[str, Any]:
+def aio_sequential(server: Server, method: str, calls: int, spin: bool = True) -> dict[str, Any]:
     import meshrpc.aio
+    from meshrpc.config import config
+    settings = config if spin else config.copy(SPIN_WAIT=0.0)
 
     async def main() -> dict[str, Any]:
-        async with meshrpc.aio.Proxy(server.uri) as proxy:
+        async with meshrpc.aio.Proxy(server.uri, settings=settings) as proxy:
             call = getattr(proxy, method)
             for _ in range(50):
                 await call(1)
@@ -209,6 +212,8 @@ def case_sequential(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             for label, server, client, method in (
                     ("aio proxy -> aio daemon, async def", aio_server, aio_sequential, "aecho"),
+                    ("aio proxy without spinning (SPIN_WAIT=0) -> aio daemon, async def", aio_server,
+                     lambda server, method, calls: aio_sequential(server, method, calls, spin=False), "aecho"),
                     ("aio proxy -> aio daemon, plain method", aio_server, aio_sequential, "echo"),
                     ("aio proxy -> aio daemon, plain method marked nonblocking", aio_server, aio_sequential,
                      "fecho"),
@@ -216,6 +221,8 @@ def case_sequential(args: argparse.Namespace) -> dict[str, Any]:
                     ("threaded proxy without spinning (SPIN_WAIT=0) -> threaded daemon", threaded_server,
                      lambda server, method, calls: threaded_sequential(server, method, calls, spin=False), "echo"),
                     ("aio proxy -> threaded daemon", threaded_server, aio_sequential, "echo"),
+                    ("aio proxy without spinning (SPIN_WAIT=0) -> threaded daemon", threaded_server,
+                     lambda server, method, calls: aio_sequential(server, method, calls, spin=False), "echo"),
                     ("threaded proxy -> aio daemon, async def", aio_server, threaded_sequential, "aecho")):
                 rounds.setdefault(label, []).append(client(server, method, args.calls))
     out = {label: {"calls": runs[0]["calls"], "rounds": len(runs),
@@ -291,11 +298,13 @@ def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     n = args.concurrency
     seq_label, conc_label = "sequential, aio daemon", f"{n} concurrent, aio daemon"
+    nospin_label = "sequential, aio daemon, proxy without spinning (SPIN_WAIT=0)"
     kept_label = f"{n} concurrent, kept in flight ({n} tasks x {args.each} awaits each), aio daemon"
     with Server("aio") as server:
-        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], conc_label: [], kept_label: []}
+        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], nospin_label: [], conc_label: [], kept_label: []}
         for _ in range(args.rounds):
             rounds[seq_label].append(aio_sequential(server, "aecho", args.calls))
+            rounds[nospin_label].append(aio_sequential(server, "aecho", args.calls, spin=False))
             rounds[conc_label].append(pipelined(server, "aecho", n))
             rounds[kept_label].append(sustained(server, "aecho", n, args.each))
         for label, runs in rounds.items():
@@ -306,6 +315,9 @@ def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
         out["ratio to sequential"] = round(out[conc_label]["calls_per_s"] / out[seq_label]["calls_per_s"], 2)
         out["ratio to sequential, kept in flight"] = round(out[kept_label]["calls_per_s"]
                                                           / out[seq_label]["calls_per_s"], 2)
+        for label, key in ((conc_label, "ratio to sequential without spinning"),
+                           (kept_label, "ratio to sequential without spinning, kept in flight")):
+            out[key] = round(out[label]["calls_per_s"] / out[nospin_label]["calls_per_s"], 2)
     try:
         with Server("pyro5") as server:
             out["sequential, Pyro5 daemon"] = aio_sequential(server, "echo", n)

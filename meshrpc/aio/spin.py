@@ -40,7 +40,6 @@ class LoopSpin:
         self.gate = gate
         self._select: Callable[[float], list] = loop._selector.select  # type: ignore[attr-defined]
         self._ready: collections.deque = loop._ready  # type: ignore[attr-defined]
-        self._scheduled: list = loop._scheduled  # type: ignore[attr-defined]
         self._other_ready = False  # the last poll saw another file descriptor ready
 
     @classmethod
@@ -48,7 +47,7 @@ class LoopSpin:
                       settings: Settings) -> "LoopSpin | None":
         """The spin for a connection's transport, or None: spinning is off (SPIN_WAIT=0, one core) or
         the loop is not one whose idleness can be seen (not a selector event loop)."""
-        if not settings.SPIN_WAIT or single_core():
+        if not settings.SPIN_WAIT or single_core() or not hasattr(os, "readv"):
             return None
         if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
             return None
@@ -65,8 +64,9 @@ class LoopSpin:
         """Nothing else for the loop to do right now, as far as can be seen without polling."""
         if self._ready:
             return False
-        scheduled = self._scheduled
-        return not scheduled or scheduled[0].when() > self.loop.time()
+        loop = self.loop
+        scheduled = loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces the list
+        return not scheduled or scheduled[0].when() > loop.time()
 
     def _mine_readable(self) -> bool:
         mine = other = False

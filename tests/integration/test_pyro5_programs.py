@@ -129,7 +129,7 @@ def test_a_name_only_a_pyro5_name_server_knows_resolves_without_waiting_the_look
     RESOLVE_PREFER_WAIT, not after the mesh's whole LOOKUP_TIMEOUT."""
     ns_location = pyro5_name_server.rsplit("@", 1)[1]
     settings = meshrpc.config.copy(REALM=realm, NS_HOST=HOST, NS_PORT=int(ns_location.rsplit(":", 1)[1]),
-                                   LOOKUP_TIMEOUT=5.0)
+                                   LOOKUP_TIMEOUT=8.0)
     with Pyro5.api.Daemon(host=HOST) as daemon, serving(daemon):
         uri = daemon.register(Pyro5.api.expose(Thingy), "thingy")
         with Pyro5.api.Proxy(pyro5_name_server) as ns:
@@ -138,7 +138,7 @@ def test_a_name_only_a_pyro5_name_server_knows_resolves_without_waiting_the_look
         with meshrpc.Proxy("PYRONAME:example.only.in.ns", settings=settings) as proxy:
             assert proxy.ping() == "pong"
         took = time.monotonic() - started
-        assert took < 2.0, f"resolving took {took:.1f} s: it waited for the mesh's LOOKUP_TIMEOUT (5 s)"
+        assert took < 5.0, f"resolving took {took:.1f} s: it waited for the mesh's LOOKUP_TIMEOUT (8 s)"
         with pytest.raises(errors.UnknownNameError):  # an unknown name still waits for every source
             meshrpc.Proxy("PYRONAME:example.nowhere", settings=settings.copy(LOOKUP_TIMEOUT=1.0))._pyroBind()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import uuid
 from typing import Any, Callable, Iterator
@@ -9,6 +10,12 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import meshrpc
+
+# Tests stop their child programs with Ctrl-C (SIGINT). A shell that starts the suite in the background
+# (`cmd &` without job control) hands it SIGINT ignored, and children inherit that: they would never
+# stop. Children of a process with a handler get the default action, so take one here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class RunningDaemon:

@@ -113,6 +113,8 @@ def normalized(output: str) -> list[str]:
         for pattern, replacement in MASKS:
             line = pattern.sub(replacement, line)
         lines.append(line.rstrip())
+    while lines and not lines[-1]:
+        lines.pop()  # a server stopped while printing its banner can leave a bare newline behind
     return lines
 
 

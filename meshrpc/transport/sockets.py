@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA
-from .spin import SpinGate, others_waiting as _others_waiting, single_core as _single_core, waiters as _waiters
+from .spin import SpinGate, others_waiting, single_core, waiters
 
 log = logging.getLogger("meshrpc.transport")
 
@@ -141,7 +141,7 @@ class FramedConnection:
         # well within that; a sleeping thread costs a scheduler wake-up (tens of microseconds) per reply
         # (spin_gate: a gate built from Settings, SpinGate.from_settings; it replaces spin_wait)
         self.spin_gate = spin_gate if spin_gate is not None else SpinGate(spin_wait)
-        if _single_core():
+        if single_core():
             self.spin_gate.spin_wait = 0.0
         self.spin_wait = self.spin_gate.spin_wait
         self.poller = select.poll()
@@ -224,7 +224,7 @@ class FramedConnection:
         """Poll without sleeping for up to spin_wait (when worthwhile); True when data was read."""
         if not self.spin_gate.should_spin():  # asked first: a closed gate costs no lock
             return False
-        with _waiters as waiting:
+        with waiters as waiting:
             return self._try_spin(waiting)
 
     def fill(self, spin: bool = True) -> None:
@@ -237,7 +237,7 @@ class FramedConnection:
         if not spin or not self.spin_wait:  # never spins (SPIN_WAIT 0): not counted among the waiters
             data = self._read(self._read_size())
         else:
-            with _waiters as waiting:
+            with waiters as waiting:
                 if self.spin_gate.should_spin() and self._try_spin(waiting):
                     return
                 data = self._read(self._read_size())
@@ -249,7 +249,7 @@ class FramedConnection:
         self.reader.feed(data)
 
     def _read_into(self, view: memoryview) -> None:
-        with _waiters:  # counted as waiting (a blocking read), never spinning: the frame is large
+        with waiters:  # counted as waiting (a blocking read), never spinning: the frame is large
             self._recv_into(view)
 
     def _recv_into(self, view: memoryview) -> None:
@@ -294,7 +294,7 @@ class FramedConnection:
     def _spin_recv(self, size: int) -> bytes | None:
         """Data, b"" on close, or None when nothing came within spin_wait (or TLS has no data yet)."""
         # poll(0) never sleeps and works the same whether or not the socket has a timeout
-        if not self.spin_gate.spin(self._readable_now, time.perf_counter, _others_waiting):
+        if not self.spin_gate.spin(self._readable_now, time.perf_counter, others_waiting):
             return None
         try:
             return self._recv(size)

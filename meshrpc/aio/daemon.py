@@ -5,8 +5,8 @@ announcing are the threaded Daemon's (this class extends it); what differs is wh
 sockets. Every connection is an asyncio protocol feeding a ServerSession; each request runs as it
 arrives, so one connection's requests can run side by side and are answered in any order (the
 client agreed to pipelining; a Pyro5 client sends one at a time anyway):
-- `async def` methods are awaited on the loop (a slow one holds nobody else up), each in a task that
-  sends its own reply;
+- `async def` methods are awaited on the loop (a slow one holds nobody else up): each starts at once
+  (aio/eager.py) and sends its own reply; one that has to wait goes on in a Task of its own;
 - plain methods run in a bounded executor (AIO_EXECUTOR_SIZE threads), so they never block the loop,
   unless marked `nonblocking`: those are called on the loop, without a thread hand-off.
 Calls are run by the threaded Daemon's Dispatcher: `run` for whole calls, `prepare`/`finish` around
@@ -31,6 +31,7 @@ from ..wire import constants
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, ConnectRequest, ServerSession
 from .cork import Cork
+from .eager import EagerStarter
 from .receiving import receive_buffer
 
 log = logging.getLogger("meshrpc.aio")
@@ -133,6 +134,7 @@ class Daemon(threaded.Daemon):
         self._executor = concurrent.futures.ThreadPoolExecutor(max(1, self.settings.AIO_EXECUTOR_SIZE),
                                                                thread_name_prefix="meshrpc-aio-worker")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._eager: EagerStarter  # made by start(), for the running loop
         self._server: asyncio.AbstractServer | None = None
         self._aio_connections: set[_ClientConnection] = set()
         self._calls: set[asyncio.Future[Any]] = set()
@@ -148,6 +150,7 @@ class Daemon(threaded.Daemon):
         if self._server is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._eager = EagerStarter(self._loop)
         self._stopped = asyncio.Event()
         if self._unixsocket:
             self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener)
@@ -269,8 +272,11 @@ class Daemon(threaded.Daemon):
             return
         conn.calls += 1
         if where is _AWAITED:
-            # the task answers by itself when done (no done-callback, no extra turn of the loop)
-            self._calls.add(self._loop.create_task(self._serve_async(conn, frame, call)))
+            # its first step runs now (aio/eager.py): a call that never waits is answered without a Task;
+            # one that waits goes on as a Task, which answers by itself when done
+            task = self._eager.start(self._serve_async(conn, frame, call), contextvars.copy_context())
+            if task is not None:
+                self._calls.add(task)
             return
         running = self._loop.run_in_executor(self._executor, self._run_sync, conn, frame, call)
         self._calls.add(running)

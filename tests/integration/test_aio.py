@@ -32,6 +32,8 @@ class Thing:
         self.fired: list[Any] = []
         self.fired_event = threading.Event()
         self.runs = 0
+        self.waiting = asyncio.Event()
+        self.waiting_task: Any = None
 
     def add(self, a: int, b: int) -> int:
         return a + b
@@ -57,6 +59,31 @@ class Thing:
 
     async def afail(self) -> None:
         raise KeyError("async failure")
+
+    async def seq_around_wait(self, wait: bool) -> tuple[Any, Any, bool]:
+        """The call's seq before and after an await that suspends (or not), and whether a task was current."""
+        before = meshrpc.current_context.seq
+        if wait:
+            await asyncio.sleep(0.01)
+        return before, meshrpc.current_context.seq, asyncio.current_task() is not None
+
+    async def bounded(self, wait: bool) -> str:
+        try:
+            async with asyncio.timeout(0.05):
+                if wait:
+                    await asyncio.Event().wait()
+                return "in time"
+        except TimeoutError:
+            return "timed out"
+
+    async def wait_until_cancelled(self) -> None:
+        self.waiting_task = asyncio.current_task()
+        self.waiting.set()
+        await asyncio.Event().wait()
+
+    async def cancel_the_waiting_call(self) -> None:
+        await self.waiting.wait()
+        self.waiting_task.cancel()
 
     @meshrpc.oneway
     def fire(self, value: Any) -> None:
@@ -196,6 +223,32 @@ def test_a_plain_method_marked_nonblocking_runs_on_the_loop_and_others_in_the_ex
             assert results[0][0] != loop_thread and results[1] == 3
             # side by side with pipelined calls on one connection, each gets its own reply
             assert await asyncio.gather(*(proxy.add(i, 0) for i in range(50))) == list(range(50))
+    run(main())
+
+
+def test_async_def_calls_start_eagerly_and_keep_their_context_task_and_cancellation() -> None:
+    """The daemon takes an `async def` call's first step at once (aio/eager.py): its context, current
+    task, asyncio.timeout and cancellation must be as in a Task, whether the call waits or not."""
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            for wait in (False, True, False, True):
+                before, after, in_task = await proxy.seq_around_wait(wait)
+                assert before == after and in_task
+            # side by side: each call keeps its own seq across its wait
+            results = await asyncio.gather(*(proxy.seq_around_wait(i % 2 == 0) for i in range(20)))
+            assert all(before == after for before, after, _ in results)
+            assert len({before for before, _, _ in results}) == 20
+            assert await proxy.bounded(False) == "in time"
+            assert await proxy.bounded(True) == "timed out"
+            # a waiting call cancelled through the task it saw is answered, and the connection goes on
+            waiting = asyncio.ensure_future(proxy.wait_until_cancelled())
+            await proxy.cancel_the_waiting_call()
+            with pytest.raises(errors.DaemonError, match="cancelled by the daemon"):
+                await waiting
+            assert await proxy.add(1, 2) == 3
+            with pytest.raises(KeyError, match="async failure"):
+                await proxy.afail()
     run(main())
 
 

@@ -1,0 +1,149 @@
+"""Eager start of the asyncio daemon's `async def` calls: no Task for a call that never suspends.
+
+A Task per call costs about 7 µs of the daemon's CPU (the Task, a loop handle, a turn of the loop to
+take its first step), and most remote `async def` methods finish without ever waiting. Python 3.12
+has eager tasks for that; on 3.11 this does the same job: `EagerStarter.start` takes the coroutine's
+first step at once, inside the given context. When it finishes there, that was the whole call and no
+Task was made. When it suspends (it awaits a future that is not done), the started coroutine goes
+on as a Task, which first waits for that same future and then drives the coroutine, so awaiting,
+exceptions and cancellation behave as if it had been a Task from the start.
+
+What "as if" needs: during the first step `asyncio.current_task()` must be the task that will go on
+running the coroutine (asyncio.timeout, TaskGroup and the like capture it, and cancel it later). So
+the first step runs with a *carrier* as the current task: a pure-Python asyncio Task (the
+`asyncio.tasks._PyTask` class, whose fields are plain attributes) that is not scheduled yet. If the
+call finishes, the carrier is reused for the next one (unless something kept it or asked to cancel
+it); if the call suspends, the carrier becomes its Task. Where these internals are missing, `start`
+falls back to `loop.create_task`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextvars
+import logging
+import sys
+import weakref
+from typing import Any, Coroutine
+
+log = logging.getLogger("meshrpc.aio")
+
+try:  # the pure-Python Task and the current-task bookkeeping of asyncio (Python 3.11)
+    from asyncio.tasks import _PyTask, _enter_task, _leave_task, _register_task  # type: ignore[attr-defined]
+    from asyncio.futures import _PyFuture  # type: ignore[attr-defined]
+    from asyncio.tasks import current_task as _current_task
+    _HAVE_INTERNALS = all(hasattr(_PyTask, name) for name in ("_Task__step", "_Task__wakeup"))
+except ImportError:  # pragma: no cover - another Python
+    _HAVE_INTERNALS = False
+
+_STARTED = object()  # _Resume: the first step was taken
+
+
+class _Carrier(_PyTask if _HAVE_INTERNALS else object):  # type: ignore[misc]
+    """A Task with no coroutine yet: the current task during an eager first step, and the call's
+    Task if that step suspends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:  # not Task.__init__: that schedules a step
+        _PyFuture.__init__(self, loop=loop)
+        self._name = f"meshrpc-aio-call-{id(self):x}"
+        self._num_cancels_requested = 0
+        self._must_cancel = False
+        self._fut_waiter = None
+        self._coro = None
+        self._context = None
+        self._log_destroy_pending = False  # an unused carrier is dropped silently
+
+    def __repr__(self) -> str:
+        return f"<meshrpc.aio call {self._name}: {'not started' if self._coro is None else self._state}>"
+
+    def untouched(self) -> bool:
+        """Nobody asked to cancel it or to hear when it is done (the caller checks its references)."""
+        return not (self._must_cancel or self._num_cancels_requested or self._callbacks
+                    or weakref.getweakrefcount(self))
+
+    def take(self, coro: "_Resume", context: contextvars.Context) -> None:
+        """Become the Task that goes on running `coro` (its first step runs on the next turn)."""
+        self._coro = coro
+        self._context = context
+        self._log_destroy_pending = True
+        self._loop.call_soon(self._Task__step, context=context)
+        _register_task(self)
+
+
+class _Resume(collections.abc.Coroutine):
+    """A coroutine whose first step was taken already, `pending` the future it then waited on: a
+    Task driving this first waits for `pending` (re-yielding it), then drives the coroutine on."""
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def send(self, value: Any) -> Any:
+        pending = self._pending
+        if pending is not _STARTED:
+            self._pending = _STARTED
+            return pending
+        return self._coro.send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        pending = self._pending
+        if pending is not _STARTED:  # cancelled before the Task's first step: as a Task would, cancel
+            self._pending = _STARTED  # the future it waits on, then raise where the coroutine waits
+            if asyncio.isfuture(pending):  # (only a cancellation comes before the first step)
+                pending.cancel()
+        return self._coro.throw(*exc)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Any:
+        return self
+
+
+class EagerStarter:
+    """Starts a loop's `async def` calls eagerly (the loop's thread only)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._carrier: Any = None
+        self._eager = _HAVE_INTERNALS
+
+    def start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> "asyncio.Future[Any] | None":
+        """Run `coro` (which must not raise but BaseExceptions like KeyboardInterrupt) in `context`:
+        None when it finished at once, else the Task that goes on running it."""
+        loop = self.loop
+        if not self._eager:
+            return loop.create_task(coro, context=context)
+        carrier, self._carrier = self._carrier, None
+        if carrier is None:
+            carrier = _Carrier(loop)
+        if _current_task(loop) is not None:  # called from inside a task: no eager step here
+            self._carrier = carrier
+            return loop.create_task(coro, context=context)
+        refs = sys.getrefcount(carrier)
+        _enter_task(loop, carrier)
+        try:
+            pending = context.run(coro.send, None)
+        except StopIteration:
+            pending = _STARTED
+        except asyncio.CancelledError:
+            pending = _STARTED  # the coroutine answered its caller already
+        except Exception as exc:  # as a Task would: the call is lost, the loop goes on
+            log.error("an asyncio daemon call failed: %r", exc, exc_info=exc)
+            pending = _STARTED
+        finally:
+            _leave_task(loop, carrier)
+        if pending is _STARTED:
+            if sys.getrefcount(carrier) == refs and carrier.untouched():  # nothing kept it: reuse it
+                self._carrier = carrier
+            return None
+        carrier.take(_Resume(coro, pending), context)
+        return carrier
+
+
+def available() -> bool:
+    """Whether calls can start eagerly on this Python (else every call gets a Task, as before)."""
+    return _HAVE_INTERNALS

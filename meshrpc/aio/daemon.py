@@ -75,6 +75,11 @@ class _ClientConnection(asyncio.BufferedProtocol):
     def __repr__(self) -> str:
         return f"<aio ClientConnection {self.addr}>"
 
+    @property
+    def sock(self) -> Any:
+        """The connection's socket (as `conn.sock` of the threaded daemon's connections, for hooks)."""
+        return self.transport.get_extra_info("socket") if self.transport is not None else None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.addr = transport.get_extra_info("peername")
@@ -209,10 +214,13 @@ class Daemon(threaded.Daemon):
         conn.closed = True
         self._aio_connections.discard(conn)
         self._streams.orphan(conn)
-        try:
-            self.clientDisconnect(conn)  # type: ignore[arg-type]
-        except Exception:
-            log.exception("clientDisconnect hook failed")
+        # as the threaded daemon (and Pyro5): once, only for a client whose handshake was accepted, while
+        # its socket is still open (asyncio closes it after connection_lost; aclose drops it before that)
+        if conn.handshaken:
+            try:
+                self.clientDisconnect(conn)  # type: ignore[arg-type]
+            except Exception:
+                log.exception("clientDisconnect hook failed")
 
     def _pump(self, conn: _ClientConnection) -> None:
         session = conn.wire

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 
 from .. import errors
 from ..client.batch import BatchedCall
+from ..client.proxy import _PICKLE_PROTOCOL_ATTRS
 from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 from ..config import Settings, config as default_config
 from ..context import FRESH_ID, current_context, current_state
@@ -252,17 +253,22 @@ class Proxy:
 
     # --- attribute access: remote methods and attributes
     def __getattr__(self, name: str) -> Any:
-        if name in _LOCAL_ATTRS or name.startswith("__"):
+        if name in _LOCAL_ATTRS or name in _PICKLE_PROTOCOL_ATTRS:
             raise AttributeError(name)
         cached = self._pyroMethodCache.get(name)
         if cached is not None:
             return cached
         if name in self._pyroAttrs:
             return RemoteAttribute(self, name)
-        if name in self._pyroMethods or not (self._pyroMethods or self._pyroAttrs):
-            # before the metadata came (no round trip here), any name may be a method: the call checks
+        known = self._pyroMethods or self._pyroAttrs
+        if name in self._pyroMethods or not (known or name.startswith("__")):
+            # before the metadata came (no round trip here), any name may be a method: the call checks;
+            # but not a `__x` name, which Python and libraries probe (hasattr): those wait for the metadata
             method = self._pyroMethodCache[name] = _RemoteMethod(self, name)
             return method
+        if not known:
+            raise AttributeError(f"{name}: not known before the proxy is bound (`async with proxy` or "
+                                 f"`await proxy._pyroBind()` fetches the remote object's names)")
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:

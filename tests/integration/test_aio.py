@@ -463,3 +463,82 @@ def test_threaded_daemon_refuses_async_def_methods_clearly(start_daemon: Any) ->
         with pytest.raises(errors.DaemonError, match=r"async def.*meshrpc\.aio\.Daemon"):
             proxy.nap(0.01)
         assert proxy.add(1, 1) == 2
+
+
+class Thingy:
+    """Pyro5's attributes example: a remote dunder method, and private names it does not expose."""
+
+    def __init__(self) -> None:
+        self._value = 1
+        self.__value = 2
+
+    def __dunder__(self) -> str:
+        return "yep"
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_dunder_methods_are_remote_and_private_names_get_pyro5s_text_as_on_the_threaded_proxy() -> None:
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        uri = daemon.register(meshrpc.expose(Thingy), "thingy")
+        async with daemon:
+            unbound = meshrpc.aio.Proxy(uri)
+            assert not hasattr(unbound, "__dunder__")  # probed before the names are known: no guess
+            assert not hasattr(unbound, "__getnewargs_ex__")
+            async with meshrpc.aio.Proxy(uri) as proxy:
+                assert await proxy.__dunder__() == "yep"
+                for private in ("__value", "_value"):
+                    with pytest.raises(AttributeError) as refused:
+                        getattr(proxy, private)
+                    assert str(refused.value) == f"remote object '{uri}' has no exposed attribute or method '{private}'"
+                assert not hasattr(proxy, "__getnewargs_ex__")  # pickle's question, answered locally
+                assert await proxy.ping() == "pong"
+    run(main())
+
+
+class GatekeeperDaemon(meshrpc.aio.Daemon):
+    """Pyro5's handshake example: a secret word; clientDisconnect asks the socket who left."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.left: list[Any] = []
+        self.gone = asyncio.Event()
+
+    def validateHandshake(self, conn: Any, data: Any) -> Any:
+        if data != "pancakes":
+            raise ValueError("wrong secret code, connection refused")
+        return "welcome"
+
+    def clientDisconnect(self, conn: Any) -> None:
+        self.left.append(conn.sock.getpeername())
+        self.gone.set()
+
+
+def test_client_disconnect_runs_once_for_accepted_clients_only_while_the_socket_is_open() -> None:
+    """As the threaded daemon: not for a refused handshake; once per accepted client, before its socket
+    closes, both when the client leaves and when the daemon shuts down with it still connected."""
+    async def main() -> None:
+        daemon = GatekeeperDaemon(host="127.0.0.1")
+        uri = daemon.register(meshrpc.expose(Thingy), "thingy")
+        async with daemon:
+            refused = meshrpc.aio.Proxy(uri)
+            refused._pyroHandshake = "waffles"
+            with pytest.raises(errors.CommunicationError, match="rejected: wrong secret code, connection refused"):
+                await refused._pyroBind()
+            proxy = meshrpc.aio.Proxy(uri)
+            proxy._pyroHandshake = "pancakes"
+            assert await proxy.ping() == "pong"
+            address = proxy._conn.transport.get_extra_info("sockname")
+            await proxy._pyroRelease()
+            await asyncio.wait_for(daemon.gone.wait(), 10)
+            assert daemon.left == [address]
+            daemon.gone.clear()
+            staying = meshrpc.aio.Proxy(uri)
+            staying._pyroHandshake = "pancakes"
+            assert await staying.ping() == "pong"
+            address = staying._conn.transport.get_extra_info("sockname")
+        assert daemon.left[1:] == [address]  # the daemon closed it at shutdown: once, socket still open
+        await staying._pyroRelease()
+    run(main())

@@ -28,7 +28,7 @@ from .. import errors
 from ..config import Settings
 from ..context import current_context, current_state
 from ..errors import ProtocolError, SerializeError
-from ..transport.sockets import FramedConnection, limit_send_time
+from ..transport.sockets import FramedConnection, limit_receive_time, limit_send_time
 from ..transport.spin import SpinGate
 from ..wire import frame as wire
 from ..wire.constants import UNKNOWN_OBJECT_REASON
@@ -68,6 +68,8 @@ class ClientConnection(FramedConnection):
         self.oneway_draining = False
         self.connected_at = time.time()
         self.dropping = False  # the daemon is letting it go (clientDisconnect runs once, before closing)
+        # reads time out after WORKER_LINGER (plain sockets): a lingering worker may block in one read
+        self.timed_reads = False
 
     # what the handshake agreed, as Pyro5's connection objects show it (e.g. to validateHandshake)
     @property
@@ -279,6 +281,8 @@ class ConnectionServer:
         else:
             limit_send_time(sock, send_timeout)
         conn = ClientConnection(sock, addr, self.settings)
+        if conn.tls is None:
+            conn.timed_reads = limit_receive_time(sock, self.settings.WORKER_LINGER)
         conn.accepted_at = time.monotonic()  # type: ignore[attr-defined]
         conn.idle_poller = select.poll()
         conn.idle_poller.register(sock, select.POLLIN)
@@ -380,10 +384,9 @@ class ConnectionServer:
                 if self._server_spin and self._serving == 1 and not self._calls_in_progress and conn.try_fill():
                     continue  # the next request came quickly: no sleep, no wake-up
                 # idle: keep watching for WORKER_LINGER, unless other connections wait for a worker
-                if not self._linger(conn, linger_ms):
+                if not self._await_request(conn, linger_ms):
                     self._hand_back(conn)
                     return
-                conn.fill(spin=False)  # readable: the gate was asked once already, by try_fill
         except (errors.ConnectionClosedError, errors.TimeoutError):
             self._drop(conn)
         except ProtocolError as exc:
@@ -392,6 +395,18 @@ class ConnectionServer:
         except Exception:
             log.exception("closing connection from %s after an unexpected error", conn.addr)
             self._drop(conn)
+
+    def _await_request(self, conn: ClientConnection, linger_ms: float) -> bool:
+        """Read the connection's next request (some of it): True when data came, False when the worker
+        should hand it back (idle for WORKER_LINGER, or tasks are waiting for a worker)."""
+        if conn.timed_reads and not conn.reader.buffered and self._pool.roomy():
+            # a new task gets a thread of its own: no backlog to watch, so one blocking read (it
+            # times out after WORKER_LINGER) does what poll + read do, a system call less per call
+            return conn.fill_within()
+        if not self._linger(conn, linger_ms):
+            return False
+        conn.fill(spin=False)  # readable: the gate was asked once already, by try_fill
+        return True
 
     def _linger(self, conn: ClientConnection, linger_ms: float) -> bool:
         """Wait for the connection's next request: True when it has data, False when the worker should

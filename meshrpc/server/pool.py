@@ -57,6 +57,11 @@ class WorkerPool:
         """Tasks submitted that no worker (running, or starting for them) will take soon."""
         return max(0, self._queued - self._idle - self._starting)
 
+    def roomy(self) -> bool:
+        """At most half the workers started: a task submitted now gets a thread of its own, so a
+        lingering worker need not watch the backlog signal (one blocking read instead of poll + read)."""
+        return len(self._threads) * 2 <= self.max_workers
+
     def _clear_signal(self) -> None:  # with the lock held
         if self._signalled and not self.backlog():
             self._signalled = False

@@ -105,6 +105,20 @@ def connect(host: str | None, port: int, sockname: str | None, timeout: float | 
     return sock
 
 
+def limit_receive_time(sock: socket.socket, seconds: float) -> bool:
+    """A blocking read on `sock` that gets no data for `seconds` fails with EAGAIN (SO_RCVTIMEO), which
+    FramedConnection.fill_within reports as "nothing came". True when set."""
+    if seconds <= 0 or not hasattr(socket, "SO_RCVTIMEO"):
+        return False
+    whole = int(seconds)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
+    except (OSError, struct.error):
+        return False
+    return True
+
+
 def limit_send_time(sock: socket.socket, seconds: float) -> None:
     """Security hook (docs/security.md): a blocking send on `sock` that makes no progress for `seconds`
     fails (EAGAIN, so FramedConnection.send raises ConnectionClosedError) instead of blocking forever;
@@ -247,6 +261,22 @@ class FramedConnection:
             raise ConnectionClosedError("the peer closed the connection")
         self.last_active = time.monotonic()
         self.reader.feed(data)
+
+    def fill_within(self) -> bool:
+        """One blocking read of a plain socket whose reads are time limited (limit_receive_time), with
+        no poll before it: True when data was read, False when none came in time. Only while nothing
+        is buffered (the next frame starts with this read)."""
+        try:
+            data = self.sock.recv(RECV_CHUNK)
+        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO (or a timeout set on the socket) ran out
+            return False
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+        if not data:
+            raise ConnectionClosedError("the peer closed the connection")
+        self.last_active = time.monotonic()
+        self.reader.feed(data)
+        return True
 
     def _read_into(self, view: memoryview) -> None:
         with waiters:  # counted as waiting (a blocking read), never spinning: the frame is large

@@ -80,15 +80,17 @@ class Settings:
     MAX_RETRIES: int = field(default=0, metadata=_doc(
         "Times a proxy re-sends a call after a connection failure, idempotent or not (Pyro5 "
         "semantics; opt-in)."))
-    SPIN_WAIT: float = field(default=0.0002, metadata=_doc(
-        "Seconds a thread waiting for a message polls without sleeping (saves a scheduler wake-up per "
-        "call on fast links; 0 turns it off; off on single-core machines). A connection spins only "
-        "while its recent spins saw messages arrive within SPIN_LATE_SHARE of this; after "
-        "SPIN_SLOW_LIMIT slow ones it stops and re-checks one wait in SPIN_RECHECK_EVERY; a new "
-        "connection's first SPIN_START_AFTER waits never spin. At most one thread per process spins at "
-        "a time. The asyncio proxy spins the same way for the reply of a lone call, and only while its "
-        "event loop has nothing else ready (no callback, no due timer, no other readable socket); not "
-        "on uvloop or other non-selector loops."))
+    SPIN_WAIT: float = field(default=0.0, metadata=_doc(
+        "Seconds a thread waiting for a message polls without sleeping; 0 (the default): it sleeps. "
+        "An opt-in for latency (e.g. 0.0002): a spin saves the scheduler wake-up of a call, but "
+        "burns a core while the peer works, so with both sides spinning a small call costs more CPU "
+        "than without (about 15-25 us more on loopback, docs/performance.md); worth it only with a "
+        "core to spare. Off on single-core machines. A connection spins only while its recent spins "
+        "saw messages arrive within SPIN_LATE_SHARE of this; after SPIN_SLOW_LIMIT slow ones it stops "
+        "and re-checks one wait in SPIN_RECHECK_EVERY; a new connection's first SPIN_START_AFTER waits "
+        "never spin. At most one thread per process spins at a time. The asyncio proxy spins the same "
+        "way for the reply of a lone call, and only while its event loop has nothing else ready (no "
+        "callback, no due timer, no other readable socket); not on uvloop or other non-selector loops."))
     SPIN_SLOW_LIMIT: int = field(default=4, metadata=_doc(
         "Slow spins in a row (nothing came within SPIN_WAIT, or only late in it) after which a "
         "connection stops spinning: spaced calls then cost no spinning CPU."))
@@ -104,9 +106,9 @@ class Settings:
         "core the peer shares keeps the peer from answering (a connect plus first call took twice "
         "as long)."))
     SERVER_SPIN: bool = field(default=True, metadata=_doc(
-        "Let daemon workers spin-wait (SPIN_WAIT) for a client's next request too, while no other call "
-        "runs and no other thread of the daemon waits. Saves a scheduler wake-up per call (the largest "
-        "cost of a small call on a machine with a core to spare); 0 turns it off."))
+        "With SPIN_WAIT > 0, let daemon workers spin-wait for a client's next request too, while no "
+        "other call runs and no other thread of the daemon waits (saves a scheduler wake-up per call "
+        "on a machine with a core to spare); 0: only proxies spin."))
     # --- resilience
     REBIND_TIMEOUT: float = field(default=10.0, metadata=_doc(
         "Seconds a proxy keeps trying to re-resolve and reconnect a PYRONAME/PYROMETA service for one "

@@ -56,7 +56,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._corked = Cork(loop, self, settings.AIO_CORK_BYTES)
         self._received = receive_buffer(loop, settings.AIO_RECEIVE_BUFFER)
         self._settings = settings
-        self.spin: LoopSpin | None = None  # polls for a lone call's reply while the loop is idle
+        self.spin: LoopSpin | None = None  # waits for a lone call's reply while the loop is idle
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,8 +119,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._corked.write(parts)
 
     def poll_reply(self) -> None:
-        """A lone call was just written: spin for its reply (aio/spin.py); what came is read now, so
-        the call finds its reply without a turn of the loop."""
+        """A lone call was just written: wait for its reply while the loop has nothing else to do (a
+        spin, or a sleep in the loop's own selector: aio/spin.py); what came is read now, so the call
+        finds its reply without a read callback, a wake-up and another turn of the loop."""
         assert self.spin is not None
         try:
             count = self.spin.read_reply(self._received)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import os
 import selectors
 import time
@@ -28,26 +29,36 @@ from typing import Callable
 from ..config import Settings
 from ..transport.spin import SpinGate, others_waiting, single_core, waiters
 
+AIO_REPLY_WAIT = 0.005  # the default of Settings.AIO_REPLY_WAIT (requested of config.py's owner)
+
+
+def reply_wait(settings: Settings) -> float:
+    """How long a lone call's reply is waited for in the selector (0: not at all)."""
+    return float(getattr(settings, "AIO_REPLY_WAIT", AIO_REPLY_WAIT))
+
 
 class LoopSpin:
     """One connection's spin on its selector event loop (the loop's thread only)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, fd: int,
-                 gate: SpinGate) -> None:
+                 gate: SpinGate | None, wait: float = 0.0) -> None:
         self.loop = loop
         self.transport = transport
         self.fd = fd
-        self.gate = gate
-        self._select: Callable[[float], list] = loop._selector.select  # type: ignore[attr-defined]
+        self.gate = gate  # None: no spinning (SPIN_WAIT=0, one core)
+        self.wait = wait  # AIO_REPLY_WAIT: the longest sleep in the selector for a lone call's reply
+        self._select: Callable[[float], list] = _poller(loop._selector)  # type: ignore[attr-defined]
         self._ready: collections.deque = loop._ready  # type: ignore[attr-defined]
         self._other_ready = False  # the last poll saw another file descriptor ready
 
     @classmethod
     def for_transport(cls, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport,
                       settings: Settings) -> "LoopSpin | None":
-        """The spin for a connection's transport, or None: spinning is off (SPIN_WAIT=0, one core) or
-        the loop is not one whose idleness can be seen (not a selector event loop)."""
-        if not settings.SPIN_WAIT or single_core() or not hasattr(os, "readv"):
+        """The spin for a connection's transport, or None: neither spinning (SPIN_WAIT) nor waiting
+        in the selector (AIO_REPLY_WAIT) is on, or the loop is not one whose idleness can be seen (not a
+        selector event loop)."""
+        spinning = bool(settings.SPIN_WAIT) and not single_core()
+        if not (spinning or reply_wait(settings)) or not hasattr(os, "readv"):
             return None
         if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
             return None
@@ -58,7 +69,8 @@ class LoopSpin:
         sock = transport.get_extra_info("socket")
         if sock is None:
             return None
-        return cls(loop, transport, sock.fileno(), SpinGate.from_settings(settings))  # type: ignore[arg-type]
+        return cls(loop, transport, sock.fileno(), SpinGate.from_settings(settings) if spinning else None,
+                   reply_wait(settings))  # type: ignore[arg-type]
 
     def loop_idle(self) -> bool:
         """Nothing else for the loop to do right now, as far as can be seen without polling."""
@@ -68,10 +80,10 @@ class LoopSpin:
         scheduled = loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces the list
         return not scheduled or scheduled[0].when() > loop.time()
 
-    def _mine_readable(self) -> bool:
+    def _mine_readable(self, timeout: float = 0) -> bool:
         mine = other = False
-        for key, events in self._select(0):
-            if key.fd == self.fd and events & selectors.EVENT_READ:
+        for fd, _ in self._select(timeout):  # on this socket: readable, or closed/failed (the read tells)
+            if fd == self.fd:
                 mine = True
             else:
                 other = True
@@ -81,21 +93,53 @@ class LoopSpin:
     def _give_way(self) -> bool:
         return self._other_ready or not self.loop_idle() or others_waiting()
 
-    def read_reply(self, into: memoryview) -> int:
-        """After a lone call was written: spin (when the gate and the loop allow) until bytes came,
-        read them into `into`. The count read; 0 when nothing was read (no spin, nothing came in
-        time, the loop has other work, or the peer closed: the transport then sees that itself).
-        OSError when the read failed."""
+    def _quiet(self) -> bool:
+        """The loop is idle and this connection's transport has nothing to write and is reading."""
         transport = self.transport
-        if (not self.gate.should_spin() or not self.loop_idle() or transport.is_closing()
-                or not transport.is_reading() or transport.get_write_buffer_size()):
-            return 0
-        with waiters as waiting:
-            if waiting > 1:
-                return 0
-            if not self.gate.spin(self._mine_readable, time.perf_counter, self._give_way):
-                return 0
+        return (self.loop_idle() and not transport.is_closing() and transport.is_reading()
+                and not transport.get_write_buffer_size())
+
+    def read_reply(self, into: memoryview) -> int:
+        """After a lone call was written: spin (when the gate and the loop allow) until bytes came, else
+        sleep in the loop's selector as the loop would (AIO_REPLY_WAIT); read what came into `into`.
+        The count read; 0 when nothing was read (nothing came in time, the loop has other work, or
+        the peer closed: the transport then sees that itself). OSError when the read failed."""
+        gate = self.gate
+        if gate is not None and gate.should_spin() and self._quiet():
+            with waiters as waiting:
+                if waiting <= 1 and gate.spin(self._mine_readable, time.perf_counter, self._give_way):
+                    return self._read(into)
+        if self.wait and self._quiet() and self._sleep_until_readable():
+            return self._read(into)
+        return 0
+
+    def _sleep_until_readable(self) -> bool:
+        """Sleep in the loop's own selector, as the loop itself would now, but wake for this socket's
+        reply only: True when it is readable and nothing else is ready. Bounded by the next timer of
+        the loop and by AIO_REPLY_WAIT; any other file descriptor (another connection, the loop's
+        self-pipe that call_soon_threadsafe and signals write to) ends it, and the loop then sees
+        that event itself (epoll is level-triggered: asking takes nothing away)."""
+        loop = self.loop
+        timeout = self.wait
+        scheduled = loop._scheduled  # type: ignore[attr-defined]
+        if scheduled:
+            timeout = min(timeout, max(0.0, scheduled[0].when() - loop.time()))
+        return self._mine_readable(timeout) and not self._other_ready
+
+    def _read(self, into: memoryview) -> int:
         try:
             return os.readv(self.fd, [into])
         except (BlockingIOError, InterruptedError):
             return 0
+
+
+def _poller(selector: selectors.BaseSelector) -> Callable[[float], list]:
+    """poll(timeout) -> [(fd, events)] on the loop's selector; epoll's own poll where it is one (the
+    selectors wrapper costs more than the system call)."""
+    epoll = getattr(selector, "_selector", None)
+    if isinstance(selector, selectors.EpollSelector) and hasattr(epoll, "poll"):
+        return functools.partial(epoll.poll, maxevents=4)  # type: ignore[union-attr]  # (ours and others: enough)
+
+    def poll(timeout: float) -> list:
+        return [(key.fd, events) for key, events in selector.select(timeout)]
+    return poll

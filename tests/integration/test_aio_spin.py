@@ -1,10 +1,12 @@
-"""The asyncio proxy's spin (meshrpc/aio/spin.py): it reads a lone call's reply without the loop, and
-it never holds up other work of the loop.
+"""The asyncio proxy's wait for a lone call's reply (meshrpc/aio/spin.py), both ways: the spin
+(SPIN_WAIT) and the sleep in the loop's own selector (AIO_REPLY_WAIT). Either reads the reply without
+a turn of the loop, and neither ever holds up other work of the loop.
 
 The daemon is a meshrpc.aio.Daemon on a loop of its own thread (it never counts as a spinning
-waiter). The client's SPIN_WAIT is made huge (30 s), so a spin that ignored the loop's other work
-would hold the loop for the whole call: the remote method waits (at most 5 s) for something only
-the client's loop can do, and returns whether it happened. Ordering, not timing, decides each test.
+waiter). The client's SPIN_WAIT (or AIO_REPLY_WAIT) is made huge (30 s), so a wait that ignored the
+loop's other work would hold the loop for the whole call: the remote method waits (at most 5 s) for
+something only the client's loop can do, and returns whether it happened. Ordering, not timing,
+decides each test.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import meshrpc
 import meshrpc.aio
 from meshrpc.aio import spin as aio_spin
 from meshrpc.aio.spin import LoopSpin
-from meshrpc.config import config
+from meshrpc.config import Settings, config
 from meshrpc.transport.spin import Waiters
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,6 +31,23 @@ pytestmark = pytest.mark.timeout(60)
 # SPIN_START_AFTER=0: the spin of the first calls is what these tests look at (a new connection
 # skips it by default)
 LONG_SPIN = config.copy(SPIN_WAIT=30.0, SPIN_START_AFTER=0)
+LONG = 30.0
+
+
+def reply_wait(settings: Settings, seconds: float, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """settings with AIO_REPLY_WAIT=seconds (a module default of aio/spin.py until config.py has it)."""
+    if "AIO_REPLY_WAIT" in Settings.__dataclass_fields__:
+        return settings.copy(AIO_REPLY_WAIT=seconds)
+    monkeypatch.setattr(aio_spin, "AIO_REPLY_WAIT", seconds)
+    return settings
+
+
+@pytest.fixture(params=["spin", "sleep in the selector"])
+def waiting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The client's settings: a long spin and no selector sleep, or the other way round."""
+    if request.param == "spin":
+        return reply_wait(LONG_SPIN, 0.0, monkeypatch)
+    return reply_wait(config.copy(SPIN_WAIT=0.0), LONG, monkeypatch)
 
 
 @meshrpc.expose
@@ -99,11 +118,11 @@ def run(coro: Any) -> Any:
     return asyncio.run(bounded())
 
 
-def test_a_lone_call_reads_its_reply_in_the_spin(served: Any) -> None:
+def test_a_lone_call_reads_its_reply_in_the_wait(served: Any, waiting: Settings) -> None:
     _, uri = served
 
     async def main() -> None:
-        async with meshrpc.aio.Proxy(uri, settings=LONG_SPIN) as proxy:
+        async with meshrpc.aio.Proxy(uri, settings=waiting) as proxy:
             conn = proxy._conn
             assert conn.spin is not None
             read = []
@@ -114,17 +133,17 @@ def test_a_lone_call_reads_its_reply_in_the_spin(served: Any) -> None:
                 return read[-1]
             conn.spin.read_reply = counted
             assert [await proxy.echo(i) for i in range(20)] == list(range(20))
-            assert len(read) == 20 and all(read), read  # every reply was read by the spin
+            assert len(read) == 20 and all(read), read  # every reply was read by the spin or the sleep
     run(main())
 
 
 @pytest.mark.parametrize("other_work", ["a timer falls due", "another socket gets data", "another thread queues a callback"])
-def test_the_spin_gives_way_to_other_work_of_the_loop(served: Any, other_work: str) -> None:
+def test_the_wait_gives_way_to_other_work_of_the_loop(served: Any, other_work: str, waiting: Settings) -> None:
     waiter, uri = served
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        async with meshrpc.aio.Proxy(uri, settings=LONG_SPIN) as proxy:
+        async with meshrpc.aio.Proxy(uri, settings=waiting) as proxy:
             polls = Polls(proxy._conn)
             assert await proxy.echo(1) == 1  # the gate is open: the next call spins
             theirs = mine = None
@@ -136,7 +155,7 @@ def test_the_spin_gives_way_to_other_work_of_the_loop(served: Any, other_work: s
                 loop.add_reader(mine, waiter.happened.set)
                 waiter.before_waiting = lambda: theirs.send(b"x")
             else:
-                def once_spinning() -> None:  # queued while the client spins, not before it started
+                def once_spinning() -> None:  # queued while the client waits, not before it started
                     assert polls.polled.wait(5)
                     loop.call_soon_threadsafe(waiter.happened.set)
                 waiter.before_waiting = once_spinning
@@ -149,17 +168,17 @@ def test_the_spin_gives_way_to_other_work_of_the_loop(served: Any, other_work: s
                     loop.remove_reader(mine)
                     mine.close()
                     theirs.close()
-            assert polls.count > before  # the call did spin, and gave way
+            assert polls.count > before  # the call did wait, and gave way
             assert await proxy.echo(2) == 2
     run(main())
 
 
-def test_no_spin_while_a_callback_is_ready(served: Any) -> None:
+def test_no_wait_while_a_callback_is_ready(served: Any, waiting: Settings) -> None:
     _, uri = served
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        async with meshrpc.aio.Proxy(uri, settings=LONG_SPIN) as proxy:
+        async with meshrpc.aio.Proxy(uri, settings=waiting) as proxy:
             polls = Polls(proxy._conn)
             assert await proxy.echo(1) == 1
             spun = polls.count
@@ -172,13 +191,16 @@ def test_no_spin_while_a_callback_is_ready(served: Any) -> None:
     run(main())
 
 
-def test_no_spin_without_spin_wait_or_on_a_loop_whose_idleness_is_unknown(served: Any) -> None:
+def test_no_wait_when_both_are_off_or_on_a_loop_whose_idleness_is_unknown(
+        served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _, uri = served
 
-    async def main() -> None:
-        async with meshrpc.aio.Proxy(uri, settings=config.copy(SPIN_WAIT=0.0)) as proxy:
-            assert proxy._conn.spin is None
+    async def main(settings: Settings) -> Any:
+        async with meshrpc.aio.Proxy(uri, settings=settings) as proxy:
             assert await proxy.echo(3) == 3
-    run(main())
+            return proxy._conn.spin
+    sleeping = run(main(config.copy(SPIN_WAIT=0.0)))  # by default a lone call sleeps in the selector
+    assert sleeping is not None and sleeping.gate is None and sleeping.wait > 0
+    assert run(main(reply_wait(config.copy(SPIN_WAIT=0.0), 0.0, monkeypatch))) is None
     # uvloop, the Windows proactor: not a selector event loop, so no spin (and no private attributes read)
     assert LoopSpin.for_transport(SimpleNamespace(), SimpleNamespace(), LONG_SPIN) is None  # type: ignore[arg-type]

@@ -8,13 +8,13 @@ calls. The machine may be shared: the load average is printed with the results.
 
 Cases (``--cases``, comma separated):
 
-  sequential  one call after the other: aio proxy -> aio daemon (async def, plain, and plain marked
-              meshrpc.aio.nonblocking), threaded proxy -> threaded daemon, and the two crossed (the
-              proxies compared on one server: aio vs threaded proxy -> threaded daemon, each also
-              without its spin-wait, SPIN_WAIT=0)
+  sequential  one call after the other, default settings: aio proxy -> aio daemon (async def, plain,
+              and plain marked meshrpc.aio.nonblocking), threaded proxy -> threaded daemon, and the
+              two crossed (the proxies compared on one server: aio vs threaded proxy -> threaded
+              daemon); then the aio proxy without its sleep in the selector (AIO_REPLY_WAIT=0), and
+              both proxies with the opt-in spin (SPIN_WAIT=0.0002); the two ratios of issue 12
   pipelined   N concurrent awaits on one aio proxy (aio daemon; then a Pyro5 daemon, serialized):
-              calls/s, errors, p50/p99 latency, and the ratio to the sequential rate (with the
-              proxy's spin, as by default, and without it); once as one
+              calls/s, errors, p50/p99 latency, and the ratio to the sequential rate; once as one
               burst of N, once kept in flight (N tasks each awaiting --each calls in turn)
   idle        N idle connected clients held by an aio daemon and by a threaded daemon: memory per
               connection (the server's RSS growth / N)
@@ -45,6 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from meshrpc.aio.spin import AIO_REPLY_WAIT as DEFAULT_REPLY_WAIT  # noqa: E402
 
 
 # ------------------------------------------------------------------ the server side (child processes)
@@ -170,10 +171,29 @@ class Meter:
                 "cpu_us_per_call": round(cpu / self.calls * 1e6, 1), **extra}
 
 
-def aio_sequential(server: Server, method: str, calls: int, spin: bool = True) -> dict[str, Any]:
+SPIN_ON = {"SPIN_WAIT": 0.0002}       # the opt-in spin (issue 15: off by default)
+NO_SELECTOR_SLEEP = {"AIO_REPLY_WAIT": 0.0}  # the aio proxy reads a lone call's reply through the loop
+
+
+def settings_with(overrides: dict[str, Any] | None) -> Any:
+    """The default settings with `overrides` (AIO_REPLY_WAIT: the module default of aio/spin.py while
+    config.py has no field for it)."""
+    from meshrpc.aio import spin
+    from meshrpc.config import Settings, config
+    overrides = dict(overrides or {})
+    if "AIO_REPLY_WAIT" in overrides and "AIO_REPLY_WAIT" not in Settings.__dataclass_fields__:
+        spin.AIO_REPLY_WAIT = overrides.pop("AIO_REPLY_WAIT")  # this process only, restored below
+    return config.copy(**overrides) if overrides else config
+
+
+def restore_defaults() -> None:
+    from meshrpc.aio import spin
+    spin.AIO_REPLY_WAIT = DEFAULT_REPLY_WAIT
+
+
+def aio_sequential(server: Server, method: str, calls: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     import meshrpc.aio
-    from meshrpc.config import config
-    settings = config if spin else config.copy(SPIN_WAIT=0.0)
+    settings = settings_with(overrides)
 
     async def main() -> dict[str, Any]:
         async with meshrpc.aio.Proxy(server.uri, settings=settings) as proxy:
@@ -185,16 +205,16 @@ def aio_sequential(server: Server, method: str, calls: int, spin: bool = True) -
             for _ in range(calls):
                 await call(1)
             return meter.stop()
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        restore_defaults()
 
 
-def threaded_sequential(server: Server, method: str, calls: int, spin: bool = True) -> dict[str, Any]:
-    import dataclasses
-
+def threaded_sequential(server: Server, method: str, calls: int,
+                        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     import meshrpc
-    from meshrpc.config import config
-    settings = config if spin else dataclasses.replace(config, SPIN_WAIT=0.0)
-    with meshrpc.Proxy(server.uri, settings=settings) as proxy:
+    with meshrpc.Proxy(server.uri, settings=settings_with(overrides)) as proxy:
         call = getattr(proxy, method)
         for _ in range(50):
             call(1)
@@ -206,29 +226,34 @@ def threaded_sequential(server: Server, method: str, calls: int, spin: bool = Tr
 
 
 def case_sequential(args: argparse.Namespace) -> dict[str, Any]:
-    """Each variant `--rounds` times, interleaved; the medians."""
+    """Each variant `--rounds` times, interleaved; the medians. Default settings unless a row says."""
     rounds: dict[str, list[dict[str, Any]]] = {}
+    aio, threaded = aio_sequential, threaded_sequential
     with Server("aio") as aio_server, Server("threaded") as threaded_server:
         for _ in range(args.rounds):
-            for label, server, client, method in (
-                    ("aio proxy -> aio daemon, async def", aio_server, aio_sequential, "aecho"),
-                    ("aio proxy without spinning (SPIN_WAIT=0) -> aio daemon, async def", aio_server,
-                     lambda server, method, calls: aio_sequential(server, method, calls, spin=False), "aecho"),
-                    ("aio proxy -> aio daemon, plain method", aio_server, aio_sequential, "echo"),
-                    ("aio proxy -> aio daemon, plain method marked nonblocking", aio_server, aio_sequential,
-                     "fecho"),
-                    ("threaded proxy -> threaded daemon", threaded_server, threaded_sequential, "echo"),
-                    ("threaded proxy without spinning (SPIN_WAIT=0) -> threaded daemon", threaded_server,
-                     lambda server, method, calls: threaded_sequential(server, method, calls, spin=False), "echo"),
-                    ("aio proxy -> threaded daemon", threaded_server, aio_sequential, "echo"),
-                    ("aio proxy without spinning (SPIN_WAIT=0) -> threaded daemon", threaded_server,
-                     lambda server, method, calls: aio_sequential(server, method, calls, spin=False), "echo"),
-                    ("threaded proxy -> aio daemon, async def", aio_server, threaded_sequential, "aecho")):
-                rounds.setdefault(label, []).append(client(server, method, args.calls))
+            for label, server, client, method, overrides in (
+                    ("aio proxy -> aio daemon, async def", aio_server, aio, "aecho", None),
+                    ("aio proxy -> aio daemon, plain method", aio_server, aio, "echo", None),
+                    ("aio proxy -> aio daemon, plain method marked nonblocking", aio_server, aio, "fecho", None),
+                    ("threaded proxy -> threaded daemon", threaded_server, threaded, "echo", None),
+                    ("aio proxy -> threaded daemon", threaded_server, aio, "echo", None),
+                    ("aio proxy without the selector sleep (AIO_REPLY_WAIT=0) -> threaded daemon", threaded_server,
+                     aio, "echo", NO_SELECTOR_SLEEP),
+                    ("threaded proxy, spinning (SPIN_WAIT=0.0002) -> threaded daemon", threaded_server, threaded,
+                     "echo", SPIN_ON),
+                    ("aio proxy, spinning (SPIN_WAIT=0.0002) -> threaded daemon", threaded_server, aio, "echo",
+                     SPIN_ON),
+                    ("threaded proxy -> aio daemon, async def", aio_server, threaded, "aecho", None)):
+                rounds.setdefault(label, []).append(client(server, method, args.calls, overrides))
     out = {label: {"calls": runs[0]["calls"], "rounds": len(runs),
                    "calls_per_s": statistics.median(r["calls_per_s"] for r in runs),
-                   "cpu_us_per_call": statistics.median(r["cpu_us_per_call"] for r in runs)}
+                   "cpu_us_per_call": statistics.median(r["cpu_us_per_call"] for r in runs),
+                   "each_round": [r["calls_per_s"] for r in runs]}
            for label, runs in rounds.items()}
+    base = out["threaded proxy -> threaded daemon"]["calls_per_s"]
+    out["aio -> threaded / threaded -> threaded"] = round(out["aio proxy -> threaded daemon"]["calls_per_s"] / base, 2)
+    out["aio -> aio (async def) / threaded -> threaded"] = round(
+        out["aio proxy -> aio daemon, async def"]["calls_per_s"] / base, 2)
     for label, row in out.items():
         log(f"  {label}: {row}")
     return out
@@ -298,13 +323,11 @@ def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     n = args.concurrency
     seq_label, conc_label = "sequential, aio daemon", f"{n} concurrent, aio daemon"
-    nospin_label = "sequential, aio daemon, proxy without spinning (SPIN_WAIT=0)"
     kept_label = f"{n} concurrent, kept in flight ({n} tasks x {args.each} awaits each), aio daemon"
     with Server("aio") as server:
-        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], nospin_label: [], conc_label: [], kept_label: []}
+        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], conc_label: [], kept_label: []}
         for _ in range(args.rounds):
             rounds[seq_label].append(aio_sequential(server, "aecho", args.calls))
-            rounds[nospin_label].append(aio_sequential(server, "aecho", args.calls, spin=False))
             rounds[conc_label].append(pipelined(server, "aecho", n))
             rounds[kept_label].append(sustained(server, "aecho", n, args.each))
         for label, runs in rounds.items():
@@ -315,9 +338,6 @@ def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
         out["ratio to sequential"] = round(out[conc_label]["calls_per_s"] / out[seq_label]["calls_per_s"], 2)
         out["ratio to sequential, kept in flight"] = round(out[kept_label]["calls_per_s"]
                                                           / out[seq_label]["calls_per_s"], 2)
-        for label, key in ((conc_label, "ratio to sequential without spinning"),
-                           (kept_label, "ratio to sequential without spinning, kept in flight")):
-            out[key] = round(out[label]["calls_per_s"] / out[nospin_label]["calls_per_s"], 2)
     try:
         with Server("pyro5") as server:
             out["sequential, Pyro5 daemon"] = aio_sequential(server, "echo", n)

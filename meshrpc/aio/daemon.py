@@ -350,7 +350,8 @@ class Daemon(threaded.Daemon):
             log.error("call failed inside the daemon: %r", exc)
             outcome = wire.FLAG_EXCEPTION, DaemonError(f"internal error: {exc!r}"), {}
         finally:
-            self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self._calls:  # empty when this call never waited (it had no Task: aio/eager.py)
+                self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
             conn.calls -= 1
         self._reply(conn, frame, outcome)
 

@@ -32,7 +32,7 @@ log = logging.getLogger("meshrpc.aio")
 try:  # the pure-Python Task and the current-task bookkeeping of asyncio (Python 3.11)
     from asyncio.tasks import _PyTask, _enter_task, _leave_task, _register_task  # type: ignore[attr-defined]
     from asyncio.futures import _PyFuture  # type: ignore[attr-defined]
-    from asyncio.tasks import current_task as _current_task
+    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]  # loop -> its running task
     _HAVE_INTERNALS = all(hasattr(_PyTask, name) for name in ("_Task__step", "_Task__wakeup"))
 except ImportError:  # pragma: no cover - another Python
     _HAVE_INTERNALS = False
@@ -120,7 +120,7 @@ class EagerStarter:
         carrier, self._carrier = self._carrier, None
         if carrier is None:
             carrier = _Carrier(loop)
-        if _current_task(loop) is not None:  # called from inside a task: no eager step here
+        if _current_tasks.get(loop) is not None:  # called from inside a task: no eager step here
             self._carrier = carrier
             return loop.create_task(coro, context=context)
         refs = sys.getrefcount(carrier)

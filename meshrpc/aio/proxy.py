@@ -118,13 +118,14 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             self._corked.write(parts)
 
-    def poll_reply(self) -> None:
+    def poll_reply(self, timeout: float | None = None) -> None:
         """A lone call was just written: wait for its reply while the loop has nothing else to do (a
         spin, or a sleep in the loop's own selector: aio/spin.py); what came is read now, so the call
-        finds its reply without a read callback, a wake-up and another turn of the loop."""
+        finds its reply without a read callback, a wake-up and another turn of the loop. `timeout`:
+        the proxy's own (None: none), which the wait never outlasts."""
         assert self.spin is not None
         try:
-            count = self.spin.read_reply(self._received)
+            count = self.spin.read_reply(self._received, timeout)
         except OSError as exc:
             self._fail(ConnectionClosedError(f"the connection to {self.target} was lost: {exc}"))
             return
@@ -347,8 +348,9 @@ class Proxy:
         """Override to check the daemon's handshake answer; raise to refuse the connection."""
 
     def _pyroAnnotations(self) -> dict[str, bytes]:
-        """Override to add annotations to every message this proxy sends."""
-        return {}
+        """The annotations sent with every message: by default those of `current_context.annotations`
+        (this task's, as the threaded proxy sends its thread's, and Pyro5's); override to add others."""
+        return current_context.annotations
 
     def _pyroResponseAnnotations(self, annotations: dict[str, bytes], msgtype: int) -> None:
         """Override to see the annotations of every reply."""
@@ -484,13 +486,17 @@ class Proxy:
         try:
             if conn.closed:
                 raise NotDelivered(f"the connection to {self._pyroUri} was closed", self._pyroUri, suspect=False)
-            corr = current_state().correlation_id
+            state = current_state()  # the call context, without the property indirection (hot path)
+            corr = state.correlation_id
             if corr is FRESH_ID:  # inside a server call that came without one: its fresh id, as in Pyro5
                 corr = current_context.correlation_bytes
+            annotations = (state.annotations if type(self)._pyroAnnotations is _DEFAULT_ANNOTATIONS
+                           else self._pyroAnnotations())
             parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
-                                         self._pyroAnnotations() or None, corr)
+                                         annotations or None, corr)
             if oneway:
                 conn.write(parts)
+                state.response_annotations = {}  # no reply, so none (as the threaded proxy and Pyro5)
                 if conn.paused:
                     await conn.drained()
                 return None, None
@@ -503,7 +509,7 @@ class Proxy:
                 if conn.paused:
                     await conn.drained()
                 elif alone and conn.spin is not None:
-                    conn.poll_reply()
+                    conn.poll_reply(self._pyroTimeout)
                 if self._pyroTimeout:
                     async with asyncio.timeout(self._pyroTimeout):
                         event = await waiter
@@ -534,7 +540,8 @@ class Proxy:
     def _reply(self, session: ClientSession, frame: wire.Frame) -> tuple[Any, BaseException | None]:
         blobs = None if self._pyroRawWireResponse else session.take_blobs(frame)
         current_state().response_annotations = frame.annotations
-        self._pyroResponseAnnotations(frame.annotations, frame.type)
+        if type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
+            self._pyroResponseAnnotations(frame.annotations, frame.type)
         if self._pyroRawWireResponse:
             return frame, None
         try:
@@ -631,6 +638,10 @@ class Proxy:
 
     def _pyroBatch(self) -> "BatchProxy":
         return BatchProxy(self)
+
+
+_DEFAULT_ANNOTATIONS = Proxy._pyroAnnotations
+_DEFAULT_RESPONSE_ANNOTATIONS = Proxy._pyroResponseAnnotations
 
 
 async def _pause(rebind: Rebind, seconds: float) -> None:

@@ -99,28 +99,29 @@ class LoopSpin:
         return (self.loop_idle() and not transport.is_closing() and transport.is_reading()
                 and not transport.get_write_buffer_size())
 
-    def read_reply(self, into: memoryview) -> int:
+    def read_reply(self, into: memoryview, timeout: float | None = None) -> int:
         """After a lone call was written: spin (when the gate and the loop allow) until bytes came, else
         sleep in the loop's selector as the loop would (AIO_REPLY_WAIT); read what came into `into`.
         The count read; 0 when nothing was read (nothing came in time, the loop has other work, or
-        the peer closed: the transport then sees that itself). OSError when the read failed."""
+        the peer closed: the transport then sees that itself). OSError when the read failed.
+        `timeout`: the call's own, if any; the sleep never outlasts it."""
         gate = self.gate
         if gate is not None and gate.should_spin() and self._quiet():
             with waiters as waiting:
                 if waiting <= 1 and gate.spin(self._mine_readable, time.perf_counter, self._give_way):
                     return self._read(into)
-        if self.wait and self._quiet() and self._sleep_until_readable():
+        if self.wait and self._quiet() and self._sleep_until_readable(timeout):
             return self._read(into)
         return 0
 
-    def _sleep_until_readable(self) -> bool:
+    def _sleep_until_readable(self, limit: float | None) -> bool:
         """Sleep in the loop's own selector, as the loop itself would now, but wake for this socket's
         reply only: True when it is readable and nothing else is ready. Bounded by the next timer of
         the loop and by AIO_REPLY_WAIT; any other file descriptor (another connection, the loop's
         self-pipe that call_soon_threadsafe and signals write to) ends it, and the loop then sees
         that event itself (epoll is level-triggered: asking takes nothing away)."""
         loop = self.loop
-        timeout = self.wait
+        timeout = self.wait if limit is None else min(self.wait, limit)
         scheduled = loop._scheduled  # type: ignore[attr-defined]
         if scheduled:
             timeout = min(timeout, max(0.0, scheduled[0].when() - loop.time()))

@@ -85,6 +85,9 @@ class Thing:
         await self.waiting.wait()
         self.waiting_task.cancel()
 
+    async def annotation(self, key: str) -> Any:
+        return meshrpc.current_context.annotations.get(key)
+
     @meshrpc.oneway
     def fire(self, value: Any) -> None:
         self.fired.append(value)
@@ -541,4 +544,15 @@ def test_client_disconnect_runs_once_for_accepted_clients_only_while_the_socket_
             address = staying._conn.transport.get_extra_info("sockname")
         assert daemon.left[1:] == [address]  # the daemon closed it at shutdown: once, socket still open
         await staying._pyroRelease()
+    run(main())
+
+
+def test_context_annotations_travel_with_the_calls_as_on_the_threaded_proxy() -> None:
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            meshrpc.current_context.annotations = {"XTRA": b"one"}
+            assert await proxy.annotation("XTRA") == b"one"
+            meshrpc.current_context.annotations = {}
+            assert await proxy.annotation("XTRA") is None
     run(main())

@@ -128,8 +128,8 @@ def test_a_lone_call_reads_its_reply_in_the_wait(served: Any, waiting: Settings)
             read = []
             spin_read = conn.spin.read_reply
 
-            def counted(into: memoryview) -> int:
-                read.append(spin_read(into))
+            def counted(into: memoryview, timeout: float | None = None) -> int:
+                read.append(spin_read(into, timeout))
                 return read[-1]
             conn.spin.read_reply = counted
             assert [await proxy.echo(i) for i in range(20)] == list(range(20))

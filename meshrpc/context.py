@@ -50,6 +50,8 @@ def _fresh(state: "_CallState") -> uuid.UUID:
 
 
 _state: contextvars.ContextVar[_CallState] = contextvars.ContextVar("meshrpc_call_context")
+_state_set = _state.set
+_new_state = object.__new__
 
 
 def _current() -> _CallState:
@@ -151,11 +153,11 @@ class CallContext:
               annotations: dict[str, bytes], correlation_id: bytes | None) -> None:
         """A server starts handling a call: a fresh state with these facts (one step, for speed). A call
         without a correlation id gets a fresh one (made when read), as in Pyro5."""
-        state = _CallState()
+        state = _new_state(_CallState)  # every field set here once: no __init__ setting them first
         state.client, state.client_sock_addr, state.seq, state.msg_flags = client, client_sock_addr, seq, msg_flags
-        state.serializer_id, state.annotations = serializer_id, annotations
+        state.serializer_id, state.annotations, state.response_annotations = serializer_id, annotations, {}
         state.correlation_id = correlation_id or FRESH_ID
-        _state.set(state)
+        _state_set(state)
 
     def to_global(self) -> dict[str, Any]:
         """A plain dict copy, to carry the context into another thread."""

@@ -46,6 +46,7 @@ SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may 
 # seconds a stopping request loop answers late requests at least (some are on the way), counted from the
 # stop and from the last answer of a call in progress (its client may call again at once)
 SHUTDOWN_DRAIN_MIN = 0.05
+_SPECIAL_REPLY = wire.FLAG_ITEMSTREAMRESULT | wire.FLAG_EXCEPTION  # reply flags that need another answer
 
 
 class ClientConnection(FramedConnection):
@@ -121,7 +122,8 @@ class ConnectionServer:
         self._calls_in_progress = 0
         self._answered_while_stopping = 0.0  # monotonic time a call in progress at the stop answered
         self._serving = 0  # workers serving a connection now: spinning pays only for a lone one
-        self._server_spin = settings.SERVER_SPIN
+        self._server_spin = settings.SERVER_SPIN and settings.SPIN_WAIT > 0  # off: not even the gate is asked
+        self._logwire = settings.LOGWIRE
         # --- security: the plaintext warning, and the thread that enforces HANDSHAKE_TIMEOUT/IDLE_TIMEOUT
         if not unixsocket and tls_context is None and not settings.KEY:
             _warn_if_exposed(listener, location)
@@ -447,7 +449,7 @@ class ConnectionServer:
                 log.exception("closing a resource tracked for %s failed", conn.addr)
 
     def _handle(self, conn: ClientConnection, event: Any) -> None:
-        if self.settings.LOGWIRE:
+        if self._logwire:
             log.debug("received from %s: %r", conn.addr, event)
         if event.type == wire.MSG_INVOKE:
             with self._calls_lock:
@@ -522,18 +524,20 @@ class ConnectionServer:
             self._queue_oneway(conn, frame, call)
             return
         self._set_context(conn, frame)
-        flags, result = _awaitable_refused(*self._dispatch.run(conn, frame.flags, call), call)
+        flags, result = self._dispatch.run(conn, frame.flags, call)
+        if result.__class__ is CoroutineType:
+            flags, result = _awaitable_refused(flags, result, call)
         if is_oneway:
             return
         annotations = current_state().response_annotations
         if self.daemon._reply_annotations is not None:
             annotations = {**annotations, **self.daemon._reply_annotations()}
-        if flags & wire.FLAG_ITEMSTREAMRESULT:
-            conn.send_parts(protocol.stream_reply(frame, result, annotations))
-        elif flags & wire.FLAG_EXCEPTION:
-            conn.send_parts(protocol.error_reply(frame, result, annotations))
-        else:
+        if not flags & _SPECIAL_REPLY:  # the common case first
             conn.send_parts(protocol.result_reply(frame, result, annotations, flags))
+        elif flags & wire.FLAG_ITEMSTREAMRESULT:
+            conn.send_parts(protocol.stream_reply(frame, result, annotations))
+        else:
+            conn.send_parts(protocol.error_reply(frame, result, annotations))
 
     def _queue_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
         """Oneway calls of a connection run off its reader, in the order they were sent: one pool task

@@ -146,6 +146,12 @@ class Settings:
     AIO_RECEIVE_BUFFER: int = field(default=262144, metadata=_doc(
         "meshrpc.aio: bytes read from a socket at most at once, into one buffer per event loop that "
         "the loop's connections share (no buffer allocated per read, none held by idle connections)."))
+    AIO_REPLY_WAIT: float = field(default=0.005, metadata=_doc(
+        "Seconds an asyncio proxy call with nothing else in flight may sleep in its event loop's own "
+        "selector for its reply, so that a quick reply is read at once instead of through a read "
+        "callback and a second turn of the loop. Only while the loop has nothing else ready; any other "
+        "socket, callback (also from another thread) or due timer ends it at once. Not a spin: no CPU "
+        "while it waits. 0 turns it off."))
     FUTURE_WORKERS: int = field(default=4, metadata=_doc(
         "Threads (for the whole process) that run meshrpc.Future callables and the then/iferror "
         "chains of asynchronous calls; the calls themselves run on one shared asyncio loop thread."))

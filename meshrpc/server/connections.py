@@ -401,9 +401,9 @@ class ConnectionServer:
     def _await_request(self, conn: ClientConnection, linger_ms: float) -> bool:
         """Read the connection's next request (some of it): True when data came, False when the worker
         should hand it back (idle for WORKER_LINGER, or tasks are waiting for a worker)."""
-        if conn.timed_reads and not conn.reader.buffered and self._pool.roomy():
+        if conn.timed_reads and self._pool.roomy():
             # a new task gets a thread of its own: no backlog to watch, so one blocking read (it
-            # times out after WORKER_LINGER) does what poll + read do, a system call less per call
+            # times out after WORKER_LINGER) does what poll + read do, a system call less per read
             return conn.fill_within()
         if not self._linger(conn, linger_ms):
             return False

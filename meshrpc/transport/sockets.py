@@ -264,18 +264,26 @@ class FramedConnection:
 
     def fill_within(self) -> bool:
         """One blocking read of a plain socket whose reads are time limited (limit_receive_time), with
-        no poll before it: True when data was read, False when none came in time. Only while nothing
-        is buffered (the next frame starts with this read)."""
+        no poll before it (the rest of a large frame straight into its buffer): True when data was
+        read, False when none came in time."""
+        into = self.reader.receive_buffer()
         try:
-            data = self.sock.recv(RECV_CHUNK)
+            if into is not None:
+                count = self.sock.recv_into(into)
+            else:
+                data = self.sock.recv(self._read_size())
+                count = len(data)
         except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO (or a timeout set on the socket) ran out
             return False
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
-        if not data:
+        if not count:
             raise ConnectionClosedError("the peer closed the connection")
         self.last_active = time.monotonic()
-        self.reader.feed(data)
+        if into is not None:
+            self.reader.received(count)
+        else:
+            self.reader.feed(data)
         return True
 
     def _read_into(self, view: memoryview) -> None:

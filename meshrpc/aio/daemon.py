@@ -10,7 +10,10 @@ client agreed to pipelining; a Pyro5 client sends one at a time anyway):
 - plain methods run in a bounded executor (AIO_EXECUTOR_SIZE threads), so they never block the loop,
   unless marked `nonblocking`: those are called on the loop, without a thread hand-off.
 Calls are run by the threaded Daemon's Dispatcher: `run` for whole calls, `prepare`/`finish` around
-the await of an `async def` method. Replies written side by side share system calls (Cork).
+the await of an `async def` method. Replies written side by side share system calls (Cork). When
+every call of a connection is answered and the loop has nothing else to do, its next request is
+waited for in the loop's own selector (aio/spin.py, as the proxy waits for a reply) and handled
+without another turn of the loop.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..wire.session import NEED_DATA, ConnectRequest, ServerSession
 from .cork import Cork
 from .eager import EagerStarter
 from .receiving import receive_buffer
+from .spin import LoopSpin
 
 log = logging.getLogger("meshrpc.aio")
 
@@ -68,7 +72,8 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.last_active = self.accepted_at
         self.calls = 0  # requests of this connection running now
         self.pumping = False  # the daemon is working through the requests of one read
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self._next: LoopSpin | None = None
         self._corked = Cork(loop, self, daemon.settings.AIO_CORK_BYTES)
         self._received = receive_buffer(loop, daemon.settings.AIO_RECEIVE_BUFFER)
 
@@ -84,19 +89,43 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
         self.addr = transport.get_extra_info("peername")
         self.daemon._connected(self)
+        # waits for a lone client's next request while the loop has nothing else to do (aio/spin.py)
+        self._next = LoopSpin.for_transport(self._loop, transport, self.daemon.settings,
+                                            spin=self.daemon.settings.SERVER_SPIN)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._received
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.last_active = time.monotonic()
-        self.wire.receive_data(self._received[:nbytes])  # copied out: the buffer is the loop's
-        self.pumping = True
+        received = self._received
+        while nbytes:
+            self.last_active = time.monotonic()
+            self.wire.receive_data(received[:nbytes])  # copied out: the buffer is the loop's
+            self.pumping = True
+            try:
+                self.daemon._pump(self)
+            finally:
+                self.pumping = False
+                self._corked.flush()
+            nbytes = self._next_request()
+
+    def _next_request(self) -> int:
+        """All answered and the loop idle: wait for the client's next request (a sequential caller's)
+        in the loop's own selector (aio/spin.py) and read it, so that it is handled without another
+        turn of the loop. The count read; 0: nothing came in time, or the loop has other work."""
+        if self.calls or self.closed or self._next is None:
+            return 0
         try:
-            self.daemon._pump(self)
-        finally:
-            self.pumping = False
-            self._corked.flush()
+            return self._next.read_reply(self._received)
+        except OSError:  # the loop's own read will see the failure
+            return 0
+
+    def replied(self) -> None:
+        """A call that ran outside the reading of its request (in the executor, or a Task) was answered."""
+        if not self.pumping:
+            nbytes = self._next_request()
+            if nbytes:
+                self.buffer_updated(nbytes)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -354,6 +383,7 @@ class Daemon(threaded.Daemon):
                 self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
             conn.calls -= 1
         self._reply(conn, frame, outcome)
+        conn.replied()
 
     async def _run_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
         """On the loop: an `async def` method, looked up by the Dispatcher and awaited (its context is
@@ -396,6 +426,7 @@ class Daemon(threaded.Daemon):
         else:
             outcome = done.result()
         self._reply(conn, frame, outcome)
+        conn.replied()
 
     def _reply(self, conn: _ClientConnection, frame: wire.Frame, outcome: tuple) -> None:
         """Send the reply of a finished call (nothing for a oneway call, or when the client is gone)."""

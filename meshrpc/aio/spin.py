@@ -53,11 +53,11 @@ class LoopSpin:
 
     @classmethod
     def for_transport(cls, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport,
-                      settings: Settings) -> "LoopSpin | None":
-        """The spin for a connection's transport, or None: neither spinning (SPIN_WAIT) nor waiting
-        in the selector (AIO_REPLY_WAIT) is on, or the loop is not one whose idleness can be seen (not a
-        selector event loop)."""
-        spinning = bool(settings.SPIN_WAIT) and not single_core()
+                      settings: Settings, spin: bool = True) -> "LoopSpin | None":
+        """The wait for a connection's transport, or None: neither spinning (SPIN_WAIT, and `spin`:
+        the daemon passes SERVER_SPIN) nor waiting in the selector (AIO_REPLY_WAIT) is on, or the loop
+        is not one whose idleness can be seen (not a selector event loop)."""
+        spinning = spin and bool(settings.SPIN_WAIT) and not single_core()
         if not (spinning or reply_wait(settings)) or not hasattr(os, "readv"):
             return None
         if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):

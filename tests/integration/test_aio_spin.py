@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
@@ -87,6 +88,7 @@ def served() -> Iterator[tuple[Waiter, meshrpc.URI]]:
         loop.run_until_complete(daemon.start())
         started.set()
         loop.run_forever()
+    waiter.daemon = daemon  # type: ignore[attr-defined]
     thread = threading.Thread(target=serve, name="aio-daemon", daemon=True)
     thread.start()
     assert started.wait(10)
@@ -204,3 +206,32 @@ def test_no_wait_when_both_are_off_or_on_a_loop_whose_idleness_is_unknown(
     assert run(main(reply_wait(config.copy(SPIN_WAIT=0.0), 0.0, monkeypatch))) is None
     # uvloop, the Windows proactor: not a selector event loop, so no spin (and no private attributes read)
     assert LoopSpin.for_transport(SimpleNamespace(), SimpleNamespace(), LONG_SPIN) is None  # type: ignore[arg-type]
+
+
+def test_the_daemon_reads_a_lone_clients_next_request_in_its_wait_and_gives_way_to_others(
+        served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aio daemon, all calls answered and its loop idle, waits in the selector for the client's
+    next request (the same wait, aio/spin.py). With a 30 s bound, another client's requests must still
+    be answered at once: the wait ends on any other socket (else each switch would wait for the
+    daemon's next timer, its 1 s housekeeping)."""
+    waiter, uri = served
+    reply_wait(config, LONG, monkeypatch)  # the daemon's connections are made after this
+    daemon = waiter.daemon
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri) as first, meshrpc.aio.Proxy(uri) as second:
+            conns = list(daemon._aio_connections)
+            assert len(conns) == 2 and all(conn._next is not None for conn in conns)
+            read: list[int] = []
+            for conn in conns:
+                def counted(into: memoryview, timeout: float | None = None, wait: Any = conn._next.read_reply) -> int:
+                    read.append(wait(into, timeout))
+                    return read[-1]
+                conn._next.read_reply = counted
+            assert [await first.echo(i) for i in range(20)] == list(range(20))
+            assert sum(1 for count in read if count) >= 15, read  # the next request came in the wait
+            started = time.monotonic()
+            for i in range(20):  # the two clients take turns: each switch ends the other's wait
+                assert await first.echo(i) == i and await second.echo(-i) == -i
+            assert time.monotonic() - started < 10.0  # generous: a wait that ignored them takes 20 s+
+    run(main())

@@ -45,7 +45,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from meshrpc.aio.spin import AIO_REPLY_WAIT as DEFAULT_REPLY_WAIT  # noqa: E402
 
 
 # ------------------------------------------------------------------ the server side (child processes)
@@ -176,19 +175,9 @@ NO_SELECTOR_SLEEP = {"AIO_REPLY_WAIT": 0.0}  # the aio proxy reads a lone call's
 
 
 def settings_with(overrides: dict[str, Any] | None) -> Any:
-    """The default settings with `overrides` (AIO_REPLY_WAIT: the module default of aio/spin.py while
-    config.py has no field for it)."""
-    from meshrpc.aio import spin
-    from meshrpc.config import Settings, config
-    overrides = dict(overrides or {})
-    if "AIO_REPLY_WAIT" in overrides and "AIO_REPLY_WAIT" not in Settings.__dataclass_fields__:
-        spin.AIO_REPLY_WAIT = overrides.pop("AIO_REPLY_WAIT")  # this process only, restored below
+    """The default settings with `overrides`."""
+    from meshrpc.config import config
     return config.copy(**overrides) if overrides else config
-
-
-def restore_defaults() -> None:
-    from meshrpc.aio import spin
-    spin.AIO_REPLY_WAIT = DEFAULT_REPLY_WAIT
 
 
 def aio_sequential(server: Server, method: str, calls: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -205,10 +194,7 @@ def aio_sequential(server: Server, method: str, calls: int, overrides: dict[str,
             for _ in range(calls):
                 await call(1)
             return meter.stop()
-    try:
-        return asyncio.run(main())
-    finally:
-        restore_defaults()
+    return asyncio.run(main())
 
 
 def threaded_sequential(server: Server, method: str, calls: int,

@@ -29,13 +29,6 @@ from typing import Callable
 from ..config import Settings
 from ..transport.spin import SpinGate, others_waiting, single_core, waiters
 
-AIO_REPLY_WAIT = 0.005  # the default of Settings.AIO_REPLY_WAIT (requested of config.py's owner)
-
-
-def reply_wait(settings: Settings) -> float:
-    """How long a lone call's reply is waited for in the selector (0: not at all)."""
-    return float(getattr(settings, "AIO_REPLY_WAIT", AIO_REPLY_WAIT))
-
 
 class LoopSpin:
     """One connection's spin on its selector event loop (the loop's thread only)."""
@@ -58,7 +51,7 @@ class LoopSpin:
         the daemon passes SERVER_SPIN) nor waiting in the selector (AIO_REPLY_WAIT) is on, or the loop
         is not one whose idleness can be seen (not a selector event loop)."""
         spinning = spin and bool(settings.SPIN_WAIT) and not single_core()
-        if not (spinning or reply_wait(settings)) or not hasattr(os, "readv"):
+        if not (spinning or settings.AIO_REPLY_WAIT) or not hasattr(os, "readv"):
             return None
         if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
             return None
@@ -70,7 +63,7 @@ class LoopSpin:
         if sock is None:
             return None
         return cls(loop, transport, sock.fileno(), SpinGate.from_settings(settings) if spinning else None,
-                   reply_wait(settings))  # type: ignore[arg-type]
+                   settings.AIO_REPLY_WAIT)  # type: ignore[arg-type]
 
     def loop_idle(self) -> bool:
         """Nothing else for the loop to do right now, as far as can be seen without polling."""

@@ -35,20 +35,16 @@ LONG_SPIN = config.copy(SPIN_WAIT=30.0, SPIN_START_AFTER=0)
 LONG = 30.0
 
 
-def reply_wait(settings: Settings, seconds: float, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """settings with AIO_REPLY_WAIT=seconds (a module default of aio/spin.py until config.py has it)."""
-    if "AIO_REPLY_WAIT" in Settings.__dataclass_fields__:
-        return settings.copy(AIO_REPLY_WAIT=seconds)
-    monkeypatch.setattr(aio_spin, "AIO_REPLY_WAIT", seconds)
-    return settings
+def reply_wait(settings: Settings, seconds: float) -> Settings:
+    return settings.copy(AIO_REPLY_WAIT=seconds)
 
 
 @pytest.fixture(params=["spin", "sleep in the selector"])
-def waiting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def waiting(request: pytest.FixtureRequest) -> Settings:
     """The client's settings: a long spin and no selector sleep, or the other way round."""
     if request.param == "spin":
-        return reply_wait(LONG_SPIN, 0.0, monkeypatch)
-    return reply_wait(config.copy(SPIN_WAIT=0.0), LONG, monkeypatch)
+        return reply_wait(LONG_SPIN, 0.0)
+    return reply_wait(config.copy(SPIN_WAIT=0.0), LONG)
 
 
 @meshrpc.expose
@@ -193,8 +189,7 @@ def test_no_wait_while_a_callback_is_ready(served: Any, waiting: Settings) -> No
     run(main())
 
 
-def test_no_wait_when_both_are_off_or_on_a_loop_whose_idleness_is_unknown(
-        served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_wait_when_both_are_off_or_on_a_loop_whose_idleness_is_unknown(served: Any) -> None:
     _, uri = served
 
     async def main(settings: Settings) -> Any:
@@ -203,7 +198,7 @@ def test_no_wait_when_both_are_off_or_on_a_loop_whose_idleness_is_unknown(
             return proxy._conn.spin
     sleeping = run(main(config.copy(SPIN_WAIT=0.0)))  # by default a lone call sleeps in the selector
     assert sleeping is not None and sleeping.gate is None and sleeping.wait > 0
-    assert run(main(reply_wait(config.copy(SPIN_WAIT=0.0), 0.0, monkeypatch))) is None
+    assert run(main(reply_wait(config.copy(SPIN_WAIT=0.0), 0.0))) is None
     # uvloop, the Windows proactor: not a selector event loop, so no spin (and no private attributes read)
     assert LoopSpin.for_transport(SimpleNamespace(), SimpleNamespace(), LONG_SPIN) is None  # type: ignore[arg-type]
 
@@ -215,8 +210,8 @@ def test_the_daemon_reads_a_lone_clients_next_request_in_its_wait_and_gives_way_
     be answered at once: the wait ends on any other socket (else each switch would wait for the
     daemon's next timer, its 1 s housekeeping)."""
     waiter, uri = served
-    reply_wait(config, LONG, monkeypatch)  # the daemon's connections are made after this
     daemon = waiter.daemon
+    monkeypatch.setattr(daemon, "settings", reply_wait(daemon.settings, LONG))  # for its connections to come
 
     async def main() -> None:
         async with meshrpc.aio.Proxy(uri) as first, meshrpc.aio.Proxy(uri) as second:

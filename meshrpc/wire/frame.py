@@ -21,6 +21,10 @@ MAGIC = 0x4DC5
 HEADER = struct.Struct("!4sHBBHHII16sHH")
 HEADER_SIZE = HEADER.size  # 40
 _PREFIX = struct.Struct("!4sH")
+_GOOD_PREFIX = _PREFIX.pack(TAG, PROTOCOL_VERSION)
+# a payload up to this size is copied out of the reader's buffer by slicing (two small copies cost
+# less than a memoryview); above it, through a memoryview (one copy)
+_SLICE_COPY_MAX = 4096
 _ANNOTATION = struct.Struct("!4sI")
 _ZERO_ID = bytes(16)
 _U32 = struct.Struct("!I")
@@ -163,6 +167,18 @@ def _header(frame: Frame, flags: int, payload_len: int, ann_len: int, max_size: 
                        frame.seq & 0xFFFF, payload_len, ann_len, corr or _ZERO_ID, 0, MAGIC)
 
 
+def encode_bare(msg_type: int, serializer_id: int, seq: int, payload: bytes, flags: int = 0, *,
+                compress_min: int = -1, max_size: int = 0) -> list[bytes]:
+    """encode_parts of a frame without annotations and correlation id (most calls and replies), made
+    without a Frame: one buffer when the payload is small and stays uncompressed."""
+    size = len(payload)
+    if size >= 65536 or 0 <= compress_min <= size or (max_size and size > max_size):
+        return encode_parts(Frame(msg_type, serializer_id, seq, payload, flags),
+                            compress_min=compress_min, max_size=max_size)
+    return [HEADER.pack(TAG, PROTOCOL_VERSION, msg_type, serializer_id, flags, seq & 0xFFFF, size, 0, _ZERO_ID, 0,
+                        MAGIC) + payload]
+
+
 def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> list[bytes]:
     """The frame as a list of buffers (header+annotations, payload): large payloads are not copied.
     An annotation value may be a list of buffers (out-of-band bytes): they are not copied either."""
@@ -252,9 +268,11 @@ class FrameReader:
             body[self._filled:self._end] = memoryview(data)[:room]
             self._filled = self._end
             data = memoryview(data)[room:]
-        self._buf += data
-        if self._header is None and len(self._buf) >= 6:
-            check_prefix(self._buf)
+        buf = self._buf
+        buf += data
+        # the tag and version, as soon as they are in (one C comparison; check_prefix says what is wrong)
+        if self._header is None and buf[:6] != _GOOD_PREFIX and len(buf) >= 6:
+            check_prefix(buf)
 
     def receive_buffer(self) -> memoryview | None:
         """Where to read the rest of a large frame (LARGE_FRAME or more) straight from a socket
@@ -308,7 +326,11 @@ class FrameReader:
         if header is None:
             if len(buf) < HEADER_SIZE:
                 return None
-            header = self._header = parse_header(buf, self.max_size)
+            header = HEADER.unpack_from(buf)  # parse_header's checks, inline: every message's path
+            if (header[10] != MAGIC or header[2] not in MESSAGE_TYPES or header[6] + header[7] > self.max_size
+                    or header[0] != TAG or header[1] != PROTOCOL_VERSION):
+                parse_header(buf, self.max_size)  # raises, saying what is wrong
+            self._header = header
         _, _, msg_type, ser_id, flags, seq, data_len, ann_len, corr, _, _ = header
         end = HEADER_SIZE + ann_len + data_len
         body = self._body
@@ -327,14 +349,21 @@ class FrameReader:
         else:
             if len(buf) < end:
                 return None
-            annotations = parse_annotations(memoryview(buf)[HEADER_SIZE:HEADER_SIZE + ann_len],
-                                            self.max_annotations) if ann_len else {}
-            payload = bytes(memoryview(buf)[HEADER_SIZE + ann_len:end])  # one copy, not two
+            if ann_len:
+                annotations = parse_annotations(memoryview(buf)[HEADER_SIZE:HEADER_SIZE + ann_len],
+                                                self.max_annotations)
+                start = HEADER_SIZE + ann_len
+            else:
+                annotations, start = {}, HEADER_SIZE
+            if data_len <= _SLICE_COPY_MAX:
+                payload = bytes(buf[start:end])
+            else:
+                payload = bytes(memoryview(buf)[start:end])  # one copy, not two
             if end == len(buf):
                 buf.clear()
             else:
                 del buf[:end]
-                if len(buf) >= 6:
+                if buf[:6] != _GOOD_PREFIX and len(buf) >= 6:
                     check_prefix(buf)
         self._header = None
         if flags & FLAG_COMPRESSED:
@@ -355,7 +384,8 @@ def check_prefix(data: bytes | bytearray) -> None:
 
 def parse_header(data: bytes | bytearray, max_size: int) -> tuple:
     header = HEADER.unpack_from(data)
-    check_prefix(data)
+    if header[0] != TAG or header[1] != PROTOCOL_VERSION:
+        check_prefix(data)  # raises, saying which
     if header[10] != MAGIC:
         raise ProtocolError("bad magic number in message header")
     if header[2] not in MESSAGE_TYPES:

@@ -34,63 +34,62 @@ _KINDS = {
 PLAIN_CODES = "NFT0{igstul[(<"
 
 
-def _table(codes: str | None) -> tuple[list[int], list[int]]:
-    """Per byte value: the kind of token it starts (0: refused) and, for fixed tokens, the size."""
-    kind, size = [0] * 256, [0] * 256
+def _table(codes: str | None) -> list[int]:
+    """Per byte value, what the token it starts is: a fixed token's whole size (> 0), minus the kind of
+    a token with a length or count (< 0), or 0: refused. One lookup per token (this runs on every
+    call a daemon receives)."""
+    table = [0] * 256
     for k, members in _KINDS.items():
         for code in members:
             if codes is not None and code not in codes:
                 continue
             for byte in (ord(code), ord(code) | _FLAG_REF) if codes is None else (ord(code),):
-                kind[byte] = k
-                if k == _FIXED:
-                    size[byte] = 1 + members[code]
-    return kind, size
+                table[byte] = 1 + members[code] if k == _FIXED else -k
+    return table
 
 
 _ANY = _table(None)
 _PLAIN = _table(PLAIN_CODES)
+_SIZED_, _COUNTED_, _LONG_ = -_SIZED, -_COUNTED, -_LONG
 
 
 def check(data: bytes, plain_only: bool = False) -> None:
     """Raise SerializeError unless every size `data` declares fits in it and every type code is
     accepted (plain_only: only the codes of PLAIN_CODES, as wire.plain values are written)."""
-    kind_of, size_of = _PLAIN if plain_only else _ANY
+    table = _PLAIN if plain_only else _ANY
     unpack = _I32.unpack_from
     end = len(data)
     pos = 0
     try:
         while pos < end:
-            code = data[pos]
-            size = size_of[code]
-            if size:
-                pos += size
+            step = table[data[pos]]
+            if step > 0:  # a fixed-size token
+                pos += step
                 continue
-            kind = kind_of[code]
-            if kind == _SIZED:  # the commonest token of a call (names, strings): tested first
+            if step == _SIZED_:  # the commonest other token of a call (names, strings): tested first
                 count = unpack(data, pos + 1)[0]
                 pos += 5
                 if not 0 <= count <= end - pos:
                     raise SerializeError(f"marshal data declares a size of {count} where {end - pos} bytes remain")
                 pos += count
-            elif kind == _COUNTED or kind == _LONG:
+            elif step == _COUNTED_ or step == _LONG_:
                 count = unpack(data, pos + 1)[0]
                 pos += 5
-                if kind == _LONG:
+                if step == _LONG_:
                     count = 2 * abs(count)
                 if not 0 <= count <= end - pos:
                     raise SerializeError(f"marshal data declares a size of {count} where {end - pos} bytes remain")
-                if kind == _LONG:
+                if step == _LONG_:
                     pos += count
-            elif kind == _SHORT or kind == _TEXT_FLOAT:
+            elif step == -_SHORT or step == -_TEXT_FLOAT:
                 pos += 2 + data[pos + 1]
-            elif kind == _TEXT_COMPLEX:
+            elif step == -_TEXT_COMPLEX:
                 pos += 2 + data[pos + 1]
                 pos += 1 + data[pos]
-            elif kind == _SMALL_TUPLE:
+            elif step == -_SMALL_TUPLE:
                 pos += 2
             else:
-                raise SerializeError(f"marshal data holds a value of type code {chr(code & ~_FLAG_REF)!r}, "
+                raise SerializeError(f"marshal data holds a value of type code {chr(data[pos] & ~_FLAG_REF)!r}, "
                                      "which is not accepted")
     except (struct.error, IndexError):
         raise SerializeError("truncated marshal data") from None

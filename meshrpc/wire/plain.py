@@ -42,12 +42,32 @@ def is_plain(value: Any) -> bool:
 
 def dumps(value: Any) -> bytes | None:
     """The binary form of `value`, or None when it is not plain (then it goes as serpent text)."""
+    if type(value) in _SCALARS:  # most results: no walk
+        return marshal.dumps(value, MARSHAL_VERSION)
     if not is_plain(value):
         return None
     try:
         return marshal.dumps(value, MARSHAL_VERSION)
     except ValueError:  # pragma: no cover - is_plain admits only what marshal writes
         return None
+
+
+def scalar_call(object_id: Any, method: Any, vargs: Any, kwargs: Any) -> bool:
+    """Whether the INVOKE value (object_id, method, vargs, kwargs or {}) is plain at a glance: names
+    that are str, a tuple of scalars, no keywords (most calls). False says nothing: ask is_plain."""
+    if type(vargs) is not tuple or kwargs or type(object_id) is not str or type(method) is not str:
+        return False
+    for v in vargs:
+        if type(v) not in _SCALARS:
+            return False
+    return True
+
+
+def dumps_call(object_id: Any, method: Any, vargs: Any, kwargs: Any) -> bytes | None:
+    """dumps() of an INVOKE value (object_id, method, vargs or (), kwargs or {}), the common case first."""
+    if scalar_call(object_id, method, vargs, kwargs):
+        return marshal.dumps((object_id, method, vargs, {}), MARSHAL_VERSION)
+    return dumps((object_id, method, vargs if vargs is not None else (), kwargs or {}))
 
 
 def _plain(value: Any, depth: int) -> bool:

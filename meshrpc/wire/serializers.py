@@ -276,6 +276,8 @@ class Serializer:
     #: True when `oob` (out-of-band bytes, between meshrpc peers) changes anything: serpent and json.
     #: marshal and msgpack carry bytes natively and ignore it.
     oob: bool = False
+    #: an INVOKE payload is the tuple (object, method, vargs, kwargs) (json's is a dict: split_call)
+    tuple_calls: bool = True
 
     def dumps(self, obj: Any, oob: list | None = None) -> bytes:
         """`oob`: a list: bytes-like values are appended to it and replaced by OOB_CLASS markers."""
@@ -307,14 +309,26 @@ class Serializer:
 
     def split_call(self, data: bytes, oob: list | None = None) -> tuple[Any, Any, Any, Any]:
         """The four parts of an INVOKE payload, unchecked."""
+        return self._split(self.loads(data, oob))
+
+    @staticmethod
+    def _split(call: Any) -> tuple[Any, Any, Any, Any]:
         try:
-            object_id, method, vargs, kwargs = self.loads(data, oob)
+            object_id, method, vargs, kwargs = call
         except (TypeError, ValueError):
             raise SerializeError("malformed call: expected (object, method, vargs, kwargs)") from None
         return object_id, method, vargs, kwargs
 
     def loads_call(self, data: bytes, oob: list | None = None) -> tuple[str, str, tuple, dict]:
-        object_id, method, vargs, kwargs = self.split_call(data, oob)
+        if self.tuple_calls:
+            call = self.loads(data, oob)
+            # the common case: the decoded value is the call as it must be, so no new tuple is made
+            if type(call) is tuple and len(call) == 4 and type(call[1]) is str and type(call[2]) is tuple \
+                    and type(call[3]) is dict:
+                return call
+            object_id, method, vargs, kwargs = self._split(call)
+        else:
+            object_id, method, vargs, kwargs = self.split_call(data, oob)
         if not isinstance(vargs, (tuple, list)) or not isinstance(kwargs, (dict, type(None))):
             raise SerializeError("malformed call: vargs must be a sequence and kwargs a dict")
         if not isinstance(method, str):
@@ -413,7 +427,11 @@ class SerpentSerializer(Serializer):
 
     def encode_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None,
                     oob: list | None = None, binary: bool = False) -> tuple[int, bytes]:
-        return self.encode(call_tuple(object_id, method, vargs, kwargs), oob, binary)
+        if binary:
+            data = plain.dumps_call(object_id, method, vargs, kwargs)
+            if data is not None:
+                return SerpentBinary.id, data
+        return self.id, self.dumps_call(object_id, method, vargs, kwargs, oob)
 
 
 class SerpentBinary(Serializer):
@@ -509,6 +527,7 @@ def _object_hook(d: dict) -> Any:
 class JsonSerializer(Serializer):
     id, name = 3, "json"
     oob = True
+    tuple_calls = False
 
     def dumps(self, obj: Any, oob: list | None = None) -> bytes:
         default = _json_default

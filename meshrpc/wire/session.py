@@ -28,7 +28,8 @@ from .constants import (BATCH_METHOD, BLOB_ANNOTATION, CAP_BINARY, CAP_OOB, CAP_
                         NOT_RUN_ANNOTATION, OOB_ANNOTATION, STREAM_ANNOTATION, UNKNOWN_OBJECT_REASON)
 from .frame import (FLAG_BATCH, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEPSERIALIZED, FLAG_ONEWAY,
                     HEADER, HEADER_SIZE, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING,
-                    MSG_RESULT, Frame, FrameReader, capabilities, encode_parts, pack_oob, unpack_oob)
+                    MSG_RESULT, Frame, FrameReader, capabilities, encode_bare, encode_parts, pack_oob,
+                    unpack_oob)
 from .serializers import BY_ID, Serializer, by_id
 
 SEQ_MASK = 0xFFFF  # sequence numbers are 16 bits on the wire and wrap
@@ -305,8 +306,12 @@ class ClientSession(_Session):
             seq = self._next_seq()
         else:  # the hot path: one call at a time, no seq can be taken
             seq = self._seq = self.last_seq = (self._seq + 1) & SEQ_MASK
-        parts = encode_parts(Frame(MSG_INVOKE, wire_id, seq, payload, flags, annotations, correlation_id),
-                             compress_min=self.compress_min, max_size=self.max_size)
+        if annotations or correlation_id:
+            parts = encode_parts(Frame(MSG_INVOKE, wire_id, seq, payload, flags, annotations, correlation_id),
+                                 compress_min=self.compress_min, max_size=self.max_size)
+        else:
+            parts = encode_bare(MSG_INVOKE, wire_id, seq, payload, flags, compress_min=self.compress_min,
+                                max_size=self.max_size)
         if not flags & FLAG_ONEWAY:
             if self.pipelined:
                 self._outstanding.add(seq)
@@ -368,27 +373,30 @@ class ClientSession(_Session):
                 return NEED_DATA
             if not self.handshaken:
                 return self._connect_reply(frame)
-            if frame.type != MSG_RESULT and frame.type != MSG_PING:
-                raise ProtocolError(f"invalid reply (message type {frame.type}, seq {frame.seq})")
             seq = frame.seq
-            if seq == self._waiting:
-                self._waiting = -1
-            elif seq in self._outstanding:
-                self._outstanding.discard(seq)
-            elif seq in self._abandoned:
-                self._abandoned.discard(seq)  # the late reply of an abandoned call
-                self._pings.discard(seq)
-                continue
+            if seq == self._waiting and frame.type == MSG_RESULT and not self._pings:
+                self._waiting = -1  # the hot path: the reply to the one call outstanding
             else:
-                expected = self._waiting if not self.pipelined else sorted(self._outstanding)
-                raise ProtocolError(f"invalid reply (type {frame.type}, seq {seq}, expected {expected})")
-            if self._pings and seq in self._pings:
-                self._pings.discard(seq)
-                if frame.type != MSG_PING:
-                    raise ProtocolError(f"invalid reply to a ping (message type {frame.type}, seq {seq})")
-                return Pong(seq)
-            if frame.type != MSG_RESULT:
-                raise ProtocolError(f"invalid reply (message type {frame.type}, seq {seq})")
+                if frame.type != MSG_RESULT and frame.type != MSG_PING:
+                    raise ProtocolError(f"invalid reply (message type {frame.type}, seq {frame.seq})")
+                if seq == self._waiting:
+                    self._waiting = -1
+                elif seq in self._outstanding:
+                    self._outstanding.discard(seq)
+                elif seq in self._abandoned:
+                    self._abandoned.discard(seq)  # the late reply of an abandoned call
+                    self._pings.discard(seq)
+                    continue
+                else:
+                    expected = self._waiting if not self.pipelined else sorted(self._outstanding)
+                    raise ProtocolError(f"invalid reply (type {frame.type}, seq {seq}, expected {expected})")
+                if self._pings and seq in self._pings:
+                    self._pings.discard(seq)
+                    if frame.type != MSG_PING:
+                        raise ProtocolError(f"invalid reply to a ping (message type {frame.type}, seq {seq})")
+                    return Pong(seq)
+                if frame.type != MSG_RESULT:
+                    raise ProtocolError(f"invalid reply (message type {frame.type}, seq {seq})")
             if frame.serializer_id != self.serializer.id:
                 codec = BY_ID.get(frame.serializer_id) if self.binary else None
                 if codec is None or codec.values is not self.serializer:
@@ -595,6 +603,9 @@ class ServerSession(_Session):
             return self.error_reply(frame, SerializeError(f"cannot serialize the result: {exc}"), annotations)
         if oob:
             annotations = {**annotations, OOB_ANNOTATION: pack_oob(oob)} if annotations else {OOB_ANNOTATION: pack_oob(oob)}
+        elif not annotations and frame.correlation_id is None:  # the common reply
+            return encode_bare(MSG_RESULT, reply_id, frame.seq, payload, flags, compress_min=self.compress_min,
+                               max_size=self.max_size)
         return encode_parts(Frame(MSG_RESULT, reply_id, frame.seq, payload, flags, annotations or {},
                                   frame.correlation_id), compress_min=self.compress_min, max_size=self.max_size)
 

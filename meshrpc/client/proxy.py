@@ -18,7 +18,7 @@ from ..transport.spin import SpinGate
 from ..uri import URI
 from ..wire import frame as wire
 from ..wire.constants import BATCH_METHOD, DAEMON_OBJECT_ID
-from ..wire.serializers import WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
+from ..wire.serializers import BY_NAME, WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
 from ..wire.session import ClientSession, ConnectRefused, NotRun, StreamStarted, as_exception
 from .recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 
@@ -428,8 +428,10 @@ class Proxy:
         Recovery (docs/resilience.md): a call that certainly did not reach a daemon is retried, for
         PYRONAME/PYROMETA proxies on a freshly resolved provider, until REBIND_TIMEOUT; a call that may
         have reached one is re-sent only when the method is idempotent or `_pyroMaxRetries` allows it."""
-        # the hot path, spelled out: no context manager, no closure until an attempt fails
-        self.__acquire()
+        # the hot path, spelled out: no context manager, no closure until an attempt fails, and a lock
+        # nobody holds is taken without a timed wait
+        if not self._pyroLock.acquire(False):
+            self.__acquire()
         try:
             refuse_in_running_loop("meshrpc.Proxy")
             started = time.monotonic()
@@ -500,8 +502,9 @@ class Proxy:
 
     def __invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
                       object_id: str | None) -> Any:
-        if self._pyroSerializer is not None:
-            self._pyroSerializerObject()  # an unusable override is refused before anything else
+        override = self._pyroSerializer
+        if override is not None and override not in BY_NAME:
+            self._pyroSerializerObject()  # an unusable override is refused (by_name says why) before anything else
         conn = self._pyroConnection
         if conn is not None and conn.peer_closed():
             # the daemon closed the idle connection (or crashed): replace it before sending, so the
@@ -554,9 +557,10 @@ class Proxy:
             self.__close_connection()
             raise NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
         raw = self._pyroRawWireResponse
+        reply_annotations = reply.annotations
         # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
-        blobs = None if raw else session.take_blobs(reply)
-        state.response_annotations = reply.annotations
+        blobs = session.take_blobs(reply) if reply_annotations and not raw else None
+        state.response_annotations = reply_annotations
         if cls._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
             self._pyroResponseAnnotations(reply.annotations, reply.type)
         if raw:

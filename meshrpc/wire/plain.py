@@ -26,7 +26,8 @@ MARSHAL_VERSION = 2   # the newest version without back-references (serpent has 
 MAX_DEPTH = 200       # deeper (or circular) values are left to serpent, which has its own rules
 _WIDE = 16            # sequences longer than this are checked a level at a time, at C speed
 
-_SCALARS = frozenset({type(None), bool, int, float, str})
+SCALARS = frozenset({type(None), bool, int, float, str})  # plain on their own (not their subclasses)
+_SCALARS = SCALARS
 _KEYS = frozenset({bool, int, str})  # not float: serpent cannot carry a nan key
 _CONTAINERS = frozenset({tuple, list, dict, set})
 _SEQUENCES = (tuple, list)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import serpent
 
 from . import marshal_check, plain
+from .plain import SCALARS as _PLAIN_SCALARS
 from ..uri import URI
 from ..errors import (WIRE_NAME_OF, DaemonError, SecurityError, SerializeError, UnknownSerializerError,
                       exception_from_wire)
@@ -420,6 +421,8 @@ class SerpentSerializer(Serializer):
 
     def encode(self, obj: Any, oob: list | None = None, binary: bool = False) -> tuple[int, bytes]:
         if binary:
+            if type(obj) in _PLAIN_SCALARS:  # most results: plain.dumps inline
+                return SerpentBinary.id, marshal.dumps(obj, plain.MARSHAL_VERSION)
             data = plain.dumps(obj)
             if data is not None:
                 return SerpentBinary.id, data
@@ -458,6 +461,8 @@ class SerpentBinary(Serializer):
             value = marshal.loads(data)
         except Exception as exc:
             raise self._decode_error(exc) from None
+        if type(value) in _SCALAR_TYPES:  # _recreate's first test, inline: most results are scalars
+            return value
         return _recreate(value, data)  # a plain dict may still hold a "__class__" key, as with serpent
 
 
@@ -468,13 +473,19 @@ class MarshalSerializer(Serializer):
     id, name = 2, "marshal"
 
     def dumps(self, obj: Any, oob: list | None = None) -> bytes:
-        if plain.is_plain(obj):
+        if type(obj) in _PLAIN_SCALARS or plain.is_plain(obj):
             return marshal.dumps(obj)
         # marshal would write any bytes-like value (an array.array too) as bytes: convert as Pyro5 does
         try:
             return marshal.dumps(self._convert(obj))
         except (ValueError, RecursionError) as exc:
             raise SerializeError(f"cannot serialize with marshal: {exc}") from None
+
+    def dumps_call(self, object_id: str, method: str, vargs: Any, kwargs: dict | None,
+                   oob: list | None = None) -> bytes:
+        if plain.scalar_call(object_id, method, vargs, kwargs):  # most calls: no walk
+            return marshal.dumps((object_id, method, vargs, {}))
+        return self.dumps(call_tuple(object_id, method, vargs, kwargs))
 
     def _convert(self, obj: Any) -> Any:
         t = type(obj)
@@ -499,6 +510,8 @@ class MarshalSerializer(Serializer):
             value = marshal.loads(data)
         except Exception as exc:
             raise self._decode_error(exc) from None
+        if type(value) in _SCALAR_TYPES:  # _recreate's first test, inline
+            return value
         return _recreate(value, data)
 
 

@@ -216,3 +216,26 @@ def test_frames_above_the_slice_copy_size_decode_the_same():
         assert frame.payload == payload and type(frame.payload) is bytes and frame.annotations == {"ANNO": b"v"}
         reader.feed(data[7:])
         assert reader.next_frame().payload == payload
+
+
+@pytest.mark.parametrize("call", SCALAR_CALLS + OTHER_CALLS)
+def test_marshal_dumps_call_equals_dumps_of_the_call_tuple(call):
+    # (marshal's version 4 flags an object it may refer back to by its reference count, so equal values
+    # may differ in those bits: the decoded values are compared)
+    codec = BY_NAME["marshal"]
+    assert codec.loads(codec.dumps_call(*call)) == codec.loads(codec.dumps(call_tuple(*call)))
+    if plain.is_plain(call_tuple(*call)):
+        assert marshal.loads(codec.dumps_call(*call)) == call_tuple(*call)
+
+
+@pytest.mark.parametrize("value", [None, True, 3, 2.5, "s", StrSub("sub"), b"b", [1], {"a": 1}])
+def test_scalar_results_encode_as_the_general_path_does(value):
+    serpent, marshal_codec = BY_NAME["serpent"], BY_NAME["marshal"]
+    expected = plain.dumps(value)
+    assert serpent.encode(value, None, True) == ((77, expected) if expected is not None
+                                                 else (1, serpent.dumps(value, None)))
+    if plain.is_plain(value):
+        assert marshal_codec.dumps(value) == marshal.dumps(value)
+    for codec in (BY_ID[77], marshal_codec):
+        if plain.is_plain(value):
+            assert codec.loads(codec.dumps(value)) == value

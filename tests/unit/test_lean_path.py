@@ -3,6 +3,7 @@ whenever their case does not hold (docs/performance.md: the lean path of issue 1
 
 from __future__ import annotations
 
+import contextvars
 import marshal
 import uuid
 
@@ -194,6 +195,10 @@ def test_marshal_check_plain_only_refuses_references_and_other_types():
 
 
 def test_begin_gives_every_call_a_fresh_state():
+    contextvars.copy_context().run(begin_twice)  # the test's own thread keeps its (client) state
+
+
+def begin_twice():
     current_context.begin("conn", ("h", 1), 7, 4, 1, {"A": b"1"}, None)
     first = current_state()
     first.response_annotations["X"] = b"y"

@@ -19,6 +19,7 @@ import marshal
 import struct
 import threading
 import uuid
+from functools import cached_property
 from typing import Any, Callable
 
 import serpent
@@ -292,7 +293,7 @@ class Serializer:
                    oob: list | None = None) -> bytes:
         return self.dumps(call_tuple(object_id, method, vargs, kwargs), oob)
 
-    @property
+    @cached_property  # read for every call and reply: after the first time, a plain attribute
     def values(self) -> "Serializer":
         """The serializer whose values a message in this encoding carries, and that replies use:
         itself, except for SerpentBinary (serpent's values in marshal form)."""
@@ -444,7 +445,7 @@ class SerpentBinary(Serializer):
 
     id, name = 77, "serpent-binary"
 
-    @property
+    @cached_property
     def values(self) -> Serializer:
         return BY_ID[SerpentSerializer.id]
 

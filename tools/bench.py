@@ -1455,7 +1455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-libs", default="meshrpc,pyro5", help="libraries to profile (default both)")
     parser.add_argument("--profile-top", type=int, default=25, help="functions per profile listing")
     parser.add_argument("--mesh-setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a meshrpc setting for client and servers (as MESHRPC_NAME), e.g. SPIN_WAIT=0; repeatable")
+                        help="a meshrpc setting for client and servers (as MESHRPC_NAME), e.g. SPIN_WAIT=0.0002 (spinning is off by default); repeatable")
     parser.add_argument("--pyro-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a Pyro5 setting for client and servers (as PYRO_NAME), e.g. SOCK_NODELAY=true; repeatable")
     parser.add_argument("--serve", choices=["meshrpc", "pyro5", "raw", "grpc"], help=argparse.SUPPRESS)

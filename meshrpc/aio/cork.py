@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
+
+_WRITEV_PARTS = 64  # at most this many buffers in one writev (IOV_MAX is 1024; more go through the transport)
 
 
 class Cork:
@@ -19,7 +22,7 @@ class Cork:
     the first ones while this side still writes the rest (the two processes then work at the same
     time). `owner.transport` is the asyncio transport."""
 
-    __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes")
+    __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes", "_fd")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: Any, flush_bytes: int) -> None:
         self._loop = loop
@@ -28,6 +31,7 @@ class Cork:
         self._size = 0
         self._turn = False  # something was written in this turn already (and the end is scheduled)
         self._flush_bytes = flush_bytes
+        self._fd = -1  # the socket's, once known
 
     def write_alone(self, parts: list) -> None:
         if self._parts:
@@ -57,8 +61,26 @@ class Cork:
 
     def _send(self, parts: list) -> None:
         transport = self._owner.transport
-        if transport is not None and not transport.is_closing():
+        if transport is None or transport.is_closing():
+            return
+        if len(parts) > _WRITEV_PARTS or transport.get_write_buffer_size():
+            transport.writelines(parts)  # queued behind what waits already (or too many parts at once)
+            return
+        # nothing queued: straight to the socket in one writev (what the transport would do, less its
+        # per-write Python and join); whatever does not fit goes to the transport, which queues it
+        fd = self._fd
+        if fd < 0:
+            sock = transport.get_extra_info("socket")
+            fd = self._fd = sock.fileno() if sock is not None else -1
+        try:
+            sent = os.writev(fd, parts) if fd >= 0 else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the transport's own write meets the same failure and closes the connection
             transport.writelines(parts)
+            return
+        if sent < sum(map(len, parts)):
+            transport.write(b"".join(parts)[sent:])
 
     def _end_of_turn(self) -> None:
         self._turn = False

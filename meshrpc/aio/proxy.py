@@ -538,10 +538,11 @@ class Proxy:
             conn.close()
 
     def _reply(self, session: ClientSession, frame: wire.Frame) -> tuple[Any, BaseException | None]:
-        blobs = None if self._pyroRawWireResponse else session.take_blobs(frame)
-        current_state().response_annotations = frame.annotations
+        annotations = frame.annotations
+        blobs = session.take_blobs(frame) if annotations and not self._pyroRawWireResponse else None
+        current_state().response_annotations = annotations
         if type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
-            self._pyroResponseAnnotations(frame.annotations, frame.type)
+            self._pyroResponseAnnotations(annotations, frame.type)
         if self._pyroRawWireResponse:
             return frame, None
         try:

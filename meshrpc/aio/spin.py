@@ -31,7 +31,10 @@ from ..transport.spin import SpinGate, others_waiting, single_core, waiters
 
 
 class LoopSpin:
-    """One connection's spin on its selector event loop (the loop's thread only)."""
+    """One connection's wait (a sleep in the selector, or a spin) on its selector event loop (the
+    loop's thread only). An aio daemon holds one per connection: slots keep 10,000 of them small."""
+
+    __slots__ = ("loop", "transport", "fd", "gate", "wait", "_select", "_ready", "_other_ready")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, fd: int,
                  gate: SpinGate | None, wait: float = 0.0) -> None:

@@ -116,20 +116,29 @@ def run(coro: Any) -> Any:
     return asyncio.run(bounded())
 
 
-def test_a_lone_call_reads_its_reply_in_the_wait(served: Any, waiting: Settings) -> None:
+def count_reads(monkeypatch: pytest.MonkeyPatch, waits: list[Any]) -> list[int]:
+    """What each LoopSpin.read_reply of `waits` returned, from now on."""
+    read: list[int] = []
+    original = LoopSpin.read_reply
+
+    def counted(self: LoopSpin, into: memoryview, timeout: float | None = None) -> int:
+        count = original(self, into, timeout)
+        if any(self is wait for wait in waits):
+            read.append(count)
+        return count
+    monkeypatch.setattr(LoopSpin, "read_reply", counted)
+    return read
+
+
+def test_a_lone_call_reads_its_reply_in_the_wait(served: Any, waiting: Settings,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     _, uri = served
 
     async def main() -> None:
         async with meshrpc.aio.Proxy(uri, settings=waiting) as proxy:
             conn = proxy._conn
             assert conn.spin is not None
-            read = []
-            spin_read = conn.spin.read_reply
-
-            def counted(into: memoryview, timeout: float | None = None) -> int:
-                read.append(spin_read(into, timeout))
-                return read[-1]
-            conn.spin.read_reply = counted
+            read = count_reads(monkeypatch, [conn.spin])
             assert [await proxy.echo(i) for i in range(20)] == list(range(20))
             assert len(read) == 20 and all(read), read  # every reply was read by the spin or the sleep
     run(main())
@@ -217,12 +226,7 @@ def test_the_daemon_reads_a_lone_clients_next_request_in_its_wait_and_gives_way_
         async with meshrpc.aio.Proxy(uri) as first, meshrpc.aio.Proxy(uri) as second:
             conns = list(daemon._aio_connections)
             assert len(conns) == 2 and all(conn._next is not None for conn in conns)
-            read: list[int] = []
-            for conn in conns:
-                def counted(into: memoryview, timeout: float | None = None, wait: Any = conn._next.read_reply) -> int:
-                    read.append(wait(into, timeout))
-                    return read[-1]
-                conn._next.read_reply = counted
+            read = count_reads(monkeypatch, [conn._next for conn in conns])
             assert [await first.echo(i) for i in range(20)] == list(range(20))
             assert sum(1 for count in read if count) >= 15, read  # the next request came in the wait
             started = time.monotonic()

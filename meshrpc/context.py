@@ -3,6 +3,12 @@
 Kept in a `contextvars.ContextVar`, so each thread has its own (as before) and so does each asyncio
 task the asyncio daemon starts for a request (meshrpc.aio): calls awaited side by side on one loop
 never see each other's context.
+
+A state object may be shared: asyncio tasks inherit their creator's context, so a task made after its
+creator touched the context holds the same object. So a state is never changed in place once it is
+in a context: a write makes a changed copy and sets that in the current context only (copy on write),
+and a field set in one task shows in that task and in the tasks it creates later, never in its
+siblings or its creator.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ FRESH_ID = _FreshId()
 
 
 def _fresh(state: "_CallState") -> uuid.UUID:
+    # in place on purpose: the call's one id, made late; every task sharing the call's state sees it
     corr = state.correlation_id = uuid.uuid4()
     return corr
 
@@ -71,12 +78,35 @@ def current_state() -> _CallState:
         return _current()
 
 
+def _copy(state: _CallState) -> _CallState:
+    twin = _new_state(_CallState)
+    for name in _FIELDS:
+        setattr(twin, name, getattr(state, name))
+    return twin
+
+
+def _put(name: str, value: Any) -> None:
+    """Set one field for the current context only (copy on write: the state may be shared)."""
+    twin = _copy(_current())
+    setattr(twin, name, value)
+    _state_set(twin)
+
+
+def set_response_annotations(state: _CallState, annotations: dict[str, bytes]) -> None:
+    """A proxy's hot path: the annotations of the reply just received, `state` being current_state().
+    Nothing is copied when they stay empty (most calls)."""
+    if annotations or state.response_annotations:
+        twin = _copy(state)
+        twin.response_annotations = annotations
+        _state_set(twin)
+
+
 def _field(name: str) -> property:
     def get(self: Any) -> Any:
         return getattr(_current(), name)
 
     def put(self: Any, value: Any) -> None:
-        setattr(_current(), name, value)
+        _put(name, value)
     return property(get, put)
 
 
@@ -116,7 +146,7 @@ class CallContext:
         if not (value is None or isinstance(value, uuid.UUID)
                 or (isinstance(value, (bytes, bytearray)) and len(value) == 16)):
             raise TypeError(f"a correlation id is a uuid.UUID (or its 16 bytes), not {value!r}")
-        _current().correlation_id = value
+        _put("correlation_id", value)
 
     @property
     def correlation_bytes(self) -> bytes | None:

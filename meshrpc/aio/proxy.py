@@ -21,7 +21,7 @@ from ..client.batch import BatchedCall
 from ..client.proxy import _PICKLE_PROTOCOL_ATTRS
 from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 from ..config import Settings, config as default_config
-from ..context import FRESH_ID, current_context, current_state
+from ..context import FRESH_ID, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError
 from ..resolve import watch_announcements
 from ..uri import URI
@@ -496,7 +496,7 @@ class Proxy:
                                          annotations or None, corr)
             if oneway:
                 conn.write(parts)
-                state.response_annotations = {}  # no reply, so none (as the threaded proxy and Pyro5)
+                set_response_annotations(state, {})  # no reply, so none (as the threaded proxy and Pyro5)
                 if conn.paused:
                     await conn.drained()
                 return None, None
@@ -540,7 +540,7 @@ class Proxy:
     def _reply(self, session: ClientSession, frame: wire.Frame) -> tuple[Any, BaseException | None]:
         annotations = frame.annotations
         blobs = session.take_blobs(frame) if annotations and not self._pyroRawWireResponse else None
-        current_state().response_annotations = annotations
+        set_response_annotations(current_state(), annotations)
         if type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
             self._pyroResponseAnnotations(annotations, frame.type)
         if self._pyroRawWireResponse:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 from .. import errors
 from ..config import Settings, config as default_config
-from ..context import FRESH_ID, current_context, current_state
+from ..context import FRESH_ID, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
 from ..loopcheck import refuse_in_running_loop
 from ..transport.sockets import FramedConnection, connect
@@ -541,7 +541,7 @@ class Proxy:
         except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
             raise NotDelivered(str(exc), self._pyroUri, suspect=False) from None
         if flags & wire.FLAG_ONEWAY:
-            state.response_annotations = {}  # no reply, so none (as Pyro5: not the last call's)
+            set_response_annotations(state, {})  # no reply, so none (as Pyro5: not the last call's)
             return None
         try:
             reply = conn.next_event()
@@ -560,7 +560,7 @@ class Proxy:
         reply_annotations = reply.annotations
         # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
         blobs = session.take_blobs(reply) if reply_annotations and not raw else None
-        state.response_annotations = reply_annotations
+        set_response_annotations(state, reply_annotations)
         if cls._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
             self._pyroResponseAnnotations(reply.annotations, reply.type)
         if raw:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -87,6 +88,12 @@ class Thing:
 
     async def annotation(self, key: str) -> Any:
         return meshrpc.current_context.annotations.get(key)
+
+    async def echo_context(self, key: str) -> tuple[str, Any]:
+        """The caller's correlation id and annotation `key`; the annotation comes back as ECHO too."""
+        value = meshrpc.current_context.annotations.get(key)
+        meshrpc.current_context.response_annotations = {"ECHO": value or b"-"}
+        return str(meshrpc.current_context.correlation_id), value
 
     @meshrpc.oneway
     def fire(self, value: Any) -> None:
@@ -555,4 +562,35 @@ def test_context_annotations_travel_with_the_calls_as_on_the_threaded_proxy() ->
             assert await proxy.annotation("XTRA") == b"one"
             meshrpc.current_context.annotations = {}
             assert await proxy.annotation("XTRA") is None
+    run(main())
+
+
+def test_a_task_that_sets_the_context_changes_neither_its_siblings_nor_its_creator() -> None:
+    # tasks made after their creator touched current_context inherit the same state object: a write
+    # in one task must not show in another (copy on write), nor its reply's annotations
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            creator_id = uuid.uuid4()
+            meshrpc.current_context.correlation_id = creator_id
+            meshrpc.current_context.annotations = {"XTRA": b"creator"}
+            both_set = asyncio.Barrier(2)
+
+            async def one(name: bytes) -> tuple[Any, ...]:
+                own_id = uuid.uuid4()
+                meshrpc.current_context.correlation_id = own_id
+                meshrpc.current_context.annotations = {"XTRA": name}
+                await both_set.wait()  # the sibling has set its own by now
+                seen = await proxy.echo_context("XTRA")
+                await both_set.wait()  # the sibling's reply has come by now
+                return own_id, seen, meshrpc.current_context.response_annotations.get("ECHO")
+
+            (id_a, seen_a, echo_a), (id_b, seen_b, echo_b) = await asyncio.gather(one(b"a"), one(b"b"))
+            assert seen_a == (str(id_a), b"a") and echo_a == b"a"
+            assert seen_b == (str(id_b), b"b") and echo_b == b"b"
+            assert meshrpc.current_context.correlation_id == creator_id
+            assert meshrpc.current_context.annotations == {"XTRA": b"creator"}
+            assert meshrpc.current_context.response_annotations == {}
+            assert await proxy.echo_context("XTRA") == (str(creator_id), b"creator")
+            assert meshrpc.current_context.response_annotations == {"ECHO": b"creator"}
     run(main())

@@ -151,7 +151,8 @@ class Settings:
         "selector for its reply, so that a quick reply is read at once instead of through a read "
         "callback and a second turn of the loop. Only while the loop has nothing else ready; any other "
         "socket, callback (also from another thread) or due timer ends it at once. Not a spin: no CPU "
-        "while it waits. 0 turns it off."))
+        "while it waits. An asyncio daemon waits the same way for a lone client's next request once all "
+        "its calls are answered. 0 turns both off."))
     FUTURE_WORKERS: int = field(default=4, metadata=_doc(
         "Threads (for the whole process) that run meshrpc.Future callables and the then/iferror "
         "chains of asynchronous calls; the calls themselves run on one shared asyncio loop thread."))

@@ -167,13 +167,16 @@ def _header(frame: Frame, flags: int, payload_len: int, ann_len: int, max_size: 
                        frame.seq & 0xFFFF, payload_len, ann_len, corr or _ZERO_ID, 0, MAGIC)
 
 
-def encode_bare(msg_type: int, serializer_id: int, seq: int, payload: bytes, flags: int = 0, *,
-                compress_min: int = -1, max_size: int = 0) -> list[bytes]:
-    """encode_parts of a frame without annotations and correlation id (most calls and replies), made
-    without a Frame: one buffer when the payload is small and stays uncompressed."""
+def encode_message(msg_type: int, serializer_id: int, seq: int, payload: bytes, flags: int = 0,
+                   annotations: dict | None = None, correlation_id: bytes | None = None, *,
+                   compress_min: int = -1, max_size: int = 0) -> list[bytes]:
+    """encode_parts of the frame these make. One without annotations and correlation id (most calls
+    and replies) is packed without building a Frame: one buffer when the payload is small and stays
+    uncompressed."""
     size = len(payload)
-    if size >= 65536 or 0 <= compress_min <= size or (max_size and size > max_size):
-        return encode_parts(Frame(msg_type, serializer_id, seq, payload, flags),
+    if (annotations or correlation_id or size >= 65536 or 0 <= compress_min <= size
+            or (max_size and size > max_size)):
+        return encode_parts(Frame(msg_type, serializer_id, seq, payload, flags, annotations or {}, correlation_id),
                             compress_min=compress_min, max_size=max_size)
     return [HEADER.pack(TAG, PROTOCOL_VERSION, msg_type, serializer_id, flags, seq & 0xFFFF, size, 0, _ZERO_ID, 0,
                         MAGIC) + payload]

@@ -28,7 +28,7 @@ from .constants import (BATCH_METHOD, BLOB_ANNOTATION, CAP_BINARY, CAP_OOB, CAP_
                         NOT_RUN_ANNOTATION, OOB_ANNOTATION, STREAM_ANNOTATION, UNKNOWN_OBJECT_REASON)
 from .frame import (FLAG_BATCH, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEPSERIALIZED, FLAG_ONEWAY,
                     HEADER, HEADER_SIZE, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING,
-                    MSG_RESULT, Frame, FrameReader, capabilities, encode_bare, encode_parts, pack_oob,
+                    MSG_RESULT, Frame, FrameReader, capabilities, encode_message, encode_parts, pack_oob,
                     unpack_oob)
 from .serializers import BY_ID, Serializer, by_id
 
@@ -306,12 +306,8 @@ class ClientSession(_Session):
             seq = self._next_seq()
         else:  # the hot path: one call at a time, no seq can be taken
             seq = self._seq = self.last_seq = (self._seq + 1) & SEQ_MASK
-        if annotations or correlation_id:
-            parts = encode_parts(Frame(MSG_INVOKE, wire_id, seq, payload, flags, annotations, correlation_id),
-                                 compress_min=self.compress_min, max_size=self.max_size)
-        else:
-            parts = encode_bare(MSG_INVOKE, wire_id, seq, payload, flags, compress_min=self.compress_min,
-                                max_size=self.max_size)
+        parts = encode_message(MSG_INVOKE, wire_id, seq, payload, flags, annotations, correlation_id,
+                               compress_min=self.compress_min, max_size=self.max_size)
         if not flags & FLAG_ONEWAY:
             if self.pipelined:
                 self._outstanding.add(seq)
@@ -603,11 +599,8 @@ class ServerSession(_Session):
             return self.error_reply(frame, SerializeError(f"cannot serialize the result: {exc}"), annotations)
         if oob:
             annotations = {**annotations, OOB_ANNOTATION: pack_oob(oob)} if annotations else {OOB_ANNOTATION: pack_oob(oob)}
-        elif not annotations and frame.correlation_id is None:  # the common reply
-            return encode_bare(MSG_RESULT, reply_id, frame.seq, payload, flags, compress_min=self.compress_min,
-                               max_size=self.max_size)
-        return encode_parts(Frame(MSG_RESULT, reply_id, frame.seq, payload, flags, annotations or {},
-                                  frame.correlation_id), compress_min=self.compress_min, max_size=self.max_size)
+        return encode_message(MSG_RESULT, reply_id, frame.seq, payload, flags, annotations, frame.correlation_id,
+                              compress_min=self.compress_min, max_size=self.max_size)
 
     def error_reply(self, frame: Frame, exc: BaseException, annotations: dict | None = None) -> list:
         """RESULT with FLAG_EXCEPTION carrying `exc` (a description when it does not serialize)."""

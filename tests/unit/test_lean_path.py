@@ -55,18 +55,20 @@ def test_scalar_subclasses_are_not_plain():
 @pytest.mark.parametrize("size, compress_min, max_size", [(0, -1, 0), (30, -1, 1 << 30), (65535, -1, 0),
                                                             (65536, -1, 0), (5000, 100, 0), (5000, 10000, 0)])
 @pytest.mark.parametrize("flags", [0, wire.FLAG_ONEWAY, wire.FLAG_BATCH])
-def test_encode_bare_equals_encode_parts(size, compress_min, max_size, flags):
+def test_encode_message_equals_encode_parts(size, compress_min, max_size, flags):
     payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     for seq in (0, 1, 0xFFFF, 0x10001):
-        bare = wire.encode_bare(wire.MSG_INVOKE, 77, seq, payload, flags, compress_min=compress_min, max_size=max_size)
-        general = wire.encode_parts(wire.Frame(wire.MSG_INVOKE, 77, seq, payload, flags),
-                                    compress_min=compress_min, max_size=max_size)
-        assert [bytes(p) for p in bare] == [bytes(p) for p in general]
+        for annotations, corr in ((None, None), ({"XTRA": b"v"}, None), (None, bytes(range(16)))):
+            bare = wire.encode_message(wire.MSG_INVOKE, 77, seq, payload, flags, annotations, corr,
+                                       compress_min=compress_min, max_size=max_size)
+            general = wire.encode_parts(wire.Frame(wire.MSG_INVOKE, 77, seq, payload, flags, annotations or {}, corr),
+                                        compress_min=compress_min, max_size=max_size)
+            assert [bytes(p) for p in bare] == [bytes(p) for p in general]
 
 
-def test_encode_bare_keeps_the_size_limit():
+def test_encode_message_keeps_the_size_limit():
     with pytest.raises(errors.MessageTooLargeError):
-        wire.encode_bare(wire.MSG_RESULT, 1, 1, b"x" * 101, max_size=100)
+        wire.encode_message(wire.MSG_RESULT, 1, 1, b"x" * 101, max_size=100)
 
 
 def handshaken(serializer: str = "serpent", **settings):

@@ -113,8 +113,6 @@ def normalized(output: str) -> list[str]:
         for pattern, replacement in MASKS:
             line = pattern.sub(replacement, line)
         lines.append(line.rstrip())
-    while lines and not lines[-1]:
-        lines.pop()  # a server stopped while printing its banner can leave a bare newline behind
     return lines
 
 
@@ -192,10 +190,13 @@ def _run_pair(example: Path, server: str, client: str, names: list[str], server_
     finally:
         server_proc.terminate()
         try:
-            rest = server_proc.communicate(timeout=10)[0]
+            server_proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server_proc.kill()
-            rest = server_proc.communicate()[0]
+            server_proc.wait()
+        # through the same file object: a drive that read lines (readline) may hold the next output in
+        # its buffer, which communicate(timeout=...) would skip (it reads the pipe itself)
+        rest = server_proc.stdout.read()
     return normalized(client_output), normalized(server_output + rest)
 
 

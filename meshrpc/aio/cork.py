@@ -22,7 +22,7 @@ class Cork:
     the first ones while this side still writes the rest (the two processes then work at the same
     time). `owner.transport` is the asyncio transport."""
 
-    __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes", "_fd")
+    __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes", "_fd", "_queued")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: Any, flush_bytes: int) -> None:
         self._loop = loop
@@ -32,13 +32,14 @@ class Cork:
         self._turn = False  # something was written in this turn already (and the end is scheduled)
         self._flush_bytes = flush_bytes
         self._fd = -1  # the socket's, once known
+        self._queued = False  # something was handed to the transport (ask it whether that is still waiting)
 
-    def write_alone(self, parts: list) -> None:
-        if self._parts:
-            self.gather(parts)
-            self.flush()
-        else:
-            self._send(parts)
+    def write_alone(self, parts: list, open_: bool = False) -> bool:
+        """True: all of it went to the socket at once, nothing is left for the loop to write.
+        `open_`: the caller saw the transport open just now."""
+        if self._parts:  # what was gathered goes first, in the same write
+            parts, self._parts, self._size = self._parts + parts, [], 0
+        return self._send(parts, open_)
 
     def write(self, parts: list) -> None:
         if self._turn:
@@ -59,13 +60,16 @@ class Cork:
             parts, self._parts, self._size = self._parts, [], 0
             self._send(parts)
 
-    def _send(self, parts: list) -> None:
+    def _send(self, parts: list, open_: bool = False) -> bool:
+        """True: all of `parts` went straight to the socket. `open_`: the transport was just seen open."""
         transport = self._owner.transport
-        if transport is None or transport.is_closing():
-            return
-        if len(parts) > _WRITEV_PARTS or transport.get_write_buffer_size():
+        if not open_ and (transport is None or transport.is_closing()):
+            return False
+        if len(parts) > _WRITEV_PARTS or (self._queued and transport.get_write_buffer_size()):
+            self._queued = True
             transport.writelines(parts)  # queued behind what waits already (or too many parts at once)
-            return
+            return False
+        self._queued = False
         # nothing queued: straight to the socket in one writev (what the transport would do, less its
         # per-write Python and join); whatever does not fit goes to the transport, which queues it
         fd = self._fd
@@ -78,9 +82,12 @@ class Cork:
             sent = 0
         except OSError:  # the transport's own write meets the same failure and closes the connection
             transport.writelines(parts)
-            return
+            return False
         if sent < sum(map(len, parts)):
+            self._queued = True
             transport.write(b"".join(parts)[sent:])
+            return False
+        return True
 
     def _end_of_turn(self) -> None:
         self._turn = False

@@ -33,6 +33,7 @@ from . import resolve as aio_resolve
 from .cork import Cork
 from .receiving import receive_buffer
 from .spin import LoopSpin
+from .turn import Turn
 
 log = logging.getLogger("meshrpc.aio")
 
@@ -47,7 +48,7 @@ class _Connection(asyncio.BufferedProtocol):
         loop = self.loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future[Any] = loop.create_future()
         self.waiting: dict[int, asyncio.Future[Any]] = {}
-        self.turn = asyncio.Lock()           # without pipelining: one call at a time
+        self.turn = Turn()                   # without pipelining: one call at a time
         self.closed = False
         self.close_reason: BaseException | None = None
         self._writable = asyncio.Event()
@@ -68,7 +69,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.session.receive_data(self._received[:nbytes])  # copied out: the buffer is the loop's
-        self._pump()
+        self._pump(-1)
 
     def eof_received(self) -> bool:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
@@ -87,21 +88,28 @@ class _Connection(asyncio.BufferedProtocol):
         self._writable.set()
 
     # --- driving the session
-    def _pump(self) -> None:
+    def _pump(self, mine: int) -> Any:
+        """Hand the session's events to their waiters; the reply to `mine` (a seq, -1: none) is
+        returned instead (the call that reads it in `send_call` has no waiter)."""
         session = self.session
+        waiting = self.waiting
+        got = None
         while True:
             try:
                 event = session.next_event()
             except Exception as exc:  # ProtocolError, SecurityError, ConnectionClosedError: unusable now
                 log.warning("closing the connection to %s: %s", self.target, exc)
                 self._fail(exc)
-                return
+                return got
             if event is NEED_DATA:
-                return
-            if isinstance(event, wire.Frame):
-                waiter = self.waiting.pop(event.seq, None)
-            elif isinstance(event, NotRun):
-                waiter = self.waiting.pop(event.seq, None)
+                return got
+            if isinstance(event, (wire.Frame, NotRun)):
+                if event.seq == mine:
+                    if not waiting:  # nobody else waits: what else came (late replies) can wait for the next read
+                        return event
+                    got = event
+                    continue
+                waiter = waiting.pop(event.seq, None)
             elif isinstance(event, (Connected, ConnectRefused)):
                 waiter = self.handshake
             else:
@@ -109,28 +117,34 @@ class _Connection(asyncio.BufferedProtocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(event)
 
-    def write(self, parts: list, alone: bool = False) -> None:
-        """alone: no other call is in flight on this connection (nothing to gather it with)."""
+    def write(self, parts: list) -> None:
         if self.closed or self.transport is None or self.transport.is_closing():
             raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
-        if alone:
-            self._corked.write_alone(parts)
-        else:
-            self._corked.write(parts)
+        self._corked.write(parts)
 
-    def poll_reply(self, timeout: float | None = None) -> None:
-        """A lone call was just written: wait for its reply while the loop has nothing else to do (a
-        spin, or a sleep in the loop's own selector: aio/spin.py); what came is read now, so the call
-        finds its reply without a read callback, a wake-up and another turn of the loop. `timeout`:
-        the proxy's own (None: none), which the wait never outlasts."""
-        assert self.spin is not None
+    def send_call(self, parts: list, seq: int, timeout: float | None) -> Any:
+        """Write the request of call `seq`. A lone call (nothing else in flight here) then waits for
+        its reply while the loop has nothing else to do (a spin, or a sleep in the loop's own
+        selector: aio/spin.py) and reads it at once: its reply event is returned, and the call needs
+        no Future, read callback, wake-up or second turn of the loop. None: the reply is still to
+        come (the caller awaits it in `waiting`), or the connection failed (`closed`). `timeout`: the
+        proxy's own (None: none), which the wait never outlasts. NotDelivered: nothing was sent."""
+        if self.waiting:
+            self.write(parts)
+            return None
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
+        if not self._corked.write_alone(parts, open_=True) or self.spin is None:
+            return None  # (part of it waits in the transport: the loop writes it)
         try:
-            count = self.spin.read_reply(self._received, timeout)
+            count = self.spin.read_reply(self._received, timeout, written=True)
         except OSError as exc:
             self._fail(ConnectionClosedError(f"the connection to {self.target} was lost: {exc}"))
-            return
-        if count:
-            self.buffer_updated(count)
+            return None
+        if not count:
+            return None
+        self.session.receive_data(self._received[:count])
+        return self._pump(seq)
 
     async def drained(self) -> None:
         """Flow control: a big message waits for the socket to drain (callers test `paused` first)."""
@@ -166,8 +180,12 @@ class _RemoteMethod:
         self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """A coroutine: `await proxy.method(...)`."""
-        return self._proxy._pyroCall(self._name, args, kwargs)
+        """A coroutine: `await proxy.method(...)`; for a known method, the call itself (one coroutine)."""
+        proxy, name = self._proxy, self._name
+        if name in proxy._pyroMethods:
+            return proxy._invoke_once(name, args, kwargs, wire.FLAG_ONEWAY if name in proxy._pyroOneway else 0,
+                                      None, None, time.monotonic())
+        return proxy._pyroCall(name, args, kwargs)
 
     def __await__(self) -> Any:
         """`await proxy.name` before the metadata came: an attribute after all is read."""
@@ -359,22 +377,21 @@ class Proxy:
         return by_name(self._pyroSerializer or self._pyroSettings.SERIALIZER)
 
     # --- calling
-    async def _pyroCall(self, name: str, args: tuple, kwargs: dict) -> Any:
+    def _pyroCall(self, name: str, args: tuple, kwargs: dict) -> Any:
+        """The coroutine of a method call: for a known method, the call itself (one coroutine)."""
+        if name in self._pyroMethods:
+            return self._invoke_once(name, args, kwargs, wire.FLAG_ONEWAY if name in self._pyroOneway else 0,
+                                     None, None, time.monotonic())
+        return self._call_unbound(name, args, kwargs)
+
+    async def _call_unbound(self, name: str, args: tuple, kwargs: dict) -> Any:
+        """A call before the metadata came: bind first (the name must be a method)."""
+        if not (self._pyroMethods or self._pyroAttrs):
+            await self._pyroBind()
         if name not in self._pyroMethods:
-            if not (self._pyroMethods or self._pyroAttrs):
-                await self._pyroBind()
-            if name not in self._pyroMethods:
-                raise AttributeError(f"remote object '{self._pyroUri}' has no exposed method '{name}'")
-        flags = wire.FLAG_ONEWAY if name in self._pyroOneway else 0
-        started = time.monotonic()
-        try:
-            value, error = await self._invoke_once(name, args, kwargs, flags, None, None)  # the common case
-        except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
-            value, error = await self._recovering(
-                lambda recovery: self._invoke_once(name, args, kwargs, flags, None, recovery), name, exc, started)
-        if error is not None:
-            raise error  # the remote object's own exception: never taken for a connection failure
-        return value
+            raise AttributeError(f"remote object '{self._pyroUri}' has no exposed method '{name}'")
+        return await self._invoke_once(name, args, kwargs, wire.FLAG_ONEWAY if name in self._pyroOneway else 0,
+                                       None, None, time.monotonic())
 
     async def _pyroGetAttr(self, name: str) -> Any:
         """The value of the remote object's exposed attribute `name`."""
@@ -470,64 +487,93 @@ class Proxy:
         log.info("call to %s failed: %s", self._pyroUri, exc)
 
     async def _invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
-                           object_id: str | None, recovery: Recovery | None) -> tuple[Any, BaseException | None]:
-        conn = self._conn
-        if conn is None or conn.closed:
-            if conn is not None and conn.closed:
-                self._conn = None
-                raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
-                                   suspect=False)
-            conn = await self._connection(recovery)
-        session = conn.session
-        oneway = bool(flags & wire.FLAG_ONEWAY)
-        taking_turns = not session.pipelined
-        if taking_turns:
-            await conn.turn.acquire()
+                           object_id: str | None, recovery: Recovery | None, started: float | None = None) -> Any:
+        """One attempt of a call: (result, None) or (None, the remote exception).
+
+        `started` (time.monotonic()): a method call's first attempt (_RemoteMethod), which is the whole
+        call in this one coroutine: a failure goes on under the recovery rules here, and the method's
+        result is returned (its exception raised)."""
         try:
-            if conn.closed:
-                raise NotDelivered(f"the connection to {self._pyroUri} was closed", self._pyroUri, suspect=False)
-            state = current_state()  # the call context, without the property indirection (hot path)
-            corr = state.correlation_id
-            if corr is FRESH_ID:  # inside a server call that came without one: its fresh id, as in Pyro5
-                corr = current_context.correlation_bytes
-            annotations = (state.annotations if type(self)._pyroAnnotations is _DEFAULT_ANNOTATIONS
-                           else self._pyroAnnotations())
-            parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
-                                         annotations or None, corr)
-            if oneway:
-                conn.write(parts)
-                set_response_annotations(state, {})  # no reply, so none (as the threaded proxy and Pyro5)
-                if conn.paused:
-                    await conn.drained()
-                return None, None
-            seq = session.last_seq
-            waiting = conn.waiting
-            alone = not waiting
-            waiter = waiting[seq] = conn.loop.create_future()
+            conn = self._conn
+            if conn is None or conn.closed:
+                if conn is not None and conn.closed:
+                    self._conn = None
+                    raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
+                                       suspect=False)
+                conn = await self._connection(recovery)
+            session = conn.session
+            turn = None if session.pipelined else conn.turn
+            if turn is not None and not turn.take_now():  # a free turn costs no await
+                await turn.take(conn.loop)
             try:
-                conn.write(parts, alone)
-                if conn.paused:
-                    await conn.drained()
-                elif alone and conn.spin is not None:
-                    conn.poll_reply(self._pyroTimeout)
-                if self._pyroTimeout:
-                    async with asyncio.timeout(self._pyroTimeout):
-                        event = await waiter
+                if conn.closed:
+                    raise NotDelivered(f"the connection to {self._pyroUri} was closed", self._pyroUri,
+                                       suspect=False)
+                state = current_state()  # the call context, without the property indirection (hot path)
+                corr = state.correlation_id
+                if corr is FRESH_ID:  # inside a server call that came without one: its fresh id, as in Pyro5
+                    corr = current_context.correlation_bytes
+                annotations = (state.annotations if type(self)._pyroAnnotations is _DEFAULT_ANNOTATIONS
+                               else self._pyroAnnotations())
+                parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
+                                             annotations or None, corr)
+                if flags & wire.FLAG_ONEWAY:
+                    conn.write(parts)
+                    set_response_annotations(state, {})  # no reply, so none (as the threaded proxy and Pyro5)
+                    if conn.paused:
+                        await conn.drained()
+                    event = None
                 else:
-                    event = await waiter
-            except TimeoutError:
-                self._abandon(conn, seq)
-                raise errors.TimeoutError(f"no reply from {self._pyroUri} to {methodname} within "
-                                          f"{self._pyroTimeout:g} s") from None
-            except BaseException:  # cancelled (or the send failed): the late reply must go nowhere
-                self._abandon(conn, seq)
+                    seq = session.last_seq
+                    try:
+                        # a lone call's reply may come within send_call: no Future, no second turn of the loop
+                        event = conn.send_call(parts, seq, self._pyroTimeout)
+                    except BaseException:  # not sent: its seq must not stay outstanding
+                        self._abandon(conn, seq)
+                        raise
+                    if event is None:
+                        event = await self._reply_to(conn, seq, methodname)
+            finally:
+                if turn is not None:
+                    turn.release()
+            if event is None:
+                outcome: tuple[Any, BaseException | None] = (None, None)
+            elif event.__class__ is NotRun:
+                raise NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
+            else:
+                outcome = self._reply(session, event, state)
+        except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
+            if started is None:
                 raise
-        finally:
-            if taking_turns:
-                conn.turn.release()
-        if isinstance(event, NotRun):
-            raise NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
-        return self._reply(session, event)
+            outcome = await self._recovering(
+                lambda recovery: self._invoke_once(methodname, vargs, kwargs, flags, object_id, recovery),
+                methodname, exc, started)
+        if started is None:
+            return outcome
+        value, error = outcome
+        if error is not None:
+            raise error  # the remote object's own exception: never taken for a connection failure
+        return value
+
+    async def _reply_to(self, conn: _Connection, seq: int, methodname: str) -> Any:
+        """Await the reply to `seq`, sent already (within the proxy's timeout, if it has one)."""
+        waiter = conn.waiting[seq] = conn.loop.create_future()
+        try:
+            if conn.closed:  # it failed while the call was sent (the session saw a broken reply)
+                raise _closed(conn.close_reason or ConnectionClosedError(f"the connection to {self._pyroUri} failed"))
+            if conn.paused:
+                await conn.drained()
+            if self._pyroTimeout:
+                async with asyncio.timeout(self._pyroTimeout):
+                    return await waiter
+            return await waiter
+        except TimeoutError:
+            self._abandon(conn, seq)
+            raise errors.TimeoutError(f"no reply from {self._pyroUri} to {methodname} within "
+                                      f"{self._pyroTimeout:g} s") from None
+        except BaseException:  # cancelled (or the connection failed): the late reply must go nowhere
+            self._abandon(conn, seq)
+            raise
 
     def _abandon(self, conn: _Connection, seq: int) -> None:
         conn.waiting.pop(seq, None)
@@ -537,10 +583,11 @@ class Proxy:
                 self._conn = None
             conn.close()
 
-    def _reply(self, session: ClientSession, frame: wire.Frame) -> tuple[Any, BaseException | None]:
+    def _reply(self, session: ClientSession, frame: wire.Frame, state: Any) -> tuple[Any, BaseException | None]:
+        """(value, None) or (None, the remote exception); `state`: current_state() of the call."""
         annotations = frame.annotations
         blobs = session.take_blobs(frame) if annotations and not self._pyroRawWireResponse else None
-        set_response_annotations(current_state(), annotations)
+        set_response_annotations(state, annotations)
         if type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
             self._pyroResponseAnnotations(annotations, frame.type)
         if self._pyroRawWireResponse:

@@ -34,7 +34,7 @@ class LoopSpin:
     """One connection's wait (a sleep in the selector, or a spin) on its selector event loop (the
     loop's thread only). An aio daemon holds one per connection: slots keep 10,000 of them small."""
 
-    __slots__ = ("loop", "transport", "fd", "gate", "wait", "_select", "_ready", "_other_ready")
+    __slots__ = ("loop", "transport", "fd", "gate", "wait", "_select", "_ready", "_other_ready", "_clock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, fd: int,
                  gate: SpinGate | None, wait: float = 0.0) -> None:
@@ -46,6 +46,9 @@ class LoopSpin:
         self._select: Callable[[float], list] = _poller(loop._selector)  # type: ignore[attr-defined]
         self._ready: collections.deque = loop._ready  # type: ignore[attr-defined]
         self._other_ready = False  # the last poll saw another file descriptor ready
+        # the loop's clock: time.monotonic itself unless the loop has a time() of its own
+        self._clock: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time)
 
     @classmethod
     def for_transport(cls, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport,
@@ -70,11 +73,21 @@ class LoopSpin:
 
     def loop_idle(self) -> bool:
         """Nothing else for the loop to do right now, as far as can be seen without polling."""
+        return self._idle_for(1.0) is not None
+
+    def _idle_for(self, limit: float) -> float | None:
+        """How long (at most `limit`) the loop has nothing else to do: None when it has something now
+        (a ready callback, a due timer), else the time to its next timer."""
         if self._ready:
-            return False
-        loop = self.loop
-        scheduled = loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces the list
-        return not scheduled or scheduled[0].when() > loop.time()
+            return None
+        scheduled = self.loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces the list
+        if scheduled:
+            left = scheduled[0]._when - self._clock()  # (TimerHandle.when(), without the call)
+            if left <= 0:
+                return None
+            if left < limit:
+                return left
+        return limit
 
     def _mine_readable(self, timeout: float = 0) -> bool:
         mine = other = False
@@ -91,37 +104,38 @@ class LoopSpin:
 
     def _quiet(self) -> bool:
         """The loop is idle and this connection's transport has nothing to write and is reading."""
-        transport = self.transport
-        return (self.loop_idle() and not transport.is_closing() and transport.is_reading()
-                and not transport.get_write_buffer_size())
+        return self.loop_idle() and self._transport_quiet()
 
-    def read_reply(self, into: memoryview, timeout: float | None = None) -> int:
+    def _transport_quiet(self) -> bool:
+        transport = self.transport
+        return not transport.is_closing() and transport.is_reading() and not transport.get_write_buffer_size()
+
+    def read_reply(self, into: memoryview, timeout: float | None = None, written: bool = False) -> int:
         """After a lone call was written: spin (when the gate and the loop allow) until bytes came, else
         sleep in the loop's selector as the loop would (AIO_REPLY_WAIT); read what came into `into`.
         The count read; 0 when nothing was read (nothing came in time, the loop has other work, or
         the peer closed: the transport then sees that itself). OSError when the read failed.
-        `timeout`: the call's own, if any; the sleep never outlasts it."""
+        `timeout`: the call's own, if any; the sleep never outlasts it. `written`: the caller's
+        write just went to the socket whole on an open transport (only the loop is left to check).
+
+        The sleep is in the loop's own selector, as the loop itself would sleep now, but it wakes for
+        this socket only: bounded by the loop's next timer and AIO_REPLY_WAIT, and any other file
+        descriptor (another connection, the self-pipe that call_soon_threadsafe and signals write
+        to) ends it; the loop then sees that event itself (epoll is level-triggered: asking takes
+        nothing away)."""
         gate = self.gate
         if gate is not None and gate.should_spin() and self._quiet():
             with waiters as waiting:
                 if waiting <= 1 and gate.spin(self._mine_readable, time.perf_counter, self._give_way):
                     return self._read(into)
-        if self.wait and self._quiet() and self._sleep_until_readable(timeout):
-            return self._read(into)
+        wait = self.wait
+        if wait:
+            wait = self._idle_for(wait if timeout is None or timeout > wait else timeout)
+            if wait is not None and (written or self._transport_quiet()):
+                ready = self._select(wait)
+                if len(ready) == 1 and ready[0][0] == self.fd:  # this socket only (else the loop goes first)
+                    return self._read(into)
         return 0
-
-    def _sleep_until_readable(self, limit: float | None) -> bool:
-        """Sleep in the loop's own selector, as the loop itself would now, but wake for this socket's
-        reply only: True when it is readable and nothing else is ready. Bounded by the next timer of
-        the loop and by AIO_REPLY_WAIT; any other file descriptor (another connection, the loop's
-        self-pipe that call_soon_threadsafe and signals write to) ends it, and the loop then sees
-        that event itself (epoll is level-triggered: asking takes nothing away)."""
-        loop = self.loop
-        timeout = self.wait if limit is None else min(self.wait, limit)
-        scheduled = loop._scheduled  # type: ignore[attr-defined]
-        if scheduled:
-            timeout = min(timeout, max(0.0, scheduled[0].when() - loop.time()))
-        return self._mine_readable(timeout) and not self._other_ready
 
     def _read(self, into: memoryview) -> int:
         try:

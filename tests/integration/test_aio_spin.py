@@ -121,8 +121,8 @@ def count_reads(monkeypatch: pytest.MonkeyPatch, waits: list[Any]) -> list[int]:
     read: list[int] = []
     original = LoopSpin.read_reply
 
-    def counted(self: LoopSpin, into: memoryview, timeout: float | None = None) -> int:
-        count = original(self, into, timeout)
+    def counted(self: LoopSpin, into: memoryview, timeout: float | None = None, written: bool = False) -> int:
+        count = original(self, into, timeout, written)
         if any(self is wait for wait in waits):
             read.append(count)
         return count
@@ -142,6 +142,31 @@ def test_a_lone_call_reads_its_reply_in_the_wait(served: Any, waiting: Settings,
             assert [await proxy.echo(i) for i in range(20)] == list(range(20))
             assert len(read) == 20 and all(read), read  # every reply was read by the spin or the sleep
     run(main())
+
+
+def test_a_lone_call_whose_reply_comes_in_the_wait_needs_no_future(served: Any, waiting: Settings) -> None:
+    """The reply read in the wait completes the call in its first step: nothing to wake up later
+    (and without the wait, every call awaits a Future: the count tells the two apart)."""
+    _, uri = served
+
+    async def futures_per_call(settings: Settings) -> float:
+        loop = asyncio.get_running_loop()
+        made = []
+        create_future = loop.create_future
+
+        def counted() -> asyncio.Future[Any]:
+            made.append(1)
+            return create_future()
+        async with meshrpc.aio.Proxy(uri, settings=settings) as proxy:
+            await proxy.echo(0)
+            loop.create_future = counted  # type: ignore[method-assign]
+            try:
+                assert [await proxy.echo(i) for i in range(20)] == list(range(20))
+            finally:
+                del loop.create_future
+        return len(made) / 20
+    assert run(futures_per_call(waiting)) == 0
+    assert run(futures_per_call(reply_wait(config.copy(SPIN_WAIT=0.0), 0.0))) >= 1
 
 
 @pytest.mark.parametrize("other_work", ["a timer falls due", "another socket gets data", "another thread queues a callback"])

@@ -55,10 +55,12 @@ class Cork:
         if self._size >= self._flush_bytes:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Send what was gathered. True: it went to the socket whole, and nothing waits in the transport."""
         if self._parts:
             parts, self._parts, self._size = self._parts, [], 0
-            self._send(parts)
+            return self._send(parts)
+        return not self._queued
 
     def _send(self, parts: list, open_: bool = False) -> bool:
         """True: all of `parts` went straight to the socket. `open_`: the transport was just seen open."""

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from .. import errors
-from ..context import current_context
+from ..context import current_context, current_state
 from ..errors import DaemonError, ProtocolError, SerializeError
 from ..server import daemon as threaded
 from ..wire import constants
@@ -106,26 +106,27 @@ class _ClientConnection(asyncio.BufferedProtocol):
                 self.daemon._pump(self)
             finally:
                 self.pumping = False
-                self._corked.flush()
-            nbytes = self._next_request()
+                written = self._corked.flush()
+            nbytes = self._next_request(written)
 
-    def _next_request(self) -> int:
+    def _next_request(self, written: bool) -> int:
         """All answered and the loop idle: wait for the client's next request (a sequential caller's)
         in the loop's own selector (aio/spin.py) and read it, so that it is handled without another
-        turn of the loop. The count read; 0: nothing came in time, or the loop has other work."""
+        turn of the loop. The count read; 0: nothing came in time, or the loop has other work.
+        `written`: the replies just went to the socket whole (nothing waits in the transport)."""
         if self.calls or self.closed or self._next is None:
             return 0
         try:
-            return self._next.read_reply(self._received)
+            return self._next.read_reply(self._received, None, written)
         except OSError:  # the loop's own read will see the failure
             return 0
 
     def replied(self) -> None:
-        """A call that ran outside the reading of its request (in the executor, or a Task) was answered."""
-        if not self.pumping:
-            nbytes = self._next_request()
-            if nbytes:
-                self.buffer_updated(nbytes)
+        """A call that ran outside the reading of its request (in the executor, or a Task) was answered
+        (the caller checked `pumping`)."""
+        nbytes = self._next_request(False)
+        if nbytes:
+            self.buffer_updated(nbytes)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -134,7 +135,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.daemon._dropped(self)
 
     def send(self, parts: list) -> None:
-        if parts and not self.closed and self.transport is not None and not self.transport.is_closing():
+        if parts and not self.closed and self.transport is not None:  # (the cork drops it if the transport closes)
             if self.pumping:  # more requests of this read may follow: flushed when the read is done
                 self._corked.gather(parts)
             elif self.calls:  # other calls of this connection are running: their replies may join
@@ -348,8 +349,9 @@ class Daemon(threaded.Daemon):
 
     def _frame_context(self, conn: _ClientConnection, frame: wire.Frame) -> None:
         serializer = conn.wire.serializer
-        self._context_for(conn, frame.seq, frame.flags, serializer.id if serializer else frame.serializer_id,
-                          frame.annotations, frame.correlation_id)
+        current_context.begin(conn, conn.addr, frame.seq, frame.flags,
+                              serializer.id if serializer else frame.serializer_id, frame.annotations,
+                              frame.correlation_id)
 
     def _run_sync(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
         """On an executor thread: the Dispatcher runs the whole call (instance modes, batches, streams)."""
@@ -369,9 +371,27 @@ class Daemon(threaded.Daemon):
         return flags, result, current_context.response_annotations
 
     async def _serve_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> None:
-        """The task of one `async def` call: runs it, then sends its reply."""
+        """One `async def` call (its context is its own): looked up by the Dispatcher, awaited, answered.
+        It starts eagerly (aio/eager.py); it is a Task only if it waits."""
         try:
-            outcome = await self._run_async(conn, frame, call)
+            self._frame_context(conn, frame)
+            dispatch = self._dispatch
+            method = call[1]
+            try:
+                prepared = dispatch.prepare(conn, frame.flags, call)
+            except Exception as exc:  # unknown object or method
+                flags, result = dispatch.failure(exc, method)
+            else:
+                function = prepared.function
+                try:
+                    result = await function(*prepared.vargs, **prepared.kwargs)
+                except Exception as exc:
+                    if getattr(function, "_pyroCallback", False):
+                        log.warning("exception in callback %s", method, exc_info=True)
+                    flags, result = dispatch.failure(exc, method)
+                else:
+                    flags, result = dispatch.finish(conn, result)
+            outcome: tuple = (flags, result, current_state().response_annotations)
         except asyncio.CancelledError:
             self._reply(conn, frame, (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {}))
             raise
@@ -383,28 +403,8 @@ class Daemon(threaded.Daemon):
                 self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
             conn.calls -= 1
         self._reply(conn, frame, outcome)
-        conn.replied()
-
-    async def _run_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple[int, Any, dict]:
-        """On the loop: an `async def` method, looked up by the Dispatcher and awaited (its context is
-        this task's own)."""
-        self._frame_context(conn, frame)  # a state of this task's own
-        dispatch = self._dispatch
-        method = call[1]
-        try:
-            prepared = dispatch.prepare(conn, frame.flags, call)
-        except Exception as exc:  # unknown object or method
-            return (*dispatch.failure(exc, method), current_context.response_annotations)
-        function = prepared.function
-        try:
-            result = await function(*prepared.vargs, **prepared.kwargs)
-        except Exception as exc:
-            if getattr(function, "_pyroCallback", False):
-                log.warning("exception in callback %s", method, exc_info=True)
-            flags, result = dispatch.failure(exc, method)
-        else:
-            flags, result = dispatch.finish(conn, result)
-        return flags, result, current_context.response_annotations
+        if not conn.pumping:  # answered outside the reading of its request (it waited)
+            conn.replied()
 
     def _call(self, registration: Any, instance: Any, method: str, vargs: tuple, kwargs: dict) -> Any:
         result = super()._call(registration, instance, method, vargs, kwargs)
@@ -426,7 +426,8 @@ class Daemon(threaded.Daemon):
         else:
             outcome = done.result()
         self._reply(conn, frame, outcome)
-        conn.replied()
+        if not conn.pumping:
+            conn.replied()
 
     def _reply(self, conn: _ClientConnection, frame: wire.Frame, outcome: tuple) -> None:
         """Send the reply of a finished call (nothing for a oneway call, or when the client is gone)."""

@@ -285,6 +285,8 @@ class Proxy:
             # before the metadata came (no round trip here), any name may be a method: the call checks;
             # but not a `__x` name, which Python and libraries probe (hasattr): those wait for the metadata
             method = self._pyroMethodCache[name] = _RemoteMethod(self, name)
+            if name in self._pyroMethods:  # known: plain attribute lookup finds it from now on (no __getattr__)
+                self.__dict__[name] = method
             return method
         if not known:
             raise AttributeError(f"{name}: not known before the proxy is bound (`async with proxy` or "
@@ -359,6 +361,8 @@ class Proxy:
         self._pyroOneway = frozenset(meta.get("oneway") or ())
         self._pyroAttrs = frozenset(meta.get("attrs") or ())
         self._pyroIdempotent = frozenset(meta.get("idempotent") or ())
+        for name in self._pyroMethodCache:  # the names may mean something else now
+            self.__dict__.pop(name, None)
         self._pyroMethodCache = {}
 
     # hooks, as on the threaded proxy

@@ -342,6 +342,27 @@ def test_instance_modes_and_metadata() -> None:
     run(main())
 
 
+def test_a_known_method_is_found_without_getattr_and_new_metadata_forgets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    looked_up: list[str] = []
+    getattr_ = meshrpc.aio.Proxy.__getattr__
+
+    def counted(self: Any, name: str) -> Any:
+        looked_up.append(name)
+        return getattr_(self, name)
+    monkeypatch.setattr(meshrpc.aio.Proxy, "__getattr__", counted)
+
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            assert [await proxy.add(i, 1) for i in range(5)] == [1, 2, 3, 4, 5]
+            assert looked_up.count("add") == 1  # once; then plain attribute lookup finds the cached method
+            proxy._pyroProcessMetadata({"methods": ["nap"]})  # the remote object changed: add is gone
+            with pytest.raises(AttributeError, match="no exposed attribute or method 'add'"):
+                proxy.add
+            assert looked_up.count("add") == 2
+    run(main())
+
+
 def test_pyroname_resolution_on_the_mesh_never_blocks_the_loop(realm: str) -> None:
     settings = Settings().copy(REALM=realm, INTERFACES="127.0.0.1", HOST="127.0.0.1")
 

@@ -86,6 +86,21 @@ class ClientConnection(FramedConnection):
     def serializer(self) -> Serializer | None:
         return self.protocol.serializer
 
+    def send_reply(self, parts: list) -> None:
+        """send_parts for the worker serving this connection: only that worker writes to a client's
+        connection (one request at a time, answered in turn), so a plain socket needs no send lock
+        (a `with` per reply is a tenth of a microsecond and more); TLS goes through send_parts."""
+        if self.tls is not None:
+            return self.send_parts(parts)
+        try:
+            for part in parts:
+                self._sendall(part)
+        except socket.timeout:
+            raise errors.TimeoutError("sending timed out") from None
+        except OSError as exc:
+            raise errors.ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
+        self.last_active = time.monotonic()
+
     def __repr__(self) -> str:
         return f"<ClientConnection {self.addr}>"
 
@@ -115,11 +130,15 @@ class ConnectionServer:
         # SERVERTYPE multiplex: one call at a time, as Pyro5's multiplexed server runs them
         self._pool = WorkerPool(1 if settings.SERVERTYPE == "multiplex" else settings.THREADPOOL_SIZE)
         self._stop = threading.Event()
+        self._stopping = False  # _stop.is_set(), read on every request without a call
         self._loop_done = threading.Event()
         self._loop_done.set()
         self._next_housekeeping = 0.0
-        self._calls_lock = threading.Lock()
-        self._calls_in_progress = 0
+        self._calls_lock = threading.Lock()  # for _serving
+        # one entry per call in progress: append and pop are atomic, so no lock per call. A worker adds
+        # its call before it looks at the stop flag, and the stop is set before the drain counts: every
+        # call let in is counted (the flag and the count are read and written in that order, under the GIL)
+        self._active_calls: collections.deque[None] = collections.deque()
         self._answered_while_stopping = 0.0  # monotonic time a call in progress at the stop answered
         self._serving = 0  # workers serving a connection now: spinning pays only for a lone one
         self._server_spin = settings.SERVER_SPIN and settings.SPIN_WAIT > 0  # off: not even the gate is asked
@@ -128,6 +147,10 @@ class ConnectionServer:
         if not unixsocket and tls_context is None and not settings.KEY:
             _warn_if_exposed(listener, location)
         self._start_reaper()
+
+    @property
+    def _calls_in_progress(self) -> int:
+        return len(self._active_calls)
 
     # ------------------------------------------------------------------ the selector loop
 
@@ -365,30 +388,38 @@ class ConnectionServer:
 
     def _serve_requests(self, conn: ClientConnection, protocol: ServerSession, pool: WorkerPool,
                         linger_ms: float) -> None:
+        # every request passes here: locals, no calls that are not needed
+        next_event, handle = protocol.next_event, self._handle
+        timed_reads, fill_within, server_spin = conn.timed_reads, conn.fill_within, self._server_spin
         try:
             while True:
                 # the key proof needs the time, and only before the handshake
-                event = protocol.next_event(None if protocol.handshaken else time.time())
+                event = next_event(None if protocol.handshaken else time.time())
                 if event is not NEED_DATA:
-                    self._handle(conn, event)
+                    handle(conn, event)
                     continue
-                if self._stop.is_set():
+                if self._stopping:
                     if conn.poller.poll(0):  # shutting down: answer what came ("not run")
                         conn.fill(spin=False)
                         continue
                     self._hand_back(conn)  # and let the draining loop watch it for late requests
                     return
-                if pool.backlog():  # other connections are waiting for a worker: take turns
+                if pool.backlogged:  # other connections are waiting for a worker: take turns
                     self._hand_back(conn)
                     return
                 # spin only while this is the one connection being served: with others, a spinning
                 # worker takes the GIL and a core from their requests
-                if self._server_spin and self._serving == 1 and not self._calls_in_progress and conn.try_fill():
+                if server_spin and self._serving == 1 and not self._active_calls and conn.try_fill():
                     continue  # the next request came quickly: no sleep, no wake-up
-                # idle: keep watching for WORKER_LINGER, unless other connections wait for a worker
-                if not self._await_request(conn, linger_ms):
-                    self._hand_back(conn)
-                    return
+                if timed_reads and pool.has_room:
+                    # a new task gets a thread of its own: no backlog to watch, so one blocking read (it
+                    # times out after WORKER_LINGER) does what poll + read do, a system call less per read
+                    if fill_within():
+                        continue
+                elif self._await_request(conn, linger_ms):
+                    continue
+                self._hand_back(conn)  # idle for WORKER_LINGER, or other connections wait for a worker
+                return
         except (errors.ConnectionClosedError, errors.TimeoutError):
             self._drop(conn)
         except ProtocolError as exc:
@@ -399,12 +430,9 @@ class ConnectionServer:
             self._drop(conn)
 
     def _await_request(self, conn: ClientConnection, linger_ms: float) -> bool:
-        """Read the connection's next request (some of it): True when data came, False when the worker
-        should hand it back (idle for WORKER_LINGER, or tasks are waiting for a worker)."""
-        if conn.timed_reads and self._pool.roomy():
-            # a new task gets a thread of its own: no backlog to watch, so one blocking read (it
-            # times out after WORKER_LINGER) does what poll + read do, a system call less per read
-            return conn.fill_within()
+        """Read the connection's next request (some of it) where a blocking read will not do (TLS, or a
+        pool that may need this worker): True when data came, False when the worker should hand it
+        back (idle for WORKER_LINGER, or tasks are waiting for a worker)."""
         if not self._linger(conn, linger_ms):
             return False
         conn.fill(spin=False)  # readable: the gate was asked once already, by try_fill
@@ -452,19 +480,17 @@ class ConnectionServer:
         if self._logwire:
             log.debug("received from %s: %r", conn.addr, event)
         if event.type == wire.MSG_INVOKE:
-            with self._calls_lock:
-                too_late = self._stop.is_set()
-                if not too_late:
-                    self._calls_in_progress += 1
-            if too_late:
+            active = self._active_calls
+            active.append(None)  # counted first, then the stop is looked at (see __init__)
+            if self._stopping:
+                active.pop()
                 self._refuse_not_run(conn, event)
                 return
             try:
                 self._invoke(conn, event)
             finally:
-                with self._calls_lock:
-                    self._calls_in_progress -= 1
-                if self._stop.is_set():  # the drain answers "not run" for a while after this answer
+                active.pop()
+                if self._stopping:  # the drain answers "not run" for a while after this answer
                     self._answered_while_stopping = time.monotonic()
         elif event.type == wire.MSG_PING:
             conn.send_parts(conn.protocol.pong(event))
@@ -516,7 +542,7 @@ class ConnectionServer:
             call = protocol.decode_call(frame)
         except (SerializeError, errors.SecurityError) as exc:
             if not is_oneway:
-                conn.send_parts(protocol.error_reply(frame, exc))
+                conn.send_reply(protocol.error_reply(frame, exc))
             else:
                 log.warning("dropped oneway call from %s: %s", conn.addr, exc)
             return
@@ -533,11 +559,11 @@ class ConnectionServer:
         if self.daemon._reply_annotations is not None:
             annotations = {**annotations, **self.daemon._reply_annotations()}
         if not flags & _SPECIAL_REPLY:  # the common case first
-            conn.send_parts(protocol.result_reply(frame, result, annotations, flags))
+            conn.send_reply(protocol.result_reply(frame, result, annotations, flags))
         elif flags & wire.FLAG_ITEMSTREAMRESULT:
-            conn.send_parts(protocol.stream_reply(frame, result, annotations))
+            conn.send_reply(protocol.stream_reply(frame, result, annotations))
         else:
-            conn.send_parts(protocol.error_reply(frame, result, annotations))
+            conn.send_reply(protocol.error_reply(frame, result, annotations))
 
     def _queue_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
         """Oneway calls of a connection run off its reader, in the order they were sent: one pool task
@@ -570,6 +596,7 @@ class ConnectionServer:
     def stop(self) -> None:
         """Stop the request loop (from any thread, including a call); the loop then drains and closes
         the daemon. No loop running (`loop_running` false): the caller closes the daemon itself."""
+        self._stopping = True
         self._stop.set()
         self._wake()
 
@@ -584,6 +611,7 @@ class ConnectionServer:
     def close(self) -> None:
         """Drop every connection, stop the workers, close the listening socket (and remove a Unix
         socket's file). Calls in progress had their chance: see wait_for_calls."""
+        self._stopping = True
         self._stop.set()
         for conn in list(self._connections):
             self._drop(conn)
@@ -603,8 +631,6 @@ class ConnectionServer:
         calls in progress finish and reply; requests that still come are answered "not run" (see
         _refuse_not_run) while the goodbyes go out, and for SHUTDOWN_DRAIN_MIN after the stop and after
         the last answer. close() then drops the connections left."""
-        with self._calls_lock:
-            pass  # a barrier: every call that was let in before the stop is counted from here on
         try:
             selector.unregister(self._listener)
         except (KeyError, ValueError):

@@ -169,7 +169,7 @@ class Registration:
     A weak registration (`weakref.ref` target) lasts as long as the object does."""
 
     __slots__ = ("object_id", "_target", "weak", "mode", "creator", "name", "metadata", "members", "owner",
-                 "_single", "_lock")
+                 "_single", "_lock", "shared")
 
     def __init__(self, object_id: str, target: Any, name: str | None, metadata: frozenset[str],
                  owner: Any = None, weak: bool = False) -> None:
@@ -185,6 +185,9 @@ class Registration:
             self.mode, self.creator = getattr(target, "_pyroInstancing", ("session", None))
         else:
             self.mode, self.creator = "instance", None
+        # the instance every call runs on when that never depends on the call (a registered object,
+        # held strongly): instance() without a call; None: ask instance()
+        self.shared = target if self.mode == "instance" and not weak else None
         self.members = exposed_members(target)  # computed once: every call checks against it
 
     @property

@@ -63,7 +63,17 @@ class Dispatcher:
         self.objects: dict[str, Registration] = {}
         self.lock = threading.RLock()  # for changes; lookups read the dict as it is
         self.streams = streams
-        self.invoke: Invoker = invoke or self.call
+        self.invoke = invoke or self.call
+
+    @property
+    def invoke(self) -> Invoker:
+        return self._invoke
+
+    @invoke.setter
+    def invoke(self, invoke: Invoker) -> None:
+        self._invoke = invoke
+        # run() calls a method itself when nothing replaces call() (call() inlined: frames less per call)
+        self._direct = getattr(invoke, "__func__", None) is Dispatcher.call and getattr(invoke, "__self__", None) is self
 
     # ------------------------------------------------------------------ the registry
     def lookup(self, object_id: Any) -> Registration | None:
@@ -94,14 +104,26 @@ class Dispatcher:
         """Run one call (or a batch) to the end: (reply flags, result or exception)."""
         object_id, method, vargs, kwargs = call
         try:
-            # lookup() inlined: this is every call's path
+            # lookup(), instance() for a registered object, and call() for a plain method, inlined:
+            # this is every call's path
             registration = self.objects.get(object_id) if isinstance(object_id, str) else None
             if registration is None:
                 raise DaemonError(f"unknown object {object_id!r}")
-            instance = registration.instance(connection.session)
+            instance = registration.shared
+            if instance is None:
+                instance = registration.instance(connection.session)
             if flags & FLAG_BATCH and method == BATCH_METHOD:
                 return FLAG_BATCH, self.run_batch(registration, instance, vargs)
-            result = self.invoke(registration, instance, method, vargs, kwargs)
+            if (self._direct and method in registration.members["methods"] and method != ATTRIBUTE_GET
+                    and method != ATTRIBUTE_SET):
+                func = getattr(instance, method)
+                try:
+                    result = func(*vargs, **kwargs)
+                except Exception:
+                    _log_callback_failure(func, method)
+                    raise
+            else:
+                result = self.invoke(registration, instance, method, vargs, kwargs)
         except Exception as exc:
             return FLAG_EXCEPTION, self.traced(exc, method)
         if type(result) in _PLAIN_RESULTS:  # finish() for the common case, one call less
@@ -183,8 +205,7 @@ class Dispatcher:
         try:
             return func(*vargs, **kwargs)
         except Exception:
-            if getattr(func, "_pyroCallback", False):
-                log.warning("exception in callback %s", method, exc_info=True)
+            _log_callback_failure(func, method)
             raise
 
     @staticmethod
@@ -215,3 +236,9 @@ class Dispatcher:
         if type(result) in _PLAIN_RESULTS:  # the common case, without an ABC check
             return False
         return isinstance(result, (types.GeneratorType, collections.abc.Iterator))
+
+
+def _log_callback_failure(func: Any, method: str) -> None:
+    """A @callback method raised: logged where it runs too (the exception in flight goes to the caller)."""
+    if getattr(func, "_pyroCallback", False):
+        log.warning("exception in callback %s", method, exc_info=True)

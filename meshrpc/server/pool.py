@@ -24,6 +24,10 @@ class WorkerPool:
         self._starting = 0  # threads started for queued tasks that have not taken one yet
         self._threads: set[threading.Thread] = set()
         self._closed = False
+        # backlog() > 0 and roomy(), kept up to date under the lock: a worker reads them after every
+        # request, as plain attributes (no call)
+        self.backlogged = False
+        self.has_room = True
         # readable while tasks wait for a worker: lingering workers poll it next to their socket, so
         # they give way at once, and sleep undisturbed otherwise (no periodic wake-ups to check)
         self._signal_r, self._signal_w = os.pipe()
@@ -45,7 +49,8 @@ class WorkerPool:
                 self._threads.add(thread)
                 self._starting += 1
                 thread.start()
-            if self.backlog() and not self._signalled:
+            self._recount()
+            if self.backlogged and not self._signalled:
                 self._signalled = True
                 try:
                     os.write(self._signal_w, b"!")
@@ -62,8 +67,12 @@ class WorkerPool:
         lingering worker need not watch the backlog signal (one blocking read instead of poll + read)."""
         return len(self._threads) * 2 <= self.max_workers
 
+    def _recount(self) -> None:  # with the lock held, after any change of the counts or the threads
+        self.backlogged = self._queued > self._idle + self._starting
+        self.has_room = len(self._threads) * 2 <= self.max_workers
+
     def _clear_signal(self) -> None:  # with the lock held
-        if self._signalled and not self.backlog():
+        if self._signalled and not self.backlogged:
             self._signalled = False
             try:
                 while os.read(self._signal_r, 64):
@@ -79,9 +88,11 @@ class WorkerPool:
         me = threading.current_thread()
         with self._lock:
             self._starting -= 1
+            self._recount()
         while True:
             with self._lock:
                 self._idle += 1
+                self._recount()
             try:
                 item = self._tasks.get(timeout=IDLE_WORKER_EXIT)
             except queue.Empty:
@@ -89,15 +100,20 @@ class WorkerPool:
             with self._lock:
                 self._idle -= 1
                 if item is False:
-                    if self._queued == 0 or self._closed:
+                    ending = self._queued == 0 or self._closed
+                    if ending:
                         self._threads.discard(me)
+                    self._recount()
+                    if ending:
                         return
                     continue
                 self._queued -= 1
+                self._recount()
                 self._clear_signal()
             if item is None:
                 with self._lock:
                     self._threads.discard(me)
+                    self._recount()
                 return
             fn, args = item
             try:
@@ -112,6 +128,7 @@ class WorkerPool:
             for _ in threads:
                 self._queued += 1
                 self._tasks.put(None)
+            self._recount()
         for fd in (self._signal_r, self._signal_w):
             try:
                 os.close(fd)

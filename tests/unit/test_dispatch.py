@@ -147,3 +147,93 @@ def test_an_invoker_replaces_how_methods_are_called(dispatcher: Dispatcher) -> N
     dispatcher.invoke = invoke
     dispatcher.run(Connection(), wire.FLAG_BATCH, ("thing", BATCH_METHOD, [("add", (1, 1), {})], {}))
     assert seen == ["add"]
+
+
+class CallbackFails:
+    @expose
+    def plain(self, value: Any) -> Any:
+        return value
+
+    @expose
+    def boom(self) -> None:
+        raise KeyError("boom")
+
+    def hidden(self) -> int:
+        return 1
+
+    @expose
+    def __getattr__(self, name: str) -> Any:  # exposed explicitly: still the attribute protocol, never a method
+        raise AttributeError(name)
+
+    def _private(self) -> int:
+        return 2
+
+
+CallbackFails.boom._pyroCallback = True  # type: ignore[attr-defined]
+
+
+@behavior(instance_mode="percall")
+@expose
+class PerCall:
+    def me(self) -> int:
+        return id(self)
+
+
+SAME_CALLS = [("thing", "add", (1, 2), {}), ("thing", "add", (), {"a": 1, "b": 5}), ("thing", "fail", (), {}),
+              ("thing", "add", (1,), {}), ("thing", "nothing", (), {}), ("thing", "_size", (), {}),
+              ("thing", "__getattr__", ("size",), {}), ("thing", "__setattr__", ("size", 3), {}),
+              ("thing", "__getattr__", ("colour",), {}), ("thing", "count", (2,), {}), ("thing", "later", (), {}),
+              ("per", "me", (), {}), ("percall", "me", (), {}), ("nobody", "add", (), {}), (7, "add", (), {}),
+              ("cb", "plain", ([1, {"x": 2}],), {}), ("cb", "boom", (), {}), ("cb", "hidden", (), {}),
+              ("cb", "__getattr__", ("plain",), {}), ("cb", "_private", (), {}), ("weak", "add", (2, 2), {})]
+
+
+def outcome(result: tuple[int, Any]) -> Any:
+    flags, value = result
+    if isinstance(value, BaseException):
+        return flags, type(value), str(value), "".join(getattr(value, errors.REMOTE_TRACEBACK_ATTR, "")).count("\n") > 0
+    if isinstance(value, int) and value > 1 << 32:  # id() of a fresh instance
+        return flags, "id"
+    if flags & wire.FLAG_ITEMSTREAMRESULT:
+        return flags, "stream"
+    if inspect.iscoroutine(value):
+        value.close()
+        return flags, "coroutine"
+    return flags, value
+
+
+@pytest.mark.parametrize("call", SAME_CALLS, ids=[f"{c[0]}.{c[1]}" for c in SAME_CALLS])
+def test_run_calling_methods_itself_equals_running_them_through_call(call, caplog) -> None:
+    """run() inlines call() for plain methods when no invoker replaces it: every outcome (result, exception
+    and its remote traceback, attribute access, instance modes, a callback's log) is call()'s."""
+    keep = Thing()
+    results, logs = [], []
+    for direct in (True, False):
+        d = Dispatcher(Settings(), StreamTable(60, 10, 4))
+        if not direct:
+            d.invoke = lambda *args: d.call(*args)  # the general path: call() through an invoker
+        assert d._direct is direct
+        for object_id, target in (("thing", Thing()), ("per", PerConnection), ("percall", PerCall),
+                                  ("cb", CallbackFails()), ("weak", keep)):
+            d.add(Registration(object_id, target, None, frozenset(), weak=object_id == "weak"))
+        caplog.clear()
+        results.append(outcome(d.run(Connection(), 0, call)))
+        logs.append([r.getMessage() for r in caplog.records if r.name == "meshrpc.server" and r.levelname == "WARNING"])
+    assert results[0] == results[1]
+    assert logs[0] == logs[1]
+    if call[1] == "boom":
+        assert logs[0] == ["exception in callback boom"]
+
+
+def test_a_registered_object_is_shared_and_a_class_or_weak_object_is_not() -> None:
+    thing = Thing()
+    assert Registration("a", thing, None, frozenset()).shared is thing
+    assert Registration("b", thing, None, frozenset(), weak=True).shared is None
+    assert Registration("c", PerConnection, None, frozenset()).shared is None
+    d = Dispatcher(Settings(), StreamTable(60, 10, 4))
+    assert d._direct
+    d.invoke = d.call  # the dispatcher's own call() again: direct
+    assert d._direct
+    other = Dispatcher(Settings(), StreamTable(60, 10, 4))
+    d.invoke = other.call  # another dispatcher's call(): not this one's rules
+    assert not d._direct

@@ -11,6 +11,7 @@ checked by `marshal.loads`, which raises on them without allocating by declared 
 from __future__ import annotations
 
 import struct
+import threading
 
 from ..errors import SerializeError
 
@@ -53,13 +54,41 @@ _PLAIN = _table(PLAIN_CODES)
 _SIZED_, _COUNTED_, _LONG_ = -_SIZED, -_COUNTED, -_LONG
 
 
+# Verified prefixes, per table: the first bytes of data checked from the beginning, where the scan stood
+# after them, and the least length data needs for their checks to hold (a container's count is checked
+# against the bytes after it). Data that starts with the same bytes is scanned the same way up to there,
+# so its check resumes there: calls mostly start alike, with a 4-tuple, object id, method and vargs
+# headers. Each thread keeps its last two such prefixes per table (a daemon's worker serves one
+# connection at a time; two methods called in turn still resume).
+_PREFIX_TOKENS = 4  # tokens with a size or count in a prefix: a call's (tuple, id, method, vargs)
+_PREFIX_MIN = 22    # shorter data (most results) is scanned at once: the shortest call is 22 bytes
+_PREFIX_MAX = 512   # longer prefixes are not kept (a big string in the first tokens)
+_NO_PREFIX = (b"\xff", 0, 0)  # 0xff is no type code: good data never starts so, and resuming at 0 is no gain
+
+
+class _Prefixes(threading.local):
+    def __init__(self) -> None:
+        self.known = {False: (_NO_PREFIX, _NO_PREFIX), True: (_NO_PREFIX, _NO_PREFIX)}
+
+
+_prefixes = _Prefixes()
+
+
 def check(data: bytes, plain_only: bool = False) -> None:
     """Raise SerializeError unless every size `data` declares fits in it and every type code is
     accepted (plain_only: only the codes of PLAIN_CODES, as wire.plain values are written)."""
     table = _PLAIN if plain_only else _ANY
     unpack = _I32.unpack_from
     end = len(data)
-    pos = 0
+    pos = least = remember = 0
+    if end >= _PREFIX_MIN:
+        known = _prefixes.known
+        slots = known[plain_only]
+        prefix, pos, least = slots[0]
+        if end < least or not data.startswith(prefix):  # else: the same bytes were checked up to pos
+            prefix, pos, least = slots[1]
+            if end < least or not data.startswith(prefix):
+                pos, least, remember = 0, 0, _PREFIX_TOKENS
     try:
         while pos < end:
             step = table[data[pos]]
@@ -81,6 +110,8 @@ def check(data: bytes, plain_only: bool = False) -> None:
                     raise SerializeError(f"marshal data declares a size of {count} where {end - pos} bytes remain")
                 if step == _LONG_:
                     pos += count
+                elif pos + count > least:
+                    least = pos + count
             elif step == -_SHORT or step == -_TEXT_FLOAT:
                 pos += 2 + data[pos + 1]
             elif step == -_TEXT_COMPLEX:
@@ -91,6 +122,10 @@ def check(data: bytes, plain_only: bool = False) -> None:
             else:
                 raise SerializeError(f"marshal data holds a value of type code {chr(data[pos] & ~_FLAG_REF)!r}, "
                                      "which is not accepted")
+            if remember:
+                remember -= 1
+                if not remember and pos <= end and pos <= _PREFIX_MAX:  # every token so far lies within data[:pos]
+                    known[plain_only] = ((data[:pos], pos, least if least > pos else pos), slots[0])
     except (struct.error, IndexError):
         raise SerializeError("truncated marshal data") from None
     if pos > end:

@@ -217,8 +217,13 @@ def recreate_objects(data: Any) -> Any:
 _SCALAR_TYPES = frozenset({bytes, str, int, float, bool, type(None)})
 
 
+# `b"__class__" in raw` costs more: bytes.__contains__ first tries its operand as an int (and formats
+# the TypeError it then drops); find() searches at once
+_CLASS_KEY = b"__class__"
+
+
 def _recreate(value: Any, raw: bytes) -> Any:
-    if type(value) in _SCALAR_TYPES or b"__class__" not in raw:  # the common cases: no walk
+    if type(value) in _SCALAR_TYPES or raw.find(_CLASS_KEY) < 0:  # the common cases: no walk
         return value
     try:
         return recreate_objects(value)
@@ -257,7 +262,7 @@ def _recreate_oob(data: Any, oob: list) -> Any:
 
 
 def _recreate_with(value: Any, raw: bytes, oob: list) -> Any:
-    if type(value) in _SCALAR_TYPES or b"__class__" not in raw:
+    if type(value) in _SCALAR_TYPES or raw.find(_CLASS_KEY) < 0:
         return value
     try:
         return _recreate_oob(value, oob)

@@ -11,20 +11,39 @@ For a figure that does not move at all, count instructions (valgrind is determin
     (the same with --calls 3000)
 
 and divide the difference of the two "Collected" totals by 3000 (instructions per call).
+
+`--side daemon` measures a real Daemon's whole request path instead (issue 15's fifth pass): the
+selector loop, the worker's read, next_event, dispatch, context, hooks, the reply's send, over a
+loopback TCP connection. A client in a separate process (not traced by valgrind: it is exec'd)
+makes the handshake with the wire core, then sends one pre-encoded request per round trip
+(`--burst K`: K at a time, so the worker finds them queued and never sleeps between them). Reported:
+the daemon process's CPU per call (user + system, all its threads, from getrusage); instructions
+per call the same way as above, e.g.
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python3 tools/core_bench.py --side daemon \
+        --serializers serpent --rounds 1 --warmup 200 --calls 0
+    (the same with --calls 3000)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import socket
+import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable
 
 from meshrpc.config import Settings
 from meshrpc.context import current_context, current_state
 from meshrpc.wire.serializers import BY_ID, by_name
-from meshrpc.wire.session import ClientSession, ServerSession
+from meshrpc.wire.session import NEED_DATA, ClientSession, ServerSession
+
+THIS = os.path.abspath(__file__)
 
 
 def connected(serializer: str, settings: Settings) -> tuple[ClientSession, ServerSession]:
@@ -79,6 +98,95 @@ def loops(serializer: str) -> dict[str, Callable[[int], None]]:
     return {"client": client_side, "server": server_side}
 
 
+# ---------------------------------------------------------------- a real daemon (--side daemon)
+
+def pinger_main(port: int, serializer: str, binary: bool, warmup: int, calls: int, burst: int) -> int:
+    """The client process of --side daemon: handshake with the wire core, then echo(1) requests, pre-encoded
+    (the daemon does not check a request's seq), `burst` per write; "ready" after the warm-up, waits for
+    a line on stdin, then "done" after the calls."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client = ClientSession(by_name(serializer), Settings(SERPENT_BINARY=binary))
+    sock.sendall(b"".join(client.connect_request("bench", "hello", {}, None)))
+    while (event := client.next_event()) is NEED_DATA:
+        client.receive_data(sock.recv(65536))
+    request = b"".join(client.call_request("bench", "echo", (1,), None, 0, {}, None))
+    sock.sendall(request)
+    reply_size = 0  # every reply to this request has the size of the first
+    while (event := client.next_event()) is NEED_DATA:
+        data = sock.recv(65536)
+        reply_size += len(data)
+        client.receive_data(data)
+    if client.reply_value(event, client.take_blobs(event)) != 1:
+        raise SystemExit("the daemon did not echo 1")
+    requests = request * burst
+    expect = reply_size * burst
+    recv_into = sock.recv_into
+    scratch = bytearray(max(expect, 65536))
+    view = memoryview(scratch)
+
+    def run(rounds: int) -> None:
+        for _ in range(rounds):
+            sock.sendall(requests)
+            got = 0
+            while got < expect:
+                count = recv_into(view[got:expect])
+                if not count:
+                    raise SystemExit("the daemon closed the connection")
+                got += count
+
+    run(warmup // burst)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    run(calls // burst)
+    print("done", flush=True)
+    sys.stdin.readline()  # the daemon side reads its clock before this connection goes
+    sock.close()
+    return 0
+
+
+def daemon_side(serializer: str, binary: bool, warmup: int, calls: int, burst: int) -> dict[str, float]:
+    """A real Daemon (default settings) serving echo(value), driven by a pinger process: the daemon
+    process's CPU microseconds per call (user, system) and the calls/s."""
+    import meshrpc
+
+    @meshrpc.expose
+    class Bench:
+        def echo(self, value: Any) -> Any:
+            return value
+
+    daemon = meshrpc.Daemon(host="127.0.0.1", port=0)
+    daemon.register(Bench(), "bench")
+    loop = threading.Thread(target=daemon.requestLoop, name="request-loop", daemon=True)
+    loop.start()
+    pinger = subprocess.Popen([sys.executable, THIS, "--pinger", str(daemon.locationStr.rsplit(":", 1)[1]),
+                               "--serializers", serializer, "--warmup", str(warmup), "--calls", str(calls),
+                               "--burst", str(burst), *([] if binary else ["--text-serpent"])],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert pinger.stdin is not None and pinger.stdout is not None
+        if pinger.stdout.readline().strip() != "ready":
+            raise SystemExit("the pinger failed")
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        pinger.stdin.write("go\n")
+        pinger.stdin.flush()
+        if pinger.stdout.readline().strip() != "done":
+            raise SystemExit("the pinger failed")
+        after, elapsed = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started
+        pinger.stdin.write("bye\n")
+        pinger.stdin.close()
+        pinger.wait(30)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+        daemon.shutdown()
+        loop.join(30)
+    per_call = 1e6 / calls if calls else 0.0
+    return {"user": round((after.ru_utime - before.ru_utime) * per_call, 2),
+            "system": round((after.ru_stime - before.ru_stime) * per_call, 2),
+            "calls_per_s": round(calls / elapsed) if calls else 0}
+
+
 def best_us(run: Callable[[int], None], calls: int, rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
@@ -93,11 +201,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=30000, help="calls per round (0: set up only)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the best is reported")
     parser.add_argument("--warmup", type=int, default=200, help="calls before the measured rounds")
-    parser.add_argument("--side", choices=["both", "client", "server"], default="both")
+    parser.add_argument("--side", choices=["both", "client", "server", "daemon"], default="both",
+                        help="daemon: a real Daemon's request path, with a client process (not in 'both')")
+    parser.add_argument("--burst", type=int, default=1, help="daemon: requests per write (1: ping-pong)")
+    parser.add_argument("--text-serpent", action="store_true",
+                        help="daemon: serpent as text, as Pyro5 proxies send it (no binary form agreed)")
+    parser.add_argument("--pinger", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serializers", default="serpent,marshal", help="comma-separated names")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
+    if args.pinger:
+        return pinger_main(args.pinger, args.serializers, not args.text_serpent, args.warmup, args.calls, args.burst)
+    if args.side == "daemon":
+        for name in args.serializers.split(","):
+            runs = [daemon_side(name, not args.text_serpent, args.warmup, args.calls, args.burst)
+                    for _ in range(args.rounds)]
+            results[name] = min(runs, key=lambda r: r["user"] + r["system"])
+        if args.json:
+            print(json.dumps(results))
+        else:
+            for name, r in results.items():
+                print(f"{name}: daemon {r['user'] + r['system']:.2f} us/call (user {r['user']:.2f}, "
+                      f"system {r['system']:.2f}), {r['calls_per_s']} calls/s")
+        return 0
     for name in args.serializers.split(","):
         sides = loops(name)
         for side in ("client", "server"):

@@ -19,7 +19,7 @@ from ..uri import URI
 from ..wire import frame as wire
 from ..wire.constants import BATCH_METHOD, DAEMON_OBJECT_ID
 from ..wire.serializers import BY_NAME, WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
-from ..wire.session import ClientSession, ConnectRefused, NotRun, StreamStarted, as_exception
+from ..wire.session import TAKE_EVENT, ClientSession, ConnectRefused, NotRun, StreamStarted, as_exception
 from .recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 
 log = logging.getLogger("meshrpc.client")
@@ -502,10 +502,57 @@ class Proxy:
 
     def __invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
                       object_id: str | None) -> Any:
+        conn = self._pyroConnection
+        state = current_state()  # the call context, without the property indirection (hot path)
+        cls = type(self)
+        override = self._pyroSerializer
+        if (conn is not None and not flags and object_id is None and (override is None or override in BY_NAME)
+                and not state.annotations and state.correlation_id is None
+                and cls._pyroAnnotations is _DEFAULT_ANNOTATIONS
+                and self._pyroSettings.MAX_MESSAGE_SIZE == conn.protocol.max_size):
+            # the lean lane (most calls): connected, a plain two-way call with nothing to annotate and
+            # no correlation id; what __request does, less the checks that cannot apply
+            if conn.peer_closed():
+                raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
+                                   suspect=False)
+            session = conn.protocol
+            request = session.call_request(self._pyroUri.object, methodname, vargs, kwargs)
+        else:
+            conn, session, request = self.__request(conn, state, methodname, vargs, kwargs, flags, object_id)
+        seq = self.__dict__["_pyroSeq"] = session.last_seq  # written without the remote __setattr__ (hot path)
+        try:
+            conn.send_parts(request)
+        except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
+            raise NotDelivered(str(exc), self._pyroUri, suspect=False) from None
+        if flags & wire.FLAG_ONEWAY:
+            set_response_annotations(state, {})  # no reply, so none (as Pyro5: not the last call's)
+            return None
+        # the usual reply (no annotations: no blobs, no stream, nothing for hooks) is taken as a payload
+        lean_reply = not self._pyroRawWireResponse and cls._pyroResponseAnnotations is _DEFAULT_RESPONSE_ANNOTATIONS
+        try:
+            payload = conn.next_result() if lean_reply else TAKE_EVENT
+            if payload is TAKE_EVENT:
+                reply = conn.next_event()
+        except errors.TimeoutError:
+            session.abandon(seq)
+            self.__close_connection()  # a late reply would put the connection out of step
+            raise
+        except ProtocolError as exc:  # the daemon broke the protocol (its kind kept): the connection is unusable
+            self.__close_connection()
+            raise type(exc)(f"{exc} from {self._pyroUri}; connection closed") from None
+        if payload is not TAKE_EVENT:
+            if state.response_annotations:
+                set_response_annotations(state, {})
+            return session.result_value(payload)  # decoded outside the try: a SerializeError keeps the connection
+        return self.__outcome(reply, session, state, methodname)
+
+    def __request(self, conn: FramedConnection | None, state: Any, methodname: str, vargs: Any,
+                  kwargs: dict | None, flags: int, object_id: str | None) -> tuple:
+        """(connection, session, request) for any call: connects when needed, sends the context's
+        annotations and correlation id, and checks a MAX_MESSAGE_SIZE changed since connecting."""
         override = self._pyroSerializer
         if override is not None and override not in BY_NAME:
             self._pyroSerializerObject()  # an unusable override is refused (by_name says why) before anything else
-        conn = self._pyroConnection
         if conn is not None and conn.peer_closed():
             # the daemon closed the idle connection (or crashed): replace it before sending, so the
             # call certainly is not lost
@@ -516,42 +563,26 @@ class Proxy:
             conn = self._pyroConnection
             assert conn is not None
         session = conn.protocol
-        state = current_state()  # the call context, without the property indirection (hot path)
         corr = state.correlation_id
         if corr is FRESH_ID:  # inside a server call that came without one: its fresh id, as in Pyro5
             corr = current_context.correlation_bytes
-        cls = type(self)
         # the hooks' defaults are taken straight from the call context (a subclass may override them)
-        annotations = (state.annotations if cls._pyroAnnotations is _DEFAULT_ANNOTATIONS
+        annotations = (state.annotations if type(self)._pyroAnnotations is _DEFAULT_ANNOTATIONS
                        else self._pyroAnnotations())
         request = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
                                        annotations, corr)
-        attrs = self.__dict__  # plain attributes: written without the remote-attribute __setattr__ (hot path)
-        seq = attrs["_pyroSeq"] = session.last_seq
         limit = self._pyroSettings.MAX_MESSAGE_SIZE  # read now: a program may have changed it since connecting
         # (the session checked the limit it was made with: only a changed one is checked again here)
         if (limit != session.max_size and limit
                 and sum(memoryview(part).nbytes for part in request) > limit + wire.HEADER_SIZE):
-            session.abandon(seq)
+            session.abandon(session.last_seq)
             self.__close_connection()  # nothing was sent: certainly not delivered
             raise errors.MessageTooLargeError(f"the call of {methodname} is larger than MAX_MESSAGE_SIZE "
                                               f"({limit} bytes); send less or raise the limit")
-        try:
-            conn.send_parts(request)
-        except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
-            raise NotDelivered(str(exc), self._pyroUri, suspect=False) from None
-        if flags & wire.FLAG_ONEWAY:
-            set_response_annotations(state, {})  # no reply, so none (as Pyro5: not the last call's)
-            return None
-        try:
-            reply = conn.next_event()
-        except errors.TimeoutError:
-            session.abandon(seq)
-            self.__close_connection()  # a late reply would put the connection out of step
-            raise
-        except ProtocolError as exc:  # the daemon broke the protocol (its kind kept): the connection is unusable
-            self.__close_connection()
-            raise type(exc)(f"{exc} from {self._pyroUri}; connection closed") from None
+        return conn, session, request
+
+    def __outcome(self, reply: Any, session: ClientSession, state: Any, methodname: str) -> Any:
+        """The result of a reply with annotations (blobs, a stream, hooks), a raw wire reply, or "not run"."""
         if reply.__class__ is NotRun:
             # the daemon is shutting down and refused the call without running it: certainly not delivered
             self.__close_connection()
@@ -561,7 +592,7 @@ class Proxy:
         # the blobs are the payload's, not annotations for hooks (a raw wire response keeps them)
         blobs = session.take_blobs(reply) if reply_annotations and not raw else None
         set_response_annotations(state, reply_annotations)
-        if cls._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
+        if type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
             self._pyroResponseAnnotations(reply.annotations, reply.type)
         if raw:
             return reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import select
@@ -14,7 +15,7 @@ from typing import Any, Callable
 
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
 from ..wire import frame as wire
-from ..wire.session import NEED_DATA
+from ..wire.session import NEED_DATA, TAKE_EVENT
 from .spin import SpinGate, others_waiting, single_core, waiters
 
 log = logging.getLogger("meshrpc.transport")
@@ -24,7 +25,7 @@ log = logging.getLogger("meshrpc.transport")
 # a buffer of its own (wire.frame.FrameReader.receive_buffer), which is filled with recv_into
 RECV_CHUNK = 64 * 1024
 RECV_MAX = 256 * 1024
-_TCP_ESTABLISHED = 1  # tcpi_state, the first byte of Linux's TCP_INFO
+_TCP_ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's TCP_INFO
 
 
 def is_ipv6(host: str) -> bool:
@@ -163,7 +164,8 @@ class FramedConnection:
         # --- security hooks (docs/security.md). An ssl.SSLSocket is read and written through a
         # transport.tls.TLSChannel (non-blocking server handshake, drains decrypted bytes that poll()
         # cannot see, time-limited non-blocking writes); `recv` may then return None: no data yet.
-        # `last_active` (monotonic; set by reads and sends) lets a daemon close idle connections.
+        # `last_active` (monotonic; set by reads and sends) lets a daemon close idle connections
+        # (a proxy's next_result does not set it: nothing on the client side reads it).
         self.tls: Any = None
         self._recv: Callable[[int], bytes | None] = sock.recv
         self._sendall: Callable[[Any], None] = sock.sendall
@@ -172,17 +174,21 @@ class FramedConnection:
             self.tls = TLSChannel(sock)  # type: ignore[arg-type]
             self._recv, self._sendall = self.tls.recv, self.tls.sendall
         self.last_active = time.monotonic()
-        # a plain TCP connection's liveness is its TCP state (peer_closed)
-        self._tcp_state = (self.tls is None and hasattr(socket, "TCP_INFO")
-                           and sock.family in (socket.AF_INET, socket.AF_INET6))
+        # a plain socket that never spins: a reply is read with one recv, no gate, no waiters' count
+        self._plain_reads = self.tls is None and not self.spin_wait
+        # a plain TCP connection's liveness is its TCP state (peer_closed): the first byte of TCP_INFO
+        self._tcp_state: Callable[[], bytes] | None = None
+        if self.tls is None and hasattr(socket, "TCP_INFO") and sock.family in (socket.AF_INET, socket.AF_INET6):
+            self._tcp_state = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, 1)
 
     def peer_closed(self) -> bool:
         """Whether the peer closed this idle connection: a proxy asks before it sends a call on it. On
         plain TCP the kernel's TCP state says it without letting go of the GIL (poll() lets go: with
         many client threads, a hand-over to another thread per call); otherwise: readable when idle."""
-        if self._tcp_state:
+        tcp_state = self._tcp_state
+        if tcp_state is not None:
             try:
-                return self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+                return tcp_state() != _TCP_ESTABLISHED
             except OSError:
                 return True
         return bool(self.poller.poll(0))
@@ -224,6 +230,22 @@ class FramedConnection:
             self.fill()
             event = protocol.next_event()
         return event
+
+    def next_result(self) -> Any:
+        """For a client session (wire.session.ClientSession) whose one call waits for its reply: the
+        usual reply's payload (ClientSession.receive_result; result_value() decodes it), read with one
+        recv on a plain socket that never spins; otherwise TAKE_EVENT, and next_event() gives the reply."""
+        if not self._plain_reads or self.reader.buffered:
+            return TAKE_EVENT
+        try:
+            data = self._recv(RECV_CHUNK)
+        except socket.timeout:
+            raise TimeoutError("receiving: timeout") from None  # Pyro5's text (programs compare it)
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+        if not data:
+            raise ConnectionClosedError("the peer closed the connection")
+        return self.protocol.receive_result(data)
 
     def recv(self) -> wire.Frame:
         """The next frame; blocks (within the socket's timeout)."""

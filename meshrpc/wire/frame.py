@@ -26,7 +26,9 @@ _GOOD_PREFIX = _PREFIX.pack(TAG, PROTOCOL_VERSION)
 # less than a memoryview); above it, through a memoryview (one copy)
 _SLICE_COPY_MAX = 4096
 _ANNOTATION = struct.Struct("!4sI")
-_ZERO_ID = bytes(16)
+# the header's fields but tag, version, correlation id and checksum (FrameReader.bare_header)
+_BARE = struct.Struct("!6xBBHHII16x2xH")
+ZERO_ID = bytes(16)
 _U32 = struct.Struct("!I")
 # a frame at least this big is read into a buffer of its own (FrameReader.receive_buffer, filled with
 # recv_into): no growing buffer, and its out-of-band blobs are copied out of it once
@@ -164,7 +166,7 @@ def _header(frame: Frame, flags: int, payload_len: int, ann_len: int, max_size: 
             raise ProtocolError(f"a correlation id is 16 bytes (a UUID), not {len(corr)}")
         flags |= FLAG_CORR_ID
     return HEADER.pack(TAG, PROTOCOL_VERSION, frame.type, frame.serializer_id, flags,
-                       frame.seq & 0xFFFF, payload_len, ann_len, corr or _ZERO_ID, 0, MAGIC)
+                       frame.seq & 0xFFFF, payload_len, ann_len, corr or ZERO_ID, 0, MAGIC)
 
 
 def encode_message(msg_type: int, serializer_id: int, seq: int, payload: bytes, flags: int = 0,
@@ -178,7 +180,7 @@ def encode_message(msg_type: int, serializer_id: int, seq: int, payload: bytes, 
             or (max_size and size > max_size)):
         return encode_parts(Frame(msg_type, serializer_id, seq, payload, flags, annotations or {}, correlation_id),
                             compress_min=compress_min, max_size=max_size)
-    return [HEADER.pack(TAG, PROTOCOL_VERSION, msg_type, serializer_id, flags, seq & 0xFFFF, size, 0, _ZERO_ID, 0,
+    return [HEADER.pack(TAG, PROTOCOL_VERSION, msg_type, serializer_id, flags, seq & 0xFFFF, size, 0, ZERO_ID, 0,
                         MAGIC) + payload]
 
 
@@ -323,6 +325,20 @@ class FrameReader:
             return max(1, HEADER_SIZE - len(self._buf))
         return max(0, HEADER_SIZE + self._header[6] + self._header[7] - len(self._buf))
 
+    def bare_header(self, data: bytes) -> tuple | None:
+        """(type, serializer id, flags, seq, payload size, 0, MAGIC) of `data` when it is exactly one whole
+        frame without annotations, below LARGE_FRAME, with nothing buffered before it: its payload is
+        data[HEADER_SIZE:] (the flags say whether it is compressed). None: it is not (or not valid); the
+        reader took nothing either way: feed() it then, and next_frame() says what is wrong."""
+        if (self._buf or self._body is not None or data.__class__ is not bytes
+                or not HEADER_SIZE <= len(data) < LARGE_FRAME or not data.startswith(_GOOD_PREFIX)):
+            return None
+        header = _BARE.unpack_from(data)
+        if (header[5] or HEADER_SIZE + header[4] != len(data) or header[6] != MAGIC
+                or header[4] > self.max_size or header[0] not in MESSAGE_TYPES):
+            return None
+        return header
+
     def next_frame(self) -> Frame | None:
         buf = self._buf
         header = self._header
@@ -334,7 +350,7 @@ class FrameReader:
                     or header[0] != TAG or header[1] != PROTOCOL_VERSION):
                 parse_header(buf, self.max_size)  # raises, saying what is wrong
             self._header = header
-        _, _, msg_type, ser_id, flags, seq, data_len, ann_len, corr, _, _ = header
+        data_len, ann_len = header[6], header[7]
         end = HEADER_SIZE + ann_len + data_len
         body = self._body
         if body is not None:
@@ -369,11 +385,17 @@ class FrameReader:
                 if buf[:6] != _GOOD_PREFIX and len(buf) >= 6:
                     check_prefix(buf)
         self._header = None
-        if flags & FLAG_COMPRESSED:
-            payload = decompress(payload, self.max_size)
-            flags &= ~FLAG_COMPRESSED
-        return Frame(msg_type, ser_id, seq, payload, flags, annotations,
-                     corr if flags & FLAG_CORR_ID else None)
+        return _frame(header, annotations, payload, self.max_size)
+
+
+def _frame(header: tuple, annotations: dict, payload: bytes, max_size: int) -> Frame:
+    """The Frame of a checked header, its annotations and its payload (decompressed)."""
+    flags = header[4]
+    if flags & FLAG_COMPRESSED:
+        payload = decompress(payload, max_size)
+        flags &= ~FLAG_COMPRESSED
+    return Frame(header[2], header[3], header[5], payload, flags, annotations,
+                 header[8] if flags & FLAG_CORR_ID else None)
 
 
 def check_prefix(data: bytes | bytearray) -> None:

@@ -314,6 +314,12 @@ class Serializer:
         """encode() for an INVOKE payload."""
         return self.id, self.dumps_call(object_id, method, vargs, kwargs, oob)
 
+    def scalar_call_form(self, binary: bool) -> tuple[int, int] | None:
+        """(serializer id, marshal version) when encode_call writes a call that wire.plain.scalar_call
+        says yes to as marshal.dumps((object, method, vargs, {}), version) in a frame of that id (so a
+        session may build it without the serializer); None when it does not."""
+        return None
+
     def split_call(self, data: bytes, oob: list | None = None) -> tuple[Any, Any, Any, Any]:
         """The four parts of an INVOKE payload, unchecked."""
         return self._split(self.loads(data, oob))
@@ -443,6 +449,10 @@ class SerpentSerializer(Serializer):
         return self.id, self.dumps_call(object_id, method, vargs, kwargs, oob)
 
 
+    def scalar_call_form(self, binary: bool) -> tuple[int, int] | None:
+        return (SerpentBinary.id, plain.MARSHAL_VERSION) if binary else None  # plain.dumps_call's form
+
+
 class SerpentBinary(Serializer):
     """serpent's values in marshal's binary form (wire.plain): sent only between meshrpc peers that
     agreed on frame.CAP_BINARY, and only for plain values, which serpent would carry unchanged. The
@@ -492,6 +502,9 @@ class MarshalSerializer(Serializer):
         if plain.scalar_call(object_id, method, vargs, kwargs):  # most calls: no walk
             return marshal.dumps((object_id, method, vargs, {}))
         return self.dumps(call_tuple(object_id, method, vargs, kwargs))
+
+    def scalar_call_form(self, binary: bool) -> tuple[int, int] | None:
+        return self.id, marshal.version  # dumps_call's form
 
     def _convert(self, obj: Any) -> Any:
         t = type(obj)

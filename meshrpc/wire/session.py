@@ -23,13 +23,13 @@ from typing import Any
 
 from ..blob import SerializedBlob
 from ..errors import ConnectionClosedError, DaemonError, ProtocolError, SecurityError, SerializeError
-from . import keyproof, marshal_check
+from . import keyproof, marshal_check, plain
 from .constants import (BATCH_METHOD, BLOB_ANNOTATION, CAP_BINARY, CAP_OOB, CAP_PIPELINE, CAPABILITIES, KEY_ANNOTATION,
                         NOT_RUN_ANNOTATION, OOB_ANNOTATION, STREAM_ANNOTATION, UNKNOWN_OBJECT_REASON)
 from .frame import (FLAG_BATCH, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEPSERIALIZED, FLAG_ONEWAY,
-                    HEADER, HEADER_SIZE, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING,
-                    MSG_RESULT, Frame, FrameReader, capabilities, encode_message, encode_parts, pack_oob,
-                    unpack_oob)
+                    HEADER, HEADER_SIZE, MAGIC, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING,
+                    MSG_RESULT, PROTOCOL_VERSION, TAG, ZERO_ID, Frame, FrameReader, capabilities, encode_message,
+                    encode_parts, pack_oob, unpack_oob)
 from .serializers import BY_ID, Serializer, by_id
 
 SEQ_MASK = 0xFFFF  # sequence numbers are 16 bits on the wire and wrap
@@ -43,6 +43,16 @@ class _NeedData:
 
 
 NEED_DATA = _NeedData()  # next_event(): no whole message yet, feed more bytes
+
+
+class _TakeEvent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "TAKE_EVENT"
+
+
+TAKE_EVENT = _TakeEvent()  # receive_result(): not the usual reply; the bytes are buffered, take next_event()
 
 
 # ---------------------------------------------------------------- events
@@ -213,7 +223,8 @@ class ClientSession(_Session):
     (e.g. a Pyro5 daemon), one call at a time: call_request refuses a second outstanding call."""
 
     __slots__ = ("serializer", "offer", "last_seq", "out_of_step", "_seq", "_waiting", "_outstanding",
-                 "_abandoned", "_connect_seq", "_key_token", "_oob_mode", "_pings")
+                 "_abandoned", "_connect_seq", "_key_token", "_oob_mode", "_pings", "_result_codecs",
+                 "_result_codec", "_scalar_form")
 
     def __init__(self, serializer: Serializer, settings: Any, *, pipelining: bool = False) -> None:
         super().__init__(settings)
@@ -229,6 +240,9 @@ class ClientSession(_Session):
         self._connect_seq = -1
         self._key_token = b""
         self._oob_mode = False   # oob agreed and the serializer has an out-of-band form
+        self._result_codecs: dict[int, Serializer] = {}
+        self._scalar_form: tuple[int, int] | None = None  # after the handshake: the serializer's scalar_call_form
+        self._result_codec = serializer
 
     @property
     def outstanding(self) -> int:
@@ -285,6 +299,18 @@ class ClientSession(_Session):
         """INVOKE of `method` on `object_id`; the seq used is `last_seq`. A SerializedBlob as the only
         argument travels as it is (BLBI). FLAG_ONEWAY: no reply comes (the seq is not outstanding).
         SerializeError: nothing was recorded and nothing is to be sent."""
+        form = self._scalar_form
+        if (form is not None and not flags and not annotations and correlation_id is None and self._waiting < 0
+                and not self.pipelined and not self.out_of_step
+                and plain.scalar_call(object_id, method, vargs, kwargs)):
+            # the lean lane (most calls): a two-way call of scalars with nothing to annotate, one at a time;
+            # the bytes the serializer and encode_message would give (scalar_call_form)
+            payload = marshal.dumps((object_id, method, vargs, {}), form[1])
+            size = len(payload)
+            if size < 65536 and not 0 <= self.compress_min <= size and not (self.max_size and size > self.max_size):
+                seq = self._seq = self.last_seq = self._waiting = (self._seq + 1) & SEQ_MASK
+                return [HEADER.pack(TAG, PROTOCOL_VERSION, MSG_INVOKE, form[0], 0, seq, size, 0, ZERO_ID, 0, MAGIC)
+                        + payload]
         if not self.handshaken or self.out_of_step or (self._waiting >= 0 and not self.pipelined):
             self._check_ready()  # raises why not
         serializer = self.serializer
@@ -401,6 +427,32 @@ class ClientSession(_Session):
                 return NotRun(seq, frame.annotations)
             return frame
 
+    def receive_result(self, data: bytes) -> Any:
+        """receive_data(data) for bytes (not empty) read while the one call outstanding waits for its
+        reply, the usual reply taken first: when `data` is exactly a RESULT to that call with no
+        annotations, no flags (no error, no correlation id, no compression), in the call's serializer,
+        its payload (bytes: result_value() gives the value) and the call is answered. Otherwise
+        TAKE_EVENT: `data` was buffered, take the reply with next_event()."""
+        header = self.reader.bare_header(data)
+        if (header is None or header[0] != MSG_RESULT or header[3] != self._waiting or header[2]
+                or self._pings or self.pipelined):
+            self.reader.feed(data)
+            return TAKE_EVENT
+        codec = self._result_codecs.get(header[1])
+        if codec is None:
+            self.reader.feed(data)
+            return TAKE_EVENT
+        self._waiting = -1
+        self._result_codec = codec
+        return data[HEADER_SIZE:]
+
+    def result_value(self, payload: bytes) -> Any:
+        """The value of the payload receive_result() returned (reply_value's decoding)."""
+        codec = self._result_codec
+        if self._oob_mode and codec.oob:
+            return codec.loads(payload, [])
+        return codec.loads(payload)
+
     def _connect_reply(self, frame: Frame) -> Any:
         if self._connect_seq < 0:
             raise ProtocolError(f"message type {frame.type} before the CONNECT was sent")
@@ -427,6 +479,11 @@ class ClientSession(_Session):
         self.binary = CAP_BINARY in agreed and self.serpent_binary
         self.pipelined = CAP_PIPELINE in agreed and CAP_PIPELINE in self.offer
         self._oob_mode = self.oob and self.serializer.oob
+        self._scalar_form = self.serializer.scalar_call_form(self.binary)
+        # the serializers a result may come in (receive_result): the call's, and its binary form
+        self._result_codecs = {self.serializer.id: self.serializer}
+        if self.binary:
+            self._result_codecs.update((i, c) for i, c in BY_ID.items() if c.values is self.serializer)
         self.handshaken = True
         return Connected(answer.get("handshake"), answer.get("meta") or {}, agreed, frame.annotations)
 
@@ -648,5 +705,5 @@ def refusal_for(first_bytes: bytes, reason: str) -> bytes:
     return b"".join(encode_parts(Frame(MSG_CONNECTFAIL, serializer.id, seq, serializer.dumps(reason))))
 
 
-__all__ = ["NEED_DATA", "ClientSession", "ServerSession", "Connected", "ConnectRefused", "ConnectRequest",
+__all__ = ["NEED_DATA", "TAKE_EVENT", "ClientSession", "ServerSession", "Connected", "ConnectRefused", "ConnectRequest",
            "NotRun", "Pong", "StreamStarted", "as_exception", "refusal_for"]

@@ -8,13 +8,13 @@ import marshal
 import uuid
 
 import pytest
+from support import handshaken_sessions
 
 from meshrpc import errors
-from meshrpc.config import Settings
 from meshrpc.context import current_context, current_state
 from meshrpc.wire import frame as wire, marshal_check, plain
 from meshrpc.wire.serializers import BY_ID, BY_NAME, call_tuple
-from meshrpc.wire.session import ClientSession, NotRun, Pong, ServerSession
+from meshrpc.wire.session import ClientSession, NotRun, Pong
 
 SCALAR_CALLS = [("obj", "echo", (1,), None), ("obj", "m", (), {}), ("o", "m", (None, True, 2.5, "s", -7, 2 ** 70), None)]
 OTHER_CALLS = [
@@ -71,14 +71,7 @@ def test_encode_message_keeps_the_size_limit():
         wire.encode_message(wire.MSG_RESULT, 1, 1, b"x" * 101, max_size=100)
 
 
-def handshaken(serializer: str = "serpent", **settings):
-    config = Settings(**settings)
-    client = ClientSession(BY_NAME[serializer], config)
-    server = ServerSession(config, pipelining=False)
-    server.receive_data(b"".join(client.connect_request("obj", "hello", {}, None)))
-    client.receive_data(b"".join(server.accept_connect(server.next_event(), "hello", {"methods": {"echo"}})))
-    client.next_event()
-    return client, server
+handshaken = handshaken_sessions
 
 
 def general_request(client: ClientSession, call, annotations=None, corr=None, flags=0) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, Callable
 
 _WRITEV_PARTS = 64  # at most this many buffers in one writev (IOV_MAX is 1024; more go through the transport)
 
@@ -20,11 +20,13 @@ class Cork:
       through the requests of one read).
     Gathered messages also go out whenever `flush_bytes` of them are waiting, so the peer starts on
     the first ones while this side still writes the rest (the two processes then work at the same
-    time). `owner.transport` is the asyncio transport."""
+    time); `between()` is called then (the proxy takes in the replies that came meanwhile).
+    `owner.transport` is the asyncio transport."""
 
-    __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes", "_fd", "_queued")
+    __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes", "_fd", "_queued", "_between")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, owner: Any, flush_bytes: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: Any, flush_bytes: int,
+                 between: Callable[[], None] | None = None) -> None:
         self._loop = loop
         self._owner = owner
         self._parts: list = []
@@ -33,6 +35,7 @@ class Cork:
         self._flush_bytes = flush_bytes
         self._fd = -1  # the socket's, once known
         self._queued = False  # something was handed to the transport (ask it whether that is still waiting)
+        self._between = between  # called after a full batch went out while more are being written
 
     def write_alone(self, parts: list, open_: bool = False) -> bool:
         """True: all of it went to the socket at once, nothing is left for the loop to write.
@@ -54,6 +57,8 @@ class Cork:
         self._size += sum(map(len, parts))
         if self._size >= self._flush_bytes:
             self.flush()
+            if self._between is not None:
+                self._between()
 
     def flush(self) -> bool:
         """Send what was gathered. True: it went to the socket whole, and nothing waits in the transport."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any, AsyncIterator
 
@@ -54,15 +55,18 @@ class _Connection(asyncio.BufferedProtocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self.paused = False  # flow control: the transport's buffer is full (await drained())
-        self._corked = Cork(loop, self, settings.AIO_CORK_BYTES)
+        self._corked = Cork(loop, self, settings.AIO_CORK_BYTES, self._read_between_writes)
         self._received = receive_buffer(loop, settings.AIO_RECEIVE_BUFFER)
         self._settings = settings
         self.spin: LoopSpin | None = None  # waits for a lone call's reply while the loop is idle
+        self._fd = -1
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.spin = LoopSpin.for_transport(self.loop, transport, self._settings)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None and hasattr(os, "readv") else -1
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._received
@@ -74,6 +78,20 @@ class _Connection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
         return False
+
+    def _read_between_writes(self) -> None:
+        """Many calls are being written in one turn of the loop (a burst) and a full batch just went
+        out: take in the replies that came meanwhile, so they are matched while the daemon works on
+        the next batch instead of all after the last call is written. Their tasks resume on the next
+        turn, as always. An EOF or a failure is left to the loop's own read (it sees it too)."""
+        if self.closed or self._fd < 0:
+            return
+        try:
+            count = os.readv(self._fd, [self._received])
+        except OSError:  # BlockingIOError: nothing came yet
+            return
+        if count:
+            self.buffer_updated(count)
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
@@ -123,28 +141,36 @@ class _Connection(asyncio.BufferedProtocol):
         self._corked.write(parts)
 
     def send_call(self, parts: list, seq: int, timeout: float | None) -> Any:
-        """Write the request of call `seq`. A lone call (nothing else in flight here) then waits for
-        its reply while the loop has nothing else to do (a spin, or a sleep in the loop's own
-        selector: aio/spin.py) and reads it at once: its reply event is returned, and the call needs
-        no Future, read callback, wake-up or second turn of the loop. None: the reply is still to
-        come (the caller awaits it in `waiting`), or the connection failed (`closed`). `timeout`: the
-        proxy's own (None: none), which the wait never outlasts. NotDelivered: nothing was sent."""
-        if self.waiting:
+        """Write the request of call `seq`: its reply event, or the Future (in `waiting`) that gets it.
+
+        A lone call (nothing else in flight here) waits for its reply while the loop has nothing
+        else to do (a spin, or a sleep in the loop's own selector: aio/spin.py) and reads it at once:
+        then its reply event is returned, and the call needs no Future, read callback, wake-up or
+        second turn of the loop. Other calls get their Future before the write (replies may be read
+        while a burst is written: _read_between_writes). `timeout`: the proxy's own (None: none),
+        which the wait never outlasts. NotDelivered: nothing was sent. The Future of a connection
+        that failed meanwhile is never resolved: the caller checks `closed`."""
+        waiting = self.waiting
+        if waiting:
+            waiter = waiting[seq] = self.loop.create_future()
             self.write(parts)
-            return None
+            return waiter
         if self.closed or self.transport is None or self.transport.is_closing():
             raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
-        if not self._corked.write_alone(parts, open_=True) or self.spin is None:
-            return None  # (part of it waits in the transport: the loop writes it)
-        try:
-            count = self.spin.read_reply(self._received, timeout, written=True)
-        except OSError as exc:
-            self._fail(ConnectionClosedError(f"the connection to {self.target} was lost: {exc}"))
-            return None
-        if not count:
-            return None
-        self.session.receive_data(self._received[:count])
-        return self._pump(seq)
+        if self._corked.write_alone(parts, open_=True) and self.spin is not None:
+            try:
+                count = self.spin.read_reply(self._received, timeout, written=True)
+            except OSError as exc:
+                self._fail(ConnectionClosedError(f"the connection to {self.target} was lost: {exc}"))
+                count = 0
+            if count:
+                self.session.receive_data(self._received[:count])
+                event = self._pump(seq)
+                if event is not None:
+                    return event
+        # (otherwise part of it waits in the transport, or the reply is still to come)
+        waiter = waiting[seq] = self.loop.create_future()
+        return waiter
 
     async def drained(self) -> None:
         """Flow control: a big message waits for the socket to drain (callers test `paused` first)."""
@@ -535,8 +561,26 @@ class Proxy:
                     except BaseException:  # not sent: its seq must not stay outstanding
                         self._abandon(conn, seq)
                         raise
-                    if event is None:
-                        event = await self._reply_to(conn, seq, methodname)
+                    if isinstance(event, asyncio.Future):  # to come (awaited here: no coroutine more per call)
+                        waiter = event
+                        try:
+                            if conn.closed:  # it failed while the call was sent (the session saw a broken reply)
+                                raise _closed(conn.close_reason or ConnectionClosedError(
+                                    f"the connection to {self._pyroUri} failed"))
+                            if conn.paused:
+                                await conn.drained()
+                            if self._pyroTimeout:
+                                async with asyncio.timeout(self._pyroTimeout):
+                                    event = await waiter
+                            else:
+                                event = await waiter
+                        except TimeoutError:
+                            self._abandon(conn, seq)
+                            raise errors.TimeoutError(f"no reply from {self._pyroUri} to {methodname} within "
+                                                      f"{self._pyroTimeout:g} s") from None
+                        except BaseException:  # cancelled (or the connection failed): its late reply goes nowhere
+                            self._abandon(conn, seq)
+                            raise
             finally:
                 if turn is not None:
                     turn.release()
@@ -558,26 +602,6 @@ class Proxy:
         if error is not None:
             raise error  # the remote object's own exception: never taken for a connection failure
         return value
-
-    async def _reply_to(self, conn: _Connection, seq: int, methodname: str) -> Any:
-        """Await the reply to `seq`, sent already (within the proxy's timeout, if it has one)."""
-        waiter = conn.waiting[seq] = conn.loop.create_future()
-        try:
-            if conn.closed:  # it failed while the call was sent (the session saw a broken reply)
-                raise _closed(conn.close_reason or ConnectionClosedError(f"the connection to {self._pyroUri} failed"))
-            if conn.paused:
-                await conn.drained()
-            if self._pyroTimeout:
-                async with asyncio.timeout(self._pyroTimeout):
-                    return await waiter
-            return await waiter
-        except TimeoutError:
-            self._abandon(conn, seq)
-            raise errors.TimeoutError(f"no reply from {self._pyroUri} to {methodname} within "
-                                      f"{self._pyroTimeout:g} s") from None
-        except BaseException:  # cancelled (or the connection failed): the late reply must go nowhere
-            self._abandon(conn, seq)
-            raise
 
     def _abandon(self, conn: _Connection, seq: int) -> None:
         conn.waiting.pop(seq, None)

@@ -12,6 +12,7 @@ decides each test.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import threading
 import time
@@ -167,6 +168,37 @@ def test_a_lone_call_whose_reply_comes_in_the_wait_needs_no_future(served: Any, 
         return len(made) / 20
     assert run(futures_per_call(waiting)) == 0
     assert run(futures_per_call(reply_wait(config.copy(SPIN_WAIT=0.0), 0.0))) >= 1
+
+
+def test_replies_that_came_while_a_burst_is_written_are_matched_before_the_loop_reads(served: Any) -> None:
+    """Between two full batches of a burst the proxy takes in the replies that came meanwhile
+    (_Connection._read_between_writes, which the cork calls): matched at once, not after the burst."""
+    _, uri = served
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri, settings=config.copy(AIO_CORK_BYTES=1)) as proxy:
+            conn = proxy._conn
+            fd = conn.transport.get_extra_info("socket").fileno()
+            first = asyncio.ensure_future(proxy.echo(1))
+            second = asyncio.ensure_future(proxy.echo(2))
+
+            async def third() -> Any:
+                waiters = dict(conn.waiting)  # the first two calls' (their first steps ran before this one)
+                assert len(waiters) == 2
+                # the first reply is in the socket; the loop cannot read it while this step runs
+                assert select.select([fd], [], [], 10)[0]
+                conn._read_between_writes()
+                assert waiters[min(waiters)].done()  # matched now, before the loop's own read
+                return await proxy.echo(3)
+            assert await asyncio.gather(first, second, third()) == [1, 2, 3]
+
+            # and the cork calls it in a burst (every gathered call is a full batch here): all answers right
+            between = []
+            read = conn._read_between_writes
+            conn._corked._between = lambda: (between.append(1), read())
+            assert await asyncio.gather(*(proxy.echo(i) for i in range(500))) == list(range(500))
+            assert len(between) >= 400
+    run(main())
 
 
 @pytest.mark.parametrize("other_work", ["a timer falls due", "another socket gets data", "another thread queues a callback"])

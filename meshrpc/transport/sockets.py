@@ -25,6 +25,11 @@ log = logging.getLogger("meshrpc.transport")
 # a buffer of its own (wire.frame.FrameReader.receive_buffer), which is filled with recv_into
 RECV_CHUNK = 64 * 1024
 RECV_MAX = 256 * 1024
+# while at least twice LOW_WATER bytes of a large frame are still to come, a read returns only once
+# LOW_WATER bytes are in (SO_RCVLOWAT): 10 MiB take about twenty reads and wake-ups instead of one per
+# burst of segments (~128 KiB on loopback). Never closer to the frame's end: Linux wakes a blocking
+# read for LOW_WATER bytes beyond those it took already, which may be more than the frame has left
+LOW_WATER = 1024 * 1024
 _TCP_ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's TCP_INFO
 
 
@@ -180,6 +185,8 @@ class FramedConnection:
         self._tcp_state: Callable[[], bytes] | None = None
         if self.tls is None and hasattr(socket, "TCP_INFO") and sock.family in (socket.AF_INET, socket.AF_INET6):
             self._tcp_state = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        # SO_RCVLOWAT now (plain TCP only; 0: not used): above 1 only while the rest of a large frame comes
+        self._low_water = 1 if self._tcp_state is not None and hasattr(socket, "SO_RCVLOWAT") else 0
 
     def peer_closed(self) -> bool:
         """Whether the peer closed this idle connection: a proxy asks before it sends a call on it. On
@@ -291,7 +298,7 @@ class FramedConnection:
         into = self.reader.receive_buffer()
         try:
             if into is not None:
-                count = self.sock.recv_into(into)
+                count = self._recv_frame_rest(into)
             else:
                 data = self.sock.recv(self._read_size())
                 count = len(data)
@@ -312,9 +319,30 @@ class FramedConnection:
         with waiters:  # counted as waiting (a blocking read), never spinning: the frame is large
             self._recv_into(view)
 
+    def _recv_frame_rest(self, view: memoryview) -> int:
+        """recv_into the rest of a large frame (`view`, its own buffer): on plain TCP, while at least
+        2 * LOW_WATER bytes are to come, the read returns once LOW_WATER bytes are in; after that, and
+        once the frame is complete, the mark is one byte again (the next message may be that small)."""
+        low_water = self._low_water
+        if low_water:
+            want = LOW_WATER if len(view) >= 2 * LOW_WATER else 1
+            if want != low_water:
+                self._set_low_water(want)
+        count = self.sock.recv_into(view)
+        if count == len(view) and self._low_water > 1:
+            self._set_low_water(1)
+        return count
+
+    def _set_low_water(self, count: int) -> None:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+            self._low_water = count
+        except OSError:  # not settable here: read as before
+            self._low_water = 0
+
     def _recv_into(self, view: memoryview) -> None:
         try:
-            count = self.sock.recv_into(view)
+            count = self._recv_frame_rest(view)
         except socket.timeout:
             raise TimeoutError("receiving: timeout") from None
         except OSError as exc:

@@ -29,7 +29,7 @@ from ..uri import URI
 from ..wire import constants
 from ..wire import frame as wire
 from ..wire.serializers import Serializer, by_name
-from ..wire.session import NEED_DATA, ClientSession, Connected, ConnectRefused, NotRun, StreamStarted
+from ..wire.session import NEED_DATA, TAKE_EVENT, ClientSession, Connected, ConnectRefused, NotRun, StreamStarted
 from . import resolve as aio_resolve
 from .cork import Cork
 from .receiving import receive_buffer
@@ -140,8 +140,10 @@ class _Connection(asyncio.BufferedProtocol):
             raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
         self._corked.write(parts)
 
-    def send_call(self, parts: list, seq: int, timeout: float | None) -> Any:
-        """Write the request of call `seq`: its reply event, or the Future (in `waiting`) that gets it.
+    def send_call(self, parts: list, seq: int, timeout: float | None, lean: bool = False) -> Any:
+        """Write the request of call `seq`: its reply event, or the Future (in `waiting`) that gets it;
+        with `lean` (the caller wants no annotations and no raw frame), on a session that does not
+        pipeline, the usual reply may come as its payload (bytes: ClientSession.receive_result).
 
         A lone call (nothing else in flight here) waits for its reply while the loop has nothing
         else to do (a spin, or a sleep in the loop's own selector: aio/spin.py) and reads it at once:
@@ -164,7 +166,13 @@ class _Connection(asyncio.BufferedProtocol):
                 self._fail(ConnectionClosedError(f"the connection to {self.target} was lost: {exc}"))
                 count = 0
             if count:
-                self.session.receive_data(self._received[:count])
+                session = self.session
+                if lean and not session.pipelined:  # the usual reply is taken as its payload (no Frame)
+                    payload = session.receive_result(bytes(self._received[:count]))
+                    if payload is not TAKE_EVENT:
+                        return payload
+                else:
+                    session.receive_data(self._received[:count])
                 event = self._pump(seq)
                 if event is not None:
                     return event
@@ -533,8 +541,11 @@ class Proxy:
                 conn = await self._connection(recovery)
             session = conn.session
             turn = None if session.pipelined else conn.turn
-            if turn is not None and not turn.take_now():  # a free turn costs no await
-                await turn.take(conn.loop)
+            if turn is not None:
+                if turn.taken:
+                    await turn.take(conn.loop)
+                else:
+                    turn.taken = True  # a free turn is taken at once (Turn.take_now, inline: every call's path)
             try:
                 if conn.closed:
                     raise NotDelivered(f"the connection to {self._pyroUri} was closed", self._pyroUri,
@@ -557,7 +568,8 @@ class Proxy:
                     seq = session.last_seq
                     try:
                         # a lone call's reply may come within send_call: no Future, no second turn of the loop
-                        event = conn.send_call(parts, seq, self._pyroTimeout)
+                        event = conn.send_call(parts, seq, self._pyroTimeout, not self._pyroRawWireResponse and (
+                            type(self)._pyroResponseAnnotations is _DEFAULT_RESPONSE_ANNOTATIONS))
                     except BaseException:  # not sent: its seq must not stay outstanding
                         self._abandon(conn, seq)
                         raise
@@ -583,9 +595,16 @@ class Proxy:
                             raise
             finally:
                 if turn is not None:
-                    turn.release()
+                    if turn.queue:
+                        turn.release()  # the next call's turn
+                    else:
+                        turn.taken = False
             if event is None:
                 outcome: tuple[Any, BaseException | None] = (None, None)
+            elif event.__class__ is bytes:  # the usual reply's payload (no annotations, not an error)
+                if state.response_annotations:
+                    set_response_annotations(state, {})
+                outcome = (session.result_value(event), None)
             elif event.__class__ is NotRun:
                 raise NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
             else:

@@ -134,7 +134,10 @@ class LoopSpin:
             if wait is not None and (written or self._transport_quiet()):
                 ready = self._select(wait)
                 if len(ready) == 1 and ready[0][0] == self.fd:  # this socket only (else the loop goes first)
-                    return self._read(into)
+                    try:
+                        return os.readv(self.fd, [into])
+                    except (BlockingIOError, InterruptedError):
+                        return 0
         return 0
 
     def _read(self, into: memoryview) -> int:

@@ -13,15 +13,17 @@ import collections
 
 
 class Turn:
-    """`take_now()` (a free turn: True, and it is yours) or `await take(loop)`; then `release()`.
+    """`take_now()` (a free turn: True, and it is yours) or `await take(loop)`; then `release()`
+    (a hot path may test `taken` and `queue` itself: a free turn is `taken = True`; with nobody
+    queued, releasing is `taken = False`).
     Loop thread only. A waiter that is cancelled leaves the queue; one cancelled just after the turn
     was handed to it passes the turn on, so a cancellation never leaves the turn taken."""
 
-    __slots__ = ("taken", "_queue")
+    __slots__ = ("taken", "queue")
 
     def __init__(self) -> None:
         self.taken = False
-        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.queue: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def take_now(self) -> bool:
         if self.taken:  # (never free while calls are queued: release() hands it to the first)
@@ -33,18 +35,18 @@ class Turn:
         if self.take_now():
             return
         handed = loop.create_future()
-        self._queue.append(handed)
+        self.queue.append(handed)
         try:
             await handed  # release() hands the turn over: `taken` stays True for this call
         except BaseException:
             if handed.done() and not handed.cancelled():
                 self.release()  # handed over, then cancelled before it ran: the next one's turn
-            elif handed in self._queue:  # (release() may have passed over it already)
-                self._queue.remove(handed)
+            elif handed in self.queue:  # (release() may have passed over it already)
+                self.queue.remove(handed)
             raise
 
     def release(self) -> None:
-        queue = self._queue
+        queue = self.queue
         while queue:
             handed = queue.popleft()
             if not handed.done():

@@ -201,6 +201,43 @@ def test_replies_that_came_while_a_burst_is_written_are_matched_before_the_loop_
     run(main())
 
 
+def test_on_a_daemon_that_does_not_pipeline_the_usual_reply_comes_as_its_payload(
+        start_daemon: Any, waiting: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A threaded daemon (one call at a time): a lone call's usual reply (no annotations, no error)
+    is taken as its payload (ClientSession.receive_result, no Frame); errors, hooks that want the
+    reply's annotations and raw wire replies take the event."""
+    from meshrpc.wire.session import TAKE_EVENT, ClientSession
+    daemon = start_daemon()
+    uri = daemon.register(Waiter(), "waiter")
+    lean: list[bool] = []
+    receive_result = ClientSession.receive_result
+
+    def counted(self: ClientSession, data: bytes) -> Any:
+        payload = receive_result(self, data)
+        lean.append(payload is not TAKE_EVENT)
+        return payload
+    monkeypatch.setattr(ClientSession, "receive_result", counted)
+
+    class Hooked(meshrpc.aio.Proxy):
+        def _pyroResponseAnnotations(self, annotations: dict, msgtype: int) -> None:
+            seen.append(msgtype)
+    seen: list[int] = []
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri, settings=waiting) as proxy:
+            assert not proxy._conn.session.pipelined
+            assert [await proxy.echo(i) for i in range(10)] == list(range(10))
+            assert lean == [True] * 10
+            with pytest.raises(AttributeError):  # an error reply: the event, with its remote traceback
+                await proxy._pyroInvoke("no_such_method", (), None)
+            assert [await proxy.echo(i) for i in range(3)] == [0, 1, 2]
+        lean.clear()
+        async with Hooked(uri, settings=waiting) as hooked:
+            assert [await hooked.echo(i) for i in range(3)] == [0, 1, 2]
+            assert len(seen) >= 4 and not lean  # the hook saw every reply; none taken as a payload
+    run(main())
+
+
 @pytest.mark.parametrize("other_work", ["a timer falls due", "another socket gets data", "another thread queues a callback"])
 def test_the_wait_gives_way_to_other_work_of_the_loop(served: Any, other_work: str, waiting: Settings) -> None:
     waiter, uri = served

@@ -70,6 +70,10 @@ def _current() -> _CallState:
         return state
 
 
+#: current_state() where a state certainly exists (a server during a call, after begin): no Python frame
+call_state = _state.get
+
+
 def current_state() -> _CallState:
     """The state behind current_context, for hot paths: plain attribute access on it, no indirection."""
     try:
@@ -184,8 +188,13 @@ class CallContext:
         """A server starts handling a call: a fresh state with these facts (one step, for speed). A call
         without a correlation id gets a fresh one (made when read), as in Pyro5."""
         state = _new_state(_CallState)  # every field set here once: no __init__ setting them first
-        state.client, state.client_sock_addr, state.seq, state.msg_flags = client, client_sock_addr, seq, msg_flags
-        state.serializer_id, state.annotations, state.response_annotations = serializer_id, annotations, {}
+        state.client = client  # one by one: a tuple assignment of four builds a tuple first
+        state.client_sock_addr = client_sock_addr
+        state.seq = seq
+        state.msg_flags = msg_flags
+        state.serializer_id = serializer_id
+        state.annotations = annotations
+        state.response_annotations = {}
         state.correlation_id = correlation_id or FRESH_ID
         _state_set(state)
 

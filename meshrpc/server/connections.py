@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import errors
 from ..config import Settings
-from ..context import current_context, current_state
+from ..context import call_state, current_context
 from ..errors import ProtocolError, SerializeError
-from ..transport.sockets import FramedConnection, limit_receive_time, limit_send_time
+from ..transport.sockets import RECV_CHUNK, FramedConnection, limit_receive_time, limit_send_time
 from ..transport.spin import SpinGate
 from ..wire import frame as wire
 from ..wire.constants import UNKNOWN_OBJECT_REASON
@@ -47,6 +47,7 @@ SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may 
 # stop and from the last answer of a call in progress (its client may call again at once)
 SHUTDOWN_DRAIN_MIN = 0.05
 _SPECIAL_REPLY = wire.FLAG_ITEMSTREAMRESULT | wire.FLAG_EXCEPTION  # reply flags that need another answer
+_ONEWAY, _ITEMSTREAMRESULT, _INVOKE = wire.FLAG_ONEWAY, wire.FLAG_ITEMSTREAMRESULT, wire.MSG_INVOKE
 
 
 class ClientConnection(FramedConnection):
@@ -85,6 +86,24 @@ class ClientConnection(FramedConnection):
     @property
     def serializer(self) -> Serializer | None:
         return self.protocol.serializer
+
+    def read_request(self) -> bool:
+        """fill_within() for a worker whose reader holds nothing (the usual case after a request): one
+        blocking, time-limited read of up to RECV_CHUNK, fed to the reader; True when data came. A
+        partial frame (maybe a large one) goes through fill_within, which sizes the read for it."""
+        if self.reader.buffered:
+            return self.fill_within()
+        try:
+            data = self.sock.recv(RECV_CHUNK)
+        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO ran out
+            return False
+        except OSError as exc:
+            raise errors.ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+        if not data:
+            raise errors.ConnectionClosedError("the peer closed the connection")
+        self.last_active = time.monotonic()
+        self.reader.feed(data)
+        return True
 
     def send_reply(self, parts: list) -> None:
         """send_parts for the worker serving this connection: only that worker writes to a client's
@@ -389,15 +408,16 @@ class ConnectionServer:
     def _serve_requests(self, conn: ClientConnection, protocol: ServerSession, pool: WorkerPool,
                         linger_ms: float) -> None:
         # every request passes here: locals, no calls that are not needed
-        next_event, handle = protocol.next_event, self._handle
-        timed_reads, fill_within, server_spin = conn.timed_reads, conn.fill_within, self._server_spin
+        next_event, handle, reader = protocol.next_event, self._handle, conn.reader
+        timed_reads, read_request, server_spin = conn.timed_reads, conn.read_request, self._server_spin
         try:
             while True:
                 # the key proof needs the time, and only before the handshake
                 event = next_event(None if protocol.handshaken else time.time())
                 if event is not NEED_DATA:
                     handle(conn, event)
-                    continue
+                    if reader.buffered:  # more came with it (else next_event would say NEED_DATA)
+                        continue
                 if self._stopping:
                     if conn.poller.poll(0):  # shutting down: answer what came ("not run")
                         conn.fill(spin=False)
@@ -414,7 +434,7 @@ class ConnectionServer:
                 if timed_reads and pool.has_room:
                     # a new task gets a thread of its own: no backlog to watch, so one blocking read (it
                     # times out after WORKER_LINGER) does what poll + read do, a system call less per read
-                    if fill_within():
+                    if read_request():
                         continue
                 elif self._await_request(conn, linger_ms):
                     continue
@@ -479,7 +499,7 @@ class ConnectionServer:
     def _handle(self, conn: ClientConnection, event: Any) -> None:
         if self._logwire:
             log.debug("received from %s: %r", conn.addr, event)
-        if event.type == wire.MSG_INVOKE:
+        if event.type == _INVOKE:
             active = self._active_calls
             active.append(None)  # counted first, then the stop is looked at (see __init__)
             if self._stopping:
@@ -537,7 +557,7 @@ class ConnectionServer:
 
     def _invoke(self, conn: ClientConnection, frame: wire.Frame) -> None:
         protocol = conn.protocol
-        is_oneway = frame.flags & wire.FLAG_ONEWAY
+        is_oneway = frame.flags & _ONEWAY
         try:
             call = protocol.decode_call(frame)
         except (SerializeError, errors.SecurityError) as exc:
@@ -549,18 +569,20 @@ class ConnectionServer:
         if is_oneway and self.settings.ONEWAY_THREADED:
             self._queue_oneway(conn, frame, call)
             return
-        self._set_context(conn, frame)
+        # _set_context inlined (every call's path); decode_call refused an unknown serializer id
+        current_context.begin(conn, conn.addr, frame.seq, frame.flags, BY_ID[frame.serializer_id].values.id,
+                              frame.annotations, frame.correlation_id)
         flags, result = self._dispatch.run(conn, frame.flags, call)
         if result.__class__ is CoroutineType:
             flags, result = _awaitable_refused(flags, result, call)
         if is_oneway:
             return
-        annotations = current_state().response_annotations
+        annotations = call_state().response_annotations
         if self.daemon._reply_annotations is not None:
             annotations = {**annotations, **self.daemon._reply_annotations()}
         if not flags & _SPECIAL_REPLY:  # the common case first
             conn.send_reply(protocol.result_reply(frame, result, annotations, flags))
-        elif flags & wire.FLAG_ITEMSTREAMRESULT:
+        elif flags & _ITEMSTREAMRESULT:
             conn.send_reply(protocol.stream_reply(frame, result, annotations))
         else:
             conn.send_reply(protocol.error_reply(frame, result, annotations))

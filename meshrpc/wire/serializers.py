@@ -422,7 +422,8 @@ class SerpentSerializer(Serializer):
             raise SerializeError(f"cannot serialize with serpent: {exc}") from None
 
     def loads(self, data: bytes, oob: list | None = None) -> Any:
-        data = bytes(data)
+        if data.__class__ is not bytes:  # bytes(data) of bytes is data itself, found the slow way
+            data = bytes(data)
         try:
             value = serpent.loads(data)
         except Exception as exc:  # serpent raises ValueError, SyntaxError, MemoryError...
@@ -471,7 +472,8 @@ class SerpentBinary(Serializer):
         return data
 
     def loads(self, data: bytes, oob: list | None = None) -> Any:
-        data = bytes(data)
+        if data.__class__ is not bytes:  # bytes(data) of bytes is data itself, found the slow way
+            data = bytes(data)
         try:
             marshal_check.check(data, plain_only=True)  # sizes that fit, plain type codes only
             value = marshal.loads(data)
@@ -523,7 +525,8 @@ class MarshalSerializer(Serializer):
         return self._convert(object_to_dict(obj))
 
     def loads(self, data: bytes, oob: list | None = None) -> Any:
-        data = bytes(data)
+        if data.__class__ is not bytes:  # bytes(data) of bytes is data itself, found the slow way
+            data = bytes(data)
         try:
             marshal_check.check(data)  # marshal trusts declared sizes: never let a peer choose them
             value = marshal.loads(data)

@@ -15,7 +15,11 @@ Cases (``--cases``, comma separated):
               both proxies with the opt-in spin (SPIN_WAIT=0.0002); the two ratios of issue 12
   pipelined   N concurrent awaits on one aio proxy (aio daemon; then a Pyro5 daemon, serialized):
               calls/s, errors, p50/p99 latency, and the ratio to the sequential rate; once as one
-              burst of N, once kept in flight (N tasks each awaiting --each calls in turn)
+              burst of N, once kept in flight (N tasks each awaiting --each calls in turn). The
+              burst is issue 12's "N concurrent awaits" read literally, what a program that fans
+              out writes (`await asyncio.gather(*(proxy.m(x) for x in N items))`), and it includes
+              filling and draining the pipe; "kept in flight" is the steady state of N tasks that
+              each call in a loop (N awaits outstanding all the time). Both rows count.
   idle        N idle connected clients held by an aio daemon and by a threaded daemon: memory per
               connection (the server's RSS growth / N)
   slow        one client awaits a 2 s `async def` call while another makes quick calls: their worst

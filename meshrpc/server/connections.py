@@ -28,7 +28,7 @@ from .. import errors
 from ..config import Settings
 from ..context import call_state, current_context
 from ..errors import ProtocolError, SerializeError
-from ..transport.sockets import RECV_CHUNK, FramedConnection, limit_receive_time, limit_send_time
+from ..transport.sockets import FramedConnection, limit_receive_time, limit_send_time
 from ..transport.spin import SpinGate
 from ..wire import frame as wire
 from ..wire.constants import UNKNOWN_OBJECT_REASON
@@ -87,38 +87,14 @@ class ClientConnection(FramedConnection):
     def serializer(self) -> Serializer | None:
         return self.protocol.serializer
 
-    def read_request(self) -> bool:
-        """fill_within() for a worker whose reader holds nothing (the usual case after a request): one
-        blocking, time-limited read of up to RECV_CHUNK, fed to the reader; True when data came. A
-        partial frame (maybe a large one) goes through fill_within, which sizes the read for it."""
-        if self.reader.buffered:
-            return self.fill_within()
-        try:
-            data = self.sock.recv(RECV_CHUNK)
-        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO ran out
-            return False
-        except OSError as exc:
-            raise errors.ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
-        if not data:
-            raise errors.ConnectionClosedError("the peer closed the connection")
-        self.last_active = time.monotonic()
-        self.reader.feed(data)
-        return True
-
     def send_reply(self, parts: list) -> None:
         """send_parts for the worker serving this connection: only that worker writes to a client's
         connection (one request at a time, answered in turn), so a plain socket needs no send lock
         (a `with` per reply is a tenth of a microsecond and more); TLS goes through send_parts."""
         if self.tls is not None:
-            return self.send_parts(parts)
-        try:
-            for part in parts:
-                self._sendall(part)
-        except socket.timeout:
-            raise errors.TimeoutError("sending timed out") from None
-        except OSError as exc:
-            raise errors.ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
-        self.last_active = time.monotonic()
+            self.send_parts(parts)
+        else:
+            self.send_unlocked(parts)
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.addr}>"
@@ -409,7 +385,7 @@ class ConnectionServer:
                         linger_ms: float) -> None:
         # every request passes here: locals, no calls that are not needed
         next_event, handle, reader = protocol.next_event, self._handle, conn.reader
-        timed_reads, read_request, server_spin = conn.timed_reads, conn.read_request, self._server_spin
+        timed_reads, fill_within, server_spin = conn.timed_reads, conn.fill_within, self._server_spin
         try:
             while True:
                 # the key proof needs the time, and only before the handshake
@@ -434,7 +410,7 @@ class ConnectionServer:
                 if timed_reads and pool.has_room:
                     # a new task gets a thread of its own: no backlog to watch, so one blocking read (it
                     # times out after WORKER_LINGER) does what poll + read do, a system call less per read
-                    if read_request():
+                    if fill_within():
                         continue
                 elif self._await_request(conn, linger_ms):
                     continue

@@ -217,14 +217,19 @@ class FramedConnection:
     def send_parts(self, parts: list) -> None:
         """Send buffers made by a session (wire.session), in order, as one message or several."""
         with self.send_lock:
-            try:
-                for part in parts:
-                    self._sendall(part)
-                self.last_active = time.monotonic()
-            except socket.timeout:
-                raise TimeoutError("sending timed out") from None
-            except OSError as exc:
-                raise ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
+            self.send_unlocked(parts)
+
+    def send_unlocked(self, parts: list) -> None:
+        """send_parts without the send lock, for a caller that is the only one writing to this plain
+        connection (a daemon's worker answering the request it holds)."""
+        try:
+            for part in parts:
+                self._sendall(part)
+            self.last_active = time.monotonic()
+        except socket.timeout:
+            raise TimeoutError("sending timed out") from None
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
 
     def next_event(self) -> Any:
         """The protocol session's next event, reading (and blocking, within the socket's timeout)
@@ -295,12 +300,14 @@ class FramedConnection:
         """One blocking read of a plain socket whose reads are time limited (limit_receive_time), with
         no poll before it (the rest of a large frame straight into its buffer): True when data was
         read, False when none came in time."""
-        into = self.reader.receive_buffer()
+        reader = self.reader
+        buffered = reader.buffered  # 0 is the usual case between requests: one read of RECV_CHUNK
+        into = reader.receive_buffer() if buffered else None
         try:
             if into is not None:
                 count = self._recv_frame_rest(into)
             else:
-                data = self.sock.recv(self._read_size())
+                data = self.sock.recv(self._read_size() if buffered else RECV_CHUNK)
                 count = len(data)
         except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO (or a timeout set on the socket) ran out
             return False

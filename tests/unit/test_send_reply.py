@@ -46,36 +46,32 @@ def test_send_reply_times_out_as_send_parts_does():
     assert outcomes[0] == outcomes[1]
 
 
-def test_read_request_reads_as_fill_within_does():
-    """read_request (a worker's read when nothing is buffered) against fill_within: the same frames, the
-    same "nothing came in time", the same error when the peer is gone; a partial frame goes to fill_within."""
+def test_fill_within_reads_whole_and_partial_frames():
+    """fill_within, a worker's read: with nothing buffered (the usual case) one read of RECV_CHUNK, with a
+    partial frame a read sized for its rest; "nothing came in time" is False, a peer gone an error."""
     from meshrpc.transport.sockets import limit_receive_time
     from meshrpc.wire import frame as wire
 
     message = wire.encode(wire.Frame(wire.MSG_PING, 1, 7, b"ping"))
-    outcomes = []
-    for method in ("read_request", "fill_within"):
-        ours, theirs = socket.socketpair()
-        conn = ClientConnection(ours, "peer", Settings())
-        assert limit_receive_time(ours, 0.05)
-        try:
-            seen = []
-            theirs.sendall(message[:10])  # a partial frame first
-            seen.append(getattr(conn, method)())
-            seen.append(conn.reader.next_frame())
-            theirs.sendall(message[10:] + message)  # its rest, then a whole frame
-            while len(seen) < 6 and getattr(conn, method)():
+    ours, theirs = socket.socketpair()
+    conn = ClientConnection(ours, "peer", Settings())
+    assert limit_receive_time(ours, 0.05)
+    try:
+        seen = []
+        theirs.sendall(message[:10])  # a partial frame first
+        seen.append(conn.fill_within())
+        seen.append(conn.reader.next_frame())
+        theirs.sendall(message[10:] + message)  # its rest, then a whole frame
+        while len(seen) < 4 and conn.fill_within():
+            frame = conn.reader.next_frame()
+            while frame is not None:
+                seen.append((frame.type, frame.seq, frame.payload))
                 frame = conn.reader.next_frame()
-                while frame is not None:
-                    seen.append((frame.type, frame.seq, frame.payload))
-                    frame = conn.reader.next_frame()
-            seen.append(getattr(conn, method)())  # nothing more comes: False after the time limit
-            theirs.close()
-            with pytest.raises(errors.ConnectionClosedError) as closed:
-                getattr(conn, method)()
-            seen.append(str(closed.value))
-            outcomes.append(seen)
-        finally:
-            conn.close()
-    assert outcomes[0] == outcomes[1]
-    assert outcomes[0][:2] == [True, None] and outcomes[0][2:4] == [(wire.MSG_PING, 7, b"ping")] * 2
+        assert conn.reader.buffered == 0
+        seen.append(conn.fill_within())  # nothing more comes: False after the time limit
+        theirs.close()
+        with pytest.raises(errors.ConnectionClosedError, match="closed the connection"):
+            conn.fill_within()
+    finally:
+        conn.close()
+    assert seen == [True, None, (wire.MSG_PING, 7, b"ping"), (wire.MSG_PING, 7, b"ping"), False]

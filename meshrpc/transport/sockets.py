@@ -332,7 +332,10 @@ class FramedConnection:
         once the frame is complete, the mark is one byte again (the next message may be that small)."""
         low_water = self._low_water
         if low_water:
-            want = LOW_WATER if len(view) >= 2 * LOW_WATER else 1
+            # only on a blocking socket (no timeout, or SO_RCVTIMEO, which returns what came): Python's
+            # own timeout polls first, and poll waits for the mark, so a slow link whose bytes keep
+            # coming, but less than the mark per timeout, would time out where it did not before
+            want = LOW_WATER if len(view) >= 2 * LOW_WATER and self.sock.gettimeout() is None else 1
             if want != low_water:
                 self._set_low_water(want)
         count = self.sock.recv_into(view)

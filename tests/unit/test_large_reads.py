@@ -138,3 +138,23 @@ def test_a_huge_announcement_with_little_data_allocates_nothing_large(tcp_pair) 
         tracemalloc.stop()
     assert peak < 4 * 1024 * 1024, peak
     assert conn.reader.buffered < 1024 * 1024
+
+
+def test_a_slow_frame_under_a_read_timeout_is_not_cut_short(tcp_pair) -> None:
+    """A proxy with a timeout (settimeout: Python polls before each read) on a link slower than the
+    mark per timeout: the bytes keep coming within every timeout, so the frame must arrive, as it
+    did before the mark existed (a poll waits for the mark, so it would have timed out)."""
+    ours, peer = tcp_pair
+    ours.settimeout(0.5)
+    conn = sockets.FramedConnection(ours, 1 << 30)
+    payload = bytes(range(256)) * (4 * 4096)  # 4 MiB
+    data = wire.encode(wire.Frame(wire.MSG_RESULT, 0, 3, payload))
+    thread, got = receive_in_thread(conn)
+    step = 128 * 1024
+    for start in range(0, len(data), step):  # about 1.3 MiB/s: the mark would take 0.8 s to fill
+        peer.sendall(data[start:start + step])
+        if start + step < len(data):
+            wait_until(lambda: conn.reader.buffered >= start + step, timeout=30, message="the chunk read")
+            threading.Event().wait(0.1)  # the slow link itself, not a synchronisation
+    thread.join(60)
+    assert got and not isinstance(got[0], Exception) and bytes(got[0].payload) == payload

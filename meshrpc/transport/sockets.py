@@ -328,20 +328,20 @@ class FramedConnection:
 
     def _recv_frame_rest(self, view: memoryview) -> int:
         """recv_into the rest of a large frame (`view`, its own buffer): on plain TCP, while at least
-        2 * LOW_WATER bytes are to come, the read returns once LOW_WATER bytes are in; after that, and
-        once the frame is complete, the mark is one byte again (the next message may be that small)."""
-        low_water = self._low_water
-        if low_water:
-            # only on a blocking socket (no timeout, or SO_RCVTIMEO, which returns what came): Python's
-            # own timeout polls first, and poll waits for the mark, so a slow link whose bytes keep
-            # coming, but less than the mark per timeout, would time out where it did not before
-            want = LOW_WATER if len(view) >= 2 * LOW_WATER and self.sock.gettimeout() is None else 1
-            if want != low_water:
-                self._set_low_water(want)
-        count = self.sock.recv_into(view)
-        if count == len(view) and self._low_water > 1:
-            self._set_low_water(1)
-        return count
+        2 * LOW_WATER bytes are to come, the read returns once LOW_WATER bytes are in. The mark is one
+        byte again after every read (however it ends): a poll waits for the mark too (a daemon's worker
+        lingering between reads, its selector after a hand-back), and a read may leave less of the
+        frame to come than the mark, which such a poll would wait for in vain."""
+        # only on a blocking socket (no timeout, or SO_RCVTIMEO, which returns what came): Python's
+        # own timeout polls first, and poll waits for the mark, so a slow link whose bytes keep
+        # coming, but less than the mark per timeout, would time out where it did not before
+        if self._low_water and len(view) >= 2 * LOW_WATER and self.sock.gettimeout() is None:
+            self._set_low_water(LOW_WATER)
+        try:
+            return self.sock.recv_into(view)
+        finally:
+            if self._low_water > 1:
+                self._set_low_water(1)
 
     def _set_low_water(self, count: int) -> None:
         try:

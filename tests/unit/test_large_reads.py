@@ -6,6 +6,7 @@ sends little never makes the reader allocate it."""
 from __future__ import annotations
 
 import fcntl
+import select
 import socket
 import struct
 import termios
@@ -158,3 +159,31 @@ def test_a_slow_frame_under_a_read_timeout_is_not_cut_short(tcp_pair) -> None:
             threading.Event().wait(0.1)  # the slow link itself, not a synchronisation
     thread.join(60)
     assert got and not isinstance(got[0], Exception) and bytes(got[0].payload) == payload
+
+
+def test_between_reads_of_a_large_frame_a_poll_sees_its_tail(tcp_pair) -> None:
+    """A daemon's worker polls between the reads of a large frame (its linger when the pool is more than
+    half busy, e.g. SERVERTYPE multiplex) and the selector polls a connection handed back mid-frame. A
+    poll waits for SO_RCVLOWAT too, so a mark left at LOW_WATER by a read that took all but the last
+    half MiB would never see that tail: the call hung until the client gave up."""
+    ours, peer = tcp_pair
+    tail = 512 * 1024
+    payload = b"\x42" * (3 * 1024 * 1024)
+    data = wire.encode(wire.Frame(wire.MSG_INVOKE, 0, 7, payload))
+    if ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 < len(data):
+        pytest.skip("the receive buffer cannot queue the frame (net.core.rmem_max too small)")
+    conn = sockets.FramedConnection(ours, 1 << 30)
+    writer = threading.Thread(target=peer.sendall, args=(data[:-tail],), daemon=True)
+    writer.start()
+    wait_until(lambda: queued(ours) >= len(data) - tail, timeout=30, message="all but the tail queued")
+    writer.join(10)
+    while conn.reader.buffered < len(data) - tail:  # the reads a worker makes (all of it is queued)
+        conn.fill(spin=False)
+    assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) <= max(1, conn.reader.wanted())
+    peer.sendall(data[-tail:])
+    poller = select.poll()
+    poller.register(ours, select.POLLIN)
+    assert poller.poll(10_000), "a poll between reads did not see the frame's tail"
+    while (frame := conn.reader.next_frame()) is None:
+        conn.fill(spin=False)
+    assert frame.payload == payload

@@ -1,0 +1,535 @@
+"""The edges of issue 15's fast lanes (the proxy's lean lane, the daemon's lock-free request path, the
+large-frame low-water mark), with real daemons, real sockets and a relay that plays a slow or stalling
+link. Each test would fail if its lane lost a call, ran one twice, retried one that may have run, or
+gave a different answer than the general path.
+
+Outcomes are checked against what the daemon really ran: a call that returned ran exactly once; one
+that raised NotDeliveredError never ran; one that raised MaybeDeliveredError ran at most once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from typing import Any, Callable
+
+import Pyro5.api
+import pytest
+from support import wait_until
+
+import meshrpc
+from meshrpc import errors
+from meshrpc.context import current_context
+from meshrpc.wire import frame as wire
+
+pytestmark = pytest.mark.timeout(60)
+
+HOST = "127.0.0.1"
+
+
+class Ledger:
+    """What the daemon ran, by token."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs: dict[Any, int] = {}
+
+    def ran(self, token: Any) -> None:
+        with self.lock:
+            self.runs[token] = self.runs.get(token, 0) + 1
+
+
+class Service:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    @meshrpc.expose
+    def echo(self, value: Any) -> Any:
+        return value
+
+    @meshrpc.expose
+    def record(self, token: Any) -> Any:
+        self.ledger.ran(token)
+        return token
+
+    @meshrpc.expose
+    def size(self, data: bytes) -> int:
+        return len(data)
+
+    @meshrpc.expose
+    def fail(self, text: str) -> None:
+        raise ValueError(text)
+
+    @meshrpc.expose
+    def context(self) -> tuple:
+        corr = current_context.correlation_id
+        return str(corr) if corr else None, sorted(current_context.annotations)
+
+    @meshrpc.expose
+    def answer_with_annotation(self, value: Any) -> Any:
+        current_context.response_annotations["XTRA"] = b"extra"
+        return value
+
+    @meshrpc.expose
+    def count(self, n: int):
+        return iter(range(n))
+
+    @meshrpc.expose
+    def record_then_hang_up(self, token: Any) -> Any:
+        """Runs, then the connection breaks before the reply (a daemon that crashed mid-call)."""
+        self.ledger.ran(token)
+        socket.socket.shutdown(current_context.client.sock, socket.SHUT_RDWR)
+        return token
+
+    @meshrpc.expose
+    @meshrpc.idempotent
+    def record_idempotent_then_hang_up(self, token: Any) -> Any:
+        self.ledger.ran(token)
+        if self.ledger.runs[token] == 1:
+            socket.socket.shutdown(current_context.client.sock, socket.SHUT_RDWR)
+        return token
+
+    @meshrpc.expose
+    def record_slowly(self, token: Any) -> Any:
+        self.ledger.ran(token)
+        self.entered.set()
+        self.release.wait(20)
+        return token
+
+
+def serve(start_daemon: Callable[..., Any], **settings: Any) -> tuple[Any, Ledger, Service, meshrpc.URI]:
+    ledger = Ledger()
+    service = Service(ledger)
+    running = start_daemon(settings=meshrpc.Settings().copy(**settings)) if settings else start_daemon()
+    return running, ledger, service, running.register(service)
+
+
+# ---------------------------------------------------------------- a link between proxy and daemon
+
+class Link:
+    """A TCP relay between a proxy and a daemon. Requests pass as they come; each reply frame is passed
+    as `shape(reply number, frame bytes)` says: a list of pieces, sent apart (a slow link cuts a reply
+    anywhere); a None piece holds back everything from there on (a link that stalls)."""
+
+    def __init__(self, target: tuple[str, int], shape: Callable[[int, bytes], list]) -> None:
+        self.target = target
+        self.shape = shape
+        self.replies = 0
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def uri(self, uri: meshrpc.URI) -> str:
+        return f"PYRO:{uri.object}@{HOST}:{self.port}"
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sockets += [client, server]
+            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._replies, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _requests(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _replies(self, source: socket.socket, sink: socket.socket) -> None:
+        buf = b""
+        gap = threading.Event()
+        try:
+            while data := source.recv(65536):
+                buf += data
+                while len(buf) >= wire.HEADER_SIZE:
+                    header = wire.HEADER.unpack_from(buf)
+                    end = wire.HEADER_SIZE + header[6] + header[7]
+                    if len(buf) < end:
+                        break
+                    frame, buf = buf[:end], buf[end:]
+                    self.replies += 1
+                    for i, piece in enumerate(self.shape(self.replies, frame)):
+                        if piece is None:
+                            return  # stalled: nothing more goes through on this connection
+                        if i:
+                            gap.wait(0.005)  # the link's own pace, not a synchronisation
+                        sink.sendall(piece)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def cut(frame: bytes) -> list:
+    """A reply cut where a single recv must not take it for whole: inside the header, right after
+    it, and inside the payload."""
+    points = sorted({1, 39, 40, 41, len(frame) // 2, len(frame) - 1})
+    points = [p for p in points if 0 < p < len(frame)]
+    return [frame[a:b] for a, b in zip([0] + points, points + [len(frame)])]
+
+
+@pytest.fixture
+def links():
+    made: list[Link] = []
+
+    def make(target: tuple[str, int], shape: Callable[[int, bytes], list]) -> Link:
+        made.append(Link(target, shape))
+        return made[-1]
+
+    yield make
+    for link in made:
+        link.close()
+
+
+def address(uri: meshrpc.URI) -> tuple[str, int]:
+    return uri.host, uri.port
+
+
+# ---------------------------------------------------------------- replies in pieces (a slow link)
+
+@pytest.mark.parametrize("serializer", ["serpent", "marshal", "json", "msgpack"])
+def test_replies_cut_anywhere_give_what_whole_replies_give(start_daemon, links, serializer: str) -> None:
+    """Every kind of reply (the usual one the lean lane takes, annotated, an error, a stream, a batch)
+    arriving in pieces: the lane must not take a piece for a reply, and the general path must put the
+    pieces together. The same calls over a direct connection are the reference."""
+    if serializer == "msgpack":
+        pytest.importorskip("msgpack")
+    _, _, _, uri = serve(start_daemon)
+    link = links(address(uri), lambda n, frame: cut(frame))
+    settings = meshrpc.Settings().copy(SERIALIZER=serializer)
+
+    def session(target: Any) -> list:
+        out = []
+        with meshrpc.Proxy(target, settings=settings) as proxy:
+            proxy._pyroTimeout = 20
+            out.append(proxy.echo(1))
+            out.append(proxy.echo("x" * 300))
+            out.append(proxy.echo([1, 2.5, "three", None, True]))
+            out.append(proxy.echo({"k": [1, 2]}))
+            out.append(proxy.answer_with_annotation(7))
+            out.append(dict(current_context.response_annotations))
+            out.append(proxy.echo(8))
+            out.append(dict(current_context.response_annotations))  # cleared by the lean reply
+            try:
+                proxy.fail("boom")
+            except ValueError as exc:
+                out.append(("raised", str(exc)))
+            out.append(list(proxy.count(5)))
+            with meshrpc.BatchProxy(proxy) as batch:
+                batch.echo(1)
+                batch.echo("two")
+                out.append(list(batch()))
+            out.append(proxy.echo(b"bytes" * 10))
+        return out
+
+    assert session(link.uri(uri)) == session(uri)
+    assert link.replies >= 10
+
+
+# ---------------------------------------------------------------- a timeout in the middle of a reply
+
+def test_a_timeout_mid_reply_raises_once_and_the_next_call_gets_its_own_answer(start_daemon, links) -> None:
+    """The reply's first bytes come, the rest never does: the proxy must give a MaybeDeliveredError
+    (TimeoutError) within its timeout, never retry the call (it ran), and never hand the late bytes to
+    the next call, which must get its own answer."""
+    _, ledger, _, uri = serve(start_daemon)
+    stalled = 3  # reply 1 is the CONNECTOK, 2 the first call's: the second call's reply stalls
+    link = links(address(uri), lambda n, frame: [frame[:wire.HEADER_SIZE + 2], None] if n == stalled else [frame])
+    proxy = meshrpc.Proxy(link.uri(uri))
+    proxy._pyroTimeout = 0.5
+    try:
+        assert proxy.record("first") == "first"
+        with pytest.raises(errors.MaybeDeliveredError) as caught:
+            proxy.record("second")
+        assert isinstance(caught.value, TimeoutError)
+        assert ledger.runs.get("second") == 1, "the call that timed out must have run once, not been retried"
+        assert proxy.record("third") == "third", "the next call took another call's late reply"
+        assert ledger.runs == {"first": 1, "second": 1, "third": 1}
+    finally:
+        proxy._pyroRelease()
+
+
+# ---------------------------------------------------------------- the daemon closes the connection
+
+def test_a_connection_broken_after_the_call_ran_is_never_retried(start_daemon) -> None:
+    """The daemon ran the call, then the connection broke before the reply (a crash mid-call): the
+    lean lane's one recv sees the end; the proxy must say the call may have run, not run it again."""
+    _, ledger, _, uri = serve(start_daemon)
+    with meshrpc.Proxy(uri) as proxy:
+        assert proxy.echo(1) == 1  # connected: the next call takes the lean lane
+        with pytest.raises(errors.MaybeDeliveredError):
+            proxy.record_then_hang_up("once")
+        assert ledger.runs == {"once": 1}
+        assert proxy.record("after") == "after"  # a fresh connection, transparently
+        # an idempotent method may be run again: the retry brings its answer
+        assert proxy.record_idempotent_then_hang_up("twice") == "twice"
+    assert ledger.runs == {"once": 1, "after": 1, "twice": 2}
+
+
+def test_a_connection_the_daemon_closed_while_idle_is_replaced_before_sending(start_daemon) -> None:
+    """IDLE_TIMEOUT: the daemon closed the proxy's idle connection. The lean lane asks peer_closed
+    before sending, so the call goes over a new connection and runs once, with no error."""
+    _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=0.2)
+    with meshrpc.Proxy(uri) as proxy:
+        for round_ in range(3):
+            assert proxy.record(("before", round_)) == ("before", round_)
+            conn = proxy._pyroConnection
+            wait_until(conn.peer_closed, timeout=20, message="the daemon closing the idle connection")
+            assert proxy.record(("after", round_)) == ("after", round_)
+            assert proxy._pyroConnection is not conn
+    assert set(ledger.runs.values()) == {1} and len(ledger.runs) == 6
+
+
+# ---------------------------------------------------------------- a shutdown while calls arrive
+
+def test_calls_racing_a_shutdown_run_once_or_certainly_not(start_daemon) -> None:
+    """Threads keep calling while the daemon shuts down (the calls-in-progress deque instead of a lock,
+    the stop read as a flag): every call that returned ran exactly once, every NotDeliveredError did
+    not run, a MaybeDeliveredError ran at most once, and nothing else is raised."""
+    running, ledger, _, uri = serve(start_daemon)
+    outcomes: list[tuple[Any, str]] = []
+    started = threading.Barrier(9)
+    stop_calling = threading.Event()
+
+    def caller(index: int) -> None:
+        with meshrpc.Proxy(uri, settings=meshrpc.Settings().copy(REBIND_TIMEOUT=0.5)) as proxy:
+            proxy._pyroTimeout = 10
+            proxy._pyroBind()
+            started.wait(10)
+            for n in range(100_000):
+                token = (index, n)
+                try:
+                    proxy.record(token)
+                    outcomes.append((token, "returned"))
+                except errors.NotDeliveredError:
+                    outcomes.append((token, "not run"))
+                    return
+                except errors.MaybeDeliveredError:
+                    outcomes.append((token, "maybe"))
+                    return
+                except Exception as exc:  # noqa: BLE001 - anything else is the finding
+                    outcomes.append((token, f"unexpected {type(exc).__name__}: {exc}"))
+                    return
+                if stop_calling.is_set() and n > 3:
+                    return
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    started.wait(10)
+    wait_until(lambda: len(ledger.runs) >= 200, timeout=20, message="calls running")
+    running.daemon.shutdown()
+    stop_calling.set()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    for token, outcome in outcomes:
+        runs = ledger.runs.get(token, 0)
+        if outcome == "returned":
+            assert runs == 1, (token, runs)
+        elif outcome == "not run":
+            assert runs == 0, (token, runs)
+        else:
+            assert outcome == "maybe" and runs <= 1, (token, outcome, runs)
+    assert all(count == 1 for count in ledger.runs.values())
+
+
+# ---------------------------------------------------------------- one proxy, many threads
+
+def test_a_proxy_shared_by_threads_mixing_lanes_gives_each_its_own_answer(start_daemon) -> None:
+    """Threads share one proxy (after _pyroClaimOwnership, as Pyro5 programs do); some calls take the
+    lean lane, others the general path (a correlation id, annotations, oneway, a stream), in any
+    order: each call gets its own answer and its own context."""
+    _, ledger, _, uri = serve(start_daemon)
+    proxy = meshrpc.Proxy(uri)
+    proxy._pyroTimeout = 20
+    failures: list[str] = []
+
+    def worker(index: int) -> None:
+        proxy._pyroClaimOwnership()
+        for n in range(60):
+            try:
+                kind = (index + n) % 4
+                if kind == 0:
+                    assert proxy.echo((index, n)) == (index, n)
+                elif kind == 1:
+                    corr = uuid.uuid4()
+                    current_context.correlation_id = corr
+                    try:
+                        assert proxy.context() == (str(corr), [])
+                    finally:
+                        current_context.correlation_id = None
+                    assert proxy.context()[0] != str(corr)
+                elif kind == 2:
+                    assert proxy.answer_with_annotation(n) == n
+                    assert current_context.response_annotations == {"XTRA": b"extra"}
+                    assert proxy.echo(n) == n
+                    assert current_context.response_annotations == {}
+                else:
+                    assert list(proxy.count(3)) == [0, 1, 2]
+                    assert proxy.record((index, n)) == (index, n)
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"thread {index} call {n}: {exc!r}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(50)
+    proxy._pyroRelease()
+    assert not failures, failures[:5]
+    assert all(count == 1 for count in ledger.runs.values())
+
+
+def test_annotations_and_correlation_ids_set_between_calls_are_sent_then_forgotten(start_daemon) -> None:
+    _, _, _, uri = serve(start_daemon)
+    with meshrpc.Proxy(uri) as proxy:
+        first = proxy.context()
+        assert first[0] and first[1] == []  # a fresh id, made by the daemon
+        corr = uuid.uuid4()
+        current_context.correlation_id = corr
+        current_context.annotations = {"ABCD": b"1"}
+        try:
+            assert proxy.context() == (str(corr), ["ABCD"])
+        finally:
+            current_context.correlation_id = None
+            current_context.annotations = {}
+        plain = proxy.context()
+        assert plain[1] == [] and plain[0] != str(corr)
+
+
+# ---------------------------------------------------------------- large frames on a busy daemon
+
+@pytest.mark.parametrize("servertype", ["multiplex", "thread"])
+def test_large_calls_reach_a_daemon_whose_workers_poll_between_reads(start_daemon, servertype: str) -> None:
+    """SERVERTYPE multiplex (one worker, so it polls its socket between the reads of a frame instead of
+    one blocking read): a low-water mark left at 1 MiB after a read that took all but the last half MiB
+    kept that poll (and the selector's) from ever seeing the tail, and the call hung."""
+    _, _, _, uri = serve(start_daemon, SERVERTYPE=servertype, SERIALIZER="marshal")
+    settings = meshrpc.Settings().copy(SERIALIZER="marshal")
+    with meshrpc.Proxy(uri, settings=settings) as proxy:
+        proxy._pyroTimeout = 10
+        for mib in (10, 3, 4.1, 2.2, 6.5, 10):
+            size = int(mib * 1024 * 1024)
+            assert proxy.size(b"\x01" * size) == size, f"{mib} MiB"
+            assert proxy.echo(1) == 1  # a small call right after a large one
+
+
+# ---------------------------------------------------------------- Pyro5 on either side
+
+def test_pyro5_proxies_on_many_threads_get_their_own_replies(start_daemon) -> None:
+    """Replies of plain connections go out without the send lock: Pyro5 proxies (serpent text, one per
+    thread, and one shared proxy) must each get their own, whole answers."""
+    _, ledger, _, uri = serve(start_daemon)
+    failures: list[str] = []
+    shared = Pyro5.api.Proxy(str(uri))
+    shared_lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        try:
+            with Pyro5.api.Proxy(str(uri)) as own:
+                for n in range(40):
+                    assert own.echo([index, n, "x" * (n * 37)]) == [index, n, "x" * (n * 37)]
+                    with shared_lock:  # Pyro5's proxies are owned by one thread at a time
+                        shared._pyroClaimOwnership()
+                        assert shared.record(f"{index}-{n}") == f"{index}-{n}"
+                    try:
+                        own.fail("no")
+                    except ValueError:
+                        pass
+        except Exception as exc:  # noqa: BLE001
+            failures.append(f"thread {index}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(50)
+    shared._pyroClaimOwnership()
+    shared._pyroRelease()
+    assert not failures, failures[:5]
+    assert len(ledger.runs) == 240 and set(ledger.runs.values()) == {1}
+
+
+class Pyro5Service:
+    def __init__(self) -> None:
+        self.runs: dict[Any, int] = {}
+
+    @Pyro5.api.expose
+    def echo(self, value: Any) -> Any:
+        return value
+
+    @Pyro5.api.expose
+    def record(self, token: Any) -> Any:
+        self.runs[token] = self.runs.get(token, 0) + 1
+        return token
+
+    @Pyro5.api.expose
+    def fail(self, text: str) -> None:
+        raise ValueError(text)
+
+    @Pyro5.api.expose
+    def count(self, n: int):
+        return iter(range(n))
+
+
+def test_the_lean_lane_against_a_pyro5_daemon() -> None:
+    """Against Pyro5's daemon (serpent text replies, its own flags): the lane's answers equal the
+    general path's, and a shared meshrpc proxy serves several threads."""
+    service = Pyro5Service()
+    daemon = Pyro5.api.Daemon(host=HOST)
+    uri = daemon.register(service)
+    loop = threading.Thread(target=daemon.requestLoop, daemon=True)
+    loop.start()
+    try:
+        with meshrpc.Proxy(str(uri)) as proxy:
+            proxy._pyroTimeout = 20
+            assert proxy.echo(1) == 1
+            assert proxy.echo("text") == "text"
+            value = [1, 2.5, None, {"a": (1, 2)}, "x" * 5000]
+            lean = proxy.echo(value)
+            current_context.annotations = {"ABCD": b"1"}  # the general path, for reference
+            try:
+                assert proxy.echo(value) == lean == value
+            finally:
+                current_context.annotations = {}
+            with pytest.raises(ValueError, match="boom"):
+                proxy.fail("boom")
+            assert list(proxy.count(4)) == [0, 1, 2, 3]
+            failures: list[str] = []
+
+            def worker(index: int) -> None:
+                try:
+                    for n in range(30):
+                        assert proxy.record(f"{index}-{n}") == f"{index}-{n}"
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(repr(exc))
+
+            threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(40)
+            assert not failures, failures[:3]
+        assert len(service.runs) == 120 and set(service.runs.values()) == {1}
+    finally:
+        daemon.shutdown()
+        loop.join(10)

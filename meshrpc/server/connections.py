@@ -485,9 +485,9 @@ class ConnectionServer:
             try:
                 self._invoke(conn, event)
             finally:
-                active.pop()
                 if self._stopping:  # the drain answers "not run" for a while after this answer
                     self._answered_while_stopping = time.monotonic()
+                active.pop()  # only then: the drain, reading both without a lock, sees one or the other
         elif event.type == wire.MSG_PING:
             conn.send_parts(conn.protocol.pong(event))
         else:

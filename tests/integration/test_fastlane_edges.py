@@ -92,6 +92,11 @@ class Service:
         return token
 
     @meshrpc.expose
+    @meshrpc.oneway
+    def record_oneway(self, token: Any) -> None:
+        self.ledger.ran(token)
+
+    @meshrpc.expose
     def record_slowly(self, token: Any) -> Any:
         self.ledger.ran(token)
         self.entered.set()
@@ -351,6 +356,57 @@ def test_calls_racing_a_shutdown_run_once_or_certainly_not(start_daemon) -> None
     assert all(count == 1 for count in ledger.runs.values())
 
 
+# ---------------------------------------------------------------- requests that come together
+
+@pytest.mark.parametrize("client", ["meshrpc", "Pyro5"])
+def test_requests_that_arrive_in_one_read_are_all_served(start_daemon, client: str) -> None:
+    """Oneway calls need no reply, so a proxy sends the next request at once: many come in one read.
+    The worker goes on with what is buffered after each request (it skips the NEED_DATA round only
+    when nothing is): every oneway runs once, and the two-way calls between them get their answers."""
+    _, ledger, _, uri = serve(start_daemon)
+    proxy = meshrpc.Proxy(uri) if client == "meshrpc" else Pyro5.api.Proxy(str(uri))
+    with proxy:
+        for n in range(300):
+            proxy.record_oneway(("oneway", n))
+            if n % 50 == 49:
+                assert proxy.record(("two-way", n)) == ("two-way", n)
+    wait_until(lambda: len(ledger.runs) == 306, timeout=30, message="every oneway call run")
+    assert set(ledger.runs.values()) == {1}
+
+
+def test_a_call_answered_during_the_drain_extends_it_before_it_stops_counting(start_daemon) -> None:
+    """The shutdown drain waits while a call is in progress, and for SHUTDOWN_DRAIN_MIN after the last
+    answer (its client may call again at once, and must hear "not run" rather than a closed
+    connection). The call must leave the count only once its answer's time is recorded: the drain
+    reads both without a lock, and in the other order it could see neither and close at once."""
+    import collections
+    running, ledger, service, uri = serve(start_daemon)
+    server = running.daemon._connection_server
+    seen: list[bool] = []
+    stopped_at: list[float] = []
+
+    class Watched(collections.deque):
+        def pop(self) -> Any:
+            if server._stopping:  # what the drain would see if it looked right after this pop
+                seen.append(bool(stopped_at) and server._answered_while_stopping >= stopped_at[0])
+            return super().pop()
+
+    server._active_calls = Watched()
+    with meshrpc.Proxy(uri) as proxy:
+        proxy._pyroBind()
+        caller = threading.Thread(target=lambda: proxy.record_slowly("in progress"), daemon=True)
+        caller.start()
+        assert service.entered.wait(10)
+        import time
+        stopped_at.append(time.monotonic())
+        running.daemon.shutdown()  # the drain waits for the call in progress
+        service.release.set()
+        caller.join(10)
+        wait_until(lambda: seen, timeout=10, message="the call leaving the count")
+    assert seen == [True], "the call left the count before its answer's time was recorded"
+    assert ledger.runs == {"in progress": 1}
+
+
 # ---------------------------------------------------------------- one proxy, many threads
 
 def test_a_proxy_shared_by_threads_mixing_lanes_gives_each_its_own_answer(start_daemon) -> None:
@@ -533,3 +589,227 @@ def test_the_lean_lane_against_a_pyro5_daemon() -> None:
     finally:
         daemon.shutdown()
         loop.join(10)
+
+
+# ---------------------------------------------------------------- malformed replies, lane and general path alike
+
+def _usual(session: Any, frame: wire.Frame) -> bytes:
+    return b"".join(session.result_reply(frame, 1))
+
+
+MALFORMED = {
+    "wrong protocol version": lambda s, f: _usual(s, f)[:4] + b"\x01\xf7" + _usual(s, f)[6:],
+    "bad tag": lambda s, f: b"XYRO" + _usual(s, f)[4:],
+    "bad magic": lambda s, f: _usual(s, f)[:38] + b"\x00\x00" + _usual(s, f)[40:],
+    "unknown message type": lambda s, f: _usual(s, f)[:6] + b"\x63" + _usual(s, f)[7:],
+    "wrong type": lambda s, f: wire.encode(wire.Frame(wire.MSG_CONNECTOK, f.serializer_id, f.seq, b"N")),
+    "wrong seq": lambda s, f: wire.encode(wire.Frame(wire.MSG_RESULT, f.serializer_id, (f.seq + 5) & 0xFFFF, b"N")),
+    "oversized length": lambda s, f: _usual(s, f)[:12] + (1 << 30).to_bytes(4, "big") + _usual(s, f)[16:],
+    "unknown serializer": lambda s, f: wire.encode(wire.Frame(wire.MSG_RESULT, 99, f.seq, b"N")),
+    "truncated header, then closed": lambda s, f: _usual(s, f)[:20],
+    "half a payload, then closed": lambda s, f: _usual(s, f)[:-1],
+    "undecodable payload": lambda s, f: wire.encode(wire.Frame(wire.MSG_RESULT, f.serializer_id, f.seq, b"\xff\xfe")),
+    "a reply and garbage": lambda s, f: _usual(s, f) + b"XYRO" + bytes(36),
+}
+
+
+class BadDaemon:
+    """Completes the handshake with the real server session, then answers the first call with the
+    bytes `reply(session, frame)` gives, and closes the connection."""
+
+    def __init__(self, reply: Callable[[Any, wire.Frame], bytes]) -> None:
+        self.reply = reply
+        self.listener = socket.create_server((HOST, 0))
+        self.uri = f"PYRO:obj@{HOST}:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        from meshrpc.wire.session import NEED_DATA, ConnectRequest, ServerSession
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            with sock:
+                session = ServerSession(meshrpc.Settings(), pipelining=False)
+                try:
+                    while data := sock.recv(65536):
+                        session.receive_data(data)
+                        while (event := session.next_event(None if session.handshaken else 0.0)) is not NEED_DATA:
+                            if isinstance(event, ConnectRequest):
+                                sock.sendall(b"".join(session.accept_connect(event, "hello", {"methods": {"echo"}})))
+                            else:
+                                sock.sendall(self.reply(session, event))
+                                raise EOFError
+                except (EOFError, OSError):
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _outcome(uri: str, general: bool) -> tuple:
+    with meshrpc.Proxy(uri, settings=meshrpc.Settings().copy(MAX_MESSAGE_SIZE=1 << 20)) as proxy:
+        proxy._pyroTimeout = 10
+        proxy._pyroBind()
+        if general:  # annotations to send: the general path, for reference
+            current_context.annotations = {"ABCD": b"1"}
+        try:
+            return ("value", proxy.echo(1))
+        except Exception as exc:  # noqa: BLE001 - the outcome compared
+            return ("raised", type(exc), str(exc), proxy._pyroConnection is None)
+        finally:
+            current_context.annotations = {}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_a_malformed_reply_gives_the_same_clear_error_in_the_lean_lane(name: str) -> None:
+    """Every malformed reply: the lane's one recv and bare header check must end as the general path
+    ends (the same error kind and words, the connection closed or kept alike)."""
+    bad = BadDaemon(MALFORMED[name])
+    try:
+        lane, general = _outcome(bad.uri, False), _outcome(bad.uri, True)
+    finally:
+        bad.close()
+    assert lane == general
+    if name != "undecodable payload":
+        assert lane[0] == "raised" and issubclass(lane[1], errors.CommunicationError), lane
+
+
+# ---------------------------------------------------------------- the asyncio proxy's lone-call lane
+
+def run(coro: Any) -> Any:
+    return __import__("asyncio").run(coro)
+
+
+@pytest.mark.parametrize("serializer", ["serpent", "marshal"])
+def test_aio_replies_cut_anywhere_give_what_whole_replies_give(start_daemon, links, serializer: str) -> None:
+    """The aio proxy's lone call reads its reply in the selector sleep and takes the usual one as its
+    payload: a first piece read there must be kept for the rest, for every kind of reply."""
+    import meshrpc.aio
+    _, _, _, uri = serve(start_daemon)
+    link = links(address(uri), lambda n, frame: cut(frame))
+    settings = meshrpc.Settings().copy(SERIALIZER=serializer)
+
+    async def session(target: Any) -> list:
+        out = []
+        async with meshrpc.aio.Proxy(target, settings=settings) as proxy:
+            proxy._pyroTimeout = 20
+            out.append(await proxy.echo(1))
+            out.append(await proxy.echo(["x" * 200, 2.5, None]))
+            out.append(await proxy.answer_with_annotation(3))
+            out.append(dict(current_context.response_annotations))
+            out.append(await proxy.echo(4))
+            out.append(dict(current_context.response_annotations))
+            try:
+                await proxy.fail("boom")
+            except ValueError as exc:
+                out.append(("raised", str(exc)))
+            out.append([item async for item in await proxy.count(4)])
+        return out
+
+    assert run(session(link.uri(uri))) == run(session(uri))
+
+
+def test_aio_cancelled_calls_run_once_or_never_and_leave_the_turn_free(start_daemon) -> None:
+    """On a daemon that does not pipeline, calls take turns. A call cancelled while it waits for the
+    turn was never sent (it never runs); one cancelled while it waits for its reply ran once and is not
+    run again; the turn is free afterwards and the next call gets its own answer."""
+    import asyncio
+
+    import meshrpc.aio
+    _, ledger, service, uri = serve(start_daemon)
+
+    async def scenario() -> None:
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            proxy._pyroTimeout = 20
+            slow = asyncio.ensure_future(proxy.record_slowly("slow"))
+            await asyncio.get_running_loop().run_in_executor(None, service.entered.wait, 10)
+            queued = asyncio.ensure_future(proxy.record("queued"))
+            await asyncio.sleep(0)  # it asks for the turn and waits
+            queued.cancel()
+            slow.cancel()  # waiting for its reply: the call ran, its late reply must go nowhere
+            for task in (queued, slow):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            service.release.set()
+            assert await proxy.record("next") == "next"
+            assert await proxy.echo(5) == 5
+
+    run(scenario())
+    assert ledger.runs == {"slow": 1, "next": 1}
+
+
+def test_aio_lone_calls_against_a_pyro5_daemon() -> None:
+    """The aio lane's bare payload with Pyro5's serpent text replies, errors and streams."""
+    import meshrpc.aio
+    service = Pyro5Service()
+    daemon = Pyro5.api.Daemon(host=HOST)
+    uri = str(daemon.register(service))
+    loop = threading.Thread(target=daemon.requestLoop, daemon=True)
+    loop.start()
+
+    async def scenario() -> list:
+        out = []
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            for n in range(20):
+                out.append(await proxy.record(n))
+            out.append(await proxy.echo({"a": (1, 2), "b": "x" * 3000}))
+            with pytest.raises(ValueError, match="boom"):
+                await proxy.fail("boom")
+        return out
+
+    try:
+        out = run(scenario())
+    finally:
+        daemon.shutdown()
+        loop.join(10)
+    assert out == list(range(20)) + [{"a": (1, 2), "b": "x" * 3000}]
+    assert set(service.runs.values()) == {1} and len(service.runs) == 20
+
+
+class AsyncService:
+    @meshrpc.expose
+    async def context_after_waiting(self, delay: float, tag: str) -> tuple:
+        import asyncio
+        current_context.response_annotations["TAG_"] = tag.encode()
+        before = current_context.correlation_id
+        await asyncio.sleep(delay)
+        after = current_context.correlation_id
+        return str(before), str(after), sorted(current_context.annotations)
+
+    @meshrpc.expose
+    async def quick(self, tag: str) -> tuple:
+        current_context.response_annotations["TAG_"] = tag.encode()
+        return str(current_context.correlation_id), tag
+
+
+def test_aio_daemon_calls_interleaving_on_one_connection_keep_their_own_context() -> None:
+    """The aio daemon's `async def` call is one coroutine with its context begun directly: pipelined
+    calls on one connection that wait (and others that do not) in between must each see their own
+    correlation id and annotations, and send back their own response annotations."""
+    import asyncio
+    import random
+
+    import meshrpc.aio
+
+    async def one(proxy: Any, index: int) -> None:
+        corr = uuid.uuid4()
+        current_context.correlation_id = corr  # this task's
+        current_context.annotations = {"IDX_": str(index).encode()}
+        if index % 3:
+            got = await proxy.context_after_waiting(random.random() * 0.02, str(index))
+            assert got == (str(corr), str(corr), ["IDX_"]), (index, got)
+        else:
+            assert await proxy.quick(str(index)) == (str(corr), str(index))
+        assert current_context.response_annotations.get("TAG_") == str(index).encode()
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host=HOST)
+        uri = daemon.register(AsyncService(), "svc")
+        async with daemon:
+            async with meshrpc.aio.Proxy(uri) as proxy:
+                for _ in range(3):
+                    await asyncio.gather(*(one(proxy, i) for i in range(60)))
+
+    run(main())

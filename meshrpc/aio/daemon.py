@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from .. import errors
-from ..context import current_context, current_state
+from ..context import call_state, current_context
 from ..errors import DaemonError, ProtocolError, SerializeError
 from ..server import daemon as threaded
 from ..wire import constants
@@ -44,6 +44,7 @@ HOUSEKEEPING_INTERVAL = threaded.HOUSEKEEPING_INTERVAL
 SHUTDOWN_GRACE = threaded.SHUTDOWN_GRACE
 NONBLOCKING_MARK = "_meshrpcNonblocking"
 _AWAITED, _ON_LOOP, _IN_EXECUTOR = "awaited", "on the loop", "in the executor"  # where a method runs
+_FRAME, _INVOKE = wire.Frame, wire.MSG_INVOKE
 
 
 def nonblocking(method: Any) -> Any:
@@ -107,7 +108,12 @@ class _ClientConnection(asyncio.BufferedProtocol):
             finally:
                 self.pumping = False
                 written = self._corked.flush()
-            nbytes = self._next_request(written)
+            if self.calls or self.closed or self._next is None:  # (_next_request, inline: every request's path)
+                return
+            try:
+                nbytes = self._next.read_reply(received, None, written)
+            except OSError:  # the loop's own read will see the failure
+                return
 
     def _next_request(self, written: bool) -> int:
         """All answered and the loop idle: wait for the client's next request (a sequential caller's)
@@ -138,7 +144,8 @@ class _ClientConnection(asyncio.BufferedProtocol):
         if parts and not self.closed and self.transport is not None:  # (the cork drops it if the transport closes)
             if self.pumping:  # more requests of this read may follow: flushed when the read is done
                 self._corked.gather(parts)
-            elif self.calls:  # other calls of this connection are running: their replies may join
+                return  # (last_active: set when they were read, just now)
+            if self.calls:  # other calls of this connection are running: their replies may join
                 self._corked.write(parts)
             else:
                 self._corked.write_alone(parts)
@@ -177,7 +184,7 @@ class Daemon(threaded.Daemon):
         self._stopped: asyncio.Event | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
-        self._method_kinds: dict[tuple[Any, str], str] = {}  # (registration, method) -> where it runs
+        self._method_kinds: dict[Any, dict[str, str]] = {}  # registration -> {method: where it runs}
 
     # ------------------------------------------------------------------ serving
     async def start(self) -> None:
@@ -256,14 +263,17 @@ class Daemon(threaded.Daemon):
         session = conn.wire
         while not conn.closed:
             try:
-                event = session.next_event(now=time.time())
+                # the key proof needs the time, and only before the handshake
+                event = session.next_event(None if session.handshaken else time.time())
             except Exception as exc:  # ProtocolError, oversized frames: this connection only
                 log.warning("closing connection from %s: %s", conn.addr, exc)
                 conn.close()
                 return
             if event is NEED_DATA:
                 return
-            if isinstance(event, ConnectRequest):
+            if event.__class__ is _FRAME and event.type == _INVOKE and not self._stopping:  # the usual one first
+                self._start_call(conn, event)
+            elif isinstance(event, ConnectRequest):
                 self._aio_handshake(conn, event)
             elif event.type == wire.MSG_PING:
                 conn.send(session.pong(event))
@@ -294,6 +304,7 @@ class Daemon(threaded.Daemon):
 
     # ------------------------------------------------------------------ calls
     def _start_call(self, conn: _ClientConnection, frame: wire.Frame) -> None:
+        """A request (while its read is worked through: `conn.pumping`). Every request passes here."""
         session = conn.wire
         try:
             call = session.decode_call(frame)
@@ -303,31 +314,70 @@ class Daemon(threaded.Daemon):
             else:
                 log.warning("dropped oneway call from %s: %s", conn.addr, exc)
             return
-        assert self._loop is not None
-        where = self._where_to_run(call)
-        if where is _ON_LOOP:  # marked nonblocking: no thread hop, no task
+        object_id, method, vargs, kwargs = call
+        registration = self._dispatch.objects.get(object_id) if isinstance(object_id, str) else None
+        if registration is None or not isinstance(method, str):  # the executor's Dispatcher answers it
+            where = _IN_EXECUTOR
+        else:
+            kinds = self._method_kinds.get(registration)
+            where = (kinds.get(method) if kinds is not None else None) or self._where_to_run(registration, method)
+        if where is not _AWAITED:
+            self._start_plain(conn, frame, call, where)
+            return
+        # an `async def` method: its coroutine's first step runs now, in a context of its own (aio/eager.py);
+        # a call that never waits is answered here without a Task or a coroutine of the daemon's, one that
+        # waits goes on in a Task (_serve_rest) that answers by itself
+        serializer = session.serializer
+        context = contextvars.copy_context()
+        context.run(current_context.begin, conn, conn.addr, frame.seq, frame.flags,
+                    serializer.id if serializer else frame.serializer_id, frame.annotations, frame.correlation_id)
+        function = None
+        try:
+            instance = registration.shared  # a registered object: the method is looked up as Dispatcher.run does
+            if instance is not None and not frame.flags & wire.FLAG_BATCH:
+                function = getattr(instance, method)
+            else:  # instance modes (the instance may depend on the call's context): the Dispatcher's rules
+                function = context.run(self._dispatch.prepare, conn, frame.flags, call).function
+            task, result = self._eager.step(context.run(function, *vargs, **kwargs), context, self._serve_rest,
+                                            conn, frame, function, method)
+        except asyncio.CancelledError:
+            self._reply(conn, frame, (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {}))
+            return
+        except Exception as exc:  # the method raised (or was called wrongly, or is unknown)
+            flags, result = self._failed(exc, function, method)
+        else:
+            if task is not None:  # it waits: its Task answers
+                conn.calls += 1
+                self._calls.add(task)
+                return
+            flags, result = self._dispatch.finish(conn, result)
+            if not flags and not frame.flags & wire.FLAG_ONEWAY:  # the usual reply (what _reply does for it)
+                annotations = context.run(call_state).response_annotations
+                try:
+                    parts = session.result_reply(frame, result, annotations)
+                except ProtocolError as exc:  # e.g. the result is too large for MAX_MESSAGE_SIZE
+                    parts = session.error_reply(frame, exc)
+                if not conn.closed:
+                    conn._corked.gather(parts)  # (pumping: the read's replies go out together)
+                return
+        self._reply(conn, frame, (flags, result, context.run(call_state).response_annotations))
+
+    def _start_plain(self, conn: _ClientConnection, frame: wire.Frame, call: tuple, where: str) -> None:
+        """A plain method: on the loop when marked nonblocking, else in the executor."""
+        if where is _ON_LOOP:  # no thread hop, no task
             self._reply(conn, frame, contextvars.copy_context().run(self._run_on_loop, conn, frame, call))
             return
+        assert self._loop is not None
         conn.calls += 1
-        if where is _AWAITED:
-            # its first step runs now (aio/eager.py): a call that never waits is answered without a Task;
-            # one that waits goes on as a Task, which answers by itself when done
-            task = self._eager.start(self._serve_async(conn, frame, call), contextvars.copy_context())
-            if task is not None:
-                self._calls.add(task)
-            return
         running = self._loop.run_in_executor(self._executor, self._run_sync, conn, frame, call)
         self._calls.add(running)
         running.add_done_callback(lambda done: self._finished(conn, frame, done))
 
-    def _where_to_run(self, call: tuple) -> str:
-        """_AWAITED (`async def`), _ON_LOOP (marked nonblocking) or _IN_EXECUTOR (any other method)."""
-        object_id, method = call[0], call[1]
-        registration = self._objects.get(object_id) if isinstance(object_id, str) else None
-        if registration is None:
-            return _IN_EXECUTOR
-        key = (registration, method)
-        known = self._method_kinds.get(key)
+    def _where_to_run(self, registration: Any, method: str) -> str:
+        """_AWAITED (`async def`), _ON_LOOP (marked nonblocking) or _IN_EXECUTOR (any other method),
+        remembered per registration (_start_call reads the memory first)."""
+        kinds = self._method_kinds.get(registration)
+        known = kinds.get(method) if kinds is not None else None
         if known is None:
             # the class's attribute (instance modes register classes); a registration is never
             # changed in place, so the answer holds for as long as it is registered
@@ -338,10 +388,43 @@ class Daemon(threaded.Daemon):
                     known = _AWAITED
                 elif getattr(func, NONBLOCKING_MARK, False):
                     known = _ON_LOOP
-            if len(self._method_kinds) > 10000:
-                self._method_kinds.clear()
-            self._method_kinds[key] = known
+            if kinds is None:
+                if len(self._method_kinds) > 1000:
+                    self._method_kinds.clear()
+                kinds = self._method_kinds[registration] = {}
+            elif len(kinds) > 1000:
+                kinds.clear()
+            kinds[method] = known
         return known
+
+    def _failed(self, exc: Exception, function: Any, method: str) -> tuple[int, Any]:
+        if getattr(function, "_pyroCallback", False):
+            log.warning("exception in callback %s", method, exc_info=True)
+        return self._dispatch.failure(exc, method)
+
+    async def _serve_rest(self, rest: Any, conn: _ClientConnection, frame: wire.Frame, function: Any,
+                          method: str) -> None:
+        """The rest of an `async def` call that waited (its own Task, in its own context): awaited, answered."""
+        try:
+            try:
+                result = await rest
+            except Exception as exc:
+                flags, result = self._failed(exc, function, method)
+            else:
+                flags, result = self._dispatch.finish(conn, result)
+            outcome: tuple = (flags, result, call_state().response_annotations)
+        except asyncio.CancelledError:
+            self._reply(conn, frame, (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {}))
+            raise
+        except Exception as exc:  # a fault of the daemon, not of the method (that is a reply)
+            log.error("call failed inside the daemon: %r", exc)
+            outcome = wire.FLAG_EXCEPTION, DaemonError(f"internal error: {exc!r}"), {}
+        finally:
+            self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
+            conn.calls -= 1
+        self._reply(conn, frame, outcome)
+        if not conn.pumping:  # answered outside the reading of its request (it waited)
+            conn.replied()
 
     def _context_for(self, conn: Any, seq: int, flags: int, serializer_id: int, annotations: dict,
                      correlation_id: Any) -> None:
@@ -369,42 +452,6 @@ class Daemon(threaded.Daemon):
             assert self._loop is not None
             flags, result = self._dispatch.finish(conn, _PulledOnLoop(result, self._loop))
         return flags, result, current_context.response_annotations
-
-    async def _serve_async(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> None:
-        """One `async def` call (its context is its own): looked up by the Dispatcher, awaited, answered.
-        It starts eagerly (aio/eager.py); it is a Task only if it waits."""
-        try:
-            self._frame_context(conn, frame)
-            dispatch = self._dispatch
-            method = call[1]
-            try:
-                prepared = dispatch.prepare(conn, frame.flags, call)
-            except Exception as exc:  # unknown object or method
-                flags, result = dispatch.failure(exc, method)
-            else:
-                function = prepared.function
-                try:
-                    result = await function(*prepared.vargs, **prepared.kwargs)
-                except Exception as exc:
-                    if getattr(function, "_pyroCallback", False):
-                        log.warning("exception in callback %s", method, exc_info=True)
-                    flags, result = dispatch.failure(exc, method)
-                else:
-                    flags, result = dispatch.finish(conn, result)
-            outcome: tuple = (flags, result, current_state().response_annotations)
-        except asyncio.CancelledError:
-            self._reply(conn, frame, (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {}))
-            raise
-        except Exception as exc:  # a fault of the daemon, not of the method (that is a reply)
-            log.error("call failed inside the daemon: %r", exc)
-            outcome = wire.FLAG_EXCEPTION, DaemonError(f"internal error: {exc!r}"), {}
-        finally:
-            if self._calls:  # empty when this call never waited (it had no Task: aio/eager.py)
-                self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
-            conn.calls -= 1
-        self._reply(conn, frame, outcome)
-        if not conn.pumping:  # answered outside the reading of its request (it waited)
-            conn.replied()
 
     def _call(self, registration: Any, instance: Any, method: str, vargs: tuple, kwargs: dict) -> Any:
         result = super()._call(registration, instance, method, vargs, kwargs)

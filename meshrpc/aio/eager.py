@@ -25,7 +25,7 @@ import contextvars
 import logging
 import sys
 import weakref
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 log = logging.getLogger("meshrpc.aio")
 
@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - another Python
     _HAVE_INTERNALS = False
 
 _STARTED = object()  # _Resume: the first step was taken
+_weakrefs = weakref.getweakrefcount
 
 
 class _Carrier(_PyTask if _HAVE_INTERNALS else object):  # type: ignore[misc]
@@ -56,11 +57,6 @@ class _Carrier(_PyTask if _HAVE_INTERNALS else object):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"<meshrpc.aio call {self._name}: {'not started' if self._coro is None else self._state}>"
-
-    def untouched(self) -> bool:
-        """Nobody asked to cancel it or to hear when it is done (the caller checks its references)."""
-        return not (self._must_cancel or self._num_cancels_requested or self._callbacks
-                    or weakref.getweakrefcount(self))
 
     def take(self, coro: "_Resume", context: contextvars.Context) -> None:
         """Become the Task that goes on running `coro` (its first step runs on the next turn)."""
@@ -102,6 +98,9 @@ class _Resume(collections.abc.Coroutine):
     def __await__(self) -> Any:
         return self
 
+    def __next__(self) -> Any:  # awaited by a coroutine (EagerStarter.step's `rest`), not only driven by a Task
+        return self.send(None)
+
 
 class EagerStarter:
     """Starts a loop's `async def` calls eagerly (the loop's thread only)."""
@@ -114,34 +113,56 @@ class EagerStarter:
     def start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> "asyncio.Future[Any] | None":
         """Run `coro` (which must not raise but BaseExceptions like KeyboardInterrupt) in `context`:
         None when it finished at once, else the Task that goes on running it."""
+        try:
+            task, _ = self.step(coro, context, _itself)
+        except asyncio.CancelledError:
+            return None  # the coroutine answered its caller already
+        except Exception as exc:  # as a Task would: the call is lost, the loop goes on
+            log.error("an asyncio daemon call failed: %r", exc, exc_info=exc)
+            return None
+        return task
+
+    def step(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context,
+             rest: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> tuple["asyncio.Future[Any] | None", Any]:
+        """Take `coro`'s first step at once, in `context`: (None, its value) when it returned there
+        (raises what it raised there). When it suspended, `rest(awaitable, *args)` (a coroutine that
+        awaits `awaitable`, the rest of `coro`, and handles its outcome) goes on as a Task: (that
+        Task, None). Inside a running task, or without asyncio's internals, nothing runs now:
+        `rest(coro, *args)` becomes a Task at once."""
         loop = self.loop
-        if not self._eager:
-            return loop.create_task(coro, context=context)
+        if not self._eager or _current_tasks.get(loop) is not None:  # (inside a task: no eager step here)
+            return loop.create_task(rest(coro, *args), context=context), None
         carrier, self._carrier = self._carrier, None
         if carrier is None:
             carrier = _Carrier(loop)
-        if _current_tasks.get(loop) is not None:  # called from inside a task: no eager step here
-            self._carrier = carrier
-            return loop.create_task(coro, context=context)
         refs = sys.getrefcount(carrier)
         _enter_task(loop, carrier)
+        failure = None
         try:
             pending = context.run(coro.send, None)
-        except StopIteration:
-            pending = _STARTED
-        except asyncio.CancelledError:
-            pending = _STARTED  # the coroutine answered its caller already
-        except Exception as exc:  # as a Task would: the call is lost, the loop goes on
-            log.error("an asyncio daemon call failed: %r", exc, exc_info=exc)
-            pending = _STARTED
+        except StopIteration as stop:
+            pending, value = _STARTED, stop.value
+        except BaseException as exc:
+            pending, failure = _STARTED, exc
         finally:
             _leave_task(loop, carrier)
-        if pending is _STARTED:
-            if sys.getrefcount(carrier) == refs and carrier.untouched():  # nothing kept it: reuse it
+        if pending is _STARTED:  # it finished (or failed) in its first step
+            # nothing kept it, asked to cancel it or to hear when it is done: reuse it
+            if (sys.getrefcount(carrier) == refs and not (carrier._must_cancel or carrier._num_cancels_requested
+                                                          or carrier._callbacks or _weakrefs(carrier))):
                 self._carrier = carrier
-            return None
-        carrier.take(_Resume(coro, pending), context)
-        return carrier
+            if failure is not None:
+                try:
+                    raise failure
+                finally:
+                    failure = None  # (no cycle through this frame)
+            return None, value
+        carrier.take(rest(_Resume(coro, pending), *args), context)
+        return carrier, None
+
+
+def _itself(coro: Any) -> Any:
+    return coro
 
 
 def available() -> bool:

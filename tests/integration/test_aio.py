@@ -615,3 +615,58 @@ def test_a_task_that_sets_the_context_changes_neither_its_siblings_nor_its_creat
             assert await proxy.echo_context("XTRA") == (str(creator_id), b"creator")
             assert meshrpc.current_context.response_annotations == {"ECHO": b"creator"}
     run(main())
+
+
+_leak: Any = __import__("contextvars").ContextVar("leak", default="unset")
+
+
+def test_an_async_def_call_on_a_registered_object_takes_the_lean_lane_and_instance_modes_do_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aio daemon calls a registered object's `async def` method itself (no Dispatcher.prepare, no
+    Task or coroutine of its own when the call never waits); classes (instance modes) go through the
+    Dispatcher's rules. Either way: the call's own context, its errors as replies, a usable connection."""
+    @meshrpc.expose
+    class Leaky:
+        async def set_and_read(self, value: str) -> tuple[str, str]:
+            before = _leak.get()
+            _leak.set(value)  # must not be seen by the next call
+            meshrpc.current_context.response_annotations = {"SEEN": value.encode()}
+            return before, _leak.get()
+
+        async def two(self, a: int, b: int) -> int:
+            return a + b
+
+    @meshrpc.expose
+    @meshrpc.behavior(instance_mode="percall")
+    class Fresh:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def tick(self) -> int:
+            self.calls += 1
+            return self.calls
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        uri = daemon.register(Leaky(), "leaky")
+        fresh_uri = daemon.register(Fresh, "fresh")
+        prepared: list[Any] = []
+        real_prepare = daemon._dispatch.prepare
+        monkeypatch.setattr(daemon._dispatch, "prepare",
+                            lambda conn, flags, call: prepared.append(call[1]) or real_prepare(conn, flags, call))
+        served: list[Any] = []
+        real_rest = daemon._serve_rest
+        monkeypatch.setattr(daemon, "_serve_rest", lambda *args: served.append(args[-1]) or real_rest(*args))
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy, meshrpc.aio.Proxy(fresh_uri) as fresh:
+            tasks_before = len(asyncio.all_tasks())
+            for value in ("a", "b"):
+                assert tuple(await proxy.set_and_read(value)) == ("unset", value)
+                assert meshrpc.current_context.response_annotations == {"SEEN": value.encode()}
+            assert len(asyncio.all_tasks()) == tasks_before
+            with pytest.raises(TypeError):
+                await proxy.two(1)  # called wrongly: the error is the reply
+            assert await proxy.two(1, 2) == 3
+            assert prepared == [] and served == [], "a registered object's call left the lean lane"
+            assert [await fresh.tick(), await fresh.tick()] == [1, 1]  # a new instance per call
+            assert prepared == ["tick", "tick"], "an instance mode's call skipped the Dispatcher"
+    run(main())

@@ -153,6 +153,12 @@ class Settings:
         "socket, callback (also from another thread) or due timer ends it at once. Not a spin: no CPU "
         "while it waits. An asyncio daemon waits the same way for a lone client's next request once all "
         "its calls are answered. 0 turns both off."))
+    AIO_QUIET_CHECK: float = field(default=0.001, metadata=_doc(
+        "Seconds after which an asyncio proxy's connection counts as quiet: before a call with nothing "
+        "else in flight on a connection quiet that long (since its last call was sent), the proxy asks "
+        "the kernel whether the daemon closed it (idle timeout, shutdown) while the event loop had not "
+        "seen that yet, so such a call is sent on a new connection instead of being lost (the threaded "
+        "proxy asks before every call). 0: before every such call."))
     FUTURE_WORKERS: int = field(default=4, metadata=_doc(
         "Threads (for the whole process) that run meshrpc.Future callables and the then/iferror "
         "chains of asynchronous calls; the calls themselves run on one shared asyncio loop thread."))

@@ -90,7 +90,7 @@ class Cork:
         except OSError:  # the transport's own write meets the same failure and closes the connection
             transport.writelines(parts)
             return False
-        if sent < sum(map(len, parts)):
+        if sent < (len(parts[0]) if len(parts) == 1 else sum(map(len, parts))):  # (one part: most writes)
             self._queued = True
             transport.write(b"".join(parts)[sent:])
             return False

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import select
+import socket
 import time
 from typing import Any, AsyncIterator
 
@@ -22,9 +25,10 @@ from ..client.batch import BatchedCall
 from ..client.proxy import _PICKLE_PROTOCOL_ATTRS
 from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 from ..config import Settings, config as default_config
-from ..context import FRESH_ID, current_context, current_state, set_response_annotations
+from ..context import FRESH_ID, call_state, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError
 from ..resolve import watch_announcements
+from ..transport.sockets import _TCP_ESTABLISHED  # (the threaded proxy's peer_closed reads the same state)
 from ..uri import URI
 from ..wire import constants
 from ..wire import frame as wire
@@ -60,6 +64,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._settings = settings
         self.spin: LoopSpin | None = None  # waits for a lone call's reply while the loop is idle
         self._fd = -1
+        self._quiet_after = settings.AIO_QUIET_CHECK
+        self._sent_at = 0.0  # time.monotonic() of the last lone call sent (0: none yet)
+        self._peer_closed: Any = None  # () -> whether the daemon closed the connection (connection_made)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,6 +74,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.spin = LoopSpin.for_transport(self.loop, transport, self._settings)
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None and hasattr(os, "readv") else -1
+        self._peer_closed = peer_closed_check(sock) if sock is not None else None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._received
@@ -159,6 +167,14 @@ class _Connection(asyncio.BufferedProtocol):
             return waiter
         if self.closed or self.transport is None or self.transport.is_closing():
             raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
+        now = time.monotonic()
+        if now - self._sent_at > self._quiet_after and self._peer_closed is not None and self._peer_closed():
+            # quiet for a while, and the daemon closed it meanwhile (the loop has not seen it yet): the
+            # call would be lost in it, so it is not sent (recovery sends it on a new connection)
+            self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
+            raise NotDelivered(f"the connection to {self.target} was closed by the daemon", self.target,
+                               suspect=False)
+        self._sent_at = now
         if self._corked.write_alone(parts, open_=True) and self.spin is not None:
             try:
                 count = self.spin.read_reply(self._received, timeout, written=True)
@@ -200,6 +216,29 @@ class _Connection(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
+
+
+def peer_closed_check(sock: Any) -> Any:
+    """() -> whether the peer closed the connection of `sock` (an idle one: nothing due to be read):
+    on TCP the kernel's TCP state (the first byte of TCP_INFO, as the threaded proxy asks), else
+    whether the socket is readable. None when neither can be asked."""
+    if hasattr(socket, "TCP_INFO") and sock.family in (socket.AF_INET, socket.AF_INET6):
+        state = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+
+        def closed() -> bool:
+            try:
+                return state() != _TCP_ESTABLISHED
+            except OSError:
+                return True
+        return closed
+    fd = sock.fileno()
+
+    def readable() -> bool:
+        try:
+            return bool(select.select([fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+    return readable
 
 
 def _closed(reason: BaseException) -> BaseException:
@@ -550,7 +589,10 @@ class Proxy:
                 if conn.closed:
                     raise NotDelivered(f"the connection to {self._pyroUri} was closed", self._pyroUri,
                                        suspect=False)
-                state = current_state()  # the call context, without the property indirection (hot path)
+                try:  # the call context, without the property indirection (hot path): current_state()
+                    state = call_state()
+                except LookupError:  # (the first use in this task's context)
+                    state = current_state()
                 corr = state.correlation_id
                 if corr is FRESH_ID:  # inside a server call that came without one: its fresh id, as in Pyro5
                     corr = current_context.correlation_bytes
@@ -573,7 +615,7 @@ class Proxy:
                     except BaseException:  # not sent: its seq must not stay outstanding
                         self._abandon(conn, seq)
                         raise
-                    if isinstance(event, asyncio.Future):  # to come (awaited here: no coroutine more per call)
+                    if event.__class__ is not bytes and isinstance(event, asyncio.Future):  # to come (awaited here: no coroutine more per call)
                         waiter = event
                         try:
                             if conn.closed:  # it failed while the call was sent (the session saw a broken reply)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import os
 import selectors
 import time
@@ -43,7 +42,8 @@ class LoopSpin:
         self.fd = fd
         self.gate = gate  # None: no spinning (SPIN_WAIT=0, one core)
         self.wait = wait  # AIO_REPLY_WAIT: the longest sleep in the selector for a lone call's reply
-        self._select: Callable[[float], list] = _poller(loop._selector)  # type: ignore[attr-defined]
+        # poll(timeout, most events) -> [(fd, events)]; at most 4 events: ours and others, enough to tell
+        self._select: Callable[[float, int], list] = _poller(loop._selector)  # type: ignore[attr-defined]
         self._ready: collections.deque = loop._ready  # type: ignore[attr-defined]
         self._other_ready = False  # the last poll saw another file descriptor ready
         # the loop's clock: time.monotonic itself unless the loop has a time() of its own
@@ -91,7 +91,7 @@ class LoopSpin:
 
     def _mine_readable(self, timeout: float = 0) -> bool:
         mine = other = False
-        for fd, _ in self._select(timeout):  # on this socket: readable, or closed/failed (the read tells)
+        for fd, _ in self._select(timeout, 4):  # on this socket: readable, or closed/failed (the read tells)
             if fd == self.fd:
                 mine = True
             else:
@@ -132,7 +132,7 @@ class LoopSpin:
         if wait:
             wait = self._idle_for(wait if timeout is None or timeout > wait else timeout)
             if wait is not None and (written or self._transport_quiet()):
-                ready = self._select(wait)
+                ready = self._select(wait, 4)
                 if len(ready) == 1 and ready[0][0] == self.fd:  # this socket only (else the loop goes first)
                     try:
                         return os.readv(self.fd, [into])
@@ -147,13 +147,14 @@ class LoopSpin:
             return 0
 
 
-def _poller(selector: selectors.BaseSelector) -> Callable[[float], list]:
-    """poll(timeout) -> [(fd, events)] on the loop's selector; epoll's own poll where it is one (the
-    selectors wrapper costs more than the system call)."""
+def _poller(selector: selectors.BaseSelector) -> Callable[[float, int], list]:
+    """poll(timeout, most events) -> [(fd, events)] on the loop's selector; epoll's own poll where it
+    is one (the selectors wrapper costs more than the system call; positional arguments: no keyword
+    parsing per call)."""
     epoll = getattr(selector, "_selector", None)
     if isinstance(selector, selectors.EpollSelector) and hasattr(epoll, "poll"):
-        return functools.partial(epoll.poll, maxevents=4)  # type: ignore[union-attr]  # (ours and others: enough)
+        return epoll.poll  # type: ignore[union-attr]
 
-    def poll(timeout: float) -> list:
+    def poll(timeout: float, most: int = -1) -> list:
         return [(key.fd, events) for key, events in selector.select(timeout)]
     return poll

@@ -670,3 +670,23 @@ def test_an_async_def_call_on_a_registered_object_takes_the_lean_lane_and_instan
             assert [await fresh.tick(), await fresh.tick()] == [1, 1]  # a new instance per call
             assert prepared == ["tick", "tick"], "an instance mode's call skipped the Dispatcher"
     run(main())
+
+
+@pytest.mark.parametrize("quiet_after, asked", [(0.0, 20), (30.0, 1)])
+def test_a_lone_call_asks_whether_the_daemon_closed_the_connection_only_after_a_quiet_spell(
+        quiet_after: float, asked: int) -> None:
+    """AIO_QUIET_CHECK: calls that follow each other closely skip the kernel's TCP state (a system
+    call); the first call, and every call with 0, ask it (test_fastlane_edges: a connection the
+    daemon closed while the loop was busy is then not used)."""
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon, meshrpc.aio.Proxy(uri, settings=Settings(AIO_QUIET_CHECK=quiet_after)) as proxy:
+            conn = proxy._conn
+            real, seen = conn._peer_closed, []
+            conn._peer_closed = lambda: seen.append(1) or real()
+            conn._sent_at = 0.0  # (the handshake is no call)
+            for i in range(20):
+                assert await proxy.add(i, 1) == i + 1
+            assert len(seen) == asked
+            assert proxy._conn is conn
+    run(main())

@@ -105,10 +105,10 @@ class Polls:
         self._select = conn.spin._select
         conn.spin._select = self._counted
 
-    def _counted(self, timeout: float) -> list:
+    def _counted(self, timeout: float, most: int) -> list:
         self.count += 1
         self.polled.set()
-        return self._select(timeout)
+        return self._select(timeout, most)
 
 
 def run(coro: Any) -> Any:

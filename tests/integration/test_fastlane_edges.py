@@ -866,9 +866,6 @@ def test_aio_bursts_whose_replies_come_in_pieces_are_matched_right(links) -> Non
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="the aio proxy has no peer_closed check before sending (w7-review's report, "
-                                       "w7-requests.md): a call sent after the daemon closed the idle connection, "
-                                       "before the loop saw the FIN, is reported as maybe run")
 def test_aio_a_connection_the_daemon_closed_while_the_loop_was_busy_is_not_delivered(start_daemon) -> None:
     """IDLE_TIMEOUT closed the aio proxy's connection while its loop was busy (the FIN not yet seen by
     the loop). The call that follows cannot have run: like the threaded proxy (peer_closed), the aio

@@ -54,7 +54,7 @@ class Cork:
 
     def gather(self, parts: list) -> None:
         self._parts += parts
-        self._size += sum(map(len, parts))
+        self._size += len(parts[0]) if len(parts) == 1 else sum(map(len, parts))  # (one part: most messages)
         if self._size >= self._flush_bytes:
             self.flush()
             if self._between is not None:

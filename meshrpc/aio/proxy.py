@@ -41,6 +41,7 @@ from .spin import LoopSpin
 from .turn import Turn
 
 log = logging.getLogger("meshrpc.aio")
+_FRAME = wire.Frame
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -67,6 +68,11 @@ class _Connection(asyncio.BufferedProtocol):
         self._quiet_after = settings.AIO_QUIET_CHECK
         self._sent_at = 0.0  # time.monotonic() of the last lone call sent (0: none yet)
         self._peer_closed: Any = None  # () -> whether the daemon closed the connection (connection_made)
+        # a pipelined call's Future: asyncio's own Future class directly, unless the loop makes its own
+        # (create_future is a Python call per call otherwise)
+        self._new_future: Any = (functools.partial(asyncio.Future, loop=loop)
+                                 if type(loop).create_future is asyncio.BaseEventLoop.create_future
+                                 else loop.create_future)
 
     # --- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,7 +135,7 @@ class _Connection(asyncio.BufferedProtocol):
                 return got
             if event is NEED_DATA:
                 return got
-            if isinstance(event, (wire.Frame, NotRun)):
+            if event.__class__ is _FRAME or isinstance(event, (wire.Frame, NotRun)):  # (a reply: the usual event)
                 if event.seq == mine:
                     if not waiting:  # nobody else waits: what else came (late replies) can wait for the next read
                         return event
@@ -162,7 +168,7 @@ class _Connection(asyncio.BufferedProtocol):
         that failed meanwhile is never resolved: the caller checks `closed`."""
         waiting = self.waiting
         if waiting:
-            waiter = waiting[seq] = self.loop.create_future()
+            waiter = waiting[seq] = self._new_future()
             self.write(parts)
             return waiter
         if self.closed or self.transport is None or self.transport.is_closing():
@@ -193,7 +199,7 @@ class _Connection(asyncio.BufferedProtocol):
                 if event is not None:
                     return event
         # (otherwise part of it waits in the transport, or the reply is still to come)
-        waiter = waiting[seq] = self.loop.create_future()
+        waiter = waiting[seq] = self._new_future()
         return waiter
 
     async def drained(self) -> None:
@@ -676,7 +682,8 @@ class Proxy:
         """(value, None) or (None, the remote exception); `state`: current_state() of the call."""
         annotations = frame.annotations
         blobs = session.take_blobs(frame) if annotations and not self._pyroRawWireResponse else None
-        set_response_annotations(state, annotations)
+        if annotations or state.response_annotations:  # (set_response_annotations' own test, without its call)
+            set_response_annotations(state, annotations)
         if type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
             self._pyroResponseAnnotations(annotations, frame.type)
         if self._pyroRawWireResponse:

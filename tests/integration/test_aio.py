@@ -690,3 +690,27 @@ def test_a_lone_call_asks_whether_the_daemon_closed_the_connection_only_after_a_
             assert len(seen) == asked
             assert proxy._conn is conn
     run(main())
+
+
+def test_pipelined_calls_use_the_loops_own_futures_when_it_makes_its_own() -> None:
+    """The proxy makes a pipelined call's Future with asyncio.Future directly (no create_future call),
+    but only on a loop that does not override create_future (uvloop and the like make their own)."""
+    class OwnFutures(asyncio.SelectorEventLoop):
+        made = 0
+
+        def create_future(self) -> asyncio.Future[Any]:
+            OwnFutures.made += 1
+            return super().create_future()
+
+    async def main() -> int:
+        daemon, uri = serve_aio(Thing())
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            before = OwnFutures.made  # (the daemon answers `annotation` at once: no Future of its own)
+            assert await asyncio.gather(*(proxy.annotation(str(i)) for i in range(10))) == [None] * 10
+            return OwnFutures.made - before
+
+    loop = OwnFutures()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(main(), 30)) >= 9  # all but maybe the first (lone)
+    finally:
+        loop.close()

@@ -33,7 +33,7 @@ from ..transport.spin import SpinGate
 from ..wire import frame as wire
 from ..wire.constants import UNKNOWN_OBJECT_REASON
 from ..wire.serializers import BY_ID, Serializer
-from ..wire.session import NEED_DATA, ConnectRequest, ServerSession, refusal_for
+from ..wire.session import NEED_DATA, TAKE_EVENT, ConnectRequest, ServerSession, refusal_for
 from .pool import WorkerPool
 
 if TYPE_CHECKING:
@@ -386,14 +386,21 @@ class ConnectionServer:
         # every request passes here: locals, no calls that are not needed
         next_event, handle, reader = protocol.next_event, self._handle, conn.reader
         timed_reads, fill_within, server_spin = conn.timed_reads, conn.fill_within, self._server_spin
+        # the lane: a blocking read's bytes, with nothing buffered, go to the session's receive_request
+        # first, and the usual request is answered without a Frame (_take). LOGWIRE: every request goes
+        # the general way, which logs it
+        lane, receive_within, take = timed_reads and not self._logwire, conn.receive_within, self._take
+        taken = False  # the last read was a request the lane answered: nothing is buffered
         try:
             while True:
-                # the key proof needs the time, and only before the handshake
-                event = next_event(None if protocol.handshaken else time.time())
-                if event is not NEED_DATA:
-                    handle(conn, event)
-                    if reader.buffered:  # more came with it (else next_event would say NEED_DATA)
-                        continue
+                if not taken:
+                    # the key proof needs the time, and only before the handshake
+                    event = next_event(None if protocol.handshaken else time.time())
+                    if event is not NEED_DATA:
+                        handle(conn, event)
+                        if reader.buffered:  # more came with it (else next_event would say NEED_DATA)
+                            continue
+                taken = False
                 if self._stopping:
                     if conn.poller.poll(0):  # shutting down: answer what came ("not run")
                         conn.fill(spin=False)
@@ -410,7 +417,12 @@ class ConnectionServer:
                 if timed_reads and pool.has_room:
                     # a new task gets a thread of its own: no backlog to watch, so one blocking read (it
                     # times out after WORKER_LINGER) does what poll + read do, a system call less per read
-                    if fill_within():
+                    if lane and not reader.buffered:
+                        data = receive_within()
+                        if data is not None:
+                            taken = take(conn, protocol, data)
+                            continue
+                    elif fill_within():
                         continue
                 elif self._await_request(conn, linger_ms):
                     continue
@@ -424,6 +436,43 @@ class ConnectionServer:
         except Exception:
             log.exception("closing connection from %s after an unexpected error", conn.addr)
             self._drop(conn)
+
+    def _take(self, conn: ClientConnection, protocol: ServerSession, data: bytes) -> bool:
+        """The lane: answer `data` when it is the usual request (ServerSession.receive_request), as
+        _handle and _invoke would answer it, without a Frame: True. False: it is something else (or
+        the daemon is stopping), and the reader holds it for next_event."""
+        active = self._active_calls
+        active.append(None)  # counted first, then the stop is looked at (see __init__)
+        answered = False
+        try:
+            if self._stopping:  # the general path answers "not run"
+                protocol.receive_data(data)
+                return False
+            try:
+                call = protocol.receive_request(data)
+            except (SerializeError, errors.SecurityError) as exc:
+                answered = True
+                conn.send_reply(protocol.error_reply(protocol.bare_frame(), exc))
+                return True
+            if call is TAKE_EVENT:
+                return False
+            answered = True
+            current_context.begin(conn, conn.addr, protocol.request_seq, 0, protocol.request_serializer_id, {}, None)
+            flags, result = self._dispatch.run(conn, 0, call)
+            if result.__class__ is CoroutineType:
+                flags, result = _awaitable_refused(flags, result, call)
+            annotations = call_state().response_annotations
+            if self.daemon._reply_annotations is not None:
+                annotations = {**annotations, **self.daemon._reply_annotations()}
+            if not flags and not annotations:  # the common case: no Frame, a scalar built by the session
+                conn.send_reply(protocol.bare_result(result))
+            else:
+                self._reply(conn, protocol.bare_frame(), flags, result, annotations)
+            return True
+        finally:
+            active.pop()
+            if answered and self._stopping:  # the drain answers "not run" for a while after this answer
+                self._answered_while_stopping = time.monotonic()
 
     def _await_request(self, conn: ClientConnection, linger_ms: float) -> bool:
         """Read the connection's next request (some of it) where a blocking read will not do (TLS, or a
@@ -556,6 +605,12 @@ class ConnectionServer:
         annotations = call_state().response_annotations
         if self.daemon._reply_annotations is not None:
             annotations = {**annotations, **self.daemon._reply_annotations()}
+        self._reply(conn, frame, flags, result, annotations)
+
+    @staticmethod
+    def _reply(conn: ClientConnection, frame: wire.Frame, flags: int, result: Any, annotations: dict) -> None:
+        """Send the answer to a call that ran: its result, its stream, or its exception."""
+        protocol = conn.protocol
         if not flags & _SPECIAL_REPLY:  # the common case first
             conn.send_reply(protocol.result_reply(frame, result, annotations, flags))
         elif flags & _ITEMSTREAMRESULT:

@@ -303,12 +303,14 @@ class FramedConnection:
         reader = self.reader
         buffered = reader.buffered  # 0 is the usual case between requests: one read of RECV_CHUNK
         into = reader.receive_buffer() if buffered else None
+        if into is None:
+            data = self.receive_within(self._read_size() if buffered else RECV_CHUNK)
+            if data is None:
+                return False
+            reader.feed(data)
+            return True
         try:
-            if into is not None:
-                count = self._recv_frame_rest(into)
-            else:
-                data = self.sock.recv(self._read_size() if buffered else RECV_CHUNK)
-                count = len(data)
+            count = self._recv_frame_rest(into)
         except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO (or a timeout set on the socket) ran out
             return False
         except OSError as exc:
@@ -316,11 +318,23 @@ class FramedConnection:
         if not count:
             raise ConnectionClosedError("the peer closed the connection")
         self.last_active = time.monotonic()
-        if into is not None:
-            self.reader.received(count)
-        else:
-            self.reader.feed(data)
+        reader.received(count)
         return True
+
+    def receive_within(self, size: int = RECV_CHUNK) -> bytes | None:
+        """fill_within's read of up to `size` bytes, returned instead of fed to the reader (with nothing
+        buffered, a daemon's worker offers them to ServerSession.receive_request first); None when
+        nothing came in time."""
+        try:
+            data = self.sock.recv(size)
+        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO (or a timeout set on the socket) ran out
+            return None
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
+        if not data:
+            raise ConnectionClosedError("the peer closed the connection")
+        self.last_active = time.monotonic()
+        return data
 
     def _read_into(self, view: memoryview) -> None:
         with waiters:  # counted as waiting (a blocking read), never spinning: the frame is large

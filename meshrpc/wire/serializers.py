@@ -320,6 +320,12 @@ class Serializer:
         session may build it without the serializer); None when it does not."""
         return None
 
+    def scalar_value_form(self, binary: bool) -> tuple[int, int] | None:
+        """(serializer id, marshal version) when encode(value, oob, binary) gives (that id,
+        marshal.dumps(value, version)) for every value whose type is in wire.plain.SCALARS (so a session
+        may build a reply of one without the serializer); None when it does not."""
+        return None
+
     def split_call(self, data: bytes, oob: list | None = None) -> tuple[Any, Any, Any, Any]:
         """The four parts of an INVOKE payload, unchecked."""
         return self._split(self.loads(data, oob))
@@ -339,9 +345,15 @@ class Serializer:
             if type(call) is tuple and len(call) == 4 and type(call[1]) is str and type(call[2]) is tuple \
                     and type(call[3]) is dict:
                 return call
-            object_id, method, vargs, kwargs = self._split(call)
-        else:
-            object_id, method, vargs, kwargs = self.split_call(data, oob)
+            return self._call_of(call)
+        return self._checked_call(*self.split_call(data, oob))
+
+    def _call_of(self, call: Any) -> tuple[str, str, tuple, dict]:
+        """loads_call's result for a decoded tuple-form call that is not already as it must be."""
+        return self._checked_call(*self._split(call))
+
+    @staticmethod
+    def _checked_call(object_id: Any, method: Any, vargs: Any, kwargs: Any) -> tuple[str, str, tuple, dict]:
         if not isinstance(vargs, (tuple, list)) or not isinstance(kwargs, (dict, type(None))):
             raise SerializeError("malformed call: vargs must be a sequence and kwargs a dict")
         if not isinstance(method, str):
@@ -453,13 +465,37 @@ class SerpentSerializer(Serializer):
     def scalar_call_form(self, binary: bool) -> tuple[int, int] | None:
         return (SerpentBinary.id, plain.MARSHAL_VERSION) if binary else None  # plain.dumps_call's form
 
+    def scalar_value_form(self, binary: bool) -> tuple[int, int] | None:
+        return (SerpentBinary.id, plain.MARSHAL_VERSION) if binary else None  # encode's first test
 
-class SerpentBinary(Serializer):
+
+class _MarshalForm(Serializer):
+    """A serializer whose messages are marshal data, checked by wire.marshal_check first."""
+
+    plain_only = False  # marshal_check's plain_only: only the type codes wire.plain writes
+
+    def loads_call(self, data: bytes, oob: list | None = None) -> tuple[str, str, tuple, dict]:
+        # loads() and the base class's shape test in one step: every request of the usual form
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        try:
+            marshal_check.check(data, self.plain_only)
+            call = marshal.loads(data)
+        except Exception as exc:
+            raise self._decode_error(exc) from None
+        if (type(call) is tuple and len(call) == 4 and type(call[1]) is str and type(call[2]) is tuple
+                and type(call[3]) is dict and data.find(_CLASS_KEY) < 0):
+            return call
+        return self._call_of(_recreate(call, data))
+
+
+class SerpentBinary(_MarshalForm):
     """serpent's values in marshal's binary form (wire.plain): sent only between meshrpc peers that
     agreed on frame.CAP_BINARY, and only for plain values, which serpent would carry unchanged. The
     receiver gets exactly serpent's result, several times faster; replies go back as serpent."""
 
     id, name = 77, "serpent-binary"
+    plain_only = True
 
     @cached_property
     def values(self) -> Serializer:
@@ -475,7 +511,7 @@ class SerpentBinary(Serializer):
         if data.__class__ is not bytes:  # bytes(data) of bytes is data itself, found the slow way
             data = bytes(data)
         try:
-            marshal_check.check(data, plain_only=True)  # sizes that fit, plain type codes only
+            marshal_check.check(data, True)  # sizes that fit, plain type codes only
             value = marshal.loads(data)
         except Exception as exc:
             raise self._decode_error(exc) from None
@@ -487,7 +523,7 @@ class SerpentBinary(Serializer):
 _MARSHAL_TYPES = (str, int, float, type(None), bool, complex, bytes, bytearray)
 
 
-class MarshalSerializer(Serializer):
+class MarshalSerializer(_MarshalForm):
     id, name = 2, "marshal"
 
     def dumps(self, obj: Any, oob: list | None = None) -> bytes:
@@ -507,6 +543,9 @@ class MarshalSerializer(Serializer):
 
     def scalar_call_form(self, binary: bool) -> tuple[int, int] | None:
         return self.id, marshal.version  # dumps_call's form
+
+    def scalar_value_form(self, binary: bool) -> tuple[int, int] | None:
+        return self.id, marshal.version  # dumps' first test
 
     def _convert(self, obj: Any) -> Any:
         t = type(obj)

@@ -30,6 +30,7 @@ from .frame import (FLAG_BATCH, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEP
                     HEADER, HEADER_SIZE, MAGIC, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING,
                     MSG_RESULT, PROTOCOL_VERSION, TAG, ZERO_ID, Frame, FrameReader, capabilities, encode_message,
                     encode_parts, pack_oob, unpack_oob)
+from .plain import SCALARS
 from .serializers import BY_ID, Serializer, by_id
 
 SEQ_MASK = 0xFFFF  # sequence numbers are 16 bits on the wire and wrap
@@ -521,7 +522,7 @@ class ServerSession(_Session):
     it, and a proxy that gave up on it could not get a fresh connection's worth of service)."""
 
     __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "accepts_pipelining", "_key_proof",
-                 "rehandshake")
+                 "rehandshake", "request_seq", "request_serializer_id", "_lane", "_request")
 
     def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
                  pipelining: bool = True, rehandshake: bool = False) -> None:
@@ -535,6 +536,11 @@ class ServerSession(_Session):
         self.object_id: Any = None                 # the object named in the accepted CONNECT
         self.serializer: Serializer | None = None  # the serializer of the CONNECT (values form)
         self._key_proof: bytes | None = None
+        # receive_request's lane, after the handshake: per serializer id of a request, _LaneEntry
+        self._lane: dict[int, _LaneEntry] = {}
+        self._request: _LaneEntry | None = None  # the lane entry of the request receive_request took
+        self.request_seq = 0                     # ...its seq
+        self.request_serializer_id = 0           # ...and its values' serializer id (current_context's)
 
     def next_event(self, now: float | None = None) -> Any:
         """The next event, or NEED_DATA: a ConnectRequest, or a Frame (MSG_INVOKE: a request, MSG_PING).
@@ -599,6 +605,7 @@ class ServerSession(_Session):
         annotations = {CAPABILITIES: agreed} if agreed else {}
         if self._key_proof is not None:
             annotations[KEY_ANNOTATION] = self._key_proof
+        self._lane = _lane_entries(self.oob, self.binary)
         self.handshaken, self.object_id = True, request.object_id
         return self._encode(Frame(MSG_CONNECTOK, serializer.id, request.seq, payload, 0, annotations,
                                   request.correlation_id))
@@ -611,6 +618,49 @@ class ServerSession(_Session):
         return self._encode(Frame(MSG_CONNECTFAIL, serializer.id, request.seq, serializer.dumps(reason)))
 
     # --- requests
+    def receive_request(self, data: bytes) -> Any:
+        """receive_data(data) for bytes (not empty) read while nothing is buffered, the usual request
+        taken first: when `data` is exactly one INVOKE after the handshake, with no annotations and no
+        flags (not oneway, no batch, blob, compression or correlation id), in a serializer this side
+        knows, its call (object id, method, vargs, kwargs) as decode_call gives it; its seq is
+        `request_seq`. Answer it with bare_result, or with the general replies given bare_frame(),
+        before the next request. SerializeError/SecurityError: the call does not decode (answer with
+        error_reply(bare_frame(), exc)). Otherwise TAKE_EVENT: `data` was buffered, take next_event()."""
+        header = self.reader.bare_header(data)
+        if header is None or header[0] != MSG_INVOKE or header[2] or not self.handshaken:
+            self.reader.feed(data)
+            return TAKE_EVENT
+        entry = self._lane.get(header[1])
+        if entry is None:
+            self.reader.feed(data)
+            return TAKE_EVENT
+        self._request = entry
+        self.request_seq = header[3]
+        self.request_serializer_id = entry.values_id
+        if entry.oob:
+            return entry.loads_call(data[HEADER_SIZE:], [])
+        return entry.loads_call(data[HEADER_SIZE:])
+
+    def bare_frame(self) -> Frame:
+        """The request receive_request took, as the general replies take it (its payload was decoded)."""
+        entry = self._request
+        if entry is None:
+            raise ProtocolError("no request was taken by receive_request")
+        return Frame(MSG_INVOKE, entry.serializer_id, self.request_seq, b"")
+
+    def bare_result(self, result: Any) -> list:
+        """result_reply(bare_frame(), result): the RESULT, with no annotations and no flags, answering
+        the request receive_request took. A scalar (wire.plain.SCALARS) is built here when its
+        serializer says how (Serializer.scalar_value_form): the bytes result_reply would give."""
+        form = self._request.scalar_form  # type: ignore[union-attr]
+        if form is not None and type(result) in SCALARS:
+            payload = marshal.dumps(result, form[1])
+            size = len(payload)
+            if size < 65536 and not 0 <= self.compress_min <= size and not (self.max_size and size > self.max_size):
+                return [HEADER.pack(TAG, PROTOCOL_VERSION, MSG_RESULT, form[0], 0, self.request_seq, size, 0, ZERO_ID,
+                                    0, MAGIC) + payload]
+        return self.result_reply(self.bare_frame(), result)
+
     def decode_call(self, frame: Frame) -> tuple:
         """(object id, method, vargs, kwargs) of an INVOKE. SerializeError/SecurityError: the data does
         not decode (answer with error_reply unless oneway); ProtocolError: unknown serializer id."""
@@ -691,6 +741,24 @@ class ServerSession(_Session):
     def pong(self, frame: Frame) -> list:
         """The answer to a PING."""
         return self._encode(Frame(MSG_PING, frame.serializer_id, frame.seq, b"pong"))
+
+
+class _LaneEntry:
+    """How ServerSession.receive_request takes a request in one serializer, and how bare_result answers it."""
+
+    __slots__ = ("serializer_id", "values_id", "loads_call", "oob", "scalar_form")
+
+    def __init__(self, codec: Serializer, oob: bool, binary: bool) -> None:
+        self.serializer_id = codec.id
+        self.values_id = codec.values.id
+        self.loads_call = codec.loads_call
+        self.oob = oob and codec.oob  # decode_call's rule: the frame's blobs (none here) are given to it
+        self.scalar_form = codec.values.scalar_value_form(binary)
+
+
+def _lane_entries(oob: bool, binary: bool) -> dict[int, _LaneEntry]:
+    """receive_request's entries for a connection whose handshake agreed on `oob` and `binary`."""
+    return {ser_id: _LaneEntry(codec, oob, binary) for ser_id, codec in BY_ID.items()}
 
 
 def refusal_for(first_bytes: bytes, reason: str) -> bytes:

@@ -80,3 +80,23 @@ def test_the_peer_closing_is_an_error(pair) -> None:
     peer.close()
     with pytest.raises(ConnectionClosedError):
         conn.fill_within()
+
+
+def test_receive_within_returns_what_fill_within_would_feed(pair) -> None:
+    """receive_within (the daemon's lane reads with it when nothing is buffered): the same read, its bytes
+    returned and nothing fed; None when nothing came in time; the peer gone: ConnectionClosedError."""
+    conn, peer = pair
+    started = time.monotonic()
+    assert conn.receive_within() is None
+    assert time.monotonic() - started >= LIMIT * 0.9
+    request = wire.encode(wire.Frame(wire.MSG_PING, 0, 7, b""))
+    peer.sendall(request)
+    before = conn.last_active
+    assert conn.receive_within() == request
+    assert conn.reader.buffered == 0 and conn.last_active > before
+    peer.sendall(request * 3)
+    assert conn.receive_within(5) == request[:5]  # at most `size` bytes
+    peer.close()
+    assert conn.receive_within() == (request * 3)[5:]
+    with pytest.raises(ConnectionClosedError):
+        conn.receive_within()

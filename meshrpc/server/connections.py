@@ -470,9 +470,9 @@ class ConnectionServer:
                 self._reply(conn, protocol.bare_frame(), flags, result, annotations)
             return True
         finally:
-            active.pop()
             if answered and self._stopping:  # the drain answers "not run" for a while after this answer
                 self._answered_while_stopping = time.monotonic()
+            active.pop()  # only then: the drain, reading both without a lock, sees one or the other
 
     def _await_request(self, conn: ClientConnection, linger_ms: float) -> bool:
         """Read the connection's next request (some of it) where a blocking read will not do (TLS, or a

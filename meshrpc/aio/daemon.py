@@ -351,7 +351,7 @@ class Daemon(threaded.Daemon):
                 self._calls.add(task)
                 return
             flags, result = self._dispatch.finish(conn, result)
-            if not flags and not frame.flags & wire.FLAG_ONEWAY:  # the usual reply (what _reply does for it)
+            if not (flags or frame.flags & wire.FLAG_ONEWAY or self._reply_annotations):  # the usual reply (_reply's)
                 annotations = context.run(call_state).response_annotations
                 try:
                     parts = session.result_reply(frame, result, annotations)
@@ -484,6 +484,8 @@ class Daemon(threaded.Daemon):
                 log.warning("oneway call failed: %r", result)
             return
         session = conn.wire
+        if self._reply_annotations is not None:  # a subclass's annotations(), on every reply (as the threaded daemon)
+            annotations = {**annotations, **self._reply_annotations()}
         try:
             if flags & wire.FLAG_ITEMSTREAMRESULT:
                 parts = session.stream_reply(frame, result, annotations)

@@ -714,3 +714,24 @@ def test_pipelined_calls_use_the_loops_own_futures_when_it_makes_its_own() -> No
         assert loop.run_until_complete(asyncio.wait_for(main(), 30)) >= 9  # all but maybe the first (lone)
     finally:
         loop.close()
+
+
+def test_a_daemon_subclass_annotations_go_with_every_reply_as_on_the_threaded_daemon() -> None:
+    class Annotating(meshrpc.aio.Daemon):
+        def annotations(self) -> dict[str, bytes]:
+            return {"SRVR": b"aio"}
+
+    async def main() -> None:
+        daemon = Annotating(host="127.0.0.1")
+        uri = daemon.register(Thing(), "thing")
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            assert await proxy.annotation("x") is None  # async def, answered at once
+            assert meshrpc.current_context.response_annotations == {"SRVR": b"aio"}
+            assert tuple(await proxy.echo_context("K"))[1] is None  # its own annotation too
+            assert meshrpc.current_context.response_annotations == {"ECHO": b"-", "SRVR": b"aio"}
+            assert await proxy.add(1, 2) == 3  # in the executor
+            assert meshrpc.current_context.response_annotations == {"SRVR": b"aio"}
+            with pytest.raises(KeyError):
+                await proxy.afail()
+            assert meshrpc.current_context.response_annotations == {"SRVR": b"aio"}
+    run(main())

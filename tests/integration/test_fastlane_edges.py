@@ -886,3 +886,27 @@ def test_aio_a_connection_the_daemon_closed_while_the_loop_was_busy_is_not_deliv
 
     assert run(main()) == "after"
     assert ledger.runs == {"before": 1, "after": 1}
+
+
+def test_futures_from_many_threads_take_turns_on_the_background_loop(start_daemon) -> None:
+    """meshrpc.asyncproxy: calls from many threads land on the one background loop (its selector sleep
+    for a lone call's reply is cut short by each other thread's call) and take turns on a daemon that
+    does not pipeline: each gets its own answer, each runs once."""
+    _, ledger, _, uri = serve(start_daemon)
+    failures: list[str] = []
+    with meshrpc.asyncproxy(meshrpc.Proxy(uri)) as calls:
+        def worker(index: int) -> None:
+            try:
+                for n in range(40):
+                    futures = [calls.record((index, n, k)) for k in range(3)]
+                    assert [f.value for f in futures] == [(index, n, k) for k in range(3)]
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"thread {index}: {exc!r}")
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(50)
+    assert not failures, failures[:3]
+    assert len(ledger.runs) == 720 and set(ledger.runs.values()) == {1}

@@ -66,7 +66,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.spin: LoopSpin | None = None  # waits for a lone call's reply while the loop is idle
         self._fd = -1
         self._quiet_after = settings.AIO_QUIET_CHECK
-        self._sent_at = 0.0  # time.monotonic() of the last lone call sent (0: none yet)
+        self._sent_at = 0.0  # time.monotonic() of the last call written with nothing in flight (0: none yet)
         self._peer_closed: Any = None  # () -> whether the daemon closed the connection (connection_made)
         # a pipelined call's Future: asyncio's own Future class directly, unless the loop makes its own
         # (create_future is a Python call per call otherwise)
@@ -171,16 +171,7 @@ class _Connection(asyncio.BufferedProtocol):
             waiter = waiting[seq] = self._new_future()
             self.write(parts)
             return waiter
-        if self.closed or self.transport is None or self.transport.is_closing():
-            raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
-        now = time.monotonic()
-        if now - self._sent_at > self._quiet_after and self._peer_closed is not None and self._peer_closed():
-            # quiet for a while, and the daemon closed it meanwhile (the loop has not seen it yet): the
-            # call would be lost in it, so it is not sent (recovery sends it on a new connection)
-            self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
-            raise NotDelivered(f"the connection to {self.target} was closed by the daemon", self.target,
-                               suspect=False)
-        self._sent_at = now
+        self.check_open()
         if self._corked.write_alone(parts, open_=True) and self.spin is not None:
             try:
                 count = self.spin.read_reply(self._received, timeout, written=True)
@@ -201,6 +192,20 @@ class _Connection(asyncio.BufferedProtocol):
         # (otherwise part of it waits in the transport, or the reply is still to come)
         waiter = waiting[seq] = self._new_future()
         return waiter
+
+    def check_open(self) -> None:
+        """Before a call is written with nothing in flight (a lone call, a oneway call): NotDelivered when
+        the connection is closed, or when it was quiet for AIO_QUIET_CHECK and the daemon closed it
+        meanwhile (the loop has not seen it yet): the call would be lost in it, so it is not sent
+        (recovery sends it on a new connection)."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
+        now = time.monotonic()
+        if now - self._sent_at > self._quiet_after and self._peer_closed is not None and self._peer_closed():
+            self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
+            raise NotDelivered(f"the connection to {self.target} was closed by the daemon", self.target,
+                               suspect=False)
+        self._sent_at = now
 
     async def drained(self) -> None:
         """Flow control: a big message waits for the socket to drain (callers test `paused` first)."""
@@ -607,6 +612,8 @@ class Proxy:
                 parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
                                              annotations or None, corr)
                 if flags & wire.FLAG_ONEWAY:
+                    if not conn.waiting:  # no reply will tell: a closed connection must be seen first
+                        conn.check_open()
                     conn.write(parts)
                     set_response_annotations(state, {})  # no reply, so none (as the threaded proxy and Pyro5)
                     if conn.paused:

@@ -866,6 +866,14 @@ def test_aio_bursts_whose_replies_come_in_pieces_are_matched_right(links) -> Non
     run(main())
 
 
+def block_loop_until_the_daemon_closed(proxy: Any) -> None:
+    """Keep the loop busy (blocked here) while the daemon closes the aio proxy's idle connection: the
+    FIN is in, the loop has not seen it."""
+    sock = proxy._conn.transport.get_extra_info("socket")
+    wait_until(lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1) != b"\x01", timeout=20,
+               message="the daemon closing the idle connection")
+
+
 def test_aio_a_connection_the_daemon_closed_while_the_loop_was_busy_is_not_delivered(start_daemon) -> None:
     """IDLE_TIMEOUT closed the aio proxy's connection while its loop was busy (the FIN not yet seen by
     the loop). The call that follows cannot have run: like the threaded proxy (peer_closed), the aio
@@ -878,14 +886,29 @@ def test_aio_a_connection_the_daemon_closed_while_the_loop_was_busy_is_not_deliv
     async def main() -> Any:
         async with meshrpc.aio.Proxy(uri) as proxy:
             assert await proxy.record("before") == "before"
-            sock = proxy._conn.transport.get_extra_info("socket")
-            # the loop is busy (blocked here) while the daemon closes the idle connection
-            wait_until(lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1) != b"\x01", timeout=20,
-                       message="the daemon closing the idle connection")
+            block_loop_until_the_daemon_closed(proxy)
             return await proxy.record("after")
 
     assert run(main()) == "after"
     assert ledger.runs == {"before": 1, "after": 1}
+
+
+def test_aio_a_oneway_call_on_a_connection_the_daemon_closed_is_not_lost(start_daemon) -> None:
+    """The same for a oneway call, which has no reply to tell anything: written into a connection the
+    daemon closed while the loop was busy, it was lost without a word. The threaded proxy asks
+    peer_closed before a oneway call too and sends it on a new connection; so must the aio proxy."""
+    import meshrpc.aio
+    _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=0.2)
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            assert await proxy.record("before") == "before"
+            block_loop_until_the_daemon_closed(proxy)
+            await proxy.record_oneway("oneway")
+
+    run(main())
+    wait_until(lambda: "oneway" in ledger.runs, timeout=10, message="the oneway call run")
+    assert ledger.runs == {"before": 1, "oneway": 1}
 
 
 def test_futures_from_many_threads_take_turns_on_the_background_loop(start_daemon) -> None:

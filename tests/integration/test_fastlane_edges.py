@@ -933,3 +933,91 @@ def test_futures_from_many_threads_take_turns_on_the_background_loop(start_daemo
             thread.join(50)
     assert not failures, failures[:3]
     assert len(ledger.runs) == 720 and set(ledger.runs.values()) == {1}
+
+
+# ---------------------------------------------------------------- the daemon's request lane: odd requests
+
+def _invoke(serializer_id: int, seq: int, payload: bytes, flags: int = 0) -> bytes:
+    return wire.encode(wire.Frame(wire.MSG_INVOKE, serializer_id, seq, payload, flags))
+
+
+def _call(object_id: str, method: str, vargs: Any, kwargs: Any = None) -> bytes:
+    import marshal
+    return marshal.dumps((object_id, method, vargs, {} if kwargs is None else kwargs))
+
+
+ODD_REQUESTS: dict[str, Callable[[str], bytes]] = {
+    "usual": lambda oid: _invoke(2, 1, _call(oid, "echo", (1,))),
+    "unknown object": lambda oid: _invoke(2, 1, _call("nobody", "echo", (1,))),
+    "unknown method": lambda oid: _invoke(2, 1, _call(oid, "nothing", (1,))),
+    "wrong arguments": lambda oid: _invoke(2, 1, _call(oid, "echo", (1, 2, 3))),
+    "not a 4-tuple": lambda oid: _invoke(2, 1, __import__("marshal").dumps([oid, "echo", (1,)])),
+    "vargs not a tuple": lambda oid: _invoke(2, 1, _call(oid, "echo", 5)),
+    "kwargs not a dict": lambda oid: _invoke(2, 1, _call(oid, "echo", (1,), [1])),
+    "object id not a str": lambda oid: _invoke(2, 1, _call(7, "echo", (1,))),  # type: ignore[arg-type]
+    "undecodable payload": lambda oid: _invoke(2, 1, b"\xff\xfe\xfd"),
+    "truncated marshal": lambda oid: _invoke(2, 1, _call(oid, "echo", ("x" * 50,))[:-10]),
+    "another serializer (serpent)": lambda oid: _invoke(1, 1, b"# serpent utf-8 python3.2\n('%s','echo',(1,),{})" % oid.encode()),
+    "unknown serializer": lambda oid: _invoke(99, 1, _call(oid, "echo", (1,))),
+    "wrong protocol version": lambda oid: _invoke(2, 1, _call(oid, "echo", (1,)))[:4] + b"\x01\xf7"
+                                            + _invoke(2, 1, _call(oid, "echo", (1,)))[6:],
+    "bad magic": lambda oid: _invoke(2, 1, _call(oid, "echo", (1,)))[:38] + b"\0\0"
+                               + _invoke(2, 1, _call(oid, "echo", (1,)))[40:],
+    "oversized length": lambda oid: _invoke(2, 1, b"x")[:12] + (0xFFFFFFF0).to_bytes(4, "big") + _invoke(2, 1, b"x")[16:],
+    "a result instead of a request": lambda oid: wire.encode(wire.Frame(wire.MSG_RESULT, 2, 1, _call(oid, "echo", (1,)))),
+    "two requests at once": lambda oid: _invoke(2, 1, _call(oid, "echo", (1,))) + _invoke(2, 2, _call(oid, "echo", (2,))),
+    "a request and half of the next": lambda oid: _invoke(2, 1, _call(oid, "echo", (1,))) + _invoke(2, 2, b"N")[:20],
+}
+
+
+SENTINEL_SEQ = 9  # a usual request sent after the odd one: its answer ends the wait
+
+
+def _answers(uri: meshrpc.URI, request: bytes, incomplete: bool) -> tuple:
+    """What the daemon sends back to `request` and a usual request after it (after a marshal
+    handshake): each reply's type, flags, seq and decoded payload, and whether it closed the connection.
+    `incomplete`: the request ends in part of a frame, so nothing follows it and no answer ends the
+    wait (a one-second bound does)."""
+    from meshrpc.wire.serializers import BY_ID, BY_NAME
+    from meshrpc.wire.session import ClientSession, Connected
+    session = ClientSession(BY_NAME["marshal"], meshrpc.Settings())
+    with socket.create_connection((uri.host, uri.port), timeout=10) as sock:
+        sock.sendall(b"".join(session.connect_request(uri.object, "hello")))
+        while not isinstance(session.next_event(), Connected):
+            session.receive_data(sock.recv(65536))
+        if not incomplete:
+            request += _invoke(2, SENTINEL_SEQ, _call(uri.object, "echo", ("sentinel",)))
+        else:
+            sock.settimeout(1.0)
+        sock.sendall(request)
+        reader, replies, closed = wire.FrameReader(), [], False
+        try:
+            while not any(seq == SENTINEL_SEQ for _, _, seq, _ in replies):
+                data = sock.recv(65536)
+                if not data:
+                    closed = True
+                    break
+                reader.feed(data)
+                while (frame := reader.next_frame()) is not None:
+                    value = BY_ID[frame.serializer_id].loads(frame.payload)
+                    replies.append((frame.type, frame.flags, frame.seq, repr(value)[:300]))
+        except socket.timeout:
+            assert incomplete, "no answer to the usual request that followed"
+        except ConnectionResetError:
+            closed = True
+    return tuple(replies), closed
+
+
+@pytest.mark.parametrize("name", sorted(ODD_REQUESTS))
+def test_odd_requests_get_the_same_answer_with_and_without_the_daemons_lane(start_daemon, name: str) -> None:
+    """The daemon's frame-less request lane (ServerSession.receive_request, taken by a worker's blocking
+    read) against its general path (LOGWIRE turns the lane off): every odd or broken request gets the
+    same replies, and the connection is closed or kept alike."""
+    answers = []
+    for logwire in (False, True):
+        running = start_daemon(settings=meshrpc.Settings().copy(LOGWIRE=logwire))
+        uri = running.register(Service(Ledger()), "svc")
+        answers.append(_answers(uri, ODD_REQUESTS[name](uri.object), name == "a request and half of the next"))
+    assert answers[0] == answers[1]
+    if name == "usual":
+        assert answers[0] == (((wire.MSG_RESULT, 0, 1, "1"), (wire.MSG_RESULT, 0, SENTINEL_SEQ, "'sentinel'")), False)

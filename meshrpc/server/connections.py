@@ -400,7 +400,7 @@ class ConnectionServer:
                         handle(conn, event)
                         if reader.buffered:  # more came with it (else next_event would say NEED_DATA)
                             continue
-                taken = False
+                empty, taken = taken, False  # empty: the lane took the last read whole, nothing is buffered
                 if self._stopping:
                     if conn.poller.poll(0):  # shutting down: answer what came ("not run")
                         conn.fill(spin=False)
@@ -417,7 +417,7 @@ class ConnectionServer:
                 if timed_reads and pool.has_room:
                     # a new task gets a thread of its own: no backlog to watch, so one blocking read (it
                     # times out after WORKER_LINGER) does what poll + read do, a system call less per read
-                    if lane and not reader.buffered:
+                    if lane and (empty or not reader.buffered):
                         data = receive_within()
                         if data is not None:
                             taken = take(conn, protocol, data)

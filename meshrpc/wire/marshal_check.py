@@ -66,23 +66,33 @@ _PREFIX_MAX = 512   # longer prefixes are not kept (a big string in the first to
 _NO_PREFIX = (b"\xff", 0, 0)  # 0xff is no type code: good data never starts so, and resuming at 0 is no gain
 
 
-class _Prefixes(threading.local):
+class Prefixes:
+    """Verified prefixes remembered for the checks of one party: a connection's own (its ServerSession's:
+    no thread-local lookup, and connections served in turn by one thread do not push each other's
+    prefixes out), or each thread's (check's default). Not for two threads at a time."""
+
     def __init__(self) -> None:
         self.known = {False: (_NO_PREFIX, _NO_PREFIX), True: (_NO_PREFIX, _NO_PREFIX)}
 
 
-_prefixes = _Prefixes()
+class _ThreadPrefixes(threading.local):
+    def __init__(self) -> None:
+        Prefixes.__init__(self)  # type: ignore[arg-type]
 
 
-def check(data: bytes, plain_only: bool = False) -> None:
+_prefixes = _ThreadPrefixes()
+
+
+def check(data: bytes, plain_only: bool = False, prefixes: Prefixes | None = None) -> None:
     """Raise SerializeError unless every size `data` declares fits in it and every type code is
-    accepted (plain_only: only the codes of PLAIN_CODES, as wire.plain values are written)."""
+    accepted (plain_only: only the codes of PLAIN_CODES, as wire.plain values are written).
+    `prefixes`: where the verified prefixes are remembered (None: this thread's)."""
     table = _PLAIN if plain_only else _ANY
     unpack = _I32.unpack_from
     end = len(data)
     pos = least = remember = 0
     if end >= _PREFIX_MIN:
-        known = _prefixes.known
+        known = (_prefixes if prefixes is None else prefixes).known
         slots = known[plain_only]
         prefix, pos, least = slots[0]
         if end < least or not data.startswith(prefix):  # else: the same bytes were checked up to pos

@@ -338,7 +338,10 @@ class Serializer:
             raise SerializeError("malformed call: expected (object, method, vargs, kwargs)") from None
         return object_id, method, vargs, kwargs
 
-    def loads_call(self, data: bytes, oob: list | None = None) -> tuple[str, str, tuple, dict]:
+    def loads_call(self, data: bytes, oob: list | None = None, prefixes: Any = None) -> tuple[str, str, tuple, dict]:
+        """The call (object id, method, vargs, kwargs) of an INVOKE payload. `prefixes`: where the marshal
+        guard remembers verified prefixes (marshal_check.Prefixes, e.g. a connection's; None: the
+        thread's); only serializers whose messages are marshal data use it."""
         if self.tuple_calls:
             call = self.loads(data, oob)
             # the common case: the decoded value is the call as it must be, so no new tuple is made
@@ -474,12 +477,12 @@ class _MarshalForm(Serializer):
 
     plain_only = False  # marshal_check's plain_only: only the type codes wire.plain writes
 
-    def loads_call(self, data: bytes, oob: list | None = None) -> tuple[str, str, tuple, dict]:
+    def loads_call(self, data: bytes, oob: list | None = None, prefixes: Any = None) -> tuple[str, str, tuple, dict]:
         # loads() and the base class's shape test in one step: every request of the usual form
         if data.__class__ is not bytes:
             data = bytes(data)
         try:
-            marshal_check.check(data, self.plain_only)
+            marshal_check.check(data, self.plain_only, prefixes)
             call = marshal.loads(data)
         except Exception as exc:
             raise self._decode_error(exc) from None

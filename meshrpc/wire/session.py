@@ -19,6 +19,7 @@ their own.
 from __future__ import annotations
 
 import marshal
+import struct
 from typing import Any
 
 from ..blob import SerializedBlob
@@ -522,7 +523,7 @@ class ServerSession(_Session):
     it, and a proxy that gave up on it could not get a fresh connection's worth of service)."""
 
     __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "accepts_pipelining", "_key_proof",
-                 "rehandshake", "request_seq", "request_serializer_id", "_lane", "_request")
+                 "rehandshake", "request_seq", "request_serializer_id", "_lane", "_request", "_prefixes")
 
     def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
                  pipelining: bool = True, rehandshake: bool = False) -> None:
@@ -541,6 +542,7 @@ class ServerSession(_Session):
         self._request: _LaneEntry | None = None  # the lane entry of the request receive_request took
         self.request_seq = 0                     # ...its seq
         self.request_serializer_id = 0           # ...and its values' serializer id (current_context's)
+        self._prefixes = marshal_check.Prefixes()  # the marshal guard's memory for this connection's requests
 
     def next_event(self, now: float | None = None) -> Any:
         """The next event, or NEED_DATA: a ConnectRequest, or a Frame (MSG_INVOKE: a request, MSG_PING).
@@ -637,9 +639,7 @@ class ServerSession(_Session):
         self._request = entry
         self.request_seq = header[3]
         self.request_serializer_id = entry.values_id
-        if entry.oob:
-            return entry.loads_call(data[HEADER_SIZE:], [])
-        return entry.loads_call(data[HEADER_SIZE:])
+        return entry.loads_call(data[HEADER_SIZE:], [] if entry.oob else None, self._prefixes)
 
     def bare_frame(self) -> Frame:
         """The request receive_request took, as the general replies take it (its payload was decoded)."""
@@ -652,13 +652,14 @@ class ServerSession(_Session):
         """result_reply(bare_frame(), result): the RESULT, with no annotations and no flags, answering
         the request receive_request took. A scalar (wire.plain.SCALARS) is built here when its
         serializer says how (Serializer.scalar_value_form): the bytes result_reply would give."""
-        form = self._request.scalar_form  # type: ignore[union-attr]
-        if form is not None and type(result) in SCALARS:
-            payload = marshal.dumps(result, form[1])
+        entry = self._request
+        version = entry.scalar_version  # type: ignore[union-attr]
+        if version >= 0 and type(result) in SCALARS:
+            payload = marshal.dumps(result, version)
             size = len(payload)
             if size < 65536 and not 0 <= self.compress_min <= size and not (self.max_size and size > self.max_size):
-                return [HEADER.pack(TAG, PROTOCOL_VERSION, MSG_RESULT, form[0], 0, self.request_seq, size, 0, ZERO_ID,
-                                    0, MAGIC) + payload]
+                return [_BARE_REPLY.pack(entry.scalar_head, self.request_seq, size, _BARE_REPLY_TAIL)  # type: ignore
+                        + payload]
         return self.result_reply(self.bare_frame(), result)
 
     def decode_call(self, frame: Frame) -> tuple:
@@ -671,8 +672,8 @@ class ServerSession(_Session):
             return self._blob_call(frame)
         if self.oob and codec.oob:
             blobs = frame.annotations.pop(OOB_ANNOTATION, None)
-            return codec.loads_call(frame.payload, unpack_oob(blobs) if blobs is not None else [])
-        return codec.loads_call(frame.payload)
+            return codec.loads_call(frame.payload, unpack_oob(blobs) if blobs is not None else [], self._prefixes)
+        return codec.loads_call(frame.payload, None, self._prefixes)
 
     @staticmethod
     def _blob_call(frame: Frame) -> tuple:
@@ -746,14 +747,26 @@ class ServerSession(_Session):
 class _LaneEntry:
     """How ServerSession.receive_request takes a request in one serializer, and how bare_result answers it."""
 
-    __slots__ = ("serializer_id", "values_id", "loads_call", "oob", "scalar_form")
+    __slots__ = ("serializer_id", "values_id", "loads_call", "oob", "scalar_version", "scalar_head")
 
     def __init__(self, codec: Serializer, oob: bool, binary: bool) -> None:
         self.serializer_id = codec.id
         self.values_id = codec.values.id
         self.loads_call = codec.loads_call
         self.oob = oob and codec.oob  # decode_call's rule: the frame's blobs (none here) are given to it
-        self.scalar_form = codec.values.scalar_value_form(binary)
+        form = codec.values.scalar_value_form(binary)
+        # a scalar reply: marshal.dumps(value, scalar_version) (-1: no such form), after a header
+        # that starts with scalar_head (_BARE_REPLY)
+        self.scalar_version = form[1] if form is not None else -1
+        self.scalar_head = HEADER.pack(TAG, PROTOCOL_VERSION, MSG_RESULT, form[0] if form else 0, 0, 0, 0, 0, ZERO_ID,
+                                       0, MAGIC)[:10]
+
+
+# the header of a RESULT with no flags, annotations or correlation id, as HEADER packs it: its first 10
+# bytes (tag, version, type, serializer, flags), seq, payload size, 4 zero bytes (annotations' size) and
+# the last 20 (no correlation id, no checksum, the magic number)
+_BARE_REPLY = struct.Struct("!10sHI4x20s")
+_BARE_REPLY_TAIL = HEADER.pack(TAG, PROTOCOL_VERSION, MSG_RESULT, 0, 0, 0, 0, 0, ZERO_ID, 0, MAGIC)[20:]
 
 
 def _lane_entries(oob: bool, binary: bool) -> dict[int, _LaneEntry]:

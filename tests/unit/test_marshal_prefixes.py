@@ -148,3 +148,42 @@ def test_any_data_after_a_remembered_prefix_fares_as_in_a_scan_from_the_start(wa
 def test_any_data_fares_as_in_a_scan_from_the_start(data, plain_only):
     same_as_reference(data, data, plain_only)
     same_as_reference(CALLS[0], data, plain_only)
+
+
+def test_a_memory_of_its_own_keeps_to_itself_and_changes_nothing():
+    """marshal_check.Prefixes (a connection's, ServerSession's): prefixes remembered there, not in the
+    thread's memory nor in another connection's; two connections served in turn by one thread each
+    resume after their own; and what is refused is what a scan from the first byte refuses."""
+    ours, theirs = marshal_check.Prefixes(), marshal_check.Prefixes()
+    before = dict(marshal_check._prefixes.known)
+    a, b, c = (plain.dumps_call("bench", name, (1,), None) for name in ("first", "second", "third"))
+    for data in (a, b, c, a):  # three methods on one connection...
+        marshal_check.check(data, True, ours)
+    for data in (c, c):  # ...and one on the other, in between
+        marshal_check.check(data, True, theirs)
+    assert marshal_check._prefixes.known == before
+    assert any(a.startswith(p) and pos > 0 for p, pos, _ in ours.known[True])
+    assert not any(a.startswith(p) and pos > 0 for p, pos, _ in theirs.known[True])
+    assert any(c.startswith(p) and pos > 0 for p, pos, _ in theirs.known[True])
+    for call in CALLS:
+        for plain_only in (True, False):
+            memory = marshal_check.Prefixes()
+            outcome(lambda d, p: marshal_check.check(d, p, memory), call, plain_only)
+            for cut in range(len(call)):
+                data = call[:cut]
+                assert outcome(lambda d, p: marshal_check.check(d, p, memory), data, plain_only) == \
+                    outcome(reference, data, plain_only)
+            for pos in range(len(call)):
+                data = call[:pos] + b"\xff" + call[pos + 1:]
+                assert outcome(lambda d, p: marshal_check.check(d, p, memory), data, plain_only) == \
+                    outcome(reference, data, plain_only)
+
+
+def test_a_server_session_remembers_its_own_prefixes():
+    from support import handshaken_sessions
+    client, server = handshaken_sessions("marshal")
+    before = dict(marshal_check._prefixes.known)
+    data = b"".join(client.call_request("obj", "echo", (1,), None))
+    assert server.receive_request(data) == ("obj", "echo", (1,), {})
+    assert marshal_check._prefixes.known == before
+    assert any(pos > 0 for _, pos, _ in server._prefixes.known[False])

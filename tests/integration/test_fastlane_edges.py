@@ -319,7 +319,8 @@ def test_a_connection_broken_after_the_call_ran_is_never_retried(start_daemon) -
 
 def test_a_connection_the_daemon_closed_while_idle_is_replaced_before_sending(start_daemon) -> None:
     """IDLE_TIMEOUT: the daemon closed the proxy's idle connection. The lean lane asks peer_closed
-    before sending, so the call goes over a new connection and runs once, with no error."""
+    before sending, so the call goes over a new connection and runs once, with no error; so does a
+    oneway call (the general path)."""
     _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=0.2)
     with meshrpc.Proxy(uri) as proxy:
         for round_ in range(3):
@@ -328,7 +329,11 @@ def test_a_connection_the_daemon_closed_while_idle_is_replaced_before_sending(st
             wait_until(conn.peer_closed, timeout=20, message="the daemon closing the idle connection")
             assert proxy.record(("after", round_)) == ("after", round_)
             assert proxy._pyroConnection is not conn
-    assert set(ledger.runs.values()) == {1} and len(ledger.runs) == 6
+        conn = proxy._pyroConnection
+        wait_until(conn.peer_closed, timeout=20, message="the daemon closing the idle connection")
+        proxy.record_oneway("oneway")  # no reply would tell of a loss: it must go on a new connection
+        wait_until(lambda: "oneway" in ledger.runs, timeout=10, message="the oneway call run")
+    assert set(ledger.runs.values()) == {1} and len(ledger.runs) == 7
 
 
 # ---------------------------------------------------------------- a shutdown while calls arrive

@@ -523,6 +523,27 @@ def test_large_calls_reach_a_daemon_whose_workers_poll_between_reads(start_daemo
             assert proxy.echo(1) == 1  # a small call right after a large one
 
 
+@pytest.mark.parametrize("servertype", ["multiplex", "thread"])
+def test_a_large_frame_whose_tail_never_comes_holds_up_nobody_else(start_daemon, servertype: str) -> None:
+    """A client sends the first 3 MiB of a 10 MiB request and then nothing (a link that died, a peer
+    that hangs): the daemon's worker reads what came with the low-water mark and must give the
+    connection back, so other clients are served, even by a daemon with one worker (multiplex)."""
+    from meshrpc.wire.serializers import BY_NAME
+    from meshrpc.wire.session import ClientSession, Connected
+    _, _, _, uri = serve(start_daemon, SERVERTYPE=servertype)
+    session = ClientSession(BY_NAME["marshal"], meshrpc.Settings())
+    with socket.create_connection((uri.host, uri.port), timeout=10) as stuck:
+        stuck.sendall(b"".join(session.connect_request(uri.object, "hello")))
+        while not isinstance(session.next_event(), Connected):
+            session.receive_data(stuck.recv(65536))
+        request = _invoke(2, 1, _call(uri.object, "size", (b"\0" * (10 * 1024 * 1024),)))
+        stuck.sendall(request[:3 * 1024 * 1024])
+        with meshrpc.Proxy(uri) as other:
+            other._pyroTimeout = 10
+            for n in range(20):
+                assert other.echo(n) == n
+
+
 # ---------------------------------------------------------------- Pyro5 on either side
 
 def test_pyro5_proxies_on_many_threads_get_their_own_replies(start_daemon) -> None:

@@ -185,7 +185,7 @@ class FramedConnection:
         self._tcp_state: Callable[[], bytes] | None = None
         if self.tls is None and hasattr(socket, "TCP_INFO") and sock.family in (socket.AF_INET, socket.AF_INET6):
             self._tcp_state = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, 1)
-        # SO_RCVLOWAT now (plain TCP only; 0: not used): above 1 only while the rest of a large frame comes
+        # SO_RCVLOWAT now (plain TCP only; 0: not used): above 1 only during a read of a large frame's rest
         self._low_water = 1 if self._tcp_state is not None and hasattr(socket, "SO_RCVLOWAT") else 0
 
     def peer_closed(self) -> bool:

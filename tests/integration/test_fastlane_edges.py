@@ -116,7 +116,8 @@ def serve(start_daemon: Callable[..., Any], **settings: Any) -> tuple[Any, Ledge
 class Link:
     """A TCP relay between a proxy and a daemon. Requests pass as they come; each reply frame is passed
     as `shape(reply number, frame bytes)` says: a list of pieces, sent apart (a slow link cuts a reply
-    anywhere); a None piece holds back everything from there on (a link that stalls)."""
+    anywhere); a None piece holds back everything from there on (a link that stalls), an Event piece
+    holds the rest until it is set (a reply that comes late)."""
 
     def __init__(self, target: tuple[str, int], shape: Callable[[int, bytes], list]) -> None:
         self.target = target
@@ -175,6 +176,9 @@ class Link:
                     for i, piece in enumerate(self.shape(self.replies, frame)):
                         if piece is None:
                             return  # stalled: nothing more goes through on this connection
+                        if isinstance(piece, threading.Event):
+                            piece.wait(20)  # held until the test lets it go
+                            continue
                         if i:
                             gap.wait(self.gap)  # the link's own pace, not a synchronisation
                         sink.sendall(piece)
@@ -764,6 +768,48 @@ def test_aio_replies_cut_anywhere_give_what_whole_replies_give(start_daemon, lin
         return out
 
     assert run(session(link.uri(uri))) == run(session(uri))
+
+
+@pytest.mark.parametrize("daemon_kind", ["threaded", "aio"])
+def test_aio_a_timeout_mid_reply_raises_once_and_the_next_call_gets_its_own_answer(start_daemon, links,
+                                                                                 daemon_kind: str) -> None:
+    """The aio proxy's call whose reply stalls after its first bytes (the lone call read them in its
+    selector sleep) and comes whole only after the timeout: a TimeoutError within the proxy's timeout, the
+    call not run again, and the next call gets its own answer (a daemon that does not pipeline: on a new
+    connection; one that does: on the same one, the late reply dropped)."""
+    import asyncio
+
+    import meshrpc.aio
+    ledger = Ledger()
+    stalled = 3  # reply 1 is the CONNECTOK, 2 the first call's
+
+    async def main() -> None:
+        if daemon_kind == "aio":
+            daemon = meshrpc.aio.Daemon(host=HOST)
+            uri = daemon.register(Service(ledger), "svc")
+            await daemon.__aenter__()
+        else:
+            running = start_daemon()
+            uri = running.register(Service(ledger), "svc")
+        try:
+            late = threading.Event()
+            link = links(address(uri), lambda n, frame: [frame[:wire.HEADER_SIZE + 2], late, frame[wire.HEADER_SIZE + 2:]]
+                         if n == stalled else [frame])
+            async with meshrpc.aio.Proxy(link.uri(uri)) as proxy:
+                proxy._pyroTimeout = 0.5
+                assert await proxy.record("first") == "first"
+                with pytest.raises(errors.TimeoutError):
+                    await proxy.record("second")
+                late.set()  # its reply comes after all, late: it must go nowhere
+                assert ledger.runs.get("second") == 1
+                assert await asyncio.wait_for(proxy.record("third"), 20) == "third"
+                assert await proxy.echo(4) == 4
+        finally:
+            if daemon_kind == "aio":
+                await daemon.__aexit__(None, None, None)
+
+    run(main())
+    assert ledger.runs == {"first": 1, "second": 1, "third": 1}
 
 
 def test_aio_cancelled_calls_run_once_or_never_and_leave_the_turn_free(start_daemon) -> None:

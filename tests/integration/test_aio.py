@@ -675,19 +675,25 @@ def test_an_async_def_call_on_a_registered_object_takes_the_lean_lane_and_instan
 @pytest.mark.parametrize("quiet_after, asked", [(0.0, 20), (30.0, 1)])
 def test_a_lone_call_asks_whether_the_daemon_closed_the_connection_only_after_a_quiet_spell(
         quiet_after: float, asked: int) -> None:
-    """AIO_QUIET_CHECK: calls that follow each other closely skip the kernel's TCP state (a system
-    call); the first call, and every call with 0, ask it (test_fastlane_edges: a connection the
-    daemon closed while the loop was busy is then not used)."""
+    """AIO_QUIET_CHECK: a call that starts soon after the start of a lone call that was answered skips
+    the kernel's TCP state (a system call); the first call, and every call with 0, ask it
+    (test_fastlane_edges: a connection the daemon closed while the loop was busy is then not used).
+    Oneway calls are never answered, so they never count as such a call."""
     async def main() -> None:
         daemon, uri = serve_aio(Thing())
         async with daemon, meshrpc.aio.Proxy(uri, settings=Settings(AIO_QUIET_CHECK=quiet_after)) as proxy:
             conn = proxy._conn
             real, seen = conn._peer_closed, []
             conn._peer_closed = lambda: seen.append(1) or real()
-            conn._sent_at = 0.0  # (the handshake is no call)
+            conn._answered_from = 0.0  # (the handshake is no call)
             for i in range(20):
                 assert await proxy.add(i, 1) == i + 1
             assert len(seen) == asked
+            conn._answered_from, seen[:] = 0.0, []  # long ago: oneway calls ask, each of them
+            for i in range(5):
+                await proxy.fire(i)
+            assert await proxy.add(1, 1) == 2
+            assert len(seen) == 6
             assert proxy._conn is conn
     run(main())
 

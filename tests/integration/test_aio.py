@@ -390,7 +390,9 @@ def test_pyroname_resolution_on_the_mesh_never_blocks_the_loop(realm: str) -> No
                 assert await by_tag.add(2, 2) == 4
             ticking.cancel()
             gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
-            assert len(beats) > 20 and max(gaps) < 1.0, max(gaps)  # a blocked loop would stop for seconds
+            # a blocked loop would stop for seconds (the count only says the ticker ran throughout: a loaded
+            # machine gave 12 beats in the 0.3 s wait and the rest, not 20)
+            assert len(beats) > 5 and max(gaps) < 1.0, (len(beats), max(gaps))
             with pytest.raises(errors.NamingError):
                 await meshrpc.aio.resolve("PYRONAME:aio.nobody", settings.copy(LOOKUP_TIMEOUT=0.2, RESOLVE="mesh"))
     try:

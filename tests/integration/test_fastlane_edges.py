@@ -270,11 +270,13 @@ def test_a_timeout_mid_reply_raises_once_and_the_next_call_gets_its_own_answer(s
     stalled = 3  # reply 1 is the CONNECTOK, 2 the first call's: the second call's reply stalls
     link = links(address(uri), lambda n, frame: [frame[:wire.HEADER_SIZE + 2], None] if n == stalled else [frame])
     proxy = meshrpc.Proxy(link.uri(uri))
-    proxy._pyroTimeout = 0.5
+    proxy._pyroTimeout = 20  # (a loaded machine: only the stalled call has a short one)
     try:
         assert proxy.record("first") == "first"
+        proxy._pyroTimeout = 0.5
         with pytest.raises(errors.MaybeDeliveredError) as caught:
             proxy.record("second")
+        proxy._pyroTimeout = 20
         assert isinstance(caught.value, TimeoutError)
         assert ledger.runs.get("second") == 1, "the call that timed out must have run once, not been retried"
         assert proxy.record("third") == "third", "the next call took another call's late reply"
@@ -290,12 +292,14 @@ def test_a_request_cut_by_a_send_timeout_never_reaches_the_next_call(start_daemo
     _, ledger, _, uri = serve(start_daemon)
     link = links(address(uri), lambda n, frame: [frame])
     proxy = meshrpc.Proxy(link.uri(uri))
-    proxy._pyroTimeout = 0.5
+    proxy._pyroTimeout = 20  # (a loaded machine: only the stalled call has a short one)
     try:
         assert proxy.record("first") == "first"
         link.hold_requests.set()
+        proxy._pyroTimeout = 0.5
         with pytest.raises(errors.TimeoutError):
             proxy.record(("big", b"\0" * (64 * 1024 * 1024)))
+        proxy._pyroTimeout = 20
         assert proxy._pyroConnection is None, "a connection with half a frame on it was kept"
         link.hold_requests.clear()
         assert proxy.record("next") == "next"
@@ -325,9 +329,9 @@ def test_a_connection_the_daemon_closed_while_idle_is_replaced_before_sending(st
     """IDLE_TIMEOUT: the daemon closed the proxy's idle connection. The lean lane asks peer_closed
     before sending, so the call goes over a new connection and runs once, with no error; so does a
     oneway call (the general path)."""
-    _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=0.2)
+    _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=1.0)  # (long enough for a loaded machine to send after connecting)
     with meshrpc.Proxy(uri) as proxy:
-        for round_ in range(3):
+        for round_ in range(2):
             assert proxy.record(("before", round_)) == ("before", round_)
             conn = proxy._pyroConnection
             wait_until(conn.peer_closed, timeout=20, message="the daemon closing the idle connection")
@@ -337,7 +341,7 @@ def test_a_connection_the_daemon_closed_while_idle_is_replaced_before_sending(st
         wait_until(conn.peer_closed, timeout=20, message="the daemon closing the idle connection")
         proxy.record_oneway("oneway")  # no reply would tell of a loss: it must go on a new connection
         wait_until(lambda: "oneway" in ledger.runs, timeout=10, message="the oneway call run")
-    assert set(ledger.runs.values()) == {1} and len(ledger.runs) == 7
+    assert set(ledger.runs.values()) == {1} and len(ledger.runs) == 5
 
 
 # ---------------------------------------------------------------- a shutdown while calls arrive
@@ -796,10 +800,12 @@ def test_aio_a_timeout_mid_reply_raises_once_and_the_next_call_gets_its_own_answ
             link = links(address(uri), lambda n, frame: [frame[:wire.HEADER_SIZE + 2], late, frame[wire.HEADER_SIZE + 2:]]
                          if n == stalled else [frame])
             async with meshrpc.aio.Proxy(link.uri(uri)) as proxy:
-                proxy._pyroTimeout = 0.5
+                proxy._pyroTimeout = 20  # (a loaded machine: only the stalled call has a short one)
                 assert await proxy.record("first") == "first"
+                proxy._pyroTimeout = 0.5
                 with pytest.raises(errors.TimeoutError):
                     await proxy.record("second")
+                proxy._pyroTimeout = 20
                 late.set()  # its reply comes after all, late: it must go nowhere
                 assert ledger.runs.get("second") == 1
                 assert await asyncio.wait_for(proxy.record("third"), 20) == "third"
@@ -953,7 +959,7 @@ def test_aio_a_connection_the_daemon_closed_while_the_loop_was_busy_is_not_deliv
     import asyncio
 
     import meshrpc.aio
-    _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=0.2)
+    _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=1.0)  # (long enough for a loaded machine to send after connecting)
 
     async def main() -> Any:
         async with meshrpc.aio.Proxy(uri) as proxy:
@@ -970,7 +976,7 @@ def test_aio_a_oneway_call_on_a_connection_the_daemon_closed_is_not_lost(start_d
     daemon closed while the loop was busy, it was lost without a word. The threaded proxy asks
     peer_closed before a oneway call too and sends it on a new connection; so must the aio proxy."""
     import meshrpc.aio
-    _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=0.2)
+    _, ledger, _, uri = serve(start_daemon, IDLE_TIMEOUT=1.0)  # (long enough for a loaded machine to send after connecting)
 
     async def main() -> None:
         async with meshrpc.aio.Proxy(uri) as proxy:
@@ -1048,8 +1054,8 @@ SENTINEL_SEQ = 9  # a usual request sent after the odd one: its answer ends the 
 def _answers(uri: meshrpc.URI, request: bytes, incomplete: bool) -> tuple:
     """What the daemon sends back to `request` and a usual request after it (after a marshal
     handshake): each reply's type, flags, seq and decoded payload, and whether it closed the connection.
-    `incomplete`: the request ends in part of a frame, so nothing follows it and no answer ends the
-    wait (a one-second bound does)."""
+    `incomplete`: the request ends in part of a frame, so nothing can follow it: once the first
+    request is answered this side ends its writing, and the daemon's close ends the wait."""
     from meshrpc.wire.serializers import BY_ID, BY_NAME
     from meshrpc.wire.session import ClientSession, Connected
     session = ClientSession(BY_NAME["marshal"], meshrpc.Settings())
@@ -1059,12 +1065,11 @@ def _answers(uri: meshrpc.URI, request: bytes, incomplete: bool) -> tuple:
             session.receive_data(sock.recv(65536))
         if not incomplete:
             request += _invoke(2, SENTINEL_SEQ, _call(uri.object, "echo", ("sentinel",)))
-        else:
-            sock.settimeout(1.0)
+        last = 1 if incomplete else SENTINEL_SEQ
         sock.sendall(request)
         reader, replies, closed = wire.FrameReader(), [], False
         try:
-            while not any(seq == SENTINEL_SEQ for _, _, seq, _ in replies):
+            while True:
                 data = sock.recv(65536)
                 if not data:
                     closed = True
@@ -1073,8 +1078,12 @@ def _answers(uri: meshrpc.URI, request: bytes, incomplete: bool) -> tuple:
                 while (frame := reader.next_frame()) is not None:
                     value = BY_ID[frame.serializer_id].loads(frame.payload)
                     replies.append((frame.type, frame.flags, frame.seq, repr(value)[:300]))
-        except socket.timeout:
-            assert incomplete, "no answer to the usual request that followed"
+                if any(seq == last for _, _, seq, _ in replies):
+                    if not incomplete:
+                        break
+                    sock.shutdown(socket.SHUT_WR)  # half a frame, then the end: the daemon closes
+                    incomplete = False
+                    last = -1
         except ConnectionResetError:
             closed = True
     return tuple(replies), closed

@@ -153,14 +153,6 @@ class Settings:
         "socket, callback (also from another thread) or due timer ends it at once. Not a spin: no CPU "
         "while it waits. An asyncio daemon waits the same way for a lone client's next request once all "
         "its calls are answered. 0 turns both off."))
-    AIO_QUIET_CHECK: float = field(default=0.001, metadata=_doc(
-        "Seconds after which an asyncio proxy's connection counts as quiet: before a call with nothing "
-        "else in flight, unless a call that started less than this ago was answered on the connection, "
-        "the proxy asks the kernel whether the daemon closed it (idle timeout, shutdown) while the event "
-        "loop had not seen that yet, so such a call is sent on a new connection instead of being lost. "
-        "Sound because a meshrpc daemon answers \"not run\" for SHUTDOWN_DRAIN_MIN (50 ms) after its last "
-        "answer before it closes; with a Pyro5 daemon (which closes without that) every such call asks. "
-        "0: every such call asks."))
     FUTURE_WORKERS: int = field(default=4, metadata=_doc(
         "Threads (for the whole process) that run meshrpc.Future callables and the then/iferror "
         "chains of asynchronous calls; the calls themselves run on one shared asyncio loop thread."))

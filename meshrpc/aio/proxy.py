@@ -65,11 +65,6 @@ class _Connection(asyncio.BufferedProtocol):
         self._settings = settings
         self.spin: LoopSpin | None = None  # waits for a lone call's reply while the loop is idle
         self._fd = -1
-        self._quiet_after = settings.AIO_QUIET_CHECK
-        # time.monotonic() when the last lone call that was answered started (0: none yet): its daemon was
-        # serving then, and a meshrpc daemon answers "not run" for SHUTDOWN_DRAIN_MIN before it closes
-        self._answered_from = 0.0
-        self._lone_seq, self._lone_started = -1, 0.0  # the lone call whose reply is still to come
         self._peer_closed: Any = None  # () -> whether the daemon closed the connection (connection_made)
         # a pipelined call's Future: asyncio's own Future class directly, unless the loop makes its own
         # (create_future is a Python call per call otherwise)
@@ -145,8 +140,6 @@ class _Connection(asyncio.BufferedProtocol):
                     got = event
                     continue
                 waiter = waiting.pop(event.seq, None)
-                if event.seq == self._lone_seq:  # the answer to a lone call (check_open's measure)
-                    self._answered_from, self._lone_seq = self._lone_started, -1
             elif isinstance(event, (Connected, ConnectRefused)):
                 waiter = self.handshake
             else:
@@ -176,7 +169,7 @@ class _Connection(asyncio.BufferedProtocol):
             waiter = waiting[seq] = self._new_future()
             self.write(parts)
             return waiter
-        started = self.check_open()
+        self.check_open()
         if self._corked.write_alone(parts, open_=True) and self.spin is not None:
             try:
                 count = self.spin.read_reply(self._received, timeout, written=True)
@@ -188,33 +181,28 @@ class _Connection(asyncio.BufferedProtocol):
                 if lean and not session.pipelined:  # the usual reply is taken as its payload (no Frame)
                     payload = session.receive_result(bytes(self._received[:count]))
                     if payload is not TAKE_EVENT:
-                        self._answered_from = started
                         return payload
                 else:
                     session.receive_data(self._received[:count])
                 event = self._pump(seq)
                 if event is not None:
-                    self._answered_from = started
                     return event
-        # (otherwise part of it waits in the transport, or the reply is still to come: _pump notes its answer)
-        self._lone_seq, self._lone_started = seq, started
+        # (otherwise part of it waits in the transport, or the reply is still to come)
         waiter = waiting[seq] = self._new_future()
         return waiter
 
-    def check_open(self) -> float:
+    def check_open(self) -> None:
         """Before a call is written with nothing in flight (a lone call, a oneway call): NotDelivered when
-        the connection is closed, or when no lone call that started within AIO_QUIET_CHECK was
-        answered (always, with a Pyro5 daemon: `_quiet_after` 0) and the daemon closed it meanwhile (the
-        loop has not seen it yet): the call would be lost in it, so it is not sent (recovery sends it on
-        a new connection). Returns time.monotonic()."""
+        the connection is closed, or when the daemon closed it and the loop has not seen that yet (a
+        tight `await` loop never returns to the loop's read callbacks): the kernel is asked each time,
+        as the threaded proxy asks (transport.sockets.peer_closed_check). The call would be lost in it,
+        so it is not sent (recovery sends it on a new connection)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
-        now = time.monotonic()
-        if now - self._answered_from > self._quiet_after and self._peer_closed is not None and self._peer_closed():
+        if self._peer_closed is not None and self._peer_closed():
             self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
             raise NotDelivered(f"the connection to {self.target} was closed by the daemon", self.target,
                                suspect=False)
-        return now
 
     async def drained(self) -> None:
         """Flow control: a big message waits for the socket to drain (callers test `paused` first)."""
@@ -790,8 +778,6 @@ class Proxy:
                 raise CommunicationError(f"connection to {target} rejected: {event.reason}")
             self._pyroValidateHandshake(event.handshake)
             self._pyroProcessMetadata(event.metadata or {})
-            if not session.oob:  # no capabilities agreed: a Pyro5 daemon, which closes without a drain
-                conn._quiet_after = 0.0  # (check_open asks before every call)
         except BaseException:
             conn.close()
             raise

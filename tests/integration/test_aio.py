@@ -674,29 +674,50 @@ def test_an_async_def_call_on_a_registered_object_takes_the_lean_lane_and_instan
     run(main())
 
 
-@pytest.mark.parametrize("quiet_after, asked", [(0.0, 20), (30.0, 1)])
-def test_a_lone_call_asks_whether_the_daemon_closed_the_connection_only_after_a_quiet_spell(
-        quiet_after: float, asked: int) -> None:
-    """AIO_QUIET_CHECK: a call that starts soon after the start of a lone call that was answered skips
-    the kernel's TCP state (a system call); the first call, and every call with 0, ask it
-    (test_fastlane_edges: a connection the daemon closed while the loop was busy is then not used).
-    Oneway calls are never answered, so they never count as such a call."""
+def test_every_call_with_nothing_in_flight_asks_whether_the_daemon_closed_the_connection() -> None:
+    """Lone and oneway calls ask the kernel first, each of them (as the threaded proxy); pipelined
+    calls (others in flight: their replies will tell) do not."""
     async def main() -> None:
         daemon, uri = serve_aio(Thing())
-        async with daemon, meshrpc.aio.Proxy(uri, settings=Settings(AIO_QUIET_CHECK=quiet_after)) as proxy:
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
             conn = proxy._conn
             real, seen = conn._peer_closed, []
             conn._peer_closed = lambda: seen.append(1) or real()
-            conn._answered_from = 0.0  # (the handshake is no call)
-            for i in range(20):
+            for i in range(10):
                 assert await proxy.add(i, 1) == i + 1
-            assert len(seen) == asked
-            conn._answered_from, seen[:] = 0.0, []  # long ago: oneway calls ask, each of them
             for i in range(5):
                 await proxy.fire(i)
-            assert await proxy.add(1, 1) == 2
-            assert len(seen) == 6
+            assert len(seen) == 15
+            first = asyncio.ensure_future(proxy.nap(0.2, "first"))
+            await asyncio.sleep(0.05)
+            assert await asyncio.gather(*(proxy.add(i, 0) for i in range(5))) == list(range(5))  # beside it
+            assert await first == "first"
+            assert len(seen) == 16  # only the first of them was alone
             assert proxy._conn is conn
+    run(main())
+
+
+def test_a_connection_dropped_right_after_its_answer_is_replaced_before_the_next_call(start_daemon: Any) -> None:
+    """The daemon drops the connection right after its answer; the loop is busy (blocked here) so it
+    never sees the FIN; the next call, an instant later, must go on a new connection and run once
+    (the threaded proxy's test_idle_check twin)."""
+    import socket
+    running = start_daemon()
+    thing = Thing()
+    uri = running.register(thing, "thing")
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            assert await proxy.bump() == 1
+            first = proxy._conn
+            for conn in list(running.daemon._connections):
+                conn.close()  # the daemon drops it right after its answer
+            sock = first.transport.get_extra_info("socket")
+            deadline = time.monotonic() + 10
+            while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1) == b"\x01":  # the loop does not run
+                assert time.monotonic() < deadline, "the close never reached the proxy"
+            assert await proxy.bump() == 2  # checked although it answered a moment ago: replaced, not lost
+            assert proxy._conn is not first and thing.runs == 2
     run(main())
 
 

@@ -16,7 +16,6 @@ import pytest
 import meshrpc
 import meshrpc.aio
 import meshrpc.errors
-from meshrpc.config import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -191,18 +190,3 @@ def test_pyro5_proxy_to_aio_daemon(serializer: str) -> None:
     finally:
         server.stop()
 
-
-def test_an_aio_proxy_asks_a_pyro5_daemons_connection_before_every_call(pyro5_device: tuple[Any, str]) -> None:
-    """A Pyro5 daemon closes connections without a drain: the quiet-spell shortcut (AIO_QUIET_CHECK)
-    is not taken with it, every lone call asks the kernel first."""
-    _, uri = pyro5_device
-
-    async def main() -> int:
-        async with meshrpc.aio.Proxy(uri, settings=Settings(AIO_QUIET_CHECK=30.0)) as proxy:
-            conn = proxy._conn
-            real, seen = conn._peer_closed, []
-            conn._peer_closed = lambda: seen.append(1) or real()
-            for i in range(10):
-                assert await proxy.add(i, 1) == i + 1
-            return len(seen)
-    assert asyncio.run(asyncio.wait_for(main(), 30)) == 10

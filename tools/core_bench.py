@@ -12,6 +12,18 @@ For a figure that does not move at all, count instructions (valgrind is determin
 
 and divide the difference of the two "Collected" totals by 3000 (instructions per call).
 
+`--side proxy` measures a real `Proxy.echo(1)` as a program makes it (issue 15's sixth pass): the
+remote method, the proxy's call path, the session's request and reply lanes, the connection's send,
+read and liveness check, against a fake peer. A thread of this process makes the handshake and
+answers the first call over loopback TCP with the wire core; then the connection's `_sendall` and
+`_recv` (its two I/O seams) are replaced: the request is dropped and the first reply comes back with
+the request's seq, so each call costs no system call but the liveness check's getsockopt (the
+socket stays connected). The same valgrind recipe, e.g.
+
+    MESHRPC_SPIN_WAIT=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null python3 \
+        tools/core_bench.py --side proxy --serializers serpent --rounds 1 --warmup 200 --calls 0
+    (the same with --calls 3000)
+
 `--side daemon` measures a real Daemon's whole request path instead (issue 15's fifth pass): the
 selector loop, the worker's read, next_event, dispatch, context, hooks, the reply's send, over a
 loopback TCP connection. A client in a separate process (not traced by valgrind: it is exec'd)
@@ -187,6 +199,67 @@ def daemon_side(serializer: str, binary: bool, warmup: int, calls: int, burst: i
             "calls_per_s": round(calls / elapsed) if calls else 0}
 
 
+# ---------------------------------------------------------------- a real Proxy (--side proxy)
+
+def proxy_loop(serializer: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """(run, close): run(calls) makes `calls` echo(1) calls on a real Proxy whose peer is faked after
+    the handshake and one real call (see the module's doc)."""
+    import meshrpc
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    finished = threading.Event()
+    replies: list[bytes] = []
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        server = ServerSession(Settings(), pipelining=False)
+        answered = 0
+        while answered < 2:
+            while (event := server.next_event()) is NEED_DATA:
+                server.receive_data(sock.recv(65536))
+            if not answered:
+                sock.sendall(b"".join(server.accept_connect(event, "hello", {"methods": ["echo"]})))
+            else:
+                reply = b"".join(server.result_reply(event, server.decode_call(event)[2][0], {}))
+                replies.append(reply)
+                sock.sendall(reply)
+            answered += 1
+        finished.wait()
+        sock.close()
+
+    serving = threading.Thread(target=serve, name="fake-peer", daemon=True)
+    serving.start()
+    proxy = meshrpc.Proxy(f"PYRO:bench@127.0.0.1:{listener.getsockname()[1]}")
+    proxy._pyroSerializer = serializer
+    if proxy.echo(1) != 1:
+        raise SystemExit("the fake peer did not echo 1")
+    conn = proxy._pyroConnection
+    head, tail = replies[0][:10], replies[0][12:]  # the reply, less its seq (bytes 10-11)
+    sent = [b""]
+
+    def fake_sendall(part: Any) -> None:
+        sent[0] = part
+
+    def fake_recv(size: int) -> bytes:
+        return head + sent[0][10:12] + tail
+
+    conn._sendall, conn._recv = fake_sendall, fake_recv
+    echo = proxy.echo
+
+    def run(calls: int) -> None:
+        for _ in range(calls):
+            echo(1)
+
+    def close() -> None:
+        proxy._pyroConnection = None  # the fake connection is not closed by a goodbye
+        finished.set()
+        serving.join(30)
+        listener.close()
+        conn.sock.close()
+
+    return run, close
+
+
 def best_us(run: Callable[[int], None], calls: int, rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
@@ -201,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=30000, help="calls per round (0: set up only)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the best is reported")
     parser.add_argument("--warmup", type=int, default=200, help="calls before the measured rounds")
-    parser.add_argument("--side", choices=["both", "client", "server", "daemon"], default="both",
-                        help="daemon: a real Daemon's request path, with a client process (not in 'both')")
+    parser.add_argument("--side", choices=["both", "client", "server", "daemon", "proxy"], default="both",
+                        help="daemon: a real Daemon's request path, with a client process; proxy: a real "
+                             "Proxy's call against a fake peer (neither is in 'both')")
     parser.add_argument("--burst", type=int, default=1, help="daemon: requests per write (1: ping-pong)")
     parser.add_argument("--text-serpent", action="store_true",
                         help="daemon: serpent as text, as Pyro5 proxies send it (no binary form agreed)")
@@ -224,6 +298,20 @@ def main(argv: list[str] | None = None) -> int:
             for name, r in results.items():
                 print(f"{name}: daemon {r['user'] + r['system']:.2f} us/call (user {r['user']:.2f}, "
                       f"system {r['system']:.2f}), {r['calls_per_s']} calls/s")
+        return 0
+    if args.side == "proxy":
+        for name in args.serializers.split(","):
+            run, close = proxy_loop(name)
+            try:
+                run(args.warmup)
+                results[name] = {"proxy": round(best_us(run, args.calls, args.rounds), 2)}
+            finally:
+                close()
+        if args.json:
+            print(json.dumps(results))
+        else:
+            for name, sides in results.items():
+                print(f"{name}: proxy {sides['proxy']:.2f} us/call")
         return 0
     for name in args.serializers.split(","):
         sides = loops(name)

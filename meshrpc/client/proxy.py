@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 from .. import errors
 from ..config import Settings, config as default_config
-from ..context import FRESH_ID, current_context, current_state, set_response_annotations
+from ..context import FRESH_ID, call_state, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
 from ..loopcheck import refuse_in_running_loop
 from ..transport.sockets import FramedConnection, connect
@@ -38,19 +38,26 @@ _LOCAL_ATTRS = frozenset({
 # any other name, dunder or not, is looked up in the remote object's exposed names
 _PICKLE_PROTOCOL_ATTRS = frozenset({"__getnewargs__", "__getnewargs_ex__", "__getinitargs__"})
 CONNECTED_SOCKET_LOCATION = "./u:<connected socket>"  # the URI location of a proxy on a given socket
+_FLAG_ONEWAY = wire.FLAG_ONEWAY
+_monotonic = time.monotonic
 
 
 class _RemoteMethod:
-    __slots__ = ("_proxy", "_name")
+    """A remote method of a proxy. It reads the proxy's state from the proxy's `__dict__` (`_attrs`) and
+    calls the proxy's `_pyroInvoke` as bound when the method was looked up: attribute reads on a Proxy go
+    through its `__getattr__` hook, which CPython cannot specialise (about 3x a plain read, per call)."""
+
+    __slots__ = ("_proxy", "_name", "_attrs", "_invoke")
 
     def __init__(self, proxy: "Proxy", name: str) -> None:
         self._proxy = proxy
         self._name = name
+        self._attrs = proxy.__dict__
+        self._invoke = proxy._pyroInvoke  # a subclass's (or an instance's) override included
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        proxy = self._proxy
-        flags = wire.FLAG_ONEWAY if self._name in proxy._pyroOneway else 0
-        return proxy._pyroInvoke(self._name, args, kwargs, flags)
+        name = self._name
+        return self._invoke(name, args, kwargs, _FLAG_ONEWAY if name in self._attrs["_pyroOneway"] else 0)
 
     def __repr__(self) -> str:
         return f"<remote method {self._name} of {self._proxy._pyroUri}>"
@@ -111,11 +118,15 @@ class Proxy:
             return self._pyroInvoke("__getattr__", (name,), None)
         if name in self._pyroMethods:
             method = self._pyroMethodCache[name] = _RemoteMethod(self, name)
+            if not hasattr(type(self), name):  # never shadows the proxy's own API (as __getattr__ never does)
+                self.__dict__[name] = method  # found by plain lookup from now on: no __getattr__ per call
             return method
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _LOCAL_ATTRS or name.startswith("_"):
+            if name == "_pyroInvoke":  # the remote methods made so far call the one they were made with
+                self.__forget_methods()
             return object.__setattr__(self, name, value)
         if type(self) is not Proxy and name not in self._pyroAttrs:
             return object.__setattr__(self, name, value)  # subclasses may keep state of their own
@@ -125,6 +136,19 @@ class Proxy:
             self._pyroInvoke("__setattr__", (name, value), None)
             return None
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute '{name}'")  # Pyro5's text
+
+    def __delattr__(self, name: str) -> None:
+        if name == "_pyroInvoke":
+            self.__forget_methods()
+        object.__delattr__(self, name)
+
+    def __forget_methods(self) -> None:
+        """The remote methods made so far go (they are made again when next looked up)."""
+        attrs = self.__dict__
+        for name in attrs.get("_pyroMethodCache", ()):
+            if attrs.get(name).__class__ is _RemoteMethod:
+                del attrs[name]
+        attrs["_pyroMethodCache"] = {}
 
     def __dir__(self) -> list[str]:
         """The proxy's class API (as Pyro5's dir) and what the remote object exposes; not the proxy's
@@ -297,7 +321,7 @@ class Proxy:
         self._pyroOneway = set(meta.get("oneway") or ())
         self._pyroAttrs = set(meta.get("attrs") or ())
         self._pyroIdempotent = set(meta.get("idempotent") or ())
-        self._pyroMethodCache = {}
+        self.__forget_methods()  # the names may mean something else now
         if not self._pyroMethods and not self._pyroAttrs:
             log.warning("remote object %s exposes no methods or attributes (forgot @expose?)", self._pyroUri)
 
@@ -428,21 +452,23 @@ class Proxy:
         Recovery (docs/resilience.md): a call that certainly did not reach a daemon is retried, for
         PYRONAME/PYROMETA proxies on a freshly resolved provider, until REBIND_TIMEOUT; a call that may
         have reached one is re-sent only when the method is idempotent or `_pyroMaxRetries` allows it."""
-        # the hot path, spelled out: no context manager, no closure until an attempt fails, and a lock
-        # nobody holds is taken without a timed wait
-        if not self._pyroLock.acquire(False):
+        # the hot path, spelled out: no context manager, no closure until an attempt fails, a lock nobody
+        # holds taken without a timed wait, and the proxy's state read from its __dict__ (no __getattr__ hook)
+        attrs = self.__dict__
+        lock = attrs["_pyroLock"]
+        if not lock.acquire(False):
             self.__acquire()
         try:
             refuse_in_running_loop("meshrpc.Proxy")
-            started = time.monotonic()
+            started = _monotonic()
             try:
-                return self.__invoke_once(methodname, vargs, kwargs, flags, object_id)
+                return _invoke_once(self, attrs, methodname, vargs, kwargs, flags, object_id)
             except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
                 failure: BaseException = exc
-            return self.__recover(lambda: self.__invoke_once(methodname, vargs, kwargs, flags, object_id),
+            return self.__recover(lambda: _invoke_once(self, attrs, methodname, vargs, kwargs, flags, object_id),
                                   methodname, started, failure)
         finally:
-            self._pyroLock.release()
+            lock.release()
 
     def __recovering(self, attempt: Callable[[], Any], methodname: str) -> Any:
         """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md
@@ -500,35 +526,39 @@ class Proxy:
         log.info("call to %s failed: %s%s", self._pyroLocator or self._pyroUri, exc,
                  "; trying again" if step.retry else "")
 
-    def __invoke_once(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
+    def __invoke_once(self, attrs: dict, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
                       object_id: str | None) -> Any:
-        conn = self._pyroConnection
-        state = current_state()  # the call context, without the property indirection (hot path)
+        """One attempt of a call; `attrs` is the proxy's __dict__."""
+        conn = attrs["_pyroConnection"]
+        state = call_state(None)  # None: this thread never set a call context (nothing to send or clear)
         cls = type(self)
-        override = self._pyroSerializer
+        override = attrs["_pyroSerializer"]
         if (conn is not None and not flags and object_id is None and (override is None or override in BY_NAME)
-                and not state.annotations and state.correlation_id is None
+                and (state is None or (not state.annotations and state.correlation_id is None))
                 and cls._pyroAnnotations is _DEFAULT_ANNOTATIONS
-                and self._pyroSettings.MAX_MESSAGE_SIZE == conn.protocol.max_size):
+                and attrs["_pyroSettings"].MAX_MESSAGE_SIZE == conn.protocol.max_size):
             # the lean lane (most calls): connected, a plain two-way call with nothing to annotate and
             # no correlation id; what __request does, less the checks that cannot apply
             if conn.peer_closed():
                 raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
                                    suspect=False)
             session = conn.protocol
-            request = session.call_request(self._pyroUri.object, methodname, vargs, kwargs)
+            request = session.call_request(attrs["_pyroUri"].object, methodname, vargs, kwargs)
         else:
+            if state is None:
+                state = current_state()
             conn, session, request = self.__request(conn, state, methodname, vargs, kwargs, flags, object_id)
-        seq = self.__dict__["_pyroSeq"] = session.last_seq  # written without the remote __setattr__ (hot path)
+        seq = attrs["_pyroSeq"] = session.last_seq  # written without the remote __setattr__ (hot path)
         try:
-            conn.send_parts(request)
+            conn.send_request(request)
         except ConnectionClosedError as exc:  # not all of it left: the daemon cannot have run it
             raise NotDelivered(str(exc), self._pyroUri, suspect=False) from None
-        if flags & wire.FLAG_ONEWAY:
-            set_response_annotations(state, {})  # no reply, so none (as Pyro5: not the last call's)
+        if flags & _FLAG_ONEWAY:
+            if state is not None:
+                set_response_annotations(state, {})  # no reply, so none (as Pyro5: not the last call's)
             return None
         # the usual reply (no annotations: no blobs, no stream, nothing for hooks) is taken as a payload
-        lean_reply = not self._pyroRawWireResponse and cls._pyroResponseAnnotations is _DEFAULT_RESPONSE_ANNOTATIONS
+        lean_reply = not attrs["_pyroRawWireResponse"] and cls._pyroResponseAnnotations is _DEFAULT_RESPONSE_ANNOTATIONS
         try:
             payload = conn.next_result() if lean_reply else TAKE_EVENT
             if payload is TAKE_EVENT:
@@ -541,10 +571,10 @@ class Proxy:
             self.__close_connection()
             raise type(exc)(f"{exc} from {self._pyroUri}; connection closed") from None
         if payload is not TAKE_EVENT:
-            if state.response_annotations:
+            if state is not None and state.response_annotations:
                 set_response_annotations(state, {})
             return session.result_value(payload)  # decoded outside the try: a SerializeError keeps the connection
-        return self.__outcome(reply, session, state, methodname)
+        return self.__outcome(reply, session, state if state is not None else current_state(), methodname)
 
     def __request(self, conn: FramedConnection | None, state: Any, methodname: str, vargs: Any,
                   kwargs: dict | None, flags: int, object_id: str | None) -> tuple:
@@ -607,6 +637,7 @@ class Proxy:
 
 
 _DEFAULT_ANNOTATIONS = Proxy._pyroAnnotations
+_invoke_once = Proxy._Proxy__invoke_once  # type: ignore[attr-defined]  # a global: no lookup through the proxy
 _DEFAULT_RESPONSE_ANNOTATIONS = Proxy._pyroResponseAnnotations
 
 

@@ -219,6 +219,17 @@ class FramedConnection:
         with self.send_lock:
             self.send_unlocked(parts)
 
+    def send_request(self, parts: list) -> None:
+        """send_parts for a proxy: its own lock already serializes everything sent on its connection, and
+        nothing on the client side reads last_active, so neither the send lock nor the clock is taken."""
+        try:
+            for part in parts:
+                self._sendall(part)
+        except socket.timeout:
+            raise TimeoutError("sending timed out") from None
+        except OSError as exc:
+            raise ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
+
     def send_unlocked(self, parts: list) -> None:
         """send_parts without the send lock, for a caller that is the only one writing to this plain
         connection (a daemon's worker answering the request it holds)."""

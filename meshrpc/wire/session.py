@@ -225,7 +225,7 @@ class ClientSession(_Session):
     (e.g. a Pyro5 daemon), one call at a time: call_request refuses a second outstanding call."""
 
     __slots__ = ("serializer", "offer", "last_seq", "out_of_step", "_seq", "_waiting", "_outstanding",
-                 "_abandoned", "_connect_seq", "_key_token", "_oob_mode", "_pings", "_result_codecs",
+                 "_abandoned", "_connect_seq", "_key_token", "_oob_mode", "_pings", "_result_heads",
                  "_result_codec", "_scalar_form")
 
     def __init__(self, serializer: Serializer, settings: Any, *, pipelining: bool = False) -> None:
@@ -242,7 +242,9 @@ class ClientSession(_Session):
         self._connect_seq = -1
         self._key_token = b""
         self._oob_mode = False   # oob agreed and the serializer has an out-of-band form
-        self._result_codecs: dict[int, Serializer] = {}
+        # after the handshake, for receive_result: a RESULT's first 8 bytes (tag, version, type, serializer
+        # id) for each serializer a result may come in (the call's, and its binary form), and its codec
+        self._result_heads: dict[bytes | None, Serializer] = {}
         self._scalar_form: tuple[int, int] | None = None  # after the handshake: the serializer's scalar_call_form
         self._result_codec = serializer
 
@@ -435,13 +437,8 @@ class ClientSession(_Session):
         annotations, no flags (no error, no correlation id, no compression), in the call's serializer,
         its payload (bytes: result_value() gives the value) and the call is answered. Otherwise
         TAKE_EVENT: `data` was buffered, take the reply with next_event()."""
-        header = self.reader.bare_header(data)
-        if (header is None or header[0] != MSG_RESULT or header[3] != self._waiting or header[2]
-                or self._pings or self.pipelined):
-            self.reader.feed(data)
-            return TAKE_EVENT
-        codec = self._result_codecs.get(header[1])
-        if codec is None:
+        codec = self._result_heads.get(self.reader.bare_head(data, self._waiting))
+        if codec is None or self._pings or self.pipelined:
             self.reader.feed(data)
             return TAKE_EVENT
         self._waiting = -1
@@ -482,10 +479,10 @@ class ClientSession(_Session):
         self.pipelined = CAP_PIPELINE in agreed and CAP_PIPELINE in self.offer
         self._oob_mode = self.oob and self.serializer.oob
         self._scalar_form = self.serializer.scalar_call_form(self.binary)
-        # the serializers a result may come in (receive_result): the call's, and its binary form
-        self._result_codecs = {self.serializer.id: self.serializer}
+        codecs = [self.serializer]
         if self.binary:
-            self._result_codecs.update((i, c) for i, c in BY_ID.items() if c.values is self.serializer)
+            codecs += [c for c in BY_ID.values() if c.values is self.serializer and c is not self.serializer]
+        self._result_heads = {TAG + PROTOCOL_VERSION.to_bytes(2, "big") + bytes((MSG_RESULT, c.id)): c for c in codecs}
         self.handshaken = True
         return Connected(answer.get("handshake"), answer.get("meta") or {}, agreed, frame.annotations)
 

@@ -1,6 +1,6 @@
 """The threaded proxy's lean lanes (issue 15, fifth pass) give exactly what the general path gives, and
 fall back to it whenever their case does not hold: the request of scalars (ClientSession.call_request),
-the usual reply taken as a payload (FrameReader.bare_header, ClientSession.receive_result), and the
+the usual reply taken as a payload (FrameReader.bare_head, ClientSession.receive_result), and the
 proxy's own lane (a real daemon in this process)."""
 
 from __future__ import annotations
@@ -139,11 +139,15 @@ def test_receive_result_leaves_pings_pipelining_and_buffered_bytes_to_the_genera
     assert client.reply_value(client.next_event()) == 1
 
 
+@pytest.mark.parametrize("seq", [1, 2, 65535])
 @pytest.mark.parametrize("data", [
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N")),
+    wire.encode(wire.Frame(wire.MSG_RESULT, 1, 2, b"N" * 1000)),
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N" * 1000, wire.FLAG_EXCEPTION)),
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N", 0, {"ANNO": b"1"})),
+    wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N", 0, {"ANNO": b"1"}))[:wire.HEADER_SIZE] + b"N",  # cut
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N", 0, {}, bytes(16))),
+    wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N", 0, {}, uuid.UUID(int=5).bytes)),
     wire.encode(wire.Frame(wire.MSG_PING, 1, 65535, b"ping")),
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N"))[:-1],
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N")) + b"P",
@@ -151,11 +155,12 @@ def test_receive_result_leaves_pings_pipelining_and_buffered_bytes_to_the_genera
     b"PYRO\x01\xf7" + wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N"))[6:],
     bytes(wire.HEADER_SIZE),
 ])
-def test_bare_header_agrees_with_the_reader(data):
-    """bare_header says yes exactly when the reader gives one whole frame without annotations for all of
-    `data`, and then the same fields; it never consumes anything."""
+def test_bare_head_agrees_with_the_reader(data, seq):
+    """bare_head says yes exactly when the reader gives one whole frame of that seq without annotations
+    or flags for all of `data` (the tag and version then being right), and then its first 8 bytes; it never
+    consumes anything."""
     probe = wire.FrameReader(1 << 20)
-    header = probe.bare_header(data)
+    head = probe.bare_head(data, seq)
     assert probe.buffered == 0
     reader = wire.FrameReader(1 << 20)
     try:
@@ -163,21 +168,29 @@ def test_bare_header_agrees_with_the_reader(data):
         frame = reader.next_frame()
     except errors.ProtocolError:
         frame = None
-    whole = frame is not None and reader.buffered == 0 and not frame.annotations
-    assert (header is not None) is whole
-    if header is not None:
-        corr_flag = wire.FLAG_CORR_ID if frame.correlation_id else 0
-        assert header[:4] == (frame.type, frame.serializer_id, frame.flags | corr_flag, frame.seq)
+    usual = (frame is not None and reader.buffered == 0 and not frame.annotations and frame.seq == seq
+             and not frame.flags and not frame.correlation_id)
+    if head is not None and not usual:  # the caller tells by the head: only good tags and versions may pass
+        assert head[:6] != b"PYRO\x01\xf6"
+    else:
+        assert (head is not None) is usual
+    if usual:
+        assert head == wire.TAG + b"\x01\xf6" + bytes((frame.type, frame.serializer_id))
         assert data[wire.HEADER_SIZE:] == frame.payload
 
 
-def test_bare_header_keeps_the_size_limit_and_large_frames_out():
+def test_bare_head_keeps_the_size_limit_and_large_frames_out():
     data = wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N" * 100))
-    assert wire.FrameReader(1 << 20).bare_header(data) is not None
-    assert wire.FrameReader(99).bare_header(data) is None  # above MAX_MESSAGE_SIZE: next_frame says so
+    assert wire.FrameReader(1 << 20).bare_head(data, 1) is not None
+    assert wire.FrameReader(1 << 20).bare_head(data, 2) is None  # another call's reply
+    assert wire.FrameReader(1 << 20).bare_head(data, -1) is None  # no call waiting
+    assert wire.FrameReader(99).bare_head(data, 1) is None  # above MAX_MESSAGE_SIZE: next_frame says so
     big = wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N" * wire.LARGE_FRAME))
-    assert wire.FrameReader(1 << 30).bare_header(big) is None
-    assert wire.FrameReader(1 << 20).bare_header(bytearray(data)) is None  # bytes only (slices stay bytes)
+    assert wire.FrameReader(1 << 30).bare_head(big, 1) is None
+    assert wire.FrameReader(1 << 20).bare_head(bytearray(data), 1) is None  # bytes only (slices stay bytes)
+    buffered = wire.FrameReader(1 << 20)
+    buffered.feed(data[:3])
+    assert buffered.bare_head(data, 1) is None  # bytes before it: the reader's
 
 
 @pytest.mark.parametrize("serializer", SERIALIZERS)

@@ -29,6 +29,8 @@ _ANNOTATION = struct.Struct("!4sI")
 # a header as FrameReader.bare_head reads it: (tag, version, type and serializer id as 8 bytes,
 # flags << 16 | seq, payload size, annotations size, magic); the correlation id and checksum unread
 _BARE = struct.Struct("!8sIII16x2xH")
+# the header's fields but tag, version, correlation id and checksum (FrameReader.bare_header)
+_BARE_FIELDS = struct.Struct("!6xBBHHII16x2xH")
 ZERO_ID = bytes(16)
 _U32 = struct.Struct("!I")
 # a frame at least this big is read into a buffer of its own (FrameReader.receive_buffer, filled with
@@ -325,6 +327,20 @@ class FrameReader:
         if self._header is None:
             return max(1, HEADER_SIZE - len(self._buf))
         return max(0, HEADER_SIZE + self._header[6] + self._header[7] - len(self._buf))
+
+    def bare_header(self, data: bytes) -> tuple | None:
+        """(type, serializer id, flags, seq, payload size, 0, MAGIC) of `data` when it is exactly one whole
+        frame without annotations, below LARGE_FRAME, with nothing buffered before it: its payload is
+        data[HEADER_SIZE:] (the flags say whether it is compressed). None: it is not (or not valid); the
+        reader took nothing either way: feed() it then, and next_frame() says what is wrong."""
+        if (self._buf or self._body is not None or data.__class__ is not bytes
+                or not HEADER_SIZE <= len(data) < LARGE_FRAME or not data.startswith(_GOOD_PREFIX)):
+            return None
+        header = _BARE_FIELDS.unpack_from(data)
+        if (header[5] or HEADER_SIZE + header[4] != len(data) or header[6] != MAGIC
+                or header[4] > self.max_size or header[0] not in MESSAGE_TYPES):
+            return None
+        return header
 
     def bare_head(self, data: bytes, seq: int) -> bytes | None:
         """data[:8] (tag, version, type, serializer id: the caller checks them) when `data` is exactly one

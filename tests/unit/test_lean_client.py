@@ -139,8 +139,8 @@ def test_receive_result_leaves_pings_pipelining_and_buffered_bytes_to_the_genera
     assert client.reply_value(client.next_event()) == 1
 
 
-@pytest.mark.parametrize("seq", [1, 2, 65535])
-@pytest.mark.parametrize("data", [
+# frames and near-frames for bare_head and bare_header
+FRAMES = [
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N")),
     wire.encode(wire.Frame(wire.MSG_RESULT, 1, 2, b"N" * 1000)),
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N" * 1000, wire.FLAG_EXCEPTION)),
@@ -154,7 +154,22 @@ def test_receive_result_leaves_pings_pipelining_and_buffered_bytes_to_the_genera
     wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N"))[:38] + b"\x00\x00" + b"N",
     b"PYRO\x01\xf7" + wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N"))[6:],
     bytes(wire.HEADER_SIZE),
-])
+]
+
+
+def read_whole(data):
+    """The frame the reader gives for all of `data` (None: none, or bytes left over, or not valid)."""
+    reader = wire.FrameReader(1 << 20)
+    try:
+        reader.feed(data)
+        frame = reader.next_frame()
+    except errors.ProtocolError:
+        return None
+    return frame if reader.buffered == 0 else None
+
+
+@pytest.mark.parametrize("seq", [1, 2, 65535])
+@pytest.mark.parametrize("data", FRAMES)
 def test_bare_head_agrees_with_the_reader(data, seq):
     """bare_head says yes exactly when the reader gives one whole frame of that seq without annotations
     or flags for all of `data` (the tag and version then being right), and then its first 8 bytes; it never
@@ -162,13 +177,8 @@ def test_bare_head_agrees_with_the_reader(data, seq):
     probe = wire.FrameReader(1 << 20)
     head = probe.bare_head(data, seq)
     assert probe.buffered == 0
-    reader = wire.FrameReader(1 << 20)
-    try:
-        reader.feed(data)
-        frame = reader.next_frame()
-    except errors.ProtocolError:
-        frame = None
-    usual = (frame is not None and reader.buffered == 0 and not frame.annotations and frame.seq == seq
+    frame = read_whole(data)
+    usual = (frame is not None and not frame.annotations and frame.seq == seq
              and not frame.flags and not frame.correlation_id)
     if head is not None and not usual:  # the caller tells by the head: only good tags and versions may pass
         assert head[:6] != b"PYRO\x01\xf6"
@@ -191,6 +201,31 @@ def test_bare_head_keeps_the_size_limit_and_large_frames_out():
     buffered = wire.FrameReader(1 << 20)
     buffered.feed(data[:3])
     assert buffered.bare_head(data, 1) is None  # bytes before it: the reader's
+
+
+@pytest.mark.parametrize("data", FRAMES)
+def test_bare_header_agrees_with_the_reader(data):
+    """bare_header says yes exactly when the reader gives one whole frame without annotations for all of
+    `data`, and then the same fields; it never consumes anything."""
+    probe = wire.FrameReader(1 << 20)
+    header = probe.bare_header(data)
+    assert probe.buffered == 0
+    frame = read_whole(data)
+    whole = frame is not None and not frame.annotations
+    assert (header is not None) is whole
+    if header is not None:
+        corr_flag = wire.FLAG_CORR_ID if frame.correlation_id else 0
+        assert header[:4] == (frame.type, frame.serializer_id, frame.flags | corr_flag, frame.seq)
+        assert data[wire.HEADER_SIZE:] == frame.payload
+
+
+def test_bare_header_keeps_the_size_limit_and_large_frames_out():
+    data = wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N" * 100))
+    assert wire.FrameReader(1 << 20).bare_header(data) is not None
+    assert wire.FrameReader(99).bare_header(data) is None  # above MAX_MESSAGE_SIZE: next_frame says so
+    big = wire.encode(wire.Frame(wire.MSG_RESULT, 77, 1, b"N" * wire.LARGE_FRAME))
+    assert wire.FrameReader(1 << 30).bare_header(big) is None
+    assert wire.FrameReader(1 << 20).bare_header(bytearray(data)) is None  # bytes only (slices stay bytes)
 
 
 @pytest.mark.parametrize("serializer", SERIALIZERS)

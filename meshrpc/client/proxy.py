@@ -538,7 +538,9 @@ class Proxy:
                 and cls._pyroAnnotations is _DEFAULT_ANNOTATIONS
                 and attrs["_pyroSettings"].MAX_MESSAGE_SIZE == conn.protocol.max_size):
             # the lean lane (most calls): connected, a plain two-way call with nothing to annotate and
-            # no correlation id; what __request does, less the checks that cannot apply
+            # no correlation id; what __request does, less the checks that cannot apply. The peer check
+            # stays on every call, also right after an answer: a daemon may drop a connection at once
+            # (test_idle_check), and only the check turns that into a safe retry
             if conn.peer_closed():
                 raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
                                    suspect=False)

@@ -111,6 +111,33 @@ def connect(host: str | None, port: int, sockname: str | None, timeout: float | 
     return sock
 
 
+def peer_closed_check(sock: Any) -> Callable[[], bool]:
+    """() -> whether the peer closed the connection of `sock`, asked of an idle connection (nothing due
+    to be read) before a call is sent on it, by both proxies. Plain TCP: the kernel's TCP state (the
+    first byte of Linux's TCP_INFO), which keeps the GIL (poll lets go of it: with many client threads,
+    a hand-over to another thread per call); otherwise (Unix sockets; TLS, whose close_notify is data)
+    whether the socket is readable. An error while asking counts as closed."""
+    if hasattr(socket, "TCP_INFO") and not hasattr(sock, "pending") and sock.family in (socket.AF_INET,
+                                                                                         socket.AF_INET6):
+        tcp_state = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+
+        def closed() -> bool:
+            try:
+                return tcp_state() != _TCP_ESTABLISHED
+            except OSError:
+                return True
+        return closed
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+
+    def readable() -> bool:
+        try:
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+    return readable
+
+
 def limit_receive_time(sock: socket.socket, seconds: float) -> bool:
     """A blocking read on `sock` that gets no data for `seconds` fails with EAGAIN (SO_RCVTIMEO), which
     FramedConnection.fill_within reports as "nothing came". True when set."""
@@ -181,24 +208,12 @@ class FramedConnection:
         self.last_active = time.monotonic()
         # a plain socket that never spins: a reply is read with one recv, no gate, no waiters' count
         self._plain_reads = self.tls is None and not self.spin_wait
-        # a plain TCP connection's liveness is its TCP state (peer_closed): the first byte of TCP_INFO
-        self._tcp_state: Callable[[], bytes] | None = None
-        if self.tls is None and hasattr(socket, "TCP_INFO") and sock.family in (socket.AF_INET, socket.AF_INET6):
-            self._tcp_state = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, 1)
-        # SO_RCVLOWAT now (plain TCP only; 0: not used): above 1 only during a read of a large frame's rest
-        self._low_water = 1 if self._tcp_state is not None and hasattr(socket, "SO_RCVLOWAT") else 0
-
-    def peer_closed(self) -> bool:
-        """Whether the peer closed this idle connection: a proxy asks before it sends a call on it. On
-        plain TCP the kernel's TCP state says it without letting go of the GIL (poll() lets go: with
-        many client threads, a hand-over to another thread per call); otherwise: readable when idle."""
-        tcp_state = self._tcp_state
-        if tcp_state is not None:
-            try:
-                return tcp_state() != _TCP_ESTABLISHED
-            except OSError:
-                return True
-        return bool(self.poller.poll(0))
+        # () -> whether the peer closed this idle connection: a proxy asks before every call it sends on it
+        # (an attribute, not a method: no Python frame more per call)
+        self.peer_closed: Callable[[], bool] = peer_closed_check(sock)
+        # SO_RCVLOWAT now (plain TCP only; 0: not used): above 1 only while the rest of a large frame comes
+        plain_tcp = self.tls is None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._low_water = 1 if plain_tcp and hasattr(socket, "SO_RCVLOWAT") else 0
 
     def send(self, frame: wire.Frame) -> None:
         self.send_parts(wire.encode_parts(frame, compress_min=self.compress_min, max_size=self.max_size))

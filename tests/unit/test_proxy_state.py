@@ -10,8 +10,9 @@ import threading
 from unittest import mock
 
 import pytest
+from support import wait_until
 
-from meshrpc import Proxy, current_context, expose
+from meshrpc import Proxy, current_context, errors, expose
 from meshrpc.wire.session import TAKE_EVENT, ClientSession
 
 WAIT = 10.0
@@ -141,3 +142,40 @@ def test_a_proxy_sends_without_the_connection_send_lock_or_clock(uri):
         conn.last_active = -1.0
         assert proxy.echo(2) == 2
         assert conn.last_active == -1.0
+
+
+def count_checks(conn) -> list[int]:
+    """[peer checks made] on `conn` from now on."""
+    seen = [0]
+    real = conn.peer_closed
+
+    def counted() -> bool:
+        seen[0] += 1
+        return real()
+    conn.peer_closed = counted
+    return seen
+
+
+def test_every_call_asks_whether_the_daemon_closed_the_connection(uri):
+    """Also right after an answer: a daemon may drop a connection at once (test_idle_check), and only the
+    check turns that into a safe retry."""
+    with Proxy(uri) as proxy:
+        proxy._pyroBind()
+        checks = count_checks(proxy._pyroConnection)
+        for value in range(5):
+            assert proxy.echo(value) == value
+        assert checks[0] == 5
+
+
+def test_a_daemon_that_went_away_after_its_answer_is_not_delivered_to(start_daemon):
+    """The daemon goes away after answering: the next call is not delivered there (checked), and nobody
+    serves it now: NotDeliveredError, not "maybe run"."""
+    first = start_daemon(host="127.0.0.1")
+    uri = first.register(Service(), "service")
+    with Proxy(uri) as proxy:
+        assert proxy.echo(1) == 1
+        conn = proxy._pyroConnection
+        first.stop()
+        wait_until(conn.peer_closed, timeout=WAIT, message="the daemon closing the connection")
+        with pytest.raises(errors.NotDeliveredError):
+            proxy.echo(2)  # unchecked, it would be a ReplyLostError

@@ -15,8 +15,6 @@ import contextlib
 import functools
 import logging
 import os
-import select
-import socket
 import time
 from typing import Any, AsyncIterator
 
@@ -28,7 +26,7 @@ from ..config import Settings, config as default_config
 from ..context import FRESH_ID, call_state, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError
 from ..resolve import watch_announcements
-from ..transport.sockets import _TCP_ESTABLISHED  # (the threaded proxy's peer_closed reads the same state)
+from ..transport.sockets import peer_closed_check  # (the threaded proxy's rule, one home)
 from ..uri import URI
 from ..wire import constants
 from ..wire import frame as wire
@@ -224,29 +222,6 @@ class _Connection(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
-
-
-def peer_closed_check(sock: Any) -> Any:
-    """() -> whether the peer closed the connection of `sock` (an idle one: nothing due to be read):
-    on TCP the kernel's TCP state (the first byte of TCP_INFO, as the threaded proxy asks), else
-    whether the socket is readable. None when neither can be asked."""
-    if hasattr(socket, "TCP_INFO") and sock.family in (socket.AF_INET, socket.AF_INET6):
-        state = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, 1)
-
-        def closed() -> bool:
-            try:
-                return state() != _TCP_ESTABLISHED
-            except OSError:
-                return True
-        return closed
-    fd = sock.fileno()
-
-    def readable() -> bool:
-        try:
-            return bool(select.select([fd], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True
-    return readable
 
 
 def _closed(reason: BaseException) -> BaseException:

@@ -389,7 +389,8 @@ class ConnectionServer:
         # the lane: a blocking read's bytes, with nothing buffered, go to the session's receive_request
         # first, and the usual request is answered without a Frame (_take). LOGWIRE: every request goes
         # the general way, which logs it
-        lane, receive_within, take = timed_reads and not self._logwire, conn.receive_within, self._take
+        lane = timed_reads and conn.tls is None and not self._logwire  # (timed reads are plain TCP's already)
+        receive_within, take = conn.receive_within, self._take
         taken = False  # the last read was a request the lane answered: nothing is buffered
         try:
             while True:
@@ -465,7 +466,7 @@ class ConnectionServer:
             if self.daemon._reply_annotations is not None:
                 annotations = {**annotations, **self.daemon._reply_annotations()}
             if not flags and not annotations:  # the common case: no Frame, a scalar built by the session
-                conn.send_reply(protocol.bare_result(result))
+                conn.send_unlocked(protocol.bare_result(result))  # send_reply's choice: the lane is plain TCP only
             else:
                 self._reply(conn, protocol.bare_frame(), flags, result, annotations)
             return True

@@ -527,7 +527,7 @@ class Counts:
 
 
 FULL = Counts(small_calls=5000, small_warmup=200, raw_msg_size=100, batch_size=1000, batch_repeats=5,
-              oneway_calls=10000, connect_ops=200, large_bytes=10 * 1024 * 1024, large_repeats=5,
+              oneway_calls=10000, connect_ops=200, large_bytes=10 * 1024 * 1024, large_repeats=20,
               stream_total=50 * 1024 * 1024, stream_chunk=1024 * 1024, threads=100, duration=3.0,
               discovery_ops=5)
 QUICK = Counts(small_calls=50, small_warmup=5, raw_msg_size=100, batch_size=20, batch_repeats=2,

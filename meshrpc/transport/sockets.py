@@ -236,7 +236,8 @@ class FramedConnection:
 
     def send_request(self, parts: list) -> None:
         """send_parts for a proxy: its own lock already serializes everything sent on its connection, and
-        nothing on the client side reads last_active, so neither the send lock nor the clock is taken."""
+        nothing on the client side reads last_active, so neither the send lock nor the clock is taken.
+        The sending itself, for send_unlocked too."""
         try:
             for part in parts:
                 self._sendall(part)
@@ -248,14 +249,8 @@ class FramedConnection:
     def send_unlocked(self, parts: list) -> None:
         """send_parts without the send lock, for a caller that is the only one writing to this plain
         connection (a daemon's worker answering the request it holds)."""
-        try:
-            for part in parts:
-                self._sendall(part)
-            self.last_active = time.monotonic()
-        except socket.timeout:
-            raise TimeoutError("sending timed out") from None
-        except OSError as exc:
-            raise ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
+        self.send_request(parts)
+        self.last_active = time.monotonic()  # (only once all of it went)
 
     def next_event(self) -> Any:
         """The protocol session's next event, reading (and blocking, within the socket's timeout)

@@ -477,6 +477,19 @@ class _MarshalForm(Serializer):
 
     plain_only = False  # marshal_check's plain_only: only the type codes wire.plain writes
 
+    def loads(self, data: bytes, oob: list | None = None) -> Any:
+        if data.__class__ is not bytes:  # bytes(data) of bytes is data itself, found the slow way
+            data = bytes(data)
+        try:
+            # marshal trusts declared sizes: never let a peer choose them (plain_only: plain type codes only)
+            marshal_check.check(data, self.plain_only)
+            value = marshal.loads(data)
+        except Exception as exc:
+            raise self._decode_error(exc) from None
+        if type(value) in _SCALAR_TYPES:  # _recreate's first test, inline: most results are scalars
+            return value
+        return _recreate(value, data)  # a plain dict may still hold a "__class__" key, as with serpent
+
     def loads_call(self, data: bytes, oob: list | None = None, prefixes: Any = None) -> tuple[str, str, tuple, dict]:
         # loads() and the base class's shape test in one step: every request of the usual form
         if data.__class__ is not bytes:
@@ -510,17 +523,6 @@ class SerpentBinary(_MarshalForm):
             raise SerializeError("only plain values have a binary serpent form; send them as serpent")
         return data
 
-    def loads(self, data: bytes, oob: list | None = None) -> Any:
-        if data.__class__ is not bytes:  # bytes(data) of bytes is data itself, found the slow way
-            data = bytes(data)
-        try:
-            marshal_check.check(data, True)  # sizes that fit, plain type codes only
-            value = marshal.loads(data)
-        except Exception as exc:
-            raise self._decode_error(exc) from None
-        if type(value) in _SCALAR_TYPES:  # _recreate's first test, inline: most results are scalars
-            return value
-        return _recreate(value, data)  # a plain dict may still hold a "__class__" key, as with serpent
 
 
 _MARSHAL_TYPES = (str, int, float, type(None), bool, complex, bytes, bytearray)
@@ -566,17 +568,6 @@ class MarshalSerializer(_MarshalForm):
             return obj.tounicode() if obj.typecode == "u" else obj.tolist()
         return self._convert(object_to_dict(obj))
 
-    def loads(self, data: bytes, oob: list | None = None) -> Any:
-        if data.__class__ is not bytes:  # bytes(data) of bytes is data itself, found the slow way
-            data = bytes(data)
-        try:
-            marshal_check.check(data)  # marshal trusts declared sizes: never let a peer choose them
-            value = marshal.loads(data)
-        except Exception as exc:
-            raise self._decode_error(exc) from None
-        if type(value) in _SCALAR_TYPES:  # _recreate's first test, inline
-            return value
-        return _recreate(value, data)
 
 
 def _json_default(obj: Any) -> Any:

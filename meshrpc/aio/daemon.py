@@ -29,6 +29,7 @@ from typing import Any
 from .. import errors
 from ..context import call_state, current_context
 from ..errors import DaemonError, ProtocolError, SerializeError
+from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..server import daemon as threaded
 from ..wire import constants
 from ..wire import frame as wire
@@ -40,8 +41,6 @@ from .spin import LoopSpin
 
 log = logging.getLogger("meshrpc.aio")
 
-HOUSEKEEPING_INTERVAL = threaded.HOUSEKEEPING_INTERVAL
-SHUTDOWN_GRACE = threaded.SHUTDOWN_GRACE
 NONBLOCKING_MARK = "_meshrpcNonblocking"
 _AWAITED, _ON_LOOP, _IN_EXECUTOR = "awaited", "on the loop", "in the executor"  # where a method runs
 _FRAME, _INVOKE = wire.Frame, wire.MSG_INVOKE
@@ -541,7 +540,7 @@ class Daemon(threaded.Daemon):
             await asyncio.wait_for(asyncio.shield(goodbyes), max(0.0, deadline - loop.time()))
         except (asyncio.TimeoutError, TimeoutError):
             log.warning("mesh goodbyes still going out after %.1f s", SHUTDOWN_GRACE)
-        await asyncio.sleep(threaded.SHUTDOWN_DRAIN_MIN)  # requests already on the way get "not run"
+        await asyncio.sleep(SHUTDOWN_DRAIN_MIN)  # requests already on the way get "not run"
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         for conn in list(self._aio_connections):

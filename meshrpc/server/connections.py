@@ -28,6 +28,7 @@ from .. import errors
 from ..config import Settings
 from ..context import call_state, current_context
 from ..errors import ProtocolError, SerializeError
+from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..transport.sockets import FramedConnection, limit_receive_time, limit_send_time
 from ..transport.spin import SpinGate
 from ..wire import frame as wire
@@ -41,11 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshrpc.server")
 
-HOUSEKEEPING_INTERVAL = 1.0  # seconds between stream expiry sweeps
-SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may have asked for the shutdown)
-# seconds a stopping request loop answers late requests at least (some are on the way), counted from the
-# stop and from the last answer of a call in progress (its client may call again at once)
-SHUTDOWN_DRAIN_MIN = 0.05
 _SPECIAL_REPLY = wire.FLAG_ITEMSTREAMRESULT | wire.FLAG_EXCEPTION  # reply flags that need another answer
 _ONEWAY, _ITEMSTREAMRESULT, _INVOKE = wire.FLAG_ONEWAY, wire.FLAG_ITEMSTREAMRESULT, wire.MSG_INVOKE
 

@@ -28,8 +28,8 @@ from ..wire.constants import DAEMON_OBJECT_ID
 from ..wire.serializers import WIRE_CLASSES
 from .hooks import Announcers, locate_name_server, make_proxy
 from .signals import DEFAULT_SIGNALS, stop_on_signals
-from .connections import (HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE,  # noqa: F401 (re-exported)
-                          ClientConnection, ConnectionServer)
+from ..limits import SHUTDOWN_GRACE
+from .connections import ClientConnection, ConnectionServer
 from .decorators import Registration, expose, oneway
 from .dispatch import Dispatcher
 from .streams import StreamTable

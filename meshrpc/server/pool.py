@@ -8,9 +8,10 @@ import queue
 import threading
 from typing import Any, Callable
 
+from ..limits import IDLE_WORKER_EXIT
+
 log = logging.getLogger("meshrpc.server")
 
-IDLE_WORKER_EXIT = 60.0  # seconds an idle worker thread waits before it ends
 
 
 class WorkerPool:

@@ -343,7 +343,11 @@ class ConnectionServer:
                     log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
                              conn.addr, handshake)
                     _abort(conn)
-            elif conn in parked and now - conn.last_active > idle:
+            elif (conn in parked and now - conn.last_active > idle and not _readable(conn.sock)
+                    and conn.sock in self._parked):
+                # readable: a request came before the selector handed it on (a busy machine); closing
+                # would lose it and tell its client "may have run". Asked in this order, a request the
+                # selector takes meanwhile was readable or is no longer parked.
                 log.debug("closing connection from %s: idle for IDLE_TIMEOUT (%g s)", conn.addr, idle)
                 _abort(conn)
 
@@ -740,6 +744,17 @@ def _abort(conn: ClientConnection) -> None:
         socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the socket itself, not the SSL layer
     except OSError:
         pass
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether bytes (or the peer's close) wait in `sock`. A poll object of its own: a worker may be
+    polling the connection's, and two poll() calls on one object at once raise RuntimeError."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 
 def _reaper_loop(server_ref: "weakref.ref[ConnectionServer]", stop: threading.Event, interval: float) -> None:

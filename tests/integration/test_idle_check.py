@@ -88,3 +88,53 @@ def test_a_connection_dropped_right_after_its_answer_is_replaced_before_the_next
         wait_until(lambda: bool(first.poller.poll(0)), timeout=10.0, message="the close reached the proxy")
         assert proxy.count() == 2  # checked although it answered a moment ago: replaced, not lost
         assert proxy._pyroConnection is not first and counter.counted == 2
+
+
+def test_the_idle_reaper_leaves_a_connection_whose_request_has_arrived(start_daemon: Any) -> None:
+    """A parked connection past IDLE_TIMEOUT whose next request is already in its socket (the selector
+    has not handed it to a worker yet: a busy machine) is not closed: the call is served once, and the
+    client never hears "may have run" for a call that did not run. The selector is driven by hand
+    (daemon.sockets/events) so that the request can wait in the socket while the reaper looks."""
+    import select
+
+    daemon = meshrpc.Daemon(settings=settings(IDLE_TIMEOUT=30.0))  # the test ages the connection itself
+    server = daemon._connection_server
+    counter = Counter()
+    uri = daemon.register(counter, "counter")
+    try:
+        def serve_until(condition: Any) -> None:
+            deadline = time.monotonic() + 20.0
+            while not condition():
+                assert time.monotonic() < deadline, "the daemon did not get there in 20 s"
+                readable, _, _ = select.select(daemon.sockets, [], [], 0.02)
+                daemon.events(readable)
+
+        outcomes: list[Any] = []
+
+        def call() -> None:
+            try:
+                outcomes.append(proxy.count())
+            except Exception as exc:  # the outcome the test looks at
+                outcomes.append(exc)
+
+        with meshrpc.Proxy(uri, settings=settings()) as proxy:
+            caller = threading.Thread(target=call)
+            caller.start()
+            serve_until(lambda: outcomes and server._parked)
+            caller.join(10.0)
+            assert outcomes == [1]
+            (conn,) = server._parked.values()
+
+            caller = threading.Thread(target=call)  # the second request waits in the socket: nobody selects
+            caller.start()
+            arrived = select.poll()
+            arrived.register(conn.sock, select.POLLIN)
+            wait_until(lambda: arrived.poll(0), timeout=10.0, message="the request in the daemon's socket")
+            conn.last_active = time.monotonic() - 60.0  # past IDLE_TIMEOUT, as after a long quiet spell
+            server._reap()
+            serve_until(lambda: len(outcomes) == 2)
+            caller.join(10.0)
+        assert outcomes == [1, 2], outcomes
+        assert counter.counted == 2
+    finally:
+        daemon.close()

@@ -13,7 +13,6 @@ from ..limits import IDLE_WORKER_EXIT
 log = logging.getLogger("meshrpc.server")
 
 
-
 class WorkerPool:
     def __init__(self, max_workers: int, name: str = "meshrpc-worker") -> None:
         self.max_workers = max(1, max_workers)
@@ -25,8 +24,11 @@ class WorkerPool:
         self._starting = 0  # threads started for queued tasks that have not taken one yet
         self._threads: set[threading.Thread] = set()
         self._closed = False
-        # backlog() > 0 and roomy(), kept up to date under the lock: a worker reads them after every
-        # request, as plain attributes (no call)
+        # kept up to date under the lock by _recount(): a worker reads them after every request, as
+        # plain attributes (no call). backlogged: tasks wait that no worker (running, or starting for
+        # them) will take soon. has_room: at most half the workers started, so a task submitted now
+        # gets a thread of its own and a lingering worker need not watch the backlog signal (one
+        # blocking read instead of poll + read).
         self.backlogged = False
         self.has_room = True
         # readable while tasks wait for a worker: lingering workers poll it next to their socket, so
@@ -58,15 +60,6 @@ class WorkerPool:
                 except OSError:
                     pass
         self._tasks.put((fn, args))
-
-    def backlog(self) -> int:
-        """Tasks submitted that no worker (running, or starting for them) will take soon."""
-        return max(0, self._queued - self._idle - self._starting)
-
-    def roomy(self) -> bool:
-        """At most half the workers started: a task submitted now gets a thread of its own, so a
-        lingering worker need not watch the backlog signal (one blocking read instead of poll + read)."""
-        return len(self._threads) * 2 <= self.max_workers
 
     def _recount(self) -> None:  # with the lock held, after any change of the counts or the threads
         self.backlogged = self._queued > self._idle + self._starting

@@ -125,13 +125,13 @@ class ConnectionServer:
         self._loop_done = threading.Event()
         self._loop_done.set()
         self._next_housekeeping = 0.0
-        self._calls_lock = threading.Lock()  # for _serving
         # one entry per call in progress: append and pop are atomic, so no lock per call. A worker adds
         # its call before it looks at the stop flag, and the stop is set before the drain counts: every
         # call let in is counted (the flag and the count are read and written in that order, under the GIL)
         self._active_calls: collections.deque[None] = collections.deque()
         self._answered_while_stopping = 0.0  # monotonic time a call in progress at the stop answered
         self._serving = 0  # workers serving a connection now: spinning pays only for a lone one
+        self._serving_lock = threading.Lock()  # += on an attribute is not atomic across threads
         self._server_spin = settings.SERVER_SPIN and settings.SPIN_WAIT > 0  # off: not even the gate is asked
         self._logwire = settings.LOGWIRE
         # --- security: the plaintext warning, and the thread that enforces HANDSHAKE_TIMEOUT/IDLE_TIMEOUT
@@ -373,12 +373,12 @@ class ConnectionServer:
         linger_ms = self.settings.WORKER_LINGER * 1000
         protocol = conn.protocol
         pool = self._pool
-        with self._calls_lock:
+        with self._serving_lock:
             self._serving += 1
         try:
             self._serve_requests(conn, protocol, pool, linger_ms)
         finally:
-            with self._calls_lock:
+            with self._serving_lock:
                 self._serving -= 1
 
     def _serve_requests(self, conn: ClientConnection, protocol: ServerSession, pool: WorkerPool,

@@ -8,11 +8,10 @@ from typing import Any
 
 from .config import Settings, config as default_config
 from .errors import NamingError
+from .limits import NAME_WAIT_PAUSE
 from .naming.constants import DAEMON_NAME, NAMESERVER_NAME
 from .uri import URI
 from .wire.serializers import ExceptionWrapper as _ExceptionWrapper  # noqa: F401 - Pyro5 programs use it in batches
-
-RESOLVE_RETRY_PAUSE = 0.1  # seconds between lookups while resolve() waits for a name (delay_time)
 
 
 def resolve(uri: str | URI, delay_time: float = 0.0, settings: Settings | None = None) -> URI:
@@ -30,9 +29,9 @@ def resolve(uri: str | URI, delay_time: float = 0.0, settings: Settings | None =
         try:
             return resolve_uri(uri, settings)
         except NamingError:
-            if time.monotonic() + RESOLVE_RETRY_PAUSE > deadline:
+            if time.monotonic() + NAME_WAIT_PAUSE > deadline:
                 raise
-        time.sleep(RESOLVE_RETRY_PAUSE)
+        time.sleep(NAME_WAIT_PAUSE)
 
 
 def locate_ns(host: Any = "", port: int | None = None, broadcast: bool = True,

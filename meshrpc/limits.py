@@ -17,3 +17,11 @@ SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may 
 # stop and from the last answer of a call in progress (its client may call again at once)
 SHUTDOWN_DRAIN_MIN = 0.05
 IDLE_WORKER_EXIT = 60.0  # seconds an idle worker thread waits before it ends: rare bursts keep their threads
+
+# --- proxies and name lookups (client/, aio/, core.py, nameserver.py)
+RECONNECT_PAUSE = 2.0  # seconds between attempts of _pyroReconnect: Pyro5's pace, which its programs expect
+MIN_ATTEMPT = 0.05  # seconds: an attempt at the very end of the recovery budget still gets a chance
+# seconds between lookups while resolve(), lookup() or yplookup() wait for a name (Pyro5's delay_time):
+# short against a person waiting, long against a name server answering other clients
+NAME_WAIT_PAUSE = 0.1
+REGISTRY_RECHECK = 0.5  # seconds: aio resolve asks the registry again at least this often (belt and braces)

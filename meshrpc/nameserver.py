@@ -13,11 +13,11 @@ from typing import Any
 from . import naming
 from .config import Settings, config as default_config
 from .errors import NamingError
+from .limits import NAME_WAIT_PAUSE
 from .naming import AutoCleaner, BroadcastServer, MemoryStorage, NameServer, NameServerDaemon, SqliteStorage
 from .uri import URI
 
 SqlStorage = SqliteStorage  # Pyro5's name (meshrpc's sqlite file has its own format)
-LOOKUP_RETRY_PAUSE = 0.1  # seconds between lookups while lookup()/yplookup() wait (delay_time)
 
 
 def _settings_for(bchost: Any, settings: Settings | None) -> Settings:
@@ -80,9 +80,9 @@ def _retrying(ask: Any, delay_time: float) -> Any:
         try:
             return ask()
         except NamingError:
-            if time.monotonic() + LOOKUP_RETRY_PAUSE > deadline:
+            if time.monotonic() + NAME_WAIT_PAUSE > deadline:
                 raise
-        time.sleep(LOOKUP_RETRY_PAUSE)
+        time.sleep(NAME_WAIT_PAUSE)
 
 
 __all__ = ["AutoCleaner", "BroadcastServer", "MemoryStorage", "NameServer", "NameServerDaemon", "SqlStorage",

@@ -25,6 +25,7 @@ from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_time
 from ..config import Settings, config as default_config
 from ..context import FRESH_ID, call_state, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError
+from ..limits import RECONNECT_PAUSE
 from ..resolve import watch_announcements
 from ..transport.sockets import peer_closed_check  # (the threaded proxy's rule, one home)
 from ..uri import URI
@@ -401,7 +402,6 @@ class Proxy:
             log.debug("released connection to %s", self._pyroUri)
 
     async def _pyroReconnect(self, tries: int = 100000000) -> None:
-        from ..client.proxy import RECONNECT_PAUSE
         await self._pyroRelease()
         for attempt in range(tries):
             try:

@@ -17,9 +17,8 @@ from typing import Any, Callable
 from .. import resolve as sync_resolve
 from ..config import Settings
 from ..errors import NamingError
+from ..limits import REGISTRY_RECHECK
 from ..uri import URI
-
-_RECHECK = 0.5  # seconds: the registry is asked again at least this often while waiting (belt and braces)
 
 
 async def resolve_with_source(uri: URI, settings: Settings, *, sources: tuple[str, ...] | None = None,
@@ -92,7 +91,7 @@ async def _wait_for(registry: Any, pick: Callable[[], Any], timeout: float) -> A
                 return entry
             changed.clear()
             try:
-                await asyncio.wait_for(changed.wait(), min(remaining, _RECHECK))
+                await asyncio.wait_for(changed.wait(), min(remaining, REGISTRY_RECHECK))
             except (asyncio.TimeoutError, TimeoutError):
                 pass
     finally:

@@ -12,6 +12,7 @@ from .. import errors
 from ..config import Settings, config as default_config
 from ..context import FRESH_ID, call_state, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError
+from ..limits import RECONNECT_PAUSE
 from ..loopcheck import refuse_in_running_loop
 from ..transport.sockets import FramedConnection, connect
 from ..transport.spin import SpinGate
@@ -24,7 +25,6 @@ from .recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
 
 log = logging.getLogger("meshrpc.client")
 
-RECONNECT_PAUSE = 2.0  # seconds between attempts of _pyroReconnect (Pyro5's pace)
 
 # names that live on the proxy itself, never forwarded to the remote object
 _LOCAL_ATTRS = frozenset({

@@ -16,6 +16,7 @@ from typing import Callable
 from .. import errors
 from ..config import Settings
 from ..errors import CommunicationError, ConnectionClosedError
+from ..limits import MIN_ATTEMPT
 from ..uri import URI
 from ..wire.constants import BATCH_METHOD  # a batch is never re-sent as a whole
 
@@ -127,9 +128,6 @@ class Rebind:
         finally:
             self.woken = None
             self.news = False
-
-
-MIN_ATTEMPT = 0.05  # seconds: an attempt at the very end of the budget still gets a chance
 
 
 def _at_least(seconds: float) -> float:

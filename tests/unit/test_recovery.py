@@ -8,7 +8,8 @@ import time
 import pytest
 
 from meshrpc import errors
-from meshrpc.client.recovery import MIN_ATTEMPT, NotDelivered, Recovery, connect_timeouts
+from meshrpc.client.recovery import NotDelivered, Recovery, connect_timeouts
+from meshrpc.limits import MIN_ATTEMPT
 from meshrpc.config import Settings
 from meshrpc.uri import URI
 

@@ -9,7 +9,7 @@ from typing import Any
 from .config import Settings, config as default_config
 from .errors import NamingError
 from .limits import NAME_WAIT_PAUSE
-from .naming.constants import DAEMON_NAME, NAMESERVER_NAME
+from .wire.constants import DAEMON_OBJECT_ID as DAEMON_NAME, NAMESERVER_NAME  # Pyro5's names in core
 from .uri import URI
 from .wire.serializers import ExceptionWrapper as _ExceptionWrapper  # noqa: F401 - Pyro5 programs use it in batches
 

@@ -25,3 +25,29 @@ MIN_ATTEMPT = 0.05  # seconds: an attempt at the very end of the recovery budget
 # short against a person waiting, long against a name server answering other clients
 NAME_WAIT_PAUSE = 0.1
 REGISTRY_RECHECK = 0.5  # seconds: aio resolve asks the registry again at least this often (belt and braces)
+
+# --- the fallback name server (naming/, docs/nameserver.md)
+# input limits: a bad or hostile client gets an error, the name server stays small and responsive
+NS_MAX_NAME_LENGTH = 1024
+NS_MAX_URI_LENGTH = 2048
+NS_MAX_TAGS = 64
+NS_MAX_TAG_LENGTH = 256
+NS_MAX_TAGS_TOTAL = 4096  # characters of all tags of one entry together
+NS_MAX_ENTRIES = 100_000
+# regex filters (list/remove regex=...), saferegex.py: linear time, bounded memory
+MAX_REGEX_LENGTH = 256
+MAX_REGEX_STATES = 2000
+REGEX_TIME_BUDGET = 1.0  # seconds one list()/remove() may spend matching
+REGEX_DFA_STATES = 1000  # cached DFA states per compiled pattern (then the cache starts over)
+REGEX_DFA_TRANSITIONS = 256  # cached steps per DFA state (more are computed each time)
+SQLITE_BUSY_TIMEOUT_MS = 5000  # how long sqlite waits for another connection's lock before it fails
+# broadcast discovery: Pyro5's pace, so that mixed networks behave alike
+NS_BROADCAST_TRIES = 3
+NS_BROADCAST_INTERVAL = 0.7  # seconds to wait for a reply after each round of queries
+NS_BROADCAST_POLL = 1.0  # seconds the responder thread waits before checking whether it was closed
+# autoclean (its interval and misses are Settings: NS_AUTOCLEAN, NS_AUTOCLEAN_MISSES)
+NS_AUTOCLEAN_MIN = 0.05  # seconds: the shortest sweep interval accepted (a sweep must not run back to back)
+NS_AUTOCLEAN_PROBE_TIMEOUT = 2.0  # seconds one probe may take
+NS_AUTOCLEAN_CONCURRENCY = 8  # probes at once: a sweep of many daemons takes a few probe timeouts, not one each
+NS_RESOLVE_MAX_HOPS = 3  # a name may map to another PYRONAME/PYROMETA URI, this many times (no loops)
+NS_REGISTRAR_CLOSE_TIMEOUT = 2.0  # seconds a daemon's close() spends withdrawing its names at most

@@ -339,7 +339,7 @@ def run_remove(args: argparse.Namespace, out: Output) -> int:
     given = [x for x in (args.name, args.prefix, args.regex) if x is not None]
     if len(given) != 1:
         args.parser.error("give exactly one of NAME, --prefix or --regex")
-    from ..naming.constants import NAMESERVER_NAME  # here: importing naming costs `meshrpc --help` time
+    from ..wire.constants import NAMESERVER_NAME  # here: importing wire costs `meshrpc --help` time
     if args.name == NAMESERVER_NAME:
         args.parser.error(f"{NAMESERVER_NAME} is the name server's own entry; it cannot be removed")
     with locate(args, out) as ns:

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..config import config as default_config
 from ..uri import URI
 from .broadcast import BroadcastServer, broadcast_locate
-from .constants import NAMESERVER_NAME
+from ..wire.constants import NAMESERVER_NAME
 from .locate import forget_located, locate_ns, resolve_ns
 from .server import AutoCleaner, NameServer, NameServerDaemon
 from .storage import MemoryStorage, SqliteStorage, Storage, open_storage

@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from ..config import Settings
-from .constants import NAMESERVER_NAME
+from ..wire.constants import NAMESERVER_NAME
 from .server import NameServer
 
 log = logging.getLogger("meshrpc.naming")

@@ -20,7 +20,8 @@ from typing import Any, Self
 from ..errors import CommunicationError
 from ..mesh.net import ipv4_interface_infos
 from ..uri import URI
-from .constants import BROADCAST_INTERVAL, BROADCAST_MAX_DATAGRAM, BROADCAST_POLL, BROADCAST_REQUEST, BROADCAST_TRIES
+from ..wire.constants import NS_BROADCAST_MAX_DATAGRAM, NS_BROADCAST_REQUEST
+from ..limits import NS_BROADCAST_INTERVAL, NS_BROADCAST_POLL, NS_BROADCAST_TRIES
 
 log = logging.getLogger("meshrpc.naming")
 
@@ -191,12 +192,12 @@ class BroadcastServer:
                 continue
             while True:
                 try:
-                    data, addr = sock.recvfrom(BROADCAST_MAX_DATAGRAM)
+                    data, addr = sock.recvfrom(NS_BROADCAST_MAX_DATAGRAM)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
                     break  # e.g. an ICMP error of an earlier reply, or closed meanwhile
-                if data != BROADCAST_REQUEST or not self._answers(sock, addr[0]):
+                if data != NS_BROADCAST_REQUEST or not self._answers(sock, addr[0]):
                     continue
                 try:
                     sock.sendto(self.reply_for(addr[0]), addr)
@@ -222,7 +223,7 @@ class BroadcastServer:
     def _loop(self) -> None:
         while not self._closed:
             try:
-                readable, _, _ = select.select([*self.sockets, self._wake_r], [], [], BROADCAST_POLL)
+                readable, _, _ = select.select([*self.sockets, self._wake_r], [], [], NS_BROADCAST_POLL)
             except (OSError, ValueError):
                 break  # closed meanwhile
             if self._closed:
@@ -239,7 +240,7 @@ class BroadcastServer:
             pass
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(BROADCAST_POLL + 1)
+            thread.join(NS_BROADCAST_POLL + 1)
         for sock in self.sockets:
             sock.close()
         if self._poll is not None:
@@ -288,8 +289,8 @@ class BroadcastServer:
         return f"<meshrpc.naming.BroadcastServer {self.locationStr} -> {self.ns_uri}>"
 
 
-def broadcast_locate(host: str, port: int, tries: int = BROADCAST_TRIES,
-                     interval: float = BROADCAST_INTERVAL) -> URI | None:
+def broadcast_locate(host: str, port: int, tries: int = NS_BROADCAST_TRIES,
+                     interval: float = NS_BROADCAST_INTERVAL) -> URI | None:
     """Ask for a name server with GET_NSURI on the addresses of host (broadcast_targets), `tries`
     rounds `interval` seconds apart; the first valid answer, or None."""
     targets = broadcast_targets(host)
@@ -303,7 +304,7 @@ def broadcast_locate(host: str, port: int, tries: int = BROADCAST_TRIES,
             sent = 0
             for target in targets:
                 try:
-                    sock.sendto(BROADCAST_REQUEST, (target, port))
+                    sock.sendto(NS_BROADCAST_REQUEST, (target, port))
                     sent += 1
                 except OSError as exc:
                     log.debug("cannot send GET_NSURI to %s:%d: %s", target, port, exc)
@@ -313,7 +314,7 @@ def broadcast_locate(host: str, port: int, tries: int = BROADCAST_TRIES,
             while (remaining := deadline - time.monotonic()) > 0:
                 sock.settimeout(remaining)
                 try:
-                    data, addr = sock.recvfrom(BROADCAST_MAX_DATAGRAM * 20)
+                    data, addr = sock.recvfrom(NS_BROADCAST_MAX_DATAGRAM * 20)
                 except TimeoutError:
                     break
                 except OSError:

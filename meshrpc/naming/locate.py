@@ -14,7 +14,8 @@ from ..config import config as default_config
 from ..errors import CommunicationError, MeshError, NamingError
 from ..uri import URI
 from .broadcast import broadcast_locate
-from .constants import NAMESERVER_NAME, RESOLVE_MAX_HOPS
+from ..wire.constants import NAMESERVER_NAME
+from ..limits import NS_RESOLVE_MAX_HOPS
 
 log = logging.getLogger("meshrpc.naming")
 
@@ -131,7 +132,7 @@ def resolve_ns(uri: URI, settings: Settings) -> URI | None:
     when it has one, else locate_ns. None when the name (or tags) are unknown; NamingError when no
     name server answers."""
     uri = URI(uri)
-    for _ in range(RESOLVE_MAX_HOPS + 1):
+    for _ in range(NS_RESOLVE_MAX_HOPS + 1):
         if uri.is_direct:
             return uri
         found, ns_uri = _resolve_once(uri, settings)
@@ -141,7 +142,7 @@ def resolve_ns(uri: URI, settings: Settings) -> URI | None:
             # a logical name without a location, found in a name server: ask that same one next
             found = URI.from_parts(found.object, ns_uri.host, ns_uri.port, protocol=found.protocol)
         uri = found
-    raise NamingError(f"{uri}: more than {RESOLVE_MAX_HOPS} PYRONAME/PYROMETA hops; is there a loop?")
+    raise NamingError(f"{uri}: more than {NS_RESOLVE_MAX_HOPS} PYRONAME/PYROMETA hops; is there a loop?")
 
 
 def _resolve_once(uri: URI, settings: Settings) -> tuple[URI | None, URI]:

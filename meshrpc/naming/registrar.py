@@ -14,11 +14,10 @@ import threading
 
 from ..config import Settings
 from ..errors import MeshError
-from .constants import NAMESERVER_NAME
+from ..limits import NS_REGISTRAR_CLOSE_TIMEOUT
+from ..wire.constants import NAMESERVER_NAME
 
 log = logging.getLogger("meshrpc.naming")
-
-CLOSE_TIMEOUT = 2.0  # seconds close() spends withdrawing registrations at most
 
 
 class NameServerRegistrar:
@@ -55,13 +54,13 @@ class NameServerRegistrar:
             return dict(self._registered)
 
     def close(self) -> None:
-        """Withdraw everything (bounded by CLOSE_TIMEOUT) and stop."""
+        """Withdraw everything (bounded by NS_REGISTRAR_CLOSE_TIMEOUT) and stop."""
         with self._lock:
             self._withdrawn.update(self._registered)
             self._wanted.clear()
         self._stop.set()
         self._kick.set()
-        self._thread.join(CLOSE_TIMEOUT + 1)
+        self._thread.join(NS_REGISTRAR_CLOSE_TIMEOUT + 1)
 
     def _run(self) -> None:
         refresh = self.settings.NS_REGISTER_REFRESH
@@ -88,7 +87,7 @@ class NameServerRegistrar:
             withdrawn = dict(self._withdrawn)
         if not wanted and not withdrawn:
             return
-        settings = self.settings.copy(COMMTIMEOUT=self.settings.COMMTIMEOUT or CLOSE_TIMEOUT)
+        settings = self.settings.copy(COMMTIMEOUT=self.settings.COMMTIMEOUT or NS_REGISTRAR_CLOSE_TIMEOUT)
         with locate_ns(self.settings.NS_HOST, self.settings.NS_PORT, broadcast=False, settings=settings) as ns:
             for name, uri in withdrawn.items():
                 try:

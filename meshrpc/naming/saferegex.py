@@ -20,7 +20,7 @@ from re import _constants as C  # type: ignore[attr-defined]
 from re import _parser as P  # type: ignore[attr-defined]
 
 from ..errors import NamingError
-from .constants import MAX_REGEX_LENGTH, MAX_REGEX_STATES, REGEX_DFA_STATES, REGEX_DFA_TRANSITIONS, REGEX_TIME_BUDGET
+from ..limits import MAX_REGEX_LENGTH, MAX_REGEX_STATES, REGEX_DFA_STATES, REGEX_DFA_TRANSITIONS, REGEX_TIME_BUDGET
 
 _CHAR, _SPLIT, _ASSERT, _MATCH = range(4)
 _REFUSED = {

@@ -16,21 +16,17 @@ from ..errors import NamingError
 from ..server.daemon import Daemon
 from ..server.decorators import expose, idempotent
 from ..uri import URI
-from .constants import (
-    AUTOCLEAN_CONCURRENCY,
-    AUTOCLEAN_DEFAULT,
-    AUTOCLEAN_MIN,
-    AUTOCLEAN_MISSES_DEFAULT,
-    AUTOCLEAN_PROBE_TIMEOUT,
-    DAEMON_NAME,
-    MAX_ENTRIES,
-    MAX_NAME_LENGTH,
-    MAX_TAG_LENGTH,
-    MAX_TAGS,
-    MAX_TAGS_TOTAL,
-    MAX_URI_LENGTH,
-    NAMESERVER_METADATA,
-    NAMESERVER_NAME,
+from ..wire.constants import DAEMON_OBJECT_ID, NAMESERVER_METADATA, NAMESERVER_NAME
+from ..limits import (
+    NS_AUTOCLEAN_CONCURRENCY,
+    NS_AUTOCLEAN_MIN,
+    NS_AUTOCLEAN_PROBE_TIMEOUT,
+    NS_MAX_ENTRIES,
+    NS_MAX_NAME_LENGTH,
+    NS_MAX_TAGS,
+    NS_MAX_TAGS_TOTAL,
+    NS_MAX_TAG_LENGTH,
+    NS_MAX_URI_LENGTH,
 )
 from .saferegex import compile_safe
 from .storage import Storage, open_storage
@@ -43,8 +39,8 @@ def _check_name(name: Any) -> str:
         raise TypeError("name must be a str")
     if not name:
         raise NamingError("name must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise NamingError(f"name too long: {len(name)} characters, at most {MAX_NAME_LENGTH}")
+    if len(name) > NS_MAX_NAME_LENGTH:
+        raise NamingError(f"name too long: {len(name)} characters, at most {NS_MAX_NAME_LENGTH}")
     return name
 
 
@@ -55,8 +51,8 @@ def _check_uri(uri: Any) -> str:
         text = uri
     else:
         raise TypeError("only URIs or strings can be registered")
-    if len(text) > MAX_URI_LENGTH:
-        raise NamingError(f"uri too long: {len(text)} characters, at most {MAX_URI_LENGTH}")
+    if len(text) > NS_MAX_URI_LENGTH:
+        raise NamingError(f"uri too long: {len(text)} characters, at most {NS_MAX_URI_LENGTH}")
     try:
         return str(URI(text))
     except ValueError as exc:
@@ -72,20 +68,20 @@ def _check_tags(metadata: Any, what: str = "metadata") -> frozenset[str]:
     if isinstance(metadata, dict):
         raise TypeError(f"{what} must be a set, list or tuple of strings, not a dict")
     try:
-        items = list(itertools.islice(iter(metadata), MAX_TAGS * 4 + 1))
+        items = list(itertools.islice(iter(metadata), NS_MAX_TAGS * 4 + 1))
     except TypeError:
         raise TypeError(f"{what} must be a set, list or tuple of strings, not {type(metadata).__name__}") from None
-    if len(items) > MAX_TAGS * 4:
-        raise NamingError(f"too many {what} tags: at most {MAX_TAGS}")
+    if len(items) > NS_MAX_TAGS * 4:
+        raise NamingError(f"too many {what} tags: at most {NS_MAX_TAGS}")
     if any(not isinstance(tag, str) for tag in items):
         raise TypeError(f"{what} tags must be strings")
     tags = frozenset(items)
-    if len(tags) > MAX_TAGS:
-        raise NamingError(f"too many {what} tags: {len(tags)}, at most {MAX_TAGS}")
-    if any(len(tag) > MAX_TAG_LENGTH for tag in tags):
-        raise NamingError(f"{what} tag too long: at most {MAX_TAG_LENGTH} characters")
-    if sum(len(tag) for tag in tags) > MAX_TAGS_TOTAL:
-        raise NamingError(f"{what} too large: at most {MAX_TAGS_TOTAL} characters of tags in all")
+    if len(tags) > NS_MAX_TAGS:
+        raise NamingError(f"too many {what} tags: {len(tags)}, at most {NS_MAX_TAGS}")
+    if any(len(tag) > NS_MAX_TAG_LENGTH for tag in tags):
+        raise NamingError(f"{what} tag too long: at most {NS_MAX_TAG_LENGTH} characters")
+    if sum(len(tag) for tag in tags) > NS_MAX_TAGS_TOTAL:
+        raise NamingError(f"{what} too large: at most {NS_MAX_TAGS_TOTAL} characters of tags in all")
     return tags
 
 
@@ -132,8 +128,8 @@ class NameServer:
         _check_name(name)
         tags = _check_tags(metadata)
         with self.lock:
-            if self.storage.get(name) is None and self.storage.count() >= MAX_ENTRIES:
-                raise NamingError(f"name server full: {MAX_ENTRIES} entries")
+            if self.storage.get(name) is None and self.storage.count() >= NS_MAX_ENTRIES:
+                raise NamingError(f"name server full: {NS_MAX_ENTRIES} entries")
             if not self.storage.put(name, uri_text, tags, only_if_absent=bool(safe)):
                 raise NamingError("name already registered: " + name)
 
@@ -232,7 +228,7 @@ def probe_daemon(uri: URI, timeout: float) -> bool:
     session = ClientSession(by_name("serpent"), Settings(KEY="", MAX_MESSAGE_SIZE=1024 * 1024))
     conn = FramedConnection(sock, 1024 * 1024, protocol=session)
     try:
-        conn.send_parts(session.connect_request(DAEMON_NAME))
+        conn.send_parts(session.connect_request(DAEMON_OBJECT_ID))
         return isinstance(conn.next_event(), ConnectRefused) or session.handshaken
     except (errors.MeshError, OSError):
         return False
@@ -244,11 +240,11 @@ class AutoCleaner:
     """Every `interval` seconds, probes the daemons behind the registered PYRO URIs and removes the
     entries of a daemon after `misses` consecutive failed probes."""
 
-    def __init__(self, nameserver: NameServer, interval: float, misses: int = AUTOCLEAN_MISSES_DEFAULT,
+    def __init__(self, nameserver: NameServer, interval: float, misses: int = Settings.NS_AUTOCLEAN_MISSES,
                  probe: Callable[[URI, float], bool] = probe_daemon,
-                 probe_timeout: float = AUTOCLEAN_PROBE_TIMEOUT) -> None:
-        if interval < AUTOCLEAN_MIN:
-            raise ValueError(f"autoclean interval must be at least {AUTOCLEAN_MIN} s")
+                 probe_timeout: float = NS_AUTOCLEAN_PROBE_TIMEOUT) -> None:
+        if interval < NS_AUTOCLEAN_MIN:
+            raise ValueError(f"autoclean interval must be at least {NS_AUTOCLEAN_MIN} s")
         if misses < 1:
             raise ValueError("autoclean misses must be at least 1")
         self.nameserver = nameserver
@@ -284,7 +280,7 @@ class AutoCleaner:
             del self._missed[gone]
         if not samples:
             return 0
-        workers = min(AUTOCLEAN_CONCURRENCY, len(samples))
+        workers = min(NS_AUTOCLEAN_CONCURRENCY, len(samples))
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ns-autoclean") as pool:
             alive = dict(zip(samples, pool.map(self._safe_probe, samples.values())))
         removed = 0
@@ -347,10 +343,10 @@ class NameServerDaemon(Daemon):
             raise
         try:
             self._serve_nameserver(announce)
-            interval = float(getattr(self.settings, "NS_AUTOCLEAN", AUTOCLEAN_DEFAULT) if autoclean is None
+            interval = float(getattr(self.settings, "NS_AUTOCLEAN", Settings.NS_AUTOCLEAN) if autoclean is None
                              else autoclean)
             if interval > 0:
-                misses = int(getattr(self.settings, "NS_AUTOCLEAN_MISSES", AUTOCLEAN_MISSES_DEFAULT)
+                misses = int(getattr(self.settings, "NS_AUTOCLEAN_MISSES", Settings.NS_AUTOCLEAN_MISSES)
                              if autoclean_misses is None else autoclean_misses)
                 self.autocleaner = AutoCleaner(self.nameserver, interval, misses)
                 self.autocleaner.start()

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Self
 
 from ..errors import NamingError
-from .constants import SQLITE_BUSY_TIMEOUT_MS
+from ..limits import SQLITE_BUSY_TIMEOUT_MS
 
 log = logging.getLogger("meshrpc.naming")
 

@@ -22,3 +22,9 @@ BLOB_ANNOTATION = "BLBI"     # on a SerializedBlob INVOKE: marshal((info, object
 CAP_OOB = b"1"        # bytes-like values travel out of band (OOB_ANNOTATION)
 CAP_BINARY = b"b"     # plain serpent values in binary form (serializer id 77, wire.plain)
 CAP_PIPELINE = b"p"   # many requests outstanding on one connection, replies matched by seq
+
+# the name server (Pyro5's protocol: its object id, its entry's tag, the broadcast question)
+NAMESERVER_NAME = "Pyro.NameServer"  # object id and registered name, as in Pyro5
+NAMESERVER_METADATA = frozenset({"class:Pyro5.nameserver.NameServer"})  # Pyro5 tags its own entry so
+NS_BROADCAST_REQUEST = b"GET_NSURI"  # the UDP question; the answer is the name server's URI
+NS_BROADCAST_MAX_DATAGRAM = 100  # Pyro5 reads 100 bytes; GET_NSURI is 9

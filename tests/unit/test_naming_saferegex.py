@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshrpc.errors import NamingError
-from meshrpc.naming.constants import MAX_REGEX_LENGTH
+from meshrpc.limits import MAX_REGEX_LENGTH
 from meshrpc.naming.saferegex import compile_safe
 
 pytestmark = pytest.mark.timeout(120)

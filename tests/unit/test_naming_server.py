@@ -10,7 +10,8 @@ import pytest
 from meshrpc import URI
 from meshrpc.errors import NamingError
 from meshrpc.naming import broadcast
-from meshrpc.naming.constants import MAX_ENTRIES, MAX_NAME_LENGTH, MAX_TAG_LENGTH, MAX_TAGS, NAMESERVER_NAME
+from meshrpc.wire.constants import NAMESERVER_NAME
+from meshrpc.limits import NS_MAX_ENTRIES, NS_MAX_NAME_LENGTH, NS_MAX_TAGS, NS_MAX_TAG_LENGTH
 from meshrpc.naming.server import AutoCleaner, NameServer
 from meshrpc.naming.storage import MemoryStorage
 
@@ -77,21 +78,21 @@ def test_errors_match_pyro5(ns: NameServer) -> None:
 
 
 def test_limits(ns: NameServer) -> None:
-    ns.register("n" * MAX_NAME_LENGTH, "PYRO:x@h:1")
+    ns.register("n" * NS_MAX_NAME_LENGTH, "PYRO:x@h:1")
     with pytest.raises(NamingError, match="name too long"):
-        ns.register("n" * (MAX_NAME_LENGTH + 1), "PYRO:x@h:1")
+        ns.register("n" * (NS_MAX_NAME_LENGTH + 1), "PYRO:x@h:1")
     with pytest.raises(NamingError, match="name must not be empty"):
         ns.register("", "PYRO:x@h:1")
     with pytest.raises(NamingError, match="uri too long"):
         ns.register("a", "PYRO:" + "x" * 5000 + "@h:1")
     with pytest.raises(NamingError, match="too many metadata tags"):
-        ns.register("a", "PYRO:x@h:1", metadata={f"t{i}" for i in range(MAX_TAGS + 1)})
+        ns.register("a", "PYRO:x@h:1", metadata={f"t{i}" for i in range(NS_MAX_TAGS + 1)})
     with pytest.raises(NamingError, match="too many metadata tags"):
         ns.register("a", "PYRO:x@h:1", metadata=(f"t{i}" for i in range(10 ** 9)))  # not drained
     with pytest.raises(NamingError, match="tag too long"):
-        ns.register("a", "PYRO:x@h:1", metadata={"t" * (MAX_TAG_LENGTH + 1)})
+        ns.register("a", "PYRO:x@h:1", metadata={"t" * (NS_MAX_TAG_LENGTH + 1)})
     with pytest.raises(NamingError, match="too large"):
-        ns.register("a", "PYRO:x@h:1", metadata={c * MAX_TAG_LENGTH for c in "abcdefghijklmnopqrst"})
+        ns.register("a", "PYRO:x@h:1", metadata={c * NS_MAX_TAG_LENGTH for c in "abcdefghijklmnopqrst"})
     with pytest.raises(TypeError, match="tags must be strings"):
         ns.register("a", "PYRO:x@h:1", metadata={1, 2})
     with pytest.raises(TypeError):
@@ -104,13 +105,13 @@ def test_limits(ns: NameServer) -> None:
 
 
 def test_full_name_server(monkeypatch: pytest.MonkeyPatch, ns: NameServer) -> None:
-    monkeypatch.setattr("meshrpc.naming.server.MAX_ENTRIES", 3)
+    monkeypatch.setattr("meshrpc.naming.server.NS_MAX_ENTRIES", 3)
     ns.register("a", "PYRO:x@h:1")
     ns.register("b", "PYRO:x@h:1")
     with pytest.raises(NamingError, match="full"):
         ns.register("c", "PYRO:x@h:1")
     ns.register("a", "PYRO:y@h:1")  # replacing an entry is fine when full
-    assert MAX_ENTRIES >= 1000
+    assert NS_MAX_ENTRIES >= 1000
 
 
 def test_list_remove_yplookup(ns: NameServer) -> None:

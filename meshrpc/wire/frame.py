@@ -7,6 +7,7 @@ tag and version as soon as 6 bytes are in, and the declared sizes before it buff
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ LARGE_FRAME_PROOF = 4
 # up to this size: a daemon drops it when the connection goes idle (FrameReader.release_spare), a
 # proxy keeps it while it is connected
 SPARE_MAX = 16 * 1024 * 1024
+# ...and is an anonymous mapping (page-aligned), one page longer than the frame, so that the socket
+# writes the frame's rest at a page boundary: the kernel's copy into a bytearray's malloc'd memory
+# (16 bytes past a page) took about 2.5x the CPU (4.1-5.4 against 1.5-2.0 ms per 10 MiB on loopback;
+# tools/recv_alignment.py, docs/performance.md)
+PAGE = mmap.PAGESIZE
 
 
 class OobBlobs(list):
@@ -252,18 +258,19 @@ class FrameReader:
     Errors (bad tag, version, magic, type, sizes) raise ProtocolError; the connection is unusable after.
     """
 
-    __slots__ = ("max_size", "max_annotations", "_buf", "_header", "_body", "_filled", "_end", "_spare")
+    __slots__ = ("max_size", "max_annotations", "_buf", "_header", "_body", "_start", "_filled", "_end",
+                 "_spare")
 
     def __init__(self, max_size: int = 1024 ** 3, max_annotations: int = 64) -> None:
         self.max_size = max_size
         self.max_annotations = max_annotations
         self._buf = bytearray()
         self._header: tuple | None = None
-        # a large frame's own buffer (receive_buffer; may be longer than the frame), how much of it is
-        # filled, and where the frame ends; the last one, kept for the next large frame
-        self._body: bytearray | None = None
-        self._filled = self._end = 0
-        self._spare: bytearray | None = None
+        # a large frame's own buffer (receive_buffer; longer than the frame), where in it the frame
+        # starts, how far it is filled and where the frame ends; the last one, kept for the next large frame
+        self._body: mmap.mmap | None = None
+        self._start = self._filled = self._end = 0
+        self._spare: mmap.mmap | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         body = self._body
@@ -293,18 +300,20 @@ class FrameReader:
                     return None
                 header = self._header = parse_header(self._buf, self.max_size)
             total = HEADER_SIZE + header[7] + header[6]
-            if total < LARGE_FRAME or len(self._buf) >= total:
+            have = len(self._buf)
+            if total < LARGE_FRAME or have >= total:
                 return None
             spare = self._spare
-            if spare is not None and len(spare) >= total:
+            if spare is not None and len(spare) >= total + PAGE:
                 body = spare  # memory this reader holds already: no proof needed
-            elif len(self._buf) * LARGE_FRAME_PROOF < total:
+            elif have * LARGE_FRAME_PROOF < total:
                 return None
             else:
-                body = bytearray(total)  # sizes checked against max_size by parse_header
+                body = mmap.mmap(-1, total + PAGE)  # sizes checked against max_size by parse_header
             self._spare = None
-            self._body, self._end, self._filled = body, total, len(self._buf)
-            body[:self._filled] = self._buf
+            start = -have % PAGE  # what came already ends, and the socket's writes begin, at a page
+            self._body, self._start, self._filled, self._end = body, start, start + have, start + total
+            body[start:self._filled] = self._buf
             self._buf.clear()
         return memoryview(body)[self._filled:self._end]
 
@@ -318,7 +327,7 @@ class FrameReader:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) + self._filled
+        return len(self._buf) + self._filled - self._start
 
     def wanted(self) -> int:
         """Bytes still needed to complete the frame being read (at least 1 when nothing is buffered)."""
@@ -371,14 +380,17 @@ class FrameReader:
         end = HEADER_SIZE + ann_len + data_len
         body = self._body
         if body is not None:
-            if self._filled < end:
+            if self._filled < self._end:
                 return None
+            start = self._start
             with memoryview(body) as view:  # released before the buffer is kept for the next frame
-                annotations = parse_annotations(view[HEADER_SIZE:HEADER_SIZE + ann_len], self.max_annotations,
+                frame = view[start:self._end]
+                annotations = parse_annotations(frame[HEADER_SIZE:HEADER_SIZE + ann_len], self.max_annotations,
                                                 oob_split=True) if ann_len else {}
-                payload = bytes(view[HEADER_SIZE + ann_len:end])
-            self._body, self._filled, self._end = None, 0, 0
-            if len(body) <= SPARE_MAX:
+                payload = bytes(frame[HEADER_SIZE + ann_len:end])
+                frame.release()
+            self._body, self._start, self._filled, self._end = None, 0, 0, 0
+            if len(body) <= SPARE_MAX + PAGE:
                 self._spare = body
             if len(buf) >= 6:
                 check_prefix(buf)

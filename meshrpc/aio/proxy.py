@@ -83,8 +83,28 @@ class _Connection(asyncio.BufferedProtocol):
         return self._received
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.session.receive_data(self._received[:nbytes])  # copied out: the buffer is the loop's
+        session = self.session
+        if session.pipelined:  # the usual replies matched without a Frame each (receive_results)
+            self._deliver(session.receive_results(bytes(self._received[:nbytes])), -1)
+            if session.reader.buffered:
+                self._pump(-1)
+            return
+        session.receive_data(self._received[:nbytes])  # copied out: the buffer is the loop's
         self._pump(-1)
+
+    def _deliver(self, results: list, mine: int) -> Any:
+        """Hand receive_results' (seq, payload, codec) to their waiters; the one of `mine` (a seq, -1:
+        none) is returned instead (the call that reads it in `send_call` has no waiter)."""
+        waiting = self.waiting
+        got = None
+        for result in results:
+            if result[0] == mine:
+                got = result
+                continue
+            waiter = waiting.pop(result[0], None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(result)
+        return got
 
     def eof_received(self) -> bool:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
@@ -177,15 +197,26 @@ class _Connection(asyncio.BufferedProtocol):
                 count = 0
             if count:
                 session = self.session
-                if lean and not session.pipelined:  # the usual reply is taken as its payload (no Frame)
+                if session.pipelined:  # the usual reply comes as (seq, payload, codec), no Frame
+                    got = self._deliver(session.receive_results(bytes(self._received[:count])), seq)
+                    if session.reader.buffered:
+                        event = self._pump(seq)
+                        if event is not None:
+                            return event
+                    if got is not None:
+                        return got
+                elif lean:  # the usual reply is taken as its payload (no Frame)
                     payload = session.receive_result(bytes(self._received[:count]))
                     if payload is not TAKE_EVENT:
                         return payload
+                    event = self._pump(seq)
+                    if event is not None:
+                        return event
                 else:
                     session.receive_data(self._received[:count])
-                event = self._pump(seq)
-                if event is not None:
-                    return event
+                    event = self._pump(seq)
+                    if event is not None:
+                        return event
         # (otherwise part of it waits in the transport, or the reply is still to come)
         waiter = waiting[seq] = self._new_future()
         return waiter
@@ -600,7 +631,9 @@ class Proxy:
                     except BaseException:  # not sent: its seq must not stay outstanding
                         self._abandon(conn, seq)
                         raise
-                    if event.__class__ is not bytes and isinstance(event, asyncio.Future):  # to come (awaited here: no coroutine more per call)
+                    kind = event.__class__
+                    if kind is not tuple and kind is not bytes and isinstance(event, asyncio.Future):
+                        # to come (awaited here: no coroutine more per call)
                         waiter = event
                         try:
                             if conn.closed:  # it failed while the call was sent (the session saw a broken reply)
@@ -628,6 +661,14 @@ class Proxy:
                         turn.taken = False
             if event is None:
                 outcome: tuple[Any, BaseException | None] = (None, None)
+            elif event.__class__ is tuple:  # pipelined: the usual reply as (seq, payload, codec) (receive_results)
+                if self._pyroRawWireResponse or type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
+                    # a raw reply or the hook wants its Frame: the one next_event would have given
+                    outcome = self._reply(session, _FRAME(wire.MSG_RESULT, event[2].id, event[0], event[1]), state)
+                else:
+                    if state.response_annotations:
+                        set_response_annotations(state, {})
+                    outcome = (session.result_value(event[1], event[2]), None)
             elif event.__class__ is bytes:  # the usual reply's payload (no annotations, not an error)
                 if state.response_annotations:
                     set_response_annotations(state, {})

@@ -31,6 +31,7 @@ from .frame import (FLAG_BATCH, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEP
                     HEADER, HEADER_SIZE, MAGIC, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING,
                     MSG_RESULT, PROTOCOL_VERSION, TAG, ZERO_ID, Frame, FrameReader, capabilities, encode_message,
                     encode_parts, pack_oob, unpack_oob)
+from .frame import _BARE as _BARE_HEAD  # a header as FrameReader.bare_head reads it (receive_results: many)
 from .plain import SCALARS
 from .serializers import BY_ID, Serializer, by_id
 
@@ -305,14 +306,21 @@ class ClientSession(_Session):
         SerializeError: nothing was recorded and nothing is to be sent."""
         form = self._scalar_form
         if (form is not None and not flags and not annotations and correlation_id is None and self._waiting < 0
-                and not self.pipelined and not self.out_of_step
-                and plain.scalar_call(object_id, method, vargs, kwargs)):
-            # the lean lane (most calls): a two-way call of scalars with nothing to annotate, one at a time;
-            # the bytes the serializer and encode_message would give (scalar_call_form)
+                and not self.out_of_step and plain.scalar_call(object_id, method, vargs, kwargs)):
+            # the lean lane (most calls): a two-way call of scalars with nothing to annotate, one at a time
+            # or pipelined; the bytes the serializer and encode_message would give (scalar_call_form)
             payload = marshal.dumps((object_id, method, vargs, {}), form[1])
             size = len(payload)
             if size < 65536 and not 0 <= self.compress_min <= size and not (self.max_size and size > self.max_size):
-                seq = self._seq = self.last_seq = self._waiting = (self._seq + 1) & SEQ_MASK
+                if self.pipelined:
+                    seq = (self._seq + 1) & SEQ_MASK
+                    if seq in self._outstanding or seq in self._abandoned:
+                        seq = self._next_seq()  # (the counter came round to a seq in use: the next free one)
+                    else:
+                        self._seq = self.last_seq = seq
+                    self._outstanding.add(seq)
+                else:
+                    seq = self._seq = self.last_seq = self._waiting = (self._seq + 1) & SEQ_MASK
                 return [HEADER.pack(TAG, PROTOCOL_VERSION, MSG_INVOKE, form[0], 0, seq, size, 0, ZERO_ID, 0, MAGIC)
                         + payload]
         if not self.handshaken or self.out_of_step or (self._waiting >= 0 and not self.pipelined):
@@ -445,9 +453,48 @@ class ClientSession(_Session):
         self._result_codec = codec
         return data[HEADER_SIZE:]
 
-    def result_value(self, payload: bytes) -> Any:
-        """The value of the payload receive_result() returned (reply_value's decoding)."""
-        codec = self._result_codec
+    def receive_results(self, data: bytes) -> list:
+        """receive_data(data) for bytes (not empty) on a pipelined session, the usual replies taken first:
+        the RESULTs that `data` starts with, while each is whole, has no annotations and no flags (no
+        error, no correlation id, no compression), is in the calls' serializer and answers a call
+        outstanding, come as [(seq, payload, codec), ...] (result_value(payload, codec) decodes one) and
+        their calls are answered; late replies to abandoned calls among them are dropped. The rest
+        (from the first other message, or part of one, on) is buffered: take it with next_event(). All
+        of `data` is buffered (and [] returned) when bytes were buffered before it, a ping is
+        outstanding or the session does not pipeline: the general path sorts those out."""
+        reader = self.reader
+        if reader.buffered or self._pings or not self.pipelined or data.__class__ is not bytes:
+            reader.feed(data)
+            return []
+        heads, outstanding, abandoned = self._result_heads, self._outstanding, self._abandoned
+        most = reader.max_size
+        end = len(data)
+        start = 0
+        taken = []
+        while end - start >= HEADER_SIZE:
+            # flags_seq: flags << 16 | seq, so it matches an outstanding seq only when there are no flags
+            head, flags_seq, size, annotations_size, magic = _BARE_HEAD.unpack_from(data, start)
+            stop = start + HEADER_SIZE + size
+            codec = heads.get(head)
+            if codec is None or annotations_size or magic != MAGIC or stop > end or size > most:
+                break
+            if flags_seq in outstanding:
+                outstanding.discard(flags_seq)
+                taken.append((flags_seq, data[start + HEADER_SIZE:stop], codec))
+            elif flags_seq in abandoned:
+                abandoned.discard(flags_seq)  # the late reply of an abandoned call
+            else:
+                break  # nobody asked for it: next_event says so
+            start = stop
+        if start < end:
+            reader.feed(data[start:] if start else data)
+        return taken
+
+    def result_value(self, payload: bytes, codec: Serializer | None = None) -> Any:
+        """The value of the payload receive_result() returned (reply_value's decoding); `codec`: the one
+        receive_results gave with it."""
+        if codec is None:
+            codec = self._result_codec
         if self._oob_mode and codec.oob:
             return codec.loads(payload, [])
         return codec.loads(payload)

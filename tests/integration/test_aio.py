@@ -764,3 +764,54 @@ def test_a_daemon_subclass_annotations_go_with_every_reply_as_on_the_threaded_da
                 await proxy.afail()
             assert meshrpc.current_context.response_annotations == {"SRVR": b"aio"}
     run(main())
+
+
+def test_pipelined_usual_replies_are_matched_without_a_frame_and_hooks_still_get_theirs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a pipelined connection (an aio daemon) the usual replies, lone or many in one read, go through
+    ClientSession.receive_results (no Frame each); errors, annotated replies and streams take the
+    general path; a hook that wants every reply's annotations and a raw wire reply get a Frame."""
+    from meshrpc.wire import frame as wire
+    from meshrpc.wire.session import ClientSession
+    taken: list[int] = []
+    receive_results = ClientSession.receive_results
+
+    def counted(self: ClientSession, data: bytes) -> list:
+        results = receive_results(self, data)
+        taken.append(len(results))
+        return results
+    monkeypatch.setattr(ClientSession, "receive_results", counted)
+    seen: list[int] = []
+
+    class Hooked(meshrpc.aio.Proxy):
+        def _pyroResponseAnnotations(self, annotations: dict, msgtype: int) -> None:
+            seen.append(msgtype)
+
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon:
+            await calls(uri)
+            async with Hooked(uri) as hooked:
+                assert await asyncio.gather(*(hooked.add(i, 0) for i in range(20))) == list(range(20))
+                assert seen.count(wire.MSG_RESULT) == 20
+
+    async def calls(uri: Any) -> None:
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            assert proxy._conn.session.pipelined
+            assert [await proxy.add(i, 1) for i in range(5)] == [1, 2, 3, 4, 5]  # lone calls
+            assert await asyncio.gather(*(proxy.add(i, 0) for i in range(200))) == list(range(200))
+            assert sum(taken) == 205 and proxy._conn.session.outstanding == 0
+            taken.clear()
+            assert tuple(await proxy.echo_context("K"))[1] is None  # annotated: the Frame
+            assert meshrpc.current_context.response_annotations == {"ECHO": b"-"}
+            assert await proxy.add(1, 1) == 2
+            assert meshrpc.current_context.response_annotations == {}  # the usual reply clears them
+            with pytest.raises(KeyError, match="async failure"):
+                await proxy.afail()
+            assert [item async for item in await proxy.count(3)] == [0, 1, 2]
+            assert sum(taken) == 1 + 3  # add(1, 1), and the stream's three items (the rest were not usual)
+            proxy._pyroRawWireResponse = True
+            raw = await asyncio.gather(*(proxy.add(i, 0) for i in range(3)))
+            assert all(frame.__class__ is wire.Frame and frame.type == wire.MSG_RESULT for frame in raw)
+            assert [proxy._conn.session.reply_value(frame) for frame in raw] == [0, 1, 2]
+    run(main())

@@ -15,6 +15,7 @@ from meshrpc import Proxy, current_context, errors, expose
 from meshrpc.config import Settings
 from meshrpc.wire import frame as wire
 from meshrpc.wire.serializers import BY_ID, BY_NAME
+from meshrpc.wire import session as ws
 from meshrpc.wire.session import NEED_DATA, TAKE_EVENT, ClientSession, ServerSession
 
 SERIALIZERS = ["serpent", "marshal", "json", "msgpack"]
@@ -393,3 +394,162 @@ def test_a_reply_that_breaks_the_protocol_closes_the_connection(served, monkeypa
         with pytest.raises(errors.ProtocolError, match="garbled .*connection closed"):
             proxy.echo(2)
         assert proxy._pyroConnection is None
+
+
+# ---------------------------------------------------------------- pipelined sessions (the aio proxy's lanes)
+
+def pipelined(serializer: str = "serpent", **settings):
+    """A pipelined ClientSession and a ServerSession that agreed to pipelining, handshaken in memory."""
+    config = Settings(**settings)
+    client = ClientSession(BY_NAME[serializer], config, pipelining=True)
+    server = ServerSession(config, pipelining=True)
+    server.receive_data(b"".join(client.connect_request("obj", "hello", {}, None)))
+    client.receive_data(b"".join(server.accept_connect(server.next_event(), "hello", {"methods": {"echo"}})))
+    client.next_event()
+    assert client.pipelined
+    return client, server
+
+
+def results_value(client: ClientSession, data: bytes):
+    """What receive_results (then next_event for what it left) makes of `data`: outcomes, as general_value."""
+    out = []
+    try:
+        for seq, payload, codec in client.receive_results(data):
+            try:
+                out.append(("value", client.result_value(payload, codec)))
+            except Exception as exc:
+                out.append(("raised", type(exc), str(exc)))
+        while (event := client.next_event()) is not NEED_DATA:
+            out.append(outcome(client, event))
+    except errors.MeshError as exc:
+        out.append(("error", type(exc), str(exc)))
+    return out
+
+
+def events_value(client: ClientSession, data: bytes):
+    """The same through receive_data and next_event only."""
+    out = []
+    try:
+        client.receive_data(data)
+        while (event := client.next_event()) is not NEED_DATA:
+            out.append(outcome(client, event))
+    except errors.MeshError as exc:
+        out.append(("error", type(exc), str(exc)))
+    return out
+
+
+@pytest.mark.parametrize("serializer", SERIALIZERS)
+def test_receive_results_equals_the_general_path_for_every_kind_of_reply(serializer):
+    lane, server = pipelined(serializer)
+    request = b"".join(lane.call_request("obj", "echo", (1,), None))
+    server.receive_data(request)
+    frame = server.next_event()
+    for name, data in replies(server, frame):
+        (lane, _), (general, _) = pipelined(serializer), pipelined(serializer)
+        lane.call_request("obj", "echo", (1,), None)
+        general.call_request("obj", "echo", (1,), None)
+        assert results_value(lane, data) == events_value(general, data), name
+        assert lane.outstanding == general.outstanding, name
+
+
+@pytest.mark.parametrize("serializer", SERIALIZERS)
+def test_receive_results_takes_many_replies_in_any_order_and_drops_abandoned_ones(serializer):
+    client, server = pipelined(serializer)
+    seqs = []
+    for n in range(6):
+        server.receive_data(b"".join(client.call_request("obj", "echo", (n,), None)))
+        seqs.append(client.last_seq)
+    requests = [server.next_event() for _ in seqs]
+    assert client.abandon(seqs[2])  # its late reply is dropped, the others are matched
+    data = b"".join(b"".join(server.result_reply(request, server.decode_call(request)[2][0] * 10))
+                    for request in reversed(requests))
+    taken = client.receive_results(data)
+    assert {seq: client.result_value(payload, codec) for seq, payload, codec in taken} == {
+        seq: n * 10 for n, seq in enumerate(seqs) if n != 2}
+    assert [seq for seq, _, _ in taken] == [seq for seq in reversed(seqs) if seq != seqs[2]]
+    assert client.outstanding == 0 and client.reader.buffered == 0 and client.next_event() is NEED_DATA
+
+
+def test_receive_results_stops_at_the_first_other_message_and_buffers_the_rest():
+    client, server = pipelined()
+    for n in range(4):
+        server.receive_data(b"".join(client.call_request("obj", "echo", (n,), None)))
+    first, second, third, fourth = (server.next_event() for _ in range(4))
+    usual = b"".join(server.result_reply(first, "a"))
+    annotated = b"".join(server.result_reply(second, "b", {"RESP": b"r"}))
+    after = b"".join(server.result_reply(third, "c"))
+    part = b"".join(server.result_reply(fourth, "d"))
+    taken = client.receive_results(usual + annotated + after + part[:30])
+    assert [client.result_value(p, c) for _, p, c in taken] == ["a"]  # the rest waits for next_event
+    assert client.reader.buffered == len(annotated + after) + 30
+    assert client.reply_value(client.next_event()) == "b" and client.reply_value(client.next_event()) == "c"
+    assert client.next_event() is NEED_DATA
+    assert client.receive_results(part[30:]) == []  # bytes were buffered before: all to the reader
+    assert client.reply_value(client.next_event()) == "d" and client.outstanding == 0
+
+
+def test_receive_results_leaves_pings_and_unasked_replies_to_the_general_path():
+    client, server = pipelined()
+    server.receive_data(b"".join(client.call_request("obj", "echo", (1,), None)))
+    request = server.next_event()
+    server.receive_data(b"".join(client.ping_request()))
+    ping = server.next_event()
+    data = b"".join(server.result_reply(request, 1)) + b"".join(server.pong(ping))
+    assert client.receive_results(data) == []  # a ping outstanding
+    assert client.reply_value(client.next_event()) == 1 and isinstance(client.next_event(), ws.Pong)
+    stray = wire.encode(wire.Frame(wire.MSG_RESULT, 77, (client.last_seq + 5) & 0xFFFF, b"N"))
+    assert client.receive_results(stray) == []
+    with pytest.raises(errors.ProtocolError, match="invalid reply"):
+        client.next_event()
+    plain, _ = handshaken("serpent")  # not pipelined: everything goes to the reader
+    plain.call_request("obj", "echo", (1,), None)
+    assert plain.receive_results(b"".join(server.result_reply(request, 1))) == []
+    assert plain.reader.buffered
+
+
+def test_receive_results_keeps_the_size_limit():
+    client, server = pipelined(MAX_MESSAGE_SIZE=200)
+    server.receive_data(b"".join(client.call_request("obj", "echo", (1,), None)))
+    big = wire.encode(wire.Frame(wire.MSG_RESULT, 77, client.last_seq, b"N" * 300))
+    assert client.receive_results(big) == []
+    with pytest.raises(errors.MessageTooLargeError):
+        client.next_event()
+
+
+@pytest.mark.parametrize("serializer", SERIALIZERS)
+@pytest.mark.parametrize("vargs, kwargs", [((1,), None), ((None, True, 2.5, "s", -7, 2 ** 70), None),
+                                           ((1,), {"k": 2}), (([1],), None), ((b"x",), None)])
+def test_the_scalar_request_lane_takes_pipelined_calls(serializer, vargs, kwargs):
+    client, _ = pipelined(serializer)
+    general, _ = pipelined(serializer)
+    general._scalar_form = None  # the general path for the same request
+    for n in range(3):  # several outstanding at once
+        request = b"".join(client.call_request("obj", "m", vargs, kwargs))
+        assert request == b"".join(general.call_request("obj", "m", vargs, kwargs))
+        assert client.last_seq == general.last_seq
+    assert client.outstanding == 3 == general.outstanding
+
+
+def test_the_pipelined_scalar_lane_skips_seqs_in_use():
+    client, _ = pipelined()
+    client.call_request("obj", "a", (1,), None)
+    held = client.last_seq
+    client.call_request("obj", "b", (1,), None)
+    client.abandon(client.last_seq)
+    dropped = client.last_seq
+    client._seq = (held - 1) & 0xFFFF  # the counter comes round to a seq outstanding, then an abandoned one
+    client.call_request("obj", "c", (1,), None)
+    assert client.last_seq == (dropped + 1) & 0xFFFF and client.outstanding == 2
+
+
+def test_receive_results_never_reads_a_frame_inside_bytes_the_reader_holds_part_of():
+    client, _ = pipelined()
+    client.call_request("obj", "echo", (1,), None)
+    outer_seq = client.last_seq
+    client.call_request("obj", "echo", (2,), None)
+    inner = wire.encode(wire.Frame(wire.MSG_RESULT, 77, client.last_seq, b"N"))  # looks like the usual reply
+    outer = wire.encode(wire.Frame(wire.MSG_RESULT, 77, outer_seq, inner))  # ...as the payload of another
+    client.receive_data(outer[:wire.HEADER_SIZE])
+    assert client.receive_results(outer[wire.HEADER_SIZE:]) == []
+    frame = client.next_event()
+    assert (frame.seq, frame.payload) == (outer_seq, inner) and client.outstanding == 1

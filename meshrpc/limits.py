@@ -51,3 +51,8 @@ NS_AUTOCLEAN_PROBE_TIMEOUT = 2.0  # seconds one probe may take
 NS_AUTOCLEAN_CONCURRENCY = 8  # probes at once: a sweep of many daemons takes a few probe timeouts, not one each
 NS_RESOLVE_MAX_HOPS = 3  # a name may map to another PYRONAME/PYROMETA URI, this many times (no loops)
 NS_REGISTRAR_CLOSE_TIMEOUT = 2.0  # seconds a daemon's close() spends withdrawing its names at most
+
+# --- events (events/)
+EVENTS_SERVER_POLL = 0.05  # seconds between questions to the event server while waiting for subscribers
+EVENTS_ROUTE_CACHE_MAX = 4096  # subjects whose subscribers are remembered; then the cache starts over
+EVENTS_ABSENT_MAX = 1000  # departed subscribers remembered (for at most MESH_DORMANT_KEEP seconds)

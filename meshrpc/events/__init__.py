@@ -14,18 +14,19 @@ import threading
 from typing import Any
 
 from ..wire.serializers import register_class_to_dict, register_dict_to_class
-from .bus import INBOX_NAME, SERVER_NAME, EventBus
+from ..wire.constants import EVENT_CLASS
+from ..wire.constants import EVENTS_INBOX_NAME as INBOX_NAME, EVENTS_SERVER_NAME as SERVER_NAME  # public names
+from .bus import EventBus
 from .inbox import Event, Handler, Subscription
 from .subjects import Pattern, SubjectError, check_subject
 
 __all__ = ["INBOX_NAME", "SERVER_NAME", "Event", "EventBus", "Handler", "Pattern", "SubjectError",
            "Subscription", "check_subject", "close", "default_bus", "publish", "subscribe"]
 
-_EVENT_CLASS = "meshrpc.events.Event"
 # Pyro3-style subscribers get event(ev) with an Event: it travels as a dict with this class name
-register_class_to_dict(Event, lambda ev: {"__class__": _EVENT_CLASS, "subject": ev.subject, "msg": ev.msg,
+register_class_to_dict(Event, lambda ev: {"__class__": EVENT_CLASS, "subject": ev.subject, "msg": ev.msg,
                                           "time": ev.time})
-register_dict_to_class(_EVENT_CLASS, lambda _name, d: Event(d.get("subject", ""), d.get("msg"), d.get("time", 0.0)))
+register_dict_to_class(EVENT_CLASS, lambda _name, d: Event(d.get("subject", ""), d.get("msg"), d.get("time", 0.0)))
 
 _default: EventBus | None = None
 _default_lock = threading.Lock()

@@ -20,16 +20,15 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import MeshError
+from ..limits import EVENTS_SERVER_POLL
 from ..uri import URI
+from ..wire.constants import EVENTS_INBOX_NAME, EVENTS_SERVER_NAME
 from .inbox import Handler, Inbox, Subscription
 from .router import Router
 from .subjects import Pattern, SubjectError, check_subject, pack_tags, pattern_of_tag
 
 log = logging.getLogger("meshrpc.events")
 
-INBOX_NAME = "meshrpc.events.inbox"       # announcement i > 0 of one inbox: INBOX_NAME + ".i"
-SERVER_NAME = "Pyro.EventService"         # the event server's object id and name (Pyro3's)
-SERVER_POLL = 0.05      # seconds between questions to the event server while waiting for subscribers
 _TXT_RESERVE = 500    # bytes of a mesh announcement that are not tags: realm, node, uri, addresses, signature
 
 
@@ -38,7 +37,7 @@ def server_uri(text: str) -> URI:
     text = text.strip()
     if ":" in text and not text.upper().startswith(("PYRO:", "PYRONAME:", "PYROMETA:")):
         host, _, port = text.rpartition(":")
-        return URI(f"PYRO:{SERVER_NAME}@{host}:{port}")
+        return URI(f"PYRO:{EVENTS_SERVER_NAME}@{host}:{port}")
     return URI(text)
 
 
@@ -101,7 +100,7 @@ class EventBus:
 
     def wait_for_subscribers(self, subject: str | None = None, count: int = 1, timeout: float = 3.0) -> int:
         """Wait until at least count subscribers (of subject) are known; how many are. With an event
-        server: the subscribers attached there (asked every SERVER_POLL seconds meanwhile)."""
+        server: the subscribers attached there (asked every EVENTS_SERVER_POLL seconds meanwhile)."""
         router = self._publishing()
         if self.server is None:
             return router.wait_for_subscribers(subject, count, timeout)
@@ -110,7 +109,7 @@ class EventBus:
         with Proxy(self.server, settings=self.settings) as server:
             while True:
                 found = server.subscriber_count(subject)
-                if found >= count or time.monotonic() >= deadline or self._lease_stop.wait(SERVER_POLL):
+                if found >= count or time.monotonic() >= deadline or self._lease_stop.wait(EVENTS_SERVER_POLL):
                     return found
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -137,7 +136,7 @@ class EventBus:
                     self._registry_changed(source, event, entry)
                 self._stop_watching.append(registry.subscribe(changed))
                 try:
-                    known = registry.list(prefix=INBOX_NAME)     # known before we subscribed
+                    known = registry.list(prefix=EVENTS_INBOX_NAME)     # known before we subscribed
                 except MeshError as exc:    # etcd not reached yet: its watcher reports them when it is
                     log.warning("events: subscribers in %s not known yet: %s", source, exc)
                     known = []
@@ -147,7 +146,7 @@ class EventBus:
 
     def _registry_changed(self, source: str, event: str, entry: Any) -> None:
         """Registry callback (its thread; quick): a subscriber announcement came, changed or went."""
-        if entry.name != INBOX_NAME and not entry.name.startswith(INBOX_NAME + "."):
+        if entry.name != EVENTS_INBOX_NAME and not entry.name.startswith(EVENTS_INBOX_NAME + "."):
             return
         from ..mesh import REMOVED, net
         router = self._router
@@ -221,7 +220,7 @@ class EventBus:
             self._attach([p.tag for p in patterns])
             return
         groups = pack_tags(patterns, self.settings.MESH_TXT_MAX - _TXT_RESERVE)
-        wanted = {INBOX_NAME if i == 0 else f"{INBOX_NAME}.{i}": tags for i, tags in enumerate(groups)}
+        wanted = {EVENTS_INBOX_NAME if i == 0 else f"{EVENTS_INBOX_NAME}.{i}": tags for i, tags in enumerate(groups)}
         if self._announcers is None:
             self._announcers = self._registry_announcers()
         for name, tags in wanted.items():

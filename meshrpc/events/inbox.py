@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..server.decorators import expose, idempotent
-from .streams import REPLAYED, Receipts
+from ..wire.constants import EVENT_REPLAYED
+from .streams import Receipts
 from .subjects import Pattern
 
 log = logging.getLogger("meshrpc.events")
@@ -119,7 +120,7 @@ class Inbox:
                     continue
                 if not isinstance(subject, str) or not isinstance(flags, int):
                     continue
-                event = Event(subject, msg, when, bool(flags & REPLAYED), stream, first_seq + offset)
+                event = Event(subject, msg, when, bool(flags & EVENT_REPLAYED), stream, first_seq + offset)
                 self.received += 1
                 for subscription in self._subscriptions:
                     if subscription.matches(subject):

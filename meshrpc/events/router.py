@@ -19,15 +19,15 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import MeshError, SecurityError
-from .streams import REPLAYED, RETAIN, Backlog, EventTuple
+from ..limits import EVENTS_ABSENT_MAX, EVENTS_ROUTE_CACHE_MAX
+from ..wire.constants import EVENT_REPLAYED, EVENT_RETAIN
+from .streams import Backlog, EventTuple
 from .subjects import Pattern
 
 log = logging.getLogger("meshrpc.events")
 
 
 Send = Callable[[Any, str, int, list], None]      # (proxy, stream, first_seq, events)
-_ROUTE_CACHE_MAX = 4096
-_ABSENT_MAX = 1000         # departed subscribers remembered (for at most MESH_DORMANT_KEEP seconds)
 
 
 @dataclass
@@ -187,11 +187,11 @@ class Router:
             if route is None:
                 route = (tuple(o for o in self._outboxes.values() if o.matches(subject)),
                          tuple(a for a in self._absent.values() if a.matches(subject)))
-                if len(self._routes) >= _ROUTE_CACHE_MAX:
+                if len(self._routes) >= EVENTS_ROUTE_CACHE_MAX:
                     self._routes.clear()
                 self._routes[subject] = route
             outboxes, absent = route
-            event = (subject, message, when, RETAIN if retain else 0)
+            event = (subject, message, when, EVENT_RETAIN if retain else 0)
             for outbox in outboxes:
                 outbox.put(event)
             for gone in absent:          # it would have had this one: if it comes back, the gap shows
@@ -218,7 +218,7 @@ class Router:
             self._routes.clear()
             for subject, (message, when) in self._retained.items():
                 if outbox.matches(subject) and not any(p.matches(subject) for p in old):
-                    outbox.put((subject, message, when, REPLAYED))
+                    outbox.put((subject, message, when, EVENT_REPLAYED))
             self._changed.notify_all()
 
     def remove_subscriber(self, uri: str) -> None:
@@ -254,7 +254,7 @@ class Router:
             self._absent.pop(outbox.uri, None)
             self._absent[outbox.uri] = _Absent(outbox.patterns, next_seq, now)
             keep = self.settings.MESH_DORMANT_KEEP
-            while self._absent and (len(self._absent) > _ABSENT_MAX
+            while self._absent and (len(self._absent) > EVENTS_ABSENT_MAX
                                     or now - next(iter(self._absent.values())).since > keep):
                 self._absent.popitem(last=False)
             self._routes.clear()

@@ -23,10 +23,10 @@ from typing import Any
 
 from ..config import Settings
 from ..server.decorators import expose, idempotent
-from .bus import SERVER_NAME
+from ..wire.constants import EVENT_RETAIN, EVENTS_SERVER_NAME
 from .inbox import Event
 from .router import Router
-from .streams import RETAIN, Receipts
+from .streams import Receipts
 from .subjects import Pattern, SubjectError, check_subject, pattern_of_tag
 
 log = logging.getLogger("meshrpc.events")
@@ -73,7 +73,7 @@ class EventServer:
                 log.warning("lost %d event(s) from publisher %s", gap, stream)
             for subject, msg, when, flags in events[skip:]:
                 if isinstance(subject, str):
-                    self.router.publish(subject, msg, retain=bool(flags & RETAIN), when=when)
+                    self.router.publish(subject, msg, retain=bool(flags & EVENT_RETAIN), when=when)
 
     @idempotent
     def attach(self, inbox: str, tags: list, lease: float) -> None:
@@ -168,10 +168,10 @@ def serve(host: str | None = None, port: int = 0, *, announce: bool = True, sett
     settings = (settings or config).copy()
     server = EventServer(settings)
     with Daemon(host, port, settings=settings) as daemon:
-        uri = daemon.register(server, SERVER_NAME, name=SERVER_NAME if announce else None)
+        uri = daemon.register(server, EVENTS_SERVER_NAME, name=EVENTS_SERVER_NAME if announce else None)
         if out is not None:
             if out.json_mode:
-                out.json({"uri": str(uri), "name": SERVER_NAME if announce else None})
+                out.json({"uri": str(uri), "name": EVENTS_SERVER_NAME if announce else None})
             else:
                 out.line(f"event server ready: {uri}")
                 out.status("Ctrl-C stops it")

@@ -17,8 +17,6 @@ from collections import OrderedDict, deque
 from typing import Any
 
 EventTuple = tuple  # (subject, message, time, flags) as it travels
-REPLAYED = 1       # flag: a retained last value replayed to a new subscriber
-RETAIN = 2         # flag (publisher to event server): keep this as the subject's last value
 
 
 class Backlog:

@@ -19,10 +19,8 @@ from typing import Callable
 from ..errors import MeshError
 from ..mesh import records
 from ..naming.saferegex import compile_safe
+from ..wire.constants import EVENTS_MAX_SUBJECT, EVENTS_REGEX_TAG, EVENTS_SUBJECT_TAG
 
-SUBJECT_TAG = "ev:"
-REGEX_TAG = "evre:"
-MAX_SUBJECT = 255          # bytes of a subject or pattern (a TXT string holds a tag of this size)
 _FORBIDDEN = frozenset(" \t\r\n\0")
 
 
@@ -41,8 +39,8 @@ def check_subject(subject: object) -> str:
 def _tokens(text: object, what: str) -> list[str]:
     if not isinstance(text, str) or not text:
         raise SubjectError(f"a {what} must be a non-empty string, not {text!r}")
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_SUBJECT:
-        raise SubjectError(f"a {what} is at most {MAX_SUBJECT} bytes, {text[:40]!r}... is longer")
+    if len(text.encode("utf-8", "surrogatepass")) > EVENTS_MAX_SUBJECT:
+        raise SubjectError(f"a {what} is at most {EVENTS_MAX_SUBJECT} bytes, {text[:40]!r}... is longer")
     if not _FORBIDDEN.isdisjoint(text):
         raise SubjectError(f"a {what} has no spaces or control characters: {text!r}")
     tokens = text.split(".")
@@ -76,8 +74,8 @@ class Pattern:
         """A Pyro3-style pattern: re.match against the subject, ignoring case."""
         if not isinstance(text, str) or not text:
             raise SubjectError(f"a regex pattern must be a non-empty string, not {text!r}")
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_SUBJECT:
-            raise SubjectError(f"a regex pattern is at most {MAX_SUBJECT} bytes")
+        if len(text.encode("utf-8", "surrogatepass")) > EVENTS_MAX_SUBJECT:
+            raise SubjectError(f"a regex pattern is at most {EVENTS_MAX_SUBJECT} bytes")
         try:
             compiled = compile_safe("(?i)" + text)
         except MeshError as exc:
@@ -90,7 +88,7 @@ class Pattern:
     @property
     def tag(self) -> str:
         """The metadata tag that announces this pattern on the mesh."""
-        return (REGEX_TAG if self.is_regex else SUBJECT_TAG) + self.text
+        return (EVENTS_REGEX_TAG if self.is_regex else EVENTS_SUBJECT_TAG) + self.text
 
 
 def _wildcard_matcher(pattern: list[str]) -> Callable[[str], bool]:
@@ -109,10 +107,10 @@ def pattern_of_tag(tag: str) -> Pattern | None:
     """The pattern a metadata tag announces; None for other tags and for patterns that do not
     parse (a newer or broken peer: ignored, never an error on the receiving side)."""
     try:
-        if tag.startswith(SUBJECT_TAG):
-            return Pattern.parse(tag[len(SUBJECT_TAG):])
-        if tag.startswith(REGEX_TAG):
-            return Pattern.regex(tag[len(REGEX_TAG):])
+        if tag.startswith(EVENTS_SUBJECT_TAG):
+            return Pattern.parse(tag[len(EVENTS_SUBJECT_TAG):])
+        if tag.startswith(EVENTS_REGEX_TAG):
+            return Pattern.regex(tag[len(EVENTS_REGEX_TAG):])
     except SubjectError:
         return None
     return None

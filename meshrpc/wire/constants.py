@@ -28,3 +28,13 @@ NAMESERVER_NAME = "Pyro.NameServer"  # object id and registered name, as in Pyro
 NAMESERVER_METADATA = frozenset({"class:Pyro5.nameserver.NameServer"})  # Pyro5 tags its own entry so
 NS_BROADCAST_REQUEST = b"GET_NSURI"  # the UDP question; the answer is the name server's URI
 NS_BROADCAST_MAX_DATAGRAM = 100  # Pyro5 reads 100 bytes; GET_NSURI is 9
+
+# events (docs/events.md): names and flags that publishers, subscribers and event servers agree on
+EVENTS_INBOX_NAME = "meshrpc.events.inbox"  # a subscriber's inbox announcement; the i-th more: + ".i"
+EVENTS_SERVER_NAME = "Pyro.EventService"  # the event server's object id and name (Pyro3's)
+EVENT_CLASS = "meshrpc.events.Event"  # an Event travels as a dict of this class (Pyro3-style subscribers)
+EVENT_REPLAYED = 1  # flag: a retained last value replayed to a new subscriber
+EVENT_RETAIN = 2  # flag (publisher to event server): keep this as the subject's last value
+EVENTS_SUBJECT_TAG = "ev:"  # an inbox's mesh tag for a subject pattern
+EVENTS_REGEX_TAG = "evre:"  # an inbox's mesh tag for a regex pattern
+EVENTS_MAX_SUBJECT = 255  # bytes of a subject or pattern (a TXT string holds a tag of this size)

@@ -56,3 +56,22 @@ NS_REGISTRAR_CLOSE_TIMEOUT = 2.0  # seconds a daemon's close() spends withdrawin
 EVENTS_SERVER_POLL = 0.05  # seconds between questions to the event server while waiting for subscribers
 EVENTS_ROUTE_CACHE_MAX = 4096  # subjects whose subscribers are remembered; then the cache starts over
 EVENTS_ABSENT_MAX = 1000  # departed subscribers remembered (for at most MESH_DORMANT_KEEP seconds)
+
+# --- mesh discovery (mesh/)
+# A service the browser reports whose TXT is not cached (its answer was lost) is asked for: a TXT
+# question (one-shot, oneshot.py) this long after the report, then again with back-off
+# (MESH_QUERY_BACKOFF_*) until MESH_TXT_QUERY_ROUNDS questions went unanswered; a live node's heartbeat
+# digest (anti-entropy in the registry) keeps asking for it after that, for as long as the node lives.
+MESH_TXT_FIRST_QUERY = 0.2
+MESH_TXT_QUERY_ROUNDS = 8
+MESH_QUESTIONS_BYTES = 1200  # questions per packet: well inside one 1460-byte datagram
+MESH_INDEX_TTL = 120  # seconds: index pages are fetched on demand, not kept
+# Cold start (RFC 6762 5.1, 6.7): one PTR query from an ephemeral port per interface; responders
+# answer it by unicast to that port at once. The browser's own first query asks for unicast replies
+# to port 5353, which the kernel hands to just one of the host's mDNS sockets (SO_REUSEPORT: other
+# meshrpc processes, avahi), and its later queries are answered by multicast, which a responder
+# holds back for up to 1 s after it last multicast the same records.
+MESH_ONE_SHOT_LISTEN = 1.0  # seconds the one-shot sockets wait for unicast answers
+MESH_ONE_SHOT_RCVBUF = 1 << 20  # a burst of answers from many responders must fit
+MESH_RECENT_QUESTION_IDS = 256  # answers carry the id of a question we asked lately
+NETWORKS_CACHE_TTL = 2.0  # seconds: interfaces change rarely, and a stale answer only costs a retry

@@ -20,6 +20,7 @@ from ..errors import NamingError
 from ..mesh import records
 from ..mesh.records import Entry
 from ..uri import URI
+from ..wire.constants import MESH_MAX_OTHER_HOSTS
 from . import entries
 from .gateway import TXN_OPS, Gateway
 
@@ -186,7 +187,7 @@ class EtcdRegistrar:
         if addresses and (host in ("0.0.0.0", "") or _is_loopback(host)):
             parsed = URI.from_parts(parsed.object, addresses[0], parsed.port)
             host = addresses[0]
-        return str(parsed), [a for a in addresses if a != host][:records.MAX_OTHER_HOSTS]
+        return str(parsed), [a for a in addresses if a != host][:MESH_MAX_OTHER_HOSTS]
 
 
 def _is_loopback(host: str) -> bool:

@@ -6,7 +6,7 @@ Empty key: nothing here is used and the wire is exactly as without this module.
 
 Two sub-keys are derived from the secret (HMAC-SHA256 of fixed labels), so that a MAC made for one
 purpose can never be presented for the other: one for announcements (entries and heartbeats), one
-for the handshake. All MACs are HMAC-SHA256; announcement MACs are truncated to AUTH_BYTES.
+for the handshake. All MACs are HMAC-SHA256; announcement MACs are truncated to MESH_AUTH_BYTES.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from ..wire.keyproof import (BAD_KEY_REASON, CLIENT_TOKEN_BYTES, HANDSHAKE_ANNOT
                              NONCE_BYTES, REPLAY_CACHE_MAX, REPLAY_REASON, REQUIRED_REASON,
                              SERVER_TOKEN_BYTES, ReplayCache, check_client_token, check_server_token,
                              client_mac, client_token, server_mac)
+from ..wire.constants import MESH_AUTH_BYTES
 from ..wire.keyproof import fields as _fields, subkeys as _subkeys
 from .records import Entry, Heartbeat, IndexPage
-
-AUTH_TXT_KEY = "a"               # TXT key of the authenticator: a=<base64 of AUTH_BYTES> (records.py)
-AUTH_BYTES = 16                  # truncated HMAC-SHA256 (128 bits)
 
 
 # ---------------------------------------------------------------- announcements
@@ -69,7 +67,7 @@ def _canonical(item: Signed) -> bytes:
 
 
 def authenticator(key: str, item: Signed) -> bytes:
-    return hmac.new(_subkeys(key)[0], _canonical(item), hashlib.sha256).digest()[:AUTH_BYTES]
+    return hmac.new(_subkeys(key)[0], _canonical(item), hashlib.sha256).digest()[:MESH_AUTH_BYTES]
 
 
 def sign(key: str, item: Signed) -> Signed:

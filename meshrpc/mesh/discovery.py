@@ -50,8 +50,12 @@ from zeroconf import (
 
 from ..config import Settings
 from ..errors import NamingError
+from ..limits import (MESH_INDEX_TTL, MESH_ONE_SHOT_LISTEN, MESH_ONE_SHOT_RCVBUF, MESH_QUESTIONS_BYTES,
+                      MESH_TXT_FIRST_QUERY, MESH_TXT_QUERY_ROUNDS)
+from ..wire.constants import (DNS_CLASS_IN, DNS_CLASS_IN_UNIQUE, DNS_FLAGS_QUERY, DNS_FLAGS_RESPONSE_AA, DNS_TYPE_PTR,
+                              DNS_TYPE_TXT, MDNS_GROUP, MESH_INDEX_SERVICE_TYPE, MESH_SERVICE_TYPE)
 from . import net, records
-from .oneshot import MDNS_GROUP, ONE_SHOT_RCVBUF, OneShotAsker
+from .oneshot import OneShotAsker
 from .records import Entry, Heartbeat
 
 if TYPE_CHECKING:
@@ -60,29 +64,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshrpc.mesh")
 
-# DNS constants (RFC 1035 / RFC 6762), spelled out rather than taken from zeroconf's private const
-_TYPE_PTR = 12
-_TYPE_TXT = 16
-_CLASS_IN = 1
-_CLASS_IN_UNIQUE = 1 | 0x8000           # IN with the mDNS cache-flush bit: replaces older copies
-_FLAGS_QUERY = 0
-_FLAGS_RESPONSE_AA = 0x8000 | 0x0400    # QR (response) + AA (authoritative)
-# A service the browser reports whose TXT is not cached (its answer was lost) is asked for: a
-# TXT question (one-shot, oneshot.py) this long after the report, then again with back-off (MESH_QUERY_BACKOFF_*)
-# until _TXT_QUERY_ROUNDS questions went unanswered; a live node's heartbeat digest (anti-entropy in
-# the registry) keeps asking for it after that, for as long as the node lives.
-_TXT_FIRST_QUERY = 0.2
-_TXT_QUERY_ROUNDS = 8
-_QUESTIONS_BYTES = 1200                 # questions per packet: well inside one 1460-byte datagram
-_INDEX_SUFFIX = "." + records.INDEX_SERVICE_TYPE.lower()
-_INDEX_TTL = 120                        # s: index pages are fetched on demand, not kept
-# Cold start (RFC 6762 5.1, 6.7): one PTR query from an ephemeral port per interface; responders
-# answer it by unicast to that port at once. The browser's own first query asks for unicast replies
-# to port 5353, which the kernel hands to just one of the host's mDNS sockets (SO_REUSEPORT: other
-# meshrpc processes, avahi), and its later queries are answered by multicast, which a responder
-# holds back for up to 1 s after it last multicast the same records.
-_ONE_SHOT_LISTEN = 1.0                  # seconds the one-shot sockets wait for unicast answers
-_SUFFIX = "." + records.SERVICE_TYPE.lower()
+# (the TXT questions' and the cold start's timings are explained in limits.py)
+_INDEX_SUFFIX = "." + MESH_INDEX_SERVICE_TYPE.lower()
+_SUFFIX = "." + MESH_SERVICE_TYPE.lower()
 _STOP = object()
 
 
@@ -113,8 +97,8 @@ class _Beat:
         if not goodbye or self.seq == 0:
             self.seq += 1
         text = records.encode_heartbeat(self.heartbeat())
-        return DNSText(records.service_name(records.heartbeat_label(self.node)), _TYPE_TXT,
-                       _CLASS_IN_UNIQUE, 0 if goodbye else self.ttl, text)
+        return DNSText(records.service_name(records.heartbeat_label(self.node)), DNS_TYPE_TXT,
+                       DNS_CLASS_IN_UNIQUE, 0 if goodbye else self.ttl, text)
 
 
 class _Listener(RecordUpdateListener):
@@ -128,7 +112,7 @@ class _Listener(RecordUpdateListener):
             return                            # a publish-only process: attach() seeds from the cache later
         for update in updates:
             record = update.new
-            if record.type == _TYPE_TXT:
+            if record.type == DNS_TYPE_TXT:
                 name = record.name.lower()
                 if name.endswith(_SUFFIX) or name.endswith(_INDEX_SUFFIX):
                     self._discovery.enqueue_record(record)
@@ -258,7 +242,7 @@ class Discovery:
             self._call_on_loop(lambda: self._drop_index(zc, beat))
         if beat is None or zc is None or not goodbye:
             return
-        out = DNSOutgoing(_FLAGS_RESPONSE_AA)
+        out = DNSOutgoing(DNS_FLAGS_RESPONSE_AA)
         out.add_answer_at_time(beat.record(goodbye=True), 0)
         self._call_on_loop(lambda: zc.async_send(out))
         self.local_feed(beat.heartbeat(), goodbye=True)
@@ -270,7 +254,7 @@ class Discovery:
             if self.closed or zc is None or not beats:
                 self._beating = False
                 return
-            out = DNSOutgoing(_FLAGS_RESPONSE_AA)
+            out = DNSOutgoing(DNS_FLAGS_RESPONSE_AA)
             for beat in beats:
                 if beat.index is not None:    # the index follows the digest before the digest is sent
                     try:
@@ -308,9 +292,9 @@ class Discovery:
             if beat.key:
                 from . import auth
                 page = auth.sign(beat.key, page)  # type: ignore[assignment]
-            info = ServiceInfo(records.INDEX_SERVICE_TYPE, records.index_name(beat.node, page.page), port=0,
+            info = ServiceInfo(MESH_INDEX_SERVICE_TYPE, records.index_name(beat.node, page.page), port=0,
                                properties=records.encode_index_page(page),
-                               server=records.server_name(beat.node), host_ttl=_INDEX_TTL, other_ttl=_INDEX_TTL)
+                               server=records.server_name(beat.node), host_ttl=MESH_INDEX_TTL, other_ttl=MESH_INDEX_TTL)
             if zc.registry.async_get_info_name(info.key) is None:
                 zc.registry.async_add(info)
             else:
@@ -356,7 +340,7 @@ class Discovery:
             self._reannounce.clear()
             return
         now = time.monotonic()
-        out = DNSOutgoing(_FLAGS_RESPONSE_AA)
+        out = DNSOutgoing(DNS_FLAGS_RESPONSE_AA)
         for key, (due, left, gap) in list(self._reannounce.items()):
             if due > now:
                 continue
@@ -393,15 +377,15 @@ class Discovery:
         if self.settings.MESH_ONE_SHOT_QUESTIONS:
             if self._asker is None:
                 self._asker = OneShotAsker(zc)
-            questions = [[DNSQuestion(name, _TYPE_TXT, _CLASS_IN) for name in chunk] for chunk in chunks]
+            questions = [[DNSQuestion(name, DNS_TYPE_TXT, DNS_CLASS_IN) for name in chunk] for chunk in chunks]
             with self._lock:
                 interfaces = list(self._interfaces)
             if self._asker.ask(interfaces, questions):
                 return
         for chunk in chunks:
-            out = DNSOutgoing(_FLAGS_QUERY)
+            out = DNSOutgoing(DNS_FLAGS_QUERY)
             for name in chunk:
-                out.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
+                out.add_question(DNSQuestion(name, DNS_TYPE_TXT, DNS_CLASS_IN))
             zc.async_send(out)
 
     def local_feed(self, item: Entry | Heartbeat, goodbye: bool = False) -> None:
@@ -428,7 +412,7 @@ class Discovery:
             # The browser sends the queries (first within ~0.1 s, then backing off); answers reach
             # registries through the record listener. Its events only tell which services to
             # resolve when their TXT did not come along (_resolve_missing).
-            self._browser = ServiceBrowser(zc, records.SERVICE_TYPE, handlers=[self._on_browser_event])
+            self._browser = ServiceBrowser(zc, MESH_SERVICE_TYPE, handlers=[self._on_browser_event])
             with self._lock:
                 interfaces = list(self._interfaces)
             threading.Thread(target=self._one_shot_query, args=(zc, interfaces), name="meshrpc-mesh-oneshot",
@@ -477,8 +461,8 @@ class Discovery:
         """On the loop: check later that this service's TXT arrived."""
         if key in self._unresolved or len(self._unresolved) >= self.settings.MESH_MAX_ENTRIES:
             return
-        self._unresolved[key] = (name, time.monotonic() + _TXT_FIRST_QUERY, 0)
-        self._arm_resolver(_TXT_FIRST_QUERY)
+        self._unresolved[key] = (name, time.monotonic() + MESH_TXT_FIRST_QUERY, 0)
+        self._arm_resolver(MESH_TXT_FIRST_QUERY)
 
     def _arm_resolver(self, delay: float) -> None:
         self._arm("_resolve_armed", delay, self._resolve_missing)
@@ -496,11 +480,11 @@ class Discovery:
         for key, (name, due, asked) in list(self._unresolved.items()):
             if due > now:
                 continue
-            if any(record.type == _TYPE_TXT and not record.is_expired(now_ms)
+            if any(record.type == DNS_TYPE_TXT and not record.is_expired(now_ms)
                    for record in zc.cache.async_entries_with_name(key)):
                 del self._unresolved[key]
                 continue
-            if asked >= _TXT_QUERY_ROUNDS:
+            if asked >= MESH_TXT_QUERY_ROUNDS:
                 del self._unresolved[key]
                 log.info("mesh: no TXT record for %s after %d queries; the heartbeat digest of its "
                          "daemon, while it lives, will ask again", name, asked)
@@ -525,15 +509,15 @@ class Discovery:
                     continue
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ONE_SHOT_RCVBUF)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MESH_ONE_SHOT_RCVBUF)
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
                     sock.bind((address, 0))      # this interface only, an ephemeral port
                     # multicast=False: the packet carries our random id (zeroconf writes 0 otherwise), so
                     # a second cold start within 0.8 s is not dropped by responders as a duplicate
                     query_ids[sock] = random.randrange(1, 0x10000)
-                    out = DNSOutgoing(_FLAGS_QUERY, False, query_ids[sock])
-                    out.add_question(DNSQuestion(records.SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+                    out = DNSOutgoing(DNS_FLAGS_QUERY, False, query_ids[sock])
+                    out.add_question(DNSQuestion(MESH_SERVICE_TYPE, DNS_TYPE_PTR, DNS_CLASS_IN))
                     for packet in out.packets():
                         sock.sendto(packet, MDNS_GROUP)
                 except OSError as exc:
@@ -541,13 +525,13 @@ class Discovery:
                     sock.close()
                     continue
                 sockets.append(sock)
-            deadline = time.monotonic() + _ONE_SHOT_LISTEN
+            deadline = time.monotonic() + MESH_ONE_SHOT_LISTEN
             answers = 0
             while sockets and not self.closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     log.debug("mesh: one-shot query on %s: %d answer packets in %.1f s", interfaces,
-                              answers, _ONE_SHOT_LISTEN)
+                              answers, MESH_ONE_SHOT_LISTEN)
                     return
                 readable, _, _ = select.select(sockets, [], [], remaining)
                 for sock in readable:
@@ -573,7 +557,7 @@ class Discovery:
             for name in zc.cache.names():
                 if name.endswith(_SUFFIX):
                     for record in zc.cache.async_entries_with_name(name):
-                        if record.type == _TYPE_TXT and not record.is_expired(current_time_millis()):
+                        if record.type == DNS_TYPE_TXT and not record.is_expired(current_time_millis()):
                             self.enqueue_record(record)
         if not self._on_loop():
             self._schedule(collect(), wait=self.settings.MESH_PUBLISH_TIMEOUT)
@@ -623,7 +607,7 @@ class Discovery:
             self._dispatch(first, second, third)
             return
         name, text, goodbye, heard = first, second, third, rest[0]
-        label = records.label_of(name) or records.label_of(name, records.INDEX_SERVICE_TYPE)
+        label = records.label_of(name) or records.label_of(name, MESH_INDEX_SERVICE_TYPE)
         decoded, why = records.decode(text, label=label, max_size=self.settings.MESH_TXT_MAX) \
             if label is not None else (None, "not a service instance name")
         if decoded is None:
@@ -747,7 +731,7 @@ class Discovery:
         atexit.unregister(self.close)
         if zc is not None:
             if beats:
-                out = DNSOutgoing(_FLAGS_RESPONSE_AA)
+                out = DNSOutgoing(DNS_FLAGS_RESPONSE_AA)
                 for beat in beats:
                     out.add_answer_at_time(beat.record(goodbye=True), 0)
                 zc.send(out)
@@ -773,7 +757,7 @@ def _question_chunks(names: list[str]) -> list[list[str]]:
     size = 0
     for name in names:
         cost = len(name.encode("utf-8")) + 6      # labels' length bytes, type, class
-        if chunks[-1] and size + cost > _QUESTIONS_BYTES:
+        if chunks[-1] and size + cost > MESH_QUESTIONS_BYTES:
             chunks.append([])
             size = 0
         chunks[-1].append(name)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import netifaces
 
+from ..limits import NETWORKS_CACHE_TTL
 from ..transport import interfaces as host_interfaces
 from ..uri import URI
 
@@ -64,8 +65,7 @@ def ipv4_addresses(include_loopback: bool = True) -> list[str]:
     return host_interfaces.ipv4_addresses(include_loopback, netifaces)
 
 
-_NETWORKS_TTL = 2.0   # seconds: interfaces change rarely, and a stale answer only costs a retry
-_networks_cache: tuple[float, list[ipaddress.IPv4Network]] = (-_NETWORKS_TTL, [])
+_networks_cache: tuple[float, list[ipaddress.IPv4Network]] = (-NETWORKS_CACHE_TTL, [])
 
 
 def local_networks() -> list[ipaddress.IPv4Network]:
@@ -73,7 +73,7 @@ def local_networks() -> list[ipaddress.IPv4Network]:
     global _networks_cache
     now = time.monotonic()
     when, networks = _networks_cache
-    if now - when < _NETWORKS_TTL:
+    if now - when < NETWORKS_CACHE_TTL:
         return networks
     networks = []
     for info in ipv4_interface_infos():

@@ -20,12 +20,10 @@ from collections import deque
 
 from zeroconf import DNSIncoming, DNSOutgoing, DNSQuestion, Zeroconf
 
-log = logging.getLogger("meshrpc.mesh")
+from ..limits import MESH_ONE_SHOT_RCVBUF, MESH_RECENT_QUESTION_IDS
+from ..wire.constants import DNS_FLAGS_QUERY, MDNS_GROUP
 
-MDNS_GROUP = ("224.0.0.251", 5353)
-_FLAGS_QUERY = 0
-ONE_SHOT_RCVBUF = 1 << 20             # a burst of answers from many responders must fit
-_RECENT_IDS = 256                     # answers carry the id of a question we asked lately
+log = logging.getLogger("meshrpc.mesh")
 
 
 class OneShotAsker:
@@ -34,7 +32,7 @@ class OneShotAsker:
     def __init__(self, zc: Zeroconf) -> None:
         self._zc = zc
         self._sockets: dict[str, socket.socket] = {}
-        self._ids: deque[int] = deque(maxlen=_RECENT_IDS)
+        self._ids: deque[int] = deque(maxlen=MESH_RECENT_QUESTION_IDS)
         self.answers = 0                  # answer packets taken in (for stats and tests)
 
     def ask(self, interfaces: list[str], chunks: list[list[DNSQuestion]]) -> bool:
@@ -46,7 +44,7 @@ class OneShotAsker:
             # a fresh id per packet: responders drop a packet equal to one they saw in the last 0.8 s
             query_id = random.randrange(1, 0x10000)
             self._ids.append(query_id)
-            out = DNSOutgoing(_FLAGS_QUERY, False, query_id)
+            out = DNSOutgoing(DNS_FLAGS_QUERY, False, query_id)
             for question in chunk:
                 out.add_question(question)
             for address, sock in list(self._sockets.items()):
@@ -71,7 +69,7 @@ class OneShotAsker:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 sock.setblocking(False)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ONE_SHOT_RCVBUF)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MESH_ONE_SHOT_RCVBUF)
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
                 sock.bind((address, 0))       # this interface only, an ephemeral port

@@ -14,6 +14,7 @@ from zeroconf import ServiceInfo
 from ..config import Settings
 from ..errors import NamingError
 from ..uri import URI
+from ..wire.constants import MESH_MAX_OTHER_HOSTS, MESH_SERVICE_TYPE
 from . import net, records
 from .discovery import Discovery, get_discovery
 from .records import Entry
@@ -253,7 +254,7 @@ class MeshPublisher:
             return []
         others = [address for address in self._interfaces()
                   if address != host and not ipaddress.IPv4Address(address).is_loopback]
-        return others[:records.MAX_OTHER_HOSTS]
+        return others[:MESH_MAX_OTHER_HOSTS]
 
     def _interfaces(self) -> list[str]:
         if self._dynamic:
@@ -272,7 +273,7 @@ class MeshPublisher:
     def _service_info(self, entry: Entry, txt: bytes) -> ServiceInfo:
         uri = URI(entry.uri)
         return ServiceInfo(
-            records.SERVICE_TYPE, records.service_name(records.instance_label(entry)),
+            MESH_SERVICE_TYPE, records.service_name(records.instance_label(entry)),
             port=uri.port or 0, properties=txt, server=records.server_name(self.node),
             host_ttl=self.settings.MESH_HOST_TTL, other_ttl=self.settings.MESH_OTHER_TTL,
             parsed_addresses=self._addresses())

@@ -17,26 +17,17 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import NamingError
 from ..uri import URI
+from ..wire.constants import (DNS_MAX_LABEL, DNS_MAX_TXT_STRING, MESH_AUTH_TXT_KEY, MESH_FORMAT_VERSION,
+                              MESH_HEARTBEAT_PREFIX, MESH_INDEX_PAGE_ENTRIES, MESH_INDEX_PREFIX, MESH_INDEX_SERVICE_TYPE,
+                              MESH_MAX_OTHER_HOSTS, MESH_SERVER_PREFIX, MESH_SERVICE_TYPE, MESH_TXT_ADVISED_MAX)
 
-SERVICE_TYPE = "_meshrpc._tcp.local."
-# A node's index (anti-entropy): pages of (instance label, version) under a type nobody browses, so
-# DNS-SD browsers of SERVICE_TYPE never list them; a registry asks for them only on a digest mismatch.
-INDEX_SERVICE_TYPE = "_meshrpc-ix._tcp.local."
-INDEX_PREFIX = "mrix"
-INDEX_PAGE_ENTRIES = 14           # labels per index page: 14 x (63 + 21) bytes and headers fit DEFAULT_TXT_MAX
+# (the records' names, keys and sizes are protocol: wire/constants.py)
 _DIGEST_HEX = 8
-FORMAT_VERSION = "1"
-HEARTBEAT_PREFIX = "mrhb-"
-SERVER_PREFIX = "mr-"
-DEFAULT_TXT_MAX = 1300            # RFC 6763 advice: keep a TXT record inside one packet
-MAX_TXT_STRING = 255              # one length-prefixed string in a TXT record
-MAX_LABEL = 63                    # one DNS label
 _PREFIX_MAX = 50                  # readable part of a label; the rest is "-" + 12 hex digits
 _HASH_HEX = 12
 _MAX_INT = 2 ** 63 - 1
 _MAX_CHUNKS = 64
 _MAX_REALM = 63
-MAX_OTHER_HOSTS = 8                # other addresses of a wildcard-bound daemon, in one entry
 _NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}\Z")
 _UNSAFE_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 _TAG_ESCAPES = re.compile(r"%(25|2C)", re.IGNORECASE)
@@ -92,7 +83,7 @@ class IndexPage:
     """One page of a node's index: the (instance label, version) of its entries, sorted by label.
 
     `version` is the node's version counter when the index was taken: entries with a higher version
-    are newer than the index. Page `page` of `pages` holds labels page*INDEX_PAGE_ENTRIES onwards."""
+    are newer than the index. Page `page` of `pages` holds labels page*MESH_INDEX_PAGE_ENTRIES onwards."""
 
     realm: str
     node: str
@@ -117,14 +108,14 @@ def index_pages(realm: str, node: str, incarnation: int, version: int,
                 items: Iterable[tuple[str, int]]) -> list[IndexPage]:
     """A node's index split into pages (at least one, possibly empty)."""
     ordered = sorted(items, key=lambda item: item[0].lower())
-    chunks = [tuple(ordered[i:i + INDEX_PAGE_ENTRIES])
-              for i in range(0, len(ordered), INDEX_PAGE_ENTRIES)] or [()]
+    chunks = [tuple(ordered[i:i + MESH_INDEX_PAGE_ENTRIES])
+              for i in range(0, len(ordered), MESH_INDEX_PAGE_ENTRIES)] or [()]
     return [IndexPage(realm, node, incarnation, version, n, len(chunks), chunk)
             for n, chunk in enumerate(chunks)]
 
 
 def index_page_count(count: int) -> int:
-    return max(1, -(-count // INDEX_PAGE_ENTRIES))
+    return max(1, -(-count // MESH_INDEX_PAGE_ENTRIES))
 
 
 # ---- building and checking values (publisher side: errors raise NamingError)
@@ -160,7 +151,7 @@ def make_entry(*, realm: str, name: str, uri: str, metadata: Iterable[str], node
 
 
 def _other_hosts(hosts: Iterable[str], uri: URI) -> tuple[str, ...]:
-    """Distinct IPv4 addresses other than the URI's host, in the order given (at most MAX_OTHER_HOSTS)."""
+    """Distinct IPv4 addresses other than the URI's host, in the order given (at most MESH_MAX_OTHER_HOSTS)."""
     if isinstance(hosts, str):
         raise NamingError("other_hosts must be a sequence of addresses, not a string")
     found: list[str] = []
@@ -171,8 +162,8 @@ def _other_hosts(hosts: Iterable[str], uri: URI) -> tuple[str, ...]:
             raise NamingError(f"other hosts must be IPv4 addresses, got {host!r}") from None
         if address != uri.host and address not in found:
             found.append(address)
-    if len(found) > MAX_OTHER_HOSTS:
-        raise NamingError(f"at most {MAX_OTHER_HOSTS} other addresses fit in an announcement, got {len(found)}")
+    if len(found) > MESH_MAX_OTHER_HOSTS:
+        raise NamingError(f"at most {MESH_MAX_OTHER_HOSTS} other addresses fit in an announcement, got {len(found)}")
     if found and (uri.sockname or not uri.host):
         raise NamingError("other addresses make sense only for a TCP URI")
     return tuple(found)
@@ -211,26 +202,26 @@ def instance_label(entry: Entry) -> str:
 
 
 def heartbeat_label(node: str) -> str:
-    return HEARTBEAT_PREFIX + node
+    return MESH_HEARTBEAT_PREFIX + node
 
 
 def index_label(node: str, page: int) -> str:
-    return f"{INDEX_PREFIX}{page}-{node}"
+    return f"{MESH_INDEX_PREFIX}{page}-{node}"
 
 
 def index_name(node: str, page: int) -> str:
-    return f"{index_label(node, page)}.{INDEX_SERVICE_TYPE}"
+    return f"{index_label(node, page)}.{MESH_INDEX_SERVICE_TYPE}"
 
 
 def server_name(node: str) -> str:
-    return f"{SERVER_PREFIX}{node}.local."
+    return f"{MESH_SERVER_PREFIX}{node}.local."
 
 
 def service_name(label: str) -> str:
-    return f"{label}.{SERVICE_TYPE}"
+    return f"{label}.{MESH_SERVICE_TYPE}"
 
 
-def label_of(record_name: str, service_type: str = SERVICE_TYPE) -> str | None:
+def label_of(record_name: str, service_type: str = MESH_SERVICE_TYPE) -> str | None:
     """The instance label of a full record name under service_type (ours), else None."""
     if not record_name.lower().endswith("." + service_type):
         return None
@@ -240,14 +231,14 @@ def label_of(record_name: str, service_type: str = SERVICE_TYPE) -> str | None:
 
 # ---- encoding
 
-def encode_entry(entry: Entry, max_size: int = DEFAULT_TXT_MAX) -> bytes:
+def encode_entry(entry: Entry, max_size: int = MESH_TXT_ADVISED_MAX) -> bytes:
     """TXT bytes for an entry; NamingError when they would exceed max_size (nothing is dropped)."""
     name, uri = entry.name.encode("utf-8"), entry.uri.encode("utf-8")
     tags = encode_tags(entry.metadata).encode("utf-8")
     if len(name) + len(uri) + len(tags) > max_size:      # before splitting anything enormous
         raise _too_big(entry, len(name) + len(uri) + len(tags), max_size)
     props: list[tuple[str, bytes]] = [
-        ("v", FORMAT_VERSION.encode()), ("r", entry.realm.encode("utf-8")),
+        ("v", MESH_FORMAT_VERSION.encode()), ("r", entry.realm.encode("utf-8")),
         ("o", entry.node.encode()), ("i", str(entry.incarnation).encode()),
         ("s", str(entry.version).encode())]
     _put(props, "n", name)
@@ -257,7 +248,7 @@ def encode_entry(entry: Entry, max_size: int = DEFAULT_TXT_MAX) -> bytes:
     if entry.other_hosts:
         props.append(("x", ",".join(entry.other_hosts).encode("ascii")))
     if entry.auth:
-        props.append(("a", _b64(entry.auth)))
+        props.append((MESH_AUTH_TXT_KEY, _b64(entry.auth)))
     size = sum(len(key) + len(value) + 2 for key, value in props)   # length byte + "="
     if size > max_size:
         raise _too_big(entry, size, max_size)
@@ -272,22 +263,22 @@ def _too_big(entry: Entry, size: int, max_size: int) -> NamingError:
 
 
 def encode_heartbeat(hb: Heartbeat) -> bytes:
-    props = [("v", FORMAT_VERSION.encode()), ("r", hb.realm.encode("utf-8")),
+    props = [("v", MESH_FORMAT_VERSION.encode()), ("r", hb.realm.encode("utf-8")),
              ("o", hb.node.encode()), ("i", str(hb.incarnation).encode()), ("h", str(hb.seq).encode())]
     if hb.count >= 0:
         props += [("c", str(hb.count).encode()), ("d", hb.digest.encode("ascii"))]
     if hb.auth:
-        props.append(("a", _b64(hb.auth)))
+        props.append((MESH_AUTH_TXT_KEY, _b64(hb.auth)))
     return _pack(props)
 
 
 def encode_index_page(page: IndexPage) -> bytes:
-    props = [("v", FORMAT_VERSION.encode()), ("r", page.realm.encode("utf-8")),
+    props = [("v", MESH_FORMAT_VERSION.encode()), ("r", page.realm.encode("utf-8")),
              ("o", page.node.encode()), ("i", str(page.incarnation).encode()),
              ("s", str(page.version).encode()), ("p", f"{page.page}/{page.pages}".encode())]
     _put(props, "e", ",".join(f"{label}:{version}" for label, version in page.items).encode("ascii"))
     if page.auth:
-        props.append(("a", _b64(page.auth)))
+        props.append((MESH_AUTH_TXT_KEY, _b64(page.auth)))
     return _pack(props)
 
 
@@ -316,10 +307,10 @@ def decode_tags(text: str) -> frozenset[str]:
 
 def _put(props: list[tuple[str, bytes]], key: str, value: bytes) -> None:
     """Add key=value, split over numbered keys (key*=count, key0=, key1=...) if one string is too small."""
-    if len(key) + 1 + len(value) <= MAX_TXT_STRING:
+    if len(key) + 1 + len(value) <= DNS_MAX_TXT_STRING:
         props.append((key, value))
         return
-    size = MAX_TXT_STRING - len(key) - 4          # room for "=" and a chunk number of up to 3 digits
+    size = DNS_MAX_TXT_STRING - len(key) - 4          # room for "=" and a chunk number of up to 3 digits
     chunks = [value[i:i + size] for i in range(0, len(value), size)]
     if len(chunks) > _MAX_CHUNKS:
         raise NamingError(f"value of TXT key {key!r} is too long ({len(value)} bytes)")
@@ -331,7 +322,7 @@ def _pack(props: list[tuple[str, bytes]]) -> bytes:
     out = bytearray()
     for key, value in props:
         item = key.encode("ascii") + b"=" + value
-        if len(item) > MAX_TXT_STRING:
+        if len(item) > DNS_MAX_TXT_STRING:
             raise NamingError(f"TXT string for key {key!r} is too long ({len(item)} bytes)")
         out.append(len(item))
         out += item
@@ -345,7 +336,7 @@ class _Reject(Exception):
 
 
 def decode(txt: bytes, *, realm: str | None = None, label: str | None = None,
-           max_size: int = DEFAULT_TXT_MAX) -> tuple[Decoded | None, str]:
+           max_size: int = MESH_TXT_ADVISED_MAX) -> tuple[Decoded | None, str]:
     """Parse a TXT record: (Entry or Heartbeat, "") or (None, why it was ignored).
 
     realm: accept only that realm (None: any). label: the record's instance label, checked against
@@ -368,7 +359,7 @@ def _decode(txt: bytes, realm: str | None, label: str | None, max_size: int) -> 
     version = props.get("v")
     if version is None:
         raise _Reject("no format version (not a meshrpc record)")
-    if version != FORMAT_VERSION.encode():
+    if version != MESH_FORMAT_VERSION.encode():
         raise _Reject(f"unsupported format version {version[:16]!r}")
     got_realm = _text(props, "r")
     if realm is not None and got_realm != realm:
@@ -377,7 +368,7 @@ def _decode(txt: bytes, realm: str | None, label: str | None, max_size: int) -> 
     if not _NODE_RE.match(node):
         raise _Reject("bad node id")
     incarnation = _int(props, "i")
-    auth = _unb64(props["a"]) if "a" in props else b""
+    auth = _unb64(props[MESH_AUTH_TXT_KEY]) if MESH_AUTH_TXT_KEY in props else b""
     if "h" in props:
         if label is not None and label.lower() != heartbeat_label(node).lower():
             raise _Reject("heartbeat label does not match its node")
@@ -415,10 +406,10 @@ def _decode_index(props: dict[str, bytes], realm: str, node: str, incarnation: i
     listed = _text(props, "e")
     for part in listed.split(",") if listed else ():
         item_label, _, version = part.rpartition(":")
-        if not item_label or len(item_label) > MAX_LABEL or not version.isdigit() or len(version) > 19:
+        if not item_label or len(item_label) > DNS_MAX_LABEL or not version.isdigit() or len(version) > 19:
             raise _Reject("bad index item")
         items.append((item_label, int(version)))
-    if len(items) > INDEX_PAGE_ENTRIES:
+    if len(items) > MESH_INDEX_PAGE_ENTRIES:
         raise _Reject("too many index items")
     return IndexPage(realm, node, incarnation, _int(props, "s"), page, pages, tuple(items), auth)
 

@@ -38,3 +38,29 @@ EVENT_RETAIN = 2  # flag (publisher to event server): keep this as the subject's
 EVENTS_SUBJECT_TAG = "ev:"  # an inbox's mesh tag for a subject pattern
 EVENTS_REGEX_TAG = "evre:"  # an inbox's mesh tag for a regex pattern
 EVENTS_MAX_SUBJECT = 255  # bytes of a subject or pattern (a TXT string holds a tag of this size)
+
+# mDNS and DNS (RFC 1035, 6762, 6763), spelled out rather than taken from zeroconf's private const
+MDNS_GROUP = ("224.0.0.251", 5353)
+DNS_TYPE_PTR = 12
+DNS_TYPE_TXT = 16
+DNS_CLASS_IN = 1
+DNS_CLASS_IN_UNIQUE = 1 | 0x8000  # IN with the mDNS cache-flush bit: replaces older copies
+DNS_FLAGS_QUERY = 0
+DNS_FLAGS_RESPONSE_AA = 0x8000 | 0x0400  # QR (response) + AA (authoritative)
+DNS_MAX_LABEL = 63  # one DNS label
+DNS_MAX_TXT_STRING = 255  # one length-prefixed string in a TXT record
+
+# the mesh's DNS-SD records (mesh/records.py is their codec; docs/mesh.md)
+MESH_SERVICE_TYPE = "_meshrpc._tcp.local."
+# A node's index (anti-entropy): pages of (instance label, version) under a type nobody browses, so
+# DNS-SD browsers of MESH_SERVICE_TYPE never list them; a registry asks for them only on a digest mismatch.
+MESH_INDEX_SERVICE_TYPE = "_meshrpc-ix._tcp.local."
+MESH_INDEX_PREFIX = "mrix"
+MESH_INDEX_PAGE_ENTRIES = 14  # labels per index page: 14 x (63 + 21) bytes and headers fit MESH_TXT_ADVISED_MAX
+MESH_FORMAT_VERSION = "1"
+MESH_HEARTBEAT_PREFIX = "mrhb-"
+MESH_SERVER_PREFIX = "mr-"
+MESH_TXT_ADVISED_MAX = 1300  # RFC 6763 advice: keep a TXT record inside one packet (Settings.MESH_TXT_MAX's default)
+MESH_MAX_OTHER_HOSTS = 8  # other addresses of a wildcard-bound daemon, in one entry
+MESH_AUTH_TXT_KEY = "a"  # TXT key of the authenticator: a=<base64 of MESH_AUTH_BYTES>
+MESH_AUTH_BYTES = 16  # truncated HMAC-SHA256 (128 bits)

@@ -33,6 +33,7 @@ FORGER = r"""
 import json, sys
 from zeroconf import ServiceInfo, Zeroconf
 from meshrpc.mesh import records
+from meshrpc.wire import constants
 realm, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 zc = Zeroconf(interfaces=["127.0.0.1"])
 uris = []
@@ -42,7 +43,7 @@ for node, auth in (("rogue-a", b""), ("rogue-b", b"\x00" * 16)):
     txt = records.encode_entry(entry)
     if auth:
         txt += bytes([2 + 24]) + b"a=" + __import__("base64").b64encode(auth)
-    zc.register_service(ServiceInfo(records.SERVICE_TYPE, records.service_name(records.instance_label(entry)),
+    zc.register_service(ServiceInfo(constants.MESH_SERVICE_TYPE, records.service_name(records.instance_label(entry)),
                                     port=port, properties=txt, server="rogue.local.",
                                     parsed_addresses=["127.0.0.1"]), cooperating_responders=True)
     uris.append(entry.uri)

@@ -7,6 +7,7 @@ import pytest
 
 from meshrpc.errors import CommunicationError
 from meshrpc.mesh import auth, records
+from meshrpc.wire import constants
 from meshrpc.mesh.discovery import _question_chunks
 from meshrpc.resolve import failure_kind
 
@@ -39,14 +40,14 @@ def test_index_pages_split_and_round_trip_within_one_txt() -> None:
     assert records.index_page_count(40) == 3 and records.index_page_count(0) == 1
     for page in pages:
         text = records.encode_index_page(page)
-        assert len(text) <= records.DEFAULT_TXT_MAX
+        assert len(text) <= constants.MESH_TXT_ADVISED_MAX
         decoded, why = records.decode(text, label=records.index_label("node1", page.page))
         assert why == "" and decoded == page
     assert records.decode(records.encode_index_page(pages[1]), label=records.index_label("node1", 0))[0] is None
     empty = records.index_pages("realm", "node1", 9, 0, [])
     assert len(empty) == 1 and records.decode(records.encode_index_page(empty[0]), label="mrix0-node1")[0] == empty[0]
     name = records.index_name("node1", 2)
-    assert records.label_of(name, records.INDEX_SERVICE_TYPE) == "mrix2-node1" and records.label_of(name) is None
+    assert records.label_of(name, constants.MESH_INDEX_SERVICE_TYPE) == "mrix2-node1" and records.label_of(name) is None
 
 
 def test_signed_digests_and_index_pages_verify_and_tampering_is_caught() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from meshrpc.config import Settings
 from meshrpc.mesh import auth, records
+from meshrpc.wire import constants
 from meshrpc.mesh.records import Heartbeat
 from meshrpc.mesh.registry import Registry
 
@@ -49,7 +50,7 @@ def test_canonical_bytes_are_deterministic_and_tag_order_free() -> None:
     two = _entry(metadata=["z", "x", "y"])
     assert auth.canonical_entry(one) == auth.canonical_entry(two)
     assert auth.authenticator(KEY, one) == auth.authenticator(KEY, two)
-    assert len(auth.authenticator(KEY, one)) == auth.AUTH_BYTES
+    assert len(auth.authenticator(KEY, one)) == constants.MESH_AUTH_BYTES
     # fields cannot slide into each other (length-prefixed)
     assert auth.canonical_entry(_entry(name="ab", metadata=["c"])) != \
         auth.canonical_entry(_entry(name="a", metadata=["bc"]))

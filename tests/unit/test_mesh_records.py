@@ -8,6 +8,7 @@ import pytest
 
 from meshrpc.errors import NamingError
 from meshrpc.mesh import records
+from meshrpc.wire import constants
 from meshrpc.mesh.records import Entry, Heartbeat
 
 pytestmark = pytest.mark.timeout(30)
@@ -79,7 +80,7 @@ def test_long_name_and_tags_are_split_not_dropped() -> None:
     tags = {f"tag-{i:03d}" for i in range(50)}           # ~400 bytes joined
     entry = make(name, tags, uri="PYRO:obj@./u:/tmp/" + "s" * 120)
     txt = records.encode_entry(entry)
-    assert len(txt) <= records.DEFAULT_TXT_MAX
+    assert len(txt) <= constants.MESH_TXT_ADVISED_MAX
     assert all(len(s) <= 255 for s in strings(txt))
     assert any(s.startswith(b"n*=") for s in strings(txt)) and any(s.startswith(b"t*=") for s in strings(txt))
     got = roundtrip(entry)

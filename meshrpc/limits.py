@@ -75,3 +75,6 @@ MESH_ONE_SHOT_LISTEN = 1.0  # seconds the one-shot sockets wait for unicast answ
 MESH_ONE_SHOT_RCVBUF = 1 << 20  # a burst of answers from many responders must fit
 MESH_RECENT_QUESTION_IDS = 256  # answers carry the id of a question we asked lately
 NETWORKS_CACHE_TTL = 2.0  # seconds: interfaces change rarely, and a stale answer only costs a retry
+
+# --- the wire
+KEY_REPLAY_CACHE_MAX = 65536  # handshake proofs a daemon remembers within KEY_WINDOW (replays are refused)

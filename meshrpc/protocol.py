@@ -14,6 +14,7 @@ from .config import config
 from .context import current_context
 from .errors import ProtocolError
 from .wire import frame as _frame
+from .wire.constants import PING_SERIALIZER_ID
 
 MSG_CONNECT = _frame.MSG_CONNECT
 MSG_CONNECTOK = _frame.MSG_CONNECTOK
@@ -31,7 +32,6 @@ FLAGS_CORR_ID = _frame.FLAG_CORR_ID
 PROTOCOL_VERSION = _frame.PROTOCOL_VERSION
 HEADER_SIZE = _frame.HEADER_SIZE
 _header_size = HEADER_SIZE  # Pyro5's (private) name, which programs reading raw frames use
-PING_SERIALIZER_ID = 42  # Pyro5 pings with this id and a b"ping" payload; the reply echoes both
 COMPRESSION_MIN_SIZE = 100  # with COMPRESSION on, payloads above this size are compressed (as Pyro5)
 
 log = logging.getLogger("meshrpc.protocol")

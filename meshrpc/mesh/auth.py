@@ -15,10 +15,8 @@ import hashlib
 import hmac
 from dataclasses import replace
 
-from ..wire.keyproof import (BAD_KEY_REASON, CLIENT_TOKEN_BYTES, HANDSHAKE_ANNOTATION, MAC_BYTES,  # noqa: F401
-                             NONCE_BYTES, REPLAY_CACHE_MAX, REPLAY_REASON, REQUIRED_REASON,
-                             SERVER_TOKEN_BYTES, ReplayCache, check_client_token, check_server_token,
-                             client_mac, client_token, server_mac)
+from ..wire.keyproof import (BAD_KEY_REASON, REPLAY_REASON, REQUIRED_REASON, ReplayCache,  # noqa: F401
+                             check_client_token, check_server_token, client_mac, client_token, server_mac)
 from ..wire.constants import MESH_AUTH_BYTES
 from ..wire.keyproof import fields as _fields, subkeys as _subkeys
 from .records import Entry, Heartbeat, IndexPage

@@ -26,11 +26,9 @@ import time
 from typing import Any, Callable
 
 from ..errors import CommunicationError, ConnectionClosedError, ProtocolError, SecurityError, TimeoutError
+from ..wire.frame import TAG  # the first bytes of a plain protocol 502 message
 
 log = logging.getLogger("meshrpc.security")
-
-TLS_RECORD_HANDSHAKE = 0x16  # the first byte of a TLS ClientHello record
-PLAIN_TAG = b"PYRO"  # the first bytes of a plain protocol 502 message
 
 
 class TLSError(CommunicationError, SecurityError):
@@ -284,13 +282,13 @@ class TLSChannel:
         False while too few bytes came to tell."""
         raw = _socket.socket  # the file descriptor itself, under the SSL layer
         try:
-            head = raw.recv(self.sock, len(PLAIN_TAG), socket.MSG_PEEK)
+            head = raw.recv(self.sock, len(TAG), socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             head = b""  # let the handshake report it
-        if head and PLAIN_TAG.startswith(head):
-            if len(head) < len(PLAIN_TAG):
+        if head and TAG.startswith(head):
+            if len(head) < len(TAG):
                 return False
             try:
                 data = raw.recv(self.sock, 65536)  # take it: closing with unread data would reset the connection

@@ -64,3 +64,14 @@ MESH_TXT_ADVISED_MAX = 1300  # RFC 6763 advice: keep a TXT record inside one pac
 MESH_MAX_OTHER_HOSTS = 8  # other addresses of a wildcard-bound daemon, in one entry
 MESH_AUTH_TXT_KEY = "a"  # TXT key of the authenticator: a=<base64 of MESH_AUTH_BYTES>
 MESH_AUTH_BYTES = 16  # truncated HMAC-SHA256 (128 bits)
+
+# the mesh-key proof of the handshake (wire/keyproof.py, docs/security.md)
+KEY_NONCE_BYTES = 16
+KEY_MAC_BYTES = 32  # HMAC-SHA256, whole
+KEY_CLIENT_TOKEN_BYTES = KEY_NONCE_BYTES + 8 + KEY_MAC_BYTES  # nonce, timestamp (ms, u64), mac
+KEY_SERVER_TOKEN_BYTES = KEY_NONCE_BYTES + KEY_MAC_BYTES  # server nonce, mac
+
+# values and serializers
+PING_SERIALIZER_ID = 42  # Pyro5 pings with this id and a b"ping" payload; the reply echoes both
+BINARY_MARSHAL_VERSION = 2  # serpent's binary form (CAP_BINARY): the newest marshal without back-references
+OOB_CLASS = "meshrpc.oob"  # the class name of the marker dict that stands for an out-of-band blob (CAP_OOB)

@@ -18,14 +18,9 @@ import time
 from collections import OrderedDict
 from functools import lru_cache
 
-from .constants import KEY_ANNOTATION
+from ..limits import KEY_REPLAY_CACHE_MAX
+from .constants import KEY_CLIENT_TOKEN_BYTES, KEY_NONCE_BYTES, KEY_SERVER_TOKEN_BYTES
 
-HANDSHAKE_ANNOTATION = KEY_ANNOTATION
-NONCE_BYTES = 16
-MAC_BYTES = 32
-CLIENT_TOKEN_BYTES = NONCE_BYTES + 8 + MAC_BYTES      # nonce, timestamp (ms, u64), mac
-SERVER_TOKEN_BYTES = NONCE_BYTES + MAC_BYTES          # server nonce, mac
-REPLAY_CACHE_MAX = 65536
 REQUIRED_REASON = "this daemon requires the mesh key (MESHRPC_KEY)"
 BAD_KEY_REASON = "mesh key check failed (wrong MESHRPC_KEY, or a clock off by more than KEY_WINDOW)"
 REPLAY_REASON = "mesh key check failed (replayed handshake)"
@@ -61,7 +56,7 @@ def server_mac(key: str, client_nonce: bytes, server_nonce: bytes) -> bytes:
 
 def client_token(key: str, object_id: str, now_ms: int | None = None) -> bytes:
     """The proxy's CONNECT annotation: nonce + timestamp + mac."""
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = os.urandom(KEY_NONCE_BYTES)
     timestamp = struct.pack(">Q", _now_ms() if now_ms is None else now_ms)
     return nonce + timestamp + client_mac(key, nonce, timestamp, object_id)
 
@@ -70,7 +65,7 @@ class ReplayCache:
     """Nonces of accepted handshakes, each kept for the window it could be replayed in. Bounded: the
     oldest go first when full (only handshakes with a valid MAC get in, i.e. key holders)."""
 
-    def __init__(self, max_size: int = REPLAY_CACHE_MAX) -> None:
+    def __init__(self, max_size: int = KEY_REPLAY_CACHE_MAX) -> None:
         self.max_size = max(1, max_size)
         self._seen: OrderedDict[bytes, float] = OrderedDict()   # nonce -> expiry (wall clock, s)
         self._lock = threading.Lock()
@@ -103,9 +98,9 @@ def check_client_token(key: str, token: bytes | None, object_id: str, window: fl
     """Daemon side: (the server's CONNECTOK annotation, "") or (None, reason for CONNECTFAIL)."""
     if not token:
         return None, REQUIRED_REASON
-    if len(token) != CLIENT_TOKEN_BYTES or not isinstance(object_id, str):
+    if len(token) != KEY_CLIENT_TOKEN_BYTES or not isinstance(object_id, str):
         return None, BAD_KEY_REASON
-    nonce, timestamp, mac = token[:NONCE_BYTES], token[NONCE_BYTES:NONCE_BYTES + 8], token[NONCE_BYTES + 8:]
+    nonce, timestamp, mac = token[:KEY_NONCE_BYTES], token[KEY_NONCE_BYTES:KEY_NONCE_BYTES + 8], token[KEY_NONCE_BYTES + 8:]
     if not hmac.compare_digest(mac, client_mac(key, nonce, timestamp, object_id)):
         return None, BAD_KEY_REASON
     now = _now_ms() if now_ms is None else now_ms
@@ -114,7 +109,7 @@ def check_client_token(key: str, token: bytes | None, object_id: str, window: fl
     # remembered for twice the window: a timestamp can be up to `window` in the future
     if not (_replay_cache if cache is None else cache).add(nonce, 2 * window + 1, now / 1000):
         return None, REPLAY_REASON
-    server_nonce = os.urandom(NONCE_BYTES)
+    server_nonce = os.urandom(KEY_NONCE_BYTES)
     return server_nonce + server_mac(key, nonce, server_nonce), ""
 
 
@@ -122,9 +117,9 @@ def check_server_token(key: str, client_token_sent: bytes, token: bytes | None) 
     """Proxy side: "" when the daemon proved it holds the key, else why not."""
     if not token:
         return "the daemon did not prove it holds the mesh key (a daemon without MESHRPC_KEY?)"
-    if len(token) != SERVER_TOKEN_BYTES:
+    if len(token) != KEY_SERVER_TOKEN_BYTES:
         return "the daemon's mesh key proof is malformed"
-    server_nonce, mac = token[:NONCE_BYTES], token[NONCE_BYTES:]
-    if not hmac.compare_digest(mac, server_mac(key, client_token_sent[:NONCE_BYTES], server_nonce)):
+    server_nonce, mac = token[:KEY_NONCE_BYTES], token[KEY_NONCE_BYTES:]
+    if not hmac.compare_digest(mac, server_mac(key, client_token_sent[:KEY_NONCE_BYTES], server_nonce)):
         return "the daemon's mesh key proof is wrong (it has another key)"
     return ""

@@ -22,7 +22,8 @@ import marshal
 from itertools import chain
 from typing import Any
 
-MARSHAL_VERSION = 2   # the newest version without back-references (serpent has no shared objects)
+from .constants import BINARY_MARSHAL_VERSION as MARSHAL_VERSION  # (short: used in every dumps below)
+
 MAX_DEPTH = 200       # deeper (or circular) values are left to serpent, which has its own rules
 _WIDE = 16            # sequences longer than this are checked a level at a time, at C speed
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import serpent
 
 from . import marshal_check, plain
+from .constants import OOB_CLASS
 from .plain import SCALARS as _PLAIN_SCALARS
 from ..uri import URI
 from ..errors import (WIRE_NAME_OF, DaemonError, SecurityError, SerializeError, UnknownSerializerError,
@@ -232,8 +233,7 @@ def _recreate(value: Any, raw: bytes) -> Any:
 
 
 # --- out-of-band bytes (meshrpc peers only, negotiated per connection: docs/clients.md). A bytes-like
-# value travels as a marker dict in the payload, its raw bytes in the frame's OOB annotation.
-OOB_CLASS = "meshrpc.oob"
+# value travels as a marker dict (OOB_CLASS) in the payload, its raw bytes in the frame's OOB annotation.
 
 
 def oob_blob(data: dict, oob: list) -> bytes:

@@ -146,9 +146,9 @@ def test_txt_size_limit_counts_the_authenticator() -> None:
 def test_handshake_round_trip() -> None:
     cache = auth.ReplayCache()
     token = auth.client_token(KEY, "obj")
-    assert len(token) == auth.CLIENT_TOKEN_BYTES
+    assert len(token) == constants.KEY_CLIENT_TOKEN_BYTES
     answer, why = auth.check_client_token(KEY, token, "obj", 60, cache)
-    assert why == "" and answer is not None and len(answer) == auth.SERVER_TOKEN_BYTES
+    assert why == "" and answer is not None and len(answer) == constants.KEY_SERVER_TOKEN_BYTES
     assert auth.check_server_token(KEY, token, answer) == ""
     # the answer is bound to this client's nonce and to the key
     other = auth.client_token(KEY, "obj")

@@ -6,7 +6,8 @@ import pytest
 
 from meshrpc.errors import MessageTooLargeError, ProtocolError, SerializeError
 from meshrpc.wire import frame as wire
-from meshrpc.wire.serializers import OOB_CLASS, by_name
+from meshrpc.wire.constants import OOB_CLASS
+from meshrpc.wire.serializers import by_name
 
 OOB_SERIALIZERS = ("serpent", "json")
 

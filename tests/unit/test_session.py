@@ -201,7 +201,7 @@ def test_key_proof_both_ways() -> None:
     keyed = Settings(KEY=KEY)
     client, server = pair(client_settings=keyed, server_settings=keyed)
     [connect] = frames_of(ws.ClientSession(by_name("serpent"), keyed).connect_request("obj", now=NOW))
-    assert len(connect.annotations[constants.KEY_ANNOTATION]) == keyproof.CLIENT_TOKEN_BYTES
+    assert len(connect.annotations[constants.KEY_ANNOTATION]) == constants.KEY_CLIENT_TOKEN_BYTES
 
 
 def test_key_needs_now() -> None:

@@ -490,9 +490,9 @@ class ConnectionServer:
         monotonic = time.monotonic
         deadline = monotonic() + linger_ms / 1000
         sock_fd = conn.sock.fileno()
-        poll, backlog = conn.idle_poller.poll, self._pool.backlog
+        poll, pool = conn.idle_poller.poll, self._pool
         remaining_ms = linger_ms
-        while remaining_ms > 0 and not backlog():
+        while remaining_ms > 0 and not pool.backlogged:  # (backlogged: kept equal to "tasks wait" by the pool)
             for fd, _ in poll(remaining_ms):
                 if fd == sock_fd:
                     return True

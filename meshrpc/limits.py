@@ -78,3 +78,23 @@ NETWORKS_CACHE_TTL = 2.0  # seconds: interfaces change rarely, and a stale answe
 
 # --- the wire
 KEY_REPLAY_CACHE_MAX = 65536  # handshake proofs a daemon remembers within KEY_WINDOW (replays are refused)
+
+# --- the gateway (gateway/, docs/gateway.md; its tunable limits are GATEWAY_* Settings)
+GATEWAY_CONNECTIONS_PER_SERVICE = 4  # aio backend: connections opened to one daemon while each has a call in flight
+GATEWAY_MAX_TRACKED_CLIENTS = 10000  # rate-limit buckets kept: the oldest go first, so memory stays bounded
+GATEWAY_LOOKUP_CONCURRENCY = 4  # name lookups beyond the mesh (name server) at once: unknown names cannot pile up
+
+# --- the etcd registry (etcd/, docs/etcd.md)
+ETCD_VALUE_MAX = 16384  # bytes of one value: no packet to fit in, but still bounded
+ETCD_TXN_OPS = 100  # operations per transaction (etcd refuses more than --max-txn-ops, 128 by default)
+
+# --- the command line (cli/): the defaults of its --timeout options and its waits
+CLI_CALL_TIMEOUT = 10.0  # `meshrpc call` and `describe`: seconds to wait for the daemon
+CLI_NS_TIMEOUT = 5.0  # seconds the name-server commands (register, remove, ...) wait for the name server
+CLI_BROWSE_TIMEOUT = 2.0  # seconds a one-shot browse (or list, yplookup) listens at most
+CLI_BROWSE_SETTLE = 0.3  # seconds without news after which a one-shot browse stops listening
+CLI_EXEC_TIMEOUT = 60.0  # seconds a `browse --exec` handler may run before it is stopped
+CLI_DEMO_READY_TIMEOUT = 15.0  # seconds for the demo's daemons to start and be seen on the mesh
+
+# --- Pyro5's socketutil face
+LISTEN_BACKLOG = 100  # socketutil.create_socket(bind=...)'s listen backlog, as Pyro5's

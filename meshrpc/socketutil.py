@@ -19,6 +19,7 @@ from typing import Any, Iterator, Union
 
 from .config import config
 from .errors import CommunicationError, ConnectionClosedError, TimeoutError
+from .limits import LISTEN_BACKLOG  # (Pyro5's name in socketutil)
 
 Address = Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -29,7 +30,6 @@ ERRNO_ENOTSOCK = [errno.ENOTSOCK]
 ERRNO_EADDRNOTAVAIL = [errno.EADDRNOTAVAIL]
 ERRNO_EADDRINUSE = [errno.EADDRINUSE]
 USE_MSG_WAITALL = hasattr(socket, "MSG_WAITALL")
-LISTEN_BACKLOG = 100
 INTERFACE_PROBE_ADDRESS = "4.2.2.2"  # a public address: only used to pick the outgoing interface, no packet sent
 ROUTE_PROBE_PORT = 53
 

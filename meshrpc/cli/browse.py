@@ -14,12 +14,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..config import config
+from ..limits import CLI_BROWSE_SETTLE, CLI_BROWSE_TIMEOUT, CLI_EXEC_TIMEOUT
 from .common import add_realm_option, settings_for
 from .output import Output
 
-SETTLE = 0.3  # seconds without news after which a one-shot browse stops listening
-DEFAULT_TIMEOUT = 2.0  # seconds a one-shot browse (or list, yplookup) listens at most
-EXEC_TIMEOUT = 60.0  # seconds a --exec handler may run before it is stopped
 # the environment a --exec handler gets (MESH_*, not MESHRPC_*: those are settings, checked at start)
 EXEC_VARIABLES = ("event", "cause", "name", "uri", "host", "tags", "realm")
 
@@ -43,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="listen on every network interface (as MESHRPC_HOST=0.0.0.0), not only this machine's")
     p.add_argument("--source", choices=("mesh", "etcd"), default="mesh",
                    help="the mesh (mDNS, default) or the etcd cluster MESHRPC_RESOLVE names")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    p.add_argument("--timeout", type=float, default=CLI_BROWSE_TIMEOUT,
                    help="seconds to listen at most before printing (default %(default)s)")
     p.set_defaults(run=run, parser=p)
 
@@ -89,8 +87,8 @@ def realms_heard() -> list[str]:
 def gather(registry: Any, timeout: float, select: Callable[[], list[Any]], wait_for_any: bool = False) -> list[Any]:
     """What select() returns once the mesh's answers have settled, listening timeout seconds at most.
 
-    Answers have settled after SETTLE seconds without news, once select() found something (or, unless
-    wait_for_any, once SETTLE * 3 seconds passed: a fresh registry hears every daemon's answer to its
+    Answers have settled after CLI_BROWSE_SETTLE seconds without news, once select() found something (or, unless
+    wait_for_any, once CLI_BROWSE_SETTLE * 3 seconds passed: a fresh registry hears every daemon's answer to its
     first query well within that on a LAN)."""
     if getattr(registry, "complete", False):   # an etcd mirror knows everything once synced: nothing to await
         return select()
@@ -102,8 +100,8 @@ def gather(registry: Any, timeout: float, select: Callable[[], list[Any]], wait_
             remaining = timeout - (time.monotonic() - started)
             if remaining <= 0:
                 break
-            quiet = not news.wait(min(SETTLE, remaining))
-            if quiet and (select() or (not wait_for_any and time.monotonic() - started > SETTLE * 3)):
+            quiet = not news.wait(min(CLI_BROWSE_SETTLE, remaining))
+            if quiet and (select() or (not wait_for_any and time.monotonic() - started > CLI_BROWSE_SETTLE * 3)):
                 break
             news.clear()
     finally:
@@ -328,9 +326,9 @@ class Handler:
         env["MESH_TAGS"] = ",".join(record["metadata"])
         try:
             done = subprocess.run(self.command, shell=True, input=json.dumps(record, sort_keys=True) + "\n",
-                                  text=True, env=env, timeout=EXEC_TIMEOUT, check=False)
+                                  text=True, env=env, timeout=CLI_EXEC_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
-            self.out.status(f"note: --exec handler still running after {EXEC_TIMEOUT:g} s: stopped")
+            self.out.status(f"note: --exec handler still running after {CLI_EXEC_TIMEOUT:g} s: stopped")
             return
         if done.returncode != 0:
             self.out.status(f"note: --exec handler exited {done.returncode} for {record['event']} {record['name']}")

@@ -9,13 +9,11 @@ from typing import Any
 
 from .. import Proxy
 from ..errors import MeshError
+from ..limits import CLI_BROWSE_TIMEOUT, CLI_CALL_TIMEOUT
 from ..uri import URI
 from ..wire.constants import DAEMON_OBJECT_ID
 from .common import VALUE_RULE, add_realm_option, parse_call_arguments, parse_value, settings_for
 from .output import Output
-
-DEFAULT_TIMEOUT = 10.0
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("call", help="call a method of a remote object and print the result",
@@ -56,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser, json_help: str, serializer: bool = True) -> None:
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=CLI_CALL_TIMEOUT, help="seconds to wait (default %(default)s)")
     if serializer:
         p.add_argument("--serializer", default=None, help="serpent, marshal, json or msgpack")
     add_realm_option(p)
@@ -116,7 +114,7 @@ def call_every_provider(args: argparse.Namespace, out: Output, positional: list[
             return registry.yplookup(set(locator.tags), None)
     if not out.json_mode:
         out.status(f"looking for the providers of {locator} (realm {registry.realm!r}) ...")
-    entries = browse.gather(registry, min(args.timeout, browse.DEFAULT_TIMEOUT), select, wait_for_any=True)
+    entries = browse.gather(registry, min(args.timeout, CLI_BROWSE_TIMEOUT), select, wait_for_any=True)
     if not entries:
         raise MeshError(f"no provider of {locator} on the mesh (realm {registry.realm!r})")
     rows = []

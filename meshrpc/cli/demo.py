@@ -19,9 +19,9 @@ import time
 import uuid
 from typing import Any
 
+from ..limits import CLI_DEMO_READY_TIMEOUT
 from .output import Output
 
-READY_TIMEOUT = 15.0  # seconds for the demo daemons to start and be seen on the mesh
 CARRY_ON_CALLS = 5
 
 SENSORS = {"kitchen": 21.5, "garden": 12.0}
@@ -126,7 +126,7 @@ class Tour:
         news = threading.Event()
         unsubscribe = registry.subscribe(lambda event, entry: news.set())
         try:
-            deadline = time.monotonic() + READY_TIMEOUT
+            deadline = time.monotonic() + CLI_DEMO_READY_TIMEOUT
             while len(registry.list(prefix="demo.")) < 4:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .call import DEFAULT_TIMEOUT, open_proxy
+from ..limits import CLI_CALL_TIMEOUT
+from .call import open_proxy
 from .common import add_realm_option
 from .output import Output
 
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "docstrings and oneway/idempotent flags, properties, and its mesh name, "
                                    "tags and host when it is announced.")
     p.add_argument("uri", help="PYRO:, PYRONAME: or PYROMETA: URI")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=CLI_CALL_TIMEOUT, help="seconds to wait (default %(default)s)")
     add_realm_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(run=run)

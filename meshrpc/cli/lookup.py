@@ -15,13 +15,13 @@ from typing import Any
 
 from ..config import config
 from ..errors import MeshError, NamingError
+from ..limits import CLI_BROWSE_TIMEOUT, CLI_NS_TIMEOUT
 from ..uri import URI
 from . import browse
 from .common import add_realm_option
 from .output import Output
 
 SOURCES = ("mesh", "etcd", "ns", "all")
-NS_TIMEOUT = 5.0  # default seconds for name-server calls
 
 
 # ---------------------------------------------------------------- the parsers
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--prefix", default=None, help="only names starting with this")
     group.add_argument("--regex", default=None, help="only names matching this regular expression (anchored at the "
                                                      "start, as Pyro5's re.match)")
-    _query_options(p, browse.DEFAULT_TIMEOUT, "seconds to listen on the mesh at most (default %(default)s)")
+    _query_options(p, CLI_BROWSE_TIMEOUT, "seconds to listen on the mesh at most (default %(default)s)")
     p.set_defaults(run=run_list, parser=p)
 
     p = sub.add_parser("yplookup", help="find objects by metadata tags",
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="tags that must all be present (comma separated, repeatable)")
     p.add_argument("--any", action="append", default=[], metavar="TAG[,TAG...]",
                    help="tags of which at least one must be present (comma separated, repeatable)")
-    _query_options(p, browse.DEFAULT_TIMEOUT, "seconds to listen on the mesh at most (default %(default)s)")
+    _query_options(p, CLI_BROWSE_TIMEOUT, "seconds to listen on the mesh at most (default %(default)s)")
     p.set_defaults(run=run_yplookup, parser=p)
 
     p = sub.add_parser("register", help="register a name in the name server",
@@ -86,7 +86,7 @@ def _query_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str
 
 
 def _ns_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=float, default=NS_TIMEOUT,
+    p.add_argument("--timeout", type=float, default=CLI_NS_TIMEOUT,
                    help="seconds to wait for the name server (default %(default)s)")
     _ns_location(p)
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")

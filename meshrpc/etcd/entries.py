@@ -11,10 +11,9 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from ..config import Settings
+from ..limits import ETCD_VALUE_MAX
 from ..mesh import records
 from ..mesh.records import Entry
-
-VALUE_MAX = 16384   # bytes of one value: no packet to fit in, but still bounded
 
 
 def realm_prefix(settings: Settings, realm: str | None = None) -> bytes:
@@ -26,7 +25,7 @@ def key_for(prefix: bytes, entry: Entry) -> bytes:
 
 
 def encode_value(entry: Entry) -> bytes:
-    return records.encode_entry(entry, VALUE_MAX)
+    return records.encode_entry(entry, ETCD_VALUE_MAX)
 
 
 def decode_value(prefix: bytes, key: bytes, value: bytes, realm: str) -> tuple[Entry | None, str]:
@@ -37,7 +36,7 @@ def decode_value(prefix: bytes, key: bytes, value: bytes, realm: str) -> tuple[E
         label = key[len(prefix):].decode("ascii")
     except UnicodeDecodeError:
         return None, "key is not ASCII"
-    item, why = records.decode(value, realm=realm, label=label, max_size=VALUE_MAX)
+    item, why = records.decode(value, realm=realm, label=label, max_size=ETCD_VALUE_MAX)
     if item is None:
         return None, why
     if not isinstance(item, Entry):

@@ -19,10 +19,10 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import NamingError
+from ..limits import ETCD_TXN_OPS
 
 log = logging.getLogger("meshrpc.etcd")
 
-TXN_OPS = 100           # operations per transaction (etcd refuses more than --max-txn-ops, 128 by default)
 API_PATH = "/v3/"       # etcd >= 3.4 (3.3 and older are out of support): no /version round trip
 
 
@@ -126,9 +126,9 @@ class Gateway:
         return int(reply["header"]["revision"])
 
     def put_many(self, items: list[tuple[bytes, bytes]], lease: int) -> None:
-        """Several puts in transactions of at most TXN_OPS (one request and one revision each)."""
-        for start in range(0, len(items), TXN_OPS):
-            chunk = items[start:start + TXN_OPS]
+        """Several puts in transactions of at most ETCD_TXN_OPS (one request and one revision each)."""
+        for start in range(0, len(items), ETCD_TXN_OPS):
+            chunk = items[start:start + ETCD_TXN_OPS]
             self.call("kv/txn", {"success": [{"request_put": {"key": b64(k), "value": b64(v), "lease": str(lease)}}
                                              for k, v in chunk]})
 

@@ -20,9 +20,10 @@ from ..errors import NamingError
 from ..mesh import records
 from ..mesh.records import Entry
 from ..uri import URI
+from ..limits import ETCD_TXN_OPS
 from ..wire.constants import MESH_MAX_OTHER_HOSTS
 from . import entries
-from .gateway import TXN_OPS, Gateway
+from .gateway import Gateway
 
 log = logging.getLogger("meshrpc.etcd")
 
@@ -145,7 +146,7 @@ class EtcdRegistrar:
                 self._written.pop(key, None)
         if wanted:
             self.gateway.put_many(wanted, self._lease)
-            self.writes += -(-len(wanted) // TXN_OPS)
+            self.writes += -(-len(wanted) // ETCD_TXN_OPS)
             with self._lock:
                 self._written.update(wanted)
 

@@ -13,11 +13,9 @@ from typing import Any
 from ..aio import AsyncStreamIterator, Proxy
 from ..config import Settings
 from ..context import current_context
+from ..limits import GATEWAY_CONNECTIONS_PER_SERVICE
 from ..wire import frame as wire
 from .backend import NO_REPLY, Call, Services, plan, proxy_settings
-
-
-CONNECTIONS_PER_SERVICE = 4
 
 
 class AioBackend:
@@ -86,7 +84,7 @@ class AioBackend:
 
 class _Connections:
     """A service's proxies (a connection each): the least busy one takes the next call; a new one is
-    opened while every one has a call in flight, up to CONNECTIONS_PER_SERVICE. Pipelining lets one
+    opened while every one has a call in flight, up to GATEWAY_CONNECTIONS_PER_SERVICE. Pipelining lets one
     connection carry many calls, but a daemon reads one connection on one thread at a time."""
 
     def __init__(self) -> None:
@@ -95,7 +93,7 @@ class _Connections:
 
     def pick(self, new: Any) -> Proxy:
         best = min(self.proxies, key=lambda p: self.in_flight[id(p)], default=None)
-        if best is None or (self.in_flight[id(best)] and len(self.proxies) < CONNECTIONS_PER_SERVICE):
+        if best is None or (self.in_flight[id(best)] and len(self.proxies) < GATEWAY_CONNECTIONS_PER_SERVICE):
             best = new()
             self.proxies.append(best)
             self.in_flight[id(best)] = 0

@@ -22,6 +22,7 @@ from aiohttp import web
 from .. import __version__ as meshrpc_version
 from ..config import Settings
 from ..errors import CommunicationError, NamingError, TimeoutError as CallTimeout
+from ..limits import GATEWAY_LOOKUP_CONCURRENCY
 from ..resolve import resolve_with_source
 from ..uri import URI
 from ..wire.serializers import by_name, exception_to_dict
@@ -40,7 +41,6 @@ OPTIONS_HEADER = "X-Pyro-Options"
 KEY_PARAM = "$key"
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
                 ".svg": "image/svg+xml"}
-LOOKUP_CONCURRENCY = 4   # name lookups beyond the mesh (name server) at once: unknown names cannot pile up
 
 
 def is_loopback(host: str) -> bool:
@@ -100,7 +100,7 @@ class Gateway:
         check_bind(host, self.key, ssl_context is not None)
         if self._backend is None:
             self._backend = make_backend(self.settings)
-        self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+        self._lookups = asyncio.Semaphore(GATEWAY_LOOKUP_CONCURRENCY)
         if self._registries is None:
             from ..mesh import get_registry
             self._registries = [get_registry(self.settings.copy(REALM=realm)) for realm in self.realms]

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-MAX_TRACKED_CLIENTS = 10000
+from ..limits import GATEWAY_MAX_TRACKED_CLIENTS
 
 
 class RateLimiter:
@@ -34,7 +34,7 @@ class RateLimiter:
         else:
             wait = (1.0 - tokens) / self.rate
         self._buckets[address] = (tokens, now)
-        if len(self._buckets) > MAX_TRACKED_CLIENTS:
+        if len(self._buckets) > GATEWAY_MAX_TRACKED_CLIENTS:
             self._buckets.popitem(last=False)       # the least recently seen address starts afresh
         return wait
 

@@ -6,7 +6,8 @@ import pytest
 
 from meshrpc.gateway.backend import META, Call, plan
 from meshrpc.gateway.errors import BadRequest, NoSuchMember
-from meshrpc.gateway.limits import MAX_TRACKED_CLIENTS, RateLimiter
+from meshrpc.gateway.limits import RateLimiter
+from meshrpc.limits import GATEWAY_MAX_TRACKED_CLIENTS
 from meshrpc.wire.frame import FLAG_ONEWAY
 
 
@@ -33,9 +34,9 @@ def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
 def test_rate_limiter_off_and_bounded() -> None:
     assert RateLimiter(rate=0, burst=1).allow("a") == 0.0
     limiter = RateLimiter(rate=1.0, burst=1, clock=Clock())
-    for i in range(MAX_TRACKED_CLIENTS + 10):
+    for i in range(GATEWAY_MAX_TRACKED_CLIENTS + 10):
         limiter.allow(f"10.0.{i // 256}.{i % 256}")
-    assert len(limiter._buckets) == MAX_TRACKED_CLIENTS
+    assert len(limiter._buckets) == GATEWAY_MAX_TRACKED_CLIENTS
 
 
 METHODS, ATTRS, ONEWAY = frozenset({"echo", "note"}), frozenset({"level"}), frozenset({"note"})

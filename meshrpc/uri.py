@@ -12,9 +12,9 @@ import re
 from typing import Any
 
 from .errors import MeshError
+from .wire.constants import NS_DEFAULT_PORT
 
 PROTOCOLS = ("PYRO", "PYRONAME", "PYROMETA")
-DEFAULT_NS_PORT = 9090
 
 _LOCATION = re.compile(r"""
     (?:\./u:(?P<sockname>.+))                         # unix socket path
@@ -173,5 +173,5 @@ def _parse(raw: str) -> tuple[str, Any, str | None, int | None, str | None]:
     if protocol == "PYRO" and not port:
         raise InvalidURIError(f"invalid URI {text!r}: PYRO URIs need a port, as in PYRO:obj@host:port")
     if protocol != "PYRO" and not port:
-        port = DEFAULT_NS_PORT
+        port = NS_DEFAULT_PORT
     return protocol, _tag_set(obj) if protocol == "PYROMETA" else obj, host, port, None

@@ -28,6 +28,7 @@ NAMESERVER_NAME = "Pyro.NameServer"  # object id and registered name, as in Pyro
 NAMESERVER_METADATA = frozenset({"class:Pyro5.nameserver.NameServer"})  # Pyro5 tags its own entry so
 NS_BROADCAST_REQUEST = b"GET_NSURI"  # the UDP question; the answer is the name server's URI
 NS_BROADCAST_MAX_DATAGRAM = 100  # Pyro5 reads 100 bytes; GET_NSURI is 9
+NS_DEFAULT_PORT = 9090  # a PYRONAME/PYROMETA URI without a port means the name server on this one (Pyro5's)
 
 # events (docs/events.md): names and flags that publishers, subscribers and event servers agree on
 EVENTS_INBOX_NAME = "meshrpc.events.inbox"  # a subscriber's inbox announcement; the i-th more: + ".i"

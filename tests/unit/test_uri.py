@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshrpc.errors import MeshError
-from meshrpc.uri import DEFAULT_NS_PORT, URI, InvalidURIError
+from meshrpc.uri import URI, InvalidURIError
+from meshrpc.wire.constants import NS_DEFAULT_PORT
 
 try:  # the reference peer (a test dependency); only the cross-checks need it
     import Pyro5.core
@@ -61,9 +62,9 @@ def test_location_property():
 
 def test_name_server_location_without_port_gets_the_default_port():
     uri = URI("PYRONAME:name@nshost")
-    assert (uri.host, uri.port) == ("nshost", DEFAULT_NS_PORT)
-    assert str(uri) == f"PYRONAME:name@nshost:{DEFAULT_NS_PORT}"
-    assert URI("PYROMETA:t@nshost").port == DEFAULT_NS_PORT
+    assert (uri.host, uri.port) == ("nshost", NS_DEFAULT_PORT)
+    assert str(uri) == f"PYRONAME:name@nshost:{NS_DEFAULT_PORT}"
+    assert URI("PYROMETA:t@nshost").port == NS_DEFAULT_PORT
 
 
 @pytest.mark.parametrize("text, canonical", [

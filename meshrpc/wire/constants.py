@@ -1,7 +1,10 @@
-"""Protocol constants: the one home of object ids, annotation names and capability letters.
+"""Protocol constants: the one home of the values a peer must agree on (docs/architecture.md, "Where
+constants live"). Changing one breaks compatibility with running peers.
 
-Protocol 502 itself (header, message types, flags) lives in wire/frame.py; this module holds the
-names both sides of a session agree on, Pyro5's and meshrpc's own.
+Sections: the session (object ids, annotations, capability letters), the name server, events, mDNS
+and DNS, the mesh's records, the mesh-key proof, values and serializers. Protocol 502's header values
+(version, tag, magic, message types, flags) are still in wire/frame.py, beside the header's struct.
+Timings and limits are not here: Settings (config.py) or limits.py.
 """
 
 from __future__ import annotations

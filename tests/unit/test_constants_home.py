@@ -1,0 +1,84 @@
+"""Every public module-level number has one of the homes docs/architecture.md names ("Where constants
+live"): Settings (config.py), limits.py, wire/constants.py. A new one elsewhere fails here: move it, or
+add it below with the reason it stays where it is."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import meshrpc
+
+PACKAGE = Path(meshrpc.__file__).parent
+HOMES = {"config.py", "limits.py", "wire/constants.py"}
+# (module, name): why it stays next to its user
+STAYS = {
+    ("wire/frame.py", "PROTOCOL_VERSION"): "protocol 502's header values, beside the header's struct (the lead's file)",
+    ("wire/frame.py", "MAGIC"): "as above",
+    ("wire/frame.py", "MSG_CONNECT"): "as above",
+    ("wire/frame.py", "MSG_CONNECTOK"): "as above",
+    ("wire/frame.py", "MSG_CONNECTFAIL"): "as above",
+    ("wire/frame.py", "MSG_INVOKE"): "as above",
+    ("wire/frame.py", "MSG_RESULT"): "as above",
+    ("wire/frame.py", "MSG_PING"): "as above",
+    ("wire/frame.py", "FLAG_EXCEPTION"): "as above",
+    ("wire/frame.py", "FLAG_COMPRESSED"): "as above",
+    ("wire/frame.py", "FLAG_ONEWAY"): "as above",
+    ("wire/frame.py", "FLAG_BATCH"): "as above",
+    ("wire/frame.py", "FLAG_ITEMSTREAMRESULT"): "as above",
+    ("wire/frame.py", "FLAG_KEEPSERIALIZED"): "as above",
+    ("wire/frame.py", "FLAG_CORR_ID"): "as above",
+    ("wire/frame.py", "LARGE_FRAME"): "large-frame reading, being reworked in frame.py this session",
+    ("wire/frame.py", "LARGE_FRAME_PROOF"): "as above",
+    ("wire/frame.py", "SPARE_MAX"): "as above",
+    ("transport/sockets.py", "RECV_CHUNK"): "read sizes of the large-frame work in sockets.py this session",
+    ("transport/sockets.py", "RECV_MAX"): "as above",
+    ("transport/sockets.py", "LOW_WATER"): "as above",
+    ("wire/session.py", "SEQ_MASK"): "the header's 16-bit seq field, for its one user",
+    ("wire/plain.py", "MAX_DEPTH"): "a parameter of plain's check (deeper values go to serpent)",
+    ("protocol.py", "COMPRESSION_MIN_SIZE"): "Pyro5's SendingMessage rule, in Pyro5's module face",
+    ("socketutil.py", "ROUTE_PROBE_PORT"): "the route probe's detail (no packet is sent)",
+    ("cli/reference.py", "WIDTH"): "the generated CLI reference's layout",
+    ("cli/demo.py", "CARRY_ON_CALLS"): "the demo's script",
+}
+
+
+def _is_number(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+    if isinstance(node, ast.BinOp):
+        return _is_number(node.left) and _is_number(node.right)
+    if isinstance(node, ast.UnaryOp):
+        return _is_number(node.operand)
+    return False
+
+
+def public_numbers() -> set[tuple[str, str]]:
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        module = path.relative_to(PACKAGE).as_posix()
+        if module in HOMES:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AnnAssign):
+                targets = [node.target]
+            else:
+                continue
+            value = node.value
+            for target in targets:
+                if (isinstance(target, ast.Name) and target.id.isupper() and not target.id.startswith("_")
+                        and value is not None and _is_number(value)):
+                    found.add((module, target.id))
+    return found
+
+
+def test_public_numbers_live_in_their_homes() -> None:
+    strays = sorted(public_numbers() - set(STAYS))
+    assert not strays, f"move these to config.py Settings, limits.py or wire/constants.py (or list why not): {strays}"
+
+
+def test_the_list_of_exceptions_is_current() -> None:
+    gone = sorted(set(STAYS) - public_numbers())
+    assert not gone, f"no longer module numbers, drop them from STAYS: {gone}"

@@ -237,6 +237,30 @@ class Registration:
         return obj
 
 
+class _AnnotationText(str):
+    """An annotation kept as text (`from __future__ import annotations`): shown as written, not quoted."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _signature_text(func: Any) -> str:
+    """`(on: bool, fade: float = 0.0) -> str`, without self; "(...)" when Python cannot tell."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return "(...)"
+
+    def as_text(annotation: Any) -> Any:
+        return _AnnotationText(annotation) if isinstance(annotation, str) else annotation
+
+    parameters = [parameter.replace(annotation=as_text(parameter.annotation))
+                  for parameter in signature.parameters.values()]
+    if parameters and parameters[0].name == "self":
+        parameters = parameters[1:]
+    return str(signature.replace(parameters=parameters, return_annotation=as_text(signature.return_annotation)))
+
+
 def describe_members(obj: Any) -> dict[str, Any]:
     """What `meshrpc describe` shows of an exposed object: its class, docstring, and per exposed method
     its signature (without self), docstring and flags, per exposed property its docstring and whether
@@ -247,10 +271,7 @@ def describe_members(obj: Any) -> dict[str, Any]:
     for name in sorted(members["methods"]):
         func = inspect.getattr_static(cls, name)
         func = getattr(func, "__func__", func)
-        try:
-            signature = str(inspect.signature(func)).replace("(self, ", "(").replace("(self)", "()")
-        except (TypeError, ValueError):
-            signature = "(...)"
+        signature = _signature_text(func)
         methods[name] = {"signature": signature, "doc": inspect.getdoc(func) or "",
                          "oneway": name in members["oneway"], "idempotent": name in members["idempotent"]}
     attrs = {}

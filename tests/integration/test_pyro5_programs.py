@@ -284,3 +284,51 @@ def test_transport_server_gives_the_listening_socket() -> None:
     """The filetransfer example binds its blob socket next to `self.transportServer.sock`."""
     with meshrpc.Daemon(host=HOST) as daemon:
         assert daemon.transportServer.sock.getsockname() == (HOST, int(daemon.locationStr.rsplit(":", 1)[1]))
+
+
+@meshrpc.expose
+class Turnstile:
+    """The oneway example's server2, made observable: each oneway call says it started, then waits to be
+    let through, so the test sees which calls overlap without timing them."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.changed = threading.Condition()
+        self.gate = threading.Event()
+
+    @meshrpc.oneway
+    def enter(self, number: int) -> None:
+        with self.changed:
+            self.started.append(number)
+            self.changed.notify_all()
+        self.gate.wait(WAIT)
+
+    def count(self) -> int:
+        with self.changed:
+            return len(self.started)
+
+    def wait_for(self, count: int) -> list[int]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.started) >= count, WAIT), self.started
+            return list(self.started)
+
+
+@pytest.mark.parametrize("library", ["meshrpc", "pyro5"])
+def test_oneway_calls_of_one_proxy_run_in_order_and_other_proxies_overlap_them(library: str) -> None:
+    """The guide's difference: a meshrpc daemon runs one connection's oneway calls one after another
+    (Pyro5's start a thread each), without holding up that proxy's normal calls; oneway calls from
+    separate proxies run at the same time. The same for a meshrpc and a Pyro5 client."""
+    lib = meshrpc if library == "meshrpc" else Pyro5.api
+    turnstile = Turnstile()
+    with meshrpc.Daemon(host=HOST) as daemon, serving(daemon):
+        uri = str(daemon.register(turnstile, "turnstile"))
+        with lib.Proxy(uri) as first, lib.Proxy(uri) as second:
+            first.enter(1)
+            first.enter(2)
+            assert turnstile.wait_for(1) == [1]
+            assert first.count() == 1  # a normal call is answered while the oneway calls wait
+            second.enter(3)  # another connection: runs beside call 1
+            assert turnstile.wait_for(2) == [1, 3]
+            assert first.count() == 2  # call 2 still waits for call 1
+            turnstile.gate.set()
+            assert turnstile.wait_for(3) == [1, 3, 2]

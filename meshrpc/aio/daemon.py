@@ -33,7 +33,7 @@ from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..server import daemon as threaded
 from ..wire import constants
 from ..wire import frame as wire
-from ..wire.session import NEED_DATA, ConnectRequest, ServerSession
+from ..wire.session import NEED_DATA, TAKE_EVENT, ConnectRequest, ServerSession
 from .cork import Cork
 from .eager import EagerStarter
 from .receiving import receive_buffer
@@ -98,12 +98,16 @@ class _ClientConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         received = self._received
+        daemon = self.daemon
         while nbytes:
             self.last_active = time.monotonic()
-            self.wire.receive_data(received[:nbytes])  # copied out: the buffer is the loop's
             self.pumping = True
             try:
-                self.daemon._pump(self)
+                if self.handshaken and not daemon._stopping:  # the usual requests first, without a Frame each
+                    daemon._take_requests(self, bytes(received[:nbytes]))
+                else:
+                    self.wire.receive_data(received[:nbytes])  # copied out: the buffer is the loop's
+                daemon._pump(self)
             finally:
                 self.pumping = False
                 written = self._corked.flush()
@@ -302,8 +306,30 @@ class Daemon(threaded.Daemon):
         conn.handshaken, conn.object_id = True, object_id
 
     # ------------------------------------------------------------------ calls
+    def _take_requests(self, conn: _ClientConnection, data: bytes) -> None:
+        """The usual requests at the start of one read's bytes (ServerSession.receive_requests: no Frame
+        read for each); the first other message and what follows it are left to _pump."""
+        session = conn.wire
+        take: Any = session.receive_requests
+        args: tuple = (data,)
+        while not conn.closed:
+            try:
+                call = take(*args)
+            except (SerializeError, errors.SecurityError) as exc:
+                conn.send(session.error_reply(session.bare_frame(), exc))
+                call = None
+            if call is TAKE_EVENT:
+                return
+            take, args = session.next_request, ()
+            if call is None:
+                continue
+            if self._stopping:
+                conn.send(session.not_run_reply(session.bare_frame()))
+            else:
+                self._run_call(conn, session.bare_frame(), call, True)
+
     def _start_call(self, conn: _ClientConnection, frame: wire.Frame) -> None:
-        """A request (while its read is worked through: `conn.pumping`). Every request passes here."""
+        """A request read as a Frame (while its read is worked through: `conn.pumping`)."""
         session = conn.wire
         try:
             call = session.decode_call(frame)
@@ -313,6 +339,12 @@ class Daemon(threaded.Daemon):
             else:
                 log.warning("dropped oneway call from %s: %s", conn.addr, exc)
             return
+        self._run_call(conn, frame, call, False)
+
+    def _run_call(self, conn: _ClientConnection, frame: wire.Frame, call: tuple, bare: bool) -> None:
+        """A decoded request; every request passes here. `bare`: the session took it in its lane
+        (receive_requests): a reply at once may be its bare_result."""
+        session = conn.wire
         object_id, method, vargs, kwargs = call
         registration = self._dispatch.objects.get(object_id) if isinstance(object_id, str) else None
         if registration is None or not isinstance(method, str):  # the executor's Dispatcher answers it
@@ -353,7 +385,8 @@ class Daemon(threaded.Daemon):
             if not (flags or frame.flags & wire.FLAG_ONEWAY or self._reply_annotations):  # the usual reply (_reply's)
                 annotations = context.run(call_state).response_annotations
                 try:
-                    parts = session.result_reply(frame, result, annotations)
+                    parts = (session.bare_result(result) if bare and not annotations
+                             else session.result_reply(frame, result, annotations))
                 except ProtocolError as exc:  # e.g. the result is too large for MAX_MESSAGE_SIZE
                     parts = session.error_reply(frame, exc)
                 if not conn.closed:

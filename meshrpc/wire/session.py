@@ -567,7 +567,8 @@ class ServerSession(_Session):
     it, and a proxy that gave up on it could not get a fresh connection's worth of service)."""
 
     __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "accepts_pipelining", "_key_proof",
-                 "rehandshake", "request_seq", "request_serializer_id", "_lane", "_request", "_prefixes")
+                 "rehandshake", "request_seq", "request_serializer_id", "_lane", "_request", "_prefixes",
+                 "_request_heads", "_held", "_held_at")
 
     def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
                  pipelining: bool = True, rehandshake: bool = False) -> None:
@@ -583,6 +584,12 @@ class ServerSession(_Session):
         self._key_proof: bytes | None = None
         # receive_request's lane, after the handshake: per serializer id of a request, _LaneEntry
         self._lane: dict[int, _LaneEntry] = {}
+        # receive_requests: the lane entries by an INVOKE's first 8 bytes (tag, version, type, serializer
+        # id), and the bytes it holds (their requests are taken one by one with next_request) and where
+        # the next one starts
+        self._request_heads: dict[bytes, _LaneEntry] = {}
+        self._held: bytes | None = None
+        self._held_at = 0
         self._request: _LaneEntry | None = None  # the lane entry of the request receive_request took
         self.request_seq = 0                     # ...its seq
         self.request_serializer_id = 0           # ...and its values' serializer id (current_context's)
@@ -652,6 +659,8 @@ class ServerSession(_Session):
         if self._key_proof is not None:
             annotations[KEY_ANNOTATION] = self._key_proof
         self._lane = _lane_entries(self.oob, self.binary)
+        self._request_heads = {TAG + PROTOCOL_VERSION.to_bytes(2, "big") + bytes((MSG_INVOKE, ser_id)): entry
+                               for ser_id, entry in self._lane.items()}
         self.handshaken, self.object_id = True, request.object_id
         return self._encode(Frame(MSG_CONNECTOK, serializer.id, request.seq, payload, 0, annotations,
                                   request.correlation_id))
@@ -684,6 +693,48 @@ class ServerSession(_Session):
         self.request_seq = header[3]
         self.request_serializer_id = entry.values_id
         return entry.loads_call(data[HEADER_SIZE:], [] if entry.oob else None, self._prefixes)
+
+    def receive_requests(self, data: bytes) -> Any:
+        """receive_request for bytes (not empty) that may hold many requests (a pipelined client's,
+        read while nothing is buffered): the call of the first when it is the usual request (as
+        receive_request takes it: one whole INVOKE with no annotations and no flags, in a serializer
+        this side knows), its seq `request_seq`; then next_request() gives the next one's, until it
+        says TAKE_EVENT. Answer each with bare_result (or the general replies given bare_frame())
+        before asking for the next. SerializeError/SecurityError: that call does not decode (answer
+        with error_reply(bare_frame(), exc)); next_request() goes on after it. TAKE_EVENT: from that
+        request on, the bytes were buffered: take next_event()."""
+        if self.reader.buffered or not self.handshaken or data.__class__ is not bytes:
+            self.reader.feed(data)
+            return TAKE_EVENT
+        self._held, self._held_at = data, 0
+        return self.next_request()
+
+    def next_request(self) -> Any:
+        """The next usual request of the bytes receive_requests took (its call), or TAKE_EVENT: none is
+        left, or the next message is not one (it and the rest were buffered: take next_event())."""
+        data = self._held
+        if data is None:
+            return TAKE_EVENT
+        start, end = self._held_at, len(data)
+        if end - start >= HEADER_SIZE:
+            # flags_seq: flags << 16 | seq, so at most SEQ_MASK only when there are no flags
+            head, flags_seq, size, annotations_size, magic = _BARE_HEAD.unpack_from(data, start)
+            stop = start + HEADER_SIZE + size
+            entry = self._request_heads.get(head)
+            if (entry is not None and flags_seq <= SEQ_MASK and not annotations_size and magic == MAGIC
+                    and stop <= end and size <= self.reader.max_size):
+                if stop == end:
+                    self._held = None
+                else:
+                    self._held_at = stop
+                self._request = entry
+                self.request_seq = flags_seq
+                self.request_serializer_id = entry.values_id
+                return entry.loads_call(data[start + HEADER_SIZE:stop], [] if entry.oob else None, self._prefixes)
+        self._held = None
+        if start < end:
+            self.reader.feed(data[start:] if start else data)
+        return TAKE_EVENT
 
     def bare_frame(self) -> Frame:
         """The request receive_request took, as the general replies take it (its payload was decoded)."""

@@ -815,3 +815,70 @@ def test_pipelined_usual_replies_are_matched_without_a_frame_and_hooks_still_get
             assert all(frame.__class__ is wire.Frame and frame.type == wire.MSG_RESULT for frame in raw)
             assert [proxy._conn.session.reply_value(frame) for frame in raw] == [0, 1, 2]
     run(main())
+
+
+def test_the_daemon_takes_a_reads_usual_requests_without_a_frame_and_answers_each_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests that come together in one read go through ServerSession.receive_requests/next_request
+    (no Frame each); one among them that does not decode gets its error reply and the ones after it
+    are served; an annotated one goes the general way and is answered too."""
+    from meshrpc.wire import frame as wire
+    from meshrpc.wire.serializers import BY_NAME
+    from meshrpc.wire.session import NEED_DATA, TAKE_EVENT, ClientSession, ServerSession
+    taken: list[int] = []  # the seqs of the requests the lane took (receive_requests goes through next_request)
+    next_request = ServerSession.next_request
+
+    def counted(self: ServerSession) -> Any:
+        try:
+            call = next_request(self)
+        except errors.SerializeError:
+            call = None
+            raise
+        finally:
+            if call is not TAKE_EVENT:
+                taken.append(self.request_seq)
+        return call
+    monkeypatch.setattr(ServerSession, "next_request", counted)
+
+    async def main() -> None:
+        daemon, uri = serve_aio(Thing())
+        async with daemon:
+            reader, writer = await asyncio.open_connection(uri.host, uri.port)
+            client = ClientSession(BY_NAME["serpent"], Settings(), pipelining=True)
+
+            async def events(count: int) -> list:
+                out: list = []
+                while len(out) < count:
+                    event = client.next_event()
+                    if event is NEED_DATA:
+                        data = await reader.read(65536)
+                        assert data, "the daemon closed the connection"
+                        client.receive_data(data)
+                    else:
+                        out.append(event)
+                return out
+            writer.write(b"".join(client.connect_request("thing", "hello")))
+            assert client.handshaken or (await events(1)) and client.pipelined
+            requests, seqs = [], []
+            for n in range(6):
+                if n == 2:  # a request whose payload does not decode
+                    client._seq += 1
+                    seqs.append(client._seq)
+                    client._outstanding.add(client._seq)
+                    requests.append(wire.encode(wire.Frame(wire.MSG_INVOKE, 77, client._seq, b"\xff\xfe garbage")))
+                    continue
+                annotations = {"XTRA": b"1"} if n == 4 else None
+                requests.append(b"".join(client.call_request("thing", "add", (n, 100), None, 0, annotations)))
+                seqs.append(client.last_seq)
+            writer.write(b"".join(requests))
+            replies = {frame.seq: frame for frame in await events(6)}
+            assert sorted(replies) == sorted(seqs)
+            for n, seq in enumerate(seqs):
+                if n == 2:
+                    with pytest.raises(errors.SerializeError):
+                        client.reply_value(replies[seq])
+                else:
+                    assert client.reply_value(replies[seq]) == n + 100
+            assert taken[:4] == seqs[:4]  # the first four in one read (seqs[4] is annotated: the general way)
+            writer.close()
+    run(main())

@@ -367,3 +367,104 @@ def test_loads_call_in_one_step_equals_loads_then_the_shape_rules_for_any_call(v
             continue
         for codec in (BY_ID[2], BY_ID[77]):
             assert _decoded(codec.loads_call, data) == _decoded(lambda d: base(codec, d), data)
+
+
+# ---------------------------------------------------------------- many requests in one read (receive_requests)
+
+def outcomes_general(server: ServerSession, data: bytes) -> list:
+    """Everything the general path makes of `data`: each request's call (or why it does not decode) with
+    its seq, other events, and the error that ends it."""
+    try:
+        server.receive_data(data)
+    except errors.MeshError as exc:
+        return [("error", type(exc), str(exc))]
+    return drained(server, [])
+
+
+def drained(server: ServerSession, out: list) -> list:
+    """`out` and the outcomes of the events the reader holds (outcomes_general's)."""
+    try:
+        while (event := server.next_event()) is not NEED_DATA:
+            if event.__class__ is not wire.Frame or event.type != wire.MSG_INVOKE:
+                out.append(("event", type(event), getattr(event, "seq", None)))
+                continue
+            try:
+                out.append(("call", comparable(server.decode_call(event)), event.seq))
+            except errors.MeshError as exc:
+                out.append(("error", type(exc), str(exc), event.seq))
+    except errors.MeshError as exc:
+        out.append(("error", type(exc), str(exc)))
+    return out
+
+
+def outcomes_lane(server: ServerSession, data: bytes) -> tuple[list, int]:
+    """The same through receive_requests and next_request, then the general path for what they left;
+    and how many requests the lane took."""
+    out, taken = [], 0
+    take, args = server.receive_requests, (data,)
+    while True:
+        try:
+            call = take(*args)
+        except (errors.SerializeError, errors.SecurityError) as exc:
+            out.append(("error", type(exc), str(exc), server.request_seq))
+            taken += 1
+        except errors.MeshError as exc:  # the reader refused the first bytes, as receive_data does
+            out.append(("error", type(exc), str(exc)))
+            return out, taken
+        else:
+            if call is TAKE_EVENT:
+                break
+            out.append(("call", comparable(call), server.request_seq))
+            taken += 1
+        take, args = server.next_request, ()
+    return drained(server, out), taken
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(s) or "defaults")
+@pytest.mark.parametrize("serializer", SERIALIZERS)
+def test_receive_requests_equals_the_general_path_for_every_kind_of_request_and_runs_of_them(serializer, settings):
+    cases = requests(serializer)
+    usual = [data for name, data in cases if name.startswith("echo(")]
+    runs = [("run of usual ones", b"".join(usual)),
+            ("usual ones, an annotated one, usual ones", usual[0] + dict(cases)["annotated"] + usual[1] + usual[2]),
+            ("usual ones, one that does not decode, usual ones", usual[0] + dict(cases)["garbage payload"] + usual[1]),
+            ("usual ones and a part", usual[0] + usual[1] + usual[2][:50])]
+    taken_in_all = 0
+    for name, data in cases + runs:
+        _, lane = pair(serializer, **settings)
+        _, reference = pair(serializer, **settings)
+        got, taken = outcomes_lane(lane, data)
+        assert got == outcomes_general(reference, data), name
+        taken_in_all += taken
+    assert taken_in_all >= 14 + len(usual) + 3 + 2 + 2  # the usual requests went through the lane
+
+
+def test_receive_requests_answers_each_request_as_the_general_path_would():
+    client, _ = pair("serpent")
+    data = b"".join(request(client, vargs=(n,)) for n in range(3))
+    _, lane = pair("serpent")
+    _, reference = pair("serpent")
+    reference.receive_data(data)
+    call = lane.receive_requests(data)
+    for n in range(3):
+        frame = reference.next_event()
+        assert call == ("obj", "echo", (n,), {}) and lane.request_seq == frame.seq
+        assert bare_results(lane) == replies(reference, frame)[:len(RESULTS)]
+        assert replies(lane, lane.bare_frame()) == replies(reference, frame)
+        call = lane.next_request()
+    assert call is TAKE_EVENT and lane.next_request() is TAKE_EVENT and lane.next_event() is NEED_DATA
+
+
+def test_receive_requests_waits_for_the_handshake_and_for_buffered_bytes():
+    client, _ = pair("serpent")
+    data = request(client)
+    fresh = ServerSession(Settings())
+    assert fresh.receive_requests(data + data) is TAKE_EVENT  # no handshake yet: the general path refuses it
+    with pytest.raises(errors.ProtocolError, match="expected CONNECT"):
+        fresh.next_event()
+    _, server = pair("serpent")
+    inner = data
+    outer = raw(77, inner)  # a request whose payload looks like a request
+    server.receive_data(outer[:wire.HEADER_SIZE])
+    assert server.receive_requests(outer[wire.HEADER_SIZE:]) is TAKE_EVENT  # never a request inside another
+    assert server.next_event().payload == inner

@@ -45,8 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_list, parser=p)
 
     p = sub.add_parser("yplookup", help="find objects by metadata tags",
-                       description="List the objects that have every tag of --all and at least one of --any "
-                                   "(Pyro5's yplookup; on a name server both filters may be combined too).")
+                       description="List the objects that have every tag given (as arguments or with --all) "
+                                   "and at least one of --any (Pyro5's yplookup; on a name server both filters "
+                                   "may be combined too).")
+    p.add_argument("tags", nargs="*", metavar="TAG", help="tags that must all be present, as --all")
     p.add_argument("--all", action="append", default=[], metavar="TAG[,TAG...]",
                    help="tags that must all be present (comma separated, repeatable)")
     p.add_argument("--any", action="append", default=[], metavar="TAG[,TAG...]",
@@ -270,9 +272,9 @@ def run_list(args: argparse.Namespace, out: Output) -> int:
 
 
 def run_yplookup(args: argparse.Namespace, out: Output) -> int:
-    meta_all, meta_any = tags_of(args.all), tags_of(args.any)
+    meta_all, meta_any = tags_of([*args.tags, *args.all]), tags_of(args.any)
     if not meta_all and not meta_any:
-        args.parser.error("give --all and/or --any with at least one tag")
+        args.parser.error("give at least one tag (`meshrpc yplookup TAG...`, --all or --any)")
 
     def matches(tags: Iterable[str]) -> bool:
         tags = set(tags)

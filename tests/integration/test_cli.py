@@ -262,7 +262,7 @@ def test_lookup_list_yplookup_on_the_mesh(runner: Runner) -> None:
     garden = Echo(runner, unique("test.home.garden"), "sensor", "garden")
     try:
         (lookup, lookup_json, missing, missing_json, everything, by_prefix, by_regex, table, nothing,
-         nothing_json, both, sensors, one, combined, none, no_filter) = run_many(
+         nothing_json, both, sensors, one, combined, none, no_filter, positional) = run_many(
             runner, ["lookup", kitchen.name], ["lookup", kitchen.name, "--json"],
             ["lookup", "test.no.such.name", "--timeout", "0.5"],
             ["lookup", "test.no.such.name", "--timeout", "0.5", "--json"],
@@ -271,7 +271,8 @@ def test_lookup_list_yplookup_on_the_mesh(runner: Runner) -> None:
             ["list", "--prefix", "nothing.here"], ["list", "--prefix", "nothing.here", "--json"],
             ["list", "--prefix", "a", "--regex", "b"],
             ["yplookup", "--all", "sensor", "--json"], ["yplookup", "--all", "sensor", "--any", "garden,attic", "--json"],
-            ["yplookup", "--all", "sensor,kitchen", "--json"], ["yplookup", "--any", "attic"], ["yplookup"])
+            ["yplookup", "--all", "sensor,kitchen", "--json"], ["yplookup", "--any", "attic"], ["yplookup"],
+            ["yplookup", "sensor", "kitchen", "--json"])
 
         assert lookup.proc.returncode == 0, lookup.describe()
         assert lookup.out[0].split() == ["NAME", "TAGS", "URI"]
@@ -298,7 +299,8 @@ def test_lookup_list_yplookup_on_the_mesh(runner: Runner) -> None:
         assert [r["name"] for r in rows(one)] == [garden.name]
         assert [r["name"] for r in rows(combined)] == [kitchen.name]
         assert none.proc.returncode == 0 and none.stdout == "" and "nothing with any of attic" in none.stderr
-        assert no_filter.proc.returncode == 2 and "--all and/or --any" in no_filter.stderr
+        assert no_filter.proc.returncode == 2 and "give at least one tag" in no_filter.stderr
+        assert rows(positional) == rows(combined), positional.describe()  # `yplookup TAG...` is --all
 
         started = time.monotonic()
         runner.run("lookup", "test.no.such.name", "--timeout", "0.5")

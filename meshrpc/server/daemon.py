@@ -323,15 +323,20 @@ class Daemon:
         self._connection_server.events(eventsockets)
 
     def requestLoop(self, loopCondition: Callable[[], bool] = lambda: True) -> None:
-        """Serve until `shutdown()` is called or `loopCondition()` returns false. In the main thread,
-        SIGTERM (a service manager's stop) calls `shutdown()` too, unless the program has a SIGTERM
-        handler of its own (docs/servers.md)."""
+        """Serve until `shutdown()` is called, `loopCondition()` returns false or Ctrl-C. In the main
+        thread, SIGTERM (a service manager's stop) calls `shutdown()` too, unless the program has a
+        SIGTERM handler of its own (docs/servers.md)."""
         refuse_in_running_loop("meshrpc.Daemon.requestLoop")
         with stop_on_signals(self):
-            if self._combined:
-                self._combined_loop(loopCondition)
-            else:
-                self._connection_server.requestLoop(loopCondition)
+            try:
+                if self._combined:
+                    self._combined_loop(loopCondition)
+                else:
+                    self._connection_server.requestLoop(loopCondition)
+            except KeyboardInterrupt:
+                # as Pyro5's loop: Ctrl-C returns, so the program's code after the loop (its cleanup,
+                # the goodbye of leaving `with`) runs instead of a traceback
+                log.debug("request loop stopped by Ctrl-C")
 
     def _combined_loop(self, loopCondition: Callable[[], bool]) -> None:
         """The request loop of a daemon combined with others: one select over everybody's `sockets`."""

@@ -8,7 +8,11 @@ sockets; the real Pyro5 as the peer where a program would have one."""
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -237,27 +241,30 @@ print("done", flush=True)
 """
 
 
-def test_sigterm_ends_a_combined_request_loop_cleanly() -> None:
-    """The eventloop example (multiplexed): one daemon's requestLoop serves another combined with it;
-    SIGTERM while it waits in select ends it (the daemons close) without an error."""
-    import os
-    import signal
-    import subprocess
-    import sys
+def _serve_then_signal(program: str, args: list[str], signum: int) -> tuple[int, str, str]:
+    """Run a server program (it prints a URI whose object answers ping()), check that it serves, send it
+    signum: (exit code, the output after the URI, stderr). SIGINT as in a terminal (not ignored)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    server = subprocess.Popen([sys.executable, "-c", COMBINED_SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env)
+    server = subprocess.Popen([sys.executable, "-c", program, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         uri = server.stdout.readline().strip()  # bounded by the test's timeout
         with Pyro5.api.Proxy(uri) as proxy:
-            assert proxy.ping() == "pong"
-        server.send_signal(signal.SIGTERM)
+            assert proxy.ping() == "pong"  # the loop runs
+        server.send_signal(signum)
         out, err = server.communicate(timeout=WAIT)
     finally:
         if server.poll() is None:
             server.kill()  # our own child, by its handle
             server.wait(WAIT)
-    assert server.returncode == 0 and out.strip() == "done", err
+    return server.returncode, out, err
+
+
+def test_sigterm_ends_a_combined_request_loop_cleanly() -> None:
+    """The eventloop example (multiplexed): one daemon's requestLoop serves another combined with it;
+    SIGTERM while it waits in select ends it (the daemons close) without an error."""
+    returncode, out, err = _serve_then_signal(COMBINED_SERVER, [], signal.SIGTERM)
+    assert returncode == 0 and out.strip() == "done", err
 
 
 def test_a_select_loop_on_the_broadcast_server_hears_queries_on_each_of_its_addresses() -> None:
@@ -332,3 +339,31 @@ def test_oneway_calls_of_one_proxy_run_in_order_and_other_proxies_overlap_them(l
             assert first.count() == 2  # call 2 still waits for call 1
             turnstile.gate.set()
             assert turnstile.wait_for(3) == [1, 3, 2]
+
+
+CTRL_C_SERVER = """
+import sys
+if sys.argv[1] == "meshrpc":
+    import meshrpc as api
+else:
+    import Pyro5.api as api
+
+@api.expose
+class Pinger:
+    def ping(self):
+        return "pong"
+
+with api.Daemon(host="127.0.0.1") as daemon:
+    print(daemon.register(Pinger, "pinger"), flush=True)
+    daemon.requestLoop()
+    print("after the loop", flush=True)
+print("closed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("library", ["meshrpc", "pyro5"])
+def test_ctrl_c_ends_request_loop_and_the_program_goes_on_after_it(library: str) -> None:
+    """Pyro5's requestLoop returns on Ctrl-C, so code after it (cleanup, a last print) runs and the program
+    exits 0; a meshrpc daemon's did raise KeyboardInterrupt out of the loop (a traceback, exit by signal)."""
+    returncode, out, err = _serve_then_signal(CTRL_C_SERVER, [library], signal.SIGINT)
+    assert (returncode, out.split(), "Traceback" in err) == (0, ["after", "the", "loop", "closed"], False), err

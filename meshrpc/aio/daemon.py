@@ -23,6 +23,7 @@ import concurrent.futures
 import contextvars
 import inspect
 import logging
+import socket
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..context import call_state, current_context
 from ..errors import DaemonError, ProtocolError, SerializeError
 from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..server import daemon as threaded
+from ..socketutil import set_nodelay
 from ..wire import constants
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, TAKE_EVENT, ConnectRequest, ServerSession
@@ -88,6 +90,13 @@ class _ClientConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.addr = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        settings = self.daemon.settings
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and settings.SOCK_NODELAY:
+            # as the threaded daemon: asyncio sets it only on sockets whose proto says TCP, and the
+            # listener's (socket(AF_INET, SOCK_STREAM)) says 0; without it, a reply written while an
+            # earlier one is unacknowledged waited for the client's delayed ACK (40 ms)
+            set_nodelay(sock)
         self.daemon._connected(self)
         # waits for a lone client's next request while the loop has nothing else to do (aio/spin.py)
         self._next = LoopSpin.for_transport(self._loop, transport, self.daemon.settings,

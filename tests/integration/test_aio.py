@@ -882,3 +882,22 @@ def test_the_daemon_takes_a_reads_usual_requests_without_a_frame_and_answers_eac
             assert taken[:4] == seqs[:4]  # the first four in one read (seqs[4] is annotated: the general way)
             writer.close()
     run(main())
+
+
+@pytest.mark.parametrize("nodelay", [True, False])
+def test_the_daemons_tcp_connections_follow_sock_nodelay_as_the_threaded_daemons(nodelay: bool) -> None:
+    """TCP_NODELAY on the aio daemon's accepted connections (SOCK_NODELAY, on by default): asyncio sets it
+    only when the socket's proto says TCP, which an accepted socket of the daemon's listener does not;
+    without it, a reply written while an earlier one was unacknowledged waited for the client's delayed
+    ACK (a burst of 1000 pipelined calls took 57 ms instead of 23)."""
+    import socket
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=Settings(SOCK_NODELAY=nodelay))
+        uri = daemon.register(Thing(), "thing")
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            assert await proxy.add(1, 2) == 3
+            (conn,) = daemon._aio_connections
+            sock = conn.transport.get_extra_info("socket")
+            assert bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is nodelay
+    run(main())

@@ -17,7 +17,6 @@ from .config import ENV_PROBLEMS, Settings, config
 from .context import current_context
 from .core import type_meta
 from .errors import ConfigError
-from .nameserver import start_ns, start_ns_loop
 from .serializers import SerializerBase
 from .server.daemon import Daemon, DaemonObject, serve
 from .server.decorators import behavior, callback, expose, idempotent, oneway
@@ -64,6 +63,12 @@ def __getattr__(name: str) -> object:
     if name in ("Future", "FutureResult", "AsyncProxy", "asyncproxy"):
         from .client import futures
         return getattr(futures, name)
+    # the name server module on first use: `python -m meshrpc.nameserver` then runs it without runpy's
+    # warning about a module imported twice
+    if name in ("start_ns", "start_ns_loop", "nameserver"):
+        import importlib
+        nameserver = importlib.import_module(".nameserver", __name__)  # not `from . import`: that asks here again
+        return nameserver if name == "nameserver" else getattr(nameserver, name)
     raise AttributeError(f"module 'meshrpc' has no attribute {name!r}")
 
 

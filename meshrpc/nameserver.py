@@ -87,3 +87,10 @@ def _retrying(ask: Any, delay_time: float) -> Any:
 
 __all__ = ["AutoCleaner", "BroadcastServer", "MemoryStorage", "NameServer", "NameServerDaemon", "SqlStorage",
            "lookup", "start_ns", "start_ns_loop", "yplookup"]
+
+
+if __name__ == "__main__":  # `python -m meshrpc.nameserver [-n HOST] [-p PORT] [-x]`, as Pyro5's: `meshrpc ns`
+    import sys
+
+    from .cli.ns import main
+    sys.exit(main())

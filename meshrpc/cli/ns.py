@@ -25,16 +25,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=None,
+    p.add_argument("-n", "--host", default=None,
                    help="address to bind (default: MESHRPC_NS_HOST, else MESHRPC_HOST, localhost)")
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("-p", "--port", type=int, default=None,
                    help=f"TCP port, 0 for any free one (default: MESHRPC_NS_PORT, {config.NS_PORT})")
     p.add_argument("--bcport", type=int, default=None,
                    help=f"UDP port of the broadcast responder, 0 for any free one "
                         f"(default: MESHRPC_NS_BCPORT, {config.NS_BCPORT})")
-    p.add_argument("--storage", default="memory", metavar="memory|sql:PATH",
+    p.add_argument("-s", "--storage", default="memory", metavar="memory|sql:PATH",
                    help="where entries live: memory (default) or an sqlite file that survives restarts")
-    p.add_argument("--no-broadcast", action="store_true", help="do not answer broadcast discovery")
+    p.add_argument("-x", "--no-broadcast", action="store_true", help="do not answer broadcast discovery")
     p.add_argument("--autoclean", type=float, default=None, metavar="SECONDS",
                    help="probe registered daemons this often and drop those that stay unreachable (default: off)")
     p.add_argument("--mesh", action="store_true", help="also announce the name server on the mesh (mDNS)")

@@ -35,6 +35,34 @@ def test_options() -> None:
                   "--no-broadcast", "--autoclean", "5", "--mesh", "--json"])
     assert (args.host, args.port, args.bcport, args.storage, args.no_broadcast, args.autoclean, args.mesh,
             args.json) == ("127.0.0.1", 0, 0, "sql:/tmp/x.db", True, 5.0, True, True)
+    args = parse(["-n", "127.0.0.1", "-p", "0", "-s", "sql:/tmp/x.db", "-x"])  # Pyro5's short options
+    assert (args.host, args.port, args.storage, args.no_broadcast) == ("127.0.0.1", 0, "sql:/tmp/x.db", True)
+
+
+def test_python_m_meshrpc_nameserver_runs_it_as_python_m_pyro5_nameserver_does() -> None:
+    """A Pyro5 user's `python -m Pyro5.nameserver -n HOST -p PORT -x`, renamed: it printed runpy's warning
+    and ended at once (the package had imported the module already); now it serves until SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import Pyro5.api
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    server = subprocess.Popen([sys.executable, "-m", "meshrpc.nameserver", "-n", "127.0.0.1", "-p", "0", "-x"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = server.stdout.readline()  # bounded by the test's timeout
+        assert first.startswith("name server ready: PYRO:Pyro.NameServer@127.0.0.1:"), first
+        with Pyro5.api.Proxy(first.split()[-1]) as ns:
+            assert ns.list() == {"Pyro.NameServer": first.split()[-1]}
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=15)
+    finally:
+        if server.poll() is None:
+            server.kill()  # our own child, by its handle
+            server.wait(15)
+    assert server.returncode == 0 and "Warning" not in err, err
 
 
 def run_until_ready(monkeypatch: pytest.MonkeyPatch, argv: list[str], json_mode: bool) -> str:

@@ -223,18 +223,23 @@ def _client_given_the_uri(server_proc: subprocess.Popen, command: list[str], cwd
 # (the client gets proxies); attributes: remote properties, dunder methods, Pyro5's texts for private
 # names; callcontext: a Daemon subclass's annotations() and a oneway call's empty response annotations
 # (its server prints the daemon's and the connection's repr(), which differ: the guide says so);
-# streaming: remote iterators and generators; custom-serialization: class-to-dict hooks on both sides
+# streaming: remote iterators and generators; custom-serialization: class-to-dict hooks on both sides;
+# thirdpartylib: a library class exposed by calling expose() on it (server.py: a result of an unknown class
+# is a SerializeError, a private method is callable) or through an adapter class (server2.py)
 URI_EXAMPLES = [
     ("autoproxy", "server.py", "client.py", True),
     ("attributes", "server.py", "client.py", True),
     ("callcontext", "server.py", "client.py", False),
     ("streaming", "server.py", "client.py", True),
     ("custom-serialization", "server.py", "client.py", True),
+    ("thirdpartylib", "server.py", "client.py", True),
+    ("thirdpartylib", "server2.py", "client.py", True),
 ]
 
 
 @pytest.mark.timeout(4 * (START_TIMEOUT + RUN_TIMEOUT))
-@pytest.mark.parametrize("directory, server, client, server_too", URI_EXAMPLES, ids=[e[0] for e in URI_EXAMPLES])
+@pytest.mark.parametrize("directory, server, client, server_too", URI_EXAMPLES,
+                         ids=[f"{e[0]}/{e[1]}" if e[1] != "server.py" else e[0] for e in URI_EXAMPLES])
 def test_example_given_the_uri_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path,
                                                                           nameserver: dict[str, str],
                                                                           directory: str, server: str,

@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, NoReturn
 
 from .. import errors
 from ..client.batch import BatchedCall
@@ -77,7 +77,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.spin = LoopSpin.for_transport(self.loop, transport, self._settings)
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None and hasattr(os, "readv") else -1
-        self._peer_closed = peer_closed_check(sock) if sock is not None else None
+        # on the socket itself: asyncio's TransportSocket wrapper would add a Python call to every check
+        self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._received
@@ -188,7 +189,10 @@ class _Connection(asyncio.BufferedProtocol):
             waiter = waiting[seq] = self._new_future()
             self.write(parts)
             return waiter
-        self.check_open()
+        # check_open(), inline (every lone call's path)
+        if self.closed or self.transport is None or self.transport.is_closing() or (
+                self._peer_closed is not None and self._peer_closed()):
+            self._not_open()
         if self._corked.write_alone(parts, open_=True) and self.spin is not None:
             try:
                 count = self.spin.read_reply(self._received, timeout, written=True)
@@ -227,12 +231,17 @@ class _Connection(asyncio.BufferedProtocol):
         tight `await` loop never returns to the loop's read callbacks): the kernel is asked each time,
         as the threaded proxy asks (transport.sockets.peer_closed_check). The call would be lost in it,
         so it is not sent (recovery sends it on a new connection)."""
+        if self.closed or self.transport is None or self.transport.is_closing() or (
+                self._peer_closed is not None and self._peer_closed()):
+            self._not_open()
+
+    def _not_open(self) -> NoReturn:
+        """check_open found the connection closed: NotDelivered, saying by whom (the kernel was asked)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise NotDelivered(f"the connection to {self.target} is closed", self.target, suspect=False)
-        if self._peer_closed is not None and self._peer_closed():
-            self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
-            raise NotDelivered(f"the connection to {self.target} was closed by the daemon", self.target,
-                               suspect=False)
+        self._fail(ConnectionClosedError(f"the connection to {self.target} was closed by the daemon"))
+        raise NotDelivered(f"the connection to {self.target} was closed by the daemon", self.target,
+                           suspect=False)
 
     async def drained(self) -> None:
         """Flow control: a big message waits for the socket to drain (callers test `paused` first)."""

@@ -129,8 +129,13 @@ class LoopSpin:
                 if waiting <= 1 and gate.spin(self._mine_readable, time.perf_counter, self._give_way):
                     return self._read(into)
         wait = self.wait
-        if wait:
-            wait = self._idle_for(wait if timeout is None or timeout > wait else timeout)
+        if wait and not self._ready:  # (_idle_for, inline: every lone call's path)
+            if timeout is not None and timeout < wait:
+                wait = timeout
+            scheduled = self.loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces it
+            if scheduled:
+                left = scheduled[0]._when - self._clock()
+                wait = None if left <= 0 else min(left, wait)
             if wait is not None and (written or self._transport_quiet()):
                 ready = self._select(wait, 4)
                 if len(ready) == 1 and ready[0][0] == self.fd:  # this socket only (else the loop goes first)

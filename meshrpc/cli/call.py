@@ -62,7 +62,11 @@ def _common(p: argparse.ArgumentParser, json_help: str, serializer: bool = True)
 
 
 def open_proxy(args: argparse.Namespace, uri: str | None = None) -> Proxy:
-    proxy = Proxy(uri or args.uri, settings=settings_for(getattr(args, "realm", None)))
+    settings = settings_for(getattr(args, "realm", None))
+    # --timeout bounds the whole command: a name's lookup and a provider's recovery wait no longer
+    shorter = {name: args.timeout for name in ("LOOKUP_TIMEOUT", "REBIND_TIMEOUT")
+               if 0 < args.timeout < getattr(settings, name)}
+    proxy = Proxy(uri or args.uri, settings=settings.copy(**shorter) if shorter else settings)
     proxy._pyroTimeout = args.timeout
     if getattr(args, "serializer", None):
         proxy._pyroSerializer = args.serializer

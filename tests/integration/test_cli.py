@@ -254,6 +254,12 @@ def test_call_and_ping_an_echo_server(runner: Runner, echo: Echo) -> None:
     remote_error = runner.run("call", echo.uri, "error")
     assert_one_line_error(remote_error, 1, "ValueError: this is the generated error from echoserver echo() method")
 
+    # --timeout bounds a name's lookup too (it waited LOOKUP_TIMEOUT, 3 s, whatever --timeout said)
+    unknown = runner.run("call", "PYRONAME:test.no.such.name", "echo", "1", "--timeout", "0.5",
+                         MESHRPC_RESOLVE="mesh")
+    assert_one_line_error(unknown, 1, "UnknownNameError: unknown name 'test.no.such.name'")
+    assert "waited 0.5 s" in unknown.stderr, unknown.describe()
+
 
 # ------------------------------------------------------------------ lookup, list, yplookup on the mesh
 

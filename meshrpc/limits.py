@@ -77,6 +77,16 @@ MESH_RECENT_QUESTION_IDS = 256  # answers carry the id of a question we asked la
 NETWORKS_CACHE_TTL = 2.0  # seconds: interfaces change rarely, and a stale answer only costs a retry
 
 # --- the wire
+# a frame at least this big is read into a buffer of its own (FrameReader.receive_buffer, filled with
+# recv_into): no growing buffer, and its out-of-band blobs are copied out of it once
+LARGE_FRAME = 256 * 1024
+# ...once the peer has sent at least 1/LARGE_FRAME_PROOF of it: a header alone (announcing up to
+# MAX_MESSAGE_SIZE) never makes the reader hold more than that many times what really came
+LARGE_FRAME_PROOF = 4
+# a frame's own buffer is kept for the next large frame (fresh memory costs a page fault per 4 KiB)
+# up to this size: a daemon drops it when the connection goes idle (FrameReader.release_spare), a
+# proxy keeps it while it is connected
+SPARE_MAX = 16 * 1024 * 1024
 KEY_REPLAY_CACHE_MAX = 65536  # handshake proofs a daemon remembers within KEY_WINDOW (replays are refused)
 
 # --- the gateway (gateway/, docs/gateway.md; its tunable limits are GATEWAY_* Settings)

@@ -1,14 +1,34 @@
 """Protocol constants: the one home of the values a peer must agree on (docs/architecture.md, "Where
 constants live"). Changing one breaks compatibility with running peers.
 
-Sections: the session (object ids, annotations, capability letters), the name server, events, mDNS
-and DNS, the mesh's records, the mesh-key proof, values and serializers. Protocol 502's header values
-(version, tag, magic, message types, flags) are still in wire/frame.py, beside the header's struct.
-Timings and limits are not here: Settings (config.py) or limits.py.
+Sections: protocol 502's header values, the session (object ids, annotations, capability letters),
+the name server, events, mDNS and DNS, the mesh's records, the mesh-key proof, values and serializers.
+Struct layouts stay with their codec (HEADER in wire/frame.py). Timings and limits are not here:
+Settings (config.py) or limits.py.
 """
 
 from __future__ import annotations
 
+# protocol 502 (Pyro5's): the header's values (its layout, HEADER, is in wire/frame.py with the codec)
+PROTOCOL_VERSION = 502
+TAG = b"PYRO"
+MAGIC = 0x4DC5
+MSG_CONNECT = 1
+MSG_CONNECTOK = 2
+MSG_CONNECTFAIL = 3
+MSG_INVOKE = 4
+MSG_RESULT = 5
+MSG_PING = 6
+MESSAGE_TYPES = {MSG_CONNECT, MSG_CONNECTOK, MSG_CONNECTFAIL, MSG_INVOKE, MSG_RESULT, MSG_PING}
+FLAG_EXCEPTION = 1
+FLAG_COMPRESSED = 2
+FLAG_ONEWAY = 4
+FLAG_BATCH = 8
+FLAG_ITEMSTREAMRESULT = 16
+FLAG_KEEPSERIALIZED = 32
+FLAG_CORR_ID = 64
+
+# the session: object ids, reasons
 DAEMON_OBJECT_ID = "Pyro.Daemon"  # the object every daemon serves (metadata, ping, streams)
 BATCH_METHOD = "<batch>"          # the method name of a batch INVOKE (FLAG_BATCH)
 UNKNOWN_OBJECT_REASON = "unknown object"  # CONNECTFAIL reason when the object is not served (Pyro5's text)

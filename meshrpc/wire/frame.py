@@ -13,12 +13,15 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import MessageTooLargeError, ProtocolError
-# meshrpc's own annotations and capability letters live in wire/constants.py (re-exported here)
+from ..limits import LARGE_FRAME, LARGE_FRAME_PROOF, SPARE_MAX  # noqa: F401 (re-exported)
+# protocol 502's values, meshrpc's annotations and capability letters live in wire/constants.py
+# (re-exported here: modules and programs read them as frame.MSG_INVOKE, ...)
 from .constants import CAP_BINARY, CAP_OOB, CAP_PIPELINE, CAPABILITIES, OOB_ANNOTATION  # noqa: F401
+from .constants import MAGIC, MESSAGE_TYPES, PROTOCOL_VERSION, TAG  # noqa: F401
+from .constants import MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING, MSG_RESULT  # noqa: F401
+from .constants import FLAG_BATCH, FLAG_COMPRESSED, FLAG_CORR_ID, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT  # noqa: F401
+from .constants import FLAG_KEEPSERIALIZED, FLAG_ONEWAY  # noqa: F401
 
-PROTOCOL_VERSION = 502
-TAG = b"PYRO"
-MAGIC = 0x4DC5
 HEADER = struct.Struct("!4sHBBHHII16sHH")
 HEADER_SIZE = HEADER.size  # 40
 _PREFIX = struct.Struct("!4sH")
@@ -34,18 +37,9 @@ _BARE = struct.Struct("!8sIII16x2xH")
 _BARE_FIELDS = struct.Struct("!6xBBHHII16x2xH")
 ZERO_ID = bytes(16)
 _U32 = struct.Struct("!I")
-# a frame at least this big is read into a buffer of its own (FrameReader.receive_buffer, filled with
-# recv_into): no growing buffer, and its out-of-band blobs are copied out of it once
-LARGE_FRAME = 256 * 1024
-# ...once the peer has sent at least 1/LARGE_FRAME_PROOF of it: a header alone (announcing up to
-# MAX_MESSAGE_SIZE) never makes the reader hold more than that many times what really came
-LARGE_FRAME_PROOF = 4
-# a frame's own buffer is kept for the next large frame (fresh memory costs a page fault per 4 KiB)
-# up to this size: a daemon drops it when the connection goes idle (FrameReader.release_spare), a
-# proxy keeps it while it is connected
-SPARE_MAX = 16 * 1024 * 1024
-# ...and is an anonymous mapping (page-aligned), one page longer than the frame, so that the socket
-# writes the frame's rest at a page boundary: the kernel's copy into a bytearray's malloc'd memory
+# a large frame's own buffer (LARGE_FRAME, LARGE_FRAME_PROOF, SPARE_MAX: limits.py) is an anonymous
+# mapping (page-aligned), one page longer than the frame, so that the socket writes the frame's rest at
+# a page boundary: the kernel's copy into a bytearray's malloc'd memory
 # (16 bytes past a page) took about 2.5x the CPU (4.1-5.4 against 1.5-2.0 ms per 10 MiB on loopback;
 # tools/recv_alignment.py, docs/performance.md)
 PAGE = mmap.PAGESIZE
@@ -60,24 +54,6 @@ def capabilities(annotations: dict) -> bytes:
     """The capability letters of a CONNECT or CONNECTOK (empty from Pyro5 peers)."""
     value = annotations.get(CAPABILITIES)
     return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else b""
-
-# message types
-MSG_CONNECT = 1
-MSG_CONNECTOK = 2
-MSG_CONNECTFAIL = 3
-MSG_INVOKE = 4
-MSG_RESULT = 5
-MSG_PING = 6
-MESSAGE_TYPES = {MSG_CONNECT, MSG_CONNECTOK, MSG_CONNECTFAIL, MSG_INVOKE, MSG_RESULT, MSG_PING}
-
-# flags
-FLAG_EXCEPTION = 1
-FLAG_COMPRESSED = 2
-FLAG_ONEWAY = 4
-FLAG_BATCH = 8
-FLAG_ITEMSTREAMRESULT = 16
-FLAG_KEEPSERIALIZED = 32
-FLAG_CORR_ID = 64
 
 
 @dataclass(slots=True)

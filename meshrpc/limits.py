@@ -76,7 +76,17 @@ MESH_ONE_SHOT_RCVBUF = 1 << 20  # a burst of answers from many responders must f
 MESH_RECENT_QUESTION_IDS = 256  # answers carry the id of a question we asked lately
 NETWORKS_CACHE_TTL = 2.0  # seconds: interfaces change rarely, and a stale answer only costs a retry
 
-# --- the wire
+# --- the wire: the reads of transport/sockets.py, large frames (wire/frame.py), the key proof
+# reads of up to 64 KiB stay in malloc's small-block range (bigger buffers cost an mmap and munmap
+# per read); a frame known to be larger is read in chunks of up to RECV_MAX until its reader gives it
+# a buffer of its own (wire/frame.py FrameReader.receive_buffer), which is filled with recv_into
+RECV_CHUNK = 64 * 1024
+RECV_MAX = 256 * 1024
+# while at least twice LOW_WATER bytes of a large frame are still to come, a read returns only once
+# LOW_WATER bytes are in (SO_RCVLOWAT): 10 MiB take about twenty reads and wake-ups instead of one per
+# burst of segments (~128 KiB on loopback). Never closer to the frame's end: Linux wakes a blocking
+# read for LOW_WATER bytes beyond those it took already, which may be more than the frame has left
+LOW_WATER = 1024 * 1024
 # a frame at least this big is read into a buffer of its own (FrameReader.receive_buffer, filled with
 # recv_into): no growing buffer, and its out-of-band blobs are copied out of it once
 LARGE_FRAME = 256 * 1024

@@ -14,22 +14,13 @@ import time
 from typing import Any, Callable
 
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
+from ..limits import LOW_WATER, RECV_CHUNK, RECV_MAX  # (read sizes and the low-water mark: why, there)
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, TAKE_EVENT
 from .spin import SpinGate, others_waiting, single_core, waiters
 
 log = logging.getLogger("meshrpc.transport")
 
-# reads of up to 64 KiB stay in malloc's small-block range (bigger buffers cost an mmap and munmap
-# per read); a frame known to be larger is read in chunks of up to RECV_MAX until its reader gives it
-# a buffer of its own (wire.frame.FrameReader.receive_buffer), which is filled with recv_into
-RECV_CHUNK = 64 * 1024
-RECV_MAX = 256 * 1024
-# while at least twice LOW_WATER bytes of a large frame are still to come, a read returns only once
-# LOW_WATER bytes are in (SO_RCVLOWAT): 10 MiB take about twenty reads and wake-ups instead of one per
-# burst of segments (~128 KiB on loopback). Never closer to the frame's end: Linux wakes a blocking
-# read for LOW_WATER bytes beyond those it took already, which may be more than the frame has left
-LOW_WATER = 1024 * 1024
 _TCP_ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's TCP_INFO
 
 

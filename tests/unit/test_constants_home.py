@@ -13,9 +13,6 @@ PACKAGE = Path(meshrpc.__file__).parent
 HOMES = {"config.py", "limits.py", "wire/constants.py"}
 # (module, name): why it stays next to its user
 STAYS = {
-    ("transport/sockets.py", "RECV_CHUNK"): "read sizes of the large-frame work in sockets.py this session",
-    ("transport/sockets.py", "RECV_MAX"): "as above",
-    ("transport/sockets.py", "LOW_WATER"): "as above",
     ("wire/session.py", "SEQ_MASK"): "the header's 16-bit seq field, for its one user",
     ("wire/plain.py", "MAX_DEPTH"): "a parameter of plain's check (deeper values go to serpent)",
     ("protocol.py", "COMPRESSION_MIN_SIZE"): "Pyro5's SendingMessage rule, in Pyro5's module face",

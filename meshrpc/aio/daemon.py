@@ -32,6 +32,7 @@ from ..context import call_state, current_context
 from ..errors import DaemonError, ProtocolError, SerializeError
 from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..server import daemon as threaded
+from ..server.connections import bytes_waiting
 from ..socketutil import set_nodelay
 from ..wire import constants
 from ..wire import frame as wire
@@ -550,18 +551,23 @@ class Daemon(threaded.Daemon):
         task.add_done_callback(_log_failure)
 
     async def _housekeeping_loop(self) -> None:
-        handshake, idle = self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             self._streams.expire()
-            now = time.monotonic()
-            for conn in list(self._aio_connections):
-                if not conn.handshaken and handshake > 0 and now - conn.accepted_at > handshake:
-                    log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
-                             conn.addr, handshake)
-                    conn.close()
-                elif idle > 0 and conn.handshaken and now - conn.last_active > idle and not conn.calls:
-                    conn.close()
+            self._close_idle(time.monotonic())
+
+    def _close_idle(self, now: float) -> None:
+        """Close connections past HANDSHAKE_TIMEOUT (no CONNECT completed) or IDLE_TIMEOUT."""
+        handshake, idle = self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT
+        for conn in list(self._aio_connections):
+            if not conn.handshaken and handshake > 0 and now - conn.accepted_at > handshake:
+                log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
+                         conn.addr, handshake)
+                conn.close()
+            elif (idle > 0 and conn.handshaken and now - conn.last_active > idle and not conn.calls
+                    and not bytes_waiting(conn.transport.get_extra_info("socket"))):
+                # a request came after the loop's last select (this turn): the loop reads it next
+                conn.close()
 
     # ------------------------------------------------------------------ shutdown
     async def aclose(self) -> None:

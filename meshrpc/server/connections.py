@@ -343,7 +343,7 @@ class ConnectionServer:
                     log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
                              conn.addr, handshake)
                     _abort(conn)
-            elif (conn in parked and now - conn.last_active > idle and not _readable(conn.sock)
+            elif (conn in parked and now - conn.last_active > idle and not bytes_waiting(conn.sock)
                     and conn.sock in self._parked):
                 # readable: a request came before the selector handed it on (a busy machine); closing
                 # would lose it and tell its client "may have run". Asked in this order, a request the
@@ -746,14 +746,15 @@ def _abort(conn: ClientConnection) -> None:
         pass
 
 
-def _readable(sock: socket.socket) -> bool:
-    """Whether bytes (or the peer's close) wait in `sock`. A poll object of its own: a worker may be
-    polling the connection's, and two poll() calls on one object at once raise RuntimeError."""
+def bytes_waiting(sock: Any) -> bool:
+    """Whether bytes (or the peer's close) wait in `sock` (anything with fileno()), for the idle checks of
+    both daemons. A poll object of its own: a worker may be polling the connection's, and two poll()
+    calls on one object at once raise RuntimeError."""
     try:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(0))
-    except (OSError, ValueError):  # closed meanwhile
+    except (OSError, ValueError, TypeError):  # closed meanwhile (TypeError: no socket left)
         return False
 
 

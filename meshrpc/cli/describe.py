@@ -7,11 +7,10 @@ import argparse
 from typing import Any
 
 from ..limits import CLI_CALL_TIMEOUT
+from ..wire.constants import DAEMON_OBJECT_ID
 from .call import open_proxy
 from .common import add_realm_option
 from .output import Output
-
-DAEMON_OBJECT_ID = "Pyro.Daemon"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -20,14 +20,13 @@ from typing import Any
 from ..config import Settings
 from ..errors import NamingError
 from ..mesh.records import Entry
-from ..mesh.registry import ADDED, REMOVED, UPDATED
+from ..mesh.registry import ADDED, LOOPBACK_HOSTS, REMOVED, UPDATED
 from ..uri import URI
 from . import entries
 
 log = logging.getLogger("meshrpc.etcd")
 
 Callback = Callable[[str, Entry], None]
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class Mirror:
@@ -57,7 +56,7 @@ class Mirror:
         self._subscribers: list[Callback] = []
         self._started = False
         self._warned: set[bytes] = set()
-        self._local_hosts: frozenset[str] = _LOOPBACK_NAMES
+        self._local_hosts: frozenset[str] = LOOPBACK_HOSTS
 
     # ---------------------------------------------------------------- feeding (one feeder thread)
 
@@ -233,7 +232,7 @@ class Mirror:
                     del self._suspected[next(iter(self._suspected))]
 
     def set_local_hosts(self, hosts: Iterable[str]) -> None:
-        self._local_hosts = _LOOPBACK_NAMES | frozenset(hosts)
+        self._local_hosts = LOOPBACK_HOSTS | frozenset(hosts)
 
     def is_local(self, host: str) -> bool:
         return host in self._local_hosts or host.startswith("127.")

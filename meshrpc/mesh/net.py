@@ -17,7 +17,7 @@ from ..uri import URI
 log = logging.getLogger("meshrpc.mesh")
 
 LOOPBACK = ["127.0.0.1"]
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})  # names of this host's loopback
 
 
 def is_wildcard(bind_host: str, override: str = "") -> bool:
@@ -114,7 +114,7 @@ def reachable_uri(uri: str, other_hosts: tuple[str, ...] | list[str]) -> str:
 
 def local_hosts() -> set[str]:
     """Names and addresses of this machine, for the replica policy's 'same host' preference."""
-    hosts = set(_LOOPBACK_NAMES) | {"127.0.0.1", "::1"}
+    hosts = set(LOOPBACK_NAMES) | {"127.0.0.1", "::1"}
     try:
         hosts.add(socket.gethostname())       # not getfqdn(): a reverse DNS lookup may hang
     except OSError:
@@ -155,7 +155,7 @@ def probe_outcome(uri: str, timeout: float) -> str:
 
 
 def _address_of(host: str) -> str | None:
-    if host.startswith(("./u:", "/")) or host.lower() in _LOOPBACK_NAMES or not host:
+    if host.startswith(("./u:", "/")) or host.lower() in LOOPBACK_NAMES or not host:
         return None                           # unix sockets and loopback names: this machine only
     try:
         return str(ipaddress.ip_address(host.strip("[]")))

@@ -37,7 +37,7 @@ ADDED, REMOVED, UPDATED = "added", "removed", "updated"
 Callback = Callable[[str, Entry], None]
 Matcher = str | Callable[[Entry], bool]
 _NEVER = float("-inf")
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})  # URI hosts that are this machine, whatever its addresses
 # Outcomes of a liveness check (Source.check): the endpoint accepted a connection, refused it (nothing
 # listens: the daemon is gone), or did not answer in time (no evidence either way on a lossy link).
 OPEN, REFUSED, SILENT = "open", "refused", "silent"
@@ -149,7 +149,7 @@ class Registry:
         self._by_uri: dict[str, set[tuple[str, str]]] = defaultdict(set)
         self._nodes: dict[str, _Node] = {}
         self._tombstones: dict[tuple[str, str], tuple[tuple[int, int], float]] = {}
-        self._local_hosts: frozenset[str] = _LOOPBACK_NAMES
+        self._local_hosts: frozenset[str] = LOOPBACK_HOSTS
         self._subscribers: list[Callback] = []
         self._pending: deque[tuple[str, Entry]] = deque()
         self._deliverer: int | None = None
@@ -446,7 +446,7 @@ class Registry:
 
     def set_local_hosts(self, hosts: Iterable[str]) -> None:
         """Addresses and names of this machine (for the replica policy)."""
-        self._local_hosts = _LOOPBACK_NAMES | frozenset(hosts)
+        self._local_hosts = LOOPBACK_HOSTS | frozenset(hosts)
 
     # ---------------------------------------------------------------- internals (lock held)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any, Self
 
 from ..errors import CommunicationError
-from ..mesh.net import ipv4_interface_infos
+from ..mesh.net import LOOPBACK_NAMES, ipv4_interface_infos
 from ..uri import URI
 from ..wire.constants import NS_BROADCAST_MAX_DATAGRAM, NS_BROADCAST_REQUEST
 from ..limits import NS_BROADCAST_INTERVAL, NS_BROADCAST_POLL, NS_BROADCAST_TRIES
@@ -29,14 +29,13 @@ LOOPBACK_BROADCAST = "127.255.255.255"
 # Pyro5 clients ask "<broadcast>" by default: a responder for an interface listens there too and
 # answers only askers on that interface's networks
 LIMITED_BROADCAST = "255.255.255.255"
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _WILDCARDS = {"", "0.0.0.0"}
 
 
 def _ipv4_of(host: str) -> str | None:
     """The IPv4 address host names (None for IPv6, Unix sockets and names that do not resolve)."""
     host = host.strip().strip("[]")
-    if host.lower() in _LOOPBACK_NAMES:
+    if host.lower() in LOOPBACK_NAMES:
         return "127.0.0.1"
     try:
         address = ipaddress.ip_address(host)

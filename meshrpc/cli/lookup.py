@@ -17,6 +17,7 @@ from ..config import config
 from ..errors import MeshError, NamingError
 from ..limits import CLI_BROWSE_TIMEOUT, CLI_NS_TIMEOUT
 from ..uri import URI
+from ..wire.constants import NAMESERVER_NAME
 from . import browse
 from .common import add_realm_option
 from .output import Output
@@ -341,7 +342,6 @@ def run_remove(args: argparse.Namespace, out: Output) -> int:
     given = [x for x in (args.name, args.prefix, args.regex) if x is not None]
     if len(given) != 1:
         args.parser.error("give exactly one of NAME, --prefix or --regex")
-    from ..wire.constants import NAMESERVER_NAME  # here: importing wire costs `meshrpc --help` time
     if args.name == NAMESERVER_NAME:
         args.parser.error(f"{NAMESERVER_NAME} is the name server's own entry; it cannot be removed")
     with locate(args, out) as ns:

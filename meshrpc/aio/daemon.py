@@ -75,6 +75,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.last_active = self.accepted_at
         self.calls = 0  # requests of this connection running now
         self.pumping = False  # the daemon is working through the requests of one read
+        self.broken = False  # the client broke the protocol: closed once its running calls are answered
         loop = self._loop = asyncio.get_running_loop()
         self._next: LoopSpin | None = None
         self._corked = Cork(loop, self, daemon.settings.AIO_CORK_BYTES)
@@ -143,6 +144,10 @@ class _ClientConnection(asyncio.BufferedProtocol):
     def replied(self) -> None:
         """A call that ran outside the reading of its request (in the executor, or a Task) was answered
         (the caller checked `pumping`)."""
+        if self.broken:
+            if not self.calls:
+                self.close()
+            return
         nbytes = self._next_request(False)
         if nbytes:
             self.buffer_updated(nbytes)
@@ -279,8 +284,7 @@ class Daemon(threaded.Daemon):
                 # the key proof needs the time, and only before the handshake
                 event = session.next_event(None if session.handshaken else time.time())
             except Exception as exc:  # ProtocolError, oversized frames: this connection only
-                log.warning("closing connection from %s: %s", conn.addr, exc)
-                conn.close()
+                self._broken(conn, exc)
                 return
             if event is NEED_DATA:
                 return
@@ -294,6 +298,20 @@ class Daemon(threaded.Daemon):
                 conn.send(session.not_run_reply(event))
             else:
                 self._start_call(conn, event)
+
+    def _broken(self, conn: _ClientConnection, exc: Exception) -> None:
+        """`conn`'s client broke the protocol: the replies to the requests before the bad bytes go out
+        first, those of calls still running too (their calls ran; as the threaded daemon), then the
+        connection is closed."""
+        if conn.broken or conn.transport is None or conn.transport.is_closing():
+            return  # (said already: _pump meets the same bytes after _take_requests)
+        log.warning("closing connection from %s: %s", conn.addr, exc)
+        conn.broken = True
+        conn._corked.flush()
+        if conn.calls:  # running (executor, Tasks): read no more; the last one's reply closes it (replied)
+            conn.transport.pause_reading()
+        else:
+            conn.close()
 
     def _aio_handshake(self, conn: _ClientConnection, request: ConnectRequest) -> None:
         session = conn.wire
@@ -328,6 +346,9 @@ class Daemon(threaded.Daemon):
             except (SerializeError, errors.SecurityError) as exc:
                 conn.send(session.error_reply(session.bare_frame(), exc))
                 call = None
+            except Exception as exc:  # ProtocolError (the next message's prefix): this connection only
+                self._broken(conn, exc)
+                return
             if call is TAKE_EVENT:
                 return
             take, args = session.next_request, ()

@@ -137,3 +137,216 @@ def test_aio_daemon_answers_the_requests_before_a_malformed_frame_then_closes(me
     replies, closed = asyncio.run(answers())
     assert closed
     assert sorted((seq, value) for _, _, seq, value in replies) == [(2, "'v2'"), (3, "'v3'"), (BEFORE_SEQ, "'before'")]
+
+
+# ---------------------------------------------------------------- aio proxies: pipelined bursts of every kind
+
+class Mixed:
+    """Every kind of reply, on an aio daemon (async and executor methods) or a threaded/Pyro5 one."""
+
+    def __init__(self) -> None:
+        self.runs: dict[Any, int] = {}
+
+    def _ran(self, token: Any) -> None:
+        self.runs[token] = self.runs.get(token, 0) + 1
+
+    @meshrpc.expose
+    def record(self, token: Any) -> Any:
+        self._ran(token)
+        return token
+
+    @meshrpc.expose
+    def fail(self, token: Any) -> None:
+        self._ran(token)
+        raise ValueError(f"fail {token}")
+
+    @meshrpc.expose
+    def annotated(self, token: Any) -> Any:
+        self._ran(token)
+        meshrpc.current_context.response_annotations["TOKN"] = str(token).encode()
+        return token
+
+    @meshrpc.expose
+    def count(self, token: Any, n: int):
+        self._ran(token)
+        return iter(range(n))
+
+    @meshrpc.expose
+    def corr(self, token: Any) -> Any:
+        self._ran(token)
+        return str(meshrpc.current_context.correlation_id)
+
+    @meshrpc.expose
+    def blob(self, token: Any) -> Any:
+        self._ran(token)
+        return bytes([len(str(token)) % 256]) * 70_000  # larger than one read
+
+    @meshrpc.expose
+    @meshrpc.oneway
+    def fire(self, token: Any) -> None:
+        self._ran(token)
+
+
+async def _one_of_each(proxy: Any, i: int) -> Any:
+    """Call kind i % 8 with token i: (token, what the proxy gave)."""
+    import uuid
+    kind = i % 8
+    if kind == 0:
+        return await proxy.record(i)
+    if kind == 1:
+        try:
+            await proxy.fail(i)
+        except ValueError as exc:
+            return str(exc)
+    if kind == 2:
+        value = await proxy.annotated(i)
+        return value, meshrpc.current_context.response_annotations.get("TOKN")
+    if kind == 3:
+        return [x async for x in await proxy.count(i, 3)]
+    if kind == 4:
+        corr = uuid.UUID(int=i)
+        meshrpc.current_context.correlation_id = corr
+        return await proxy.corr(i) == str(corr)
+    if kind == 5:
+        batch = meshrpc.aio.BatchProxy(proxy)
+        batch.record(i)
+        batch.record(f"{i}b")
+        return list(await batch())
+    if kind == 6:
+        return len(await proxy.blob(i))
+    await proxy.fire(i)
+    return "fired"
+
+
+def _wanted(i: int) -> Any:
+    kind = i % 8
+    return [i, f"fail {i}", (i, str(i).encode()), [0, 1, 2], True, [i, f"{i}b"], 70_000, "fired"][kind]
+
+
+@pytest.mark.parametrize("serializer", ["serpent", "marshal", "json", "msgpack"])
+def test_aio_pipelined_bursts_of_every_kind_with_cancellations_get_their_own_answers(serializer: str) -> None:
+    """An aio proxy's burst to an aio daemon mixing the usual replies (taken by receive_results) with
+    errors, response annotations, streams, correlation ids, batches, large replies and oneway calls,
+    some calls cancelled in flight: every other call gets its own answer, each ran once, the
+    connection stays in step."""
+    settings = meshrpc.Settings().copy(SERIALIZER=serializer)
+
+    async def main() -> None:
+        service = Mixed()
+        daemon = meshrpc.aio.Daemon(host=HOST)
+        uri = daemon.register(service, "svc")
+        async with daemon:
+            async with meshrpc.aio.Proxy(uri, settings=settings) as proxy:
+                proxy._pyroTimeout = 30
+                for round_ in range(3):
+                    base = round_ * 1000
+                    tasks = [asyncio.ensure_future(_one_of_each(proxy, base + i)) for i in range(160)]
+                    await asyncio.sleep(0)  # (one turn: the burst is written)
+                    cancelled = {base + i for i in range(3, 160, 17)}
+                    for i in cancelled:
+                        tasks[i - base].cancel()
+                    done = await asyncio.gather(*tasks, return_exceptions=True)
+                    for i, got in enumerate(done, base):
+                        if isinstance(got, asyncio.CancelledError):
+                            assert i in cancelled
+                            continue
+                        assert got == _wanted(i), (i, got)
+                    # a call cancelled after it was written ran at most once; one not cancelled, once
+                    await asyncio.wait_for(_until(lambda: all(service.runs.get(base + i) == 1 for i in range(160)
+                                                             if base + i not in cancelled)), 20)
+                    assert all(service.runs.get(base + i, 0) <= 1 for i in cancelled)
+                    assert await proxy.record("in step") == "in step"
+
+    asyncio.run(main())
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)  # (polling a condition, bounded by the caller's wait_for)
+
+
+class AsyncLedger:
+    def __init__(self) -> None:
+        self.runs: dict[Any, int] = {}
+
+    @meshrpc.expose
+    async def record(self, token: Any) -> Any:  # answered at once: the request lane's bare_result
+        self.runs[token] = self.runs.get(token, 0) + 1
+        return token
+
+    @meshrpc.expose
+    async def record_later(self, token: Any) -> Any:  # waits: answered by its Task
+        self.runs[token] = self.runs.get(token, 0) + 1
+        await asyncio.sleep(0.001)
+        return token
+
+
+def test_aio_pipelined_bursts_racing_the_aio_daemons_shutdown_run_once_or_certainly_not() -> None:
+    """aio proxies keep bursts of pipelined calls in flight while the aio daemon shuts down: a call that
+    returned ran exactly once, NotDeliveredError did not run, MaybeDeliveredError ran at most once,
+    nothing else is raised."""
+    import threading
+
+    from meshrpc import errors
+    service = AsyncLedger()
+    daemon = meshrpc.aio.Daemon(host=HOST)
+    uri = daemon.register(service, "svc")
+    serving = threading.Event()
+
+    def serve() -> None:
+        async def run() -> None:
+            async with daemon:
+                serving.set()
+                await daemon.serve_forever()
+        asyncio.run(run())
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert serving.wait(20)
+    outcomes: list[tuple[Any, str]] = []
+    settings = meshrpc.Settings().copy(REBIND_TIMEOUT=0.5)
+
+    async def caller(index: int) -> None:
+        async with meshrpc.aio.Proxy(uri, settings=settings) as proxy:
+            proxy._pyroTimeout = 20
+            for n in range(100_000):
+                tokens = [(index, n, k) for k in range(12)]
+                calls = [proxy.record(t) if k % 3 else proxy.record_later(t) for k, t in enumerate(tokens)]
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                ended = False
+                for token, result in zip(tokens, results):
+                    if isinstance(result, errors.NotDeliveredError):
+                        outcomes.append((token, "not run"))
+                    elif isinstance(result, errors.MaybeDeliveredError):
+                        outcomes.append((token, "maybe"))
+                    elif isinstance(result, BaseException):
+                        outcomes.append((token, f"unexpected {type(result).__name__}: {result}"))
+                    else:
+                        assert result == token
+                        outcomes.append((token, "returned"))
+                        continue
+                    ended = True
+                if ended:  # (every caller goes on until the shutdown stops it)
+                    return
+
+    async def main() -> None:
+        callers = [asyncio.ensure_future(caller(i)) for i in range(4)]
+        await asyncio.wait_for(_until(lambda: len(service.runs) >= 600), 30)
+        daemon.shutdown()
+        await asyncio.wait_for(asyncio.gather(*callers), 60)
+
+    asyncio.run(main())
+    server.join(30)
+    assert not server.is_alive()
+    unexpected = [o for o in outcomes if o[1].startswith("unexpected")]
+    assert not unexpected, unexpected[:3]
+    for token, outcome in outcomes:
+        runs = service.runs.get(token, 0)
+        if outcome == "returned":
+            assert runs == 1, (token, runs)
+        elif outcome == "not run":
+            assert runs == 0, (token, runs)
+        else:
+            assert runs <= 1, (token, outcome, runs)
+    assert all(count == 1 for count in service.runs.values())
+    assert {outcome for _, outcome in outcomes} & {"not run", "maybe"}  # (the race was run)

@@ -432,3 +432,56 @@ def test_large_frame_buffers_do_not_pile_up_over_many_connections(start_daemon) 
     after_few = _live_large_mappings(3 * 1024 * 1024)
     connections(40)
     assert _live_large_mappings(3 * 1024 * 1024) <= after_few + 2  # (a connection or two still closing)
+
+
+def _send_all_then_read(uri: meshrpc.URI, requests: list[bytes], count: int) -> list:
+    """A marshal handshake, then every request in one send: the first `count` replies (seq, value)."""
+    from meshrpc.wire.serializers import BY_ID, BY_NAME
+    from meshrpc.wire.session import ClientSession, Connected
+    session = ClientSession(BY_NAME["marshal"], meshrpc.Settings())
+    with socket.create_connection((uri.host, uri.port), timeout=30) as sock:
+        sock.sendall(b"".join(session.connect_request(uri.object, "hello")))
+        while not isinstance(session.next_event(), Connected):
+            session.receive_data(sock.recv(65536))
+        sock.sendall(b"".join(requests))
+        reader, replies = wire.FrameReader(), []
+        while len(replies) < count:
+            data = sock.recv(1 << 20)
+            assert data, f"closed after {replies}"
+            reader.feed(data)
+            while (frame := reader.next_frame()) is not None:
+                replies.append((frame.seq, BY_ID[frame.serializer_id].loads(frame.payload)))
+    return replies
+
+
+LARGE_AND_SMALL = [300_000, None, 2_000_000, None, None, 270_000, 600_000, None, 262_144]
+
+
+@pytest.mark.parametrize("kind", ["thread", "multiplex", "aio"])
+def test_large_requests_and_small_ones_back_to_back_in_one_send_are_all_served_intact(start_daemon,
+                                                                                      kind: str) -> None:
+    """Large requests (read into their own buffer) and small ones after them in the same reads, the
+    buffer kept and reused by larger and smaller frames: every request answered, in order, each large
+    value intact."""
+    keeper = Keeper()
+    requests = []
+    for seq, size in enumerate(LARGE_AND_SMALL, 1):
+        args = (bytes([seq]) * size, seq) if size else (seq,)
+        requests.append(_invoke(2, seq, _call("keeper", "keep" if size else "echo", args)))
+
+    def exchange(uri: meshrpc.URI) -> list:
+        return _send_all_then_read(uri, requests, len(requests))
+
+    if kind == "aio":
+        async def main() -> list:
+            daemon = meshrpc.aio.Daemon(host=HOST)
+            uri = daemon.register(keeper, "keeper")
+            async with daemon:
+                return await asyncio.to_thread(exchange, uri)
+        replies = asyncio.run(main())
+    else:
+        running = start_daemon(settings=meshrpc.Settings().copy(SERVERTYPE=kind))
+        replies = exchange(running.register(keeper, "keeper"))
+    assert sorted(replies) == [(seq, size or seq) for seq, size in enumerate(LARGE_AND_SMALL, 1)]
+    assert [bytes(kept) for kept in keeper.kept] == [bytes([seq]) * size for seq, size in
+                                                    enumerate(LARGE_AND_SMALL, 1) if size]

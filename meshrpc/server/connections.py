@@ -515,6 +515,9 @@ class ConnectionServer:
         except Exception:
             log.exception("clientDisconnect hook failed")
         conn.close()
+        # the worker that served it keeps a reference until its next task (the call context), up to
+        # IDLE_WORKER_EXIT: the large-frame buffer must not stay with it
+        conn.reader.release_spare()
         resources, conn.tracked_resources = list(conn.tracked_resources), weakref.WeakSet()
         for resource in resources:
             try:

@@ -489,3 +489,33 @@ def test_large_requests_and_small_ones_back_to_back_in_one_send_are_all_served_i
     assert [bytes(kept) for kept in keeper.kept] == [bytes([seq]) * size for seq, size in
                                                     enumerate(LARGE_AND_SMALL, 1) if size]
 
+
+
+def test_closed_connections_leave_no_large_frame_buffer_with_the_daemons_idle_workers(start_daemon) -> None:
+    """Clients that each made a large call at the same time, then closed: the daemon's workers keep a
+    reference to the last connection they served (its call context) until their next task, up to
+    IDLE_WORKER_EXIT (60 s); the connection's large-frame buffer (kept for its next large frame) must go
+    when the connection is dropped, not stay with them (w8-review: 12 clients x 10 MiB left 110 MiB)."""
+    import threading
+    keeper = Keeper()
+    running = start_daemon()
+    uri = running.register(keeper, "keeper")
+    size = 3 * 1024 * 1024
+    data = b"c" * size
+    before = _live_large_mappings(size)
+    entered = threading.Barrier(6)
+
+    def client() -> None:
+        with meshrpc.Proxy(uri) as proxy:
+            proxy._pyroBind()
+            entered.wait(20)  # all connected: each has a worker of its own while it sends
+            assert proxy.keep(data, 0) == size
+
+    clients = [threading.Thread(target=client) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(60)
+    keeper.kept.clear()
+    wait_until(lambda: _live_large_mappings(size) <= before, timeout=20,
+               message="the closed connections' large-frame buffers released")

@@ -37,7 +37,7 @@ def receive(port: int, where: str) -> None:
     if where == "bytearray":
         buffer: object = bytearray(SIZE)
     else:
-        area = mmap.mmap(-1, SIZE + mmap.PAGESIZE)
+        area = mmap.mmap(-1, SIZE + mmap.PAGESIZE, flags=mmap.MAP_PRIVATE)  # as FrameReader's
         area.write(b"\1" * len(area))  # touched once, as a buffer kept for the next frame is
         buffer = memoryview(area)[int(where):int(where) + SIZE]
     view = memoryview(buffer)  # type: ignore[arg-type]

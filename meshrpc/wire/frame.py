@@ -43,6 +43,8 @@ _U32 = struct.Struct("!I")
 # (16 bytes past a page) took about 2.5x the CPU (4.1-5.4 against 1.5-2.0 ms per 10 MiB on loopback;
 # tools/recv_alignment.py, docs/performance.md)
 PAGE = mmap.PAGESIZE
+# private, not Python's default MAP_SHARED (shared memory, which a fork()ed child would share and keep)
+_PRIVATE = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
 
 
 class OobBlobs(list):
@@ -285,7 +287,7 @@ class FrameReader:
             elif have * LARGE_FRAME_PROOF < total:
                 return None
             else:
-                body = mmap.mmap(-1, total + PAGE)  # sizes checked against max_size by parse_header
+                body = mmap.mmap(-1, total + PAGE, **_PRIVATE)  # sizes checked against max_size by parse_header
             self._spare = None
             start = -have % PAGE  # what came already ends, and the socket's writes begin, at a page
             self._body, self._start, self._filled, self._end = body, start, start + have, start + total

@@ -814,3 +814,23 @@ def test_the_rest_of_a_large_frame_is_received_at_a_page_boundary(first):
         got = reader.next_frame()
         assert got.seq == frame.seq and F.unpack_oob(got.annotations[F.OOB_ANNOTATION]) == [blob]
         assert reader.buffered == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+def test_a_large_frame_buffer_is_private_memory():
+    """Python's default anonymous mapping is shared memory, which a fork()ed child (multiprocessing's
+    default start on Linux) would share and keep alive: the reader's must be private."""
+    reader = FrameReader()
+    data = b"".join(bytes(p) for p in encode_parts(Frame(F.MSG_RESULT, 1, 1, os.urandom(2 * F.LARGE_FRAME))))
+    reader.feed(data[:len(data) // 2])
+    into = reader.receive_buffer()
+    address = _address(into)
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, perms = line.split()[:2]
+            low, high = (int(x, 16) for x in span.split("-"))
+            if low <= address < high:
+                break
+        else:
+            pytest.fail("the buffer's mapping is not in /proc/self/maps")
+    assert perms.endswith("p"), line

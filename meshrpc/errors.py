@@ -69,6 +69,12 @@ class NotSentTimeoutError(NotDeliveredError, TimeoutError):
     (shown in tracebacks and by the CLI) names the target."""
 
 
+class ProviderTimeoutError(NoProviderError, NotSentTimeoutError):
+    """NoProviderError of a PYRONAME:/PYROMETA: proxy whose last attempt timed out (connecting, or a
+    provider that accepted and never answered the handshake): also the TimeoutError Pyro5 raises there,
+    so a Pyro5 program's `except TimeoutError:` catches it."""
+
+
 class ReplyLostError(ConnectionClosedError, MaybeDeliveredError):
     """The connection broke after the request was sent, before the reply: the call may have run."""
 

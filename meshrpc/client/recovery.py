@@ -226,7 +226,10 @@ class Recovery:
                 f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); the call did not run; "
                 f"last error: {exc}")
         if self.locator is not None:
-            return (errors.ProviderLostError if self.lost else errors.NoProviderError)(text)
+            if self.lost:
+                return errors.ProviderLostError(text)
+            timed_out = isinstance(exc, NotDelivered) and exc.timed_out
+            return (errors.ProviderTimeoutError if timed_out else errors.NoProviderError)(text)
         if isinstance(exc, NotDelivered):
             return not_delivered_error(exc, text, self.lost)
         return (errors.ConnectionLostError if self.lost else errors.NotDeliveredError)(text)

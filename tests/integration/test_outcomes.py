@@ -118,6 +118,23 @@ def test_a_handshake_timeout_did_not_run_and_is_a_timeout_for_pyro5_programs(rea
     assert any("did not run" in note for note in exc.__notes__), exc.__notes__
 
 
+def test_a_provider_by_name_that_never_answers_the_handshake_is_no_provider_and_a_timeout(realm: str) -> None:
+    """Pyro5's timeout example by name: a daemon that registered its name but runs no loop (the kernel
+    accepts connections, nobody answers). NoProviderError after REBIND_TIMEOUT (the call did not run), and
+    the TimeoutError Pyro5 raises there, so a Pyro5 program's `except TimeoutError` catches it."""
+    s = settings(realm)
+    with meshrpc.Daemon(host="127.0.0.1", settings=s) as daemon:  # its request loop never runs
+        daemon.register(meshrpc.expose(type("Service", (), {"hello": lambda self: 1})), name="svc.silent")
+        proxy = meshrpc.Proxy("PYRONAME:svc.silent", settings=s)
+        proxy._pyroTimeout = 0.5
+        exc, took = timed(lambda: proxy.hello())
+    assert type(exc) is errors.ProviderTimeoutError, exc
+    assert isinstance(exc, errors.NoProviderError) and isinstance(exc, errors.NotDeliveredError)
+    assert isinstance(exc, errors.TimeoutError) and isinstance(exc, TimeoutError)
+    assert "the call did not run" in str(exc) and "svc.silent" in str(exc)
+    assert took < s.REBIND_TIMEOUT + 3.0, took
+
+
 def test_maybe_delivered_reply_lost_and_timeout(runner: Runner, server_script: Path, realm: str,
                                                 start_daemon: Any) -> None:
     server = runner.python(server_script, "svc.dies")

@@ -125,7 +125,7 @@ def test_a_stalled_connect_is_retried_at_once_with_a_longer_attempt_until_the_bu
     assert len(attempts) >= 12 and clock.now - 1000.0 == pytest.approx(10.0, abs=0.06)
     # the handshake (once TCP is connected) starts at 2 s and grows likewise, within the budget
     assert handshakes[:3] == [2.0, 3.0, 4.5] and all(h <= 10.0 for h in handshakes)
-    assert type(step.error) is errors.NoProviderError and "REBIND_TIMEOUT" in str(step.error)
+    assert type(step.error) is errors.ProviderTimeoutError and "REBIND_TIMEOUT" in str(step.error)
     # a provider not tried yet starts short again; the budget bounds every attempt
     assert connect_timeouts(SETTINGS, other, by_name=True, proxy_timeout=None, rebind=r.rebind)[0] == MIN_ATTEMPT
     fresh = timed(FakeClock())
@@ -188,7 +188,7 @@ def test_without_a_rebind_budget_a_stalled_connect_still_gets_the_connect_timeou
         if not step.retry:
             break
     assert tries >= 6 and clock.now - 1000.0 == pytest.approx(5.0, abs=0.06)
-    assert type(step.error) is errors.NoProviderError
+    assert type(step.error) is errors.ProviderTimeoutError  # the last attempt timed out
     r = timed(FakeClock(), REBIND_TIMEOUT=0.0)
     assert not r.after(NotDelivered("refused", TARGET), TARGET).retry  # a refusal: no rebinding
 
@@ -206,10 +206,16 @@ def test_a_pyro_uri_that_timed_out_before_sending_raises_not_sent_timeout() -> N
     assert any(str(TARGET) in note and "did not run" in note for note in error.__notes__)
 
 
-def test_a_name_whose_providers_time_out_is_still_no_provider() -> None:
+def test_a_name_whose_providers_time_out_is_no_provider_and_pyro5s_timeout() -> None:
+    """Pyro5's timeout example: a provider that accepts and never answers the handshake. The outcome is
+    still NoProviderError (the call did not run); Pyro5 raises TimeoutError there, so it is one too."""
     stalled = NotDelivered("handshake timed out", TARGET, timed_out=True, timeout_text="receiving: timeout")
-    assert type(recovery().gave_up(stalled)) is errors.NoProviderError
+    error = recovery().gave_up(stalled)
+    assert type(error) is errors.ProviderTimeoutError
+    assert isinstance(error, errors.NoProviderError) and isinstance(error, errors.NotDeliveredError)
+    assert isinstance(error, errors.TimeoutError) and isinstance(error, TimeoutError)
     assert type(recovery(locator=None).gave_up(stalled)) is errors.NotSentTimeoutError
+    assert type(recovery().gave_up(NotDelivered("refused", TARGET))) is errors.NoProviderError
 
 
 def test_a_connection_the_daemon_closed_that_cannot_be_made_again_is_pyro5s_connection_closed_error() -> None:

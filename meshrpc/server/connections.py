@@ -516,8 +516,8 @@ class ConnectionServer:
             log.exception("clientDisconnect hook failed")
         conn.close()
         # the worker that served it keeps a reference until its next task (the call context), up to
-        # IDLE_WORKER_EXIT: the large-frame buffer must not stay with it
-        conn.reader.release_spare()
+        # IDLE_WORKER_EXIT: no large-frame buffer (kept, or half-read) may stay with it
+        conn.reader.release()
         resources, conn.tracked_resources = list(conn.tracked_resources), weakref.WeakSet()
         for resource in resources:
             try:

@@ -299,6 +299,14 @@ class FrameReader:
         """Drop the buffer kept for the next large frame (the connection goes idle)."""
         self._spare = None
 
+    def release(self) -> None:
+        """Drop every buffer, a large frame's half-read body too: the connection is gone, though others
+        (a worker's call context) may still hold this reader. New objects, not clear(): another thread
+        may hold a view of the old ones, and reads nothing more from a closed connection."""
+        self._buf = bytearray()
+        self._header = self._body = self._spare = None
+        self._start = self._filled = self._end = 0
+
     def received(self, count: int) -> None:
         """`count` bytes were written into the receive_buffer()."""
         self._filled += count

@@ -834,3 +834,19 @@ def test_a_large_frame_buffer_is_private_memory():
         else:
             pytest.fail("the buffer's mapping is not in /proc/self/maps")
     assert perms.endswith("p"), line
+
+
+def test_release_drops_a_half_read_large_frame_and_the_reader_starts_clean():
+    """A connection dropped in the middle of a large frame: its reader (which a daemon's worker may
+    still hold) keeps no buffer, and a view taken before the release stays safe to write."""
+    data = b"".join(bytes(p) for p in encode_parts(Frame(F.MSG_RESULT, 1, 1, os.urandom(2 * F.LARGE_FRAME))))
+    reader = FrameReader()
+    reader.feed(data[:len(data) // 2])
+    into = reader.receive_buffer()
+    assert into is not None and reader.buffered == len(data) // 2
+    reader.release()
+    into[:10] = b"x" * 10  # a worker's recv_into that was under way: its memory is still there
+    del into
+    assert reader.buffered == 0 and reader._body is None and reader._spare is None
+    reader.feed(encode(Frame(F.MSG_RESULT, 1, 2, b"next")))  # usable again (not that a daemon reuses it)
+    assert reader.next_frame().payload == b"next"

@@ -85,12 +85,17 @@ def _retrying(ask: Any, delay_time: float) -> Any:
         time.sleep(NAME_WAIT_PAUSE)
 
 
+def main(args: list[str] | None = None) -> int:
+    """Pyro5's `nameserver.main(args)`: run the name server with command-line options (`-n HOST`,
+    `-p PORT`, `-x`, ...; `meshrpc ns --help`) until Ctrl-C; the exit status."""
+    from .cli.ns import main as ns_main
+    return ns_main(args)
+
+
 __all__ = ["AutoCleaner", "BroadcastServer", "MemoryStorage", "NameServer", "NameServerDaemon", "SqlStorage",
-           "lookup", "start_ns", "start_ns_loop", "yplookup"]
+           "lookup", "main", "start_ns", "start_ns_loop", "yplookup"]
 
 
 if __name__ == "__main__":  # `python -m meshrpc.nameserver [-n HOST] [-p PORT] [-x]`, as Pyro5's: `meshrpc ns`
     import sys
-
-    from .cli.ns import main
     sys.exit(main())

@@ -39,9 +39,13 @@ def test_options() -> None:
     assert (args.host, args.port, args.storage, args.no_broadcast) == ("127.0.0.1", 0, "sql:/tmp/x.db", True)
 
 
-def test_python_m_meshrpc_nameserver_runs_it_as_python_m_pyro5_nameserver_does() -> None:
+@pytest.mark.parametrize("how", [["-m", "meshrpc.nameserver"],
+                                 ["-c", "import sys, meshrpc.nameserver as ns; sys.exit(ns.main(sys.argv[1:]))"]],
+                         ids=["python-m", "nameserver.main"])
+def test_python_m_meshrpc_nameserver_runs_it_as_python_m_pyro5_nameserver_does(how: list[str]) -> None:
     """A Pyro5 user's `python -m Pyro5.nameserver -n HOST -p PORT -x`, renamed: it printed runpy's warning
-    and ended at once (the package had imported the module already); now it serves until SIGTERM."""
+    and ended at once (the package had imported the module already); now it serves until SIGTERM. The
+    same through Pyro5's `nameserver.main(args)`, which a script may call."""
     import os
     import signal
     import subprocess
@@ -49,7 +53,7 @@ def test_python_m_meshrpc_nameserver_runs_it_as_python_m_pyro5_nameserver_does()
 
     import Pyro5.api
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    server = subprocess.Popen([sys.executable, "-m", "meshrpc.nameserver", "-n", "127.0.0.1", "-p", "0", "-x"],
+    server = subprocess.Popen([sys.executable, *how, "-n", "127.0.0.1", "-p", "0", "-x"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         first = server.stdout.readline()  # bounded by the test's timeout

@@ -246,7 +246,9 @@ def test_the_wait_gives_way_to_other_work_of_the_loop(served: Any, other_work: s
             assert await proxy.echo(1) == 1  # the gate is open: the next call spins
             theirs = mine = None
             if other_work == "a timer falls due":
-                loop.call_later(0.05, waiter.happened.set)
+                # due well after the call starts waiting: a timer already due when it starts is work
+                # ready, and then the call rightly does not wait at all (a loaded machine took 50 ms)
+                loop.call_later(0.3, waiter.happened.set)
             elif other_work == "another socket gets data":
                 theirs, mine = socket.socketpair()
                 mine.setblocking(False)

@@ -33,16 +33,17 @@ def rss_mb() -> float | None:
     return None
 
 
-def handshaken_sessions(serializer: str = "serpent", **settings: object) -> tuple:
-    """A wire.session ClientSession and ServerSession (no pipelining) that completed their handshake in
-    memory (no sockets), with Settings(**settings) on both sides: (client, server)."""
+def handshaken_sessions(serializer: str = "serpent", *, pipelining: bool = False, **settings: object) -> tuple:
+    """A wire.session ClientSession and ServerSession that completed their handshake in memory (no
+    sockets), with Settings(**settings) on both sides, pipelining agreed when asked: (client, server)."""
     from meshrpc.config import Settings
     from meshrpc.wire.serializers import BY_NAME
     from meshrpc.wire.session import ClientSession, ServerSession
     config = Settings(**settings)
-    client = ClientSession(BY_NAME[serializer], config)
-    server = ServerSession(config, pipelining=False)
+    client = ClientSession(BY_NAME[serializer], config, pipelining=pipelining)
+    server = ServerSession(config, pipelining=pipelining)
     server.receive_data(b"".join(client.connect_request("obj", "hello", {}, None)))
     client.receive_data(b"".join(server.accept_connect(server.next_event(), "hello", {"methods": {"echo"}})))
     client.next_event()
+    assert client.pipelined == pipelining
     return client, server

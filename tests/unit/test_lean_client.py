@@ -400,14 +400,7 @@ def test_a_reply_that_breaks_the_protocol_closes_the_connection(served, monkeypa
 
 def pipelined(serializer: str = "serpent", **settings):
     """A pipelined ClientSession and a ServerSession that agreed to pipelining, handshaken in memory."""
-    config = Settings(**settings)
-    client = ClientSession(BY_NAME[serializer], config, pipelining=True)
-    server = ServerSession(config, pipelining=True)
-    server.receive_data(b"".join(client.connect_request("obj", "hello", {}, None)))
-    client.receive_data(b"".join(server.accept_connect(server.next_event(), "hello", {"methods": {"echo"}})))
-    client.next_event()
-    assert client.pipelined
-    return client, server
+    return handshaken_sessions(serializer, pipelining=True, **settings)
 
 
 def results_value(client: ClientSession, data: bytes):

@@ -8,29 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-import zlib
 
 import pytest
+
+from support import handshaken_sessions
 
 from meshrpc import errors
 from meshrpc.config import Settings
 from meshrpc.uri import URI
 from meshrpc.wire import frame as wire
-from meshrpc.wire.serializers import BY_NAME
-from meshrpc.wire.session import NEED_DATA, ClientSession, NotRun, ServerSession
+from meshrpc.wire.session import NEED_DATA, ClientSession, NotRun
 
 SERIALIZERS = ["serpent", "marshal", "json", "msgpack"]
 
 
 def pipelined(serializer: str, **settings):
-    config = Settings(**settings)
-    client = ClientSession(BY_NAME[serializer], config, pipelining=True)
-    server = ServerSession(config, pipelining=True)
-    server.receive_data(b"".join(client.connect_request("obj", "hello", {}, None)))
-    client.receive_data(b"".join(server.accept_connect(server.next_event(), "hello", {"methods": {"echo"}})))
-    client.next_event()
-    assert client.pipelined
-    return client, server
+    return handshaken_sessions(serializer, pipelining=True, **settings)
 
 
 # each: (request's vargs, correlation id?, how the server answers the request's frame)

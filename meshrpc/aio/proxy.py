@@ -25,7 +25,7 @@ from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_time
 from ..config import Settings, config as default_config
 from ..context import FRESH_ID, call_state, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError
-from ..limits import RECONNECT_PAUSE
+from ..limits import RECONNECT_PAUSE, RECV_CHUNK
 from ..resolve import watch_announcements
 from ..transport.sockets import peer_closed_check  # (the threaded proxy's rule, one home)
 from ..uri import URI
@@ -41,6 +41,9 @@ from .turn import Turn
 
 log = logging.getLogger("meshrpc.aio")
 _FRAME = wire.Frame
+_FLAG_ONEWAY = wire.FLAG_ONEWAY
+_monotonic = time.monotonic
+_read = os.read
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -64,7 +67,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._settings = settings
         self.spin: LoopSpin | None = None  # waits for a lone call's reply while the loop is idle
         self._fd = -1
-        self._peer_closed: Any = None  # () -> whether the daemon closed the connection (connection_made)
+        self._peer_closed: Any = _unknown  # () -> whether the daemon closed the connection (connection_made)
         # a pipelined call's Future: asyncio's own Future class directly, unless the loop makes its own
         # (create_future is a Python call per call otherwise)
         self._new_future: Any = (functools.partial(asyncio.Future, loop=loop)
@@ -78,7 +81,7 @@ class _Connection(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None and hasattr(os, "readv") else -1
         # on the socket itself: asyncio's TransportSocket wrapper would add a Python call to every check
-        self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else None
+        self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else _unknown
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._received
@@ -189,20 +192,23 @@ class _Connection(asyncio.BufferedProtocol):
             waiter = waiting[seq] = self._new_future()
             self.write(parts)
             return waiter
-        # check_open(), inline (every lone call's path)
-        if self.closed or self.transport is None or self.transport.is_closing() or (
-                self._peer_closed is not None and self._peer_closed()):
+        # check_open(), inline (every lone call's path; a call is sent only once connection_made set
+        # the transport)
+        if self.closed or self.transport.is_closing() or self._peer_closed():
             self._not_open()
-        if self._corked.write_alone(parts, open_=True) and self.spin is not None:
-            try:
-                count = self.spin.read_reply(self._received, timeout, written=True)
+        spin = self.spin
+        if self._corked.write_alone(parts, True) and spin is not None and spin.wait_mine(timeout, True):
+            try:  # bytes of its own, as the threaded proxy's recv (no copy out of the loop's buffer)
+                data = _read(self._fd, RECV_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                data = b""
             except OSError as exc:
                 self._fail(ConnectionClosedError(f"the connection to {self.target} was lost: {exc}"))
-                count = 0
-            if count:
+                data = b""
+            if data:  # (b"": the daemon closed it, which the transport sees too)
                 session = self.session
                 if session.pipelined:  # the usual reply comes as (seq, payload, codec), no Frame
-                    got = self._deliver(session.receive_results(bytes(self._received[:count])), seq)
+                    got = self._deliver(session.receive_results(data), seq)
                     if session.reader.buffered:
                         event = self._pump(seq)
                         if event is not None:
@@ -210,14 +216,14 @@ class _Connection(asyncio.BufferedProtocol):
                     if got is not None:
                         return got
                 elif lean:  # the usual reply is taken as its payload (no Frame)
-                    payload = session.receive_result(bytes(self._received[:count]))
+                    payload = session.receive_result(data)
                     if payload is not TAKE_EVENT:
                         return payload
                     event = self._pump(seq)
                     if event is not None:
                         return event
                 else:
-                    session.receive_data(self._received[:count])
+                    session.receive_data(data)
                     event = self._pump(seq)
                     if event is not None:
                         return event
@@ -231,8 +237,7 @@ class _Connection(asyncio.BufferedProtocol):
         tight `await` loop never returns to the loop's read callbacks): the kernel is asked each time,
         as the threaded proxy asks (transport.sockets.peer_closed_check). The call would be lost in it,
         so it is not sent (recovery sends it on a new connection)."""
-        if self.closed or self.transport is None or self.transport.is_closing() or (
-                self._peer_closed is not None and self._peer_closed()):
+        if self.closed or self.transport is None or self.transport.is_closing() or self._peer_closed():
             self._not_open()
 
     def _not_open(self) -> NoReturn:
@@ -265,24 +270,35 @@ class _Connection(asyncio.BufferedProtocol):
         self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
 
 
+def _unknown() -> bool:
+    """A transport with no socket to ask (peer_closed_check): the loop's own read tells."""
+    return False
+
+
 def _closed(reason: BaseException) -> BaseException:
     return reason if isinstance(reason, ConnectionClosedError) else ConnectionClosedError(str(reason))
 
 
 class _RemoteMethod:
-    __slots__ = ("_proxy", "_name")
+    """A remote method of a proxy. As the threaded proxy's, it reads the proxy's state from the proxy's
+    `__dict__` (`_attrs`) and calls the attempt bound when the method was looked up: attribute reads on
+    a Proxy go through its `__getattr__` hook, which CPython cannot specialise (about 3x a plain read)."""
+
+    __slots__ = ("_proxy", "_name", "_attrs", "_invoke")
 
     def __init__(self, proxy: "Proxy", name: str) -> None:
         self._proxy = proxy
         self._name = name
+        self._attrs = proxy.__dict__
+        self._invoke = proxy._invoke_once
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """A coroutine: `await proxy.method(...)`; for a known method, the call itself (one coroutine)."""
-        proxy, name = self._proxy, self._name
-        if name in proxy._pyroMethods:
-            return proxy._invoke_once(name, args, kwargs, wire.FLAG_ONEWAY if name in proxy._pyroOneway else 0,
-                                      None, None, time.monotonic())
-        return proxy._pyroCall(name, args, kwargs)
+        name, attrs = self._name, self._attrs
+        if name in attrs["_pyroMethods"]:
+            return self._invoke(name, args, kwargs, _FLAG_ONEWAY if name in attrs["_pyroOneway"] else 0,
+                                None, None, _monotonic())
+        return self._proxy._pyroCall(name, args, kwargs)
 
     def __await__(self) -> Any:
         """`await proxy.name` before the metadata came: an attribute after all is read."""
@@ -593,8 +609,9 @@ class Proxy:
         `started` (time.monotonic()): a method call's first attempt (_RemoteMethod), which is the whole
         call in this one coroutine: a failure goes on under the recovery rules here, and the method's
         result is returned (its exception raised)."""
+        attrs = self.__dict__  # the proxy's state, read without the __getattr__ hook (hot path)
         try:
-            conn = self._conn
+            conn = attrs["_conn"]
             if conn is None or conn.closed:
                 if conn is not None and conn.closed:
                     self._conn = None
@@ -621,7 +638,7 @@ class Proxy:
                     corr = current_context.correlation_bytes
                 annotations = (state.annotations if type(self)._pyroAnnotations is _DEFAULT_ANNOTATIONS
                                else self._pyroAnnotations())
-                parts = session.call_request(object_id or self._pyroUri.object, methodname, vargs, kwargs, flags,
+                parts = session.call_request(object_id or attrs["_pyroUri"].object, methodname, vargs, kwargs, flags,
                                              annotations or None, corr)
                 if flags & wire.FLAG_ONEWAY:
                     if not conn.waiting:  # no reply will tell: a closed connection must be seen first
@@ -635,7 +652,7 @@ class Proxy:
                     seq = session.last_seq
                     try:
                         # a lone call's reply may come within send_call: no Future, no second turn of the loop
-                        event = conn.send_call(parts, seq, self._pyroTimeout, not self._pyroRawWireResponse and (
+                        event = conn.send_call(parts, seq, attrs["_pyroTimeout"], not attrs["_pyroRawWireResponse"] and (
                             type(self)._pyroResponseAnnotations is _DEFAULT_RESPONSE_ANNOTATIONS))
                     except BaseException:  # not sent: its seq must not stay outstanding
                         self._abandon(conn, seq)
@@ -671,7 +688,7 @@ class Proxy:
             if event is None:
                 outcome: tuple[Any, BaseException | None] = (None, None)
             elif event.__class__ is tuple:  # pipelined: the usual reply as (seq, payload, codec) (receive_results)
-                if self._pyroRawWireResponse or type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
+                if attrs["_pyroRawWireResponse"] or type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
                     # a raw reply or the hook wants its Frame: the one next_event would have given
                     outcome = self._reply(session, _FRAME(wire.MSG_RESULT, event[2].id, event[0], event[1]), state)
                 else:

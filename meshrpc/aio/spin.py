@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import select
 import selectors
 import time
 from typing import Callable
@@ -29,11 +30,15 @@ from ..config import Settings
 from ..transport.spin import SpinGate, others_waiting, single_core, waiters
 
 
+_READABLE = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1  # an fd's events when it is only readable
+_OTHER = 0  # (the selectors wrapper: anything but readable alone)
+
+
 class LoopSpin:
     """One connection's wait (a sleep in the selector, or a spin) on its selector event loop (the
     loop's thread only). An aio daemon holds one per connection: slots keep 10,000 of them small."""
 
-    __slots__ = ("loop", "transport", "fd", "gate", "wait", "_select", "_ready", "_other_ready", "_clock")
+    __slots__ = ("loop", "transport", "fd", "gate", "wait", "_select", "_ready", "_other_ready", "_clock", "_mine_only")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, fd: int,
                  gate: SpinGate | None, wait: float = 0.0) -> None:
@@ -44,6 +49,7 @@ class LoopSpin:
         self.wait = wait  # AIO_REPLY_WAIT: the longest sleep in the selector for a lone call's reply
         # poll(timeout, most events) -> [(fd, events)]; at most 4 events: ours and others, enough to tell
         self._select: Callable[[float, int], list] = _poller(loop._selector)  # type: ignore[attr-defined]
+        self._mine_only = [(fd, _READABLE)]  # what the poll gives when only this socket became readable
         self._ready: collections.deque = loop._ready  # type: ignore[attr-defined]
         self._other_ready = False  # the last poll saw another file descriptor ready
         # the loop's clock: time.monotonic itself unless the loop has a time() of its own
@@ -111,12 +117,20 @@ class LoopSpin:
         return not transport.is_closing() and transport.is_reading() and not transport.get_write_buffer_size()
 
     def read_reply(self, into: memoryview, timeout: float | None = None, written: bool = False) -> int:
-        """After a lone call was written: spin (when the gate and the loop allow) until bytes came, else
-        sleep in the loop's selector as the loop would (AIO_REPLY_WAIT); read what came into `into`.
-        The count read; 0 when nothing was read (nothing came in time, the loop has other work, or
-        the peer closed: the transport then sees that itself). OSError when the read failed.
-        `timeout`: the call's own, if any; the sleep never outlasts it. `written`: the caller's
-        write just went to the socket whole on an open transport (only the loop is left to check).
+        """wait_mine(), then read what came into `into`: the count read; 0 when nothing was read
+        (nothing came in time, the loop has other work, or the peer closed: the transport then sees
+        that itself). OSError when the read failed."""
+        if self.wait_mine(timeout, written):
+            return self._read(into)
+        return 0
+
+    def wait_mine(self, timeout: float | None = None, written: bool = False) -> bool:
+        """After a lone call was written (or a daemon answered all it had): spin (when the gate and the
+        loop allow) until bytes came, else sleep in the loop's selector as the loop would
+        (AIO_REPLY_WAIT). True: this socket is readable now (its bytes, or its EOF, wait to be read);
+        False: nothing came in time, or the loop has other work. `timeout`: the call's own, if any;
+        the sleep never outlasts it. `written`: the caller's write just went to the socket whole on an
+        open transport (only the loop is left to check).
 
         The sleep is in the loop's own selector, as the loop itself would sleep now, but it wakes for
         this socket only: bounded by the loop's next timer and AIO_REPLY_WAIT, and any other file
@@ -127,23 +141,23 @@ class LoopSpin:
         if gate is not None and gate.should_spin() and self._quiet():
             with waiters as waiting:
                 if waiting <= 1 and gate.spin(self._mine_readable, time.perf_counter, self._give_way):
-                    return self._read(into)
+                    return True
         wait = self.wait
-        if wait and not self._ready:  # (_idle_for, inline: every lone call's path)
-            if timeout is not None and timeout < wait:
-                wait = timeout
-            scheduled = self.loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces it
-            if scheduled:
-                left = scheduled[0]._when - self._clock()
-                wait = None if left <= 0 else min(left, wait)
-            if wait is not None and (written or self._transport_quiet()):
-                ready = self._select(wait, 4)
-                if len(ready) == 1 and ready[0][0] == self.fd:  # this socket only (else the loop goes first)
-                    try:
-                        return os.readv(self.fd, [into])
-                    except (BlockingIOError, InterruptedError):
-                        return 0
-        return 0
+        if not wait or self._ready:  # (_idle_for, inline: every lone call's path)
+            return False
+        if timeout is not None and timeout < wait:
+            wait = timeout
+        scheduled = self.loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces it
+        if scheduled:
+            left = scheduled[0]._when - self._clock()
+            if left <= 0:
+                return False
+            if left < wait:
+                wait = left
+        if not (written or self._transport_quiet()):
+            return False
+        # this socket only, and only readable (anything else: the loop goes first and sees it itself)
+        return self._select(wait, 4) == self._mine_only
 
     def _read(self, into: memoryview) -> int:
         try:
@@ -153,13 +167,14 @@ class LoopSpin:
 
 
 def _poller(selector: selectors.BaseSelector) -> Callable[[float, int], list]:
-    """poll(timeout, most events) -> [(fd, events)] on the loop's selector; epoll's own poll where it
-    is one (the selectors wrapper costs more than the system call; positional arguments: no keyword
-    parsing per call)."""
+    """poll(timeout, most events) -> [(fd, events)] on the loop's selector, events as epoll's
+    (_READABLE: readable, and nothing else); epoll's own poll where it is one (the selectors wrapper
+    costs more than the system call; positional arguments: no keyword parsing per call)."""
     epoll = getattr(selector, "_selector", None)
     if isinstance(selector, selectors.EpollSelector) and hasattr(epoll, "poll"):
         return epoll.poll  # type: ignore[union-attr]
 
     def poll(timeout: float, most: int = -1) -> list:
-        return [(key.fd, events) for key, events in selector.select(timeout)]
+        return [(key.fd, _READABLE if events == selectors.EVENT_READ else _OTHER)
+                for key, events in selector.select(timeout)]
     return poll

@@ -117,17 +117,17 @@ def run(coro: Any) -> Any:
     return asyncio.run(bounded())
 
 
-def count_reads(monkeypatch: pytest.MonkeyPatch, waits: list[Any]) -> list[int]:
-    """What each LoopSpin.read_reply of `waits` returned, from now on."""
-    read: list[int] = []
-    original = LoopSpin.read_reply
+def count_reads(monkeypatch: pytest.MonkeyPatch, waits: list[Any]) -> list[bool]:
+    """What each LoopSpin.wait_mine of `waits` returned (True: bytes came within the wait), from now on."""
+    read: list[bool] = []
+    original = LoopSpin.wait_mine
 
-    def counted(self: LoopSpin, into: memoryview, timeout: float | None = None, written: bool = False) -> int:
-        count = original(self, into, timeout, written)
+    def counted(self: LoopSpin, timeout: float | None = None, written: bool = False) -> bool:
+        came = original(self, timeout, written)
         if any(self is wait for wait in waits):
-            read.append(count)
-        return count
-    monkeypatch.setattr(LoopSpin, "read_reply", counted)
+            read.append(came)
+        return came
+    monkeypatch.setattr(LoopSpin, "wait_mine", counted)
     return read
 
 

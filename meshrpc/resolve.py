@@ -245,7 +245,7 @@ def _resolve_registries(uri: URI, settings: Settings, wait: float | None, names:
 
 def _resolve_ns(uri: URI, settings: Settings, wait: float | None = None) -> tuple[URI, str] | None:
     from .naming import resolve_ns  # loaded only when the name server is used
-    found = resolve_ns(uri, settings)
+    found = resolve_ns(uri, settings, wait)  # wait (else LOOKUP_TIMEOUT) bounds the name server's search too
     return None if found is None else (found, "ns")
 
 

@@ -61,12 +61,27 @@ def _common(p: argparse.ArgumentParser, json_help: str, serializer: bool = True)
     p.add_argument("--json", action="store_true", help=json_help)
 
 
-def open_proxy(args: argparse.Namespace, uri: str | None = None) -> Proxy:
+_PLACES = {"mesh": "the mesh", "etcd": "etcd", "ns": "a name server"}
+
+
+def open_proxy(args: argparse.Namespace, uri: str | None = None, out: Output | None = None) -> Proxy:
+    """A proxy for the command's URI; --timeout bounds the whole command: a name's lookup (the search
+    for a name server included) and a provider's recovery wait no longer. With out (and not --json),
+    a by-name URI says on stderr where it is looked up."""
     settings = settings_for(getattr(args, "realm", None))
-    # --timeout bounds the whole command: a name's lookup and a provider's recovery wait no longer
     shorter = {name: args.timeout for name in ("LOOKUP_TIMEOUT", "REBIND_TIMEOUT")
                if 0 < args.timeout < getattr(settings, name)}
-    proxy = Proxy(uri or args.uri, settings=settings.copy(**shorter) if shorter else settings)
+    settings = settings.copy(**shorter) if shorter else settings
+    target = URI(uri or args.uri)  # InvalidURIError before any network traffic
+    if out is not None and not out.json_mode and not target.is_direct:
+        from ..resolve import sources_to_ask
+        try:
+            places = " and ".join(_PLACES.get(s, s) for s in sources_to_ask(target, settings, None))
+        except MeshError:
+            places = ""  # a bad RESOLVE: the lookup itself says so
+        if places:
+            out.status(f"looking up {target} on {places} for up to {settings.LOOKUP_TIMEOUT:g} s ...")
+    proxy = Proxy(target, settings=settings)
     proxy._pyroTimeout = args.timeout
     if getattr(args, "serializer", None):
         proxy._pyroSerializer = args.serializer
@@ -95,7 +110,7 @@ def run_call(args: argparse.Namespace, out: Output) -> int:
     positional, keywords = parse_call_arguments(args.args, args.args_json)
     if args.all:
         return call_every_provider(args, out, positional, keywords)
-    with open_proxy(args) as proxy:
+    with open_proxy(args, out=out) as proxy:
         result = invoke(proxy, args.method, positional, keywords)
     show(out, result)
     return 0
@@ -140,7 +155,7 @@ def call_every_provider(args: argparse.Namespace, out: Output, positional: list[
 
 
 def run_get(args: argparse.Namespace, out: Output) -> int:
-    with open_proxy(args) as proxy:
+    with open_proxy(args, out=out) as proxy:
         proxy._pyroBind()
         if args.property not in proxy._pyroAttrs:
             raise AttributeError(_not_a_property(proxy, args.property))
@@ -151,7 +166,7 @@ def run_get(args: argparse.Namespace, out: Output) -> int:
 
 def run_set(args: argparse.Namespace, out: Output) -> int:
     value = parse_value(args.value)
-    with open_proxy(args) as proxy:
+    with open_proxy(args, out=out) as proxy:
         proxy._pyroBind()
         if args.property not in proxy._pyroAttrs:
             raise AttributeError(_not_a_property(proxy, args.property))
@@ -171,7 +186,7 @@ def _not_a_property(proxy: Proxy, name: str) -> str:
 
 def run_ping(args: argparse.Namespace, out: Output) -> int:
     times = []
-    with open_proxy(args) as proxy:
+    with open_proxy(args, out=out) as proxy:
         started = time.perf_counter()
         proxy._pyroBind()
         connect = time.perf_counter() - started

@@ -39,7 +39,7 @@ def mesh_entry(args: argparse.Namespace, target: str) -> Any:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    with open_proxy(args) as proxy:
+    with open_proxy(args, out=out) as proxy:
         proxy._pyroBind()
         target = proxy._pyroUri
         try:

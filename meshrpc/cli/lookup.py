@@ -9,6 +9,7 @@ announcements for up to --timeout seconds; the name server is found with `meshrp
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -146,7 +147,12 @@ class Sources:
         self.realm: str | None = None
 
     def run(self, mesh: Callable[[Any], Iterable[Any]] | None, ns: Callable[[Any], dict] | None) -> None:
+        """Ask the sources; the name server at the same time as the mesh, so that --timeout bounds the
+        whole command rather than each source in turn."""
         source = self.args.source
+        asking_ns = None
+        if source in ("ns", "all") and ns is not None:
+            asking_ns = _Background(lambda: self._ask_ns(ns))
         if source in ("mesh", "all") and mesh is not None:
             registry = browse.registry_for(self.args.realm, self.args)
             self.realm = registry.realm
@@ -155,10 +161,9 @@ class Sources:
             mirror = browse.registry_for(self.args.realm, self.args, "etcd")
             self.realm = mirror.realm
             self.rows += [row(e.name, e.uri, e.metadata, "etcd") for e in mesh(mirror)]
-        if source in ("ns", "all") and ns is not None:
+        if asking_ns is not None:
             try:
-                with locate(self.args, self.out) as proxy:
-                    found = ns(proxy)
+                found = asking_ns.result()
             except MeshError as exc:  # no name server, or it failed: an error unless the mesh answered
                 if source == "ns":
                     raise
@@ -171,6 +176,10 @@ class Sources:
         for failure in self.failures:
             self.out.status("note: " + failure)
 
+    def _ask_ns(self, ns: Callable[[Any], dict]) -> dict:
+        with locate(self.args, self.out) as proxy:
+            return ns(proxy)
+
     def where(self) -> str:
         places = []
         if self.args.source in ("mesh", "all"):
@@ -180,6 +189,29 @@ class Sources:
         if self.args.source in ("ns", "all"):
             places.append("in the name server")
         return " or ".join(places)
+
+
+class _Background:
+    """A function run on a thread of its own; result() waits for it and returns (or raises) what it did."""
+
+    def __init__(self, function: Callable[[], Any]) -> None:
+        self._function = function
+        self._outcome: tuple[bool, Any] = (False, None)
+        self._thread = threading.Thread(target=self._run, name="meshrpc-cli-ns", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._outcome = (True, self._function())
+        except BaseException as exc:  # handed to result()'s caller
+            self._outcome = (False, exc)
+
+    def result(self) -> Any:
+        self._thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
 
 
 def etcd_configured() -> bool:
@@ -198,14 +230,27 @@ def ns_settings(args: argparse.Namespace) -> Any:
     return config.copy(COMMTIMEOUT=args.timeout) if args.timeout and args.timeout > 0 else config
 
 
+def ns_search_places(settings: Any) -> str:
+    """Where locate_ns looks for a name server, for the progress line."""
+    host = settings.NS_HOST or settings.HOST
+    return f"the mesh, {host}:{settings.NS_PORT} and UDP broadcast on port {settings.NS_BCPORT}"
+
+
 def locate(args: argparse.Namespace, out: Output) -> Any:
-    """A connected proxy for the name server (NamingError with a hint when there is none)."""
-    from .. import locate_ns
+    """A connected proxy for the name server (NamingError with a hint when there is none); --timeout
+    bounds the whole search, the broadcast's rounds included."""
+    from ..naming import locate_ns
     browse.quiet_foreign_records(args)  # locate_ns may ask the mesh
-    where = f"{args.ns_host}:{args.ns_port or config.NS_PORT}" if args.ns_host else "a name server"
-    progress(out, f"locating {where} ...")
+    settings = ns_settings(args)
+    if args.ns_host:
+        where = f"the name server at {args.ns_host}:{args.ns_port or settings.NS_PORT}"
+    else:
+        where = f"a name server ({ns_search_places(settings)})"
+    bound = f" for up to {args.timeout:g} s" if args.timeout and args.timeout > 0 else ""
+    progress(out, f"locating {where}{bound} ...")
     try:
-        proxy = locate_ns(args.ns_host, args.ns_port, settings=ns_settings(args))
+        proxy = locate_ns(args.ns_host, args.ns_port, settings=settings,
+                          timeout=args.timeout if args.timeout and args.timeout > 0 else None)
     except NamingError as exc:
         raise NamingError(f"no name server answered (start one with `meshrpc ns`, or point to it with --ns-host/"
                           f"--ns-port or MESHRPC_NS_HOST/MESHRPC_NS_PORT): {exc}") from None

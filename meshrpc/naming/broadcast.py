@@ -289,9 +289,12 @@ class BroadcastServer:
 
 
 def broadcast_locate(host: str, port: int, tries: int = NS_BROADCAST_TRIES,
-                     interval: float = NS_BROADCAST_INTERVAL) -> URI | None:
+                     interval: float = NS_BROADCAST_INTERVAL, timeout: float | None = None) -> URI | None:
     """Ask for a name server with GET_NSURI on the addresses of host (broadcast_targets), `tries`
-    rounds `interval` seconds apart; the first valid answer, or None."""
+    rounds `interval` seconds apart; the first valid answer, or None. timeout: seconds all rounds may
+    take together (the rounds come closer, so a lost datagram is still asked again)."""
+    if timeout is not None:
+        interval = min(interval, max(timeout, 0.0) / max(tries, 1))
     targets = broadcast_targets(host)
     if not targets:
         log.debug("no broadcast targets for host %r", host)

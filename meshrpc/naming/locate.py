@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import random
 import threading
+import time
 from typing import Any
 
 from ..client.proxy import Proxy
@@ -40,18 +41,44 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _bound_proxy(uri: URI, settings: Settings) -> Proxy:
-    """A proxy for the name server at uri, connected and handshaken; CommunicationError otherwise."""
+class _Budget:
+    """What is left of a locate_ns timeout (None: no bound but each step's own)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout if timeout is not None and timeout > 0 else None
+        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def cap(self, timeout: float | None) -> float | None:
+        """timeout, or less when less is left (never 0: a connect needs some time to fail)."""
+        left = self.left()
+        if left is None:
+            return timeout
+        left = max(left, 0.01)
+        return left if not timeout or left < timeout else timeout
+
+
+def _bound_proxy(uri: URI, settings: Settings, budget: _Budget | None = None) -> Proxy:
+    """A proxy for the name server at uri, connected and handshaken; CommunicationError otherwise.
+    The connect waits no longer than the budget has left; the proxy's calls keep COMMTIMEOUT."""
     proxy = Proxy(uri, settings=settings)
     try:
+        if budget is not None and budget.deadline is not None:
+            proxy._pyroTimeout = budget.cap(settings.COMMTIMEOUT or None)
         proxy._pyroBind()
+        proxy._pyroTimeout = settings.COMMTIMEOUT or None
     except BaseException:
         proxy._pyroRelease()
         raise
     return proxy
 
 
-def _from_mesh(settings: Settings, tried: list[str]) -> Proxy | None:
+def _from_mesh(settings: Settings, tried: list[str], budget: _Budget) -> Proxy | None:
     from ..resolve import resolve_sources
     if "mesh" not in resolve_sources(settings):
         return None
@@ -69,32 +96,39 @@ def _from_mesh(settings: Settings, tried: list[str]) -> Proxy | None:
         return None
     for entry in entries:
         try:
-            return _bound_proxy(URI(entry.uri), settings)
+            return _bound_proxy(URI(entry.uri), settings, budget)
         except (MeshError, ValueError) as exc:
             tried.append(f"mesh: {entry.uri}: {exc}")
     return None
 
 
-def _direct(uri: URI, settings: Settings, tried: list[str], label: str = "direct") -> Proxy | None:
+def _direct(uri: URI, settings: Settings, tried: list[str], budget: _Budget,
+            label: str = "direct") -> Proxy | None:
+    if budget.spent() and tried:  # the first attempt is always made
+        tried.append(f"{label} {uri.location}: not tried (the timeout of {budget.timeout:g} s was spent)")
+        return None
     try:
-        return _bound_proxy(uri, settings)
+        return _bound_proxy(uri, settings, budget)
     except MeshError as exc:
         tried.append(f"{label} {uri.location}: {exc}")
         return None
 
 
 def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool = True,
-              settings: Settings | None = None) -> Proxy:
+              settings: Settings | None = None, *, timeout: float | None = None) -> Proxy:
     """A connected proxy for a name server (meshrpc's or Pyro5's).
 
     With host: the name server at host:port (port defaults to NS_PORT). Without: the one located last,
     the mesh, the configured NS_HOST (or HOST) when it is loopback, broadcast on NS_BCPORT, then the
-    configured host; NamingError naming each attempt when none answers."""
+    configured host; NamingError naming each attempt when none answers. timeout: seconds the whole
+    search may take (connects and the broadcast rounds share it); None: each step's own (the
+    broadcast's rounds take NS_BROADCAST_TRIES * NS_BROADCAST_INTERVAL when nobody answers)."""
     settings = settings or default_config
     port = int(port) if port else settings.NS_PORT
+    budget = _Budget(timeout)
     tried: list[str] = []
     if host:
-        proxy = _direct(_ns_uri(str(host), port), settings, tried)
+        proxy = _direct(_ns_uri(str(host), port), settings, tried, budget)
         if proxy is None:
             raise NamingError("failed to locate the name server: " + "; ".join(tried))
         return proxy
@@ -104,22 +138,18 @@ def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool 
         last = _last_located.get(key)
     proxy = None
     if last is not None:
-        proxy = _direct(URI(last), settings, tried, "last located")
+        proxy = _direct(URI(last), settings, tried, budget, "last located")
     if proxy is None:
-        proxy = _from_mesh(settings, tried)
+        proxy = _from_mesh(settings, tried, budget)
     direct_uri = _ns_uri(configured, port)
     direct_tried = False
     if proxy is None and _is_loopback(configured):
         direct_tried = True
-        proxy = _direct(direct_uri, settings, tried)
+        proxy = _direct(direct_uri, settings, tried, budget)
     if proxy is None and broadcast:
-        found = broadcast_locate(configured, settings.NS_BCPORT)
-        if found is None:
-            tried.append(f"broadcast on port {settings.NS_BCPORT}: no answer")
-        else:
-            proxy = _direct(found, settings, tried, "broadcast answer")
+        proxy = _from_broadcast(configured, settings, tried, budget)
     if proxy is None and not direct_tried:
-        proxy = _direct(direct_uri, settings, tried)
+        proxy = _direct(direct_uri, settings, tried, budget)
     if proxy is None:
         raise NamingError("failed to locate the name server: " + "; ".join(tried))
     with _last_lock:
@@ -127,15 +157,31 @@ def locate_ns(host: str | None = None, port: int | None = None, broadcast: bool 
     return proxy
 
 
-def resolve_ns(uri: URI, settings: Settings) -> URI | None:
+def _from_broadcast(configured: str, settings: Settings, tried: list[str], budget: _Budget) -> Proxy | None:
+    left = budget.left()
+    if left is not None and left <= 0:
+        tried.append(f"broadcast on port {settings.NS_BCPORT}: not tried (the timeout of {budget.timeout:g} s "
+                     f"was spent)")
+        return None
+    found = broadcast_locate(configured, settings.NS_BCPORT, timeout=left)
+    if found is None:
+        waited = "" if left is None else f" within {left:.2g} s"
+        tried.append(f"broadcast on port {settings.NS_BCPORT}: no answer{waited}")
+        return None
+    return _direct(found, settings, tried, budget, "broadcast answer")
+
+
+def resolve_ns(uri: URI, settings: Settings, timeout: float | None = None) -> URI | None:
     """The PYRO URI of a PYRONAME/PYROMETA uri, asked of a name server: the one at the uri's location
     when it has one, else locate_ns. None when the name (or tags) are unknown; NamingError when no
-    name server answers."""
+    name server answers. timeout (default LOOKUP_TIMEOUT) bounds each search for a name server."""
+    if timeout is None:
+        timeout = settings.LOOKUP_TIMEOUT
     uri = URI(uri)
     for _ in range(NS_RESOLVE_MAX_HOPS + 1):
         if uri.is_direct:
             return uri
-        found, ns_uri = _resolve_once(uri, settings)
+        found, ns_uri = _resolve_once(uri, settings, timeout)
         if found is None:
             return None
         if not found.is_direct and found.host is None and not found.sockname:
@@ -145,8 +191,8 @@ def resolve_ns(uri: URI, settings: Settings) -> URI | None:
     raise NamingError(f"{uri}: more than {NS_RESOLVE_MAX_HOPS} PYRONAME/PYROMETA hops; is there a loop?")
 
 
-def _resolve_once(uri: URI, settings: Settings) -> tuple[URI | None, URI]:
-    ns = locate_ns(uri.host, uri.port, settings=settings) if uri.host else locate_ns(settings=settings)
+def _resolve_once(uri: URI, settings: Settings, timeout: float | None) -> tuple[URI | None, URI]:
+    ns = locate_ns(uri.host or None, uri.port if uri.host else None, settings=settings, timeout=timeout)
     with ns:
         ns._pyroTimeout = settings.COMMTIMEOUT or settings.LOOKUP_TIMEOUT  # a hung name server must not hang us
         ns_uri = URI(ns._pyroUri)

@@ -300,7 +300,7 @@ def test_locate_ns_reports_what_it_tried(monkeypatch: pytest.MonkeyPatch) -> Non
         import meshrpc.naming.locate as locate_module
         original = locate_module.broadcast_locate
         monkeypatch.setattr(locate_module, "broadcast_locate",
-                            lambda host, port: original(host, port, tries=1, interval=0.2))
+                            lambda host, port, timeout=None: original(host, port, tries=1, interval=0.2))
         fake_mesh(monkeypatch, [])
         with pytest.raises(errors.NamingError) as info:
             locate_ns(settings=settings)

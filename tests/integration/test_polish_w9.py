@@ -1,0 +1,107 @@
+"""A timeout bounds the search for a name server (broadcast included), in the library and in the CLI.
+
+Loopback only: HOST and NS_HOST are 127.0.0.1, so GET_NSURI goes to 127.0.0.1 and 127.255.255.255
+(broadcast_targets, checked below) and never leaves the machine; the ports point where nothing answers.
+Without a bound the broadcast's rounds alone take NS_BROADCAST_TRIES * NS_BROADCAST_INTERVAL (2.1 s).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from subprocs import Runner, runner_for
+from test_nameserver import HOST, RunningNS, ns_settings, refused_port, running_nameservers
+
+from meshrpc import URI, errors
+from meshrpc.limits import NS_BROADCAST_INTERVAL, NS_BROADCAST_TRIES
+from meshrpc.naming import locate_ns, resolve_ns
+from meshrpc.naming.broadcast import broadcast_targets
+
+pytestmark = pytest.mark.timeout(60)
+
+UNBOUNDED = NS_BROADCAST_TRIES * NS_BROADCAST_INTERVAL  # what the broadcast alone took before
+
+
+@pytest.fixture
+def start_nameserver() -> Iterator[Callable[..., RunningNS]]:
+    yield from running_nameservers()
+
+
+@pytest.fixture
+def silent_ports() -> Iterator[tuple[int, int]]:
+    """(TCP port that refuses, UDP port where nobody answers), held for the test."""
+    tcp = refused_port()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((HOST, 0))  # bound, never read: a GET_NSURI sent there gets no answer
+    try:
+        yield tcp.getsockname()[1], udp.getsockname()[1]
+    finally:
+        tcp.close()
+        udp.close()
+
+
+def test_the_search_stays_on_loopback() -> None:
+    assert broadcast_targets(HOST) and all(ipaddress.IPv4Address(t).is_loopback for t in broadcast_targets(HOST))
+
+
+def test_locate_ns_timeout_bounds_the_broadcast(silent_ports: tuple[int, int]) -> None:
+    tcp, udp = silent_ports
+    settings = ns_settings(NS_PORT=tcp, NS_BCPORT=udp)
+    started = time.monotonic()
+    with pytest.raises(errors.NamingError) as info:
+        locate_ns(settings=settings, timeout=0.5)
+    took = time.monotonic() - started
+    assert took < UNBOUNDED - 0.6, f"locate_ns(timeout=0.5) took {took:.2f} s"
+    assert f"broadcast on port {udp}: no answer within" in str(info.value), info.value
+
+
+def test_resolve_ns_is_bounded_by_lookup_timeout(silent_ports: tuple[int, int]) -> None:
+    tcp, udp = silent_ports
+    started = time.monotonic()
+    with pytest.raises(errors.NamingError, match="failed to locate the name server"):
+        resolve_ns(URI("PYRONAME:nobody"), ns_settings(NS_PORT=tcp, NS_BCPORT=udp, LOOKUP_TIMEOUT=0.5))
+    took = time.monotonic() - started
+    assert took < UNBOUNDED - 0.6, f"resolve_ns with LOOKUP_TIMEOUT 0.5 took {took:.2f} s"
+
+
+def test_a_bounded_search_still_finds_by_broadcast(start_nameserver: Callable[..., RunningNS],
+                                                   silent_ports: tuple[int, int]) -> None:
+    running = start_nameserver()
+    assert running.bcserver is not None
+    tcp, _ = silent_ports
+    settings = ns_settings(NS_PORT=tcp, NS_BCPORT=running.bcserver.port)
+    with locate_ns(settings=settings, timeout=1.0) as ns:
+        assert ns._pyroUri == running.uri
+        assert ns._pyroTimeout is None  # the search's bound is not left on the proxy's calls
+
+
+# ------------------------------------------------------------------ the CLI
+
+@pytest.fixture
+def runner(realm: str) -> Iterator[Runner]:
+    yield from runner_for(realm)  # MESHRPC_HOST=127.0.0.1, NS ports where nothing listens
+
+
+@pytest.mark.parametrize("args, says", [
+    (["lookup", "nobody", "--source", "ns"], "no name server answered"),
+    (["lookup", "nobody", "--source", "all"], "nothing found on the mesh"),
+    (["register", "nobody", "PYRO:obj@127.0.0.1:1"], "no name server answered"),
+    (["call", "PYRONAME:nobody", "echo"], "unknown name 'nobody'"),
+])
+def test_cli_timeout_bounds_the_name_server_search(runner: Runner, args: list[str], says: str) -> None:
+    baseline_started = time.monotonic()
+    assert runner.run("version").proc.returncode == 0  # the interpreter's start, on this machine now
+    baseline = time.monotonic() - baseline_started
+    started = time.monotonic()
+    proc = runner.run(*args, "--timeout", "0.5")
+    took = time.monotonic() - started - baseline
+    assert proc.proc.returncode == 1, proc.describe()
+    assert proc.err[-1].startswith("error:") and says in proc.err[-1] and "Traceback" not in proc.stderr, \
+        proc.describe()
+    assert took < UNBOUNDED - 0.3, f"{took:.2f} s beyond the interpreter's start: {proc.describe()}"
+    # what it waited for was said on stderr before the error
+    assert any("for up to 0.5 s" in line for line in proc.err[:-1]), proc.describe()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .wire.constants import MESH_TXT_ADVISED_MAX, NS_DEFAULT_PORT
 
 ENV_PREFIX = "MESHRPC_"
 PYRO5_ENV_PREFIX = "PYRO_"  # read for the settings Pyro5 has too, when no MESHRPC_ variable is set
@@ -185,7 +186,7 @@ class Settings:
     # --- name server (fallback)
     NS_HOST: str = field(default="", metadata=_doc(
         "Name server host; empty means: the same as HOST."))
-    NS_PORT: int = field(default=9090, metadata=_doc("Name server port (Pyro5's default)."))
+    NS_PORT: int = field(default=NS_DEFAULT_PORT, metadata=_doc("Name server port (Pyro5's default)."))
     NS_BCPORT: int = field(default=9091, metadata=_doc(
         "UDP port of the name server's broadcast responder (Pyro5's default)."))
     NS_BCHOST: str | None = field(default=None, metadata=_doc(
@@ -310,7 +311,7 @@ class Settings:
         "remembered so that each is logged once."))
     MESH_FEED_QUEUE_MAX: int = field(default=10000, metadata=_doc(
         "Most received records waiting to be decoded; more are dropped (flood protection)."))
-    MESH_TXT_MAX: int = field(default=1300, metadata=_doc(
+    MESH_TXT_MAX: int = field(default=MESH_TXT_ADVISED_MAX, metadata=_doc(
         "Largest TXT record (bytes) published or accepted; a publish with more metadata fails with "
         "NamingError."))
     MESH_HOST_TTL: int = field(default=120, metadata=_doc(

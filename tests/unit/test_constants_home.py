@@ -61,3 +61,52 @@ def test_public_numbers_live_in_their_homes() -> None:
 def test_the_list_of_exceptions_is_current() -> None:
     gone = sorted(set(STAYS) - public_numbers())
     assert not gone, f"no longer module numbers, drop them from STAYS: {gone}"
+
+
+def _home_numbers() -> dict[str, tuple[str, float]]:
+    """name -> (home module, value) of every module-level number in wire/constants.py and limits.py."""
+    found: dict[str, tuple[str, float]] = {}
+    for module in ("wire/constants.py", "limits.py"):
+        for node in ast.parse((PACKAGE / module).read_text()).body:
+            if isinstance(node, ast.Assign) and _is_number(node.value):
+                value = ast.literal_eval(node.value) if isinstance(node.value, ast.Constant) else None
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and value is not None:
+                        found[target.id] = (module, value)
+    return found
+
+
+def settings_restatements(source: str | None = None) -> list[str]:
+    """Settings fields (in config.py, or source) whose default is a number written out again where a home
+    already names it: the same value under a name with all of the field's words (NS_PORT's 9090 is
+    NS_DEFAULT_PORT's)."""
+    homes = _home_numbers()
+    tree = ast.parse(source if source is not None else (PACKAGE / "config.py").read_text())
+    settings = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
+    found = []
+    for node in settings.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(node.value, ast.Call)):
+            continue
+        field = node.target.id
+        for keyword in node.value.keywords:
+            if keyword.arg != "default" or not _is_number(keyword.value):
+                continue
+            value = ast.literal_eval(keyword.value) if isinstance(keyword.value, ast.Constant) else None
+            words = set(field.split("_"))
+            for name, (module, home_value) in homes.items():
+                if home_value == value and (words <= set(name.split("_")) or set(name.split("_")) <= words):
+                    found.append(f"Settings.{field} = {value!r} restates {module}'s {name}: default={name}")
+    return found
+
+
+def test_settings_defaults_do_not_restate_a_home() -> None:
+    restated = settings_restatements()
+    assert not restated, f"use the home's name as the default: {restated}"
+
+
+def test_the_restatement_check_sees_one() -> None:
+    source = (PACKAGE / "config.py").read_text()
+    assert "default=NS_DEFAULT_PORT" in source
+    restated = settings_restatements(source.replace("default=NS_DEFAULT_PORT", "default=9090"))
+    assert restated == ["Settings.NS_PORT = 9090 restates wire/constants.py's NS_DEFAULT_PORT: default=NS_DEFAULT_PORT"]

@@ -24,12 +24,17 @@ Cases (``--cases``, comma separated):
               connection (the server's RSS growth / N)
   slow        one client awaits a 2 s `async def` call while another makes quick calls: their worst
               latency
+  large       a 10 MiB bytes echo (``--large-bytes``), serpent and marshal, ``--large-repeats`` times:
+              aio proxy -> aio daemon (async def), aio proxy -> threaded daemon, threaded proxy -> aio
+              daemon (async def), threaded proxy -> threaded daemon, interleaved; the median MiB/s
+              (payload bytes each way over the echo's time) and the CPU ms per echo (client, server, both)
 
 Usage::
 
     python3 tools/aio_bench.py                              # everything, defaults below
     python3 tools/aio_bench.py --cases pipelined --concurrency 1000
     python3 tools/aio_bench.py --cases idle --idle 10000
+    python3 tools/aio_bench.py --cases large --large-repeats 20
     python3 tools/aio_bench.py --quick --json               # a smoke run
 """
 
@@ -399,7 +404,73 @@ def case_slow(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-CASES = {"sequential": case_sequential, "pipelined": case_pipelined, "idle": case_idle, "slow": case_slow}
+def large_echoes(server: Server, client: str, method: str, serializer: str, payload: bytes,
+                 repeats: int) -> dict[str, Any]:
+    """`repeats` echoes of `payload` (every reply checked) after one warm-up: each echo's time, and the
+    CPU seconds of this process and of the server child over all of them."""
+    times: list[float] = []
+    settings = settings_with({"SERIALIZER": serializer})
+
+    def measured(echo: Any) -> dict[str, Any]:
+        cpu_server, cpu_client = server.cpu(), time.process_time()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            reply = echo(payload)
+            times.append(time.perf_counter() - started)
+            if reply != payload:
+                raise AssertionError("the echoed bytes differ")
+        return {"times": times, "client_s": time.process_time() - cpu_client, "server_s": server.cpu() - cpu_server}
+
+    if client == "threaded":
+        import meshrpc
+        with meshrpc.Proxy(server.uri, settings=settings) as proxy:
+            call = getattr(proxy, method)
+            call(payload)
+            return measured(call)
+    import meshrpc.aio
+
+    async def main() -> dict[str, Any]:
+        async with meshrpc.aio.Proxy(server.uri, settings=settings) as proxy:
+            call = getattr(proxy, method)
+            await call(payload)
+            # the loop runs the calls; the timing and CPU are read around each one as above
+            cpu_server, cpu_client = server.cpu(), time.process_time()
+            for _ in range(repeats):
+                started = time.perf_counter()
+                reply = await call(payload)
+                times.append(time.perf_counter() - started)
+                if reply != payload:
+                    raise AssertionError("the echoed bytes differ")
+            return {"times": times, "client_s": time.process_time() - cpu_client,
+                    "server_s": server.cpu() - cpu_server}
+    return asyncio.run(main())
+
+
+def case_large(args: argparse.Namespace) -> dict[str, Any]:
+    """The four pairings of proxy and daemon, each serializer, interleaved; medians and CPU per echo."""
+    payload = os.urandom(args.large_bytes)
+    mib = len(payload) / 1024 / 1024
+    out: dict[str, Any] = {"payload_mib": round(mib, 3), "repeats": args.large_repeats}
+    with Server("aio") as aio_server, Server("threaded") as threaded_server:
+        for serializer in ("serpent", "marshal"):
+            for label, server, client, method in (
+                    ("aio proxy -> aio daemon", aio_server, "aio", "aecho"),
+                    ("aio proxy -> threaded daemon", threaded_server, "aio", "echo"),
+                    ("threaded proxy -> aio daemon", aio_server, "threaded", "aecho"),
+                    ("threaded proxy -> threaded daemon", threaded_server, "threaded", "echo")):
+                run = large_echoes(server, client, method, serializer, payload, args.large_repeats)
+                median = statistics.median(run["times"])
+                row = out[f"{label}, {serializer}"] = {
+                    "mib_per_s": round(mib / median),
+                    "cpu_ms_per_echo": round((run["client_s"] + run["server_s"]) / args.large_repeats * 1e3, 1),
+                    "cpu_ms_client": round(run["client_s"] / args.large_repeats * 1e3, 1),
+                    "cpu_ms_server": round(run["server_s"] / args.large_repeats * 1e3, 1)}
+                log(f"  {label}, {serializer}: {row}")
+    return out
+
+
+CASES = {"sequential": case_sequential, "pipelined": case_pipelined, "idle": case_idle, "slow": case_slow,
+         "large": case_large}
 
 
 def log(message: str) -> None:
@@ -417,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--each", type=int, default=10,
                         help="'pipelined', kept in flight: calls each concurrent task awaits in turn (10)")
     parser.add_argument("--idle", type=int, default=10000, help="idle clients in 'idle' (10000)")
+    parser.add_argument("--large-bytes", type=int, default=10 * 1024 * 1024,
+                        help="payload of 'large' (10 MiB)")
+    parser.add_argument("--large-repeats", type=int, default=20, help="echoes per pairing in 'large' (20)")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -424,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(args.serve)
     if args.quick:
         args.calls, args.concurrency, args.idle, args.rounds, args.each = 200, 100, 50, 1, 2
+        args.large_bytes, args.large_repeats = 1024 * 1024, 2
     results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
                                "command": " ".join([Path(sys.executable).name, *sys.argv])}
     for name in args.cases.split(","):

@@ -7,7 +7,7 @@ import os
 from typing import Any, Callable
 
 _writev = os.writev
-_WRITEV_PARTS = 64  # at most this many buffers in one writev (IOV_MAX is 1024; more go through the transport)
+_WRITEV_PARTS = 64  # at most this many buffers in one writev (IOV_MAX is 1024; more wait for the next)
 
 
 class Cork:
@@ -24,7 +24,8 @@ class Cork:
     time); `between()` is called then (the proxy takes in the replies that came meanwhile).
     `owner.transport` is the asyncio transport."""
 
-    __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes", "_fd", "_queued", "_between")
+    __slots__ = ("_loop", "_owner", "_parts", "_size", "_turn", "_flush_bytes", "_fd", "_queued", "_between",
+                 "_pending", "_pending_size", "_paused", "_closing")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: Any, flush_bytes: int,
                  between: Callable[[], None] | None = None) -> None:
@@ -37,6 +38,11 @@ class Cork:
         self._fd = -1  # the socket's, once known
         self._queued = False  # something was handed to the transport (ask it whether that is still waiting)
         self._between = between  # called after a full batch went out while more are being written
+        # what did not fit into the socket, uncopied, sent by _write_more (selector event loops)
+        self._pending: list = []
+        self._pending_size = 0
+        self._paused = False  # the owner's pause_writing() was called (resume_writing() follows)
+        self._closing = False  # close() came while something waited: the transport closes once it is sent
 
     def write_alone(self, parts: list, open_: bool = False) -> bool:
         """True: all of it went to the socket at once, nothing is left for the loop to write.
@@ -85,19 +91,18 @@ class Cork:
         transport = self._owner.transport
         if not open_ and (transport is None or transport.is_closing()):
             return False
-        if len(parts) > _WRITEV_PARTS or (self._queued and transport.get_write_buffer_size()):
-            self._queued = True
-            transport.writelines(parts)  # queued behind what waits already (or too many parts at once)
-            return False
+        if self._queued and (self._pending or transport.get_write_buffer_size()):
+            return self._queue_rest(parts, 0)  # behind what waits already
         self._queued = False
         # nothing queued: straight to the socket in one writev (what the transport would do, less its
-        # per-write Python and join); whatever does not fit goes to the transport, which queues it
+        # per-write Python and join); whatever does not fit waits (_queue_rest)
         fd = self._fd
         if fd < 0:
             sock = transport.get_extra_info("socket")
             fd = self._fd = sock.fileno() if sock is not None else -1
         try:
-            sent = _writev(fd, parts) if fd >= 0 else 0
+            sent = (_writev(fd, parts if len(parts) <= _WRITEV_PARTS else parts[:_WRITEV_PARTS])
+                    if fd >= 0 else 0)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:  # the transport's own write meets the same failure and closes the connection
@@ -108,12 +113,114 @@ class Cork:
         return True
 
     def _queue_rest(self, parts: list, sent: int) -> bool:
-        """The socket took only `sent` bytes of `parts`: the rest goes to the transport, which writes it
-        when the socket can take more. False (something waits in the transport now)."""
+        """The socket took only `sent` bytes of `parts` (0: it was not asked, something waits already):
+        the rest waits, and False is returned (something waits now). On a selector event
+        loop it waits here, uncopied (a read-only buffer cannot change meanwhile; others are copied
+        once), and `_write_more` sends it when the socket has room: Python 3.11's transport would copy
+        it into its own buffer (and the join before that copied the whole message once more). The
+        owner's pause_writing/resume_writing are called around a queue above the transport's
+        high-water mark, as the transport would. Elsewhere the transport queues it (a piece at a time,
+        not joined)."""
         self._queued = True
-        self._owner.transport.write(b"".join(parts)[sent:])
+        transport = self._owner.transport
+        rest = _after(parts, sent)
+        if self._fd < 0 or not hasattr(self._loop, "_add_writer") or transport.get_write_buffer_size():
+            for piece in rest:
+                transport.write(piece)
+            return False
+        pending = self._pending
+        if not pending:
+            self._loop._add_writer(self._fd, self._write_more)  # type: ignore[attr-defined]
+        for piece in rest:
+            view = memoryview(piece)
+            if not view.readonly:  # (a bytearray the caller may change once its call returns)
+                view = memoryview(view.tobytes())
+            pending.append(view)
+            self._pending_size += view.nbytes
+        if not self._paused and self._pending_size > transport.get_write_buffer_limits()[1]:
+            self._paused = True
+            self._owner.pause_writing()
         return False
+
+    def _write_more(self) -> None:
+        """The socket has room: send what waits (the loop calls this while something does)."""
+        pending = self._pending
+        if not pending:
+            return
+        try:
+            sent = os.writev(self._fd, pending if len(pending) <= _WRITEV_PARTS else pending[:_WRITEV_PARTS])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # handed to the transport, whose own write meets the failure and closes the connection
+            rest = list(pending)
+            self._discard()
+            transport = self._owner.transport
+            if transport is not None and not transport.is_closing():
+                transport.writelines(rest)
+            return
+        self._pending_size -= sent
+        while sent:
+            size = pending[0].nbytes
+            if sent < size:
+                pending[0] = pending[0][sent:]
+                break
+            sent -= size
+            del pending[0]
+        if not pending:
+            self._discard()
+            transport = self._owner.transport
+            if self._closing and transport is not None:
+                transport.close()
+
+    def _discard(self) -> None:
+        """Nothing waits here any more (sent, or the connection failed)."""
+        if self._pending:
+            self._pending.clear()
+        self._pending_size = 0
+        self._queued = False
+        if self._fd >= 0 and not self._loop.is_closed():
+            self._loop._remove_writer(self._fd)  # type: ignore[attr-defined]
+        if self._paused:
+            self._paused = False
+            self._owner.resume_writing()
+
+    @property
+    def waiting(self) -> int:
+        """Bytes that wait here to be sent (not those the transport holds)."""
+        return self._pending_size
+
+    def close(self) -> None:
+        """Close the transport once what waits here is sent (as the transport's own close() does with
+        what it holds); reading stops at once."""
+        transport = self._owner.transport
+        if transport is None:
+            return
+        if self._pending and not transport.is_closing():
+            self._closing = True
+            if transport.is_reading():
+                transport.pause_reading()
+            return
+        transport.close()
+
+    def lost(self) -> None:
+        """The connection is gone (its protocol's connection_lost, before the socket closes): drop what
+        waits, and the loop's writer (the transport removes it only when it held something itself)."""
+        self._closing = False
+        if self._pending:
+            self._discard()
 
     def _end_of_turn(self) -> None:
         self._turn = False
         self.flush()
+
+
+def _after(parts: list, sent: int) -> list:
+    """`parts` without their first `sent` bytes, as they are (a part sent in part: a view of its rest)."""
+    if not sent:
+        return parts
+    for index, part in enumerate(parts):
+        size = len(part)
+        if sent < size:
+            return [memoryview(part)[sent:], *parts[index + 1:]]
+        sent -= size
+    return []

@@ -39,7 +39,7 @@ from ..wire import frame as wire
 from ..wire.session import NEED_DATA, TAKE_EVENT, ConnectRequest, ServerSession
 from .cork import Cork
 from .eager import EagerStarter
-from .receiving import receive_buffer
+from .receiving import Receiving, receive_buffer
 from .spin import LoopSpin
 
 log = logging.getLogger("meshrpc.aio")
@@ -58,7 +58,7 @@ def nonblocking(method: Any) -> Any:
     return method
 
 
-class _ClientConnection(asyncio.BufferedProtocol):
+class _ClientConnection(Receiving):
     """A client's connection as the asyncio daemon sees it (`current_context.client` during its calls)."""
 
     def __init__(self, daemon: "Daemon") -> None:
@@ -80,6 +80,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self._next: LoopSpin | None = None
         self._corked = Cork(loop, self, daemon.settings.AIO_CORK_BYTES)
         self._received = receive_buffer(loop, daemon.settings.AIO_RECEIVE_BUFFER)
+        self._reader = self.wire.reader  # (Receiving.get_buffer: a large frame's rest goes into its own buffer)
 
     def __repr__(self) -> str:
         return f"<aio ClientConnection {self.addr}>"
@@ -104,9 +105,6 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self._next = LoopSpin.for_transport(self._loop, transport, self.daemon.settings,
                                             spin=self.daemon.settings.SERVER_SPIN)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._received
-
     def buffer_updated(self, nbytes: int) -> None:
         received = self._received
         daemon = self.daemon
@@ -114,7 +112,10 @@ class _ClientConnection(asyncio.BufferedProtocol):
             self.last_active = time.monotonic()
             self.pumping = True
             try:
-                if self.handshaken and not daemon._stopping:  # the usual requests first, without a Frame each
+                if self._large and self._into:  # a large frame's rest, read into the reader's own buffer (get_buffer)
+                    self._into = False
+                    self.wire.reader.received(nbytes)
+                elif self.handshaken and not daemon._stopping:  # the usual requests first, without a Frame each
                     daemon._take_requests(self, bytes(received[:nbytes]))
                 else:
                     self.wire.receive_data(received[:nbytes])  # copied out: the buffer is the loop's
@@ -124,6 +125,9 @@ class _ClientConnection(asyncio.BufferedProtocol):
                 written = self._corked.flush()
             if self.calls or self.closed or self._next is None:  # (_next_request, inline: every request's path)
                 return
+            if self._large:
+                nbytes = self._read_next(written)
+                continue
             try:
                 nbytes = self._next.read_reply(received, None, written)
             except OSError:  # the loop's own read will see the failure
@@ -136,9 +140,17 @@ class _ClientConnection(asyncio.BufferedProtocol):
         `written`: the replies just went to the socket whole (nothing waits in the transport)."""
         if self.calls or self.closed or self._next is None:
             return 0
+        return self._read_next(written)
+
+    def _read_next(self, written: bool) -> int:
+        """_next_request's read: into the reader's own buffer while the rest of a large frame comes
+        (then `_into` says so to buffer_updated), else into the loop's."""
+        self._into = False
+        into = self.get_buffer(-1)
         try:
-            return self._next.read_reply(self._received, None, written)
+            return self._next.read_reply(into, None, written)  # type: ignore[union-attr]
         except OSError:  # the loop's own read will see the failure
+            self._into = False
             return 0
 
     def replied(self) -> None:
@@ -157,6 +169,8 @@ class _ClientConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.daemon._dropped(self)
+        self._corked.lost()
+        self._release_reader()
 
     def send(self, parts: list) -> None:
         if parts and not self.closed and self.transport is not None:  # (the cork drops it if the transport closes)
@@ -170,8 +184,9 @@ class _ClientConnection(asyncio.BufferedProtocol):
             self.last_active = time.monotonic()
 
     def close(self) -> None:
+        """Close once the replies that wait to be sent are out (reading stops at once)."""
         if self.transport is not None:
-            self.transport.close()
+            self._corked.close()
 
 
 class Daemon(threaded.Daemon):
@@ -287,6 +302,7 @@ class Daemon(threaded.Daemon):
                 self._broken(conn, exc)
                 return
             if event is NEED_DATA:
+                conn._large = session.reader.buffered > 0  # (part of a message: get_buffer asks the reader)
                 return
             if event.__class__ is _FRAME and event.type == _INVOKE and not self._stopping:  # the usual one first
                 self._start_call(conn, event)
@@ -578,7 +594,8 @@ class Daemon(threaded.Daemon):
             self._close_idle(time.monotonic())
 
     def _close_idle(self, now: float) -> None:
-        """Close connections past HANDSHAKE_TIMEOUT (no CONNECT completed) or IDLE_TIMEOUT."""
+        """Close connections past HANDSHAKE_TIMEOUT (no CONNECT completed) or IDLE_TIMEOUT; idle ones
+        drop the buffer their reader kept for the next large frame."""
         handshake, idle = self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT
         for conn in list(self._aio_connections):
             if not conn.handshaken and handshake > 0 and now - conn.accepted_at > handshake:
@@ -589,6 +606,8 @@ class Daemon(threaded.Daemon):
                     and not bytes_waiting(conn.transport.get_extra_info("socket"))):
                 # a request came after the loop's last select (this turn): the loop reads it next
                 conn.close()
+            elif not conn.calls and now - conn.last_active >= HOUSEKEEPING_INTERVAL:
+                conn.wire.reader.release_spare()  # an idle connection holds no large-frame buffer
 
     # ------------------------------------------------------------------ shutdown
     async def aclose(self) -> None:

@@ -35,7 +35,7 @@ from ..wire.serializers import Serializer, by_name
 from ..wire.session import NEED_DATA, TAKE_EVENT, ClientSession, Connected, ConnectRefused, NotRun, StreamStarted
 from . import resolve as aio_resolve
 from .cork import Cork
-from .receiving import receive_buffer
+from .receiving import Receiving, receive_buffer
 from .spin import LoopSpin
 from .turn import Turn
 
@@ -46,7 +46,7 @@ _monotonic = time.monotonic
 _read = os.read
 
 
-class _Connection(asyncio.BufferedProtocol):
+class _Connection(Receiving):
     """The socket side of one proxy connection: feeds the session, wakes the waiting calls."""
 
     def __init__(self, session: ClientSession, target: URI, settings: Settings) -> None:
@@ -64,6 +64,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.paused = False  # flow control: the transport's buffer is full (await drained())
         self._corked = Cork(loop, self, settings.AIO_CORK_BYTES, self._read_between_writes)
         self._received = receive_buffer(loop, settings.AIO_RECEIVE_BUFFER)
+        self._reader = self.session.reader  # (Receiving.get_buffer: a large frame's rest goes into its own buffer)
         self._settings = settings
         self.spin: LoopSpin | None = None  # waits for a lone call's reply while the loop is idle
         self._fd = -1
@@ -83,11 +84,15 @@ class _Connection(asyncio.BufferedProtocol):
         # on the socket itself: asyncio's TransportSocket wrapper would add a Python call to every check
         self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else _unknown
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._received
-
     def buffer_updated(self, nbytes: int) -> None:
         session = self.session
+        if self._large and self._into:  # read into the reader's own buffer (get_buffer)
+            self._into = False
+            reader = session.reader
+            reader.received(nbytes)
+            if not reader.wanted():
+                self._pump(-1)
+            return
         if session.pipelined:  # the usual replies matched without a Frame each (receive_results)
             self._deliver(session.receive_results(bytes(self._received[:nbytes])), -1)
             if session.reader.buffered:
@@ -126,11 +131,14 @@ class _Connection(asyncio.BufferedProtocol):
         except OSError:  # BlockingIOError: nothing came yet
             return
         if count:
+            self._into = False  # (read into the loop's buffer, not the one get_buffer gave last)
             self.buffer_updated(count)
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
         self._fail(ConnectionClosedError(f"the connection to {self.target} was lost{reason}"))
+        self._corked.lost()
+        self._release_reader()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -155,6 +163,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self._fail(exc)
                 return got
             if event is NEED_DATA:
+                self._large = session.reader.buffered > 0  # (part of a message: get_buffer asks the reader)
                 return got
             if event.__class__ is _FRAME or isinstance(event, (wire.Frame, NotRun)):  # (a reply: the usual event)
                 if event.seq == mine:
@@ -258,7 +267,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.close_reason = reason
         self.paused = False
         if self.transport is not None:
-            self.transport.close()
+            self._corked.close()  # once what waits to be sent is out, as the transport's own close()
         self._writable.set()
         waiters = [self.handshake, *self.waiting.values()]
         self.waiting.clear()

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import time
 from typing import Any, AsyncIterator, NoReturn
 
@@ -80,6 +81,9 @@ class _Connection(Receiving):
         self.transport = transport  # type: ignore[assignment]
         self.spin = LoopSpin.for_transport(self.loop, transport, self._settings)
         sock = transport.get_extra_info("socket")
+        if sock is not None and not self._settings.SOCK_NODELAY and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets TCP_NODELAY on every TCP connection it makes; SOCK_NODELAY=False asks for Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
         self._fd = sock.fileno() if sock is not None and hasattr(os, "readv") else -1
         # on the socket itself: asyncio's TransportSocket wrapper would add a Python call to every check
         self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else _unknown

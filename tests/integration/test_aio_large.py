@@ -1,6 +1,7 @@
 """Large messages through meshrpc.aio (session 9): a large frame's rest is read straight into the reader's
 own page-aligned buffer (no copy through the loop's buffer), what does not fit into the socket waits
-uncopied, buffers go with their connection, echoes are whole at every size boundary, and a connection that broke the protocol stops being read at once and closes once
+uncopied, buffers go with their connection, echoes are whole at every size boundary, the aio proxy
+follows SOCK_NODELAY, and a connection that broke the protocol stops being read at once and closes once
 its running call is answered. Real sockets throughout; each test bounded by pytest-timeout."""
 
 from __future__ import annotations
@@ -329,6 +330,20 @@ def test_big_and_small_calls_side_by_side_keep_their_order(aio_serving: AioServi
             payloads = [_payload(3 * MIB + n) if n % 7 == 0 else n.to_bytes(4, "big") * n for n in range(60)]
             for _ in range(3):
                 assert await asyncio.gather(*(proxy.aecho(p) for p in payloads)) == payloads
+    run(main())
+
+
+# ---------------------------------------------------------------- SOCK_NODELAY
+
+@pytest.mark.parametrize("nodelay", [True, False])
+def test_the_aio_proxys_tcp_connection_follows_sock_nodelay(nodelay: bool, aio_serving: AioServing) -> None:
+    """As the threaded proxy and the aio daemon: asyncio sets TCP_NODELAY on every TCP connection it
+    makes, so SOCK_NODELAY=False was ignored by the aio proxy."""
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(aio_serving.uri, settings=Settings(SOCK_NODELAY=nodelay)) as proxy:
+            assert await proxy.aecho(b"x") == b"x"
+            sock = proxy._conn.transport.get_extra_info("socket")
+            assert bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is nodelay
     run(main())
 
 

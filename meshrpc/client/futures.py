@@ -8,7 +8,9 @@
 The calls run on meshrpc.aio proxies on the process's one background loop (meshrpc.aio.background),
 so many calls in flight cost no thread each and pipeline on one connection to a meshrpc daemon.
 Chained callables and meshrpc.Future callables are user code that may block: they run on a small
-bounded pool (FUTURE_WORKERS), never on the loop.
+bounded pool (FUTURE_WORKERS), never on the loop. A worker that waits for another result whose chain
+(or meshrpc.Future callable) still waits for a worker runs it itself: links that wait for other chained
+results cannot take every worker and starve the chains they wait for.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 from ..aio import background as _background
+from ..loopcheck import refuse_in_running_loop
 
 log = logging.getLogger("meshrpc.client")
+
+_worker = threading.local()  # `running`: this thread runs a futures task (a chain, a Future callable) now
 
 _Link = tuple[Callable[..., Any], tuple, dict]
 
@@ -36,7 +42,9 @@ class FutureResult:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # done, or work offered (_offer)
         self._done = threading.Event()
+        self._work: Callable[[], None] | None = None  # waits for a worker: run by whoever takes it first
         self._value: Any = None
         self._exception: BaseException | None = None
         self._settled = False               # the call finished; the chain may still be running
@@ -47,7 +55,8 @@ class FutureResult:
     # --- the consumer's side
     @property
     def value(self) -> Any:
-        self._done.wait()
+        if not self._done.is_set():
+            self._wait("meshrpc.FutureResult.value", None)
         if self._exception is not None:
             raise self._exception
         return self._value
@@ -57,7 +66,31 @@ class FutureResult:
         return self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        if self._done.is_set() or (timeout is not None and timeout <= 0):
+            return self._done.is_set()
+        return self._wait("meshrpc.FutureResult.wait()", timeout)
+
+    def _wait(self, what: str, timeout: float | None) -> bool:
+        """Wait until done. Refused on a thread that runs an asyncio loop (it would freeze the loop, and
+        never end when the call is served by that loop). A futures worker that waits runs the work this
+        result waits for (its chain, a Future callable) itself when no worker has taken it yet."""
+        refuse_in_running_loop(what)
+        if not getattr(_worker, "running", False):
+            return self._done.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self._done.is_set():
+                work, self._work = self._work, None
+                if work is not None:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(left)
+            else:
+                return True
+        work()
+        return self._done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def then(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> "FutureResult":
         """Call `call(result, *args, **kwargs)` when the result is there; its return value is the new
@@ -99,12 +132,31 @@ class FutureResult:
         with self._lock:
             self._value, self._exception, self._settled = value, exception, True
             if not self._chain and (exception is None or self._error_handler is None):
-                self._done.set()
+                self._finish()
                 return
         if workers is None:
             self._run_chain()
         else:
-            workers.submit(self._run_chain)
+            self._offer(self._run_chain, workers)
+
+    def _finish(self) -> None:
+        """Done (the caller holds the lock)."""
+        self._done.set()
+        self._changed.notify_all()
+
+    def _offer(self, work: Callable[[], None], workers: concurrent.futures.Executor) -> None:
+        """Run `work` on a worker, or in a worker that waits for this result, whichever comes first."""
+        with self._lock:
+            self._work = work
+            self._changed.notify_all()
+        workers.submit(self._take_work)
+
+    def _take_work(self) -> None:
+        _worker.running = True  # (a pool thread: it runs futures tasks from now on)
+        with self._lock:
+            work, self._work = self._work, None
+        if work is not None:
+            work()
 
     def _run_chain(self) -> None:
         while True:
@@ -114,7 +166,7 @@ class FutureResult:
                     self._error_handler = None
                     self._chain.clear()
                     if handler is None:
-                        self._done.set()
+                        self._finish()
                         return
                     link = None
                 else:
@@ -187,9 +239,9 @@ class Future:
             result._settle(value, exc, None)
 
         if self._delay > 0:
-            loop.call_later(self._delay, lambda: loop.workers.submit(run))
+            loop.call_later(self._delay, lambda: result._offer(run, loop.workers))
         else:
-            loop.workers.submit(run)
+            result._offer(run, loop.workers)
         return result
 
     def delay(self, seconds: float) -> bool:
@@ -292,6 +344,7 @@ class _BlockingStream:
         return self
 
     def __next__(self) -> Any:
+        refuse_in_running_loop("a remote iterator of meshrpc.asyncproxy")
         try:
             return self._loop.submit(self._stream.__anext__()).result()
         except StopAsyncIteration:

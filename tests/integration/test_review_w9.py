@@ -1,0 +1,93 @@
+"""Session 9's review: meshrpc.aio and Pyro4-style futures used as a home-automation program would use
+them (real daemons, threaded and asyncio, over loopback), each test a bug that was found."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import meshrpc
+import meshrpc.aio
+from meshrpc.config import config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@meshrpc.expose
+class Device:
+    def echo(self, value: Any) -> Any:
+        return value
+
+    def slow(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def readings(self, count: int) -> Any:
+        yield from range(count)
+
+    async def live(self, count: int) -> Any:
+        for item in range(count):
+            yield item
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# --- futures
+
+
+def test_a_futures_value_or_wait_on_a_loop_thread_is_refused_naming_meshrpc_aio_never_a_deadlock() -> None:
+    """A coroutine that reads `.value` (or `.wait()`s) of a pending future blocks its loop: with the
+    device served by that same loop it waited forever. It is refused, as the threaded proxy's call is;
+    a result already there is read as usual."""
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        uri = daemon.register(Device(), "device")
+        async with daemon:
+            slow = meshrpc.asyncproxy(meshrpc.Proxy(uri))
+            pending = slow.echo(5)
+            for wait in (lambda: pending.value, lambda: pending.wait(), lambda: pending.wait(30)):
+                with pytest.raises(RuntimeError, match="meshrpc.aio"):
+                    wait()
+            assert pending.wait(0) in (True, False)          # a look, no wait: allowed
+            await asyncio.to_thread(pending.wait, 10)         # the way the error names
+            assert pending.ready and pending.value == 5 and pending.wait(1)  # there: no wait, allowed
+            stream = slow.readings(3).then(iter)
+            await asyncio.to_thread(stream.wait, 10)
+            items = stream.value
+            with pytest.raises(RuntimeError, match="meshrpc.aio"):
+                next(items)                                  # a remote iterator's pull waits too
+            assert await asyncio.to_thread(list, items) == [0, 1, 2]
+            await asyncio.to_thread(slow._pyroRelease)
+
+    asyncio.run(main())
+
+
+def test_chain_links_that_wait_for_other_chained_futures_never_starve_the_futures_workers(
+        start_daemon: Any) -> None:
+    """Pyro4 ran each call's chain on the call's own thread; here chains share FUTURE_WORKERS threads.
+    Links that each waited for another call's chained result took every worker while the chains they
+    waited for stood queued behind them: a deadlock. A waiting worker now runs such a chain itself."""
+    uri = start_daemon().register(Device(), "device")
+    slow = meshrpc.asyncproxy(meshrpc.Proxy(uri))
+
+    def link(value: float) -> int:
+        return slow.echo(1).then(lambda one: one + 1).value  # waits for a chain of its own
+
+    outer = [slow.slow(0.05).then(link) for _ in range(3 * config.FUTURE_WORKERS)]
+    assert all(result.wait(20) for result in outer), "chains waiting for chains never finished"
+    assert [result.value for result in outer] == [2] * len(outer)
+
+    nested = meshrpc.Future(lambda n: meshrpc.Future(lambda m: m * 2)(n).value)  # a Future waiting for one
+    results = [nested(n) for n in range(3 * config.FUTURE_WORKERS)]
+    assert all(result.wait(20) for result in results), "Futures waiting for Futures never finished"
+    assert [result.value for result in results] == [n * 2 for n in range(len(results))]
+    slow._pyroRelease()

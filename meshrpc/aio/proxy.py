@@ -452,6 +452,14 @@ class Proxy:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self._pyroRelease()
 
+    def __del__(self) -> None:
+        # dropped without _pyroRelease (the loop's selector would keep the connection open for good):
+        # closed on its loop (this may run on any thread), as the threaded proxy closes its own
+        conn = self.__dict__.get("_conn")
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell it
+                conn.loop.call_soon_threadsafe(conn.close)
+
     def __enter__(self) -> Any:
         raise TypeError("meshrpc.aio.Proxy is used with `async with`, not `with`")
 

@@ -91,3 +91,42 @@ def test_chain_links_that_wait_for_other_chained_futures_never_starve_the_future
     assert all(result.wait(20) for result in results), "Futures waiting for Futures never finished"
     assert [result.value for result in results] == [n * 2 for n in range(len(results))]
     slow._pyroRelease()
+
+
+# --- meshrpc.aio
+
+
+def test_an_aio_proxy_or_asyncproxy_dropped_without_release_closes_its_connection(start_daemon: Any) -> None:
+    """An integration that drops a device's proxy (the entity was removed) without `_pyroRelease`: the
+    loop's selector kept the connection open for good (two descriptors per proxy here, one on the
+    daemon); the threaded proxy closes its own when dropped."""
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        uri = daemon.register(Device(), "device")
+        async with daemon:
+            for value in range(10):
+                proxy = meshrpc.aio.Proxy(uri)
+                assert await proxy.echo(value) == value
+                del proxy
+            gc.collect()
+            deadline = time.monotonic() + 10
+            while daemon._aio_connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert not daemon._aio_connections, f"{len(daemon._aio_connections)} connections left open"
+
+    asyncio.run(main())
+
+    uri = start_daemon().register(Device(), "device")
+    meshrpc.asyncproxy(meshrpc.Proxy(uri)).echo(0).value  # the background loop and its pool, started
+    before = _fds()
+    for value in range(10):
+        slow = meshrpc.asyncproxy(meshrpc.Proxy(uri))
+        assert slow.echo(value).value == value
+        del slow
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while _fds() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _fds() <= before, f"{_fds() - before} descriptors left open by dropped asyncproxies"
+

@@ -910,11 +910,33 @@ class AsyncStreamIterator:
             self._done = True
             conn = self.proxy._conn
             if conn is not None and not conn.closed:
-                try:
-                    await self.proxy._pyroInvoke("close_stream", (self.streamId,), None, wire.FLAG_ONEWAY,
-                                                 object_id=constants.DAEMON_OBJECT_ID)
-                except errors.MeshError:
-                    pass
+                await _close_stream(self.proxy, self.streamId)
+
+    def __del__(self) -> None:
+        # left half way without aclose() (`break` out of `async for`): the daemon's stream is closed, as
+        # the threaded proxy's iterator closes its own (else they pile up to MAX_STREAMS_PER_CONNECTION)
+        if not self._done:
+            conn = self.proxy._conn
+            if conn is not None and not conn.closed:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: so is the connection
+                    conn.loop.call_soon_threadsafe(_close_stream_soon, self.proxy, self.streamId)
+
+
+async def _close_stream(proxy: Proxy, stream_id: str) -> None:
+    try:
+        await proxy._pyroInvoke("close_stream", (stream_id,), None, wire.FLAG_ONEWAY,
+                                object_id=constants.DAEMON_OBJECT_ID)
+    except errors.MeshError:
+        pass
+
+
+_closing_streams: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+
+def _close_stream_soon(proxy: Proxy, stream_id: str) -> None:
+    task = asyncio.get_running_loop().create_task(_close_stream(proxy, stream_id))
+    _closing_streams.add(task)
+    task.add_done_callback(_closing_streams.discard)
 
 
 class BatchProxy:

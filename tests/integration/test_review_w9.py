@@ -130,3 +130,35 @@ def test_an_aio_proxy_or_asyncproxy_dropped_without_release_closes_its_connectio
         time.sleep(0.01)
     assert _fds() <= before, f"{_fds() - before} descriptors left open by dropped asyncproxies"
 
+
+@pytest.mark.parametrize("side", ["aio", "threaded"])
+def test_an_async_for_left_half_way_closes_its_remote_stream(side: str, start_daemon: Any) -> None:
+    """`async for reading in await device.readings(n): if ...: break` never closed the daemon's stream
+    (the threaded proxy's iterator closes it when dropped): after MAX_STREAMS_PER_CONNECTION of them
+    the proxy's calls failed with "too many open streams"."""
+    settings = config.copy(MAX_STREAMS_PER_CONNECTION=4)
+
+    async def main(uri: Any, daemon: Any) -> None:
+        async with meshrpc.aio.Proxy(uri) as device:
+            for method in ("readings", "live") if side == "aio" else ("readings",):
+                for _ in range(12):
+                    async for item in await getattr(device, method)(10):
+                        if item == 2:
+                            break
+            deadline = time.monotonic() + 10
+            while len(daemon._streams) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert not len(daemon._streams), f"{len(daemon._streams)} streams left open"
+            assert await device.echo(1) == 1
+
+    if side == "threaded":
+        running = start_daemon(settings=settings)
+        asyncio.run(main(running.register(Device(), "device"), running.daemon))
+        return
+
+    async def served() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=settings)
+        uri = daemon.register(Device(), "device")
+        async with daemon:
+            await main(uri, daemon)
+    asyncio.run(served())

@@ -130,6 +130,7 @@ class Discovery:
         self._registries: list[Registry] = []
         self._publishers: weakref.WeakSet[MeshPublisher] = weakref.WeakSet()
         self._beats: dict[str, _Beat] = {}
+        self._trains: dict[str, Any] = {}     # service key -> zeroconf's announcement task (loop only)
         self._beating = False                 # a heartbeat timer chain is armed on the loop
         self._browser: ServiceBrowser | None = None
         self._listener = _Listener(self)
@@ -203,17 +204,38 @@ class Discovery:
     def register(self, info: ServiceInfo, timeout: float | None) -> None:
         # cooperating_responders: instance labels are unique by construction, so no 1.6 s probing
         async def run(zc: Zeroconf) -> None:
-            await zc.async_register_service(info, cooperating_responders=True)
+            self._announcing(info, await zc.async_register_service(info, cooperating_responders=True))
         self._schedule(run(self._require_zc()), wait=timeout)
 
     def update(self, info: ServiceInfo, timeout: float | None) -> None:
         async def run(zc: Zeroconf) -> None:
-            await zc.async_update_service(info)
+            self._announcing(info, await zc.async_update_service(info))
         self._schedule(run(self._require_zc()), wait=timeout)
 
+    def _announcing(self, info: ServiceInfo, broadcast: Any) -> None:
+        """On the loop: keep the announcement train zeroconf sends after a register or update (its
+        broadcasts go on after an unregister otherwise: a listener that joined after the goodbye would
+        hear the withdrawn service announced, alive)."""
+        key = info.key
+        earlier = self._trains.get(key)
+        if earlier is not None and earlier is not broadcast:
+            earlier.cancel()                  # the newer train announces the current records
+        self._trains[key] = broadcast
+
+        def done(_: Any) -> None:
+            if self._trains.get(key) is broadcast:
+                del self._trains[key]
+        broadcast.add_done_callback(done)
+
     def unregister(self, infos: list[ServiceInfo], timeout: float | None) -> None:
-        """Goodbyes for infos, in parallel; waits until they were sent (at most timeout; None: no wait)."""
+        """Goodbyes for infos, in parallel; waits until they were sent (at most timeout; None: no wait).
+        An announcement train still running for one of them stops first: nothing announces it after
+        its goodbye."""
         async def run(zc: Zeroconf) -> None:
+            for info in infos:
+                train = self._trains.pop(info.key, None)
+                if train is not None:
+                    train.cancel()
             broadcasts = [await zc.async_unregister_service(info) for info in infos]
             await asyncio.gather(*broadcasts)
         if infos and self._zc is not None and not self.closed:

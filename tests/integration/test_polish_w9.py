@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from subprocs import Runner, runner_for
@@ -105,3 +107,42 @@ def test_cli_timeout_bounds_the_name_server_search(runner: Runner, args: list[st
     assert took < UNBOUNDED - 0.3, f"{took:.2f} s beyond the interpreter's start: {proc.describe()}"
     # what it waited for was said on stderr before the error
     assert any("for up to 0.5 s" in line for line in proc.err[:-1]), proc.describe()
+
+
+# ------------------------------------------------------------------ no announcement after a goodbye
+
+def test_a_withdrawn_object_is_not_announced_after_its_goodbye(realm: str) -> None:
+    """zeroconf announces a new service three times, 225 ms apart, in a task of its own; a withdraw
+    within that time must stop it, or a listener that joins after the goodbye hears the object
+    announced, alive (a closed EventBus's inbox was counted as a subscriber that way: the
+    docs/events.md flake). Real zeroconf on loopback; the spy only records what is sent."""
+    from meshrpc.config import Settings
+    from meshrpc.mesh import MeshPublisher, reset_for_tests
+    from meshrpc.mesh import discovery as discovery_module
+
+    settings = Settings().copy(REALM=realm, INTERFACES=HOST, HOST=HOST, MESH_ANNOUNCE_REPEATS=0)
+    publisher = MeshPublisher(HOST, settings)
+    sent: list[tuple[str, int]] = []         # (record name, ttl) of every answer sent, in order
+    late = threading.Event()
+    label = f"late-{realm}"
+    try:
+        publisher.publish(label, "PYRO:obj@127.0.0.1:5555", {"x"})
+        zc = discovery_module._instance._zc
+        original = zc.async_send
+
+        def spy(out: Any, *args: Any, **kwargs: Any) -> Any:
+            for record, _ in getattr(out, "answers", ()):
+                if realm.lower() in record.name.lower() and record.type == 33:  # SRV: the instance itself
+                    sent.append((record.name, record.ttl))
+                    if any(ttl == 0 for _, ttl in sent[:-1]) and record.ttl > 0:
+                        late.set()
+            return original(out, *args, **kwargs)
+        zc.async_send = spy
+        publisher.withdraw(label, "PYRO:obj@127.0.0.1:5555")   # returns once the goodbyes were sent
+        assert any(ttl == 0 for _, ttl in sent), f"no goodbye seen: {sent}"
+        # the register's train would have sent its last announcement 450 ms after the publish
+        assert not late.wait(0.6), f"announced after its goodbye: {sent}"
+    finally:
+        publisher.close()
+        reset_for_tests()
+

@@ -53,9 +53,12 @@ class Rebind:
     def __init__(self, settings: Settings, started: float | None = None,
                  clock: Callable[[], float] = time.monotonic, connect_cap: float | None = None) -> None:
         self.timeout = settings.REBIND_TIMEOUT
-        # connecting may go on (in short attempts) as long as one connect could take, also when the
-        # rebind budget is shorter (REBIND_TIMEOUT 0: no rebinding, but a connect still gets its time)
-        self.connect_budget = max(self.timeout, connect_cap or settings.CONNECT_TIMEOUT)
+        # attempts that stall (a connect or handshake that times out: a provider that never answers)
+        # go on for the proxy's timeout when it has one (_pyroTimeout or COMMTIMEOUT: what one connect
+        # may take in Pyro5, so its `except TimeoutError` comes as soon); else for REBIND_TIMEOUT, and
+        # at least a connect's time when that is shorter (REBIND_TIMEOUT 0: a connect still gets it)
+        self.connect_cap = connect_cap
+        self.connect_budget = connect_cap or max(self.timeout, settings.CONNECT_TIMEOUT)
         self.pause = settings.REBIND_BACKOFF_MIN
         self.pause_max = settings.REBIND_BACKOFF_MAX
         self.attempt_first = settings.CONNECT_ATTEMPT_TIMEOUT
@@ -222,13 +225,16 @@ class Recovery:
 
     def gave_up(self, exc: BaseException) -> CommunicationError:
         rebind = self.rebind
+        timed_out = isinstance(exc, NotDelivered) and exc.timed_out
+        if timed_out and rebind.connect_cap:
+            bound = f"the proxy's timeout {rebind.connect_cap:g} s"
+        else:
+            bound = f"REBIND_TIMEOUT {rebind.timeout:g} s"
         text = (f"cannot reach {self.locator or self.target} after {rebind.attempts} attempts in "
-                f"{rebind.elapsed():.1f} s (REBIND_TIMEOUT {rebind.timeout:g} s); the call did not run; "
-                f"last error: {exc}")
+                f"{rebind.elapsed():.1f} s ({bound}); the call did not run; last error: {exc}")
         if self.locator is not None:
             if self.lost:
                 return errors.ProviderLostError(text)
-            timed_out = isinstance(exc, NotDelivered) and exc.timed_out
             return (errors.ProviderTimeoutError if timed_out else errors.NoProviderError)(text)
         if isinstance(exc, NotDelivered):
             return not_delivered_error(exc, text, self.lost)

@@ -120,7 +120,7 @@ def test_a_handshake_timeout_did_not_run_and_is_a_timeout_for_pyro5_programs(rea
 
 def test_a_provider_by_name_that_never_answers_the_handshake_is_no_provider_and_a_timeout(realm: str) -> None:
     """Pyro5's timeout example by name: a daemon that registered its name but runs no loop (the kernel
-    accepts connections, nobody answers). NoProviderError after REBIND_TIMEOUT (the call did not run), and
+    accepts connections, nobody answers). NoProviderError after the proxy's timeout (the call did not run), and
     the TimeoutError Pyro5 raises there, so a Pyro5 program's `except TimeoutError` catches it."""
     s = settings(realm)
     with meshrpc.Daemon(host="127.0.0.1", settings=s) as daemon:  # its request loop never runs

@@ -146,3 +146,45 @@ def test_a_withdrawn_object_is_not_announced_after_its_goodbye(realm: str) -> No
         publisher.close()
         reset_for_tests()
 
+
+# ------------------------------------------------------------------ a provider that never answers
+
+@pytest.mark.parametrize("driver", ["threaded", "aio"])
+def test_the_proxys_timeout_bounds_a_provider_that_never_answers(realm: str, driver: str) -> None:
+    """Pyro5's timeout example by name: a daemon registered its name but runs no loop (the kernel
+    accepts, nobody answers the handshake). With _pyroTimeout 0.5 the call raises after about 0.5 s,
+    as with Pyro5 (a TimeoutError: ProviderTimeoutError), not after REBIND_TIMEOUT; both drivers."""
+    import asyncio
+
+    import meshrpc
+    import meshrpc.aio
+    from meshrpc.mesh import reset_for_tests
+    from subprocs import free_port
+
+    s = meshrpc.config.copy(REALM=realm, HOST=HOST, REBIND_TIMEOUT=6.0, NS_PORT=free_port(), NS_BCPORT=free_port())
+    try:
+        with meshrpc.Daemon(host=HOST, settings=s) as daemon:   # its request loop never runs
+            daemon.register(meshrpc.expose(type("Service", (), {"hello": lambda self: 1})), name="svc.frozen")
+            started = time.monotonic()
+            with pytest.raises(TimeoutError) as info:
+                if driver == "threaded":
+                    proxy = meshrpc.Proxy("PYRONAME:svc.frozen", settings=s)
+                    proxy._pyroTimeout = 0.5
+                    with proxy:
+                        proxy.hello()
+                else:
+                    async def call() -> None:
+                        proxy = meshrpc.aio.Proxy("PYRONAME:svc.frozen", settings=s)
+                        proxy._pyroTimeout = 0.5
+                        try:
+                            await proxy.hello()
+                        finally:
+                            await proxy._pyroRelease()
+                    asyncio.run(call())
+            took = time.monotonic() - started
+    finally:
+        reset_for_tests()
+    assert type(info.value) is errors.ProviderTimeoutError, info.value
+    assert "the proxy's timeout 0.5 s" in str(info.value) and "did not run" in str(info.value), info.value
+    # the name is found on the mesh first (a fresh registry: up to a few hundred ms), then 0.5 s of attempts
+    assert took < 3.0, f"{took:.2f} s: REBIND_TIMEOUT ({s.REBIND_TIMEOUT:g} s) bounded it, not _pyroTimeout"

@@ -36,7 +36,11 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshrpc", description="Python remote objects on a zero-config service mesh.")
+    parser = argparse.ArgumentParser(
+        prog="meshrpc", description="Python remote objects on a zero-config service mesh.",
+        epilog="Start with `meshrpc demo`. `meshrpc COMMAND --help` describes a command. Settings come from "
+               "MESHRPC_* variables (`meshrpc config` shows them; MESHRPC_REALM picks the mesh). Exit codes: 0 "
+               "success, 1 an error (or nothing found by lookup), 2 a usage error, 130 Ctrl-C. docs/cli.md has it all.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     seen = set()

@@ -46,7 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _common(p, "print the outcome as JSON")
     p.set_defaults(run=run_set)
 
-    p = sub.add_parser("ping", help="check that a remote object answers, and how fast")
+    p = sub.add_parser("ping", help="check that a remote object answers, and how fast",
+                       description="Connect to the daemon of the object at URI and time --count round trips "
+                                   "(the daemon's own ping: the object's methods are not called).")
     p.add_argument("uri", help="PYRO:, PYRONAME: or PYROMETA: URI")
     p.add_argument("--count", type=int, default=1, help="round trips to time (default %(default)s)")
     _common(p, "print the timings as JSON", serializer=False)
@@ -54,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser, json_help: str, serializer: bool = True) -> None:
-    p.add_argument("--timeout", type=float, default=CLI_CALL_TIMEOUT, help="seconds to wait (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=CLI_CALL_TIMEOUT,
+                   help="seconds to wait on the network: a name's lookup, connecting, the reply (default %(default)s)")
     if serializer:
         p.add_argument("--serializer", default=None, help="serpent, marshal, json or msgpack")
     add_realm_option(p)

@@ -11,11 +11,14 @@ from .output import Output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="print the effective configuration")
+    p = sub.add_parser("config", help="print the effective configuration",
+                       description="Print every setting with its effective value (defaults, then MESHRPC_* and "
+                                   "PYRO_* environment variables). docs/configuration.md says what each means.")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--reference", action="store_true", help="the Markdown reference of every setting")
     p.set_defaults(run=run_config)
-    p = sub.add_parser("version", help="print versions")
+    p = sub.add_parser("version", help="print versions",
+                       description="Print the versions of meshrpc, its protocol, Python and the libraries it uses.")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(run=run_version)
 

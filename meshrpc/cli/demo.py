@@ -28,7 +28,11 @@ SENSORS = {"kitchen": 21.5, "garden": 12.0}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="a self-contained tour on loopback (daemons, mesh lookups, failover)")
+    p = sub.add_parser("demo", help="a self-contained tour on loopback (daemons, mesh lookups, failover)",
+                       description="Start a few daemons on loopback in a realm of their own (two replicas of a "
+                                   "greeting service, two tagged sensors), show what the mesh sees, call them by "
+                                   "name and by tags, kill a replica and show a proxy carrying on; then stop "
+                                   "everything it started. Nothing leaves this machine.")
     p.add_argument("--json", action="store_true", help="print the steps' results as one JSON object")
     p.set_defaults(run=run)
 

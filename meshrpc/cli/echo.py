@@ -68,7 +68,9 @@ class EchoServer:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("echo", help="run a test server with echo, error, slow and generator methods")
+    p = sub.add_parser("echo", help="run a test server with echo, error, slow and generator methods",
+                       description="Serve a test object (echo, error, slow, generator ...) and announce it on the "
+                                   "mesh; prints its URI and serves until Ctrl-C. Try it with `meshrpc call`.")
     p.add_argument("--host", default=None, help="address to bind (default: MESHRPC_HOST, localhost)")
     p.add_argument("--port", type=int, default=0, help="port (default: any free port)")
     p.add_argument("--name", default="meshrpc.echo", help="name to advertise on the mesh (default: %(default)s)")

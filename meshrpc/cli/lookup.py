@@ -91,7 +91,8 @@ def _query_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str
 
 def _ns_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=CLI_NS_TIMEOUT,
-                   help="seconds to wait for the name server (default %(default)s)")
+                   help="seconds to find the name server (broadcast included) and for each call to it "
+                        "(default %(default)s)")
     _ns_location(p)
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
 

@@ -96,6 +96,10 @@ def invoke(proxy: Proxy, method: str, positional: list[Any], keywords: dict[str,
     if method in proxy._pyroAttrs and method not in proxy._pyroMethods:
         raise MeshError(f"{method} is a property of {proxy._pyroUri}: read it with `meshrpc get`, "
                         f"set it with `meshrpc set`")
+    if (proxy._pyroMethods or proxy._pyroAttrs) and method not in proxy._pyroMethods:  # known: no guess
+        shown = sorted(m for m in proxy._pyroMethods if not m.startswith("_"))
+        raise AttributeError(f"{proxy._pyroUri} has no exposed method {method!r} (its methods: "
+                             f"{', '.join(shown) or 'none'}; `meshrpc describe URI` shows their signatures)")
     result = getattr(proxy, method)(*positional, **keywords)
     if hasattr(result, "__next__"):
         result = list(result)

@@ -188,3 +188,31 @@ def test_the_proxys_timeout_bounds_a_provider_that_never_answers(realm: str, dri
     assert "the proxy's timeout 0.5 s" in str(info.value) and "did not run" in str(info.value), info.value
     # the name is found on the mesh first (a fresh registry: up to a few hundred ms), then 0.5 s of attempts
     assert took < 3.0, f"{took:.2f} s: REBIND_TIMEOUT ({s.REBIND_TIMEOUT:g} s) bounded it, not _pyroTimeout"
+
+
+# ------------------------------------------------------------------ the CLI for a newcomer
+
+def test_every_command_describes_itself_and_the_top_level_says_the_exit_codes() -> None:
+    import argparse
+
+    from meshrpc.cli import build_parser
+
+    parser = build_parser()
+    assert "Exit codes" in (parser.epilog or "") and "meshrpc demo" in (parser.epilog or "")
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    undescribed = sorted(name for name, sub in commands.choices.items() if not sub.description)
+    assert not undescribed, f"`meshrpc X --help` says only the usage for: {undescribed}"
+
+
+def test_an_unknown_method_names_the_ones_there_are(runner: Runner) -> None:
+    import json
+
+    echo = runner.meshrpc("echo", "--name", f"test.echo.{time.monotonic_ns()}", "--json", "--no-mesh")
+    try:
+        uri = json.loads(echo.expect(r'^\{"'))["uri"]
+        proc = runner.run("call", uri, "ecco", "1")
+        assert proc.proc.returncode == 1 and "Traceback" not in proc.stderr, proc.describe()
+        assert "no exposed method 'ecco'" in proc.err[-1] and "its methods: echo," in proc.err[-1], proc.describe()
+        assert "meshrpc describe" in proc.err[-1], proc.describe()
+    finally:
+        echo.kill()

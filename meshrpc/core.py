@@ -9,6 +9,7 @@ from typing import Any
 from .config import Settings, config as default_config
 from .errors import NamingError
 from .limits import NAME_WAIT_PAUSE
+from .loopcheck import refuse_in_running_loop
 from .wire.constants import DAEMON_OBJECT_ID as DAEMON_NAME, NAMESERVER_NAME  # Pyro5's names in core
 from .uri import URI
 from .wire.serializers import ExceptionWrapper as _ExceptionWrapper  # noqa: F401 - Pyro5 programs use it in batches
@@ -23,6 +24,8 @@ def resolve(uri: str | URI, delay_time: float = 0.0, settings: Settings | None =
         uri = URI(uri)
     elif not isinstance(uri, URI):
         raise TypeError(f"can only resolve URIs, not {type(uri).__name__}")
+    if uri.protocol != "PYRO":  # a lookup waits (the mesh, a name server): never on a loop's thread
+        refuse_in_running_loop("meshrpc.resolve (in asyncio code: `await meshrpc.aio.resolve(uri)`)")
     settings = settings or default_config
     deadline = time.monotonic() + max(delay_time, 0.0)
     while True:

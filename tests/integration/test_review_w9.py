@@ -14,6 +14,7 @@ import pytest
 
 import meshrpc
 import meshrpc.aio
+import meshrpc.core
 from meshrpc.config import config
 
 pytestmark = pytest.mark.timeout(60)
@@ -162,3 +163,21 @@ def test_an_async_for_left_half_way_closes_its_remote_stream(side: str, start_da
         async with daemon:
             await main(uri, daemon)
     asyncio.run(served())
+
+
+def test_pyro5s_resolve_on_a_loop_thread_is_refused_naming_meshrpc_aio(realm: str) -> None:
+    """`meshrpc.resolve("PYRONAME:...")` (Pyro5's api.resolve) inside a coroutine froze the loop for the
+    whole mesh wait (3 s for an unknown name, every timer and socket of the program stopped); it is
+    refused as the other blocking calls are, naming `await meshrpc.aio.resolve(...)`."""
+    settings = config.copy(REALM=realm, INTERFACES="127.0.0.1", HOST="127.0.0.1", RESOLVE="mesh")
+
+    async def main() -> None:
+        started = time.monotonic()
+        for resolve in (meshrpc.resolve, meshrpc.core.resolve):
+            with pytest.raises(RuntimeError, match=r"meshrpc\.aio\.resolve"):
+                resolve("PYRONAME:review.nowhere", settings=settings)
+        assert time.monotonic() - started < 1.0
+        direct = "PYRO:thing@127.0.0.1:9999"
+        assert str(meshrpc.resolve(direct)) == direct  # nothing to look up: no wait, allowed
+
+    asyncio.run(main())

@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any, Callable
 
-_writev = os.writev
+_write, _writev = os.write, os.writev
 _WRITEV_PARTS = 64  # at most this many buffers in one writev (IOV_MAX is 1024; more wait for the next)
 
 
@@ -47,19 +47,20 @@ class Cork:
     def write_alone(self, parts: list, open_: bool = False) -> bool:
         """True: all of it went to the socket at once, nothing is left for the loop to write.
         `open_`: the caller saw the transport open just now."""
-        if self._parts or self._queued or not open_ or self._fd < 0 or len(parts) > _WRITEV_PARTS:
+        if self._parts or self._queued or not open_ or self._fd < 0 or len(parts) != 1:
             if self._parts:  # what was gathered goes first, in the same write
                 parts, self._parts, self._size = self._parts + parts, [], 0
             return self._send(parts, open_)
-        # nothing waits to go on an open transport (a sequential caller's every call): _send's own
-        # writev, without its checks (a Python call less per call)
+        # one message, nothing waits to go, the transport open (a sequential caller's every call):
+        # _send's system call, without its checks (a Python call less per call)
+        message = parts[0]
         try:
-            sent = _writev(self._fd, parts)
+            sent = _write(self._fd, message)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:  # nothing went: _send meets the same failure and hands it to the transport
             return self._send(parts, open_)
-        if sent == (len(parts[0]) if len(parts) == 1 else sum(map(len, parts))):  # (one part: most writes)
+        if sent == len(message):
             return True
         return self._queue_rest(parts, sent)
 

@@ -661,7 +661,7 @@ class Proxy:
                                else self._pyroAnnotations())
                 parts = session.call_request(object_id or attrs["_pyroUri"].object, methodname, vargs, kwargs, flags,
                                              annotations or None, corr)
-                if flags & wire.FLAG_ONEWAY:
+                if flags & _FLAG_ONEWAY:
                     if not conn.waiting:  # no reply will tell: a closed connection must be seen first
                         conn.check_open()
                     conn.write(parts)
@@ -706,21 +706,24 @@ class Proxy:
                         turn.release()  # the next call's turn
                     else:
                         turn.taken = False
+            kind = event.__class__
+            if kind is bytes:  # the usual reply's payload (no annotations, not an error): most calls
+                if state.response_annotations:
+                    set_response_annotations(state, {})
+                value = session.result_value(event)
+                return value if started is not None else (value, None)
             if event is None:
                 outcome: tuple[Any, BaseException | None] = (None, None)
-            elif event.__class__ is tuple:  # pipelined: the usual reply as (seq, payload, codec) (receive_results)
+            elif kind is tuple:  # pipelined: the usual reply as (seq, payload, codec) (receive_results)
                 if attrs["_pyroRawWireResponse"] or type(self)._pyroResponseAnnotations is not _DEFAULT_RESPONSE_ANNOTATIONS:
                     # a raw reply or the hook wants its Frame: the one next_event would have given
                     outcome = self._reply(session, _FRAME(wire.MSG_RESULT, event[2].id, event[0], event[1]), state)
                 else:
                     if state.response_annotations:
                         set_response_annotations(state, {})
-                    outcome = (session.result_value(event[1], event[2]), None)
-            elif event.__class__ is bytes:  # the usual reply's payload (no annotations, not an error)
-                if state.response_annotations:
-                    set_response_annotations(state, {})
-                outcome = (session.result_value(event), None)
-            elif event.__class__ is NotRun:
+                    value = session.result_value(event[1], event[2])
+                    return value if started is not None else (value, None)
+            elif kind is NotRun:
                 raise NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
             else:
                 outcome = self._reply(session, event, state)

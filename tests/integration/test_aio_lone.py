@@ -1,0 +1,121 @@
+"""The asyncio proxy's lone call, edge by edge: a call with nothing else in flight is written straight to
+the socket (Cork.write_alone) and its reply read as bytes in the wait (os.read of RECV_CHUNK). A
+request the socket does not take at once, and a reply longer than one read, must still arrive whole,
+and the connection must stay in step for the next call. Against both daemons: the threaded one (no
+pipelining: the lean reply lane) and the asyncio one (pipelined: receive_results)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any, Iterator
+
+import pytest
+
+import meshrpc
+import meshrpc.aio
+from meshrpc.aio.cork import Cork
+from meshrpc.limits import RECV_CHUNK
+from meshrpc.wire.frame import HEADER_SIZE
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@meshrpc.expose
+class Echo:
+    def echo(self, value: Any) -> Any:
+        return value
+
+
+def _threaded() -> Iterator[meshrpc.URI]:
+    daemon = meshrpc.Daemon(host="127.0.0.1")
+    uri = daemon.register(Echo(), "echo")
+    thread = threading.Thread(target=daemon.requestLoop, name="threaded-daemon", daemon=True)
+    thread.start()
+    try:
+        yield uri
+    finally:
+        daemon.shutdown()
+        thread.join(10)
+        daemon.close()
+
+
+def _aio() -> Iterator[meshrpc.URI]:
+    daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+    uri = daemon.register(Echo(), "echo")
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(daemon.start())
+        started.set()
+        loop.run_forever()
+    thread = threading.Thread(target=serve, name="aio-daemon", daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield uri
+    finally:
+        asyncio.run_coroutine_threadsafe(daemon.aclose(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture(params=["threaded daemon", "aio daemon"])
+def uri(request: pytest.FixtureRequest) -> Iterator[meshrpc.URI]:
+    yield from (_threaded() if request.param == "threaded daemon" else _aio())
+
+
+def run(coro: Any) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, 45)
+    return asyncio.run(bounded())
+
+
+def _payload(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+
+
+# around one read's worth of reply (the header included), and far past it
+SIZES = [0, 1, RECV_CHUNK - HEADER_SIZE - 200, RECV_CHUNK - 1, RECV_CHUNK, RECV_CHUNK + 1, 3 * RECV_CHUNK + 7]
+
+
+def test_lone_calls_around_one_reads_worth_get_their_own_bytes_back_and_stay_in_step(uri: meshrpc.URI) -> None:
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            for size in SIZES:
+                data = _payload(size)
+                assert await proxy.echo(data) == data, size
+                assert await proxy.echo(size) == size  # the next reply is this call's, not a stale part
+    run(main())
+
+
+@pytest.mark.parametrize("kind", ["one part", "parts"])
+def test_a_lone_request_the_socket_does_not_take_at_once_is_queued_and_arrives_whole(
+        uri: meshrpc.URI, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the socket does not take in one write goes to the transport (Cork._queue_rest), and the
+    call still gets its own reply. A small call is one part (write_alone's own write: here the
+    proxy's send buffer is shrunk to 4 KiB so that it cannot take 50 KB at once); a large one is a
+    header and its payload (Cork._send's writev: 8 MiB is more than a loopback socket takes)."""
+    queued: list[int] = []
+    original = Cork._queue_rest
+
+    def counted(self: Cork, parts: list, sent: int) -> bool:
+        queued.append(len(parts))
+        return original(self, parts, sent)
+    monkeypatch.setattr(Cork, "_queue_rest", counted)
+    data = _payload(25_000).hex() if kind == "one part" else _payload(8 << 20).decode("latin-1")  # (50 KB: one part)
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            if kind == "one part":
+                sock = proxy._conn.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            for _ in range(3):
+                assert await proxy.echo(data) == data
+                assert await proxy.echo("after") == "after"
+    run(main())
+    assert queued and set(queued) == ({1} if kind == "one part" else {2}), queued

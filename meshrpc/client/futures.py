@@ -284,7 +284,8 @@ class AsyncProxy:
     It has a connection of its own (a meshrpc.aio.Proxy on the background loop, with the proxy's
     settings, handshake, serializer, timeout and retries): calls made without waiting for each other
     are all in flight at once. `_pyroGetAttr(name)`/`_pyroSetAttr(name, value)` read and write remote
-    attributes; `_pyroRelease()` closes the connection; `with` closes it at the end."""
+    attributes; `_pyroRelease()` closes the connection; `with` closes it at the end. Its `_pyroTimeout`,
+    `_pyroMaxRetries`, `_pyroSerializer` and `_pyroHandshake` are its calls' own (set them on it)."""
 
     def __init__(self, proxy: Any, loop: _background.BackgroundLoop | None = None) -> None:
         from ..aio.proxy import Proxy as AioProxy
@@ -331,6 +332,18 @@ class AsyncProxy:
     def _pyroRelease(self) -> None:
         if not self._pyroLoop.on_loop():
             self._pyroLoop.submit(self._pyroAio._pyroRelease()).result(5.0)
+
+
+def _forwarded(name: str) -> property:
+    return property(lambda self: getattr(self._pyroAio, name), lambda self, value: setattr(self._pyroAio, name, value),
+                    doc=f"the {name} of this proxy's calls (its meshrpc.aio.Proxy's)")
+
+
+# a proxy's own settings, read by its calls or connections: set on the wrapper (a Pyro4 asynchronous
+# proxy was a proxy), they are its aio proxy's
+_FORWARDED = ("_pyroTimeout", "_pyroMaxRetries", "_pyroSerializer", "_pyroHandshake")
+for _name in _FORWARDED:
+    setattr(AsyncProxy, _name, _forwarded(_name))
 
 
 class _BlockingStream:

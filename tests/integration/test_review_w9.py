@@ -182,3 +182,22 @@ def test_pyro5s_resolve_on_a_loop_thread_is_refused_naming_meshrpc_aio(realm: st
         assert str(meshrpc.resolve(direct)) == direct  # nothing to look up: no wait, allowed
 
     asyncio.run(main())
+
+
+def test_an_asyncproxys_timeout_retries_and_serializer_are_its_calls_own(start_daemon: Any) -> None:
+    """A Pyro4 program sets `_pyroTimeout` on its asynchronous proxy (in Pyro4 it was a proxy): here
+    the wrapper kept the value to itself and its calls waited for ever."""
+    uri = start_daemon().register(Device(), "device")
+    with meshrpc.asyncproxy(meshrpc.Proxy(uri)) as slow:
+        assert slow._pyroTimeout is None and slow._pyroMaxRetries == config.MAX_RETRIES
+        slow._pyroTimeout = 0.2
+        slow._pyroMaxRetries = 0
+        slow._pyroSerializer = "marshal"
+        started = time.monotonic()
+        with pytest.raises(meshrpc.errors.TimeoutError):
+            slow.slow(1.5).value
+        assert time.monotonic() - started < 1.2
+        assert slow._pyroTimeout == 0.2
+        slow._pyroTimeout = None
+        assert slow.echo(b"\x00bytes").value == b"\x00bytes"
+        assert slow._pyroAio._conn.session.serializer.name == "marshal"

@@ -37,7 +37,10 @@ class URI:
                 uri.protocol, uri.object, uri.host, uri.port, uri.sockname)
             return
         if not isinstance(uri, str):
-            raise TypeError(f"a URI must be a str or URI, not {type(uri).__name__}")
+            kind = type(uri)
+            if kind.__name__ != "URI" or kind.__module__.partition(".")[0] not in ("Pyro5", "Pyro4"):
+                raise TypeError(f"a URI must be a str or URI, not {kind.__module__}.{kind.__qualname__}")
+            uri = str(uri)  # Pyro5's (or Pyro4's) URI object: its text is the same URI
         self.protocol, self.object, self.host, self.port, self.sockname = _parse(uri)
 
     @classmethod

@@ -201,3 +201,33 @@ def test_an_asyncproxys_timeout_retries_and_serializer_are_its_calls_own(start_d
         slow._pyroTimeout = None
         assert slow.echo(b"\x00bytes").value == b"\x00bytes"
         assert slow._pyroAio._conn.session.serializer.name == "marshal"
+
+
+def test_a_pyro5_uri_object_is_taken_by_both_proxies() -> None:
+    """A program that still gets its URIs from Pyro5 (its name server proxy's lookup, a Pyro5 daemon's
+    register) and calls with meshrpc: `meshrpc.aio.Proxy(uri)` raised "a URI must be a str or URI, not
+    URI" (Pyro5's URI class has the same name); Pyro5's Proxy takes its URI objects."""
+    import Pyro5.api
+    import Pyro5.core
+    import Pyro5.server
+
+    daemon = Pyro5.server.Daemon(host="127.0.0.1")
+    uri = daemon.register(Pyro5.api.expose(Device), "device")
+    assert isinstance(uri, Pyro5.core.URI)
+    serving = threading.Thread(target=daemon.requestLoop, daemon=True)
+    serving.start()
+    try:
+        with meshrpc.Proxy(uri) as device:
+            assert device.echo(1) == 1
+
+        async def main() -> None:
+            async with meshrpc.aio.Proxy(uri) as device:
+                assert await device.echo(2) == 2
+        asyncio.run(main())
+        assert str(meshrpc.URI(uri)) == str(uri)
+        with pytest.raises(TypeError, match="builtins.int"):
+            meshrpc.URI(5)  # type: ignore[arg-type]
+    finally:
+        daemon.shutdown()
+        serving.join(5)
+        daemon.close()

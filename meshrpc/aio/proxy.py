@@ -730,15 +730,22 @@ class Proxy:
         except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
             if started is None:
                 raise
-            outcome = await self._recovering(
-                lambda recovery: self._invoke_once(methodname, vargs, kwargs, flags, object_id, recovery),
-                methodname, exc, started)
+            outcome = await self._recover_call(methodname, vargs, kwargs, flags, object_id, exc, started)
         if started is None:
             return outcome
         value, error = outcome
         if error is not None:
             raise error  # the remote object's own exception: never taken for a connection failure
         return value
+
+    def _recover_call(self, methodname: str, vargs: Any, kwargs: dict | None, flags: int, object_id: str | None,
+                      failure: BaseException, started: float) -> Any:
+        """The rest of a method call whose first attempt failed with `failure`, under the recovery rules
+        (a coroutine). Apart from _invoke_once: a closure there would make cells of its arguments on
+        every call."""
+        return self._recovering(
+            lambda recovery: self._invoke_once(methodname, vargs, kwargs, flags, object_id, recovery),
+            methodname, failure, started)
 
     def _abandon(self, conn: _Connection, seq: int) -> None:
         conn.waiting.pop(seq, None)

@@ -231,3 +231,29 @@ def test_a_pyro5_uri_object_is_taken_by_both_proxies() -> None:
         daemon.shutdown()
         serving.join(5)
         daemon.close()
+
+
+@pytest.mark.xfail(strict=True, reason="w9-requests.md: the lead's lone-call path (a connection of a closed loop)")
+def test_an_aio_proxy_used_again_on_a_new_loop_connects_anew_and_runs_each_call_once(start_daemon: Any) -> None:
+    """A script (or a test suite, one loop per test) that calls through one aio proxy in two
+    `asyncio.run`s: the second call was written on the first loop's connection, then its wait used
+    that closed loop's selector: ValueError ("I/O operation on closed epoll object") after the call
+    had been sent, so it ran on the daemon while the caller saw a failure."""
+    ran: list[int] = []
+
+    @meshrpc.expose
+    class Counter:
+        def count(self, value: int) -> int:
+            ran.append(value)
+            return value
+
+    uri = start_daemon().register(Counter(), "counter")
+    proxy = meshrpc.aio.Proxy(uri)
+
+    async def call(value: int) -> int:
+        return await proxy.count(value)
+
+    assert asyncio.run(call(1)) == 1
+    assert asyncio.run(call(2)) == 2
+    assert asyncio.run(call(3)) == 3
+    assert ran == [1, 2, 3]

@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
+import json
 import mmap
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -410,3 +414,18 @@ def test_a_connection_that_breaks_the_protocol_during_a_slow_call_stops_being_re
         echo.release.set()
         sock.close()
     wait_until(lambda: aio_serving.loop.call(lambda: conn.closed), timeout=10, message="the connection closed")
+
+
+# ---------------------------------------------------------------- the benchmark's case
+
+def test_aio_bench_large_case_reports_every_pairing() -> None:
+    """tools/aio_bench.py --cases large (quick: 1 MiB, 2 echoes): the four pairings, both serializers."""
+    bench = Path(__file__).resolve().parents[2] / "tools" / "aio_bench.py"
+    proc = subprocess.run([sys.executable, str(bench), "--cases", "large", "--quick", "--json"], capture_output=True,
+                          text=True, check=False, timeout=100, cwd=bench.parents[1], stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {label: row for label, row in json.loads(proc.stdout)["large"].items() if isinstance(row, dict)}
+    pairings = ("aio proxy -> aio daemon", "aio proxy -> threaded daemon", "threaded proxy -> aio daemon",
+                "threaded proxy -> threaded daemon")
+    assert sorted(rows) == sorted(f"{p}, {s}" for p in pairings for s in ("serpent", "marshal"))
+    assert all(row["mib_per_s"] > 0 and row["cpu_ms_per_echo"] >= 0 for row in rows.values())

@@ -125,7 +125,8 @@ class Cork:
         self._queued = True
         transport = self._owner.transport
         rest = _after(parts, sent)
-        if self._fd < 0 or not hasattr(self._loop, "_add_writer") or transport.get_write_buffer_size():
+        if (self._fd < 0 or not isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop)
+                or transport.get_write_buffer_size()):
             for piece in rest:
                 transport.write(piece)
             return False

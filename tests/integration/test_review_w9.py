@@ -32,6 +32,9 @@ class Device:
     def readings(self, count: int) -> Any:
         yield from range(count)
 
+    async def aecho(self, value: Any) -> Any:
+        return value
+
     async def live(self, count: int) -> Any:
         for item in range(count):
             yield item
@@ -257,3 +260,52 @@ def test_an_aio_proxy_used_again_on_a_new_loop_connects_anew_and_runs_each_call_
     assert asyncio.run(call(2)) == 2
     assert asyncio.run(call(3)) == 3
     assert ran == [1, 2, 3]
+
+
+@pytest.mark.xfail(strict=True, reason="w9-requests.md: the lead's lone-call wait (aio/spin.py) under loop debug")
+def test_sequential_calls_under_asyncio_debug_raise_no_slow_callback_warnings(
+        start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Home Assistant's development mode (and PYTHONASYNCIODEBUG=1) turns on the loop's debug mode,
+    which logs every step of a task that runs longer than slow_callback_duration. A task awaiting
+    calls in a loop got its replies inside its step (the wait in the loop's selector), so one step
+    lasted as long as the loop had nothing else to do: "Executing <Task ...> took 0.6 seconds"
+    warnings, read as meshrpc blocking the loop."""
+    uri = start_daemon().register(Device(), "device")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.slow_callback_duration = 0.05
+        async with meshrpc.aio.Proxy(uri) as device:
+            until = time.monotonic() + 0.5
+            while time.monotonic() < until:
+                assert await device.echo(1) == 1
+
+    with caplog.at_level("WARNING", logger="asyncio"):
+        asyncio.run(main(), debug=True)
+    slow = [record.getMessage()[:120] for record in caplog.records if "took" in record.getMessage()]
+    assert not slow, slow
+
+
+@pytest.mark.xfail(strict=True, reason="w9-requests.md: the lead's wait for the next request (aio/spin.py) under loop debug")
+def test_an_aio_daemon_under_asyncio_debug_raises_no_slow_callback_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """The aio daemon's side of the same: it reads a sequential client's next request in the loop's
+    selector inside the read callback, so one callback served the client for as long as it kept
+    calling: "Executing <Handle _SelectorSocketTransport._read_ready()> took 0.6 seconds"."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.slow_callback_duration = 0.05
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        uri = daemon.register(Device(), "device")
+        async with daemon:
+            def client() -> None:
+                with meshrpc.Proxy(uri) as device:
+                    until = time.monotonic() + 0.5
+                    while time.monotonic() < until:
+                        assert device.aecho(1) == 1
+            await asyncio.to_thread(client)
+
+    with caplog.at_level("WARNING", logger="asyncio"):
+        asyncio.run(main(), debug=True)
+    slow = [record.getMessage()[:120] for record in caplog.records if "took" in record.getMessage()]
+    assert not slow, slow

@@ -177,7 +177,7 @@ class FutureResult:
             call, args, kwargs = link
             try:
                 self._value = call(self._value, *args, **kwargs)
-            except Exception as exc:
+            except BaseException as exc:  # (SystemExit, asyncio's CancelledError too: else never done)
                 self._exception = exc
 
     def _follow(self, source: concurrent.futures.Future[Any], workers: concurrent.futures.Executor) -> "FutureResult":
@@ -234,7 +234,7 @@ class Future:
                 return
             try:
                 value, exc = self._callable(*args, **kwargs), None
-            except Exception as error:
+            except BaseException as error:  # (SystemExit, asyncio's CancelledError too: else never done)
                 value, exc = None, error
             result._settle(value, exc, None)
 

@@ -309,3 +309,25 @@ def test_an_aio_daemon_under_asyncio_debug_raises_no_slow_callback_warnings(capl
         asyncio.run(main(), debug=True)
     slow = [record.getMessage()[:120] for record in caplog.records if "took" in record.getMessage()]
     assert not slow, slow
+
+
+def test_a_link_or_future_callable_that_raises_a_base_exception_still_settles(start_daemon: Any) -> None:
+    """A chain link or meshrpc.Future callable that raised SystemExit (sys.exit in a helper) or asyncio's
+    CancelledError (not Exceptions) ended its worker's task without settling the result: `value`
+    waited for ever. It is the result's exception now, as any other."""
+    import sys
+
+    uri = start_daemon().register(Device(), "device")
+    with meshrpc.asyncproxy(meshrpc.Proxy(uri)) as slow:
+        def cancelled(value: Any) -> Any:
+            raise asyncio.CancelledError("gone")
+        failed: list[BaseException] = []
+        chained = slow.echo(1).then(cancelled).iferror(failed.append)
+        assert chained.wait(10), "the chain never settled"
+        with pytest.raises(asyncio.CancelledError):
+            chained.value
+        assert len(failed) == 1
+    exiting = meshrpc.Future(sys.exit)(3)
+    assert exiting.wait(10), "the Future never settled"
+    with pytest.raises(SystemExit):
+        exiting.value

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import math
 import queue
@@ -30,7 +31,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +132,7 @@ class Discovery:
         self._publishers: weakref.WeakSet[MeshPublisher] = weakref.WeakSet()
         self._beats: dict[str, _Beat] = {}
         self._trains: dict[str, Any] = {}     # service key -> zeroconf's announcement task (loop only)
+        self._in_progress: dict[str, Any] = {}  # service key -> its register/update task (loop only)
         self._beating = False                 # a heartbeat timer chain is armed on the loop
         self._browser: ServiceBrowser | None = None
         self._listener = _Listener(self)
@@ -204,13 +206,28 @@ class Discovery:
     def register(self, info: ServiceInfo, timeout: float | None) -> None:
         # cooperating_responders: instance labels are unique by construction, so no 1.6 s probing
         async def run(zc: Zeroconf) -> None:
-            self._announcing(info, await zc.async_register_service(info, cooperating_responders=True))
+            with self._publishing(info):
+                self._announcing(info, await zc.async_register_service(info, cooperating_responders=True))
         self._schedule(run(self._require_zc()), wait=timeout)
 
     def update(self, info: ServiceInfo, timeout: float | None) -> None:
         async def run(zc: Zeroconf) -> None:
-            self._announcing(info, await zc.async_update_service(info))
+            with self._publishing(info):
+                self._announcing(info, await zc.async_update_service(info))
         self._schedule(run(self._require_zc()), wait=timeout)
+
+    @contextlib.contextmanager
+    def _publishing(self, info: ServiceInfo) -> Iterator[None]:
+        """On the loop: while a register or update of info is in progress (register() returns after
+        MESH_PUBLISH_TIMEOUT even when zeroconf is not done, e.g. under load), an unregister of it waits
+        for it; else the registration would complete after the goodbye and announce it for good."""
+        key, task = info.key, asyncio.current_task()
+        self._in_progress[key] = task
+        try:
+            yield
+        finally:
+            if self._in_progress.get(key) is task:
+                del self._in_progress[key]
 
     def _announcing(self, info: ServiceInfo, broadcast: Any) -> None:
         """On the loop: keep the announcement train zeroconf sends after a register or update (its
@@ -232,6 +249,9 @@ class Discovery:
         An announcement train still running for one of them stops first: nothing announces it after
         its goodbye."""
         async def run(zc: Zeroconf) -> None:
+            pending = [task for task in (self._in_progress.get(info.key) for info in infos) if task is not None]
+            if pending:
+                await asyncio.wait(pending)   # the registration first, then its goodbye
             for info in infos:
                 train = self._trains.pop(info.key, None)
                 if train is not None:

@@ -216,3 +216,53 @@ def test_an_unknown_method_names_the_ones_there_are(runner: Runner) -> None:
         assert "meshrpc describe" in proc.err[-1], proc.describe()
     finally:
         echo.kill()
+
+
+def test_a_withdraw_during_a_slow_registration_still_ends_withdrawn(realm: str) -> None:
+    """publish() returns after MESH_PUBLISH_TIMEOUT even when zeroconf has not registered the object
+    yet (under load); a withdraw then must not be overtaken by the registration, or the object stays
+    announced, alive, until the process ends. The registration is held back here (a hook on the real
+    zeroconf's check step); everything else is real, on loopback."""
+    import asyncio
+
+    from meshrpc.config import Settings
+    from meshrpc.mesh import MeshPublisher, reset_for_tests
+    from meshrpc.mesh import discovery as discovery_module
+
+    settings = Settings().copy(REALM=realm, INTERFACES=HOST, HOST=HOST, MESH_ANNOUNCE_REPEATS=0,
+                               MESH_PUBLISH_TIMEOUT=0.1, MESH_GOODBYE_TIMEOUT=0.1)
+    warm = MeshPublisher(HOST, settings)        # starts the process's zeroconf
+    publisher = MeshPublisher(HOST, settings)
+    try:
+        warm.publish(f"warm-{realm}", "PYRO:warm@127.0.0.1:5554", set())
+        zc = discovery_module._instance._zc
+        release = threading.Event()
+        checked = threading.Event()   # set on the loop's next step after the held check: the add is done
+        original = zc.async_check_service
+
+        async def held(info: Any, *args: Any, **kwargs: Any) -> None:
+            if "slow-" not in info.name:
+                return await original(info, *args, **kwargs)
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+            await original(info, *args, **kwargs)
+            asyncio.get_running_loop().call_soon(checked.set)
+        zc.async_check_service = held
+        publisher.publish(f"slow-{realm}", "PYRO:obj@127.0.0.1:5555", {"x"})   # returns, not registered yet
+        publisher.withdraw(f"slow-{realm}", "PYRO:obj@127.0.0.1:5555")
+        release.set()
+        assert checked.wait(5.0), "the held registration did not go on"
+
+        def registered() -> list[str]:
+            return [i.name for i in zc.registry.async_get_service_infos() if "slow-" in i.name]
+        deadline = time.monotonic() + 5.0
+        while registered() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # the registration went first, then its goodbye: nothing of it is left announced
+        assert not registered(), f"still announced after its withdraw: {registered()}"
+        assert [i for i in zc.registry.async_get_service_infos() if "warm-" in i.name], "the other object stays"
+    finally:
+        release.set()
+        publisher.close()
+        warm.close()
+        reset_for_tests()

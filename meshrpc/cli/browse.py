@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import config
 from ..limits import CLI_BROWSE_SETTLE, CLI_BROWSE_TIMEOUT, CLI_EXEC_TIMEOUT
-from .common import add_realm_option, settings_for
+from .common import add_realm_option, seconds, settings_for
 from .output import Output
 
 # the environment a --exec handler gets (MESH_*, not MESHRPC_*: those are settings, checked at start)
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="listen on every network interface (as MESHRPC_HOST=0.0.0.0), not only this machine's")
     p.add_argument("--source", choices=("mesh", "etcd"), default="mesh",
                    help="the mesh (mDNS, default) or the etcd cluster MESHRPC_RESOLVE names")
-    p.add_argument("--timeout", type=float, default=CLI_BROWSE_TIMEOUT,
+    p.add_argument("--timeout", type=seconds, default=CLI_BROWSE_TIMEOUT,
                    help="seconds to listen at most before printing (default %(default)s)")
     p.set_defaults(run=run, parser=p)
 

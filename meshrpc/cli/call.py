@@ -12,7 +12,7 @@ from ..errors import MeshError
 from ..limits import CLI_BROWSE_TIMEOUT, CLI_CALL_TIMEOUT
 from ..uri import URI
 from ..wire.constants import DAEMON_OBJECT_ID
-from .common import VALUE_RULE, add_realm_option, parse_call_arguments, parse_value, settings_for
+from .common import VALUE_RULE, add_realm_option, parse_call_arguments, parse_value, seconds, settings_for
 from .output import Output
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser, json_help: str, serializer: bool = True) -> None:
-    p.add_argument("--timeout", type=float, default=CLI_CALL_TIMEOUT,
-                   help="seconds to wait on the network: a name's lookup, connecting, the reply (default %(default)s)")
+    p.add_argument("--timeout", type=seconds, default=CLI_CALL_TIMEOUT,
+                   help="seconds to wait on the network: a name's lookup, connecting, the reply; 0: no limit "
+                        "(default %(default)s)")
     if serializer:
         p.add_argument("--serializer", default=None, help="serpent, marshal, json or msgpack")
     add_realm_option(p)

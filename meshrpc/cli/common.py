@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import re
 from typing import Any
 
@@ -69,6 +70,18 @@ def parse_call_arguments(words: list[str], args_json: str | None = None) -> tupl
             raise ArgumentValueError("--args-json takes a JSON array (positional arguments) or object "
                                      "(keyword arguments)")
     return positional, keywords
+
+
+def seconds(text: str) -> float:
+    """argparse type of --timeout and the like: a finite number of seconds, 0 or more (a negative or
+    infinite one is refused instead of meaning something by accident)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r} (a number of seconds, e.g. 2.5)") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is no number of seconds: give 0 or more, e.g. 2.5")
+    return value
 
 
 def realm_name(text: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from ..limits import CLI_CALL_TIMEOUT
 from ..wire.constants import DAEMON_OBJECT_ID
 from .call import open_proxy
-from .common import add_realm_option
+from .common import add_realm_option, seconds
 from .output import Output
 
 
@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "docstrings and oneway/idempotent flags, properties, and its mesh name, "
                                    "tags and host when it is announced.")
     p.add_argument("uri", help="PYRO:, PYRONAME: or PYROMETA: URI")
-    p.add_argument("--timeout", type=float, default=CLI_CALL_TIMEOUT, help="seconds to wait (default %(default)s)")
+    p.add_argument("--timeout", type=seconds, default=CLI_CALL_TIMEOUT,
+                   help="seconds to wait on the network: a name's lookup, connecting, the reply; 0: no limit "
+                        "(default %(default)s)")
     add_realm_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(run=run)

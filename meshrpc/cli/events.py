@@ -8,7 +8,7 @@ import threading
 import time
 
 from ..config import config
-from .common import VALUE_RULE, add_realm_option, parse_value, settings_for
+from .common import VALUE_RULE, add_realm_option, parse_value, seconds, settings_for
 from .output import Output
 
 
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("subject", help="dotted subject, e.g. home.hall.door")
     pub.add_argument("message", help="the message: " + VALUE_RULE.split(";")[0])
     pub.add_argument("--retain", action="store_true", help="keep it as the subject's last value for later subscribers")
-    pub.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
+    pub.add_argument("--wait", type=seconds, default=1.0, metavar="SECONDS",
                      help="wait this long for a first subscriber to be found (default: %(default)s)")
     pub.add_argument("--json", action="store_true", help="print the outcome as JSON")
     _common(pub)
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sub_p.add_argument("patterns", nargs="+", metavar="PATTERN", help="home.*.door (one token), home.> (the tail)")
     sub_p.add_argument("--regex", action="store_true", help="patterns are Pyro3-style regexes (re.match, any case)")
     sub_p.add_argument("--count", type=int, default=0, help="exit after this many events (default: run until Ctrl-C)")
-    sub_p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+    sub_p.add_argument("--delay", type=seconds, default=0.0, metavar="SECONDS",
                        help="pause this long after each event (to see how a slow subscriber is treated)")
     sub_p.add_argument("--json", action="store_true", help="one JSON object per event (and per loss)")
     _common(sub_p)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import config
 from .output import Output
+from .common import seconds
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "line is visible to other users)")
     p.add_argument("-c", "--cors", default="*", help="Access-Control-Allow-Origin value (default %(default)s; "
                                                      "empty: no CORS headers)")
-    p.add_argument("-t", "--timeout", type=float, default=config.GATEWAY_CALL_TIMEOUT,
+    p.add_argument("-t", "--timeout", type=seconds, default=config.GATEWAY_CALL_TIMEOUT,
                    help="seconds to wait for a service's reply (default %(default)s)")
     p.add_argument("--realm", action="append", default=[],
                    help=f"mesh realm to show and call (repeatable; default: MESHRPC_REALM, now {config.REALM!r})")

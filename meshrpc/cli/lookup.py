@@ -20,7 +20,7 @@ from ..limits import CLI_BROWSE_TIMEOUT, CLI_NS_TIMEOUT
 from ..uri import URI
 from ..wire.constants import NAMESERVER_NAME
 from . import browse
-from .common import add_realm_option
+from .common import add_realm_option, seconds
 from .output import Output
 
 SOURCES = ("mesh", "etcd", "ns", "all")
@@ -84,13 +84,13 @@ def _query_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str
                    help="where to look: the mesh (default), the etcd cluster MESHRPC_RESOLVE names (etcd), a name "
                         "server (ns), or all of them (all)")
     add_realm_option(p)
-    p.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+    p.add_argument("--timeout", type=seconds, default=timeout, help=timeout_help)
     _ns_location(p)
     p.add_argument("--json", action="store_true", help="a JSON array of {name, uri, metadata, host, source}")
 
 
 def _ns_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=float, default=CLI_NS_TIMEOUT,
+    p.add_argument("--timeout", type=seconds, default=CLI_NS_TIMEOUT,
                    help="seconds to find the name server (broadcast included) and for each call to it "
                         "(default %(default)s)")
     _ns_location(p)

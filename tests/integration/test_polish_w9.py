@@ -266,3 +266,11 @@ def test_a_withdraw_during_a_slow_registration_still_ends_withdrawn(realm: str) 
         publisher.close()
         warm.close()
         reset_for_tests()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_timeout_that_is_no_number_of_seconds_is_a_usage_error(runner: Runner, value: str) -> None:
+    for args in (["lookup", "x", "--timeout", value], ["call", "PYRO:obj@127.0.0.1:1", "m", "--timeout", value],
+                 ["events", "pub", "a.b", "1", "--wait", value]):
+        proc = runner.run(*args)
+        assert proc.proc.returncode == 2 and "is no number of seconds" in proc.err[-1], proc.describe()

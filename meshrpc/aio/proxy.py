@@ -679,7 +679,12 @@ class Proxy:
                         self._abandon(conn, seq)
                         raise
                     kind = event.__class__
-                    if kind is not tuple and kind is not bytes and isinstance(event, asyncio.Future):
+                    if kind is bytes:  # the usual reply's payload, read in send_call: most calls
+                        if state.response_annotations:
+                            set_response_annotations(state, {})
+                        value = session.result_value(event)  # (no annotations, not an error)
+                        return value if started is not None else (value, None)  # (the turn is passed on)
+                    if kind is not tuple and isinstance(event, asyncio.Future):
                         # to come (awaited here: no coroutine more per call)
                         waiter = event
                         try:
@@ -706,12 +711,7 @@ class Proxy:
                         turn.release()  # the next call's turn
                     else:
                         turn.taken = False
-            kind = event.__class__
-            if kind is bytes:  # the usual reply's payload (no annotations, not an error): most calls
-                if state.response_annotations:
-                    set_response_annotations(state, {})
-                value = session.result_value(event)
-                return value if started is not None else (value, None)
+            kind = event.__class__  # (a Future's event: a reply Frame, NotRun, or receive_results' tuple)
             if event is None:
                 outcome: tuple[Any, BaseException | None] = (None, None)
             elif kind is tuple:  # pipelined: the usual reply as (seq, payload, codec) (receive_results)

@@ -452,6 +452,17 @@ class Proxy:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self._pyroRelease()
 
+    def __copy__(self) -> "Proxy":
+        """A twin with a connection of its own (made on its first call), as the threaded proxy's copy:
+        a shared one would be closed under the original when the copy is dropped."""
+        twin = object.__new__(type(self))  # subclasses keep their hooks
+        Proxy.__init__(twin, self._pyroLocator or self._pyroUri, settings=self._pyroSettings)
+        twin._pyroProcessMetadata({"methods": self._pyroMethods, "oneway": self._pyroOneway,
+                                   "attrs": self._pyroAttrs, "idempotent": self._pyroIdempotent})
+        for name in ("_pyroHandshake", "_pyroSerializer", "_pyroMaxRetries", "_pyroTimeout", "_pyroRawWireResponse"):
+            object.__setattr__(twin, name, getattr(self, name))
+        return twin
+
     def __del__(self) -> None:
         # dropped without _pyroRelease (the loop's selector would keep the connection open for good):
         # closed on its loop (this may run on any thread), as the threaded proxy closes its own

@@ -331,3 +331,36 @@ def test_a_link_or_future_callable_that_raises_a_base_exception_still_settles(st
     assert exiting.wait(10), "the Future never settled"
     with pytest.raises(SystemExit):
         exiting.value
+
+
+def test_a_copied_aio_proxy_has_its_own_connection_and_dropping_it_spares_the_originals(
+        start_daemon: Any) -> None:
+    """copy.copy(proxy) (a proxy with a shorter timeout for one task, say) shared the original's
+    connection, so dropping the copy (which closes its connection) failed the original's call in
+    flight with ReplyLostError. A copy is a twin with its own connection, as the threaded proxy's."""
+    import copy
+
+    started = threading.Event()
+
+    @meshrpc.expose
+    class Slow(Device):
+        def slow(self, seconds: float) -> float:
+            started.set()
+            return super().slow(seconds)
+
+    uri = start_daemon().register(Slow(), "device")
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri) as device:
+            device._pyroTimeout = 30.0
+            twin = copy.copy(device)
+            assert twin._pyroTimeout == 30.0 and "echo" in twin._pyroMethods
+            assert await twin.echo(1) == 1
+            assert twin._conn is not device._conn
+            running = asyncio.create_task(device.slow(0.3))
+            assert await asyncio.to_thread(started.wait, 10)  # the original's call is running
+            del twin
+            gc.collect()
+            assert await running == 0.3
+
+    asyncio.run(main())

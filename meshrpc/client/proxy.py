@@ -465,10 +465,16 @@ class Proxy:
                 return _invoke_once(self, attrs, methodname, vargs, kwargs, flags, object_id)
             except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
                 failure: BaseException = exc
-            return self.__recover(lambda: _invoke_once(self, attrs, methodname, vargs, kwargs, flags, object_id),
-                                  methodname, started, failure)
+            return self.__recover_call(attrs, methodname, vargs, kwargs, flags, object_id, started, failure)
         finally:
             lock.release()
+
+    def __recover_call(self, attrs: dict, methodname: str, vargs: Any, kwargs: dict | None, flags: int,
+                       object_id: str | None, started: float, failure: BaseException) -> Any:
+        """The rest of a call whose first attempt failed with `failure`. Apart from _pyroInvoke: a closure
+        there would make cells of its arguments on every call."""
+        return self.__recover(lambda: _invoke_once(self, attrs, methodname, vargs, kwargs, flags, object_id),
+                              methodname, started, failure)
 
     def __recovering(self, attempt: Callable[[], Any], methodname: str) -> Any:
         """Run `attempt` (a call, or just connecting) under the recovery rules of docs/resilience.md

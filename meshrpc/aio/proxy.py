@@ -821,7 +821,7 @@ class Proxy:
         settings = self._pyroSettings
         if settings.SSL:
             raise errors.MeshError("meshrpc.aio does not speak TLS yet: use the threaded meshrpc.Proxy "
-                                   "(through meshrpc.asyncproxy for futures) for SSL daemons")
+                                   "for SSL daemons (in asyncio code: `await asyncio.to_thread(...)`)")
         # by name: short connect attempts that grow, the handshake within the budget (docs/resilience.md)
         timeout, handshake_timeout = connect_timeouts(settings, target, by_name=self._pyroLocator is not None,
                                                       proxy_timeout=self._pyroTimeout, rebind=rebind)

@@ -206,11 +206,17 @@ class _Connection(Receiving):
             self.write(parts)
             return waiter
         # check_open(), inline (every lone call's path; a call is sent only once connection_made set
-        # the transport)
-        if self.closed or self.transport.is_closing() or self._peer_closed():
+        # the transport). The loop's selector is asked first, without waiting: with nothing in flight,
+        # this socket is readable only when the daemon closed it (or a late reply came), and only then
+        # is the kernel asked as the threaded proxy asks (a poll of the loop's selector costs less than
+        # TCP_INFO). Anything ready at all: the loop has work, and the call does not wait here.
+        if self.closed or self.transport.is_closing():
             self._not_open()
         spin = self.spin
-        if self._corked.write_alone(parts, True) and spin is not None and spin.wait_mine(timeout, True):
+        busy = spin is None or spin.poll(0, 4)
+        if busy and self._peer_closed():
+            self._not_open()
+        if self._corked.write_alone(parts, True) and not busy and spin.wait_mine(timeout, True):
             try:  # bytes of its own, as the threaded proxy's recv (no copy out of the loop's buffer)
                 data = _read(self._fd, RECV_CHUNK)
             except (BlockingIOError, InterruptedError):

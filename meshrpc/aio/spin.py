@@ -38,7 +38,8 @@ class LoopSpin:
     """One connection's wait (a sleep in the selector, or a spin) on its selector event loop (the
     loop's thread only). An aio daemon holds one per connection: slots keep 10,000 of them small."""
 
-    __slots__ = ("loop", "transport", "fd", "gate", "wait", "_select", "_ready", "_other_ready", "_clock", "_mine_only")
+    __slots__ = ("loop", "transport", "fd", "gate", "wait", "poll", "_select", "_ready", "_other_ready", "_clock",
+                 "_mine_only")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, fd: int,
                  gate: SpinGate | None, wait: float = 0.0) -> None:
@@ -49,6 +50,9 @@ class LoopSpin:
         self.wait = wait  # AIO_REPLY_WAIT: the longest sleep in the selector for a lone call's reply
         # poll(timeout, most events) -> [(fd, events)]; at most 4 events: ours and others, enough to tell
         self._select: Callable[[float, int], list] = _poller(loop._selector)  # type: ignore[attr-defined]
+        # poll(0, 4): what the loop's selector has ready now, without waiting (level-triggered: asking
+        # takes nothing away from the loop)
+        self.poll = self._select
         self._mine_only = [(fd, _READABLE)]  # what the poll gives when only this socket became readable
         self._ready: collections.deque = loop._ready  # type: ignore[attr-defined]
         self._other_ready = False  # the last poll saw another file descriptor ready

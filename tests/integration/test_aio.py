@@ -675,24 +675,36 @@ def test_an_async_def_call_on_a_registered_object_takes_the_lean_lane_and_instan
 
 
 def test_every_call_with_nothing_in_flight_asks_whether_the_daemon_closed_the_connection() -> None:
-    """Lone and oneway calls ask the kernel first, each of them (as the threaded proxy); pipelined
-    calls (others in flight: their replies will tell) do not."""
+    """Each lone call asks first: the loop's selector, without waiting (with nothing in flight the
+    socket is readable only when the daemon closed it), and the kernel too whenever the selector shows
+    anything ready; oneway calls ask the kernel (as the threaded proxy). Pipelined calls (others in
+    flight: their replies will tell) do not ask."""
     async def main() -> None:
         daemon, uri = serve_aio(Thing())
         async with daemon, meshrpc.aio.Proxy(uri) as proxy:
             conn = proxy._conn
-            real, seen = conn._peer_closed, []
-            conn._peer_closed = lambda: seen.append(1) or real()
+            real_kernel, kernel = conn._peer_closed, []
+            conn._peer_closed = lambda: kernel.append(1) or real_kernel()
+            real_poll, polled = conn.spin.poll, []
+
+            def poll(timeout: float, most: int) -> list:
+                ready = real_poll(timeout, most)
+                if timeout == 0:
+                    polled.append(bool(ready))
+                return ready
+            conn.spin.poll = poll
             for i in range(10):
                 assert await proxy.add(i, 1) == i + 1
+            assert len(polled) == 10 and len(kernel) == polled.count(True), (polled, kernel)
+            asked = len(kernel)
             for i in range(5):
                 await proxy.fire(i)
-            assert len(seen) == 15
+            assert len(kernel) == asked + 5
             first = asyncio.ensure_future(proxy.nap(0.2, "first"))
             await asyncio.sleep(0.05)
             assert await asyncio.gather(*(proxy.add(i, 0) for i in range(5))) == list(range(5))  # beside it
             assert await first == "first"
-            assert len(seen) == 16  # only the first of them was alone
+            assert len(polled) == 11  # only the first of them was alone
             assert proxy._conn is conn
     run(main())
 

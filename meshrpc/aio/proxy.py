@@ -45,6 +45,7 @@ _FRAME = wire.Frame
 _FLAG_ONEWAY = wire.FLAG_ONEWAY
 _monotonic = time.monotonic
 _read = os.read
+_running_loop = asyncio.get_running_loop
 
 
 class _Connection(Receiving):
@@ -287,6 +288,21 @@ class _Connection(Receiving):
 
     def close(self) -> None:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
+
+    def leave_loop(self) -> None:
+        """The proxy is used on another event loop than this connection's (a script's second
+        asyncio.run): closed on its own loop, or here at once when that loop is closed (its selector is
+        gone; the socket would stay open until the transport is collected)."""
+        self.closed = True
+        self.close_reason = ConnectionClosedError(f"the connection to {self.target} belonged to another event loop")
+        loop, transport = self.loop, self.transport
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # (closed meanwhile)
+                loop.call_soon_threadsafe(self.close)
+                return
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            getattr(sock, "_sock", sock).close()  # (asyncio's TransportSocket wraps the socket)
 
 
 def _unknown() -> bool:
@@ -650,11 +666,13 @@ class Proxy:
         attrs = self.__dict__  # the proxy's state, read without the __getattr__ hook (hot path)
         try:
             conn = attrs["_conn"]
-            if conn is None or conn.closed:
-                if conn is not None and conn.closed:
+            if conn is None or conn.closed or conn.loop is not _running_loop():
+                if conn is not None:
                     self._conn = None
-                    raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
-                                       suspect=False)
+                    if conn.closed:
+                        raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon",
+                                           self._pyroUri, suspect=False)
+                    conn.leave_loop()  # made on another loop (an earlier asyncio.run): a new one on this loop
                 conn = await self._connection(recovery)
             session = conn.session
             turn = None if session.pipelined else conn.turn

@@ -141,6 +141,9 @@ class LoopSpin:
         descriptor (another connection, the self-pipe that call_soon_threadsafe and signals write
         to) ends it; the loop then sees that event itself (epoll is level-triggered: asking takes
         nothing away)."""
+        loop = self.loop
+        if loop._debug:  # type: ignore[attr-defined]  # the loop's debug mode times every task step and
+            return False  # callback: a wait inside one would read as blocking the loop (it goes through the loop)
         gate = self.gate
         if gate is not None and gate.should_spin() and self._quiet():
             with waiters as waiting:
@@ -151,7 +154,7 @@ class LoopSpin:
             return False
         if timeout is not None and timeout < wait:
             wait = timeout
-        scheduled = self.loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces it
+        scheduled = loop._scheduled  # type: ignore[attr-defined]  # read each time: the loop replaces it
         if scheduled:
             left = scheduled[0]._when - self._clock()
             if left <= 0:

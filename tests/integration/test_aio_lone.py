@@ -119,3 +119,27 @@ def test_a_lone_request_the_socket_does_not_take_at_once_is_queued_and_arrives_w
                 assert await proxy.echo("after") == "after"
     run(main())
     assert queued and set(queued) == ({1} if kind == "one part" else {2}), queued
+
+
+def test_a_proxy_used_on_two_live_loops_in_turn_connects_on_each_and_runs_every_call_once(
+        uri: meshrpc.URI) -> None:
+    """Two loops that both stay open, the proxy used on one then the other: each switch leaves the
+    other loop's connection (closed on that loop when it runs again) and connects on the running one,
+    never writing on a connection whose loop is not running."""
+    proxy = meshrpc.aio.Proxy(uri)
+    loops = [asyncio.new_event_loop(), asyncio.new_event_loop()]
+    try:
+        conns = []
+        for i in range(6):
+            loop = loops[i % 2]
+            assert loop.run_until_complete(asyncio.wait_for(proxy.echo(i), 20)) == i
+            conns.append(proxy._conn)
+            assert proxy._conn.loop is loop
+        assert len({id(conn) for conn in conns}) == 6  # a new connection at every switch
+        for loop in loops:
+            loop.run_until_complete(asyncio.sleep(0))  # each loop runs the close it was handed
+        assert all(conn.closed for conn in conns[:-1])
+        assert all(conn.transport.is_closing() for conn in conns[:-2])
+    finally:
+        for loop in loops:
+            loop.close()

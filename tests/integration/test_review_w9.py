@@ -236,7 +236,6 @@ def test_a_pyro5_uri_object_is_taken_by_both_proxies() -> None:
         daemon.close()
 
 
-@pytest.mark.xfail(strict=True, reason="w9-requests.md: the lead's lone-call path (a connection of a closed loop)")
 def test_an_aio_proxy_used_again_on_a_new_loop_connects_anew_and_runs_each_call_once(start_daemon: Any) -> None:
     """A script (or a test suite, one loop per test) that calls through one aio proxy in two
     `asyncio.run`s: the second call was written on the first loop's connection, then its wait used
@@ -262,7 +261,6 @@ def test_an_aio_proxy_used_again_on_a_new_loop_connects_anew_and_runs_each_call_
     assert ran == [1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="w9-requests.md: the lead's lone-call wait (aio/spin.py) under loop debug")
 def test_sequential_calls_under_asyncio_debug_raise_no_slow_callback_warnings(
         start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Home Assistant's development mode (and PYTHONASYNCIODEBUG=1) turns on the loop's debug mode,
@@ -286,7 +284,6 @@ def test_sequential_calls_under_asyncio_debug_raise_no_slow_callback_warnings(
     assert not slow, slow
 
 
-@pytest.mark.xfail(strict=True, reason="w9-requests.md: the lead's wait for the next request (aio/spin.py) under loop debug")
 def test_an_aio_daemon_under_asyncio_debug_raises_no_slow_callback_warnings(caplog: pytest.LogCaptureFixture) -> None:
     """The aio daemon's side of the same: it reads a sequential client's next request in the loop's
     selector inside the read callback, so one callback served the client for as long as it kept

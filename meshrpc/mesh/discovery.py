@@ -102,6 +102,27 @@ class _Beat:
                        DNS_CLASS_IN_UNIQUE, 0 if goodbye else self.ttl, text)
 
 
+def _drop_queued_answers(zc: Zeroconf, keys: set[str]) -> None:
+    """On the loop: forget the answers about the services `keys` (lower-case instance names) that
+    zeroconf holds back to multicast later (RFC 6762 6 and 14: up to a second after the question);
+    sent after the goodbye they would announce the withdrawn service, alive, to every listener that
+    joined since. Best effort: the queues are zeroconf's (public attributes, not a documented API)."""
+    def about(record: Any) -> bool:
+        alias = getattr(record, "alias", None)
+        return record.key in keys or (isinstance(alias, str) and alias.lower() in keys)
+    for queue_ in (getattr(zc, "out_queue", None), getattr(zc, "out_delay_queue", None)):
+        for group in getattr(queue_, "queue", ()):
+            try:
+                answers = group.answers
+                for record in [r for r in answers if about(r)]:
+                    del answers[record]
+                for record, additionals in answers.items():
+                    if any(about(extra) for extra in additionals):
+                        answers[record] = {extra for extra in additionals if not about(extra)}
+            except (AttributeError, TypeError):  # another zeroconf's layout: nothing to drop here
+                return
+
+
 class _Listener(RecordUpdateListener):
     """Runs on zeroconf's loop: picks our TXT records and queues them, nothing more."""
 
@@ -256,6 +277,7 @@ class Discovery:
                 train = self._trains.pop(info.key, None)
                 if train is not None:
                     train.cancel()
+            _drop_queued_answers(zc, {info.key for info in infos})
             broadcasts = [await zc.async_unregister_service(info) for info in infos]
             await asyncio.gather(*broadcasts)
         if infos and self._zc is not None and not self.closed:

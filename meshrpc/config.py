@@ -113,8 +113,8 @@ class Settings:
     # --- resilience
     REBIND_TIMEOUT: float = field(default=10.0, metadata=_doc(
         "Seconds a proxy keeps trying to re-resolve and reconnect a PYRONAME/PYROMETA service for one "
-        "call before it raises (attempts to a provider that never answers: the proxy's timeout, when "
-        "it has one)."))
+        "call before it raises (handshakes a provider never answers: the proxy's timeout, when it "
+        "has one)."))
     REBIND_BACKOFF_MIN: float = field(default=0.05, metadata=_doc(
         "First pause between reconnection attempts (doubles, with jitter, up to REBIND_BACKOFF_MAX)."))
     REBIND_BACKOFF_MAX: float = field(default=1.0, metadata=_doc(
@@ -133,8 +133,8 @@ class Settings:
         "Seconds the handshake (and TLS handshake) of a connection to a provider resolved by name may "
         "take in a first attempt (TCP retransmits lost data several times within it); each further "
         "attempt to the same provider CONNECT_ATTEMPT_GROWTH times longer, up to the proxy's timeout "
-        "(COMMTIMEOUT, else CONNECT_TIMEOUT) and never beyond what is left of the proxy's timeout "
-        "(else of REBIND_TIMEOUT)."))
+        "(COMMTIMEOUT, else CONNECT_TIMEOUT) and never beyond what is left of REBIND_TIMEOUT (of the "
+        "proxy's timeout, when it has one: a provider that never answers)."))
     # --- server
     THREADPOOL_SIZE: int = field(default=128, metadata=_doc(
         "Most worker threads a daemon runs calls on. Idle connections hold no worker, so this "

@@ -33,6 +33,15 @@ class NotDelivered(ConnectionClosedError):
         self.timeout_text = timeout_text  # the transport's words for it, when not the message itself
 
 
+HANDSHAKE_FAILED = "handshake with "  # how both drivers begin a NotDelivered of a failed handshake
+
+
+def handshake_stall(exc: BaseException) -> bool:
+    """The attempt connected and the handshake timed out: a provider that does not answer (a
+    connect that times out may as well be a partition)."""
+    return isinstance(exc, NotDelivered) and exc.timed_out and str(exc).startswith(HANDSHAKE_FAILED)
+
+
 def not_delivered_error(exc: NotDelivered, text: str, lost: bool = False) -> errors.NotDeliveredError:
     """What a PYRO: proxy raises when it gives up on a call that did not run: after a timeout,
     NotSentTimeoutError with the transport's text (as Pyro5's TimeoutError) and `text` as a note;
@@ -53,12 +62,15 @@ class Rebind:
     def __init__(self, settings: Settings, started: float | None = None,
                  clock: Callable[[], float] = time.monotonic, connect_cap: float | None = None) -> None:
         self.timeout = settings.REBIND_TIMEOUT
-        # attempts that stall (a connect or handshake that times out: a provider that never answers)
-        # go on for the proxy's timeout when it has one (_pyroTimeout or COMMTIMEOUT: what one connect
-        # may take in Pyro5, so its `except TimeoutError` comes as soon); else for REBIND_TIMEOUT, and
-        # at least a connect's time when that is shorter (REBIND_TIMEOUT 0: a connect still gets it)
+        # connecting may go on (in short attempts) as long as one connect could take, also when the
+        # rebind budget is shorter (REBIND_TIMEOUT 0: no rebinding, but a connect still gets its time);
+        # a connect that times out may be a partition, which heals: REBIND_TIMEOUT's time is given
         self.connect_cap = connect_cap
-        self.connect_budget = connect_cap or max(self.timeout, settings.CONNECT_TIMEOUT)
+        self.connect_budget = max(self.timeout, connect_cap or settings.CONNECT_TIMEOUT)
+        # a provider that accepts and never answers the handshake is given the proxy's timeout when it
+        # has one (_pyroTimeout or COMMTIMEOUT: what the handshake may take in Pyro5, whose programs
+        # expect their `except TimeoutError` after it), else the same as connecting
+        self.handshake_budget = min(connect_cap, self.connect_budget) if connect_cap else self.connect_budget
         self.pause = settings.REBIND_BACKOFF_MIN
         self.pause_max = settings.REBIND_BACKOFF_MAX
         self.attempt_first = settings.CONNECT_ATTEMPT_TIMEOUT
@@ -82,6 +94,9 @@ class Rebind:
     def connect_remaining(self) -> float:
         return self.connect_budget - self.elapsed()
 
+    def handshake_remaining(self) -> float:
+        return self.handshake_budget - self.elapsed()
+
     def heard(self) -> None:
         """The registry heard a provider of the name announced (called on the registry's thread)."""
         self.news = True
@@ -89,10 +104,14 @@ class Rebind:
         if woken is not None:
             woken()
 
-    def next_pause(self, stalled: bool = False) -> float | None:
+    def next_pause(self, stalled: bool = False, handshake: bool = False) -> float | None:
         """Seconds to pause before the next attempt; None when the time is up. stalled: the failed
-        attempt timed out, which was its wait: the next one goes at once."""
-        remaining = self.connect_remaining() if stalled else self.remaining()
+        attempt timed out, which was its wait: the next one goes at once; handshake: it was the
+        handshake that timed out (connected, no answer)."""
+        if stalled:
+            remaining = self.handshake_remaining() if handshake else self.connect_remaining()
+        else:
+            remaining = self.remaining()
         if remaining <= 0:
             return None
         self.attempts += 1
@@ -197,7 +216,7 @@ class Recovery:
                             suspect=suspect)
             if exc.timed_out:  # a stall: the next attempt to that provider may take longer
                 rebind.stalled(exc.target)
-            return self._again(exc, suspect, stalled=exc.timed_out)
+            return self._again(exc, suspect, stalled=exc.timed_out, handshake=handshake_stall(exc))
         if isinstance(exc, errors.NamingError):
             if not self.known:  # a name never resolved, that no source knows: UnknownNameError, at once
                 return Step(False, drop=False)
@@ -217,8 +236,9 @@ class Recovery:
             return Step(False, error=lost, suspect=suspect)
         return Step(False, drop=False)  # anything else is the call's own answer
 
-    def _again(self, exc: BaseException, suspect: URI | None, drop: bool = True, stalled: bool = False) -> Step:
-        pause = self.rebind.next_pause(stalled)
+    def _again(self, exc: BaseException, suspect: URI | None, drop: bool = True, stalled: bool = False,
+               handshake: bool = False) -> Step:
+        pause = self.rebind.next_pause(stalled, handshake)
         if pause is None:
             return Step(False, error=self.gave_up(exc), drop=drop, suspect=suspect)
         return Step(True, pause, drop=drop, suspect=suspect)
@@ -226,7 +246,7 @@ class Recovery:
     def gave_up(self, exc: BaseException) -> CommunicationError:
         rebind = self.rebind
         timed_out = isinstance(exc, NotDelivered) and exc.timed_out
-        if timed_out and rebind.connect_cap:
+        if handshake_stall(exc) and rebind.connect_cap:
             bound = f"the proxy's timeout {rebind.connect_cap:g} s"
         else:
             bound = f"REBIND_TIMEOUT {rebind.timeout:g} s"

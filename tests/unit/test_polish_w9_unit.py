@@ -1,5 +1,5 @@
-"""The proxy's timeout bounds the attempts to a provider that never answers (meshrpc.client.recovery,
-the one policy both drivers carry out), without I/O."""
+"""The proxy's timeout bounds the attempts to a provider that accepts and never answers the handshake
+(meshrpc.client.recovery, the one policy both drivers carry out), without I/O."""
 
 from __future__ import annotations
 
@@ -25,13 +25,18 @@ class Clock:
         return self.now
 
 
-def stall_until_given_up(proxy_timeout: float | None) -> tuple[Recovery, Clock, BaseException]:
+HANDSHAKE_STALL = f"handshake with {TARGET} failed: receiving: timeout"   # both drivers' words
+CONNECT_STALL = f"connecting to {TARGET.location} timed out"
+
+
+def stall_until_given_up(proxy_timeout: float | None, message: str = HANDSHAKE_STALL) -> tuple[Recovery, Clock, BaseException]:
     clock = Clock()
     r = Recovery(SETTINGS, "m", locator=NAME, idempotent=False, max_retries=0, clock=clock, connect_cap=proxy_timeout)
     while True:
-        _, handshake = connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=proxy_timeout, rebind=r.rebind)
-        clock.now += handshake          # connected; the handshake is never answered
-        step = r.after(NotDelivered("handshake timed out", TARGET, timed_out=True), TARGET)
+        connect, handshake = connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=proxy_timeout,
+                                              rebind=r.rebind)
+        clock.now += handshake if message == HANDSHAKE_STALL else connect
+        step = r.after(NotDelivered(message, TARGET, timed_out=True), TARGET)
         if not step.retry:
             assert step.error is not None
             return r, clock, step.error
@@ -42,6 +47,14 @@ def test_the_proxys_timeout_bounds_the_stalled_attempts() -> None:
     assert clock.now - 1000.0 == pytest.approx(1.0, abs=0.06)     # not REBIND_TIMEOUT's 10 s
     assert type(error) is errors.ProviderTimeoutError and isinstance(error, TimeoutError)
     assert "the proxy's timeout 1 s" in str(error)
+
+
+def test_connects_that_time_out_keep_rebind_timeout_a_partition_heals() -> None:
+    """No SYN-ACK may be a partition (tests/netlab/test_resilience_lab.py: an idempotent caller with
+    _pyroTimeout 1 s rides out a 10 s partition): connecting goes on for REBIND_TIMEOUT."""
+    _, clock, error = stall_until_given_up(1.0, CONNECT_STALL)
+    assert clock.now - 1000.0 == pytest.approx(10.0, abs=0.06)
+    assert type(error) is errors.ProviderTimeoutError and "REBIND_TIMEOUT 10 s" in str(error)
 
 
 def test_without_a_proxy_timeout_rebind_timeout_bounds_them_as_before() -> None:

@@ -872,7 +872,7 @@ class Proxy:
                 async with asyncio.timeout(handshake_timeout):
                     event = await conn.handshake
             except (ConnectionClosedError, TimeoutError) as exc:
-                raise NotDelivered(f"handshake with {target} failed: {exc or 'timed out'}", target,
+                raise NotDelivered(f"handshake with {target} failed: {str(exc) or 'timed out'}", target,
                                    timed_out=isinstance(exc, TimeoutError),
                                    timeout_text=str(exc) or "receiving: timeout") from None
             self._pyroResponseAnnotations(event.annotations, wire.MSG_CONNECTOK if isinstance(event, Connected)

@@ -429,3 +429,23 @@ def test_aio_bench_large_case_reports_every_pairing() -> None:
                 "threaded proxy -> threaded daemon")
     assert sorted(rows) == sorted(f"{p}, {s}" for p in pairings for s in ("serpent", "marshal"))
     assert all(row["mib_per_s"] > 0 and row["cpu_ms_per_echo"] >= 0 for row in rows.values())
+
+
+def test_a_handshake_that_times_out_says_so() -> None:
+    """The aio proxy's NotDelivered for a handshake nobody answers says "timed out" (it said "failed: "
+    and nothing after it: a TimeoutError's text is empty), as the threaded proxy's says "receiving: timeout"."""
+    from meshrpc.client.recovery import NotDelivered
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts (the kernel's backlog), never answers
+
+    async def main() -> None:
+        proxy = meshrpc.aio.Proxy(f"PYRO:silent@127.0.0.1:{listener.getsockname()[1]}")
+        proxy._pyroTimeout = 0.3
+        with pytest.raises(NotDelivered) as failed:
+            await proxy._connect(proxy._pyroUri)
+        assert str(failed.value).endswith("failed: timed out"), str(failed.value)
+    try:
+        run(main(), 20)
+    finally:
+        listener.close()

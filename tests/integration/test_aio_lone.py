@@ -143,3 +143,38 @@ def test_a_proxy_used_on_two_live_loops_in_turn_connects_on_each_and_runs_every_
     finally:
         for loop in loops:
             loop.close()
+
+
+def test_the_small_rest_of_a_burst_waits_in_the_transport_and_large_rests_in_the_cork(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the socket does not take of a burst of small calls goes to the transport's buffer, joined:
+    kept in the cork as many small pieces it went out 64 to a system call, and pipelined calls made
+    half their rate. A large message's rest still waits in the cork, uncopied. (An aio daemon: calls to
+    it are pipelined, so a burst is written at once.)"""
+    served = _aio()
+    uri = next(served)
+    kept: list[int] = []
+    original = Cork._queue_rest
+
+    def counted(self: Cork, parts: list, sent: int) -> bool:
+        before = self.waiting
+        result = original(self, parts, sent)
+        kept.append(self.waiting - before)
+        return result
+    monkeypatch.setattr(Cork, "_queue_rest", counted)
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            proxy._conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            text = "x" * 2000
+            assert await asyncio.gather(*(proxy.echo(text) for _ in range(300))) == [text] * 300
+            small = list(kept)
+            kept.clear()
+            big = _payload(4 << 20)
+            assert await proxy.echo(big) == big
+            assert small and not any(small), small  # the transport took every small rest
+            assert any(kept), kept  # the large one waited in the cork
+    try:
+        run(main())
+    finally:
+        served.close()

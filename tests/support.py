@@ -1,9 +1,12 @@
-"""Helpers for tests: wait for a condition with a deadline instead of sleeping."""
+"""Helpers for tests: wait for a condition with a deadline instead of sleeping, an event loop on a
+thread of its own, patterned payloads."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -47,3 +50,30 @@ def handshaken_sessions(serializer: str = "serpent", *, pipelining: bool = False
     client.next_event()
     assert client.pipelined == pipelining
     return client, server
+
+
+class LoopThread:
+    """An event loop on a thread of its own (an aio Daemon served beside the test's own loop or threads)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-aio-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, function: Any, timeout: float = 10) -> Any:
+        async def on_loop() -> Any:
+            return function()
+        return self.run(on_loop(), timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def patterned_bytes(size: int) -> bytes:
+    """`size` bytes of a repeating 0..255 pattern (a misplaced or lost byte changes them)."""
+    return bytes(range(256)) * (size // 256) + bytes(range(size % 256))

@@ -27,7 +27,7 @@ from meshrpc.limits import LARGE_FRAME, LOW_WATER
 from meshrpc.wire import frame as wire
 from meshrpc.wire.serializers import BY_NAME
 from meshrpc.wire.session import ClientSession, Connected
-from tests.support import handshaken_sessions, rss_mb, wait_until
+from tests.support import LoopThread, handshaken_sessions, patterned_bytes, rss_mb, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,28 +68,6 @@ class Echo:
         return "blocked"
 
 
-class LoopThread:
-    """An event loop on a thread of its own, serving an aio Daemon (for the threaded proxy and raw sockets)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="test-aio-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, function: Any, timeout: float = 10) -> Any:
-        async def on_loop() -> Any:
-            return function()
-        return self.run(on_loop(), timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 class AioServing:
     def __init__(self, daemon: meshrpc.aio.Daemon, uri: meshrpc.URI, echo: Echo, loop: LoopThread) -> None:
         self.daemon, self.uri, self.echo, self.loop = daemon, uri, echo, loop
@@ -121,10 +99,6 @@ def run(coro: Any, timeout: float = 60.0) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(coro, timeout)
     return asyncio.run(bounded())
-
-
-def _payload(size: int) -> bytes:
-    return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
 
 
 def _large_mappings(minimum: int) -> int:
@@ -178,7 +152,7 @@ def test_a_large_frame_is_read_into_the_readers_page_aligned_buffer_by_both_aio_
     through feed(); the rest goes straight from the socket into the frame's own buffer, which begins
     at a page. (Before: every byte went through the loop's buffer and feed(), 20 MiB per echo.)"""
     reads = Reads(monkeypatch)
-    payload = _payload(10 * MIB)
+    payload = patterned_bytes(10 * MIB)
 
     async def main() -> None:
         async with meshrpc.aio.Proxy(aio_serving.uri) as proxy:
@@ -198,7 +172,7 @@ def test_each_aio_side_reads_a_large_frame_into_its_own_buffer_opposite_a_thread
     """threaded proxy -> aio daemon (the daemon's side) and aio proxy -> threaded daemon (the proxy's):
     both directions of a 10 MiB echo go through a reader's own buffer, not through feed()."""
     reads = Reads(monkeypatch)
-    payload = _payload(10 * MIB)
+    payload = patterned_bytes(10 * MIB)
     if client == "threaded":
         with meshrpc.Proxy(aio_serving.uri) as proxy:
             assert proxy.aecho(payload) == payload
@@ -242,7 +216,7 @@ def test_a_dropped_connection_releases_the_half_read_large_frame(aio_serving: Ai
 def test_large_frame_buffers_go_with_the_proxy_and_the_idle_daemon_connection(aio_serving: AioServing) -> None:
     """After 4 MiB echoes both aio sides keep one buffer for their next large frame; the daemon drops
     it once the connection is idle (its housekeeping), the proxy when it is released."""
-    payload = _payload(4 * MIB)
+    payload = patterned_bytes(4 * MIB)
     before = _large_mappings(4 * MIB)
 
     async def main() -> None:
@@ -263,7 +237,7 @@ def test_large_frame_buffers_go_with_the_proxy_and_the_idle_daemon_connection(ai
 def test_memory_does_not_grow_over_many_large_calls(aio_serving: AioServing) -> None:
     """60 echoes of 4 MiB (aio proxy -> aio daemon, and pipelined three at a time): no buffer piles up
     (at most one per side and connection) and the resident size stays put."""
-    payload = _payload(4 * MIB)
+    payload = patterned_bytes(4 * MIB)
 
     async def main() -> None:
         async with meshrpc.aio.Proxy(aio_serving.uri) as proxy:
@@ -290,7 +264,7 @@ def test_memory_does_not_grow_over_many_large_calls(aio_serving: AioServing) -> 
 def test_echoes_are_whole_around_every_boundary(pairing: str, serializer: str, aio_serving: AioServing,
                                                 start_daemon: Any) -> None:
     settings = Settings(SERIALIZER=serializer)
-    payloads = [_payload(size) for size in SIZES]
+    payloads = [patterned_bytes(size) for size in SIZES]
     if pairing == "threaded->aio":
         with meshrpc.Proxy(aio_serving.uri, settings=settings) as proxy:
             for payload in payloads:
@@ -321,7 +295,7 @@ def test_echoes_are_whole_for_every_frame_size_across_the_large_frame_threshold(
     async def main() -> None:
         async with meshrpc.aio.Proxy(aio_serving.uri, settings=Settings(SERIALIZER=serializer)) as proxy:
             for size in range(low, high + 1):
-                payload = _payload(size)
+                payload = patterned_bytes(size)
                 assert await proxy.aecho(payload) == payload, size
     run(main())
 
@@ -331,7 +305,7 @@ def test_big_and_small_calls_side_by_side_keep_their_order(aio_serving: AioServi
     (the replies of every call are its own)."""
     async def main() -> None:
         async with meshrpc.aio.Proxy(aio_serving.uri) as proxy:
-            payloads = [_payload(3 * MIB + n) if n % 7 == 0 else n.to_bytes(4, "big") * n for n in range(60)]
+            payloads = [patterned_bytes(3 * MIB + n) if n % 7 == 0 else n.to_bytes(4, "big") * n for n in range(60)]
             for _ in range(3):
                 assert await asyncio.gather(*(proxy.aecho(p) for p in payloads)) == payloads
     run(main())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from typing import Any, Iterator
 
 import pytest
@@ -18,6 +17,7 @@ import meshrpc.aio
 from meshrpc.aio.cork import Cork
 from meshrpc.limits import RECV_CHUNK
 from meshrpc.wire.frame import HEADER_SIZE
+from tests.support import LoopThread, patterned_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,55 +28,31 @@ class Echo:
         return value
 
 
-def _threaded() -> Iterator[meshrpc.URI]:
-    daemon = meshrpc.Daemon(host="127.0.0.1")
-    uri = daemon.register(Echo(), "echo")
-    thread = threading.Thread(target=daemon.requestLoop, name="threaded-daemon", daemon=True)
-    thread.start()
-    try:
-        yield uri
-    finally:
-        daemon.shutdown()
-        thread.join(10)
-        daemon.close()
-
-
-def _aio() -> Iterator[meshrpc.URI]:
+@pytest.fixture
+def aio_uri() -> Iterator[meshrpc.URI]:
+    """An Echo on a meshrpc.aio.Daemon on a loop thread of its own."""
+    loop = LoopThread()
     daemon = meshrpc.aio.Daemon(host="127.0.0.1")
     uri = daemon.register(Echo(), "echo")
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(daemon.start())
-        started.set()
-        loop.run_forever()
-    thread = threading.Thread(target=serve, name="aio-daemon", daemon=True)
-    thread.start()
-    assert started.wait(10)
+    loop.run(daemon.start())
     try:
         yield uri
     finally:
-        asyncio.run_coroutine_threadsafe(daemon.aclose(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        loop.run(daemon.aclose())
         loop.close()
 
 
 @pytest.fixture(params=["threaded daemon", "aio daemon"])
-def uri(request: pytest.FixtureRequest) -> Iterator[meshrpc.URI]:
-    yield from (_threaded() if request.param == "threaded daemon" else _aio())
+def uri(request: pytest.FixtureRequest, start_daemon: Any) -> meshrpc.URI:
+    if request.param == "threaded daemon":
+        return start_daemon().register(Echo(), "echo")
+    return request.getfixturevalue("aio_uri")
 
 
 def run(coro: Any) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(coro, 45)
     return asyncio.run(bounded())
-
-
-def _payload(size: int) -> bytes:
-    return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
 
 
 # around one read's worth of reply (the header included), and far past it
@@ -87,7 +63,7 @@ def test_lone_calls_around_one_reads_worth_get_their_own_bytes_back_and_stay_in_
     async def main() -> None:
         async with meshrpc.aio.Proxy(uri) as proxy:
             for size in SIZES:
-                data = _payload(size)
+                data = patterned_bytes(size)
                 assert await proxy.echo(data) == data, size
                 assert await proxy.echo(size) == size  # the next reply is this call's, not a stale part
     run(main())
@@ -107,7 +83,7 @@ def test_a_lone_request_the_socket_does_not_take_at_once_is_queued_and_arrives_w
         queued.append(len(parts))
         return original(self, parts, sent)
     monkeypatch.setattr(Cork, "_queue_rest", counted)
-    data = _payload(25_000).hex() if kind == "one part" else _payload(8 << 20).decode("latin-1")  # (50 KB: one part)
+    data = patterned_bytes(25_000).hex() if kind == "one part" else patterned_bytes(8 << 20).decode("latin-1")  # (50 KB: one part)
 
     async def main() -> None:
         async with meshrpc.aio.Proxy(uri) as proxy:
@@ -146,13 +122,11 @@ def test_a_proxy_used_on_two_live_loops_in_turn_connects_on_each_and_runs_every_
 
 
 def test_the_small_rest_of_a_burst_waits_in_the_transport_and_large_rests_in_the_cork(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        aio_uri: meshrpc.URI, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the socket does not take of a burst of small calls goes to the transport's buffer, joined:
     kept in the cork as many small pieces it went out 64 to a system call, and pipelined calls made
     half their rate. A large message's rest still waits in the cork, uncopied. (An aio daemon: calls to
     it are pipelined, so a burst is written at once.)"""
-    served = _aio()
-    uri = next(served)
     kept: list[int] = []
     original = Cork._queue_rest
 
@@ -164,17 +138,14 @@ def test_the_small_rest_of_a_burst_waits_in_the_transport_and_large_rests_in_the
     monkeypatch.setattr(Cork, "_queue_rest", counted)
 
     async def main() -> None:
-        async with meshrpc.aio.Proxy(uri) as proxy:
+        async with meshrpc.aio.Proxy(aio_uri) as proxy:
             proxy._conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             text = "x" * 2000
             assert await asyncio.gather(*(proxy.echo(text) for _ in range(300))) == [text] * 300
             small = list(kept)
             kept.clear()
-            big = _payload(4 << 20)
+            big = patterned_bytes(4 << 20)
             assert await proxy.echo(big) == big
             assert small and not any(small), small  # the transport took every small rest
             assert any(kept), kept  # the large one waited in the cork
-    try:
-        run(main())
-    finally:
-        served.close()
+    run(main())

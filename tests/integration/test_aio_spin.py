@@ -27,6 +27,7 @@ from meshrpc.aio import spin as aio_spin
 from meshrpc.aio.spin import LoopSpin
 from meshrpc.config import Settings, config
 from meshrpc.transport.spin import Waiters
+from tests.support import LoopThread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,25 +76,16 @@ def alone_in_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
 def served() -> Iterator[tuple[Waiter, meshrpc.URI]]:
     """A Waiter on a meshrpc.aio.Daemon whose loop runs in a thread of its own."""
     waiter = Waiter()
+    loop = LoopThread()
     daemon = meshrpc.aio.Daemon(host="127.0.0.1")
     uri = daemon.register(waiter, "waiter")
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(daemon.start())
-        started.set()
-        loop.run_forever()
+    loop.run(daemon.start())
     waiter.daemon = daemon  # type: ignore[attr-defined]
-    thread = threading.Thread(target=serve, name="aio-daemon", daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield waiter, uri
-    asyncio.run_coroutine_threadsafe(daemon.aclose(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    try:
+        yield waiter, uri
+    finally:
+        loop.run(daemon.aclose())
+        loop.close()
 
 
 class Polls:

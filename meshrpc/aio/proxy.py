@@ -289,12 +289,13 @@ class _Connection(Receiving):
     def close(self) -> None:
         self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
 
-    def leave_loop(self) -> None:
-        """The proxy is used on another event loop than this connection's (a script's second
-        asyncio.run): closed on its own loop, or here at once when that loop is closed (its selector is
-        gone; the socket would stay open until the transport is collected)."""
+    def close_elsewhere(self, why: str) -> None:
+        """Close this connection from any thread or event loop (a proxy used on another loop than this
+        connection's, a proxy dropped without _pyroRelease): on its own loop, or here at once when that
+        loop is closed (its selector is gone; the socket would stay open until the transport is
+        collected). `why` ends the close reason: "the connection to <target> <why>"."""
         self.closed = True
-        self.close_reason = ConnectionClosedError(f"the connection to {self.target} belonged to another event loop")
+        self.close_reason = ConnectionClosedError(f"the connection to {self.target} {why}")
         loop, transport = self.loop, self.transport
         if not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # (closed meanwhile)
@@ -490,8 +491,7 @@ class Proxy:
         # closed on its loop (this may run on any thread), as the threaded proxy closes its own
         conn = self.__dict__.get("_conn")
         if conn is not None and not conn.closed:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell it
-                conn.loop.call_soon_threadsafe(conn.close)
+            conn.close_elsewhere("was released (its proxy was dropped)")
 
     def __enter__(self) -> Any:
         raise TypeError("meshrpc.aio.Proxy is used with `async with`, not `with`")
@@ -672,7 +672,8 @@ class Proxy:
                     if conn.closed:
                         raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon",
                                            self._pyroUri, suspect=False)
-                    conn.leave_loop()  # made on another loop (an earlier asyncio.run): a new one on this loop
+                    # made on another loop (an earlier asyncio.run): a new one on this loop
+                    conn.close_elsewhere("belonged to another event loop")
                 conn = await self._connection(recovery)
             session = conn.session
             turn = None if session.pipelined else conn.turn

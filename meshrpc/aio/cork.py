@@ -86,7 +86,8 @@ class Cork:
         """Send what was gathered. True: it went to the socket whole, and nothing waits in the transport."""
         if self._parts:
             parts, self._parts, self._size = self._parts, [], 0
-            return self._send(parts)
+            transport = self._owner.transport  # (one message, the usual flush: write_alone's one system call)
+            return self.write_alone(parts, transport is not None and not transport.is_closing())
         return not self._queued
 
     def _send(self, parts: list, open_: bool = False) -> bool:

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from .. import errors
+from ..context import _state as _call_state_var  # the call state's ContextVar (read from a Context)
 from ..context import call_state, current_context
 from ..errors import DaemonError, ProtocolError, SerializeError
 from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
@@ -46,7 +47,8 @@ log = logging.getLogger("meshrpc.aio")
 
 NONBLOCKING_MARK = "_meshrpcNonblocking"
 _AWAITED, _ON_LOOP, _IN_EXECUTOR = "awaited", "on the loop", "in the executor"  # where a method runs
-_FRAME, _INVOKE = wire.Frame, wire.MSG_INVOKE
+_FRAME, _INVOKE, _ONEWAY = wire.Frame, wire.MSG_INVOKE, wire.FLAG_ONEWAY
+_copy_context = contextvars.copy_context
 
 
 def nonblocking(method: Any) -> Any:
@@ -115,11 +117,16 @@ class _ClientConnection(Receiving):
                 if self._large and self._into:  # a large frame's rest, read into the reader's own buffer (get_buffer)
                     self._into = False
                     self.wire.reader.received(nbytes)
+                    daemon._pump(self)
                 elif self.handshaken and not daemon._stopping:  # the usual requests first, without a Frame each
                     daemon._take_requests(self, bytes(received[:nbytes]))
+                    if self._reader.buffered:  # what they left (another kind of message, part of one)
+                        daemon._pump(self)
+                    else:  # (what _pump would find: nothing)
+                        self._large = False
                 else:
                     self.wire.receive_data(received[:nbytes])  # copied out: the buffer is the loop's
-                daemon._pump(self)
+                    daemon._pump(self)
             finally:
                 self.pumping = False
                 written = self._corked.flush()
@@ -373,7 +380,7 @@ class Daemon(threaded.Daemon):
             if self._stopping:
                 conn.send(session.not_run_reply(session.bare_frame()))
             else:
-                self._run_call(conn, session.bare_frame(), call, True)
+                self._run_bare(conn, session, call)
 
     def _start_call(self, conn: _ClientConnection, frame: wire.Frame) -> None:
         """A request read as a Frame (while its read is worked through: `conn.pumping`)."""
@@ -386,11 +393,10 @@ class Daemon(threaded.Daemon):
             else:
                 log.warning("dropped oneway call from %s: %s", conn.addr, exc)
             return
-        self._run_call(conn, frame, call, False)
+        self._run_call(conn, frame, call)
 
-    def _run_call(self, conn: _ClientConnection, frame: wire.Frame, call: tuple, bare: bool) -> None:
-        """A decoded request; every request passes here. `bare`: the session took it in its lane
-        (receive_requests): a reply at once may be its bare_result."""
+    def _run_call(self, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> None:
+        """A decoded request (all but the usual ones of _run_bare)."""
         session = conn.wire
         object_id, method, vargs, kwargs = call
         registration = self._dispatch.objects.get(object_id) if isinstance(object_id, str) else None
@@ -406,7 +412,7 @@ class Daemon(threaded.Daemon):
         # a call that never waits is answered here without a Task or a coroutine of the daemon's, one that
         # waits goes on in a Task (_serve_rest) that answers by itself
         serializer = session.serializer
-        context = contextvars.copy_context()
+        context = _copy_context()
         context.run(current_context.begin, conn, conn.addr, frame.seq, frame.flags,
                     serializer.id if serializer else frame.serializer_id, frame.annotations, frame.correlation_id)
         function = None
@@ -416,30 +422,78 @@ class Daemon(threaded.Daemon):
                 function = getattr(instance, method)
             else:  # instance modes (the instance may depend on the call's context): the Dispatcher's rules
                 function = context.run(self._dispatch.prepare, conn, frame.flags, call).function
-            task, result = self._eager.step(context.run(function, *vargs, **kwargs), context, self._serve_rest,
-                                            conn, frame, function, method)
-        except asyncio.CancelledError:
-            self._reply(conn, frame, (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {}))
+            context.run(self._first_step, context, conn, frame, function, vargs, kwargs, method)
+        except BaseException as exc:
+            self._failure(conn, frame, context, function, method, exc)
+
+    def _run_bare(self, conn: _ClientConnection, session: ServerSession, call: tuple) -> None:
+        """A request the session took without a Frame (_take_requests). The usual one, an `async def`
+        method of a registered object, goes as the threaded daemon's lane goes (server/connections.py,
+        _take): no Frame unless a reply needs it, one entry into the call's context; any other request
+        goes the general way (_run_call)."""
+        object_id, method, vargs, kwargs = call
+        registration = self._dispatch.objects.get(object_id) if object_id.__class__ is str else None
+        kinds = self._method_kinds.get(registration) if registration is not None else None
+        if (kinds is None or method.__class__ is not str or kinds.get(method) is not _AWAITED
+                or registration.shared is None):  # (not known yet: _run_call learns it)
+            self._run_call(conn, session.bare_frame(), call)
             return
-        except Exception as exc:  # the method raised (or was called wrongly, or is unknown)
-            flags, result = self._failed(exc, function, method)
+        context = _copy_context()
+        function = None
+        try:
+            function = getattr(registration.shared, method)
+            context.run(self._first_step, context, conn, None, function, vargs, kwargs, method)
+        except BaseException as exc:
+            self._failure(conn, None, context, function, method, exc)
+
+    def _first_step(self, context: contextvars.Context, conn: _ClientConnection, frame: wire.Frame | None,
+                    function: Any, vargs: tuple, kwargs: dict, method: str) -> None:
+        """In the call's own `context`: `function`'s coroutine made and its first step taken
+        (EagerStarter.step); answered here when it returned there, else counted (its Task answers).
+        `frame`: None for a request taken bare (_run_bare: its state is begun here, as the threaded
+        lane begins it; a Frame is made only for a reply that needs one). What the method raised
+        propagates (_failure answers it)."""
+        session = conn.wire
+        if frame is None:
+            current_context.begin(conn, conn.addr, session.request_seq, 0, session.request_serializer_id, {}, None)
+            task, result = self._eager.step(function(*vargs, **kwargs), context, self._serve_bare_rest, conn,
+                                            session, function, method)
         else:
-            if task is not None:  # it waits: its Task answers
-                conn.calls += 1
-                self._calls.add(task)
-                return
-            flags, result = self._dispatch.finish(conn, result)
-            if not (flags or frame.flags & wire.FLAG_ONEWAY or self._reply_annotations):  # the usual reply (_reply's)
-                annotations = context.run(call_state).response_annotations
-                try:
-                    parts = (session.bare_result(result) if bare and not annotations
-                             else session.result_reply(frame, result, annotations))
-                except ProtocolError as exc:  # e.g. the result is too large for MAX_MESSAGE_SIZE
-                    parts = session.error_reply(frame, exc)
-                if not conn.closed:
-                    conn._corked.gather(parts)  # (pumping: the read's replies go out together)
-                return
-        self._reply(conn, frame, (flags, result, context.run(call_state).response_annotations))
+            task, result = self._eager.step(function(*vargs, **kwargs), context, self._serve_rest, conn, frame,
+                                            function, method)
+        if task is not None:  # it waits: its Task answers
+            conn.calls += 1
+            self._calls.add(task)
+            return
+        flags, result = self._dispatch.finish(conn, result)
+        annotations = call_state().response_annotations
+        if flags or annotations or self._reply_annotations is not None or (frame is not None and frame.flags & _ONEWAY):
+            self._reply(conn, frame or session.bare_frame(), (flags, result, annotations))
+            return
+        try:  # the usual reply (_reply's, without its checks)
+            parts = session.bare_result(result) if frame is None else session.result_reply(frame, result, annotations)
+        except ProtocolError as exc:  # e.g. the result is too large for MAX_MESSAGE_SIZE
+            parts = session.error_reply(frame or session.bare_frame(), exc)
+        if not conn.closed:
+            conn._corked.gather(parts)  # (pumping: the read's replies go out together)
+
+    def _serve_bare_rest(self, rest: Any, conn: _ClientConnection, session: ServerSession, function: Any,
+                         method: str) -> Any:
+        """_serve_rest for a call of _run_bare that waits: its Frame now (the session still holds its request)."""
+        return self._serve_rest(rest, conn, session.bare_frame(), function, method)
+
+    def _failure(self, conn: _ClientConnection, frame: wire.Frame | None, context: contextvars.Context,
+                 function: Any, method: str, failure: BaseException) -> None:
+        """An `async def` call raised `failure` in its first step (in `context`): its reply. `frame`:
+        None for a request taken bare."""
+        if isinstance(failure, asyncio.CancelledError):
+            outcome: tuple = (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {})
+        elif isinstance(failure, Exception):  # the method raised (or was called wrongly, or is unknown)
+            flags, result = self._failed(failure, function, method)
+            outcome = (flags, result, context[_call_state_var].response_annotations)
+        else:
+            raise failure  # (KeyboardInterrupt, SystemExit: not the call's outcome)
+        self._reply(conn, frame or conn.wire.bare_frame(), outcome)
 
     def _start_plain(self, conn: _ClientConnection, frame: wire.Frame, call: tuple, where: str) -> None:
         """A plain method: on the loop when marked nonblocking, else in the executor."""

@@ -15,6 +15,11 @@ the first step runs with a *carrier* as the current task: a pure-Python asyncio 
 call finishes, the carrier is reused for the next one (unless something kept it or asked to cancel
 it); if the call suspends, the carrier becomes its Task. Where these internals are missing, `start`
 falls back to `loop.create_task`.
+
+The first step is taken by a *driver* (`_drive`), a generator that runs each coroutine with
+`yield from`: a coroutine that returns hands its value back without the StopIteration that
+`coro.send` raises, which cost more than the rest of the step. A call that suspends keeps its driver
+(its Task goes on with it); the next call gets a new one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import collections.abc
 import contextvars
 import logging
 import sys
+import types
 import weakref
 from typing import Any, Callable, Coroutine
 
@@ -67,22 +73,58 @@ class _Carrier(_PyTask if _HAVE_INTERNALS else object):  # type: ignore[misc]
         _register_task(self)
 
 
+class _Returned:
+    """What a driver yields when its coroutine returned, instead of raising StopIteration (an
+    exception per call costs more than the rest of an eager step): the value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+
+@types.coroutine
+def _drive(returned: _Returned) -> Any:
+    """A driver: sent a coroutine, it runs it (`yield from`: what the coroutine waits on passes
+    through, and its return value comes back without an exception), then yields `returned`, with
+    the value in it, and waits for the next coroutine. An exception of the coroutine ends it."""
+    coro = yield
+    while True:
+        returned.value = yield from coro
+        coro = yield returned
+
+
+def _new_driver() -> tuple[Any, _Returned]:
+    returned = _Returned()
+    driver = _drive(returned)
+    driver.send(None)
+    return driver, returned
+
+
 class _Resume(collections.abc.Coroutine):
-    """A coroutine whose first step was taken already, `pending` the future it then waited on: a
-    Task driving this first waits for `pending` (re-yielding it), then drives the coroutine on."""
+    """A call whose first step was taken already by `driver` (running its coroutine), `pending` the
+    future it then waited on: a Task driving this first waits for `pending` (re-yielding it), then
+    drives the coroutine on; its return (`returned` from the driver) ends this as a coroutine's would."""
 
-    __slots__ = ("_coro", "_pending")
+    __slots__ = ("_driver", "_pending", "_returned")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
-        self._coro = coro
+    def __init__(self, driver: Any, pending: Any, returned: _Returned) -> None:
+        self._driver = driver
         self._pending = pending
+        self._returned = returned
+
+    def _outcome(self, got: Any) -> Any:
+        if got is self._returned:
+            value, got.value = got.value, None
+            raise StopIteration(value)
+        return got
 
     def send(self, value: Any) -> Any:
         pending = self._pending
         if pending is not _STARTED:
             self._pending = _STARTED
             return pending
-        return self._coro.send(value)
+        return self._outcome(self._driver.send(value))
 
     def throw(self, *exc: Any) -> Any:
         pending = self._pending
@@ -90,10 +132,10 @@ class _Resume(collections.abc.Coroutine):
             self._pending = _STARTED  # the future it waits on, then raise where the coroutine waits
             if asyncio.isfuture(pending):  # (only a cancellation comes before the first step)
                 pending.cancel()
-        return self._coro.throw(*exc)
+        return self._outcome(self._driver.throw(*exc))
 
     def close(self) -> None:
-        self._coro.close()
+        self._driver.close()
 
     def __await__(self) -> Any:
         return self
@@ -108,13 +150,14 @@ class EagerStarter:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._carrier: Any = None
+        self._driver: tuple[Any, _Returned] | None = None  # (_drive's generator, its _Returned)
         self._eager = _HAVE_INTERNALS
 
     def start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> "asyncio.Future[Any] | None":
         """Run `coro` (which must not raise but BaseExceptions like KeyboardInterrupt) in `context`:
         None when it finished at once, else the Task that goes on running it."""
         try:
-            task, _ = self.step(coro, context, _itself)
+            task, _ = context.run(self.step, coro, context, _itself)
         except asyncio.CancelledError:
             return None  # the coroutine answered its caller already
         except Exception as exc:  # as a Task would: the call is lost, the loop goes on
@@ -124,29 +167,35 @@ class EagerStarter:
 
     def step(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context,
              rest: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> tuple["asyncio.Future[Any] | None", Any]:
-        """Take `coro`'s first step at once, in `context`: (None, its value) when it returned there
-        (raises what it raised there). When it suspended, `rest(awaitable, *args)` (a coroutine that
-        awaits `awaitable`, the rest of `coro`, and handles its outcome) goes on as a Task: (that
-        Task, None). Inside a running task, or without asyncio's internals, nothing runs now:
-        `rest(coro, *args)` becomes a Task at once."""
+        """Take `coro`'s first step at once: (None, its value) when it returned there (raises what
+        it raised there). The caller runs in `context` already (its own context.run, which also
+        made `coro` and began the call's state: one entry into the context per call). When it
+        suspended, `rest(awaitable, *args)` (a coroutine that awaits `awaitable`, the rest of
+        `coro`, and handles its outcome) goes on as a Task in `context`: (that Task, None).
+        Inside a running task, or without asyncio's internals, nothing runs now: `rest(coro, *args)`
+        becomes a Task at once."""
         loop = self.loop
         if not self._eager or _current_tasks.get(loop) is not None:  # (inside a task: no eager step here)
             return loop.create_task(rest(coro, *args), context=context), None
         carrier, self._carrier = self._carrier, None
         if carrier is None:
             carrier = _Carrier(loop)
+        driver = self._driver
+        if driver is None:
+            driver = self._driver = _new_driver()
         refs = sys.getrefcount(carrier)
         _enter_task(loop, carrier)
         failure = None
         try:
-            pending = context.run(coro.send, None)
-        except StopIteration as stop:
-            pending, value = _STARTED, stop.value
-        except BaseException as exc:
-            pending, failure = _STARTED, exc
+            pending = driver[0].send(coro)
+        except BaseException as exc:  # (the driver ended with it)
+            self._driver = None
+            pending, failure = driver[1], exc
         finally:
             _leave_task(loop, carrier)
-        if pending is _STARTED:  # it finished (or failed) in its first step
+        returned = driver[1]
+        if pending is returned:  # it finished (or failed) in its first step
+            value, returned.value = returned.value, None
             # nothing kept it, asked to cancel it or to hear when it is done: reuse it
             if (sys.getrefcount(carrier) == refs and not (carrier._must_cancel or carrier._num_cancels_requested
                                                           or carrier._callbacks or _weakrefs(carrier))):
@@ -157,7 +206,8 @@ class EagerStarter:
                 finally:
                     failure = None  # (no cycle through this frame)
             return None, value
-        carrier.take(rest(_Resume(coro, pending), *args), context)
+        self._driver = None  # (this one goes on with the call, in its Task)
+        carrier.take(rest(_Resume(driver[0], pending, returned), *args), context)
         return carrier, None
 
 

@@ -896,6 +896,50 @@ def test_the_daemon_takes_a_reads_usual_requests_without_a_frame_and_answers_eac
     run(main())
 
 
+def test_the_lane_answers_failures_waits_and_pipelined_calls_as_the_general_path_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its first call, a registered object's `async def` method is run from the bare request
+    (Daemon._run_bare: no Frame, one entry into the call's context). What the general path gives, the
+    lane gives too: a failure raised in the first step as the remote exception with its traceback,
+    a call that waits answered by its Task, concurrent calls each with its own result, and the
+    call's context (its client and serializer) as the threaded daemon sets it."""
+    @meshrpc.expose
+    class Lane:
+        async def fail(self, why: str) -> None:
+            raise ValueError(why)
+
+        async def later(self, value: int) -> tuple[int, int]:
+            await asyncio.sleep(0)  # it waits: its Task answers
+            return value, meshrpc.current_context.serializer_id
+
+        async def who(self) -> bool:
+            return meshrpc.current_context.client is not None and meshrpc.current_context.seq > 0
+
+    async def main() -> None:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
+        uri = daemon.register(Lane(), "lane")
+        general: list[str] = []
+        real_run_call = daemon._run_call
+        monkeypatch.setattr(daemon, "_run_call",
+                            lambda conn, frame, call: general.append(call[1]) or real_run_call(conn, frame, call))
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            for _ in range(3):
+                with pytest.raises(ValueError, match="on purpose") as raised:
+                    await proxy.fail("on purpose")
+                assert "raise ValueError(why)" in "".join(raised.value._pyroTraceback)
+            first = [await proxy.later(n) for n in range(3)]
+            assert [value for value, _ in first] == [0, 1, 2]
+            serializer_id = first[0][1]
+            assert serializer_id and all(ser == serializer_id for _, ser in first)
+            together = await asyncio.gather(*(proxy.later(n) for n in range(50)))
+            assert [tuple(pair) for pair in together] == [(n, serializer_id) for n in range(50)]
+            assert await proxy.who() and await proxy.who()
+        # the first call of each method went the general way (it learns where the method runs); the
+        # rest took the lane
+        assert general == ["fail", "later", "who"]
+    run(main())
+
+
 @pytest.mark.parametrize("nodelay", [True, False])
 def test_the_daemons_tcp_connections_follow_sock_nodelay_as_the_threaded_daemons(nodelay: bool) -> None:
     """TCP_NODELAY on the aio daemon's accepted connections (SOCK_NODELAY, on by default): asyncio sets it

@@ -155,6 +155,43 @@ def test_exceptions_after_suspending_end_in_the_task() -> None:
     run(main())
 
 
+def test_calls_started_while_one_waits_or_after_one_failed_each_end_with_their_own_outcome() -> None:
+    """A call that suspends keeps what ran its first step (its Task goes on with it); the calls started
+    meanwhile, and those after a call whose first step raised, start afresh: each returns its own value."""
+    async def waits(gate: asyncio.Future[None]) -> str:
+        await gate
+        return "waited"
+
+    async def quick(value: Any) -> Any:
+        return value
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    async def rest(awaitable: Any) -> Any:
+        return await awaitable
+
+    def step(starter: EagerStarter, coro: Any) -> tuple:
+        context = contextvars.copy_context()
+        return context.run(starter.step, coro, context, rest)
+
+    async def main() -> None:
+        gate = asyncio.get_running_loop().create_future()
+
+        def body(starter: EagerStarter) -> tuple:
+            waiting, _ = step(starter, waits(gate))
+            quick_ones = [step(starter, quick(n)) for n in range(3)]
+            with pytest.raises(ValueError, match="boom"):
+                step(starter, boom())
+            return waiting, quick_ones, step(starter, quick("after"))
+        waiting, quick_ones, after = await on_loop(body)
+        assert waiting is not None
+        assert quick_ones == [(None, 0), (None, 1), (None, 2)] and after == (None, "after")
+        gate.set_result(None)
+        assert await waiting == "waited"
+    run(main())
+
+
 def test_the_carrier_is_reused_unless_something_kept_it() -> None:
     kept: list[Any] = []
 

@@ -7,7 +7,7 @@ arrives, so one connection's requests can run side by side and are answered in a
 client agreed to pipelining; a Pyro5 client sends one at a time anyway):
 - `async def` methods are awaited on the loop (a slow one holds nobody else up): each starts at once
   (aio/eager.py) and sends its own reply; one that has to wait goes on in a Task of its own;
-- plain methods run in a bounded executor (AIO_EXECUTOR_SIZE threads), so they never block the loop,
+- plain methods run on a bounded pool of threads (AIO_EXECUTOR_SIZE; aio/workers.py), so they never block the loop,
   unless marked `nonblocking`: those are called on the loop, without a thread hand-off.
 Calls are run by the threaded Daemon's Dispatcher: `run` for whole calls, `prepare`/`finish` around
 the await of an `async def` method. Replies written side by side share system calls (Cork). When
@@ -19,7 +19,6 @@ without another turn of the loop.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 import logging
@@ -42,6 +41,7 @@ from .cork import Cork
 from .eager import EagerStarter
 from .receiving import Receiving, receive_buffer
 from .spin import LoopSpin
+from .workers import Workers
 
 log = logging.getLogger("meshrpc.aio")
 
@@ -213,8 +213,7 @@ class Daemon(threaded.Daemon):
         if self._tls_context is not None:
             self._listener.close()
             raise DaemonError("meshrpc.aio.Daemon does not serve TLS yet: use the threaded meshrpc.Daemon for SSL")
-        self._executor = concurrent.futures.ThreadPoolExecutor(max(1, self.settings.AIO_EXECUTOR_SIZE),
-                                                               thread_name_prefix="meshrpc-aio-worker")
+        self._workers: Workers | None = None  # made by start(): the threads of plain methods
         self._loop: asyncio.AbstractEventLoop | None = None
         self._eager: EagerStarter  # made by start(), for the running loop
         self._server: asyncio.AbstractServer | None = None
@@ -233,6 +232,7 @@ class Daemon(threaded.Daemon):
             return
         self._loop = asyncio.get_running_loop()
         self._eager = EagerStarter(self._loop)
+        self._workers = Workers(self._loop, self.settings.AIO_EXECUTOR_SIZE, "meshrpc-aio-worker", self._plain_failed)
         self._stopped = asyncio.Event()
         if self._unixsocket:
             self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener)
@@ -500,11 +500,9 @@ class Daemon(threaded.Daemon):
         if where is _ON_LOOP:  # no thread hop, no task
             self._reply(conn, frame, contextvars.copy_context().run(self._run_on_loop, conn, frame, call))
             return
-        assert self._loop is not None
+        assert self._workers is not None
         conn.calls += 1
-        running = self._loop.run_in_executor(self._executor, self._run_sync, conn, frame, call)
-        self._calls.add(running)
-        running.add_done_callback(lambda done: self._finished(conn, frame, done))
+        self._workers.submit(self._run_sync, self._plain_done, conn, frame, call)
 
     def _where_to_run(self, registration: Any, method: str) -> str:
         """_AWAITED (`async def`), _ON_LOOP (marked nonblocking) or _IN_EXECUTOR (any other method),
@@ -594,20 +592,18 @@ class Daemon(threaded.Daemon):
             return asyncio.run_coroutine_threadsafe(result, loop).result()
         return result
 
-    def _finished(self, conn: _ClientConnection, frame: wire.Frame, done: asyncio.Future[Any]) -> None:
-        """An executor call is done: its reply."""
-        self._calls.discard(done)
+    def _plain_done(self, outcome: tuple, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> None:
+        """A plain method's call is done on its worker thread: its reply (on the loop)."""
         conn.calls -= 1
-        if done.cancelled():
-            outcome: tuple = (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {})
-        elif done.exception() is not None:
-            log.error("call failed inside the daemon: %r", done.exception())
-            outcome = wire.FLAG_EXCEPTION, DaemonError(f"internal error: {done.exception()!r}"), {}
-        else:
-            outcome = done.result()
         self._reply(conn, frame, outcome)
         if not conn.pumping:
             conn.replied()
+
+    @staticmethod
+    def _plain_failed(exc: BaseException, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple:
+        """The outcome of a worker's call that failed inside the daemon (the method's own exceptions are replies)."""
+        log.error("call failed inside the daemon: %r", exc)
+        return wire.FLAG_EXCEPTION, DaemonError(f"internal error: {exc!r}"), {}
 
     def _reply(self, conn: _ClientConnection, frame: wire.Frame, outcome: tuple) -> None:
         """Send the reply of a finished call (nothing for a oneway call, or when the client is gone)."""
@@ -676,6 +672,8 @@ class Daemon(threaded.Daemon):
         goodbyes = loop.run_in_executor(None, self._withdraw)
         deadline = loop.time() + SHUTDOWN_GRACE
         pending = set(self._calls) | set(self._background)
+        if self._workers is not None and self._workers.running:
+            pending.add(self._workers.all_done())
         if pending:
             await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
         try:
@@ -688,7 +686,8 @@ class Daemon(threaded.Daemon):
         for conn in list(self._aio_connections):
             conn.close()
             self._dropped(conn)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.shutdown()
         await loop.run_in_executor(None, super().close)
         if self._stopped is not None:
             self._stopped.set()
@@ -701,7 +700,8 @@ class Daemon(threaded.Daemon):
         if loop is not None and loop.is_running() and not self._closed:
             asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(SHUTDOWN_GRACE * 2)
             return
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.shutdown()
         super().close()
 
     def __repr__(self) -> str:

@@ -60,6 +60,9 @@ class _Connection(Receiving):
         self.waiting: dict[int, asyncio.Future[Any]] = {}
         self.turn = Turn()                   # without pipelining: one call at a time
         self.closed = False
+        # reads that brought bytes: a call that timed out keeps this (pipelined) connection only if it
+        # heard anything while the call waited
+        self.heard = 0
         self.close_reason: BaseException | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -90,6 +93,7 @@ class _Connection(Receiving):
         self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else _unknown
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.heard += 1
         session = self.session
         if self._large and self._into:  # read into the reader's own buffer (get_buffer)
             self._into = False
@@ -226,6 +230,7 @@ class _Connection(Receiving):
                 self._fail(ConnectionClosedError(f"the connection to {self.target} was lost: {exc}"))
                 data = b""
             if data:  # (b"": the daemon closed it, which the transport sees too)
+                self.heard += 1
                 session = self.session
                 if session.pipelined:  # the usual reply comes as (seq, payload, codec), no Frame
                     got = self._deliver(session.receive_results(data), seq)
@@ -723,6 +728,7 @@ class Proxy:
                     if kind is not tuple and isinstance(event, asyncio.Future):
                         # to come (awaited here: no coroutine more per call)
                         waiter = event
+                        heard = conn.heard
                         try:
                             if conn.closed:  # it failed while the call was sent (the session saw a broken reply)
                                 raise _closed(conn.close_reason or ConnectionClosedError(
@@ -736,6 +742,12 @@ class Proxy:
                                 event = await waiter
                         except TimeoutError:
                             self._abandon(conn, seq)
+                            if conn.heard == heard and not conn.closed:
+                                # nothing at all came on it while the call waited: the path may be dead,
+                                # not the call slow. After a partition TCP resends on its backoff (0.2 s,
+                                # doubling up to minutes): a new connection does not wait for that, and
+                                # the calls still in flight on this one go to their own recovery
+                                self._drop_silent(conn)
                             raise errors.TimeoutError(f"no reply from {self._pyroUri} to {methodname} within "
                                                       f"{self._pyroTimeout:g} s") from None
                         except BaseException:  # cancelled (or the connection failed): its late reply goes nowhere
@@ -782,6 +794,12 @@ class Proxy:
         return self._recovering(
             lambda recovery: self._invoke_once(methodname, vargs, kwargs, flags, object_id, recovery),
             methodname, failure, started)
+
+    def _drop_silent(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+        conn._fail(ConnectionClosedError(f"nothing came from {self._pyroUri} within the proxy's timeout "
+                                         f"({self._pyroTimeout:g} s); connecting anew"))
 
     def _abandon(self, conn: _Connection, seq: int) -> None:
         conn.waiting.pop(seq, None)

@@ -287,13 +287,25 @@ def test_timeout_and_cancellation_leave_the_connection_usable() -> None:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(proxy.nap(0.4, "late"), 0.05)
             assert await proxy.add(20, 22) == 42
-            # the proxy's timeout
+            # the proxy's timeout, while other replies come on the connection: it stays
+            proxy._pyroTimeout = 0.3
+            slow = asyncio.ensure_future(proxy.nap(1.0, "late again"))
+            assert [await proxy.nap(0.02, i) for i in range(30)] == list(range(30))
+            with pytest.raises(errors.TimeoutError):
+                await slow
+            assert proxy._conn is conn, "the connection was replaced although replies came on it"
+            proxy._pyroTimeout = None
+            assert await proxy.nap(0.8, "fresh") == "fresh"  # the two late replies came meanwhile: discarded
+            assert proxy._conn is conn, "the connection was replaced"
+            # a timeout while nothing at all came on the connection: the path may be dead (after a
+            # partition TCP resends on its backoff), so the next call goes on a new connection
             proxy._pyroTimeout = 0.05
             with pytest.raises(errors.TimeoutError):
-                await proxy.nap(0.4, "late again")
+                await proxy.nap(0.4, "silent")
             proxy._pyroTimeout = None
-            assert await proxy.nap(0.5, "fresh") == "fresh"  # the two late replies came meanwhile: discarded
-            assert proxy._conn is conn, "the connection was replaced"
+            assert await proxy.add(1, 2) == 3
+            assert proxy._conn is not conn and proxy._conn is not None
+            conn = proxy._conn
             # cancelling one pipelined call leaves the others alone
             calls = [asyncio.ensure_future(proxy.nap(0.2, i)) for i in range(5)]
             await asyncio.sleep(0.05)

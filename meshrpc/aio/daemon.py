@@ -119,9 +119,8 @@ class _ClientConnection(Receiving):
                     self.wire.reader.received(nbytes)
                     daemon._pump(self)
                 elif self.handshaken and not daemon._stopping:  # the usual requests first, without a Frame each
-                    daemon._take_requests(self, bytes(received[:nbytes]))
-                    if self._reader.buffered:  # what they left (another kind of message, part of one)
-                        daemon._pump(self)
+                    if daemon._take_requests(self, bytes(received[:nbytes])):
+                        daemon._pump(self)  # what they left (another kind of message, part of one)
                     else:  # (what _pump would find: nothing)
                         self._large = False
                 else:
@@ -357,9 +356,10 @@ class Daemon(threaded.Daemon):
         conn.handshaken, conn.object_id = True, object_id
 
     # ------------------------------------------------------------------ calls
-    def _take_requests(self, conn: _ClientConnection, data: bytes) -> None:
+    def _take_requests(self, conn: _ClientConnection, data: bytes) -> bool:
         """The usual requests at the start of one read's bytes (ServerSession.receive_requests: no Frame
-        read for each); the first other message and what follows it are left to _pump."""
+        read for each). True: the first other message and what follows it were left to _pump (or the
+        client broke the protocol); False: every byte was taken."""
         session = conn.wire
         take: Any = session.receive_requests
         args: tuple = (data,)
@@ -371,16 +371,18 @@ class Daemon(threaded.Daemon):
                 call = None
             except Exception as exc:  # ProtocolError (the next message's prefix): this connection only
                 self._broken(conn, exc)
-                return
+                return True
             if call is TAKE_EVENT:
-                return
+                return True
+            if call is not None:
+                if self._stopping:
+                    conn.send(session.not_run_reply(session.bare_frame()))
+                else:
+                    self._run_bare(conn, session, call)
+            if session.held is None:  # (every byte taken: no next_request needed to say so)
+                return False
             take, args = session.next_request, ()
-            if call is None:
-                continue
-            if self._stopping:
-                conn.send(session.not_run_reply(session.bare_frame()))
-            else:
-                self._run_bare(conn, session, call)
+        return False
 
     def _start_call(self, conn: _ClientConnection, frame: wire.Frame) -> None:
         """A request read as a Frame (while its read is worked through: `conn.pumping`)."""

@@ -568,7 +568,7 @@ class ServerSession(_Session):
 
     __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "accepts_pipelining", "_key_proof",
                  "rehandshake", "request_seq", "request_serializer_id", "_lane", "_request", "_prefixes",
-                 "_request_heads", "_held", "_held_at")
+                 "_request_heads", "held", "_held_at")
 
     def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
                  pipelining: bool = True, rehandshake: bool = False) -> None:
@@ -588,7 +588,7 @@ class ServerSession(_Session):
         # id), and the bytes it holds (their requests are taken one by one with next_request) and where
         # the next one starts
         self._request_heads: dict[bytes, _LaneEntry] = {}
-        self._held: bytes | None = None
+        self.held: bytes | None = None  # the bytes receive_requests took, while requests are left in them
         self._held_at = 0
         self._request: _LaneEntry | None = None  # the lane entry of the request receive_request took
         self.request_seq = 0                     # ...its seq
@@ -702,17 +702,18 @@ class ServerSession(_Session):
         says TAKE_EVENT. Answer each with bare_result (or the general replies given bare_frame())
         before asking for the next. SerializeError/SecurityError: that call does not decode (answer
         with error_reply(bare_frame(), exc)); next_request() goes on after it. TAKE_EVENT: from that
-        request on, the bytes were buffered: take next_event()."""
+        request on, the bytes were buffered: take next_event(). `held` is None once every byte was
+        taken (then nothing is buffered either, and next_request() would say TAKE_EVENT)."""
         if self.reader.buffered or not self.handshaken or data.__class__ is not bytes:
             self.reader.feed(data)
             return TAKE_EVENT
-        self._held, self._held_at = data, 0
+        self.held, self._held_at = data, 0
         return self.next_request()
 
     def next_request(self) -> Any:
         """The next usual request of the bytes receive_requests took (its call), or TAKE_EVENT: none is
         left, or the next message is not one (it and the rest were buffered: take next_event())."""
-        data = self._held
+        data = self.held
         if data is None:
             return TAKE_EVENT
         start, end = self._held_at, len(data)
@@ -724,14 +725,14 @@ class ServerSession(_Session):
             if (entry is not None and flags_seq <= SEQ_MASK and not annotations_size and magic == MAGIC
                     and stop <= end and size <= self.reader.max_size):
                 if stop == end:
-                    self._held = None
+                    self.held = None
                 else:
                     self._held_at = stop
                 self._request = entry
                 self.request_seq = flags_seq
                 self.request_serializer_id = entry.values_id
                 return entry.loads_call(data[start + HEADER_SIZE:stop], [] if entry.oob else None, self._prefixes)
-        self._held = None
+        self.held = None
         if start < end:
             self.reader.feed(data[start:] if start else data)
         return TAKE_EVENT

@@ -68,9 +68,10 @@ def _replies(uri: meshrpc.URI, request: bytes, want: set[int], incomplete: bool)
     return tuple(sorted(replies)), closed
 
 
-def _general_path(self: Any, conn: Any, data: bytes) -> None:
+def _general_path(self: Any, conn: Any, data: bytes) -> bool:
     """Daemon._take_requests with its lane off: every byte to the session's reader (the general path)."""
     conn.wire.receive_data(data)
+    return True  # (all of it left to _pump)
 
 
 @pytest.mark.parametrize("name", sorted(ODD_REQUESTS))

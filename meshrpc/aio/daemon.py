@@ -436,9 +436,12 @@ class Daemon(threaded.Daemon):
         object_id, method, vargs, kwargs = call
         registration = self._dispatch.objects.get(object_id) if object_id.__class__ is str else None
         kinds = self._method_kinds.get(registration) if registration is not None else None
-        if (kinds is None or method.__class__ is not str or kinds.get(method) is not _AWAITED
-                or registration.shared is None):  # (not known yet: _run_call learns it)
-            self._run_call(conn, session.bare_frame(), call)
+        where = kinds.get(method) if kinds is not None and method.__class__ is str else None
+        if where is not _AWAITED or registration.shared is None:  # (None: not known yet, _run_call learns it)
+            if where is _ON_LOOP:
+                _copy_context().run(self._on_loop_bare, conn, session, call)
+            else:
+                self._run_call(conn, session.bare_frame(), call)
             return
         context = _copy_context()
         function = None
@@ -468,7 +471,20 @@ class Daemon(threaded.Daemon):
             self._calls.add(task)
             return
         flags, result = self._dispatch.finish(conn, result)
-        annotations = call_state().response_annotations
+        self._answer_now(conn, session, frame, flags, result, call_state().response_annotations)
+
+    def _on_loop_bare(self, conn: _ClientConnection, session: ServerSession, call: tuple) -> None:
+        """_run_bare's plain method marked nonblocking, in its own context: run by the Dispatcher on the
+        loop (as _run_on_loop runs it), and answered at once."""
+        current_context.begin(conn, conn.addr, session.request_seq, 0, session.request_serializer_id, {}, None)
+        flags, result = self._dispatch.run(conn, 0, call)
+        flags, result, annotations = self._outcome(conn, flags, result)
+        self._answer_now(conn, session, None, flags, result, annotations)
+
+    def _answer_now(self, conn: _ClientConnection, session: ServerSession, frame: wire.Frame | None, flags: int,
+                    result: Any, annotations: dict) -> None:
+        """The reply of a call answered while its request is being read (`frame`: None for a request
+        taken bare): the usual one without _reply's checks, gathered with the read's other replies."""
         if flags or annotations or self._reply_annotations is not None or (frame is not None and frame.flags & _ONEWAY):
             self._reply(conn, frame or session.bare_frame(), (flags, result, annotations))
             return

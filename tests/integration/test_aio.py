@@ -927,6 +927,11 @@ def test_the_lane_answers_failures_waits_and_pipelined_calls_as_the_general_path
         async def who(self) -> bool:
             return meshrpc.current_context.client is not None and meshrpc.current_context.seq > 0
 
+        @meshrpc.aio.nonblocking
+        def quick(self, value: int) -> tuple[int, bool]:  # on the loop, in a context of its own
+            meshrpc.current_context.response_annotations = {"QUIK": str(value).encode()} if value < 0 else {}
+            return value, threading.current_thread() is threading.main_thread()
+
     async def main() -> None:
         daemon = meshrpc.aio.Daemon(host="127.0.0.1")
         uri = daemon.register(Lane(), "lane")
@@ -946,9 +951,12 @@ def test_the_lane_answers_failures_waits_and_pipelined_calls_as_the_general_path
             together = await asyncio.gather(*(proxy.later(n) for n in range(50)))
             assert [tuple(pair) for pair in together] == [(n, serializer_id) for n in range(50)]
             assert await proxy.who() and await proxy.who()
+            for value in (1, -2, 3):
+                assert tuple(await proxy.quick(value)) == (value, True)
+                assert meshrpc.current_context.response_annotations == ({"QUIK": b"-2"} if value < 0 else {})
         # the first call of each method went the general way (it learns where the method runs); the
         # rest took the lane
-        assert general == ["fail", "later", "who"]
+        assert general == ["fail", "later", "who", "quick"]
     run(main())
 
 

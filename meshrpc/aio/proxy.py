@@ -743,16 +743,15 @@ class Proxy:
                         except TimeoutError:
                             self._abandon(conn, seq)
                             if conn.heard == heard and not conn.closed:
-                                # nothing at all came on it while the call waited: the path may be dead,
-                                # not the call slow. After a partition TCP resends on its backoff (0.2 s,
-                                # doubling up to minutes): a new connection does not wait for that, and
-                                # the calls still in flight on this one go to their own recovery
-                                self._drop_silent(conn)
+                                self._retire(conn)  # nothing at all came on it while the call waited
                             raise errors.TimeoutError(f"no reply from {self._pyroUri} to {methodname} within "
                                                       f"{self._pyroTimeout:g} s") from None
                         except BaseException:  # cancelled (or the connection failed): its late reply goes nowhere
                             self._abandon(conn, seq)
                             raise
+                        finally:
+                            if attrs["_conn"] is not conn and not conn.waiting and not conn.closed:
+                                conn.close()  # the last call of a retired connection (_retire) is done
             finally:
                 if turn is not None:
                     if turn.queue:
@@ -795,11 +794,16 @@ class Proxy:
             lambda recovery: self._invoke_once(methodname, vargs, kwargs, flags, object_id, recovery),
             methodname, failure, started)
 
-    def _drop_silent(self, conn: _Connection) -> None:
+    def _retire(self, conn: _Connection) -> None:
+        """A call on `conn` timed out and nothing at all came on it while the call waited: the network
+        path may be dead, or the daemon only slow. After a partition TCP resends on its backoff (0.2 s,
+        doubling up to minutes), which a new connection does not wait for: new calls go on a new one.
+        The calls already on this one are left to finish (a slow daemon answers them) or to time out
+        by themselves; the last of them closes it (_invoke_once)."""
         if self._conn is conn:
             self._conn = None
-        conn._fail(ConnectionClosedError(f"nothing came from {self._pyroUri} within the proxy's timeout "
-                                         f"({self._pyroTimeout:g} s); connecting anew"))
+        if not conn.waiting:
+            conn.close()
 
     def _abandon(self, conn: _Connection, seq: int) -> None:
         conn.waiting.pop(seq, None)

@@ -306,6 +306,21 @@ def test_timeout_and_cancellation_leave_the_connection_usable() -> None:
             assert await proxy.add(1, 2) == 3
             assert proxy._conn is not conn and proxy._conn is not None
             conn = proxy._conn
+            # ... but a call in flight on it within its own timeout is left to finish there: the daemon may
+            # only be slow. New calls go on a new connection; the old one closes after its last call
+            proxy._pyroTimeout = 0.3
+            silent = asyncio.ensure_future(proxy.nap(1.0, "silent"))
+            await asyncio.sleep(0)  # (one turn of the loop: that call starts, with its 0.3 s timeout)
+            proxy._pyroTimeout = 5.0
+            slow = asyncio.ensure_future(proxy.nap(0.5, "slow but in time"))
+            with pytest.raises(errors.TimeoutError):
+                await silent
+            assert proxy._conn is None and not conn.closed  # retired, not failed
+            assert await proxy.add(2, 2) == 4 and proxy._conn is not conn  # a new connection
+            assert await slow == "slow but in time"
+            assert conn.closed  # its last call is done
+            proxy._pyroTimeout = None
+            conn = proxy._conn
             # cancelling one pipelined call leaves the others alone
             calls = [asyncio.ensure_future(proxy.nap(0.2, i)) for i in range(5)]
             await asyncio.sleep(0.05)

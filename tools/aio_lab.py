@@ -436,6 +436,37 @@ def client(lab_run: Any, host: Any, mode: str, *more: str, uris: str = f"PYRONAM
                          f"client-{mode}-{label}", env)
 
 
+def two_replicas(lab_run: Any, lab: Any, *more: str) -> tuple[dict, Any, dict, str, str]:
+    """Replicas "A" (h1) and "B" (h3) of the service (aio daemons), a stream client on h2 (3 tasks, more
+    options: `more`) that knows both before it binds, calling: (servers, client, its BOUND data, the
+    replica its main proxy uses, the other one)."""
+    h1, h2, h3 = lab.hosts[:3]
+    servers = {"A": server(lab_run, h1, "A")[0], "B": server(lab_run, h3, "B")[0]}
+    child = client(lab_run, h2, "stream", "--tasks", "3", "--providers", "2", *more)
+    _, known = child.wait_line("PROVIDERS ", STEP)
+    if known != "PROVIDERS 2":
+        raise bench.ChildError(f"the client's registry found {known.split()[1]} of 2 replicas")
+    _, bound = child.wait_json("BOUND ", STEP)
+    used = {h1.address: "A", h3.address: "B"}[bound["main"].rsplit("@", 1)[1].split(":")[0]]
+    child.wait_line("PROGRESS ", STEP)
+    return servers, child, bound, used, "B" if used == "A" else "A"
+
+
+def finish_on(other: str, servers: dict, stream_client: Any, mark: int) -> tuple[dict, dict, collections.Counter]:
+    """After the replica in use went away: wait for the stream's first success on `other` (after line
+    `mark`) and one more PROGRESS, stop the client, then `other`: (the switch EVENT, the client's
+    RESULT, the runs over both replicas)."""
+    _, switched = stream_client.wait_json("EVENT ", STEP, mark, lambda e: e["kind"] == "switch" and e["tag"] == other)
+    stream_client.wait_line("PROGRESS ", STEP, stream_client.count())
+    result = finish_stream(stream_client)
+    for tag, child in servers.items():
+        if tag == other:
+            stop_server(child)
+        else:
+            ended(child)
+    return switched, result, runs(*servers.values())
+
+
 def partition(host: Any, seconds: float) -> tuple[float, float]:
     """Cut the host's link for `seconds` (the scenario, not a synchronisation); (down, up) times."""
     host.link_down()

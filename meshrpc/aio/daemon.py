@@ -49,6 +49,7 @@ NONBLOCKING_MARK = "_meshrpcNonblocking"
 _AWAITED, _ON_LOOP, _IN_EXECUTOR = "awaited", "on the loop", "in the executor"  # where a method runs
 _FRAME, _INVOKE, _ONEWAY = wire.Frame, wire.MSG_INVOKE, wire.FLAG_ONEWAY
 _copy_context = contextvars.copy_context
+_monotonic = time.monotonic
 
 
 def nonblocking(method: Any) -> Any:
@@ -108,56 +109,65 @@ class _ClientConnection(Receiving):
                                             spin=self.daemon.settings.SERVER_SPIN)
 
     def buffer_updated(self, nbytes: int) -> None:
-        received = self._received
+        if self._large and self._into:  # a large frame's rest, read into the reader's own buffer (get_buffer)
+            self._into = False
+            self._reader.received(nbytes)
+            self._serve(None)
+        else:
+            self._serve(bytes(self._received[:nbytes]))  # copied out: the buffer is the loop's
+
+    def _serve(self, data: bytes | None) -> None:
+        """Handle one read's bytes (`data`; None: they went into the reader's own buffer). Then, every
+        call answered and the loop idle, wait for the client's next request in the loop's own
+        selector (aio/spin.py, as a lone call waits for its reply) and handle it here too: a
+        sequential caller's requests need no turn of the loop each."""
         daemon = self.daemon
-        while nbytes:
-            self.last_active = time.monotonic()
+        while True:
+            self.last_active = _monotonic()
             self.pumping = True
             try:
-                if self._large and self._into:  # a large frame's rest, read into the reader's own buffer (get_buffer)
-                    self._into = False
-                    self.wire.reader.received(nbytes)
+                if data is None:
                     daemon._pump(self)
                 elif self.handshaken and not daemon._stopping:  # the usual requests first, without a Frame each
-                    if daemon._take_requests(self, bytes(received[:nbytes])):
+                    if daemon._take_requests(self, data):
                         daemon._pump(self)  # what they left (another kind of message, part of one)
                     else:  # (what _pump would find: nothing)
                         self._large = False
                 else:
-                    self.wire.receive_data(received[:nbytes])  # copied out: the buffer is the loop's
+                    self.wire.receive_data(data)
                     daemon._pump(self)
             finally:
                 self.pumping = False
                 written = self._corked.flush()
-            if self.calls or self.closed or self._next is None:  # (_next_request, inline: every request's path)
+            if self.calls or self.closed or self._next is None:
                 return
-            if self._large:
-                nbytes = self._read_next(written)
-                continue
-            try:
-                nbytes = self._next.read_reply(received, None, written)
-            except OSError:  # the loop's own read will see the failure
+            data = self._read_next(written)
+            if data is not None and not data:
                 return
 
-    def _next_request(self, written: bool) -> int:
-        """All answered and the loop idle: wait for the client's next request (a sequential caller's)
-        in the loop's own selector (aio/spin.py) and read it, so that it is handled without another
-        turn of the loop. The count read; 0: nothing came in time, or the loop has other work.
-        `written`: the replies just went to the socket whole (nothing waits in the transport)."""
-        if self.calls or self.closed or self._next is None:
-            return 0
-        return self._read_next(written)
-
-    def _read_next(self, written: bool) -> int:
-        """_next_request's read: into the reader's own buffer while the rest of a large frame comes
-        (then `_into` says so to buffer_updated), else into the loop's."""
-        self._into = False
-        into = self.get_buffer(-1)
+    def _read_next(self, written: bool) -> bytes | None:
+        """Every call answered: wait for the client's next request while the loop is idle, and read it:
+        its bytes, as bytes of their own (no copy out of the loop's buffer); None when they went into
+        the reader's own buffer (the rest of a large frame, counted there); b"" when nothing came in
+        time, the loop has other work, or the read failed or found the end (the loop's own read sees
+        that). `written`: the replies just went to the socket whole (nothing waits in the transport)."""
+        wait = self._next
+        assert wait is not None
         try:
-            return self._next.read_reply(into, None, written)  # type: ignore[union-attr]
-        except OSError:  # the loop's own read will see the failure
+            if not self._large:  # (the usual case: a small request)
+                return wait.read_alone(written)
             self._into = False
-            return 0
+            count = wait.read_reply(self.get_buffer(-1), None, written)
+        except OSError:
+            self._into = False
+            return b""
+        if self._into:
+            self._into = False
+            if count:
+                self._reader.received(count)
+                return None
+            return b""
+        return bytes(self._received[:count])
 
     def replied(self) -> None:
         """A call that ran outside the reading of its request (in the executor, or a Task) was answered
@@ -166,9 +176,11 @@ class _ClientConnection(Receiving):
             if not self.calls:
                 self.close()
             return
-        nbytes = self._next_request(False)
-        if nbytes:
-            self.buffer_updated(nbytes)
+        if self.calls or self.closed or self._next is None:
+            return
+        data = self._read_next(False)
+        if data is None or data:
+            self._serve(data)
 
     def eof_received(self) -> bool:
         return False  # close our side too

@@ -27,11 +27,13 @@ import time
 from typing import Callable
 
 from ..config import Settings
+from ..limits import RECV_CHUNK
 from ..transport.spin import SpinGate, others_waiting, single_core, waiters
 
 
 _READABLE = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1  # an fd's events when it is only readable
 _OTHER = 0  # (the selectors wrapper: anything but readable alone)
+_read = os.read
 
 
 class LoopSpin:
@@ -127,6 +129,17 @@ class LoopSpin:
         if self.wait_mine(timeout, written):
             return self._read(into)
         return 0
+
+    def read_alone(self, written: bool = False) -> bytes:
+        """wait_mine(), then what came, at most RECV_CHUNK, as bytes of their own (no copy out of a
+        buffer of the loop's): b"" when nothing was read (nothing came in time, the loop has other
+        work, or the peer closed: the transport then sees that itself). OSError when the read failed."""
+        if self.wait_mine(None, written):
+            try:
+                return _read(self.fd, RECV_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                pass
+        return b""
 
     def wait_mine(self, timeout: float | None = None, written: bool = False) -> bool:
         """After a lone call was written (or a daemon answered all it had): spin (when the gate and the

@@ -313,18 +313,20 @@ def sustained(server: Server, method: str, concurrency: int, each: int) -> dict[
 def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
     """`--rounds` rounds against one aio daemon, each: a sequential run (`--calls`), then N concurrent
     awaits on one proxy as one burst, then N tasks on one proxy each awaiting `--each` calls in turn (N
-    awaits kept in flight); medians (errors: the sum) and the ratios of the medians; then one round against
+    awaits kept in flight), then a burst of N calls of a plain method (the daemon's threads run it); medians (errors: the sum) and the ratios of the medians; then one round against
     a Pyro5 daemon (serialized)."""
     out: dict[str, Any] = {}
     n = args.concurrency
     seq_label, conc_label = "sequential, aio daemon", f"{n} concurrent, aio daemon"
     kept_label = f"{n} concurrent, kept in flight ({n} tasks x {args.each} awaits each), aio daemon"
+    plain_label = f"{n} concurrent, plain method (run on the daemon's threads), aio daemon"
     with Server("aio") as server:
-        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], conc_label: [], kept_label: []}
+        rounds: dict[str, list[dict[str, Any]]] = {seq_label: [], conc_label: [], kept_label: [], plain_label: []}
         for _ in range(args.rounds):
             rounds[seq_label].append(aio_sequential(server, "aecho", args.calls))
             rounds[conc_label].append(pipelined(server, "aecho", n))
             rounds[kept_label].append(sustained(server, "aecho", n, args.each))
+            rounds[plain_label].append(pipelined(server, "echo", n))
         for label, runs in rounds.items():
             out[label] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
             out[label]["rounds"] = [r["calls_per_s"] for r in runs]

@@ -626,7 +626,7 @@ class Daemon(threaded.Daemon):
         """A plain method's call is done on its worker thread: its reply (on the loop)."""
         conn.calls -= 1
         self._reply(conn, frame, outcome)
-        if not conn.pumping:
+        if not conn.pumping and not self._workers.outcomes_waiting():  # (the batch's others first: no wait)
             conn.replied()
 
     @staticmethod

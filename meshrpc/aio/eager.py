@@ -64,13 +64,25 @@ class _Carrier(_PyTask if _HAVE_INTERNALS else object):  # type: ignore[misc]
     def __repr__(self) -> str:
         return f"<meshrpc.aio call {self._name}: {'not started' if self._coro is None else self._state}>"
 
-    def take(self, coro: "_Resume", context: contextvars.Context) -> None:
-        """Become the Task that goes on running `coro` (its first step runs on the next turn)."""
+    def take(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, resume: "_Resume") -> None:
+        """Become the Task that goes on running `coro` (`rest(resume, ...)`: its first step runs on
+        the next turn)."""
         self._coro = coro
         self._context = context
         self._log_destroy_pending = True
-        self._loop.call_soon(self._Task__step, context=context)
+        self._loop.call_soon(self._start, resume, context=context)
         _register_task(self)
+
+    def _start(self, resume: "_Resume") -> None:
+        """The Task's first turn. A cancel that came before it (asyncio.timeout with a deadline passed
+        already, `current_task().cancel()` in the first step, another call's cancel) found no future
+        this Task waits on (`resume` holds it): a Task would throw it into its coroutine, which here has
+        not started (`rest`: it would end outside its try, and the call would never be answered). It
+        goes where the method waits instead, as in a Task that had run from the start."""
+        if self._must_cancel:
+            self._must_cancel = False
+            resume.cancel_first = True
+        self._Task__step()
 
 
 class _Returned:
@@ -106,12 +118,13 @@ class _Resume(collections.abc.Coroutine):
     future it then waited on: a Task driving this first waits for `pending` (re-yielding it), then
     drives the coroutine on; its return (`returned` from the driver) ends this as a coroutine's would."""
 
-    __slots__ = ("_driver", "_pending", "_returned")
+    __slots__ = ("_driver", "_pending", "_returned", "cancel_first")
 
     def __init__(self, driver: Any, pending: Any, returned: _Returned) -> None:
         self._driver = driver
         self._pending = pending
         self._returned = returned
+        self.cancel_first = False  # its Task was cancelled before its first turn (_Carrier._start)
 
     def _outcome(self, got: Any) -> Any:
         if got is self._returned:
@@ -122,6 +135,9 @@ class _Resume(collections.abc.Coroutine):
     def send(self, value: Any) -> Any:
         pending = self._pending
         if pending is not _STARTED:
+            if self.cancel_first:
+                self.cancel_first = False
+                return self.throw(asyncio.CancelledError())
             self._pending = _STARTED
             return pending
         return self._outcome(self._driver.send(value))
@@ -207,7 +223,8 @@ class EagerStarter:
                     failure = None  # (no cycle through this frame)
             return None, value
         self._driver = None  # (this one goes on with the call, in its Task)
-        carrier.take(rest(_Resume(driver[0], pending, returned), *args), context)
+        resume = _Resume(driver[0], pending, returned)
+        carrier.take(rest(resume, *args), context, resume)
         return carrier, None
 
 

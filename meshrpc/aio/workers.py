@@ -100,6 +100,11 @@ class Workers:
                 self._idle.set_result(None)
             self._idle = None
 
+    def outcomes_waiting(self) -> bool:
+        """Whether outcomes came that the loop has not handed on yet (the batch being handed on: a
+        `done` asks, so that nothing waits for a client's next request while they wait)."""
+        return bool(self._outcomes)
+
     def all_done(self) -> "asyncio.Future[None]":
         """A future (of the loop) done once no call is running."""
         idle = self._loop.create_future()

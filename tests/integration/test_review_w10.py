@@ -94,9 +94,6 @@ class Together:
         return i
 
 
-@pytest.mark.xfail(strict=True, reason="20f5a31: a batch of plain outcomes is answered one by one, each reply "
-                                       "waiting AIO_REPLY_WAIT in the selector for its client's next request "
-                                       "before the next outcome of the batch is answered")
 def test_outcomes_of_plain_calls_that_finish_together_are_answered_without_waiting_for_each_other() -> None:
     """Four clients (threaded proxies, connections kept open) call a plain method; the four calls end
     together, so their outcomes reach the loop as one batch. Each reply must go out at once: before,
@@ -189,7 +186,6 @@ _LOST_CANCEL = ("a cancel requested before a suspended call's Task first runs is
                 "(also at 16f3dbf)")
 
 
-@pytest.mark.xfail(strict=True, reason=_LOST_CANCEL)
 def test_an_async_def_call_under_a_deadline_that_passed_already_is_answered() -> None:
     """`asyncio.timeout(0)` (or `timeout_at` a deadline in the past) in an `async def` method: in a Task
     the await raises CancelledError, asyncio.timeout turns it into TimeoutError, the method answers.
@@ -204,7 +200,6 @@ def test_an_async_def_call_under_a_deadline_that_passed_already_is_answered() ->
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=_LOST_CANCEL)
 def test_a_call_cancelled_by_the_next_request_of_the_same_read_is_answered() -> None:
     """Two pipelined calls written in one turn (one read on the daemon): the first starts a motor and
     waits, the second cancels the first one's task. The first must see CancelledError and answer."""

@@ -776,3 +776,90 @@ def test_an_async_def_call_never_sees_context_variables_of_the_previous_call_tha
             return await asyncio.to_thread(calls, uri)
 
     assert run(main(), debug=False) == ["unset"] * 5
+
+
+# --- sound: bounds and memory over many calls
+
+
+@meshrpc.expose
+class Counter:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.threads: set[str] = set()
+        self.gate = threading.Event()
+
+    def busy(self) -> int:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.add(threading.current_thread().name)
+        self.gate.wait(10)
+        with self.lock:
+            self.running -= 1
+        return 1
+
+    def echo(self, value: Any) -> Any:
+        return value
+
+    @meshrpc.aio.nonblocking
+    def echo_on_loop(self, value: Any) -> Any:
+        return value
+
+    async def aecho(self, value: Any) -> Any:
+        return value
+
+    async def aecho_later(self, value: Any) -> Any:
+        await asyncio.sleep(0)
+        return value
+
+
+def test_plain_calls_run_on_at_most_aio_executor_size_threads_and_the_rest_wait_their_turn() -> None:
+    """Eight plain calls in flight with AIO_EXECUTOR_SIZE=2: two threads, at most two at a time, all answered."""
+    counter = Counter()
+
+    async def main() -> list[int]:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=config.copy(AIO_EXECUTOR_SIZE=2))
+        uri = daemon.register(counter, "counter")
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            await proxy._pyroBind()
+            calls = asyncio.gather(*(proxy.busy() for _ in range(8)))
+            while counter.running < 2:  # (both threads took a call; the loop runs the daemon meanwhile)
+                await asyncio.sleep(0)
+            counter.gate.set()
+            return await calls
+
+    assert run(main()) == [1] * 8
+    assert counter.most == 2 and len(counter.threads) == 2, (counter.most, counter.threads)
+
+
+def test_many_calls_of_every_kind_leave_no_objects_tasks_or_threads_behind() -> None:
+    """3,000 calls each: a plain method (workers), a nonblocking one (the loop), an `async def` one
+    answered in its first step and one that waits (a Task): afterwards the process holds no more
+    objects than a few hundred over the start, no task of the daemon's, no extra thread."""
+    import gc
+
+    async def main() -> tuple[int, int, int]:
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=config.copy(AIO_EXECUTOR_SIZE=2))
+        uri = daemon.register(Counter(), "counter")
+        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+            names = ("echo", "echo_on_loop", "aecho", "aecho_later")
+            for name in names:  # warm: metadata, the method kinds, both worker threads
+                await asyncio.gather(*(getattr(proxy, name)(i) for i in range(20)))
+            await asyncio.sleep(0)
+            gc.collect()
+            objects, threads, tasks = len(gc.get_objects()), threading.active_count(), len(asyncio.all_tasks())
+            for name in names:
+                method = getattr(proxy, name)
+                for i in range(750):
+                    assert await method(i) == i
+                assert await asyncio.gather(*(method(i) for i in range(750))) == list(range(750))
+            await asyncio.sleep(0)  # (the loop's handle that woke this task holds the gather and its tasks)
+            gc.collect()
+            return (len(gc.get_objects()) - objects, threading.active_count() - threads,
+                    len(asyncio.all_tasks()) - tasks)
+
+    grown, threads, tasks = run(main())
+    assert grown < 500, f"{grown} more objects after 6,000 calls"
+    assert threads == 0 and tasks == 0, (threads, tasks)

@@ -50,6 +50,7 @@ _AWAITED, _ON_LOOP, _IN_EXECUTOR = "awaited", "on the loop", "in the executor"  
 _FRAME, _INVOKE, _ONEWAY = wire.Frame, wire.MSG_INVOKE, wire.FLAG_ONEWAY
 _copy_context = contextvars.copy_context
 _monotonic = time.monotonic
+_current_task = asyncio.current_task
 
 
 def nonblocking(method: Any) -> Any:
@@ -178,6 +179,13 @@ class _ClientConnection(Receiving):
             return
         if self.calls or self.closed or self._next is None:
             return
+        loop = self._loop
+        if _current_task(loop) is not None:
+            # answered by the call's own Task: its next requests are read outside it, in the daemon's
+            # context, on the next turn (inside, each would start from a copy of this call's context,
+            # and as a Task of its own: its first step is not taken eagerly inside another task)
+            loop.call_soon(self.replied, context=self.daemon._serving_context)
+            return
         data = self._read_next(False)
         if data is None or data:
             self._serve(data)
@@ -227,6 +235,7 @@ class Daemon(threaded.Daemon):
         self._workers: Workers | None = None  # made by start(): the threads of plain methods
         self._loop: asyncio.AbstractEventLoop | None = None
         self._eager: EagerStarter  # made by start(), for the running loop
+        self._serving_context: contextvars.Context  # made by start(): the context its connections are read in
         self._server: asyncio.AbstractServer | None = None
         self._aio_connections: set[_ClientConnection] = set()
         self._calls: set[asyncio.Future[Any]] = set()
@@ -243,6 +252,7 @@ class Daemon(threaded.Daemon):
             return
         self._loop = asyncio.get_running_loop()
         self._eager = EagerStarter(self._loop)
+        self._serving_context = contextvars.copy_context()  # (as the loop's reads of its connections run)
         self._workers = Workers(self._loop, self.settings.AIO_EXECUTOR_SIZE, "meshrpc-aio-worker", self._plain_failed)
         self._stopped = asyncio.Event()
         if self._unixsocket:
@@ -626,8 +636,8 @@ class Daemon(threaded.Daemon):
         """A plain method's call is done on its worker thread: its reply (on the loop)."""
         conn.calls -= 1
         self._reply(conn, frame, outcome)
-        if not conn.pumping and not self._workers.outcomes_waiting():  # (the batch's others first: no wait)
-            conn.replied()
+        if not conn.pumping and (conn.broken or not self._workers.outcomes_waiting()):
+            conn.replied()  # (not while the batch's others wait: it may wait for the client's next request)
 
     @staticmethod
     def _plain_failed(exc: BaseException, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> tuple:

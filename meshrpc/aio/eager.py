@@ -216,6 +216,8 @@ class EagerStarter:
             if (sys.getrefcount(carrier) == refs and not (carrier._must_cancel or carrier._num_cancels_requested
                                                           or carrier._callbacks or _weakrefs(carrier))):
                 self._carrier = carrier
+            else:  # the call's task as the method saw it (asyncio.current_task()): done now, as a Task would be
+                _finish(carrier, value, failure)
             if failure is not None:
                 try:
                     raise failure
@@ -226,6 +228,19 @@ class EagerStarter:
         resume = _Resume(driver[0], pending, returned)
         carrier.take(rest(resume, *args), context, resume)
         return carrier, None
+
+
+def _finish(carrier: _Carrier, value: Any, failure: BaseException | None) -> None:
+    """A carrier someone kept (or asked to cancel, or to hear from) when its call ended in its first
+    step: done with the call's outcome, as its Task would be, so that awaiting it or its done
+    callbacks go on. A failure is the call's reply already: not logged again as never retrieved."""
+    if carrier._must_cancel or isinstance(failure, asyncio.CancelledError):
+        _PyFuture.cancel(carrier)
+    elif failure is not None:
+        _PyFuture.set_exception(carrier, failure)
+        carrier._log_traceback = False
+    else:
+        _PyFuture.set_result(carrier, value)
 
 
 def _itself(coro: Any) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import queue
 import threading
@@ -45,6 +46,10 @@ class Workers:
         self._closed = False
         self.running = 0  # calls handed over and not taken back yet (the loop thread's count)
         self._idle: asyncio.Future[None] | None = None  # all_done()'s
+        # the context the loop's outcomes are handed on in (a copy of the creator's): not the worker
+        # thread's, which keeps what every plain method run there set (call_soon_threadsafe would
+        # take that one, and the next request read in the handle would start from it)
+        self._context = contextvars.copy_context()
 
     def submit(self, function: Callable[..., Any], done: Callable[..., Any], *args: Any) -> None:
         """Run function(*args) on a thread; done(outcome, *args) on the loop then (loop thread only)."""
@@ -73,7 +78,7 @@ class Workers:
             if not self._woken:  # (set before the loop takes the batch: at worst a second, empty wake-up)
                 self._woken = True
                 try:
-                    self._loop.call_soon_threadsafe(self._wake)
+                    self._loop.call_soon_threadsafe(self._wake, context=self._context)
                 except RuntimeError:  # the loop is closed: nobody is left to answer
                     return
 
@@ -82,7 +87,7 @@ class Workers:
         loop's self-pipe read, queued behind this) is done. Then the loop has nothing else queued, and
         a connection answered there may wait for its client's next request in the loop's selector
         (aio/spin.py) instead of giving way to that read."""
-        self._loop.call_soon(self._take_outcomes)
+        self._loop.call_soon(self._take_outcomes, context=self._context)
 
     def _take_outcomes(self) -> None:
         """On the loop: every outcome that came, each handed to its `done`."""

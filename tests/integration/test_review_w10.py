@@ -233,9 +233,6 @@ class Dimmer:
         return "noted"
 
 
-@pytest.mark.xfail(strict=True, reason="a call that finishes in its eager first step leaves the task it saw as "
-                                       "asyncio.current_task() pending forever: awaiting it hangs, its done "
-                                       "callbacks never run (also at 16f3dbf)")
 def test_the_task_a_call_saw_as_current_is_done_when_the_call_finished_in_its_first_step() -> None:
     """`asyncio.current_task()` is the call's Task (docs/asyncio.md): once the call returned, that task
     is done, as a Task (or Python 3.12's eager task) would be; a later call that awaits it goes on,
@@ -685,9 +682,6 @@ class Keyed:
         return name
 
 
-@pytest.mark.xfail(strict=True, reason="a820b91: _plain_done skips conn.replied() for an outcome that is not the "
-                                       "last of its batch, and replied() is also what closes a broken connection "
-                                       "after its last call: that connection stays open, reading paused")
 def test_a_connection_broken_by_its_client_closes_after_its_last_plain_call_even_inside_a_batch() -> None:
     """A Pyro5 client's socket gets bytes that are no message while its plain call runs: the daemon
     answers the call, then closes the connection (_broken: reading paused, `replied` closes it). Here
@@ -756,9 +750,6 @@ class Session:
         return before
 
 
-@pytest.mark.xfail(strict=True, reason="the next request is read inside the previous call's Task (_serve_rest -> "
-                                       "conn.replied() -> buffer_updated): it runs as a Task of its own in a copy of "
-                                       "that call's context, so ContextVars leak from call to call (also at 16f3dbf)")
 def test_an_async_def_call_never_sees_context_variables_of_the_previous_call_that_waited() -> None:
     """A client's sequential calls (a threaded proxy): one waits (a Task), the next ones do not. Each
     must start from the daemon's context, as every request of an asyncio server does: what one call
@@ -791,10 +782,6 @@ class Accounts:
         return _USER.get()
 
 
-@pytest.mark.xfail(strict=True, reason="20f5a31: a worker hands outcomes to the loop with call_soon_threadsafe "
-                                       "from its own thread, so in a copy of the worker thread's context; the "
-                                       "next request read by _plain_done -> replied() starts from it: what a plain "
-                                       "method of another client set there shows in an async def call")
 def test_an_async_def_call_never_sees_context_variables_a_plain_method_of_another_client_set() -> None:
     """Client A's plain method sets a per-request user on the (one) worker thread. Client B then
     calls a plain method and an `async def` one, in turn: the `async def` call must not see A's user

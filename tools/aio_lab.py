@@ -26,8 +26,9 @@ The client (CLIENT_CODE) has two modes:
   every --progress successes. "call PROXY METHOD ID SECONDS [COUNT]" on stdin starts a long call
   (or COUNT at once, ids ID0, ID1 ...) of work (not idempotent) or hold (idempotent) on the proxy
   "main" or "retry" (a twin bound to the same replica with `_pyroMaxRetries = 1`, Pyro5's
-  re-send-anything opt-in: the one way a call may run twice), each answered by "CALL {json}"; the
-  service prints "RUNNING <id> <tag>" when it starts one.
+  re-send-anything opt-in: the one way a call may run twice), each answered by "CALL {json}"
+  ("STARTED <ids>" once they are sent or wait for their turn); the service prints "RUNNING <id>
+  <tag>" when it starts one.
   "RESULT {json}" at the end has every non-idempotent call's outcome by id.
 
 An outcome is "ok", "not" (a NotDeliveredError: certainly not run), "maybe" (a
@@ -400,6 +401,8 @@ async def stream():
             proxy_name, method, call_id, seconds = words[1], words[2], words[3], float(words[4])
             ids = [call_id] if len(words) < 6 else [f"{call_id}{i}" for i in range(int(words[5]))]
             works += [asyncio.create_task(call(proxy_name, method, one, seconds)) for one in ids]
+            await asyncio.sleep(0)  # their first steps: written, or waiting for their turn
+            out("STARTED", " ".join(ids))
     stop.set()
     done, pending = await asyncio.wait(workers, timeout=15)
     for task in [*pending, *works]:
@@ -436,12 +439,12 @@ def client(lab_run: Any, host: Any, mode: str, *more: str, uris: str = f"PYRONAM
                          f"client-{mode}-{label}", env)
 
 
-def two_replicas(lab_run: Any, lab: Any, *more: str) -> tuple[dict, Any, dict, str, str]:
-    """Replicas "A" (h1) and "B" (h3) of the service (aio daemons), a stream client on h2 (3 tasks, more
-    options: `more`) that knows both before it binds, calling: (servers, client, its BOUND data, the
-    replica its main proxy uses, the other one)."""
+def two_replicas(lab_run: Any, lab: Any, *more: str, kind: str = "aio") -> tuple[dict, Any, dict, str, str]:
+    """Replicas "A" (h1) and "B" (h3) of the service (`kind` daemons), a stream client on h2 (3 tasks,
+    more options: `more`) that knows both before it binds, calling: (servers, client, its BOUND data,
+    the replica its main proxy uses, the other one)."""
     h1, h2, h3 = lab.hosts[:3]
-    servers = {"A": server(lab_run, h1, "A")[0], "B": server(lab_run, h3, "B")[0]}
+    servers = {"A": server(lab_run, h1, "A", kind)[0], "B": server(lab_run, h3, "B", kind)[0]}
     child = client(lab_run, h2, "stream", "--tasks", "3", "--providers", "2", *more)
     _, known = child.wait_line("PROVIDERS ", STEP)
     if known != "PROVIDERS 2":

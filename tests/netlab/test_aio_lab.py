@@ -14,10 +14,11 @@ the outcomes of docs/resilience.md.
    daemon; aio proxy, threaded daemon).
 2. An aio proxy's stream of calls while h1's link is cut and comes back (as test_resilience_lab's
    partition, with `_pyroTimeout` 1 s and without); and while the replica it uses is killed with
-   SIGKILL mid-call, calls in flight (as its failover and in-flight tests). A twin proxy with
-   `_pyroMaxRetries = 1` (Pyro5's re-send-anything opt-in) shows that the count sees a call that
-   ran twice. And a graceful shutdown of the aio replica in use, calls in progress (as its graceful
-   move): a strict xfail, see DROPS_PIPELINE.
+   SIGKILL mid-call, calls in flight (as its failover and in-flight tests; with threaded replicas,
+   calls waiting for their turn). A twin proxy with `_pyroMaxRetries = 1` (Pyro5's
+   re-send-anything opt-in) shows that the count sees a call that ran twice. And a graceful
+   shutdown of the aio replica in use, calls in progress (as its graceful move): a strict xfail,
+   see DROPS_PIPELINE.
 
 Nothing waits by sleeping: tests wait for lines the processes print, with deadlines (the length of
 the partition is the scenario). Run with `-s` to see the figures.
@@ -213,6 +214,41 @@ def test_kill_mid_call_aio_failover_to_replica_runs_nothing_twice(tmp_path):
     assert outcomes.pop("R") in ("ok", "cancelled")
     ran.pop("R")
     assert aio_lab.at_most_once_violations(outcomes, ran) == []
+
+
+# 2b'. the same with threaded replicas: they decline pipelining, so the aio proxy's calls take turns
+# on its connection. The one in flight when the replica dies may have run (ReplyLostError); those
+# waiting for their turn were never sent and run once on the other replica, idempotent or not.
+
+WAITING = 5  # of each kind
+
+
+@pytest.mark.timeout(90)
+def test_kill_threaded_replica_mid_call_aio_proxy_sends_waiting_calls_elsewhere(tmp_path):
+    with _lab(3) as lab:
+        with aio_lab.run(lab, tmp_path) as run:
+            servers, client, _, used, other = aio_lab.two_replicas(run, lab, kind="threaded")
+            client.send("call main work W 60")
+            servers[used].wait_line("RUNNING W ", STEP)
+            client.send(f"call main work Q 0.05 {WAITING}")
+            client.send(f"call main hold K 0.05 {WAITING}")
+            waiting = [f"{kind}{i}" for kind in "QK" for i in range(WAITING)]
+            client.wait_line("STARTED K", STEP)
+            mark = client.count()
+            servers[used].kill()
+            calls = {call_id: client.wait_json("CALL ", STEP, mark, lambda c, i=call_id: c["id"] == i)[1]
+                     for call_id in ["W", *waiting]}
+            _, result, ran = aio_lab.finish_on(other, servers, client, mark)
+    print(f"\n[aio-lab] kill -9 of a threaded replica: {result['calls']} calls, failed {result['failed']}; "
+          f"{sum(c['ok'] for c in calls.values())} of {len(waiting)} waiting calls answered elsewhere")
+    assert calls["W"]["ok"] is False and calls["W"]["error"] == "ReplyLostError", calls["W"]
+    assert ran["W"] == 1
+    for call_id in waiting:
+        assert calls[call_id]["ok"] is True and calls[call_id]["result"] == [other, call_id], calls[call_id]
+    assert result["failed"] == 0, _errors(result)
+    assert result["wrong"] == 0 and result["stuck"] == 0
+    assert result["tags"] == [used, other]
+    assert aio_lab.at_most_once_violations(result["outcomes"], ran) == []
 
 
 # -------------------------------------------------------------------------------------------------

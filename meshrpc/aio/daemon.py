@@ -528,11 +528,11 @@ class Daemon(threaded.Daemon):
         None for a request taken bare."""
         if isinstance(failure, asyncio.CancelledError):
             outcome: tuple = (wire.FLAG_EXCEPTION, DaemonError("the call was cancelled by the daemon"), {})
-        elif isinstance(failure, Exception):  # the method raised (or was called wrongly, or is unknown)
-            flags, result = self._failed(failure, function, method)
+        elif isinstance(failure, (KeyboardInterrupt, SystemExit)):
+            raise failure  # (not the call's outcome)
+        else:  # the method raised (or was called wrongly, or is unknown; GeneratorExit too: its reply)
+            flags, result = self._failed(failure, function, method)  # type: ignore[arg-type]
             outcome = (flags, result, context[_call_state_var].response_annotations)
-        else:
-            raise failure  # (KeyboardInterrupt, SystemExit: not the call's outcome)
         self._reply(conn, frame or conn.wire.bare_frame(), outcome)
 
     def _start_plain(self, conn: _ClientConnection, frame: wire.Frame, call: tuple, where: str) -> None:

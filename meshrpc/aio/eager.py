@@ -81,7 +81,7 @@ class _Carrier(_PyTask if _HAVE_INTERNALS else object):  # type: ignore[misc]
         goes where the method waits instead, as in a Task that had run from the start."""
         if self._must_cancel:
             self._must_cancel = False
-            resume.cancel_first = True
+            resume.cancel_first = self._make_cancelled_error()  # (with cancel()'s message, if any)
         self._Task__step()
 
 
@@ -124,7 +124,7 @@ class _Resume(collections.abc.Coroutine):
         self._driver = driver
         self._pending = pending
         self._returned = returned
-        self.cancel_first = False  # its Task was cancelled before its first turn (_Carrier._start)
+        self.cancel_first: BaseException | None = None  # its Task was cancelled before its first turn (_Carrier._start)
 
     def _outcome(self, got: Any) -> Any:
         if got is self._returned:
@@ -135,9 +135,10 @@ class _Resume(collections.abc.Coroutine):
     def send(self, value: Any) -> Any:
         pending = self._pending
         if pending is not _STARTED:
-            if self.cancel_first:
-                self.cancel_first = False
-                return self.throw(asyncio.CancelledError())
+            cancel = self.cancel_first
+            if cancel is not None:
+                self.cancel_first = None
+                return self.throw(cancel)
             self._pending = _STARTED
             return pending
         return self._outcome(self._driver.send(value))

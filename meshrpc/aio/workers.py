@@ -8,8 +8,9 @@ a deque: the first outcome of a batch wakes the loop (`call_soon_threadsafe`), t
 before the loop takes them ride along with it.
 
 Threads start as calls need them, at most `size`; the count of calls handed over and not yet taken
-back is kept by the loop thread alone, and there is a thread for each (up to `size`), so a method
-that waits for another call of the same daemon (a callback round trip) never waits for a thread.
+back is kept by the loop thread alone, and there is a thread for each, up to `size`: a method that
+waits for another call of the same daemon (a callback round trip) gets a thread for it while fewer
+than `size` plain calls are running.
 The threads are daemon threads: a method that never returns does not keep the process alive.
 """
 

@@ -942,6 +942,9 @@ def test_the_lane_answers_failures_waits_and_pipelined_calls_as_the_general_path
         async def who(self) -> bool:
             return meshrpc.current_context.client is not None and meshrpc.current_context.seq > 0
 
+        async def odd(self) -> None:
+            raise GeneratorExit("odd")  # a BaseException, but the method's own: its reply
+
         @meshrpc.aio.nonblocking
         def quick(self, value: int) -> tuple[int, bool]:  # on the loop, in a context of its own
             meshrpc.current_context.response_annotations = {"QUIK": str(value).encode()} if value < 0 else {}
@@ -966,12 +969,16 @@ def test_the_lane_answers_failures_waits_and_pipelined_calls_as_the_general_path
             together = await asyncio.gather(*(proxy.later(n) for n in range(50)))
             assert [tuple(pair) for pair in together] == [(n, serializer_id) for n in range(50)]
             assert await proxy.who() and await proxy.who()
+            for _ in range(2):  # the general path, then the lane: the reply, and the connection serves on
+                with pytest.raises(GeneratorExit):
+                    await proxy.odd()
+            assert proxy._conn is not None and not proxy._conn.closed
             for value in (1, -2, 3):
                 assert tuple(await proxy.quick(value)) == (value, True)
                 assert meshrpc.current_context.response_annotations == ({"QUIK": b"-2"} if value < 0 else {})
         # the first call of each method went the general way (it learns where the method runs); the
         # rest took the lane
-        assert general == ["fail", "later", "who", "quick"]
+        assert general == ["fail", "later", "who", "odd", "quick"]
     run(main())
 
 

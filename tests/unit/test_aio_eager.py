@@ -113,10 +113,10 @@ def test_cancelled_before_its_task_steps_the_call_sees_cancellation_and_its_futu
 
         def start_and_cancel(starter: EagerStarter) -> Any:
             task = starter.start(waits(), contextvars.copy_context())
-            task.cancel()  # before its first step
+            task.cancel("switched off")  # before its first step
             return task
         task = await on_loop(start_and_cancel)
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError, match="switched off"):  # (cancel()'s message goes with it)
             await task
         assert outcome == ["cancelled"]
         assert waited_on.cancelled()

@@ -654,8 +654,9 @@ class Proxy:
             # connection stays (the other calls in flight on it go on)
             keep = isinstance(exc, errors.TimeoutError) and conn.session.pipelined and not conn.closed
             if not keep:
-                self._conn = None
-                conn.close()
+                # e.g. "not run" from a daemon shutting down: new calls go elsewhere, and the calls in
+                # flight on it are left to their answers (a graceful shutdown finishes and answers them)
+                self._retire(conn)
         if step.suspect is not None:
             from ..resolve import report_failure
             report_failure(step.suspect, self._pyroSettings, exc)
@@ -795,11 +796,12 @@ class Proxy:
             methodname, failure, started)
 
     def _retire(self, conn: _Connection) -> None:
-        """A call on `conn` timed out and nothing at all came on it while the call waited: the network
-        path may be dead, or the daemon only slow. After a partition TCP resends on its backoff (0.2 s,
-        doubling up to minutes), which a new connection does not wait for: new calls go on a new one.
-        The calls already on this one are left to finish (a slow daemon answers them) or to time out
-        by themselves; the last of them closes it (_invoke_once)."""
+        """New calls go on a new connection, not on `conn`; the calls already on it are left to finish
+        or to time out by themselves, and the last of them closes it (_invoke_once). For a call that
+        timed out with nothing at all coming on `conn` while it waited (the path may be dead, or the
+        daemon only slow: after a partition TCP resends on its backoff, 0.2 s doubling up to minutes,
+        which a new connection does not wait for), and for a failure recovery drops the connection
+        over (a daemon shutting down answers "not run", and still answers the calls it runs)."""
         if self._conn is conn:
             self._conn = None
         if not conn.waiting:

@@ -268,7 +268,6 @@ IN_PROGRESS = 10  # of each kind, 2 s each (the daemon waits up to SHUTDOWN_GRAC
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, raises=LostInShutdown, reason=DROPS_PIPELINE)
 def test_graceful_shutdown_of_aio_replica_loses_no_call_idempotent_or_not(tmp_path):
     with _lab(3) as lab:
         with aio_lab.run(lab, tmp_path) as run:

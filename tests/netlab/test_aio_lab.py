@@ -17,8 +17,9 @@ the outcomes of docs/resilience.md.
    SIGKILL mid-call, calls in flight (as its failover and in-flight tests; with threaded replicas,
    calls waiting for their turn). A twin proxy with `_pyroMaxRetries = 1` (Pyro5's
    re-send-anything opt-in) shows that the count sees a call that ran twice. And a graceful
-   shutdown of the aio replica in use, calls in progress (as its graceful move): a strict xfail,
-   see DROPS_PIPELINE.
+   shutdown of the aio replica in use, calls in progress (as its graceful move): none of them may
+   fail (until 323737f a call answered "not run" made the aio proxy close its pipelined connection,
+   and the calls in progress on it, which the daemon finished and answered, failed).
 
 Nothing waits by sleeping: tests wait for lines the processes print, with deadlines (the length of
 the partition is the scenario). Run with `-s` to see the figures.
@@ -260,10 +261,6 @@ class LostInShutdown(AssertionError):
     """A call failed that a graceful shutdown must not fail (and nothing ran twice)."""
 
 
-DROPS_PIPELINE = ("a call answered 'not run' (the daemon is shutting down) makes the aio proxy close its "
-                  "pipelined connection (Proxy._carry_out: the recovery step's drop), and the calls still in "
-                  "progress on it, which the daemon finishes and answers, fail with ReplyLostError; "
-                  "w10-requests.md, w10-aiolab -> lead")
 IN_PROGRESS = 10  # of each kind, 2 s each (the daemon waits up to SHUTDOWN_GRACE, 5 s, for them)
 
 

@@ -396,7 +396,10 @@ class Run:
         self.env = dict(os.environ)
         # Inside a lab host 0.0.0.0 means lo plus the veth into the lab switch: nothing else.
         self.env.update({"MESHRPC_HOST": "0.0.0.0", "MESHRPC_REALM": self.realm,
-                         "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+                         "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                         # the children run the code of this tree, not whatever meshrpc is installed
+                         # (an editable install may point at another checkout)
+                         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
         self.env.pop("MESHRPC_INTERFACES", None)
         self.env.update(extra_env or {})
         self.children: list[Child] = []

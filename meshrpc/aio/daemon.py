@@ -579,8 +579,10 @@ class Daemon(threaded.Daemon):
         try:
             try:
                 result = await rest
-            except Exception as exc:
-                flags, result = self._failed(exc, function, method)
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # the method's own (GeneratorExit too): its reply, as in _failure
+                flags, result = self._failed(exc, function, method)  # type: ignore[arg-type]
             else:
                 flags, result = self._dispatch.finish(conn, result)
             outcome: tuple = (flags, result, call_state().response_annotations)

@@ -989,8 +989,6 @@ class Odd:
         return "fine"
 
 
-@pytest.mark.xfail(strict=True, reason="9826233 answers a GeneratorExit raised in the first step, but _serve_rest "
-                                       "catches only Exception: raised after a wait, the call is never answered")
 def test_an_async_def_method_raising_generator_exit_is_answered_with_it_before_and_after_a_wait() -> None:
     """An `async def` method raises GeneratorExit (a BaseException): since 9826233 the reply carries it
     when raised in the first step; raised after the method waited (its Task), it must be the reply too,

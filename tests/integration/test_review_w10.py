@@ -1,8 +1,8 @@
 """Session 10's review of the lead's morning changes to meshrpc.aio (the bare async def lane and the
-eager driver, the daemon's own worker threads, the proxy's `heard` rule on timeouts): real daemons
-(asyncio, threaded, Pyro5) over loopback, as asyncio programs and Pyro5 clients use them. A test
-marked xfail(strict) is a finding reported in /work/coord/notes/w10-requests.md; the others pin
-behaviour found sound."""
+eager driver, the daemon's own worker threads, the proxy's `heard` rule on timeouts) and their follow-ups:
+real daemons (asyncio, threaded, Pyro5) over loopback, as asyncio programs and Pyro5 clients use them.
+Each finding landed as a strict xfail (reported in /work/coord/notes/w10-requests.md) and lost its mark
+with the lead's fix: its docstring names both. The others pin behaviour found sound."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ class Dimmer:
 def test_the_task_a_call_saw_as_current_is_done_when_the_call_finished_in_its_first_step() -> None:
     """`asyncio.current_task()` is the call's Task (docs/asyncio.md): once the call returned, that task
     is done, as a Task (or Python 3.12's eager task) would be; a later call that awaits it goes on,
-    and a done callback added to it runs."""
+    and a done callback added to it runs. (Found by this review, also at 16f3dbf; fixed in 93d7bb4.)"""
     async def main() -> None:
         dimmer = Dimmer()
         daemon = meshrpc.aio.Daemon(host="127.0.0.1")
@@ -685,7 +685,8 @@ class Keyed:
 def test_a_connection_broken_by_its_client_closes_after_its_last_plain_call_even_inside_a_batch() -> None:
     """A Pyro5 client's socket gets bytes that are no message while its plain call runs: the daemon
     answers the call, then closes the connection (_broken: reading paused, `replied` closes it). Here
-    that call's outcome comes first in a batch with another client's: the connection must still close."""
+    that call's outcome comes first in a batch with another client's: the connection must still close.
+    (Found by this review in a820b91; fixed in 93d7bb4.)"""
     import Pyro5.api
 
     keyed = Keyed("broken", "other")
@@ -754,7 +755,8 @@ def test_an_async_def_call_never_sees_context_variables_of_the_previous_call_tha
     """A client's sequential calls (a threaded proxy): one waits (a Task), the next ones do not. Each
     must start from the daemon's context, as every request of an asyncio server does: what one call
     set (a per-request user) must not show in the next. AIO_REPLY_WAIT is long so that the daemon
-    always reads the next request while the waiting call's Task answers (as it usually does in 5 ms)."""
+    always reads the next request while the waiting call's Task answers (as it usually does in 5 ms).
+    (Found by this review, also at 16f3dbf; fixed in 93d7bb4.)"""
     def calls(uri: Any) -> list[str]:
         with meshrpc.Proxy(uri) as proxy:
             proxy._pyroTimeout = 10
@@ -786,7 +788,8 @@ def test_an_async_def_call_never_sees_context_variables_a_plain_method_of_anothe
     """Client A's plain method sets a per-request user on the (one) worker thread. Client B then
     calls a plain method and an `async def` one, in turn: the `async def` call must not see A's user
     (it did not before 20f5a31: run_in_executor's results came back in the loop's own context).
-    AIO_REPLY_WAIT is long so that B's next request is always read right after B's plain reply."""
+    AIO_REPLY_WAIT is long so that B's next request is always read right after B's plain reply.
+    (Found by this review in 20f5a31; fixed in 93d7bb4.)"""
     def client_a(uri: Any) -> str:
         with meshrpc.Proxy(uri) as proxy:
             return proxy.plain_login("alice")
@@ -992,7 +995,8 @@ class Odd:
 def test_an_async_def_method_raising_generator_exit_is_answered_with_it_before_and_after_a_wait() -> None:
     """An `async def` method raises GeneratorExit (a BaseException): since 9826233 the reply carries it
     when raised in the first step; raised after the method waited (its Task), it must be the reply too,
-    not a call that is never answered. The connection serves on."""
+    not a call that is never answered. The connection serves on. (Found by this review; the first
+    step fixed in 9826233, after a wait in 499dd99.)"""
     async def main() -> list[str]:
         daemon = meshrpc.aio.Daemon(host="127.0.0.1")
         uri = daemon.register(Odd(), "odd")

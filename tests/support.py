@@ -4,9 +4,10 @@ thread of its own, patterned payloads."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -77,3 +78,17 @@ class LoopThread:
 def patterned_bytes(size: int) -> bytes:
     """`size` bytes of a repeating 0..255 pattern (a misplaced or lost byte changes them)."""
     return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+
+
+@contextlib.asynccontextmanager
+async def aio_served(obj: Any, name: str, settings: Any = None, *, bind: bool = True) -> AsyncIterator[tuple]:
+    """On the running loop: a meshrpc.aio.Daemon on 127.0.0.1 serving `obj` as `name` (with `settings`,
+    if given), and a meshrpc.aio.Proxy to it, connected at once unless `bind` is False: (daemon, proxy),
+    both closed at the end."""
+    import meshrpc.aio
+    daemon = meshrpc.aio.Daemon(host="127.0.0.1", **({} if settings is None else {"settings": settings}))
+    uri = daemon.register(obj, name)
+    async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+        if bind:
+            await proxy._pyroBind()
+        yield daemon, proxy

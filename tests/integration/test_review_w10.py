@@ -19,6 +19,7 @@ import meshrpc.aio
 from meshrpc import errors
 from meshrpc.config import config
 from meshrpc.limits import SHUTDOWN_DRAIN_MIN
+from support import aio_served
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,9 +61,7 @@ def test_a_call_timing_out_on_a_live_but_quiet_connection_leaves_the_other_calls
     (found by this review in 402df9b, fixed in 7bfd0bf: the connection is retired, not failed)."""
     async def main() -> None:
         gated = Gated()
-        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
-        uri = daemon.register(gated, "gated")
-        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+        async with aio_served(gated, "gated", bind=False) as (daemon, proxy):
             proxy._pyroTimeout = 0.3
             poll = asyncio.ensure_future(proxy.hold())
             await gated.holding.wait()
@@ -203,10 +202,7 @@ def test_a_call_cancelled_by_the_next_request_of_the_same_read_is_answered() -> 
     (found by this review, also at 16f3dbf; fixed in a820b91)."""
     async def main() -> None:
         motor = Motor()
-        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
-        uri = daemon.register(motor, "motor")
-        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
-            await proxy._pyroBind()
+        async with aio_served(motor, "motor") as (daemon, proxy):
             proxy._pyroTimeout = 2
             outcomes = await asyncio.gather(proxy.run_motor(), proxy.stop_motor(), return_exceptions=True)
             assert motor.stopped == ["stopped"], "the method never saw its cancellation"
@@ -239,9 +235,7 @@ def test_the_task_a_call_saw_as_current_is_done_when_the_call_finished_in_its_fi
     and a done callback added to it runs. (Found by this review, also at 16f3dbf; fixed in 93d7bb4.)"""
     async def main() -> None:
         dimmer = Dimmer()
-        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
-        uri = daemon.register(dimmer, "dimmer")
-        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
+        async with aio_served(dimmer, "dimmer", bind=False) as (daemon, proxy):
             proxy._pyroTimeout = 2
             assert await proxy.noted() == "noted"
             assert await proxy.set_level(1) == 1  # never waits: finished in its first step
@@ -255,10 +249,7 @@ def test_a_call_cancelled_from_another_read_after_it_suspended_is_answered() -> 
     """The same two calls in separate reads (the first waits already): as in a Task."""
     async def main() -> None:
         motor = Motor()
-        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
-        uri = daemon.register(motor, "motor")
-        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
-            await proxy._pyroBind()
+        async with aio_served(motor, "motor") as (daemon, proxy):
             proxy._pyroTimeout = 5
             running = asyncio.ensure_future(proxy.run_motor())
             await motor.started.wait()  # its first step ran (on the daemon: the same loop)
@@ -544,10 +535,7 @@ def test_one_call_of_a_burst_timing_out_while_the_others_are_answered_keeps_the_
     others' replies come, so the connection was heard and stays; the next call uses it."""
     async def main() -> None:
         gated = Gated()
-        daemon = meshrpc.aio.Daemon(host="127.0.0.1")
-        uri = daemon.register(gated, "gated")
-        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
-            await proxy._pyroBind()
+        async with aio_served(gated, "gated") as (daemon, proxy):
             conn = proxy._conn
             proxy._pyroTimeout = 0.5
             poll = asyncio.ensure_future(proxy.hold())
@@ -855,10 +843,7 @@ def test_plain_calls_run_on_at_most_aio_executor_size_threads_and_the_rest_wait_
     counter = Counter()
 
     async def main() -> list[int]:
-        daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=config.copy(AIO_EXECUTOR_SIZE=2))
-        uri = daemon.register(counter, "counter")
-        async with daemon, meshrpc.aio.Proxy(uri) as proxy:
-            await proxy._pyroBind()
+        async with aio_served(counter, "counter", config.copy(AIO_EXECUTOR_SIZE=2)) as (daemon, proxy):
             calls = asyncio.gather(*(proxy.busy() for _ in range(8)))
             while counter.running < 2:  # (both threads took a call; the loop runs the daemon meanwhile)
                 await asyncio.sleep(0)

@@ -29,7 +29,7 @@ from typing import Any
 from .. import errors
 from ..context import _state as _call_state_var  # the call state's ContextVar (read from a Context)
 from ..context import call_state, current_context
-from ..errors import DaemonError, ProtocolError, SerializeError
+from ..errors import DaemonError, SerializeError
 from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..server import daemon as threaded
 from ..server.connections import bytes_waiting
@@ -510,10 +510,8 @@ class Daemon(threaded.Daemon):
         if flags or annotations or self._reply_annotations is not None or (frame is not None and frame.flags & _ONEWAY):
             self._reply(conn, frame or session.bare_frame(), (flags, result, annotations))
             return
-        try:  # the usual reply (_reply's, without its checks)
-            parts = session.bare_result(result) if frame is None else session.result_reply(frame, result, annotations)
-        except ProtocolError as exc:  # e.g. the result is too large for MAX_MESSAGE_SIZE
-            parts = session.error_reply(frame or session.bare_frame(), exc)
+        # the usual reply (_reply's, without its checks)
+        parts = session.bare_result(result) if frame is None else session.result_reply(frame, result, annotations)
         if not conn.closed:
             conn._corked.gather(parts)  # (pumping: the read's replies go out together)
 
@@ -657,15 +655,12 @@ class Daemon(threaded.Daemon):
         session = conn.wire
         if self._reply_annotations is not None:  # a subclass's annotations(), on every reply (as the threaded daemon)
             annotations = {**annotations, **self._reply_annotations()}
-        try:
-            if flags & wire.FLAG_ITEMSTREAMRESULT:
-                parts = session.stream_reply(frame, result, annotations)
-            elif flags & wire.FLAG_EXCEPTION:
-                parts = session.error_reply(frame, result, annotations)
-            else:
-                parts = session.result_reply(frame, result, annotations)
-        except ProtocolError as exc:  # e.g. the result is too large for MAX_MESSAGE_SIZE
-            parts = session.error_reply(frame, exc)
+        if flags & wire.FLAG_ITEMSTREAMRESULT:
+            parts = session.stream_reply(frame, result, annotations)
+        elif flags & wire.FLAG_EXCEPTION:
+            parts = session.error_reply(frame, result, annotations)
+        else:  # (a reply that cannot be sent, e.g. over MAX_MESSAGE_SIZE, comes as the error saying so)
+            parts = session.result_reply(frame, result, annotations)
         conn.send(parts)
 
     # ------------------------------------------------------------------ announcing without blocking the loop

@@ -803,8 +803,11 @@ class ServerSession(_Session):
             return self.error_reply(frame, SerializeError(f"cannot serialize the result: {exc}"), annotations)
         if oob:
             annotations = {**annotations, OOB_ANNOTATION: pack_oob(oob)} if annotations else {OOB_ANNOTATION: pack_oob(oob)}
-        return encode_message(MSG_RESULT, reply_id, frame.seq, payload, flags, annotations, frame.correlation_id,
-                              compress_min=self.compress_min, max_size=self.max_size)
+        try:
+            return encode_message(MSG_RESULT, reply_id, frame.seq, payload, flags, annotations, frame.correlation_id,
+                                  compress_min=self.compress_min, max_size=self.max_size)
+        except ProtocolError as exc:
+            return self._unsendable_reply(frame, exc)
 
     def error_reply(self, frame: Frame, exc: BaseException, annotations: dict | None = None) -> list:
         """RESULT with FLAG_EXCEPTION carrying `exc` (a description when it does not serialize)."""
@@ -814,16 +817,32 @@ class ServerSession(_Session):
         except Exception as inner:
             payload = serializer.dumps(SerializeError(f"{type(exc).__name__}: {exc} "
                                                       f"(the exception could not be serialized: {inner})"))
-        return self._encode(Frame(MSG_RESULT, serializer.id, frame.seq, payload, FLAG_EXCEPTION, annotations or {},
-                                  frame.correlation_id))
+        try:
+            return self._encode(Frame(MSG_RESULT, serializer.id, frame.seq, payload, FLAG_EXCEPTION,
+                                      annotations or {}, frame.correlation_id))
+        except ProtocolError as unsendable:
+            return self._unsendable_reply(frame, unsendable)
 
     def stream_reply(self, frame: Frame, stream_id: str, annotations: dict | None = None) -> list:
         """The answer to a call that returned an iterator: the proxy pulls its items by `stream_id`."""
         serializer = self._values(frame)
         annotations = {**(annotations or {}), STREAM_ANNOTATION: stream_id.encode("ascii")}
         payload = serializer.dumps(ProtocolError("result of call is an iterator"))
-        return self._encode(Frame(MSG_RESULT, serializer.id, frame.seq, payload,
-                                  FLAG_EXCEPTION | FLAG_ITEMSTREAMRESULT, annotations, frame.correlation_id))
+        try:
+            return self._encode(Frame(MSG_RESULT, serializer.id, frame.seq, payload,
+                                      FLAG_EXCEPTION | FLAG_ITEMSTREAMRESULT, annotations, frame.correlation_id))
+        except ProtocolError as exc:
+            return self._unsendable_reply(frame, exc)
+
+    def _unsendable_reply(self, frame: Frame, exc: ProtocolError) -> list:
+        """The error reply that stands for a reply that cannot be sent (`exc`: larger than
+        MAX_MESSAGE_SIZE, or an annotation the wire cannot carry): the call ran, so its caller learns
+        why its answer is missing, on a connection that stays usable. Without the reply's annotations
+        (they may be the cause)."""
+        serializer = self._values(frame)
+        told = exc.__class__(f"the daemon could not send its reply: {exc}")
+        return self._encode(Frame(MSG_RESULT, serializer.id, frame.seq, serializer.dumps(told), FLAG_EXCEPTION, {},
+                                  frame.correlation_id))
 
     def not_run_reply(self, frame: Frame) -> list:
         """Shutting down: the answer to a request that will not run (NOT_RUN_ANNOTATION). meshrpc proxies

@@ -18,9 +18,10 @@ import time
 from typing import Any
 
 import pytest
-from support import rss_mb, wait_until
+from support import LoopThread, rss_mb, wait_until
 
 import meshrpc
+import meshrpc.aio
 from meshrpc import errors
 from meshrpc.wire import frame as wire
 from meshrpc.wire.serializers import by_name
@@ -244,6 +245,63 @@ def test_small_max_message_size(start_daemon: Any) -> None:
         with pytest.raises(errors.CommunicationError):
             proxy.big(2 * 1024 * 1024)  # the daemon cannot send it either: an error, not a hang
         assert proxy.echo("small") == "small"
+
+
+@meshrpc.expose
+class Unsendable:
+    """Answers that the daemon cannot send, and a count of the calls that ran."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+    def big(self, size: int) -> str:
+        self.ran += 1
+        return "x" * size
+
+    def big_error(self, size: int) -> None:
+        self.ran += 1
+        raise ValueError("y" * size)
+
+    def bad_annotation(self) -> str:
+        self.ran += 1
+        meshrpc.current_context.response_annotations["toolong"] = b"x"  # ids are 4 ASCII characters
+        return "ran"
+
+    def peer(self) -> Any:
+        return meshrpc.current_context.client_sock_addr
+
+
+@pytest.mark.parametrize("kind", ["threaded", "aio"])
+def test_a_reply_the_daemon_cannot_send_comes_as_its_error_on_the_same_connection(start_daemon: Any,
+                                                                                  kind: str) -> None:
+    # the call ran: its caller must learn why the answer is missing (not ReplyLostError's "may have run"),
+    # and the connection stays (the threaded daemon closed it, the aio daemon answered)
+    limit = 100_000
+    served = Unsendable()
+    loop = None
+    if kind == "threaded":
+        uri = serve(start_daemon, MAX_MESSAGE_SIZE=limit)[0].register(served, "unsendable")
+    else:
+        loop = LoopThread()
+        daemon = loop.call(lambda: meshrpc.aio.Daemon(host=HOST, settings=settings(MAX_MESSAGE_SIZE=limit)))
+        uri = loop.call(lambda: daemon.register(served, "unsendable"))
+        loop.run(daemon.__aenter__())
+    try:
+        with meshrpc.Proxy(uri, settings=settings()) as proxy:
+            first = proxy.peer()
+            with pytest.raises(errors.MessageTooLargeError, match=r"could not send its reply.*MAX_MESSAGE_SIZE"):
+                proxy.big(2 * limit)
+            with pytest.raises(errors.MessageTooLargeError, match="could not send its reply"):
+                proxy.big_error(2 * limit)
+            with pytest.raises(errors.ProtocolError, match="could not send its reply.*annotation id"):
+                proxy.bad_annotation()
+            assert served.ran == 3
+            assert proxy.big(10) == "x" * 10
+            assert proxy.peer() == first  # the same connection all along
+    finally:
+        if loop is not None:
+            loop.run(daemon.__aexit__(None, None, None))
+            loop.close()
 
 
 def test_streams_per_connection_are_bounded(start_daemon: Any) -> None:

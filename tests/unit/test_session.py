@@ -326,6 +326,28 @@ def test_an_unserializable_result_or_exception_becomes_a_serialize_error() -> No
         client.reply_value(client.next_event())
 
 
+def test_a_reply_that_cannot_be_sent_becomes_the_error_saying_why() -> None:
+    small = Settings(MAX_MESSAGE_SIZE=1000)
+    client, server = pair(client_settings=small, server_settings=small, pipelining=True)
+    requests = []
+    for method in ("big", "big_error", "big_stream", "bad_annotation", "fine"):
+        deliver(client.call_request("obj", method, (), {}), server)
+        requests.append(server.next_event())
+    big, big_error, big_stream, bad_annotation, fine = requests
+    deliver(server.result_reply(big, "x" * 5000), client)
+    deliver(server.error_reply(big_error, ValueError("y" * 5000)), client)
+    deliver(server.stream_reply(big_stream, "s1", {"CUST": b"z" * 5000}), client)
+    deliver(server.result_reply(bad_annotation, 1, {"toolong": b"x"}), client)
+    deliver(server.result_reply(fine, 42), client)
+    for expected in ("exceeds MAX_MESSAGE_SIZE", "exceeds MAX_MESSAGE_SIZE", "exceeds MAX_MESSAGE_SIZE",
+                     "annotation id"):
+        reply = client.next_event()
+        with pytest.raises(errors.ProtocolError, match="the daemon could not send its reply: .*" + expected):
+            client.reply_value(reply)
+    assert client.reply_value(client.next_event()) == 42
+    assert client.outstanding == 0
+
+
 def test_not_run_answer() -> None:
     client, server = pair()
     deliver(client.call_request("obj", "add", (1,), {}), server)

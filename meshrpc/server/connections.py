@@ -34,6 +34,7 @@ from ..transport.spin import SpinGate
 from ..wire import frame as wire
 from ..wire.constants import UNKNOWN_OBJECT_REASON
 from ..wire.serializers import BY_ID, Serializer
+from .dispatch import awaitable_refused
 from ..wire.session import NEED_DATA, TAKE_EVENT, ConnectRequest, ServerSession, refusal_for
 from .pool import WorkerPool
 
@@ -736,9 +737,7 @@ def _warn_if_exposed(listener: socket.socket, location: str) -> None:
 def _awaitable_refused(flags: int, result: Any, call: tuple) -> tuple[int, Any]:
     """An `async def` method gave its coroutine: this daemon has no loop to await it on."""
     if result.__class__ is CoroutineType:
-        result.close()
-        return wire.FLAG_EXCEPTION, errors.DaemonError(
-            f"{call[1]} is an `async def` method: serve its object with meshrpc.aio.Daemon (docs/asyncio.md)")
+        return wire.FLAG_EXCEPTION, awaitable_refused(result, call[1])
     return flags, result
 
 

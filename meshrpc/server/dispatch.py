@@ -184,7 +184,10 @@ class Dispatcher:
         for item in calls:
             try:
                 method, vargs, kwargs = item
-                results.append(self.invoke(registration, instance, method, tuple(vargs), kwargs or {}))
+                result = self.invoke(registration, instance, method, tuple(vargs), kwargs or {})
+                if result.__class__ is types.CoroutineType:  # (the asyncio daemon's invoke awaits it)
+                    raise awaitable_refused(result, method)
+                results.append(result)
             except Exception as exc:
                 results.append(ExceptionWrapper(self.traced(exc, item[0] if isinstance(item, (list, tuple)) else "?")))
                 break
@@ -236,6 +239,14 @@ class Dispatcher:
         if type(result) in _PLAIN_RESULTS:  # the common case, without an ABC check
             return False
         return isinstance(result, (types.GeneratorType, collections.abc.Iterator))
+
+
+def awaitable_refused(coroutine: types.CoroutineType, method: str) -> DaemonError:
+    """An `async def` method gave `coroutine` to a daemon with no loop to await it on (the threaded
+    one): closed (no "never awaited" warning), and the error its caller gets."""
+    coroutine.close()
+    return DaemonError(f"{method} is an `async def` method: serve its object with meshrpc.aio.Daemon "
+                       f"(docs/asyncio.md)")
 
 
 def _log_callback_failure(func: Any, method: str) -> None:

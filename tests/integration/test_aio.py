@@ -5,9 +5,11 @@ Each test runs its own event loop (asyncio.run), bounded by a generous timeout."
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import uuid
+import warnings
 from typing import Any
 
 import pytest
@@ -519,10 +521,20 @@ def test_the_blocking_api_inside_a_running_loop_is_refused_naming_meshrpc_aio(st
 
 def test_threaded_daemon_refuses_async_def_methods_clearly(start_daemon: Any) -> None:
     uri = start_daemon().register(Thing(), "thing")
-    with meshrpc.Proxy(uri) as proxy:
+    with meshrpc.Proxy(uri) as proxy, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a coroutine never awaited: closed, not left to warn
         with pytest.raises(errors.DaemonError, match=r"async def.*meshrpc\.aio\.Daemon"):
             proxy.nap(0.01)
+        batch = meshrpc.BatchProxy(proxy)  # in a batch too: the batch stops at it, as at any failure
+        batch.add(1, 2)
+        batch.nap(0.01)
+        batch.add(3, 4)
+        results = batch()
+        assert next(results) == 3
+        with pytest.raises(errors.DaemonError, match=r"async def.*meshrpc\.aio\.Daemon"):
+            next(results)
         assert proxy.add(1, 1) == 2
+        gc.collect()  # a coroutine left unclosed would warn when collected
 
 
 class Thingy:

@@ -1,5 +1,5 @@
-"""A live daemon fed random and mutated protocol 502 on many connections at once, while a well-behaved
-client keeps calling: every one of its calls must succeed, the daemon must log no unexpected error,
+"""A live daemon (threaded, and asyncio) fed random and mutated protocol 502 on many connections at once,
+while a well-behaved client keeps calling: every one of its calls must succeed, the daemon must log no unexpected error,
 its memory must stay flat and its connections must return to normal.
 
 Cases (seeded, so any failure replays): random bytes; valid headers with garbage payloads,
@@ -17,6 +17,7 @@ MESHRPC_TEST_FUZZ_SEED picks the seed (default 1); a failing case is reported wi
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import marshal
@@ -29,9 +30,10 @@ import zlib
 from typing import Any, Callable
 
 import pytest
-from support import rss_mb, wait_until
+from support import LoopThread, rss_mb, wait_until
 
 import meshrpc
+import meshrpc.aio
 from meshrpc.wire import frame as wire
 from meshrpc.wire.serializers import by_name
 
@@ -48,7 +50,8 @@ pytestmark = pytest.mark.timeout(max(180, CASES // 20))
 BOMB = zlib.compress(bytes(MAX_MESSAGE_SIZE * 2), 9)  # 8 KiB that inflate to 8 MiB
 SERIALIZERS = [by_name(name) for name in ("serpent", "json", "marshal", "msgpack")]
 METHODS = ["echo", "add", "numbers", "fail", "nope", "_hidden", "__getattr__", "__setattr__", "__init__",
-           "get_metadata", "get_next_stream_item", "<batch>"]
+           "get_metadata", "get_next_stream_item", "<batch>",
+           "aecho", "await_echo", "afail", "anumbers", "quick"]  # the asyncio daemon's lanes (the threaded one refuses)
 FLAG_BITS = [wire.FLAG_EXCEPTION, wire.FLAG_COMPRESSED, wire.FLAG_ONEWAY, wire.FLAG_BATCH,
              wire.FLAG_ITEMSTREAMRESULT, wire.FLAG_KEEPSERIALIZED, wire.FLAG_CORR_ID, 128, 256, 0x8000]
 
@@ -71,6 +74,25 @@ class Target:
 
     def _hidden(self) -> str:
         return "secret"
+
+    async def aecho(self, value: Any) -> Any:  # ends in its first step (the aio daemon's bare lane)
+        return value
+
+    async def await_echo(self, value: Any) -> Any:  # waits: goes on as a Task
+        await asyncio.sleep(0)
+        return value
+
+    async def afail(self, message: Any) -> None:
+        await asyncio.sleep(0)
+        raise ValueError(message)
+
+    async def anumbers(self, n: Any) -> Any:  # an async generator: a remote iterator
+        for number in range(min(int(n), 100)):
+            yield number
+
+    @meshrpc.aio.nonblocking
+    def quick(self, value: Any) -> Any:  # a plain method run on the aio daemon's loop
+        return value
 
 
 # ----------------------------------------------------------------------------------- case makers
@@ -304,12 +326,35 @@ def test_every_case_makes_valid_bytes() -> None:
         assert all(isinstance(part, bytes) for part in make_case(number))
 
 
-def test_fuzzed_daemon_keeps_serving(start_daemon: Any) -> None:
+@pytest.mark.parametrize("kind", ["threaded", "aio"])
+def test_fuzzed_daemon_keeps_serving(start_daemon: Any, kind: str) -> None:
     settings = meshrpc.Settings().copy(HOST=HOST, MAX_MESSAGE_SIZE=MAX_MESSAGE_SIZE, COMMTIMEOUT=10.0,
                                        MAX_STREAMS_PER_CONNECTION=20)
-    running = start_daemon(settings=settings)
-    uri = running.register(Target(), "target")
-    daemon = running.daemon
+    loop = None
+    if kind == "threaded":
+        running = start_daemon(settings=settings)
+        uri = running.register(Target(), "target")
+        daemon = running.daemon
+        connections: Callable[[], int] = lambda: len(daemon._connections)
+        good_method = "echo"
+    else:  # served from a loop of its own; the good client calls its `async def` lane
+        loop = LoopThread()
+        daemon = loop.call(lambda: meshrpc.aio.Daemon(host=HOST, settings=settings))
+        uri = loop.call(lambda: daemon.register(Target(), "target"))
+        loop.run(daemon.start())
+        connections = lambda: len(daemon._aio_connections)
+        good_method = "aecho"
+    try:
+        fuzz_and_call(uri, daemon, settings, connections, good_method)
+    finally:
+        if loop is not None:
+            loop.run(daemon.aclose())
+            loop.close()
+
+
+def fuzz_and_call(uri: meshrpc.URI, daemon: Any, settings: meshrpc.Settings, connections: Callable[[], int],
+                  good_method: str) -> None:
+    """The cases against `daemon` (at `uri`), while a good client calls `good_method` (an echo)."""
     errors_seen = ErrorCounter()
     meshrpc_log = logging.getLogger("meshrpc")
     server_log = logging.getLogger("meshrpc.server")
@@ -329,7 +374,7 @@ def test_fuzzed_daemon_keeps_serving(start_daemon: Any) -> None:
                 value = [rng.randrange(1000), "ok" * rng.randrange(50)]
                 started = time.perf_counter()
                 try:
-                    if proxy.echo(value) != value:
+                    if getattr(proxy, good_method)(value) != value:
                         good_failures.append("wrong answer")
                 except Exception as exc:  # noqa: BLE001 - each failure is reported
                     good_failures.append(repr(exc))
@@ -365,7 +410,7 @@ def test_fuzzed_daemon_keeps_serving(start_daemon: Any) -> None:
         gc.collect()
         before = rss_mb()
         run_batch(len(numbers) - warm)
-        wait_until(lambda: len(daemon._connections) <= 1, timeout=15.0,
+        wait_until(lambda: connections() <= 1, timeout=15.0,
                    message="the daemon's connections back to the good client's one")
         gc.collect()
         after = rss_mb()
@@ -378,7 +423,7 @@ def test_fuzzed_daemon_keeps_serving(start_daemon: Any) -> None:
     ordered = sorted(good_calls)
     print(f"\nfuzz: {len(numbers)} cases (seed {SEED}) in {elapsed:.1f} s; good client: {len(good_calls)} calls, "
           f"max {ordered[-1] * 1000:.1f} ms, p99 {ordered[int(len(ordered) * 0.99) - 1] * 1000:.1f} ms; "
-          f"RSS {before} MB -> {after} MB; workers {daemon._pool.size}; streams {len(daemon._streams)}")
+          f"RSS {before} MB -> {after} MB; streams {len(daemon._streams)}")
     assert not failures, failures[:10]
     assert not good_failures, good_failures[:10]
     assert not errors_seen.messages, errors_seen.messages[:5]

@@ -379,7 +379,7 @@ class Settings:
     SEND_TIMEOUT: float = field(default=30.0, metadata=_doc(
         "Seconds a daemon waits for a client to take more of a reply when the connection's send buffer "
         "is full; then it closes the connection (a client that never reads cannot hold a worker). "
-        "0 waits forever."))
+        "Meanwhile the asyncio daemon reads none of that client's requests. 0 waits forever."))
     # --- events (docs/events.md)
     EVENTS_QUEUE_MAX: int = field(default=10000, metadata=_doc(
         "Events a publisher holds for one subscriber that has not taken them yet; when full, the "

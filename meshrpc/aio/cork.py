@@ -197,6 +197,11 @@ class Cork:
             self._owner.resume_writing()
 
     @property
+    def closing(self) -> bool:
+        """close() was called and waits for what is queued here to be sent."""
+        return self._closing
+
+    @property
     def waiting(self) -> int:
         """Bytes that wait here to be sent (not those the transport holds)."""
         return self._pending_size

@@ -80,6 +80,9 @@ class _ClientConnection(Receiving):
         self.calls = 0  # requests of this connection running now
         self.pumping = False  # the daemon is working through the requests of one read
         self.broken = False  # the client broke the protocol: closed once its running calls are answered
+        self.write_paused = False  # its replies wait above the high-water mark: none of its requests are read
+        self.unsent = 0  # while write_paused: the bytes that waited at the last sign of progress ...
+        self.stalled_since = 0.0  # ... and when that was (SEND_TIMEOUT counts from it)
         loop = self._loop = asyncio.get_running_loop()
         self._next: LoopSpin | None = None
         self._corked = Cork(loop, self, daemon.settings.AIO_CORK_BYTES)
@@ -140,7 +143,7 @@ class _ClientConnection(Receiving):
             finally:
                 self.pumping = False
                 written = self._corked.flush()
-            if self.calls or self.closed or self._next is None:
+            if self.calls or self.closed or self._next is None or self.write_paused:
                 return
             data = self._read_next(written)
             if data is not None and not data:
@@ -177,7 +180,7 @@ class _ClientConnection(Receiving):
             if not self.calls:
                 self.close()
             return
-        if self.calls or self.closed or self._next is None:
+        if self.calls or self.closed or self._next is None or self.write_paused:
             return
         loop = self._loop
         if _current_task(loop) is not None:
@@ -189,6 +192,31 @@ class _ClientConnection(Receiving):
         data = self._read_next(False)
         if data is None or data:
             self._serve(data)
+
+    def pause_writing(self) -> None:
+        """The client takes its replies more slowly than they come (the transport's or the cork's queue
+        is above its high-water mark): read none of its requests until they are taken, so a client
+        that never reads holds at most a read's worth of replies, not one per request it sends (as
+        the threaded daemon, whose worker waits in send). SEND_TIMEOUT without progress closes it
+        (Daemon._close_idle)."""
+        self.write_paused = True
+        self.unsent = self.waiting_to_send()
+        self.stalled_since = _monotonic()
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        transport = self.transport
+        if (transport is not None and not transport.is_closing() and not transport.is_reading() and not self.broken
+                and not self._corked.closing):
+            transport.resume_reading()
+
+    def waiting_to_send(self) -> int:
+        """Bytes of replies not yet taken by the kernel: the transport's and the cork's."""
+        transport = self.transport
+        return (transport.get_write_buffer_size() if transport is not None else 0) + self._corked.waiting
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -683,8 +711,17 @@ class Daemon(threaded.Daemon):
     def _close_idle(self, now: float) -> None:
         """Close connections past HANDSHAKE_TIMEOUT (no CONNECT completed) or IDLE_TIMEOUT; idle ones
         drop the buffer their reader kept for the next large frame."""
-        handshake, idle = self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT
+        handshake, idle, send = self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT, self.settings.SEND_TIMEOUT
         for conn in list(self._aio_connections):
+            if conn.write_paused and send > 0:
+                unsent = conn.waiting_to_send()
+                if unsent < conn.unsent:  # it took some: the wait starts again
+                    conn.unsent, conn.stalled_since = unsent, now
+                elif now - conn.stalled_since > send and conn.transport is not None:
+                    log.warning("closing connection from %s: it took none of its replies for SEND_TIMEOUT (%g s)",
+                                conn.addr, send)
+                    conn.transport.abort()  # (close() would wait for them to be sent)
+                    continue
             if not conn.handshaken and handshake > 0 and now - conn.accepted_at > handshake:
                 log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
                          conn.addr, handshake)

@@ -176,6 +176,79 @@ def test_send_timeout_drops_a_client_that_never_reads(start_daemon: Any) -> None
             sock.close()
 
 
+class AioServed:
+    """Service on a meshrpc.aio.Daemon served from a loop of its own (a LoopThread)."""
+
+    def __init__(self, **changes: Any) -> None:
+        self.loop = LoopThread()
+        self.daemon = self.loop.call(lambda: meshrpc.aio.Daemon(host=HOST, settings=settings(**changes)))
+        self.uri = self.loop.call(lambda: self.daemon.register(Service(), "service"))
+        self.loop.run(self.daemon.start())
+
+    def live(self) -> int:
+        return len(self.daemon._aio_connections)
+
+    def close(self) -> None:
+        self.loop.run(self.daemon.aclose())
+        self.loop.close()
+
+
+def test_aio_daemon_reads_no_more_from_a_client_that_never_reads_and_drops_it_after_send_timeout() -> None:
+    # without flow control it read on and kept every reply: 60 KB per request sent, 800 MB in 8 s
+    served = AioServed(SEND_TIMEOUT=1.0)
+    try:
+        before = rss_mb()
+        sock = handshaken_socket(served.uri.port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = invoke_frame("echo", "x" * 60_000)
+        sock.settimeout(5.0)
+        sent = 0
+        with pytest.raises(OSError):  # the daemon stops reading (a send times out), or it has closed it
+            while sent < 20_000:  # 1.2 GB of replies, were they all kept
+                sock.sendall(request)
+                sent += 1
+        assert sent < 2_000, f"the daemon read {sent} requests of a client that reads no reply"
+        after = rss_mb()
+        if before is not None and after is not None:
+            assert after - before < 100, f"RSS grew from {before:.0f} to {after:.0f} MB"
+        wait_until(lambda: served.live() == 0, timeout=15.0, message="the non-reading client dropped")
+        with meshrpc.Proxy(served.uri, settings=settings()) as proxy:
+            assert proxy.echo("served on") == "served on"
+        sock.close()
+    finally:
+        served.close()
+
+
+@pytest.mark.parametrize("kind", ["threaded", "aio"])
+def test_a_client_that_reads_a_large_reply_slowly_gets_all_of_it(start_daemon: Any, kind: str) -> None:
+    # SEND_TIMEOUT counts time without progress, not the whole transfer: 6 MB taken at ~2 MB/s
+    # (3 s, three times SEND_TIMEOUT) arrive whole
+    if kind == "threaded":
+        uri, served = serve(start_daemon, SEND_TIMEOUT=1.0)[1], None
+    else:
+        served = AioServed(SEND_TIMEOUT=1.0)
+        uri = served.uri
+    try:
+        sock = handshaken_socket(uri.port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        size = 6 * 1024 * 1024
+        sock.sendall(invoke_frame("big", size))
+        reader = wire.FrameReader()
+        started = time.monotonic()
+        while (reply := reader.next_frame()) is None:
+            chunk = sock.recv(65536)
+            assert chunk, "the daemon closed the connection of a client that was reading"
+            reader.feed(chunk)
+            time.sleep(0.03)  # a slow client (about 2 MB/s), not a synchronisation
+        assert time.monotonic() - started > 2.0  # the transfer outlasted SEND_TIMEOUT
+        assert reply.type == wire.MSG_RESULT and not reply.flags & wire.FLAG_EXCEPTION
+        assert SERPENT.loads(reply.payload) == "x" * size
+        sock.close()
+    finally:
+        if served is not None:
+            served.close()
+
+
 # ----------------------------------------------------------------------------------- sizes and counts
 def test_max_connections_refuses_extra_clients_and_keeps_the_others(start_daemon: Any) -> None:
     running, uri = serve(start_daemon, MAX_CONNECTIONS=5)

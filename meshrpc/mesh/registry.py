@@ -76,6 +76,8 @@ class _Slot:
     dormant_since: float | None = None    # not vouched for within the liveness window
     suspected_at: float | None = None     # replaced: a newer provider appeared and this one refused
     probing: bool = False
+    refused: bool = False                 # dormant since its endpoint refused a check: a copy of the same
+                                          # announcement is no proof of life (a foreign responder repeats it)
     avoid_until: float = _NEVER           # a proxy could not reach it: choose() passes it over until
     _label: tuple[str, str] | None = None  # (node, instance label) cache
 
@@ -111,6 +113,8 @@ class _Node:
     loss: float = 0.0                     # estimated share of its heartbeats lost (moving average)
     samples: int = 0
     suspect_since: float | None = None    # silent past MESH_SUSPECT_AFTER, not yet refuted
+    announced_live: bool = False          # an announcement of it came while fresh (not only a cached copy)
+    recheck_gap: float = 0.0              # a node without heartbeats: pause before its dormant entries' next check
     checking: bool = False                # a liveness check is running
     next_check: float = _NEVER
     claimed: tuple[int, str] | None = None   # (count, digest) of its entries, from its last heartbeat
@@ -119,6 +123,12 @@ class _Node:
     node_id: str = ""
     mismatch_since: float | None = None
     sync: _Sync | None = None
+
+    @property
+    def without_heartbeats(self) -> bool:
+        """Heard live, never a heartbeat: a foreign responder (Avahi, Bonjour) publishing records in
+        meshrpc's shape. (A node known only from stale cached copies is not one: nothing says it lived.)"""
+        return self.seq < 0 and self.announced_live
 
 
 class Registry:
@@ -416,6 +426,8 @@ class Registry:
                 window = self._window(node)
                 if now - max(node.heard, node.entry_heard) > self.settings.MESH_SUSPECT_AFTER and node.keys:
                     self._suspect_node(node, now, checks)
+                if node.without_heartbeats:
+                    self._recheck_dormant(node, now, checks)
                 if node.sync is not None or node.mismatch_since is not None:
                     asks += self._sync_step(node, now)
                 if now - max(node.heard, node.entry_heard) <= window:
@@ -455,6 +467,8 @@ class Registry:
         if node is None:
             return
         node.entry_heard = max(node.entry_heard, heard)
+        if self._fresh(heard):
+            node.announced_live = True
         key = entry.key
         tomb = self._tombstones.get(key)
         if tomb is not None and entry.order <= tomb[0]:
@@ -484,7 +498,8 @@ class Registry:
         was_visible = slot.visible
         slot.heard = max(slot.heard, heard)
         slot.entry = replace(entry, last_seen=slot.heard)
-        self._revive(slot, heard)
+        if not (slot.refused and entry.order <= old.order):   # a refused endpoint needs newer news
+            self._revive(slot, heard)
         if slot.visible and not was_visible:
             self._pending.append((ADDED, self._public(slot)))
             self._notify()
@@ -553,6 +568,25 @@ class Registry:
             node.checking = True
             node.next_check = now + self.settings.MESH_HEARTBEAT_INTERVAL
             checks.append(target)
+
+    def _recheck_dormant(self, node: _Node, now: float, checks: list[Entry]) -> None:
+        """A node that never sent a heartbeat (a foreign responder: Avahi, Bonjour publishing a
+        meshrpc-shaped record) is vouched for by accepted checks only, and nothing it sends later says
+        that it is back (it does not announce again when a partition heals): its dormant entries are
+        checked again, the pause doubling from MESH_HEARTBEAT_INTERVAL up to MESH_LIVENESS_WINDOW_MAX,
+        for as long as they are kept (MESH_DORMANT_KEEP). An accepted check brings them back."""
+        if node.checking or now < node.next_check:
+            return
+        target = next((self._slots[k].entry for k in node.keys if self._slots[k].dormant_since is not None), None)
+        if target is None:
+            node.recheck_gap = 0.0
+            return
+        settings = self.settings
+        node.recheck_gap = min(settings.MESH_LIVENESS_WINDOW_MAX,
+                               max(settings.MESH_HEARTBEAT_INTERVAL, 2 * node.recheck_gap))
+        node.checking = True
+        node.next_check = now + node.recheck_gap
+        checks.append(target)
 
     def _make_dormant(self, slot: _Slot, now: float) -> None:
         if slot.visible:
@@ -663,6 +697,7 @@ class Registry:
                 self._drop(key)
             node.incarnation, node.heard = incarnation, _NEVER
             node.seq, node.refused_seq, node.claimed, node.sync, node.mismatch_since = -1, -1, None, None, None
+            node.announced_live, node.recheck_gap = False, 0.0
         return node
 
     def _notify(self) -> None:
@@ -676,6 +711,7 @@ class Registry:
         if not self._fresh(heard):
             return
         slot.dormant_since = None
+        slot.refused = False
         if slot.suspected_at is not None and heard >= slot.suspected_at + self.settings.MESH_SUSPECT_HOLD:
             slot.suspected_at = None
 
@@ -821,19 +857,38 @@ class Registry:
             if node is None or node.incarnation != entry.incarnation:
                 return
             node.checking = False
+            endpoint = URI(entry.uri).location
             if outcome == OPEN:
                 node.heard = max(node.heard, now)
                 node.suspect_since = None
+                if node.without_heartbeats:   # a foreign responder: only checks vouch for it
+                    self._revive_endpoint(node, endpoint, now)
             elif outcome == REFUSED:
-                log.info("mesh: node %s refused a connection to %s: its entries there are gone",
-                         entry.node, entry.uri)
                 node.refused_seq = node.seq
-                endpoint = URI(entry.uri).location
+                refused = []
                 for key in node.keys:
                     slot = self._slots[key]
-                    if slot.dormant_since is None and URI(slot.entry.uri).location == endpoint:
-                        self._make_dormant(slot, now)
+                    if URI(slot.entry.uri).location == endpoint:
+                        slot.refused = True
+                        if slot.dormant_since is None:
+                            self._make_dormant(slot, now)
+                            refused.append(slot.entry.name)
+                if refused:                   # once, not at every check of a dormant node
+                    log.info("mesh: node %s refused a connection to %s: its entries there are gone (%s)",
+                             entry.node, entry.uri, ", ".join(sorted(refused)[:5]))
         self._drain()
+
+    def _revive_endpoint(self, node: _Node, endpoint: str, now: float) -> None:
+        """Lock held: an accepted check of a node without heartbeats brings back its entries there."""
+        node.recheck_gap = 0.0
+        for key in node.keys:
+            slot = self._slots[key]
+            if not slot.visible and URI(slot.entry.uri).location == endpoint:
+                self._revive(slot, now)
+                if slot.visible:
+                    log.info("mesh: %s at %s answers again; it is back", slot.entry.name, slot.entry.uri)
+                    self._pending.append((ADDED, self._public(slot)))
+                    self._notify()
 
     def _start_probe(self, entry: Entry) -> None:
         source = self._source

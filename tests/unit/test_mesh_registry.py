@@ -442,6 +442,83 @@ def test_a_killed_daemon_whose_port_refuses_is_gone_after_suspect_after(reg: Reg
     assert reg.lookup("svc") == []                       # well before MESH_LIVENESS_WINDOW
 
 
+def test_a_node_without_heartbeats_comes_back_when_a_check_of_its_dormant_entry_is_accepted(
+        reg: Registry, clock: Clock, source: FakeSource, events: list[tuple[str, str, str]]) -> None:
+    """A foreign responder (Avahi publishing a meshrpc-shaped record) sends no heartbeats and does
+    not announce again when a partition heals: only checks vouch for it, also once it is dormant.
+    (w11-avahi: before, its entry stayed hidden until the record's TTL ran out, about an hour.)"""
+    source.outcomes = {uri(1): "open"}
+    reg.feed(entry(port=1, node="avahi"))
+    for _ in range(8):                                   # checks keep it alive, no heartbeat needed
+        clock.now += 1.0
+        reg.sweep()
+    assert len(reg.lookup("svc")) == 1 and source.checked
+    source.outcomes = {}                                 # a partition: checks get no answer
+    for _ in range(int(reg.settings.MESH_LIVENESS_WINDOW * 4) + 4):
+        clock.now += 0.25
+        reg.sweep()
+    assert reg.lookup("svc") == [] and events[-1] == (REMOVED, "svc", uri(1))
+    source.checked.clear()
+    source.outcomes = {uri(1): "open"}                   # healed; the responder stays silent
+    for _ in range(int(reg.settings.MESH_LIVENESS_WINDOW_MAX) + 2):
+        clock.now += 1.0
+        reg.sweep()
+        if reg.lookup("svc"):
+            break
+    assert len(reg.lookup("svc")) == 1 and events[-1] == (ADDED, "svc", uri(1))
+    assert source.checked == [uri(1)]
+
+
+def test_a_node_known_only_from_a_stale_cached_copy_is_not_checked(reg: Registry, clock: Clock,
+                                                                  source: FakeSource) -> None:
+    """Only a node heard live counts as one without heartbeats: an old cached copy (a daemon gone long
+    ago, its port maybe reused by another) is neither checked nor brought back."""
+    source.outcomes = {uri(1): "open"}
+    reg.feed(entry(port=1, node="gone"), heard=clock.now - 60.0)
+    for _ in range(40):
+        clock.now += 0.5
+        reg.sweep()
+    assert reg.lookup("svc") == [] and source.__dict__.get("checked", []) == []
+
+
+def test_a_dormant_node_without_heartbeats_is_checked_with_back_off(reg: Registry, clock: Clock,
+                                                                    source: FakeSource) -> None:
+    source.outcomes = {uri(1): "refused"}                # a record pointing at a port nobody serves
+    reg.feed(entry(port=1, node="avahi"))
+    times = []
+    for _ in range(120):
+        clock.now += 0.5
+        before = len(source.__dict__.setdefault("checked", []))
+        reg.sweep()
+        if len(source.checked) > before:
+            times.append(clock.now)
+    assert reg.lookup("svc") == []
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] <= reg.settings.MESH_LIVENESS_WINDOW_MAX + 0.5
+    assert len(times) < 12                               # 60 s: not a connect every second
+
+
+def test_a_copy_of_a_refused_announcement_does_not_bring_it_back(reg: Registry, clock: Clock, source: FakeSource,
+                                                                 events: list[tuple[str, str, str]]) -> None:
+    """Avahi answers a query for a record whose port nobody serves as long as the record is published:
+    the same announcement again is no proof of life (it made the entry come and go). A newer version is."""
+    source.outcomes = {uri(1): "refused"}
+    reg.feed(entry(port=1, node="avahi"))
+    clock.now += reg.settings.MESH_SUSPECT_AFTER + 0.1
+    reg.sweep()
+    assert reg.lookup("svc") == [] and events == [(ADDED, "svc", uri(1)), (REMOVED, "svc", uri(1))]
+    clock.now += 0.5
+    reg.feed(entry(port=1, node="avahi"))                # the same record, answered again
+    assert reg.lookup("svc") == [] and len(events) == 2
+    source.outcomes = {uri(1): "open"}                   # served again: the next check brings it back
+    for _ in range(40):
+        clock.now += 0.5
+        reg.sweep()
+        if reg.lookup("svc"):
+            break
+    assert len(reg.lookup("svc")) == 1 and events[-1] == (ADDED, "svc", uri(1))
+
+
 def test_the_liveness_window_grows_with_measured_heartbeat_loss(reg: Registry, clock: Clock) -> None:
     settings = reg.settings
     reg.feed(entry(port=1, node="clean"))

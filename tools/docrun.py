@@ -6,6 +6,9 @@
 The marking convention is in docs/README.md ("Docs whose snippets run"); in short:
 - ```python and ```sh (also bash, shell, console) blocks run; every other language (text, json, ini,
   ...) is only shown. A fence without a language is an error: tag output ```text.
+- Each Python block runs as its own program, as a reader who saves it to a file and runs it: it must
+  import and define every name it uses (a name only an earlier block defines is an error, also
+  inside a function that never runs here), and its program must exit after its last line.
 - A Python block whose first line is `# NAME.py` is saved as NAME.py in the page's directory instead
   of being run: a later shell block runs it (`python3 NAME.py &`), as a reader would.
 - `<!-- doctest: OPTIONS -->` on the line before a fence changes what happens to that block:
@@ -19,6 +22,8 @@ stopped at its end. tests/docs/test_docs_run.py runs every page under pytest.
 from __future__ import annotations
 
 import argparse
+import ast
+import builtins
 import json
 import os
 import re
@@ -41,6 +46,7 @@ PYTHON_LANGS = {"python", "py", "python3"}
 SHELL_LANGS = {"sh", "bash", "shell", "console"}
 BLOCK_TIMEOUT = 30.0  # seconds a block may run unless it says timeout=N
 READY_TIMEOUT = 20.0  # seconds a background block has to show its ready=TEXT
+EXIT_TIMEOUT = 10.0  # seconds a Python block's program has to exit after its last line ran
 # shell commands never run: installing is CI's job, and the test suite runs this harness itself
 NEVER_RUN = re.compile(r"^\s*(sudo\s+)?(python3?\s+-m\s+)?(pip3?\s+install|pytest)\b|^\s*(python3?\s+-m\s+)?pytest\b")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^\s`]*)\s*$")
@@ -144,6 +150,38 @@ def parse(text: str, page: str) -> list[Block]:
     return blocks
 
 
+def undefined_names(code: str) -> list[str]:
+    """Names a Python block reads but neither imports, defines, assigns nor gets from builtins: a reader
+    who saves the block alone gets a NameError for them (at once, or when that function runs)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []  # running it reports the syntax error with its line
+    bound, used = set(dir(builtins)) | {"__file__"}, set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            bound.update(node.names)
+    return sorted(used - bound)
+
+
+def check_self_contained(block: Block) -> None:
+    missing = undefined_names(block.code)
+    if missing:
+        raise DocError(f"{block.where}: the Python block uses {', '.join(missing)} without importing or defining "
+                       f"it: a reader who saves this block alone gets a NameError. Import or define it in the "
+                       f"block (each block runs as a program of its own; see docs/README.md)")
+
+
 def expected_pattern(expected: str) -> re.Pattern[str]:
     """An `output` block as a pattern: `...` matches anything (also across lines), trailing spaces ignored."""
     parts = [re.escape(part) for part in "\n".join(ln.rstrip() for ln in expected.strip().split("\n")).split("...")]
@@ -216,6 +254,8 @@ class Page:
                 continue
             if not block.runs:
                 continue
+            if block.lang in PYTHON_LANGS:
+                check_self_contained(block)
             if block.saved_as:
                 (self.workdir / block.saved_as).write_text(block.code + "\n", encoding="utf-8")
                 continue
@@ -245,24 +285,24 @@ class Page:
             raise DocError(f"{block.where}: {what} failed:\n{output}")
 
     def run_python(self, block: Block) -> None:
-        if self.python is None or self.python.poll() is not None:
-            self.python = subprocess.Popen([sys.executable, "-u", "-c", _DRIVER], stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                           env=self.current_env(), cwd=self.workdir, start_new_session=True)
-            self.python_output = []
-            threading.Thread(target=self._read_python, args=(self.python,), daemon=True).start()
+        """The block as a program of its own (a fresh interpreter that reads it, runs it and exits)."""
+        self.stop_python()
+        self.python = subprocess.Popen([sys.executable, "-u", "-c", _DRIVER], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       env=self.current_env(), cwd=self.workdir, start_new_session=True)
+        self.python_output = []
+        threading.Thread(target=self._read_python, args=(self.python,), daemon=True).start()
         assert self.python.stdin is not None
-        start = len(self.python_output)
         self.python.stdin.write(json.dumps({"page": self.name, "line": block.line, "code": block.code}) + "\n")
-        self.python.stdin.flush()
+        self.python.stdin.close()  # one block per program: the driver ends after it
         deadline = time.monotonic() + block.timeout
         with self.python_changed:
             while True:
-                lines = self.python_output[start:]
+                lines = self.python_output
                 ends = [ln for ln in lines if ln.startswith(END_MARK)]
                 if ends:
                     output = "\n".join(ln for ln in lines if not ln.startswith(END_MARK))
-                    return self.outcome(block, ends[0].endswith(" ok"), output, "the Python block")
+                    break
                 if self.python.poll() is not None and not self.python_reader_alive:
                     self.python = None
                     return self.outcome(block, False, "\n".join(lines) + "\n(the interpreter exited)",
@@ -273,6 +313,18 @@ class Page:
                     raise DocError(f"{block.where}: the Python block did not finish within {block.timeout:g} s "
                                    f"(a server? mark it `<!-- doctest: background -->`):\n" + "\n".join(lines))
                 self.python_changed.wait(min(remaining, 0.5))
+        ok = ends[0].endswith(" ok")
+        try:
+            self.python.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.stop_python()
+            if ok and "fails" not in block.options:
+                raise DocError(f"{block.where}: the Python block ran to its end, but its program did not exit "
+                               f"within {EXIT_TIMEOUT:g} s: something it started (a thread, a daemon, a proxy's "
+                               f"loop) keeps it alive, and a reader's terminal would hang there. Close or stop it "
+                               f"in the block (`with ...:`, `.close()`, `.shutdown()`):\n{output}") from None
+        self.python = None
+        return self.outcome(block, ok, output, "the Python block")
 
     python_reader_alive = False
 

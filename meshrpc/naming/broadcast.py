@@ -60,6 +60,10 @@ def _interface_networks() -> list[tuple[ipaddress.IPv4Interface, str | None]]:
         except (KeyError, ValueError):
             continue
         broadcast = info.get("broadcast")
+        if broadcast == info["addr"]:
+            # an address added without one (`ip addr add A/24 dev eth0`, no `brd +`): netifaces reports
+            # the address itself, which would make every broadcast a datagram to ourselves
+            broadcast = None
         if iface.ip.is_loopback:
             broadcast = LOOPBACK_BROADCAST
         elif broadcast is None and iface.network.prefixlen < 31 and "peer" not in info:

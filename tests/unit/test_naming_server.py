@@ -232,3 +232,19 @@ def test_broadcast_addresses_follow_the_interface(monkeypatch: pytest.MonkeyPatc
     assert broadcast.broadcast_targets("172.16.0.9") == ["172.16.0.9"]
     assert broadcast.broadcast_targets("192.0.2.1") == ["192.0.2.1"]  # no interface of ours holds it
     assert broadcast.broadcast_targets("0.0.0.0") == ["127.255.255.255", "10.1.2.255"]
+
+
+def test_an_address_without_a_broadcast_address_gets_its_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ip addr add 10.1.2.3/24 dev eth0` (no `brd +`): netifaces reports the address itself as the
+    broadcast address. Broadcasts then went to ourselves and the responder never bound 10.1.2.255, so a
+    client with HOST=0.0.0.0 found no name server on the LAN (w11-newcomer; tests/netlab/test_broadcast_lab.py
+    shows it between two hosts)."""
+    infos = [{"addr": "127.0.0.1", "netmask": "255.0.0.0", "peer": "127.0.0.1"},
+             {"addr": "10.1.2.3", "netmask": "255.255.255.0", "broadcast": "10.1.2.3"},
+             {"addr": "192.0.2.9", "netmask": "255.255.255.255", "broadcast": "192.0.2.9"}]  # a /32: none
+    monkeypatch.setattr(broadcast, "ipv4_interface_infos", lambda: iter(infos))
+    assert broadcast._interface_networks() == [(ipaddress.IPv4Interface("127.0.0.1/8"), "127.255.255.255"),
+                                               (ipaddress.IPv4Interface("10.1.2.3/24"), "10.1.2.255"),
+                                               (ipaddress.IPv4Interface("192.0.2.9/32"), None)]
+    assert broadcast.broadcast_targets("0.0.0.0") == ["127.255.255.255", "10.1.2.255"]
+    assert broadcast.responder_addresses("10.1.2.3") == ["10.1.2.3", "10.1.2.255", "255.255.255.255"]

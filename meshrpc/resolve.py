@@ -134,7 +134,7 @@ def _ask(group: list[str], uri: URI, settings: Settings, wait: float | None) -> 
     if group[0] in REGISTRIES:
         waited = settings.LOOKUP_TIMEOUT if wait is None else wait
         where = " or ".join({"mesh": "on the mesh", "etcd": "in etcd"}.get(name, name) for name in group)
-        return None, f"not announced {where} (realm {settings.REALM!r}, waited {waited:g} s)"
+        return None, f"not announced {where} (realm {settings.REALM!r}, waited {waited:g} s{_loopback_note(group, settings)})"
     return None, "not registered in the name server"
 
 
@@ -150,6 +150,15 @@ def sources_to_ask(uri: URI, settings: Settings, sources: tuple[str, ...] | None
     if sources is None and uri.host:
         return ("ns",)  # PYRONAME:x@host:port names its name server: ask that one only (as Pyro5)
     return tuple(sources or resolve_sources(settings))
+
+
+def _loopback_note(group: list[str], settings: Settings) -> str:
+    """For a mesh that listens on loopback only: that it hears only this machine, and how to hear the LAN."""
+    from .mesh import net
+    if "mesh" not in group or net.interfaces_for(settings.HOST, settings.INTERFACES) != net.LOOPBACK:
+        return ""
+    return (f"; this process listens on loopback only (MESHRPC_HOST is {settings.HOST!r}) and hears daemons on this "
+            f"machine only: set MESHRPC_HOST=0.0.0.0 to hear those on the LAN")
 
 
 def not_found(uri: URI, tried: list[str]) -> UnknownNameError:

@@ -76,6 +76,17 @@ def test_unknown_name_is_quick_and_blames_no_unconfigured_source(realm: str) -> 
         text = str(exc)
         assert "nobody.here" in text and "connection refused" not in text and f":{s.NS_PORT}" not in text, text
         assert "realm" in text and "meshrpc browse --all-realms" in text, text
+        # a newcomer's client on a second machine forgot MESHRPC_HOST: the error says so (w11-newcomer)
+        assert "loopback only (MESHRPC_HOST is '127.0.0.1')" in text and "MESHRPC_HOST=0.0.0.0" in text, text
+
+
+def test_the_loopback_hint_is_only_for_a_mesh_on_loopback() -> None:
+    from meshrpc.mesh import net
+    from meshrpc.resolve import _loopback_note
+    on_lan = meshrpc.config.copy(HOST="0.0.0.0")   # no traffic: only which interfaces it would use
+    assert _loopback_note(["mesh"], on_lan) == "" or not net.ipv4_addresses(include_loopback=False)
+    assert _loopback_note(["etcd"], meshrpc.config.copy(HOST="localhost")) == ""
+    assert "MESHRPC_HOST=0.0.0.0" in _loopback_note(["mesh", "etcd"], meshrpc.config.copy(HOST="localhost"))
 
 
 def test_known_name_without_providers_is_one_error_every_time(runner: Runner, server_script: Path,

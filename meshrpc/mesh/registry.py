@@ -80,6 +80,7 @@ class _Slot:
                                           # announcement is no proof of life (a foreign responder repeats it)
     avoid_until: float = _NEVER           # a proxy could not reach it: choose() passes it over until
     _label: tuple[str, str] | None = None  # (node, instance label) cache
+    _location: str | None = None          # the uri's endpoint (host:port or unix socket) cache
 
     @property
     def visible(self) -> bool:
@@ -90,6 +91,12 @@ class _Slot:
         if self._label is None or self._label[0] != self.entry.node:
             self._label = (self.entry.node, records.instance_label(self.entry).lower())
         return self._label[1]
+
+    @property
+    def location(self) -> str:
+        if self._location is None:
+            self._location = URI(self.entry.uri).location or ""
+        return self._location
 
 
 @dataclass(eq=False)
@@ -115,6 +122,8 @@ class _Node:
     suspect_since: float | None = None    # silent past MESH_SUSPECT_AFTER, not yet refuted
     announced_live: bool = False          # an announcement of it came while fresh (not only a cached copy)
     recheck_gap: float = 0.0              # a node without heartbeats: pause before its dormant entries' next check
+    next_recheck: float = _NEVER
+    checked: dict[str, float] = field(default_factory=dict)   # endpoint -> when a check of it last started
     checking: bool = False                # a liveness check is running
     next_check: float = _NEVER
     claimed: tuple[int, str] | None = None   # (count, digest) of its entries, from its last heartbeat
@@ -563,11 +572,34 @@ class Registry:
             node.suspect_since = now
         if node.checking or now < node.next_check:
             return
-        target = next((self._slots[k].entry for k in node.keys if self._slots[k].dormant_since is None), None)
+        target = self._check_target(node, now, dormant=False)
         if target is not None:
             node.checking = True
             node.next_check = now + self.settings.MESH_HEARTBEAT_INTERVAL
             checks.append(target)
+
+    def _check_target(self, node: _Node, now: float, dormant: bool) -> Entry | None:
+        """The visible (or dormant) entry of node whose endpoint was checked longest ago: a node's
+        checks take its endpoints in turn (a foreign responder may announce several under one node id,
+        some of them dead)."""
+        best: _Slot | None = None
+        best_when = 0.0
+        for key in node.keys:
+            slot = self._slots[key]
+            if (slot.dormant_since is not None) != dormant:
+                continue
+            when = node.checked.get(slot.location, _NEVER)
+            if best is None or when < best_when:
+                best, best_when = slot, when
+                if when == _NEVER:
+                    break
+        if best is None:
+            return None
+        if len(node.checked) > 2 * len(node.keys) + 8:     # endpoints of entries gone since
+            node.checked = {loc: t for loc, t in node.checked.items()
+                            if any(self._slots[k].location == loc for k in node.keys)}
+        node.checked[best.location] = now
+        return best.entry
 
     def _recheck_dormant(self, node: _Node, now: float, checks: list[Entry]) -> None:
         """A node that never sent a heartbeat (a foreign responder: Avahi, Bonjour publishing a
@@ -575,9 +607,9 @@ class Registry:
         that it is back (it does not announce again when a partition heals): its dormant entries are
         checked again, the pause doubling from MESH_HEARTBEAT_INTERVAL up to MESH_LIVENESS_WINDOW_MAX,
         for as long as they are kept (MESH_DORMANT_KEEP). An accepted check brings them back."""
-        if node.checking or now < node.next_check:
+        if node.checking or now < node.next_recheck:
             return
-        target = next((self._slots[k].entry for k in node.keys if self._slots[k].dormant_since is not None), None)
+        target = self._check_target(node, now, dormant=True)
         if target is None:
             node.recheck_gap = 0.0
             return
@@ -585,7 +617,7 @@ class Registry:
         node.recheck_gap = min(settings.MESH_LIVENESS_WINDOW_MAX,
                                max(settings.MESH_HEARTBEAT_INTERVAL, 2 * node.recheck_gap))
         node.checking = True
-        node.next_check = now + node.recheck_gap
+        node.next_recheck = now + node.recheck_gap
         checks.append(target)
 
     def _make_dormant(self, slot: _Slot, now: float) -> None:
@@ -697,7 +729,7 @@ class Registry:
                 self._drop(key)
             node.incarnation, node.heard = incarnation, _NEVER
             node.seq, node.refused_seq, node.claimed, node.sync, node.mismatch_since = -1, -1, None, None, None
-            node.announced_live, node.recheck_gap = False, 0.0
+            node.announced_live, node.recheck_gap, node.next_recheck = False, 0.0, _NEVER
         return node
 
     def _notify(self) -> None:
@@ -857,7 +889,7 @@ class Registry:
             if node is None or node.incarnation != entry.incarnation:
                 return
             node.checking = False
-            endpoint = URI(entry.uri).location
+            endpoint = URI(entry.uri).location or ""
             if outcome == OPEN:
                 node.heard = max(node.heard, now)
                 node.suspect_since = None
@@ -868,7 +900,7 @@ class Registry:
                 refused = []
                 for key in node.keys:
                     slot = self._slots[key]
-                    if URI(slot.entry.uri).location == endpoint:
+                    if slot.location == endpoint:
                         slot.refused = True
                         if slot.dormant_since is None:
                             self._make_dormant(slot, now)
@@ -883,7 +915,7 @@ class Registry:
         node.recheck_gap = 0.0
         for key in node.keys:
             slot = self._slots[key]
-            if not slot.visible and URI(slot.entry.uri).location == endpoint:
+            if not slot.visible and slot.location == endpoint:
                 self._revive(slot, now)
                 if slot.visible:
                     log.info("mesh: %s at %s answers again; it is back", slot.entry.name, slot.entry.uri)

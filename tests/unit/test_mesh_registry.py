@@ -469,6 +469,24 @@ def test_a_node_without_heartbeats_comes_back_when_a_check_of_its_dormant_entry_
     assert source.checked == [uri(1)]
 
 
+def test_the_checks_of_a_node_take_its_endpoints_in_turn(reg: Registry, clock: Clock, source: FakeSource) -> None:
+    """A foreign responder may announce objects at several endpoints under one node id, one of them dead:
+    the checks that keep it alive must not always ask the same one (w11-avahi: the first entry of a set
+    was always checked, and a dead endpoint next to a live one stayed listed for good)."""
+    source.outcomes = {uri(1): "open", uri(2): "silent"}
+    for port in (1, 2):
+        reg.feed(entry(name=f"svc{port}", port=port, node="avahi"))
+    while len(source.__dict__.setdefault("checked", [])) < 2:
+        clock.now += 0.25
+        reg.sweep()
+    assert sorted(source.checked) == [uri(1), uri(2)]
+    source.outcomes[uri(2)] = "refused"
+    for _ in range(40):
+        clock.now += 0.25
+        reg.sweep()
+    assert [e.uri for e in reg.list()] == [uri(1)]          # the dead one went, the live one stayed
+
+
 def test_a_node_known_only_from_a_stale_cached_copy_is_not_checked(reg: Registry, clock: Clock,
                                                                   source: FakeSource) -> None:
     """Only a node heard live counts as one without heartbeats: an old cached copy (a daemon gone long

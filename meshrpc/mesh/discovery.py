@@ -673,7 +673,8 @@ class Discovery:
         name, text, goodbye, heard = first, second, third, rest[0]
         label = records.label_of(name) or records.label_of(name, MESH_INDEX_SERVICE_TYPE)
         decoded, why = records.decode(text, label=label, max_size=self.settings.MESH_TXT_MAX) \
-            if label is not None else (None, "not a service instance name")
+            if label is not None else (None, "its instance name has a dot (or it is a subtype): meshrpc "
+                                       "reads one-label instance names only, its own have no dots")
         if decoded is None:
             self._warn_once(name, why)
             return

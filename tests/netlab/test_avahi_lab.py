@@ -402,9 +402,10 @@ def test_a_record_avahi_publishes_comes_back_after_a_partition(
 def test_garbage_avahi_publishes_is_logged_and_ignored_while_good_records_serve(
         lab: Any, spawn: Callable[..., Agent], avahi: Callable[..., Avahi], realm: str) -> None:
     """Avahi on h2 publishes _meshrpc._tcp services meshrpc cannot use: no TXT, a missing key, a bad
-    number, an unknown format version, a label that does not match the content, a record whose port
-    nobody serves; Avahi on h3 publishes copies of names h2's Avahi and h1's meshrpc hold. The
-    registry on h1 logs one clear line for each and keeps resolving and calling the good ones."""
+    number, an unknown format version, a label that does not match the content, a TXT over
+    MESH_TXT_MAX, a value that is not UTF-8, a dotted instance name, a record whose port nobody serves;
+    Avahi on h3 publishes copies of names h2's Avahi and h1's meshrpc hold. The registry on h1 logs one
+    clear line for each and keeps resolving and calling the good ones."""
     h1, h2, h3 = lab.hosts
     client = spawn(h1, CLIENT, env={"MESHRPC_LOGLEVEL": "INFO", "MESHRPC_LOOKUP_TIMEOUT": "1"})
     meshd = spawn(h1, SERVER)
@@ -426,6 +427,9 @@ def test_garbage_avahi_publishes_is_logged_and_ignored_while_good_records_serve(
         "junk-nouri": ([s for s in good if not s.startswith("u=")], "missing key 'u'"),
         "junk-badnum": ([("s=x1" if s.startswith("s=") else s) for s in good], "key 's' is not a number"),
         "avahi-good-000000000000": (good, "instance label does not match"),
+        "junk-huge": (good + [f"z{i}=" + "z" * 242 for i in range(5)], "exceeds 1300"),   # Avahi sends no more
+        "junk-latin1": ([("n=caf\udce9" if s.startswith("n=") else s) for s in good], "key 'n' is not UTF-8"),
+        "junk.dotted": (good, "its instance name has a dot"),
     }
     published = a2.publish(good_label, port, good)
     a2.publish(dead_label, 9, dead)

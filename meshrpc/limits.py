@@ -74,6 +74,10 @@ MESH_INDEX_TTL = 120  # seconds: index pages are fetched on demand, not kept
 MESH_ONE_SHOT_LISTEN = 1.0  # seconds the one-shot sockets wait for unicast answers
 MESH_ONE_SHOT_RCVBUF = 1 << 20  # a burst of answers from many responders must fit
 MESH_RECENT_QUESTION_IDS = 256  # answers carry the id of a question we asked lately
+# RFC 6762 10.1: a goodbye takes effect one second after it came. A node without heartbeats (Avahi, Bonjour
+# publishing a record in meshrpc's shape) keeps one version for good, so a copy of a record it withdrew, heard
+# later than this, is that record published again, not a late copy (meshrpc's own nodes bump the version).
+MESH_GOODBYE_GRACE = 1.0
 NETWORKS_CACHE_TTL = 2.0  # seconds: interfaces change rarely, and a stale answer only costs a retry
 
 # --- the wire: the reads of transport/sockets.py, large frames (wire/frame.py), the key proof

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from ..config import Settings
 from ..errors import NamingError
+from ..limits import MESH_GOODBYE_GRACE
 from ..uri import URI
 from . import records
 from .records import Entry, Heartbeat, IndexPage, check_realm
@@ -481,7 +482,11 @@ class Registry:
         key = entry.key
         tomb = self._tombstones.get(key)
         if tomb is not None and entry.order <= tomb[0]:
-            return                            # a late copy of something withdrawn
+            buried = tomb[1] - self.settings.MESH_TOMBSTONE_KEEP
+            if not (node.without_heartbeats and entry.order == tomb[0] and self._fresh(heard)
+                    and heard >= buried + MESH_GOODBYE_GRACE):
+                return                        # a late copy of something withdrawn
+            del self._tombstones[key]         # a foreign responder published it again
         slot = self._slots.get(key)
         if slot is None:
             if not self._make_room(entry):

@@ -330,7 +330,8 @@ def test_a_record_avahi_publishes_is_resolved_called_and_dropped_at_its_goodbye(
         record_property: Callable[[str, Any], None]) -> None:
     """avahi-publish on h2 announces, in meshrpc's shape, an object of a daemon on h2 that announces
     nothing itself. Avahi probes first (about 0.75 s), sends no heartbeats (its node is vouched for by the
-    registry's TCP checks) and withdraws with goodbyes when avahi-publish ends."""
+    registry's TCP checks), withdraws with goodbyes when avahi-publish ends, and may publish the very
+    same record again."""
     h1, h2, _ = lab.hosts
     client = spawn(h1, CLIENT)
     server = spawn(h2, PLAIN_SERVER)
@@ -360,6 +361,17 @@ def test_a_record_avahi_publishes_is_resolved_called_and_dropped_at_its_goodbye(
     _figure(record_property, "avahi_withdraw_to_gone_on_h1", removed["t"] - stopped)
     assert removed["t"] - stopped < 2.0, "the goodbye did not remove it at once"
     assert client.request("lookup", name="avahi.greeting")["entries"] == []
+
+    # Published again, unchanged (a service file whose Avahi restarted, avahi-publish run again): the
+    # same version as the record withdrawn, and no late copy of it. Found by w11-avahi: before the fix
+    # the withdrawn record's tombstone hid it for a minute, and nothing sent it again for about an hour.
+    since = client.mark()
+    again = time.monotonic()
+    responder.publish(label, server.ready["port"], txt)
+    back = client.event("added", 10, since, name="avahi.greeting", uri=uri)
+    _figure(record_property, "avahi_publish_again_to_visible_on_h1", back["t"] - again)
+    call = client.request("call", uri="PYRONAME:avahi.greeting", who="h1")
+    assert call.get("answer") == "hello h1 from h2", call
 
 
 def test_a_record_avahi_publishes_comes_back_after_a_partition(

@@ -321,8 +321,10 @@ class Gateway:
         if name.startswith("PYRONAME:"):
             name = name[len("PYRONAME:"):]
         if not self.is_exposed(name):
-            raise Forbidden(f"{name!r} is not exposed by this gateway (expose pattern {self.expose.pattern!r})"
-                            if self.expose else f"{name!r} is not exposed")
+            assert self.expose is not None  # without a pattern every name is exposed
+            raise Forbidden(f"{name!r} is not exposed by this gateway (expose pattern {self.expose.pattern!r}): "
+                            f"names matching `meshrpc gateway --expose REGEX` (or MESHRPC_GATEWAY_EXPOSE) can be "
+                            f"called, the others are view only")
         try:
             uri = URI("PYRONAME:" + name)
         except ValueError as exc:

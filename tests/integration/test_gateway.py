@@ -155,6 +155,7 @@ def test_not_exposed_name_is_403(gw: GatewayThread) -> None:
     reply = request(gw.url + "/pyro/private.thermo/echo?message=x")
     assert reply.status == 403
     assert "not exposed" in reply.json()["args"][0]
+    assert "--expose REGEX" in reply.json()["args"][0]   # says what to do (w11-newcomer)
 
 
 def test_unknown_name_method_and_path_are_404(gw: GatewayThread) -> None:

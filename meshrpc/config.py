@@ -174,6 +174,11 @@ class Settings:
         "Accepted for Pyro5 programs; no effect: the worker pool starts threads when calls need them."))
     MAX_CONNECTIONS: int = field(default=10000, metadata=_doc(
         "Most client connections a daemon holds at once; more are refused and closed."))
+    MAX_CALLS_PER_CONNECTION: int = field(default=10000, metadata=_doc(
+        "Most calls of one client connection an asyncio daemon runs at once (pipelined requests of "
+        "methods that wait, or wait for a thread); while that many run, it reads none of that client's "
+        "requests, so one client cannot make it hold without bound. The threaded daemon runs a "
+        "connection's calls one at a time."))
     DETAILED_TRACEBACK: bool = field(default=False, metadata=_doc(
         "Include local variables in remote tracebacks (may leak data; debugging only)."))
     # --- streaming

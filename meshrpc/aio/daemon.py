@@ -81,6 +81,7 @@ class _ClientConnection(Receiving):
         self.pumping = False  # the daemon is working through the requests of one read
         self.broken = False  # the client broke the protocol: closed once its running calls are answered
         self.write_paused = False  # its replies wait above the high-water mark: none of its requests are read
+        self.crowded = False  # MAX_CALLS_PER_CONNECTION of its calls run: none of its requests are read
         self.unsent = 0  # while write_paused: the bytes that waited at the last sign of progress ...
         self.stalled_since = 0.0  # ... and when that was (SEND_TIMEOUT counts from it)
         loop = self._loop = asyncio.get_running_loop()
@@ -202,15 +203,32 @@ class _ClientConnection(Receiving):
         self.write_paused = True
         self.unsent = self.waiting_to_send()
         self.stalled_since = _monotonic()
+        self._hold_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._read_again()
+
+    def crowd(self) -> None:
+        """MAX_CALLS_PER_CONNECTION of this client's calls run (the caller counted them): read none of its
+        requests until one of them ends (uncrowd)."""
+        self.crowded = True
+        self._hold_reading()
+
+    def uncrowd(self) -> None:
+        self.crowded = False
+        self._read_again()
+
+    def _hold_reading(self) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing() and transport.is_reading():
             transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        self.write_paused = False
+    def _read_again(self) -> None:
+        """Read this client's requests again, unless something else still holds them back."""
         transport = self.transport
-        if (transport is not None and not transport.is_closing() and not transport.is_reading() and not self.broken
-                and not self._corked.closing):
+        if (transport is not None and not transport.is_closing() and not transport.is_reading()
+                and not (self.write_paused or self.crowded or self.broken or self._corked.closing)):
             transport.resume_reading()
 
     def waiting_to_send(self) -> int:
@@ -272,6 +290,7 @@ class Daemon(threaded.Daemon):
         self._background: set[asyncio.Future[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
         self._method_kinds: dict[Any, dict[str, str]] = {}  # registration -> {method: where it runs}
+        self._calls_cap = max(1, self.settings.MAX_CALLS_PER_CONNECTION)
 
     # ------------------------------------------------------------------ serving
     async def start(self) -> None:
@@ -518,6 +537,8 @@ class Daemon(threaded.Daemon):
                                             function, method)
         if task is not None:  # it waits: its Task answers
             conn.calls += 1
+            if conn.calls >= self._calls_cap:
+                conn.crowd()
             self._calls.add(task)
             return
         flags, result = self._dispatch.finish(conn, result)
@@ -568,6 +589,8 @@ class Daemon(threaded.Daemon):
             return
         assert self._workers is not None
         conn.calls += 1
+        if conn.calls >= self._calls_cap:
+            conn.crowd()
         self._workers.submit(self._run_sync, self._plain_done, conn, frame, call)
 
     def _where_to_run(self, registration: Any, method: str) -> str:
@@ -621,6 +644,8 @@ class Daemon(threaded.Daemon):
         finally:
             self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
             conn.calls -= 1
+            if conn.crowded:
+                conn.uncrowd()
         self._reply(conn, frame, outcome)
         if not conn.pumping:  # answered outside the reading of its request (it waited)
             conn.replied()
@@ -663,6 +688,8 @@ class Daemon(threaded.Daemon):
     def _plain_done(self, outcome: tuple, conn: _ClientConnection, frame: wire.Frame, call: tuple) -> None:
         """A plain method's call is done on its worker thread: its reply (on the loop)."""
         conn.calls -= 1
+        if conn.crowded:
+            conn.uncrowd()
         self._reply(conn, frame, outcome)
         if not conn.pumping and (conn.broken or not self._workers.outcomes_waiting()):
             conn.replied()  # (not while the batch's others wait: it may wait for the client's next request)

@@ -9,6 +9,7 @@ Memory figures are the process's RSS (daemon and clients share the process), rea
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import socket
@@ -214,6 +215,59 @@ def test_aio_daemon_reads_no_more_from_a_client_that_never_reads_and_drops_it_af
         wait_until(lambda: served.live() == 0, timeout=15.0, message="the non-reading client dropped")
         with meshrpc.Proxy(served.uri, settings=settings()) as proxy:
             assert proxy.echo("served on") == "served on"
+        sock.close()
+    finally:
+        served.close()
+
+
+@meshrpc.expose
+class Gated:
+    """`async def` calls that wait until the test opens the gate (made on the daemon's loop)."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Event | None = None
+
+    async def wait_open(self, i: int, padding: str) -> int:
+        assert self.gate is not None
+        await self.gate.wait()
+        return i
+
+
+def test_aio_daemon_runs_at_most_max_calls_per_connection_and_loses_none() -> None:
+    # without the bound it read every request a client sent and ran each as a Task: 100,000 pipelined
+    # calls of a method that waits held 250 MB, and the loop took 1.5 s to answer another client
+    cap = 100
+    served = AioServed(MAX_CALLS_PER_CONNECTION=cap)
+    gated = Gated()
+    served.loop.call(lambda: setattr(gated, "gate", asyncio.Event()))
+    served.loop.call(lambda: served.daemon.register(gated, "gated"))
+    running = lambda: served.loop.call(lambda: max((c.calls for c in served.daemon._aio_connections), default=0))
+    try:
+        sock = handshaken_socket(served.uri.port)
+        frame = lambda seq: wire.encode(wire.Frame(wire.MSG_INVOKE, SERPENT.id, seq, SERPENT.dumps_call(
+            "gated", "wait_open", (seq, "p" * 4000), {})))
+        sock.settimeout(2.0)
+        sent = 0
+        with pytest.raises(socket.timeout):  # the daemon stopped reading: the kernel's buffers filled up
+            while sent < 20_000:  # 80 MB of requests
+                sock.sendall(frame(2 + sent))
+                sent += 1
+        per_read = meshrpc.Settings().AIO_RECEIVE_BUFFER // len(frame(2)) + 1
+        assert cap <= running() <= cap + per_read, "calls running once the daemon stopped reading"
+        sock.settimeout(30.0)
+        with meshrpc.Proxy(served.uri, settings=settings()) as other:  # everyone else is served meanwhile
+            assert other.echo("not held up") == "not held up"
+        served.loop.call(gated.gate.set)
+        reader = wire.FrameReader()
+        answered = set()
+        while len(answered) < sent:  # the ones sent when it blocked, partly, may follow: count those sent whole
+            while (reply := reader.next_frame()) is None:
+                chunk = sock.recv(1 << 16)
+                assert chunk, f"the daemon closed the connection after {len(answered)} of {sent} replies"
+                reader.feed(chunk)
+            assert not reply.flags & wire.FLAG_EXCEPTION, SERPENT.loads(reply.payload)
+            answered.add(SERPENT.loads(reply.payload))
+        assert answered >= set(range(2, 2 + sent)) and running() == 0
         sock.close()
     finally:
         served.close()

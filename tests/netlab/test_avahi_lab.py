@@ -236,9 +236,10 @@ daemon.shutdown()
 
 
 # A multicast (QM) question from port 5353 for one TXT record: a responder answers it by multicast, so
-# every host on the link hears the record again (what any browser's question can make Avahi do).
+# every host on the link hears the record again (what any browser's question can make Avahi do). Exits 0
+# once the answer was heard here (a multicast answer reaches every host of the lab switch at once).
 ASK_TXT = r"""
-import socket, struct, sys
+import select, socket, struct, sys, time
 name, address = sys.argv[1], sys.argv[2]
 question = b"".join(bytes([len(part)]) + part for part in name.encode().split(b".")) + b"\0"
 packet = struct.pack("!6H", 0, 0, 1, 0, 0, 0) + question + struct.pack("!2H", 16, 1)
@@ -246,8 +247,16 @@ sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("224.0.0.251") + socket.inet_aton(address))
 sock.bind(("0.0.0.0", 5353))
 sock.sendto(packet, ("224.0.0.251", 5353))
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline:
+    if select.select([sock], [], [], deadline - time.monotonic())[0]:
+        data, _ = sock.recvfrom(9000)
+        if data[2] & 0x80 and question[:-1] in data:       # a response that names the record
+            sys.exit(0)
+sys.exit(2)
 """
 
 LOG_BOUND = 10.0             # a bad record -> its warning in the receiver's log
@@ -359,7 +368,7 @@ def test_a_record_avahi_publishes_is_resolved_called_and_dropped_at_its_goodbye(
     published.stop()                             # avahi-daemon sends goodbyes for its records
     removed = client.event("removed", 10, since, name="avahi.greeting", uri=uri)
     _figure(record_property, "avahi_withdraw_to_gone_on_h1", removed["t"] - stopped)
-    assert removed["t"] - stopped < 2.0, "the goodbye did not remove it at once"
+    assert removed["t"] - stopped < 5.0, "the goodbye did not remove it at once"
     assert client.request("lookup", name="avahi.greeting")["entries"] == []
 
     # Published again, unchanged (a service file whose Avahi restarted, avahi-publish run again): the
@@ -479,7 +488,7 @@ def test_garbage_avahi_publishes_is_logged_and_ignored_while_good_records_serve(
     since = client.mark()
     asked = h3.python(ASK_TXT, records.service_name(dead_label).rstrip("."), h3.address, capture_output=True,
                       text=True, timeout=30)
-    assert asked.returncode == 0, asked.stderr
+    assert asked.returncode == 0, f"Avahi did not answer the question by multicast: {asked.stderr}"
     marker_uri = f"PYRO:obj_marker@{h2.address}:{port}"
     marker_label, marker = meshrpc_txt(realm, "avahi.marker", marker_uri, ["avahi"], node="avahi-h2")
     a2.publish(marker_label, port, marker)       # announced after Avahi's answer (it probes first)

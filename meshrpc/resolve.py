@@ -167,8 +167,12 @@ def not_found(uri: URI, tried: list[str]) -> UnknownNameError:
         what = f"name {uri.object!r}"
     else:
         what = f"tags {','.join(sorted(uri.tags))!r}"
-    return UnknownNameError(f"unknown {what}: {'; '.join(tried)}. Check the spelling and the realm "
-                            f"(`meshrpc browse --all-realms` lists what is announced)")
+    answered = any("not announced" in said or "not registered" in said or said.endswith(": not found")
+                   for said in tried)
+    advice = ("Check the spelling and the realm (`meshrpc browse --all-realms` lists what is announced)" if answered
+              else "No source could be asked: start the name server it names (`meshrpc ns`), or check "
+                   "MESHRPC_RESOLVE and MESHRPC_NS_HOST")
+    return UnknownNameError(f"unknown {what}: {'; '.join(tried)}. {advice}")
 
 
 def source_groups(uri: URI, settings: Settings, sources: tuple[str, ...] | None) -> list[list[str]]:

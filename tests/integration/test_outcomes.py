@@ -80,6 +80,16 @@ def test_unknown_name_is_quick_and_blames_no_unconfigured_source(realm: str) -> 
         assert "loopback only (MESHRPC_HOST is '127.0.0.1')" in text and "MESHRPC_HOST=0.0.0.0" in text, text
 
 
+def test_a_name_server_that_cannot_be_reached_is_not_blamed_on_the_spelling(realm: str) -> None:
+    # PYRONAME:x@host:port asks that name server only; with none running, nobody could say whether the
+    # name exists, so the advice is to start one, not to check the spelling (w11-newcomer)
+    s = settings(realm)
+    exc, _ = timed(lambda: meshrpc.Proxy(f"PYRONAME:nobody.here@127.0.0.1:{s.NS_PORT}", settings=s).hello())
+    assert type(exc) is errors.UnknownNameError, exc
+    assert "connection refused" in str(exc) and "start the name server" in str(exc), exc
+    assert "Check the spelling" not in str(exc), exc
+
+
 def test_the_loopback_hint_is_only_for_a_mesh_on_loopback() -> None:
     from meshrpc.mesh import net
     from meshrpc.resolve import _loopback_note

@@ -19,8 +19,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import Pyro5.api
 import Pyro5.errors
@@ -132,8 +134,10 @@ def examples_dir() -> Path:
     return root / "examples"
 
 
-@pytest.fixture(scope="module")
-def nameserver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+PAIRINGS = (("pyro5", "pyro5"), ("meshrpc", "pyro5"), ("pyro5", "meshrpc"))  # (server, client); the first is the reference
+
+
+def _start_nameserver() -> tuple[subprocess.Popen, dict[str, str]]:
     """A real Pyro5 name server on loopback (no broadcast), and the environment that points programs at it."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "Pyro5.nameserver", "-n", HOST, "-p", str(port), "-x"],
@@ -141,6 +145,7 @@ def nameserver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = {**os.environ, "PYRO_NS_HOST": HOST, "PYRO_NS_PORT": str(port), "PYRO_HOST": HOST,
            "MESHRPC_REALM": "pyro5-examples-" + uuid.uuid4().hex[:8], "MESHRPC_LOOKUP_TIMEOUT": "1",
            "MESHRPC_RESOLVE": "ns",  # names through the name server only, as Pyro5 resolves them
+           "MESHRPC_INTERFACES": HOST,  # the mesh on loopback even for a daemon on another address
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
     deadline = time.monotonic() + START_TIMEOUT
@@ -155,9 +160,44 @@ def nameserver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                 pytest.fail(f"the Pyro5 name server did not start: {proc.communicate()[0]}")
             time.sleep(0.1)
     env["_NS_URI"] = f"PYRO:Pyro.NameServer@{HOST}:{port}"
-    yield env
-    proc.terminate()
-    proc.wait(10)
+    return proc, env
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()  # our own child, by its handle
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def nameservers() -> Iterator[dict[tuple[str, str], dict[str, str]]]:
+    """A name server per pairing (each pairing's programs register the same names: the pairings run at once)."""
+    started = []
+    try:
+        for _ in PAIRINGS:
+            started.append(_start_nameserver())
+        yield {libs: env for libs, (_, env) in zip(PAIRINGS, started)}
+    finally:
+        for proc, _ in started:
+            _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def nameserver(nameservers: dict[tuple[str, str], dict[str, str]]) -> dict[str, str]:
+    return nameservers[PAIRINGS[0]]
+
+
+def _each_pairing(run: Callable[[str, str, dict[str, str]], Any],
+                  nameservers: dict[tuple[str, str], dict[str, str]]) -> dict[tuple[str, str], Any]:
+    """run(server lib, client lib, environment) for the three pairings at once (each with its own name
+    server): {pairing: its result}. The examples mostly wait (sleeps, round trips), so running them side
+    by side takes about as long as the slowest."""
+    with ThreadPoolExecutor(len(PAIRINGS)) as pool:
+        futures = {libs: pool.submit(run, *libs, nameservers[libs]) for libs in PAIRINGS}
+        return {libs: future.result() for libs, future in futures.items()}
 
 
 def _run_client(server_proc: subprocess.Popen, command: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, str]:
@@ -168,19 +208,23 @@ def _run_client(server_proc: subprocess.Popen, command: list[str], cwd: Path, en
 
 
 def _run_pair(example: Path, server: str, client: str, names: list[str], server_lib: str, client_lib: str,
-              env: dict[str, str], drive: Any = _run_client) -> tuple[list[str], list[str]]:
+              env: dict[str, str], drive: Any = _run_client, server_input: str = "") -> tuple[list[str], list[str]]:
     """(client output, server output), normalized, of one run. `drive` runs the client once the server
-    has registered `names` (its default: to the end, with no input)."""
+    has registered `names` (its default: to the end, with no input); the server reads `server_input`."""
     with Pyro5.api.Proxy(env["_NS_URI"]) as ns:
         for name in names:
             ns.remove(name)
     launch = [sys.executable, "-c", LAUNCHER]
     server_proc = subprocess.Popen([*launch, server_lib, server], cwd=example, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.PIPE if server_input else subprocess.DEVNULL)
+    if server_input:
+        server_proc.stdin.write(server_input)
+        server_proc.stdin.close()
     try:
         deadline = time.monotonic() + START_TIMEOUT
         with Pyro5.api.Proxy(env["_NS_URI"]) as ns:
-            while not all(ns.list(prefix=name) for name in names):
+            while not all(name in ns.list(prefix=name) for name in names):  # not a longer name with its prefix
                 if server_proc.poll() is not None or time.monotonic() > deadline:
                     server_proc.kill()
                     pytest.fail(f"{example.name}/{server} ({server_lib}) did not register {names}:\n"
@@ -241,12 +285,12 @@ URI_EXAMPLES = [
 @pytest.mark.parametrize("directory, server, client, server_too", URI_EXAMPLES,
                          ids=[f"{e[0]}/{e[1]}" if e[1] != "server.py" else e[0] for e in URI_EXAMPLES])
 def test_example_given_the_uri_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path,
-                                                                          nameserver: dict[str, str],
+                                                                          nameservers: dict[Any, dict[str, str]],
                                                                           directory: str, server: str,
                                                                           client: str, server_too: bool) -> None:
     example = examples_dir / directory
-    runs = {libs: _run_pair(example, server, client, [], *libs, nameserver, drive=_client_given_the_uri)
-            for libs in (("pyro5", "pyro5"), ("meshrpc", "pyro5"), ("pyro5", "meshrpc"))}
+    runs = _each_pairing(lambda server_lib, client_lib, env: _run_pair(
+        example, server, client, [], server_lib, client_lib, env, drive=_client_given_the_uri), nameservers)
     reference = runs[("pyro5", "pyro5")]
     if directory == "autoproxy":
         assert any("Thingy 3 says: I am last then..." in line for line in reference[1]), reference
@@ -324,16 +368,16 @@ def _concurrent_outcomes(lines: list[str]) -> list[str]:
 
 @pytest.mark.timeout(4 * (START_TIMEOUT + RUN_TIMEOUT))
 def test_usersession_example_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path,
-                                                                         nameserver: dict[str, str]) -> None:
+                                                                         nameservers: dict[Any, dict[str, str]]) -> None:
     """Session instances read the USER annotation the client set in current_context.annotations, in
     their constructor. The sequential half prints the same line by line; the concurrent half is timing
     by design (threads share one database, and the singleton one shows its concurrency errors), so
     there each of 2x2 threads' 3 iterations must give a number or that error, and the server must
     make a session instance (for user123) per thread and log only user123's database calls."""
     example = examples_dir / "usersession"
-    runs = {libs: _run_pair(example, "server.py", "client.py", USERSESSION_NAMES, *libs, nameserver,
-                            drive=_client_in_two_halves)
-            for libs in (("pyro5", "pyro5"), ("meshrpc", "pyro5"), ("pyro5", "meshrpc"))}
+    runs = _each_pairing(lambda server_lib, client_lib, env: _run_pair(
+        example, "server.py", "client.py", USERSESSION_NAMES, server_lib, client_lib, env,
+        drive=_client_in_two_halves), nameservers)
     cut = "--- concurrent ---"
     reference_client, reference_server = (out[:out.index(cut)] for out in runs[("pyro5", "pyro5")])
     assert reference_server.count(SESSION_CREATED) == 2, reference_server
@@ -361,16 +405,18 @@ def in_order(lines: list[str], compare: str) -> list[str]:
 @pytest.mark.timeout(4 * (START_TIMEOUT + RUN_TIMEOUT))
 @pytest.mark.parametrize("directory, server, client, names, server_too, compare", EXAMPLES,
                          ids=[e[0] for e in EXAMPLES])
-def test_example_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path, nameserver: dict[str, str],
+def test_example_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path,
+                                                             nameservers: dict[Any, dict[str, str]],
                                                              directory: str, server: str, client: str,
                                                              names: list[str], server_too: bool,
                                                              compare: str) -> None:
     example = examples_dir / directory
-    reference = [in_order(out, compare)
-                 for out in _run_pair(example, server, client, names, "pyro5", "pyro5", nameserver)]
-    for server_lib, client_lib in (("meshrpc", "pyro5"), ("pyro5", "meshrpc")):
-        client_out, server_out = (in_order(out, compare) for out in
-                                  _run_pair(example, server, client, names, server_lib, client_lib, nameserver))
+    runs = _each_pairing(lambda server_lib, client_lib, env: [
+        in_order(out, compare) for out in _run_pair(example, server, client, names, server_lib, client_lib, env)],
+        nameservers)
+    reference = runs[PAIRINGS[0]]
+    for server_lib, client_lib in PAIRINGS[1:]:
+        client_out, server_out = runs[(server_lib, client_lib)]
         assert client_out == reference[0], f"{directory}: the client's output differs with a {server_lib} " \
                                            f"server and a {client_lib} client"
         if server_too:

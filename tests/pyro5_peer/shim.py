@@ -45,6 +45,14 @@ class _Placeholder:
         raise NotImplementedError("a Pyro5 server internal; meshrpc has no counterpart (deselected as internal)")
 
 
+def _submodule(attribute: str) -> types.ModuleType:
+    """`Pyro5.nameserver` after `import Pyro5.api`: importing Pyro5.api loads Pyro5's modules, so programs use
+    them as attributes of the package without importing them (Pyro5's eventloop example does)."""
+    if f"Pyro5.{attribute}" not in MODULES:
+        raise AttributeError(f"module 'Pyro5' has no attribute {attribute!r}")
+    return importlib.import_module(f"Pyro5.{attribute}")
+
+
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
         if fullname in MODULES or fullname in PLACEHOLDERS or fullname in ("Pyro5", "Pyro5.utils"):
@@ -70,6 +78,7 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             # the suite checks the version of the package it tests: the Pyro5 release it came with
             module.__version__ = importlib.metadata.version("Pyro5")  # type: ignore[attr-defined]
             module.config = meshrpc.config  # type: ignore[attr-defined]
+            module.__getattr__ = _submodule  # type: ignore[attr-defined]
         elif name in PLACEHOLDERS:
             module.__getattr__ = lambda attr: _Placeholder  # type: ignore[attr-defined]
         return module

@@ -66,8 +66,8 @@ if sys.argv[1] == "meshrpc":
 import Pyro5.api, Pyro5.errors  # loaded before the seed: what a library draws at import does not count
 import ipaddress, Pyro5.socketutil
 def loopback_for_external(hostname, workaround127=False, version=None, real=Pyro5.socketutil.get_ip_address):
-    # "this machine's outside address" (hugetransfer binds it) is loopback here: nothing leaves the machine
-    return ipaddress.ip_address("127.0.0.1") if workaround127 else real(hostname, workaround127, version)
+    # "this machine's (outside) address" (hugetransfer, filetransfer bind it) is loopback here
+    return ipaddress.ip_address("127.0.0.1") if workaround127 or not hostname else real(hostname, False, version)
 Pyro5.socketutil.get_ip_address = loopback_for_external
 lib, script = sys.argv[1:3]
 sys.argv = [script]
@@ -88,6 +88,8 @@ SERVE_BANNER = re.compile(r"^(Object .*:|    uri = .*|    name = .*|Pyro daemon 
 # (example directory, program): examples that are one process, run on Pyro5 and on meshrpc
 SINGLE_PROCESS = [
     ("socketpair", "pair-thread.py"),
+    # metadata in the name server: yplookup with meta_all and meta_any, set_metadata, PYROMETA: proxies
+    ("ns-metadata", "example.py"),
 ]
 
 MASKS = [
@@ -104,7 +106,7 @@ MASKS = [
     (re.compile(r"\b(?:Pyro5|meshrpc)\.errors\."), "errors."),  # each side's own error classes
     # repr() of a proxy names each library's class (a deliberate difference the guide lists)
     (re.compile(r"<(?:Pyro5\.client\.Proxy|meshrpc\.Proxy) at "), "<Proxy at "),
-    (re.compile(r"(<Proxy at 0x\?; (?:not )?connected; for PYRO:\?)(?: owner [^>]*)?>"), r"\1>"),
+    (re.compile(r"(<Proxy at 0x\?; (?:not )?connected; for [^;>]+?);? owner [^>]*>"), r"\1>"),  # no owner thread
     # the banner before a remote traceback is each library's own sentence (the guide says so)
     (re.compile(r"^ \+--- This exception .*remotely.*traceback:$"), " +--- remote traceback:"),
 ]
@@ -220,11 +222,12 @@ def nameserver(nameservers: dict[tuple[str, str], dict[str, str]]) -> dict[str, 
 
 
 def _each_pairing(run: Callable[[str, str, dict[str, str]], Any],
-                  nameservers: dict[tuple[str, str], dict[str, str]]) -> dict[tuple[str, str], Any]:
+                  nameservers: dict[tuple[str, str], dict[str, str]],
+                  at_once: bool = True) -> dict[tuple[str, str], Any]:
     """run(server lib, client lib, environment) for the three pairings at once (each with its own name
     server): {pairing: its result}. The examples mostly wait (sleeps, round trips), so running them side
     by side takes about as long as the slowest."""
-    with ThreadPoolExecutor(len(PAIRINGS)) as pool:
+    with ThreadPoolExecutor(len(PAIRINGS) if at_once else 1) as pool:
         futures = {libs: pool.submit(run, *libs, nameservers[libs]) for libs in PAIRINGS}
         return {libs: future.result() for libs, future in futures.items()}
 
@@ -455,15 +458,21 @@ def test_example_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path,
 
 @pytest.mark.timeout(2 * RUN_TIMEOUT + 30)
 @pytest.mark.parametrize("directory, program", SINGLE_PROCESS, ids=[e[0] for e in SINGLE_PROCESS])
-def test_single_process_example_prints_the_same_on_meshrpc(examples_dir: Path, nameserver: dict[str, str],
-                                                           directory: str, program: str) -> None:
-    outputs = []
-    for lib in ("pyro5", "meshrpc"):
-        done = subprocess.run([sys.executable, "-c", LAUNCHER, lib, program], cwd=examples_dir / directory,
-                              env=nameserver, text=True, timeout=RUN_TIMEOUT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        outputs.append(normalized(done.stdout))
-    assert outputs[1] == outputs[0], f"{directory}/{program} prints differently on meshrpc"
+def test_single_process_example_prints_the_same_on_meshrpc(examples_dir: Path, directory: str, program: str) -> None:
+    """Each run has a name server of its own, empty (ns-metadata lists every registration)."""
+    def run(lib: str) -> list[str]:
+        proc, env = _start_nameserver()
+        try:
+            done = subprocess.run([sys.executable, "-c", LAUNCHER, lib, program], cwd=examples_dir / directory,
+                                  env=env, text=True, timeout=RUN_TIMEOUT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            _stop(proc)
+        return _with_example_masks(normalized(done.stdout), directory)
+
+    with ThreadPoolExecutor(2) as pool:
+        reference, output = pool.map(run, ("pyro5", "meshrpc"))
+    assert output == reference, f"{directory}/{program} prints differently on meshrpc"
 
 
 class Run(NamedTuple):
@@ -483,6 +492,7 @@ class Run(NamedTuple):
     compare: str = "exact"  # "exact"; "lines" (both outputs in any order); "server lines" (the server's only)
     server_too: bool = True  # compare the server's output too (not when it prints only its library's log or banner)
     label: str = ""  # the test id, when the directory alone is not unique
+    at_once: bool = True  # the pairings run at the same time (not when the example's address is fixed)
 
     @property
     def id(self) -> str:
@@ -494,17 +504,20 @@ TIMINGS = [  # what an example measures: differs from run to run
     (re.compile(r"\(\d+ calls/sec\)"), "(N calls/sec)"),
     (re.compile(r"\b\d+ kb/sec\. = \d+\.\d+ mb/sec\."), "N kb/sec. = N mb/sec."),
     (re.compile(r"\b\d+\.\d+ times faster\b"), "N times faster"),
+    (re.compile(r"\b\d+\.\d+ Mb/sec\."), "N Mb/sec."),
 ]
 
 
-def _sorted_items(match: re.Match) -> str:
-    return match[1] + ", ".join(sorted(match[2].split(", "))) + match[3]
+def _sorted_items(separator: str) -> Callable[[re.Match], str]:
+    """A replacement that sorts the items of a match's second group (its first and third stay)."""
+    return lambda match: match[1] + separator.join(sorted(match[2].split(separator))) + match[3]
 
 
 # masks for one example (after the common ones)
 EXAMPLE_MASKS: dict[str, list[tuple[re.Pattern, Any]]] = {
     "batchedcalls": TIMINGS,
     "hugetransfer": TIMINGS,
+    "filetransfer": TIMINGS,
     # the threads that run calls have each library's names: meshrpc-worker-N (Pyro5: Pyro-Worker-<id>; its
     # multiplex server runs calls in MainThread and each oneway call in a thread "oneway-call"; the guide says so)
     "servertypes": [(re.compile(r"\b(?:meshrpc-worker-\d+|meshrpc-oneway|Pyro-Worker-ID|MainThread|oneway-call)\b"),
@@ -512,9 +525,10 @@ EXAMPLE_MASKS: dict[str, list[tuple[re.Pattern, Any]]] = {
     # the size of a call includes the object id: the echo server's is "test.echoserver" in Pyro5, "echo" in
     # meshrpc (the guide says so)
     "maxsize": [(re.compile(r"message too large \(\d+, "), "message too large (N, ")],
-    # set elements print in hash order, which changes from process to process
-    "ns-metadata": [(re.compile(r"^(   meta: )(.*)()$"), _sorted_items),
-                    (re.compile(r"(\{)('[^{}]*')(\})"), _sorted_items)],
+    # set elements print in hash order, which changes from process to process (a PYROMETA: URI's too, in Pyro5)
+    "ns-metadata": [(re.compile(r"^(   meta: )(.*)()$"), _sorted_items(", ")),
+                    (re.compile(r"(\{)('[^{}]*')(\})"), _sorted_items(", ")),
+                    (re.compile(r"(for PYROMETA:)([^>]*)(>)"), _sorted_items(","))],
     # the shared secret comes from os.urandom (AGREE: client and server print the same one)
     "diffie-hellman": [(re.compile(r"^shared secret key =  [0-9a-f]+$"), "shared secret key =  KEY")],
 }
@@ -596,6 +610,13 @@ RUNS = [
     # (its COMMTIMEOUT is 5 s: the client waits 6 s); the server prints only its library's log
     Run("disconnects", "server.py", "client.py", uri=True, pause_after="result = ", pause=6.0, client_input="\n",
         server_too=False),
+    # blobs by regular calls, remote iterators, response annotations of a generator (FDAT), and a raw socket
+    # next to the daemon's in the program's own select loop (two threads each: their lines in any order)
+    Run("filetransfer", "server.py", "client.py", uri=True, client_input="\n\n\n\n", compare="lines"),
+    # a daemon on a Unix domain socket, and on one in the abstract namespace (the socket's name is fixed)
+    Run("unixdomainsock", "server.py", "client.py", uri=True, at_once=False),
+    Run("unixdomainsock", "abstract_namespace_server.py", "client.py", uri=True, at_once=False,
+        label="unixdomainsock/abstract_namespace_server.py"),
 ]
 
 
@@ -644,8 +665,8 @@ def _drive(run: Run) -> Callable[..., tuple[str, str]]:
     return drive
 
 
-def _with_example_masks(lines: list[str], run: Run) -> list[str]:
-    for pattern, replacement in EXAMPLE_MASKS.get(run.directory, []):
+def _with_example_masks(lines: list[str], directory: str) -> list[str]:
+    for pattern, replacement in EXAMPLE_MASKS.get(directory, []):
         lines = [pattern.sub(replacement, line) for line in lines]
     return lines
 
@@ -684,9 +705,9 @@ def test_example_run_prints_the_same_with_either_side_on_meshrpc(examples_dir: P
             assert len(values) == 2 and values[0] == values[1], f"{run.id} ({server_lib} server, {client_lib} " \
                                                                 f"client): its sides disagree: {values}"
         server_out = _cut_after(server_out, run.server_until)
-        return [_with_example_masks(client_out, run), _with_example_masks(server_out, run)]
+        return [_with_example_masks(client_out, run.directory), _with_example_masks(server_out, run.directory)]
 
-    runs = _each_pairing(one, nameservers)
+    runs = _each_pairing(one, nameservers, at_once=run.at_once)
     reference = runs[PAIRINGS[0]]
     assert reference[0], f"{run.id}: the reference client printed nothing"
     for (server_lib, client_lib), outputs in runs.items():
@@ -698,3 +719,68 @@ def test_example_run_prints_the_same_with_either_side_on_meshrpc(examples_dir: P
                 output, expected = sorted(output), sorted(expected)
             assert output == expected, f"{run.id}: the {side}'s output differs with a {server_lib} server and a " \
                                        f"{client_lib} client"
+
+
+def _autoreconnect_run(example: Path, server_lib: str, client_lib: str, env: dict[str, str]) -> list[str]:
+    """autoreconnect (PYRO: URI): the server is stopped after the client's second call and started again on
+    the same port when the client says it is rebinding; the client is stopped after two more calls. The
+    client's and both servers' output, normalized, with a line between them."""
+    launch = [sys.executable, "-c", LAUNCHER]
+    servers: list[subprocess.Popen] = []
+    server_seen: list[str] = []
+    client_seen: list[str] = []
+
+    def start_server() -> str:
+        servers.append(subprocess.Popen([*launch, server_lib, "server.py"], cwd=example, env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        return _read_until(servers[-1].stdout, re.compile(r"Server started, uri: (PYRO:\S+)").search, server_seen,
+                           "server.py")[1]
+
+    def two_calls() -> None:
+        for _ in range(2):
+            _read_until(client.stdout, lambda line: "Sleeping 1 second" in line, client_seen, "client.py")
+
+    uri = start_server()
+    client = subprocess.Popen([*launch, client_lib, "client.py"], cwd=example, env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        client.stdin.write(uri + "\n")
+        client.stdin.close()
+        two_calls()  # the server is stopped while the client sleeps after its second call
+        _stop(servers[0])
+        server_seen.append(servers[0].stdout.read() + "--- restarted ---\n")
+        _read_until(client.stdout, lambda line: "(restart the server now)" in line, client_seen, "client.py")
+        start_server()
+        two_calls()
+    finally:
+        client.kill()  # our own child, by its handle: it calls forever
+        client.wait(5)
+        for server in servers:
+            if server.poll() is None:
+                _stop(server)
+    server_seen.append(servers[-1].stdout.read())
+    return normalized("".join(client_seen)) + ["--- server ---"] + normalized("".join(server_seen))
+
+
+@pytest.mark.timeout(2 * len(PAIRINGS) * (START_TIMEOUT + RUN_TIMEOUT))
+def test_autoreconnect_example_prints_the_same_with_either_side_on_meshrpc(examples_dir: Path,
+                                                                           nameserver: dict[str, str]) -> None:
+    """A PYRO: proxy's _pyroReconnect() after its server was stopped, against the server started again on
+    its fixed port and object id. The pairings run one after another: the example's port is fixed (7777)."""
+    outputs = {libs: _autoreconnect_run(examples_dir / "autoreconnect", *libs, nameserver) for libs in PAIRINGS}
+    reference = outputs[PAIRINGS[0]]
+    assert "Connection lost. REBINDING..." in reference and sum("call..." in line for line in reference) == 5, reference
+    for (server_lib, client_lib), output in outputs.items():
+        assert output == reference, f"autoreconnect: the output differs with a {server_lib} server and a " \
+                                    f"{client_lib} client"
+
+
+def test_the_shim_gives_the_pyro5_package_its_modules_as_attributes() -> None:
+    """`import Pyro5.api` loads Pyro5's modules, and programs use them as attributes of the package without
+    importing them (the eventloop example calls Pyro5.nameserver.start_ns): under the shim too."""
+    probe = ("import tests.pyro5_peer.shim, Pyro5.api, meshrpc.nameserver, meshrpc.socketutil\n"
+             "assert Pyro5.nameserver is meshrpc.nameserver and Pyro5.socketutil is meshrpc.socketutil\n"
+             "assert not hasattr(Pyro5, 'no_such_module')\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, text=True, timeout=RUN_TIMEOUT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert done.returncode == 0, done.stdout

@@ -191,22 +191,26 @@ class BroadcastServer:
     def events(self, eventsockets: Iterable[socket.socket]) -> None:
         """Answer the queries waiting on these (readable) sockets."""
         for sock in eventsockets:
-            if sock is self._wake_r:
-                continue
-            while True:
-                try:
-                    data, addr = sock.recvfrom(NS_BROADCAST_MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break  # e.g. an ICMP error of an earlier reply, or closed meanwhile
-                if data != NS_BROADCAST_REQUEST or not self._answers(sock, addr[0]):
-                    continue
-                try:
-                    sock.sendto(self.reply_for(addr[0]), addr)
-                    log.debug("answered GET_NSURI from %s", addr[0])
-                except OSError as exc:
-                    log.debug("cannot answer %s: %s", addr, exc)
+            if sock is not self._wake_r:
+                while self._answer_one(sock):
+                    pass
+
+    def _answer_one(self, sock: socket.socket) -> bool:
+        """Answer the next query waiting on `sock`; False when none waits."""
+        try:
+            data, addr = sock.recvfrom(NS_BROADCAST_MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False  # e.g. an ICMP error of an earlier reply, or closed meanwhile
+        if data != NS_BROADCAST_REQUEST or not self._answers(sock, addr[0]):
+            return True
+        try:
+            sock.sendto(self.reply_for(addr[0]), addr)
+            log.debug("answered GET_NSURI from %s", addr[0])
+        except OSError as exc:
+            log.debug("cannot answer %s: %s", addr, exc)
+        return True
 
     def _answers(self, sock: socket.socket, peer: str) -> bool:
         if sock is not self._limited:
@@ -279,8 +283,9 @@ class BroadcastServer:
         return self.port
 
     def processRequest(self) -> None:
-        """Answer the queries waiting now (for a select loop that saw `sock` readable)."""
-        self.events(self.sockets)
+        """Answer one waiting query, as Pyro5's does (for a select loop that saw the server readable: one
+        still waiting keeps it readable, so the loop comes back for it)."""
+        any(self._answer_one(sock) for sock in self.sockets)
 
     def __enter__(self) -> Self:
         return self

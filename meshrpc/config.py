@@ -381,6 +381,13 @@ class Settings:
         "Seconds a daemon keeps a client connection on which nothing was received or sent and no call "
         "runs; then it closes it. 0 (the default, as in Pyro5) keeps idle connections: meshrpc proxies "
         "reconnect transparently after such a close, Pyro5 proxies get ConnectionClosedError."))
+    DEAD_PEER_TIMEOUT: float = field(default=60.0, metadata=_doc(
+        "Seconds after which a TCP connection whose peer answers nothing at all (host powered off, cable "
+        "pulled, a partition) is ended by the kernel: keep-alive probes while it is quiet, and a limit "
+        "on data left unacknowledged. A proxy's call waiting on it then fails as maybe delivered "
+        "(ReplyLostError; by name, an idempotent one is sent elsewhere) instead of waiting forever, and "
+        "a daemon frees a vanished client's connection. A live peer answers the probes, however long "
+        "its calls run. Both daemons and both proxies; 0: the system's TCP defaults."))
     SEND_TIMEOUT: float = field(default=30.0, metadata=_doc(
         "Seconds a daemon waits for a client to take more of a reply when the connection's send buffer "
         "is full; then it closes the connection (a client that never reads cannot hold a worker). "

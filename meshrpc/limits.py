@@ -18,6 +18,10 @@ SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may 
 SHUTDOWN_DRAIN_MIN = 0.05
 IDLE_WORKER_EXIT = 60.0  # seconds an idle worker thread waits before it ends: rare bursts keep their threads
 
+# keep-alive probes before a silent peer counts as gone (transport/sockets.py notice_dead_peer; the time they
+# take is the DEAD_PEER_TIMEOUT setting): six, so that one or two lost on a lossy link end nothing
+DEAD_PEER_PROBES = 6
+
 # --- proxies and name lookups (client/, aio/, core.py, nameserver.py)
 RECONNECT_PAUSE = 2.0  # seconds between attempts of _pyroReconnect: Pyro5's pace, which its programs expect
 MIN_ATTEMPT = 0.05  # seconds: an attempt at the very end of the recovery budget still gets a chance

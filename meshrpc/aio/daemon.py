@@ -34,6 +34,7 @@ from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..server import daemon as threaded
 from ..server.connections import bytes_waiting
 from ..socketutil import set_nodelay
+from ..transport.sockets import notice_dead_peer
 from ..wire import constants
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, TAKE_EVENT, ConnectRequest, ServerSession
@@ -108,6 +109,7 @@ class _ClientConnection(Receiving):
             # listener's (socket(AF_INET, SOCK_STREAM)) says 0; without it, a reply written while an
             # earlier one is unacknowledged waited for the client's delayed ACK (40 ms)
             set_nodelay(sock)
+        notice_dead_peer(sock, settings.DEAD_PEER_TIMEOUT)  # a vanished client's connection ends
         self.daemon._connected(self)
         # waits for a lone client's next request while the loop has nothing else to do (aio/spin.py)
         self._next = LoopSpin.for_transport(self._loop, transport, self.daemon.settings,

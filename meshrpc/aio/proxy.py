@@ -28,7 +28,7 @@ from ..context import FRESH_ID, call_state, current_context, current_state, set_
 from ..errors import CommunicationError, ConnectionClosedError
 from ..limits import RECONNECT_PAUSE, RECV_CHUNK
 from ..resolve import watch_announcements
-from ..transport.sockets import peer_closed_check  # (the threaded proxy's rule, one home)
+from ..transport.sockets import notice_dead_peer, peer_closed_check  # (the threaded proxy's rules, one home)
 from ..uri import URI
 from ..wire import constants
 from ..wire import frame as wire
@@ -88,6 +88,8 @@ class _Connection(Receiving):
         if sock is not None and not self._settings.SOCK_NODELAY and sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio sets TCP_NODELAY on every TCP connection it makes; SOCK_NODELAY=False asks for Nagle
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        if sock is not None:
+            notice_dead_peer(sock, self._settings.DEAD_PEER_TIMEOUT)  # a call waiting on a vanished daemon ends
         self._fd = sock.fileno() if sock is not None and hasattr(os, "readv") else -1
         # on the socket itself: asyncio's TransportSocket wrapper would add a Python call to every check
         self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else _unknown

@@ -378,7 +378,8 @@ class Proxy:
                 settings, target, by_name=self._pyroLocator is not None, proxy_timeout=timeout,
                 rebind=self.__rebinding)
             try:
-                sock = connect(target.host, target.port, target.sockname, connect_timeout, settings.SOCK_NODELAY)
+                sock = connect(target.host, target.port, target.sockname, connect_timeout, settings.SOCK_NODELAY,
+                               settings.DEAD_PEER_TIMEOUT)
             except CommunicationError as exc:
                 raise NotDelivered(str(exc), target, timed_out=isinstance(exc, errors.TimeoutError)) from None
             sock.settimeout(handshake_timeout)

@@ -29,7 +29,7 @@ from ..config import Settings
 from ..context import call_state, current_context
 from ..errors import ProtocolError, SerializeError
 from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
-from ..transport.sockets import FramedConnection, limit_receive_time, limit_send_time
+from ..transport.sockets import FramedConnection, limit_receive_time, limit_send_time, notice_dead_peer
 from ..transport.spin import SpinGate
 from ..wire import frame as wire
 from ..wire.constants import UNKNOWN_OBJECT_REASON
@@ -255,8 +255,10 @@ class ConnectionServer:
                 sock.close()
                 continue
             sock.setblocking(True)
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and self.settings.SOCK_NODELAY:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                if self.settings.SOCK_NODELAY:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                notice_dead_peer(sock, self.settings.DEAD_PEER_TIMEOUT)  # a vanished client's connection ends
             conn = self._secure_connection(sock, addr)
             if conn is None:
                 continue

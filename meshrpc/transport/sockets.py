@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
-from ..limits import LOW_WATER, RECV_CHUNK, RECV_MAX  # (read sizes and the low-water mark: why, there)
+from ..limits import DEAD_PEER_PROBES, LOW_WATER, RECV_CHUNK, RECV_MAX  # (read sizes and the low-water mark: why, there)
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, TAKE_EVENT
 from .spin import SpinGate, others_waiting, single_core, waiters
@@ -74,9 +74,43 @@ def _is_stale_unix_socket(path: str) -> bool:
         probe.close()
 
 
+def notice_dead_peer(sock: Any, seconds: float) -> None:
+    """Have the kernel end `sock`'s TCP connection when its peer has answered nothing for about
+    `seconds` (a host powered off, a cable pulled, a partition): keep-alive probes once the connection
+    is quiet (a third of `seconds` idle, then six probes over the rest), and TCP_USER_TIMEOUT for data
+    sent and never acknowledged. A live peer's kernel answers the probes, however long its calls run.
+    Without them a call waiting for the reply of a crashed host waits forever (nothing is in flight
+    for TCP to retransmit), and a daemon keeps a vanished client's connection. 0: the system's TCP
+    defaults. Not TCP (Unix sockets), or an option the platform lacks: left as it is."""
+    if seconds <= 0 or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return
+    idle = max(1, int(seconds / 3))
+    interval = max(1, int((seconds - idle) / DEAD_PEER_PROBES))
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPALIVE", idle),  # (macOS names the idle time so)
+                        ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", DEAD_PEER_PROBES),
+                        ("TCP_USER_TIMEOUT", int(seconds * 1000))):
+        option = getattr(socket, name, None)
+        if option is not None:
+            options.append((socket.IPPROTO_TCP, option, value))
+    for level, option, value in options:
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:
+            pass
+
+
+def silent_peer(exc: OSError) -> str:
+    """What a ConnectionClosedError says when the kernel gave up on a peer that answered nothing (ETIMEDOUT:
+    notice_dead_peer's probes or TCP_USER_TIMEOUT, or TCP's retransmissions). Python raises it as a
+    TimeoutError, as it raises a socket's own timeout (whose errno is None): it is a lost connection."""
+    return f"connection lost: the peer stopped answering ({exc.strerror or exc}; DEAD_PEER_TIMEOUT)"
+
+
 def connect(host: str | None, port: int, sockname: str | None, timeout: float | None,
-            nodelay: bool = True) -> socket.socket:
-    """A connected client socket, or CommunicationError that says what failed."""
+            nodelay: bool = True, dead_peer: float = 0.0) -> socket.socket:
+    """A connected client socket, or CommunicationError that says what failed. `dead_peer`:
+    notice_dead_peer's seconds."""
     where = sockname or f"{host}:{port}"
     try:
         if sockname:
@@ -91,6 +125,7 @@ def connect(host: str | None, port: int, sockname: str | None, timeout: float | 
             sock = socket.create_connection((host, port), timeout=timeout)
             if nodelay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            notice_dead_peer(sock, dead_peer)
     except socket.timeout:
         raise TimeoutError(f"connecting to {where} timed out") from None
     except ConnectionRefusedError:
@@ -232,7 +267,9 @@ class FramedConnection:
         try:
             for part in parts:
                 self._sendall(part)
-        except socket.timeout:
+        except socket.timeout as exc:
+            if exc.errno:  # the kernel's ETIMEDOUT, not the socket's own timeout
+                raise ConnectionClosedError(silent_peer(exc)) from None
             raise TimeoutError("sending timed out") from None
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
@@ -263,7 +300,9 @@ class FramedConnection:
             return TAKE_EVENT
         try:
             data = self._recv(RECV_CHUNK)
-        except socket.timeout:
+        except socket.timeout as exc:
+            if exc.errno:  # the kernel's ETIMEDOUT, not the socket's own timeout
+                raise ConnectionClosedError(silent_peer(exc)) from None
             raise TimeoutError("receiving: timeout") from None  # Pyro5's text (programs compare it)
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
@@ -323,7 +362,9 @@ class FramedConnection:
             return True
         try:
             count = self._recv_frame_rest(into)
-        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO (or a timeout set on the socket) ran out
+        except (BlockingIOError, socket.timeout) as exc:  # SO_RCVTIMEO (or a timeout set on the socket) ran out
+            if exc.errno == errno.ETIMEDOUT:  # ... unless it is the kernel's: the peer stopped answering
+                raise ConnectionClosedError(silent_peer(exc)) from None
             return False
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
@@ -339,7 +380,9 @@ class FramedConnection:
         nothing came in time."""
         try:
             data = self.sock.recv(size)
-        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO (or a timeout set on the socket) ran out
+        except (BlockingIOError, socket.timeout) as exc:  # SO_RCVTIMEO (or a timeout set on the socket) ran out
+            if exc.errno == errno.ETIMEDOUT:  # ... unless it is the kernel's: the peer stopped answering
+                raise ConnectionClosedError(silent_peer(exc)) from None
             return None
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
@@ -379,7 +422,9 @@ class FramedConnection:
     def _recv_into(self, view: memoryview) -> None:
         try:
             count = self._recv_frame_rest(view)
-        except socket.timeout:
+        except socket.timeout as exc:
+            if exc.errno:  # the kernel's ETIMEDOUT, not the socket's own timeout
+                raise ConnectionClosedError(silent_peer(exc)) from None
             raise TimeoutError("receiving: timeout") from None
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
@@ -391,7 +436,9 @@ class FramedConnection:
     def _read(self, size: int) -> bytes | None:
         try:
             return self._recv(size)
-        except socket.timeout:
+        except socket.timeout as exc:
+            if exc.errno:  # the kernel's ETIMEDOUT, not the socket's own timeout
+                raise ConnectionClosedError(silent_peer(exc)) from None
             raise TimeoutError("receiving: timeout") from None  # Pyro5's text (programs compare it)
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None

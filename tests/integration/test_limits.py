@@ -303,6 +303,44 @@ def test_a_client_that_reads_a_large_reply_slowly_gets_all_of_it(start_daemon: A
             served.close()
 
 
+@meshrpc.expose
+class SocketOptions:
+    def of_my_connection(self) -> tuple:
+        return keepalive_options(meshrpc.current_context.client.sock)
+
+
+def keepalive_options(sock: Any) -> tuple:
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            *(sock.getsockopt(socket.IPPROTO_TCP, option) for option in
+              (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT, socket.TCP_USER_TIMEOUT)))
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux's TCP options")
+def test_every_side_of_a_connection_notices_a_dead_peer_within_dead_peer_timeout(start_daemon: Any) -> None:
+    # keep-alive probes after a third of it idle, six of them over the rest, and unacknowledged data
+    # given up after all of it (the lab test shows what they do: tests/netlab/test_dead_peer_lab.py)
+    nine = (1, 3, 1, 6, 9000)
+    running = start_daemon(settings=settings(DEAD_PEER_TIMEOUT=9.0))
+    uri = running.register(SocketOptions(), "options")
+    with meshrpc.Proxy(uri, settings=settings(DEAD_PEER_TIMEOUT=9.0)) as proxy:
+        assert proxy.of_my_connection() == nine  # the threaded daemon's end
+        assert keepalive_options(proxy._pyroConnection.sock) == nine
+    with meshrpc.Proxy(uri, settings=settings(DEAD_PEER_TIMEOUT=0.0)) as proxy:  # 0: the system's defaults
+        proxy._pyroBind()
+        assert keepalive_options(proxy._pyroConnection.sock)[0] == 0
+    with meshrpc.Proxy(uri, settings=settings()) as proxy:  # the default: a minute
+        proxy._pyroBind()
+        assert keepalive_options(proxy._pyroConnection.sock) == (1, 20, 6, 6, 60000)
+
+    async def on_aio() -> tuple:
+        daemon = meshrpc.aio.Daemon(host=HOST, settings=settings(DEAD_PEER_TIMEOUT=9.0))
+        aio_uri = daemon.register(SocketOptions(), "options")
+        async with daemon, meshrpc.aio.Proxy(aio_uri, settings=settings(DEAD_PEER_TIMEOUT=9.0)) as aio_proxy:
+            daemon_end = await aio_proxy.of_my_connection()
+            return daemon_end, keepalive_options(aio_proxy._conn.transport.get_extra_info("socket"))
+    assert asyncio.run(on_aio()) == (nine, nine)
+
+
 # ----------------------------------------------------------------------------------- sizes and counts
 def test_max_connections_refuses_extra_clients_and_keeps_the_others(start_daemon: Any) -> None:
     running, uri = serve(start_daemon, MAX_CONNECTIONS=5)

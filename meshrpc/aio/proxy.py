@@ -900,7 +900,7 @@ class Proxy:
                     event = await conn.handshake
             except (ConnectionClosedError, TimeoutError) as exc:
                 raise NotDelivered(f"handshake with {target} failed: {str(exc) or 'timed out'}", target,
-                                   timed_out=isinstance(exc, TimeoutError),
+                                   timed_out=isinstance(exc, TimeoutError), in_handshake=True,
                                    timeout_text=str(exc) or "receiving: timeout") from None
             self._pyroResponseAnnotations(event.annotations, wire.MSG_CONNECTOK if isinstance(event, Connected)
                                           else wire.MSG_CONNECTFAIL)

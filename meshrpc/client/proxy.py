@@ -410,7 +410,7 @@ class Proxy:
                 if refusal:  # refused for credentials: no retry or other provider changes that
                     from ..transport.tls import TLSError
                     raise TLSError(f"TLS: {target} refused this client: {refusal}") from None
-                raise NotDelivered(f"handshake with {target} failed: {exc}", target,
+                raise NotDelivered(f"handshake with {target} failed: {exc}", target, in_handshake=True,
                                     timed_out=isinstance(exc, errors.TimeoutError), timeout_text=str(exc)) from None
             except errors.SecurityError as exc:  # the daemon failed the mesh-key proof (docs/security.md)
                 raise errors.SecurityError(f"connection to {target} refused: {exc}") from None

@@ -25,21 +25,19 @@ class NotDelivered(ConnectionClosedError):
     """A call that certainly did not reach a daemon: connecting, the handshake or sending failed."""
 
     def __init__(self, message: str, target: URI | None, suspect: bool = True, timed_out: bool = False,
-                 timeout_text: str = "") -> None:
+                 timeout_text: str = "", in_handshake: bool = False) -> None:
         super().__init__(message)
         self.target = target
         self.suspect = suspect  # False: an established connection broke (the provider may well be fine)
         self.timed_out = timed_out  # no answer in time (connecting or the handshake): a stall
         self.timeout_text = timeout_text  # the transport's words for it, when not the message itself
-
-
-HANDSHAKE_FAILED = "handshake with "  # how both drivers begin a NotDelivered of a failed handshake
+        self.in_handshake = in_handshake  # connected, and the handshake failed
 
 
 def handshake_stall(exc: BaseException) -> bool:
     """The attempt connected and the handshake timed out: a provider that does not answer (a
     connect that times out may as well be a partition)."""
-    return isinstance(exc, NotDelivered) and exc.timed_out and str(exc).startswith(HANDSHAKE_FAILED)
+    return isinstance(exc, NotDelivered) and exc.timed_out and exc.in_handshake
 
 
 def not_delivered_error(exc: NotDelivered, text: str, lost: bool = False) -> errors.NotDeliveredError:

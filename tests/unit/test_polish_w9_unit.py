@@ -36,7 +36,7 @@ def stall_until_given_up(proxy_timeout: float | None, message: str = HANDSHAKE_S
         connect, handshake = connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=proxy_timeout,
                                               rebind=r.rebind)
         clock.now += handshake if message == HANDSHAKE_STALL else connect
-        step = r.after(NotDelivered(message, TARGET, timed_out=True), TARGET)
+        step = r.after(NotDelivered(message, TARGET, timed_out=True, in_handshake=message == HANDSHAKE_STALL), TARGET)
         if not step.retry:
             assert step.error is not None
             return r, clock, step.error

@@ -166,7 +166,7 @@ def test_a_stalled_handshake_is_not_delivered_and_retried_like_a_stalled_connect
     clock = FakeClock()
     r = timed(clock)
     clock.now += 2.0  # a daemon that accepted and did not answer the handshake in its 2 s
-    step = r.after(NotDelivered("handshake timed out", TARGET, timed_out=True), TARGET)
+    step = r.after(NotDelivered("handshake timed out", TARGET, timed_out=True, in_handshake=True), TARGET)
     assert step.retry and step.pause == 0.0
     timeouts = connect_timeouts(SETTINGS, TARGET, by_name=True, proxy_timeout=None, rebind=r.rebind)
     assert timeouts == pytest.approx((0.3, 3.0))
@@ -196,7 +196,7 @@ def test_without_a_rebind_budget_a_stalled_connect_still_gets_the_connect_timeou
 def test_a_pyro_uri_that_timed_out_before_sending_raises_not_sent_timeout() -> None:
     r = recovery(locator=None)
     timed_out = NotDelivered(f"handshake with {TARGET} failed: receiving: timeout", TARGET,
-                             timed_out=True, timeout_text="receiving: timeout")
+                             timed_out=True, timeout_text="receiving: timeout", in_handshake=True)
     assert r.after(timed_out, TARGET).retry
     step = r.after(timed_out, TARGET)
     error = step.error
@@ -209,7 +209,8 @@ def test_a_pyro_uri_that_timed_out_before_sending_raises_not_sent_timeout() -> N
 def test_a_name_whose_providers_time_out_is_no_provider_and_pyro5s_timeout() -> None:
     """Pyro5's timeout example: a provider that accepts and never answers the handshake. The outcome is
     still NoProviderError (the call did not run); Pyro5 raises TimeoutError there, so it is one too."""
-    stalled = NotDelivered("handshake timed out", TARGET, timed_out=True, timeout_text="receiving: timeout")
+    stalled = NotDelivered("handshake timed out", TARGET, timed_out=True, timeout_text="receiving: timeout",
+                           in_handshake=True)
     error = recovery().gave_up(stalled)
     assert type(error) is errors.ProviderTimeoutError
     assert isinstance(error, errors.NoProviderError) and isinstance(error, errors.NotDeliveredError)

@@ -602,6 +602,9 @@ RUNS = [
     Run("nonameserver", "server.py", "client.py", uri=True),
     # resources tracked on the client's connection, closed when it disconnects
     Run("resourcetracking", "server.py", "client.py", uri=True, client_input="\n"),
+    # the tutorial's warehouse (phase 3): a PYRONAME: proxy handed to the client's own objects
+    Run("warehouse/phase3", "warehouse.py", "visit.py", ("example.warehouse",),
+        client_input="umbrella\n\nlaptop\numbrella\n"),
     # a session object computes a shared key with the client's
     Run("diffie-hellman", "server.py", "client.py", ("example.dh.keyexchange",)),
     # MAX_RETRIES against a server that closes idle connections after 0.5 s

@@ -175,10 +175,11 @@ class Settings:
     MAX_CONNECTIONS: int = field(default=10000, metadata=_doc(
         "Most client connections a daemon holds at once; more are refused and closed."))
     MAX_CALLS_PER_CONNECTION: int = field(default=10000, metadata=_doc(
-        "Most calls of one client connection an asyncio daemon runs at once (pipelined requests of "
-        "methods that wait, or wait for a thread); while that many run, it reads none of that client's "
-        "requests, so one client cannot make it hold without bound. The threaded daemon runs a "
-        "connection's calls one at a time."))
+        "Most calls one client connection may have a daemon hold at once, so that no client makes it hold "
+        "without bound: the asyncio daemon's running calls (pipelined requests of methods that wait, or "
+        "wait for a thread), and the oneway calls the threaded daemon queued for a connection (it runs "
+        "the others one at a time). While that many are held, that client's further requests are not "
+        "read (the threaded daemon's reader runs the oldest queued oneway call meanwhile)."))
     DETAILED_TRACEBACK: bool = field(default=False, metadata=_doc(
         "Include local variables in remote tracebacks (may leak data; debugging only)."))
     # --- streaming

@@ -627,12 +627,22 @@ class ConnectionServer:
 
     def _queue_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
         """Oneway calls of a connection run off its reader, in the order they were sent: one pool task
-        drains the connection's queue, so a flood of them costs no thread (or task) each."""
-        with conn.oneway_lock:
-            conn.oneways.append((frame, call))
-            if conn.oneway_draining:
-                return
-            conn.oneway_draining = True
+        drains the connection's queue, so a flood of them costs no thread (or task) each. A queue of
+        MAX_CALLS_PER_CONNECTION is full: the reader runs the oldest call itself until there is room,
+        and reads nothing meanwhile, so a client that sends them faster than they run waits (as TCP
+        makes it) instead of growing the queue without bound. (Not waiting for the drain: its task
+        may wait for a worker that readers like this one hold.)"""
+        cap = self.settings.MAX_CALLS_PER_CONNECTION
+        while True:
+            with conn.oneway_lock:
+                if len(conn.oneways) < cap:
+                    conn.oneways.append((frame, call))
+                    if conn.oneway_draining:
+                        return
+                    conn.oneway_draining = True
+                    break
+                oldest = conn.oneways.popleft()
+            self._run_oneway(conn, *oldest)
         if self.settings.SERVERTYPE == "multiplex":
             # one call at a time on the pool's one worker; oneway calls run beside them (as in Pyro5)
             threading.Thread(target=self._drain_oneways, args=(conn,), name="meshrpc-oneway", daemon=True).start()
@@ -646,10 +656,13 @@ class ConnectionServer:
                     conn.oneway_draining = False
                     return
                 frame, call = conn.oneways.popleft()
-            self._set_context(conn, frame)
-            flags, result = _awaitable_refused(*self._dispatch.run(conn, frame.flags, call), call)
-            if flags & wire.FLAG_EXCEPTION:
-                log.warning("oneway call %s failed: %r", call[1], result)
+            self._run_oneway(conn, frame, call)
+
+    def _run_oneway(self, conn: ClientConnection, frame: wire.Frame, call: tuple) -> None:
+        self._set_context(conn, frame)
+        flags, result = _awaitable_refused(*self._dispatch.run(conn, frame.flags, call), call)
+        if flags & wire.FLAG_EXCEPTION:
+            log.warning("oneway call %s failed: %r", call[1], result)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -304,6 +304,51 @@ def test_a_client_that_reads_a_large_reply_slowly_gets_all_of_it(start_daemon: A
 
 
 @meshrpc.expose
+class OnewayGated:
+    """Oneway calls that wait until the test opens the gate, counted."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.ran: list[int] = []
+        self.lock = threading.Lock()
+
+    @meshrpc.oneway
+    def wait_open(self, i: int, padding: str) -> None:
+        self.gate.wait(60)
+        with self.lock:
+            self.ran.append(i)
+
+
+def test_threaded_daemon_queues_at_most_max_calls_per_connection_oneway_calls_and_runs_them_all(
+        start_daemon: Any) -> None:
+    # the queue of a connection's oneway calls grew without bound: 200,000 of 1 KB held 630 MB
+    cap = 50
+    running, service = serve(start_daemon, MAX_CALLS_PER_CONNECTION=cap, THREADPOOL_SIZE=4)
+    gated = OnewayGated()
+    uri = running.register(gated, "gated")
+    sock = handshaken_socket(uri.port)
+    request = lambda seq: wire.encode(wire.Frame(wire.MSG_INVOKE, SERPENT.id, seq, SERPENT.dumps_call(
+        "gated", "wait_open", (seq, "p" * 4000), {}), wire.FLAG_ONEWAY))
+    sock.settimeout(2.0)
+    sent = 0
+    try:
+        with pytest.raises(socket.timeout):  # the daemon stopped reading: the kernel's buffers filled up
+            while sent < 20_000:
+                sock.sendall(request(2 + sent))
+                sent += 1
+        [conn] = running.daemon._connections
+        assert len(conn.oneways) <= cap
+        with meshrpc.Proxy(service, settings=settings()) as other:  # everyone else is served meanwhile
+            assert other.echo("not held up") == "not held up"
+        gated.gate.set()
+        wait_until(lambda: len(gated.ran) >= sent, timeout=30.0, message="every oneway call sent whole ran")
+        assert sorted(gated.ran)[:sent] == list(range(2, 2 + sent))  # each once (the last may follow, partly sent)
+    finally:
+        gated.gate.set()
+        sock.close()
+
+
+@meshrpc.expose
 class SocketOptions:
     def of_my_connection(self) -> tuple:
         return keepalive_options(meshrpc.current_context.client.sock)

@@ -361,6 +361,8 @@ class Daemon(threaded.Daemon):
         conn.closed = True
         self._aio_connections.discard(conn)
         self._streams.orphan(conn)
+        if self._workers is not None:
+            self._workers.forget(conn)  # its plain calls still waiting for a thread: nobody to answer
         # as the threaded daemon (and Pyro5): once, only for a client whose handshake was accepted, while
         # its socket is still open (asyncio closes it after connection_lost; aclose drops it before that)
         if conn.handshaken:
@@ -593,7 +595,7 @@ class Daemon(threaded.Daemon):
         conn.calls += 1
         if conn.calls >= self._calls_cap:
             conn.crowd()
-        self._workers.submit(self._run_sync, self._plain_done, conn, frame, call)
+        self._workers.submit(conn, self._run_sync, self._plain_done, conn, frame, call)
 
     def _where_to_run(self, registration: Any, method: str) -> str:
         """_AWAITED (`async def`), _ON_LOOP (marked nonblocking) or _IN_EXECUTOR (any other method),

@@ -8,9 +8,11 @@ a deque: the first outcome of a batch wakes the loop (`call_soon_threadsafe`), t
 before the loop takes them ride along with it.
 
 Threads start as calls need them, at most `size`; the count of calls handed over and not yet taken
-back is kept by the loop thread alone, and there is a thread for each, up to `size`: a method that
-waits for another call of the same daemon (a callback round trip) gets a thread for it while fewer
-than `size` plain calls are running.
+back is kept by the loop thread alone, and there is a thread for each: a method that waits for
+another call of the same daemon (a callback round trip) gets a thread for it while fewer than `size`
+plain calls are running. Calls beyond `size` wait on the loop's side, in a queue per owner (a client
+connection), and are handed over in turn, one owner after the other: a client that sends thousands
+of calls at once does not make another client's call wait behind all of them.
 The threads are daemon threads: a method that never returns does not keep the process alive.
 """
 
@@ -45,17 +47,52 @@ class Workers:
         self._outcomes: collections.deque = collections.deque()
         self._woken = False  # a _take_outcomes is scheduled on the loop
         self._closed = False
-        self.running = 0  # calls handed over and not taken back yet (the loop thread's count)
+        self.running = 0  # calls handed over and not taken back yet (the loop thread's count), at most size
+        self._waiting: dict[Any, collections.deque] = {}  # owner -> its calls not handed over yet, in order
+        self._turns: collections.deque = collections.deque()  # owners with waiting calls, the next first
         self._idle: asyncio.Future[None] | None = None  # all_done()'s
         # the context the loop's outcomes are handed on in (a copy of the creator's): not the worker
         # thread's, which keeps what every plain method run there set (call_soon_threadsafe would
         # take that one, and the next request read in the handle would start from it)
         self._context = contextvars.copy_context()
 
-    def submit(self, function: Callable[..., Any], done: Callable[..., Any], *args: Any) -> None:
-        """Run function(*args) on a thread; done(outcome, *args) on the loop then (loop thread only)."""
+    def submit(self, owner: Any, function: Callable[..., Any], done: Callable[..., Any], *args: Any) -> None:
+        """Run function(*args) on a thread; done(outcome, *args) on the loop then (loop thread only).
+        All threads busy: it waits its turn among `owner`'s calls (see the module's doc)."""
         if self._closed:
             raise RuntimeError("the daemon's workers are shut down")
+        if self.running >= self._size or self._turns:
+            waiting = self._waiting.get(owner)
+            if waiting is None:
+                waiting = self._waiting[owner] = collections.deque()
+                self._turns.append(owner)
+            waiting.append((function, done, args))
+            return
+        self._hand_over(function, done, args)
+
+    @property
+    def in_hand(self) -> int:
+        """Calls submitted and not done yet: those running (or about to) and those waiting their turn."""
+        return self.running + sum(map(len, self._waiting.values()))
+
+    def forget(self, owner: Any) -> None:
+        """Drop `owner`'s calls not handed over yet (its connection is gone)."""
+        if self._waiting.pop(owner, None) is not None:
+            self._turns.remove(owner)
+
+    def _hand_over_waiting(self) -> None:
+        """Threads free: the waiting calls, one owner after the other."""
+        turns, waiting = self._turns, self._waiting
+        while turns and self.running < self._size:
+            owner = turns.popleft()
+            calls = waiting[owner]
+            self._hand_over(*calls.popleft())
+            if calls:
+                turns.append(owner)
+            else:
+                del waiting[owner]
+
+    def _hand_over(self, function: Callable[..., Any], done: Callable[..., Any], args: tuple) -> None:
         self.running += 1
         if self.running > len(self._threads) and len(self._threads) < self._size:
             thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
@@ -101,6 +138,8 @@ class Workers:
                 done(outcome, *args)
             except Exception:  # one call's reply failed: the others still get theirs
                 log.exception("answering a call failed")
+        if self._turns and not self._closed:
+            self._hand_over_waiting()
         if not self.running and self._idle is not None:
             if not self._idle.done():
                 self._idle.set_result(None)
@@ -126,6 +165,8 @@ class Workers:
         """No more calls; calls not started yet are dropped (their connections are closed by then),
         running ones finish on their threads, and the threads end."""
         self._closed = True
+        self._waiting.clear()
+        self._turns.clear()
         try:
             while True:
                 self._tasks.get_nowait()

@@ -349,6 +349,52 @@ def test_threaded_daemon_queues_at_most_max_calls_per_connection_oneway_calls_an
 
 
 @meshrpc.expose
+class Ordered:
+    """Plain methods that wait for the test's gate and note the order they ran in."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.ran: list[str] = []
+        self.lock = threading.Lock()
+
+    def work(self, who: str) -> str:
+        self.gate.wait(30)
+        with self.lock:
+            self.ran.append(who)
+        return who
+
+
+def test_aio_daemon_hands_its_threads_to_clients_in_turn() -> None:
+    # a client that sent 200 plain calls at once had them all queued ahead of another client's call,
+    # which waited for every one of them (its threads are shared: AIO_EXECUTOR_SIZE)
+    served = AioServed(AIO_EXECUTOR_SIZE=2)
+    ordered = Ordered()
+    uri = served.loop.call(lambda: served.daemon.register(ordered, "ordered"))
+    client_loop = LoopThread()
+    try:
+        async def burst() -> list:
+            async with meshrpc.aio.Proxy(uri) as proxy:
+                return await asyncio.gather(*(proxy.work(f"a{n}") for n in range(200)))
+        first = asyncio.run_coroutine_threadsafe(burst(), client_loop.loop)  # client A, a loop of its own
+        wait_until(lambda: served.loop.call(lambda: sum(c.calls for c in served.daemon._aio_connections)) == 200,
+                   timeout=15.0, message="client A's 200 calls read")
+        with meshrpc.Proxy(uri, settings=settings()) as other:
+            other._pyroBind()
+            answer = threading.Thread(target=lambda: ordered.ran.append("b:" + other.work("b")), daemon=True)
+            answer.start()
+            wait_until(lambda: served.loop.call(lambda: sum(c.calls for c in served.daemon._aio_connections)) == 201,
+                       timeout=15.0, message="client B's call read")
+            ordered.gate.set()
+            answer.join(15)
+        assert "b" in ordered.ran and ordered.ran.index("b") <= 4, ordered.ran[:10]  # not after A's 200
+        assert len(first.result(30)) == 200
+    finally:
+        ordered.gate.set()
+        served.close()
+        client_loop.close()
+
+
+@meshrpc.expose
 class SocketOptions:
     def of_my_connection(self) -> tuple:
         return keepalive_options(meshrpc.current_context.client.sock)

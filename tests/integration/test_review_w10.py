@@ -448,7 +448,7 @@ def test_close_from_another_thread_lets_running_and_queued_plain_calls_finish_an
 
         def counting_submit(*args: Any) -> None:
             real_submit(*args)
-            if workers.running == 3:
+            if workers.in_hand == 3:
                 submitted.set()
         workers.submit = counting_submit  # type: ignore[method-assign]
         closing = asyncio.Event()

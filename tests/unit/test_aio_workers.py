@@ -42,7 +42,7 @@ def test_each_outcome_reaches_its_done_on_the_loop_with_its_arguments() -> None:
                 raise ValueError("seven")
             return n * n, threading.current_thread().name
         for n in range(50):
-            workers.submit(work, done, n)
+            workers.submit(None, work, done, n)
         await finished
         assert workers.running == 0
         assert sorted(n for n, _ in got) == list(range(50))
@@ -74,18 +74,18 @@ def test_a_call_that_waits_for_another_gets_a_thread_of_its_own_up_to_the_bound(
             second_done.set()
             return "second"
         for function in (first, second):
-            workers.submit(function, lambda outcome: outcomes.append(outcome))
+            workers.submit(None, function, lambda outcome: outcomes.append(outcome))
         await workers.all_done()
         assert sorted(outcomes) == ["first", "second"]
         threads = len(workers._threads)
         assert threads == 2
         for _ in range(20):  # one at a time: the threads there serve them, none more start
-            workers.submit(lambda: None, lambda outcome: None)
+            workers.submit(None, lambda: None, lambda outcome: None)
             await workers.all_done()
         assert len(workers._threads) == threads
         release = threading.Event()
         for _ in range(10):  # ten blocked at once: at most the bound
-            workers.submit(release.wait, lambda outcome: None, 5)
+            workers.submit(None, release.wait, lambda outcome: None, 5)
         assert len(workers._threads) == 3
         release.set()
         await workers.all_done()
@@ -107,16 +107,46 @@ def test_shutdown_drops_calls_not_started_and_all_done_still_comes() -> None:
             started.set()
             release.wait(5)
 
-        workers.submit(blocker, lambda outcome: None)
+        workers.submit(None, blocker, lambda outcome: None)
         for n in range(5):
-            workers.submit(ran.append, lambda outcome: None, n)
+            workers.submit(None, ran.append, lambda outcome: None, n)
         await loop.run_in_executor(None, started.wait, 5)
         all_done = workers.all_done()
         assert not all_done.done()
         workers.shutdown()
         with pytest.raises(RuntimeError, match="shut down"):
-            workers.submit(ran.append, lambda outcome: None, 99)
+            workers.submit(None, ran.append, lambda outcome: None, 99)
         release.set()
         await all_done  # the running call finished; the five queued ones were dropped
         assert ran == [] and workers.running == 0
+    run(main())
+
+
+def test_waiting_calls_are_handed_over_one_owner_after_the_other() -> None:
+    """All threads busy: a client that sent many calls does not make another's wait behind all of them
+    (each owner's own calls keep their order); a gone owner's waiting calls are dropped."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        workers = Workers(loop, 1, "test-worker", failed)
+        release, started = threading.Event(), threading.Event()
+        ran: list[str] = []
+
+        def blocker() -> None:
+            started.set()
+            release.wait(5)
+
+        workers.submit("a", blocker, lambda outcome: None)
+        for n in range(5):
+            workers.submit("a", ran.append, lambda outcome: None, f"a{n}")
+        workers.submit("b", ran.append, lambda outcome: None, "b0")
+        workers.submit("b", ran.append, lambda outcome: None, "b1")
+        for n in range(3):
+            workers.submit("gone", ran.append, lambda outcome: None, f"gone{n}")
+        workers.forget("gone")
+        await loop.run_in_executor(None, started.wait, 5)
+        release.set()
+        await workers.all_done()
+        assert ran == ["a0", "b0", "a1", "b1", "a2", "a3", "a4"]
+        assert workers.running == 0 and not workers._waiting and not workers._turns
+        workers.shutdown()
     run(main())

@@ -303,20 +303,26 @@ def test_a_client_that_reads_a_large_reply_slowly_gets_all_of_it(start_daemon: A
             served.close()
 
 
-@meshrpc.expose
-class OnewayGated:
-    """Oneway calls that wait until the test opens the gate, counted."""
+class GatedRuns:
+    """Methods that wait until the test opens the gate and note, in order, what ran."""
 
     def __init__(self) -> None:
         self.gate = threading.Event()
-        self.ran: list[int] = []
+        self.ran: list[Any] = []
         self.lock = threading.Lock()
 
-    @meshrpc.oneway
-    def wait_open(self, i: int, padding: str) -> None:
+    def _ran(self, what: Any) -> Any:
         self.gate.wait(60)
         with self.lock:
-            self.ran.append(i)
+            self.ran.append(what)
+        return what
+
+
+@meshrpc.expose
+class OnewayGated(GatedRuns):
+    @meshrpc.oneway
+    def wait_open(self, i: int, padding: str) -> None:
+        self._ran(i)
 
 
 def test_threaded_daemon_queues_at_most_max_calls_per_connection_oneway_calls_and_runs_them_all(
@@ -349,19 +355,9 @@ def test_threaded_daemon_queues_at_most_max_calls_per_connection_oneway_calls_an
 
 
 @meshrpc.expose
-class Ordered:
-    """Plain methods that wait for the test's gate and note the order they ran in."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.ran: list[str] = []
-        self.lock = threading.Lock()
-
+class Ordered(GatedRuns):
     def work(self, who: str) -> str:
-        self.gate.wait(30)
-        with self.lock:
-            self.ran.append(who)
-        return who
+        return self._ran(who)
 
 
 def test_aio_daemon_hands_its_threads_to_clients_in_turn() -> None:

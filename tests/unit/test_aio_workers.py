@@ -23,6 +23,17 @@ def failed(exc: BaseException, *args: Any) -> tuple:
     return ("failed", repr(exc), args)
 
 
+def occupy(workers: Workers, owner: Any) -> tuple[threading.Event, threading.Event]:
+    """A call of `owner` that holds a thread until `release` is set: (release, started)."""
+    release, started = threading.Event(), threading.Event()
+
+    def blocker() -> None:
+        started.set()
+        release.wait(5)
+    workers.submit(owner, blocker, lambda outcome: None)
+    return release, started
+
+
 def test_each_outcome_reaches_its_done_on_the_loop_with_its_arguments() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -100,14 +111,8 @@ def test_shutdown_drops_calls_not_started_and_all_done_still_comes() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         workers = Workers(loop, 1, "test-worker", failed)
-        release, started = threading.Event(), threading.Event()
+        release, started = occupy(workers, None)
         ran: list[int] = []
-
-        def blocker() -> None:
-            started.set()
-            release.wait(5)
-
-        workers.submit(None, blocker, lambda outcome: None)
         for n in range(5):
             workers.submit(None, ran.append, lambda outcome: None, n)
         await loop.run_in_executor(None, started.wait, 5)
@@ -128,14 +133,8 @@ def test_waiting_calls_are_handed_over_one_owner_after_the_other() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         workers = Workers(loop, 1, "test-worker", failed)
-        release, started = threading.Event(), threading.Event()
+        release, started = occupy(workers, "a")
         ran: list[str] = []
-
-        def blocker() -> None:
-            started.set()
-            release.wait(5)
-
-        workers.submit("a", blocker, lambda outcome: None)
         for n in range(5):
             workers.submit("a", ran.append, lambda outcome: None, f"a{n}")
         workers.submit("b", ran.append, lambda outcome: None, "b0")

@@ -180,6 +180,7 @@ def _start_nameserver() -> tuple[subprocess.Popen, dict[str, str]]:
            "MESHRPC_REALM": "pyro5-examples-" + uuid.uuid4().hex[:8], "MESHRPC_LOOKUP_TIMEOUT": "1",
            "MESHRPC_RESOLVE": "ns",  # names through the name server only, as Pyro5 resolves them
            "MESHRPC_INTERFACES": HOST,  # the mesh on loopback even for a daemon on another address
+           "PYRO_BROADCAST_ADDRS": HOST,  # a Pyro5 program that misses the name server asks loopback, not the LAN
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
     deadline = time.monotonic() + START_TIMEOUT

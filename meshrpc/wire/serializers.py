@@ -184,7 +184,8 @@ def _dict_to_object(data: dict) -> Any:
     if factory is not None:
         return factory(data)
     if "__" in classname:
-        raise SecurityError(f"refused to deserialize a class with double underscores in its name: {classname}")
+        # Pyro5's words
+        raise SecurityError(f"refused to deserialize types with double underscores in their name: {classname}")
     if data.get("__exception__"):
         try:
             return exception_from_wire(classname, data.get("args", ()), data.get("attributes"))

@@ -15,6 +15,7 @@ import Pyro5.errors
 import pytest
 
 import meshrpc
+import meshrpc.errors
 from meshrpc.naming.broadcast import BroadcastServer
 
 HOST = "127.0.0.1"
@@ -112,3 +113,16 @@ def test_process_request_answers_one_query_per_call_as_pyro5s() -> None:
                     asker.recvfrom(1000)  # one answer per processRequest(): the other query still waits
                 asker.setblocking(True)
                 asker.settimeout(WAIT)
+
+
+def test_a_class_with_double_underscores_is_refused_in_pyro5s_words() -> None:
+    """Pyro5's chatbox example passes its callback object to join() while another thread registers it in
+    the client's daemon; when join() wins, the object goes as a plain dict of class __main__.Chatter, and
+    the server refuses it. The refusal must read as Pyro5's (the guide: error texts are Pyro5's where
+    programs see them)."""
+    data = {"__class__": "__main__.Chatter", "nick": "bob"}
+    with pytest.raises(Pyro5.errors.SecurityError) as pyro5s:
+        Pyro5.api.SerializerBase.dict_to_class(data)
+    with pytest.raises(meshrpc.errors.SecurityError) as ours:
+        meshrpc.SerializerBase.dict_to_class(data)
+    assert str(ours.value) == str(pyro5s.value)

@@ -641,21 +641,20 @@ def _read_until(stream: Any, found: Callable[[str], Any], seen: list[str], what:
 def _drive(run: Run) -> Callable[..., tuple[str, str]]:
     def drive(server_proc: subprocess.Popen, command: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, str]:
         server_seen: list[str] = []
-        answers = run.client_input
+        uri_line = ""
         if run.uri:
             uri = _read_until(server_proc.stdout, re.compile(r"PYRO:[^\s'\">]+").search, server_seen, run.server)
-            answers = uri[0] + "\n" + answers
+            uri_line = uri[0] + "\n"
         client = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             client_seen: list[str] = []
+            client.stdin.write(uri_line)
             if run.pause_after:
-                client.stdin.write(answers[:answers.index("\n") + 1] if run.uri else "")
                 client.stdin.flush()
-                answers = answers[answers.index("\n") + 1:] if run.uri else answers
                 _read_until(client.stdout, lambda line: run.pause_after in line, client_seen, run.client)
                 time.sleep(run.pause)  # the example's scenario: a client idle for longer than the server's timeout
-            client.stdin.write(answers)  # a few lines: within the pipe's buffer
+            client.stdin.write(run.client_input)  # a few lines: within the pipe's buffer
             client.stdin.close()
             if run.until:
                 _read_until(client.stdout, lambda line: run.until in line, client_seen, run.client)

@@ -390,9 +390,18 @@ class Daemon(threaded.Daemon):
             elif event.type == wire.MSG_PING:
                 conn.send(session.pong(event))
             elif self._stopping:
-                conn.send(session.not_run_reply(event))
+                self._not_run(conn, session, event)
             else:
                 self._start_call(conn, event)
+
+    @classmethod
+    def _not_run(cls, conn: _ClientConnection, session: ServerSession, frame: wire.Frame) -> None:
+        """Shutting down: a request that came too late is not run. A meshrpc proxy is told so
+        (ServerSession.not_run_reply); a Pyro5 proxy's connection is closed, as a Pyro5 daemon's."""
+        if session.takes_not_run or frame.flags & wire.FLAG_ONEWAY:
+            conn.send(session.not_run_reply(frame))
+        else:
+            cls._close_when_answered(conn)
 
     def _broken(self, conn: _ClientConnection, exc: Exception) -> None:
         """`conn`'s client broke the protocol: the replies to the requests before the bad bytes go out
@@ -401,6 +410,14 @@ class Daemon(threaded.Daemon):
         if conn.broken or conn.transport is None or conn.transport.is_closing():
             return  # (said already: _pump meets the same bytes after _take_requests)
         log.warning("closing connection from %s: %s", conn.addr, exc)
+        self._close_when_answered(conn)
+
+    @staticmethod
+    def _close_when_answered(conn: _ClientConnection) -> None:
+        """Read no more of `conn`; close it once the replies before now, and those of its calls still
+        running, are out."""
+        if conn.broken or conn.transport is None or conn.transport.is_closing():
+            return
         conn.broken = True
         conn._corked.flush()
         if conn.calls:  # running (executor, Tasks): read no more; the last one's reply closes it (replied)
@@ -449,7 +466,7 @@ class Daemon(threaded.Daemon):
                 return True
             if call is not None:
                 if self._stopping:
-                    conn.send(session.not_run_reply(session.bare_frame()))
+                    self._not_run(conn, session, session.bare_frame())
                 else:
                     self._run_bare(conn, session, call)
             if session.held is None:  # (every byte taken: no next_request needed to say so)

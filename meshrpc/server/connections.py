@@ -574,10 +574,13 @@ class ConnectionServer:
 
     def _refuse_not_run(self, conn: ClientConnection, frame: wire.Frame) -> None:
         """Shutting down: answer a request that came too late without running it (ServerSession.not_run_reply):
-        meshrpc proxies treat the call as not delivered and go elsewhere; Pyro5 proxies get the DaemonError."""
+        meshrpc proxies treat the call as not delivered and go elsewhere; a Pyro5 proxy's connection is
+        closed instead (ConnectionClosedError: _serve drops it)."""
         if frame.flags & wire.FLAG_ONEWAY:
             log.info("oneway call from %s not run: the daemon is shutting down", conn.addr)
             return
+        if not conn.protocol.takes_not_run:
+            raise errors.ConnectionClosedError("the daemon is shutting down")
         conn.send_parts(conn.protocol.not_run_reply(frame))
 
     @staticmethod

@@ -568,12 +568,13 @@ class ServerSession(_Session):
 
     __slots__ = ("key_window", "replay_cache", "object_id", "serializer", "accepts_pipelining", "_key_proof",
                  "rehandshake", "request_seq", "request_serializer_id", "_lane", "_request", "_prefixes",
-                 "_request_heads", "held", "_held_at")
+                 "_request_heads", "held", "_held_at", "takes_not_run")
 
     def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
                  pipelining: bool = True, rehandshake: bool = False) -> None:
         super().__init__(settings)
         self.accepts_pipelining = pipelining
+        self.takes_not_run = False  # the proxy knows the "not run" answer (not_run_reply); set by accept_connect
         # rehandshake: a CONNECT after the handshake starts over (proxies taking turns on one connected
         # socket, as Pyro5 allows for daemons on a socketpair)
         self.rehandshake = rehandshake
@@ -653,6 +654,7 @@ class ServerSession(_Session):
         self.oob = CAP_OOB in offered
         self.binary = CAP_BINARY in offered and self.serpent_binary
         self.pipelined = CAP_PIPELINE in offered and self.accepts_pipelining
+        self.takes_not_run = bool(offered)  # a meshrpc proxy (it offers capabilities): not_run_reply's reader
         agreed = ((CAP_OOB if self.oob else b"") + (CAP_BINARY if self.binary else b"")
                   + (CAP_PIPELINE if self.pipelined else b""))
         annotations = {CAPABILITIES: agreed} if agreed else {}
@@ -845,8 +847,11 @@ class ServerSession(_Session):
                                   frame.correlation_id))
 
     def not_run_reply(self, frame: Frame) -> list:
-        """Shutting down: the answer to a request that will not run (NOT_RUN_ANNOTATION). meshrpc proxies
-        take it as not delivered and go elsewhere; Pyro5 proxies get the DaemonError. Oneway: nothing."""
+        """Shutting down: the answer to a request that will not run (NOT_RUN_ANNOTATION), for a proxy that
+        `takes_not_run` (meshrpc's: it takes the call as not delivered and goes elsewhere). Oneway:
+        nothing. A Pyro5 proxy would raise the DaemonError as the call's own failure, which Pyro5
+        programs do not expect: its connection is closed instead, as a Pyro5 daemon that stops closes
+        it (ConnectionClosedError, on which those programs reconnect; the call did not run)."""
         if frame.flags & FLAG_ONEWAY:
             return []
         serializer = self._values(frame)

@@ -12,6 +12,7 @@ from typing import Any
 import Pyro5.api
 import Pyro5.errors
 import pytest
+from support import LoopThread, wait_until
 
 import meshrpc
 import meshrpc.aio
@@ -190,3 +191,57 @@ def test_pyro5_proxy_to_aio_daemon(serializer: str) -> None:
     finally:
         server.stop()
 
+
+
+@meshrpc.expose
+class Holding:
+    """hold() runs until the test opens the gate: a call in progress while the daemon shuts down."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    async def hold(self) -> str:
+        self.entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.opened.wait, 10)
+        return "held"
+
+    def ping(self) -> str:
+        return "pong"
+
+
+@pytest.mark.timeout(30)
+def test_a_pyro5_proxy_calling_an_aio_daemon_that_shuts_down_finds_its_connection_closed() -> None:
+    # as a Pyro5 daemon that stops: Pyro5 programs reconnect on ConnectionClosedError, and took the
+    # "not run" DaemonError meshrpc proxies understand as the call's own failure (w11-examples found it
+    # with Pyro5's distributed-computing example; test_examples_w11.py has the threaded daemon's case)
+    holding = Holding()
+    loop = LoopThread()
+    daemon = loop.call(lambda: meshrpc.aio.Daemon(host="127.0.0.1"))
+    uri = str(loop.call(lambda: daemon.register(holding, "holding")))
+    loop.run(daemon.start())
+    held: list[Any] = []
+    try:
+        with Pyro5.api.Proxy(uri) as caller, meshrpc.Proxy(uri) as meshrpc_caller:
+            caller._pyroTimeout = meshrpc_caller._pyroTimeout = 10
+            assert caller.ping() == "pong" and meshrpc_caller.ping() == "pong"  # connected before the shutdown
+
+            def hold() -> None:
+                with Pyro5.api.Proxy(uri) as holder:
+                    held.append(holder.hold())
+            holder = threading.Thread(target=hold, daemon=True)
+            holder.start()
+            assert holding.entered.wait(10), "the call in progress did not start"
+            closing = asyncio.run_coroutine_threadsafe(daemon.aclose(), loop.loop)
+            wait_until(lambda: loop.call(lambda: daemon._stopping), timeout=10.0, message="the shutdown began")
+            with pytest.raises(Pyro5.errors.ConnectionClosedError):
+                caller.ping()  # not run, and Pyro5's own way of saying the daemon went
+            with pytest.raises(meshrpc.errors.CommunicationError, match="not run|did not run"):
+                meshrpc_caller.ping()  # told "not run" (a PYRO: URI has nowhere else to go)
+            holding.opened.set()
+            holder.join(10)
+            closing.result(15)
+    finally:
+        holding.opened.set()
+        loop.close()
+    assert held == ["held"], "the call in progress must still finish"

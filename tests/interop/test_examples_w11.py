@@ -47,9 +47,6 @@ def _refuses_connections(port: int) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="lead (meshrpc/server/connections.py, wire/session.py not_run_reply): a "
-                                       "shutting-down daemon answers a Pyro5 proxy's call with DaemonError; see "
-                                       "/work/coord/notes/w11-requests.md")
 @pytest.mark.timeout(30)
 def test_a_pyro5_proxy_calling_a_daemon_that_shuts_down_gets_connection_closed() -> None:
     """Pyro5's distributed-computing example with a meshrpc dispatcher: when the dispatcher stops (SIGTERM),

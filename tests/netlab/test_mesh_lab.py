@@ -300,9 +300,11 @@ class Agent:
         return started
 
     def stderr_tail(self, size: int = 3000) -> str:
-        self.stderr.flush()
-        self.stderr.seek(0)
-        return self.stderr.read()[-size:]
+        # pread, not seek + read: the helper writes its stderr through this very file (one shared offset), so
+        # a seek to 0 sent a line it wrote meanwhile over the start of the log ("ARNING mesh: ...")
+        fd = self.stderr.fileno()
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        return data.decode("utf-8", "replace")[-size:]
 
     def trouble(self) -> str:
         """After close(): what went wrong in the helper (errors logged, exceptions, exit status)."""

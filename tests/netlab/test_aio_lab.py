@@ -31,7 +31,7 @@ import subprocess
 import time
 
 import pytest
-from test_netlab import load_tool
+from test_netlab import lab_or_skip, load_tool
 
 aio_lab = load_tool("aio_lab.py")
 netlab = aio_lab.netlab
@@ -40,13 +40,6 @@ STEP = aio_lab.STEP
 pytestmark = pytest.mark.netlab
 
 LOSS, DELAY = 15.0, (5.0, 30.0)  # h2's link, both ways
-
-
-def _lab(hosts: int):
-    ok, reason = netlab.available()
-    if not ok:
-        pytest.skip(reason)
-    return netlab.Lab(hosts)
 
 
 def _root_links() -> str:
@@ -78,7 +71,7 @@ PAIRINGS = {"aa": ("aio", "aio", 10, 300), "ta": ("threaded", "aio", 8, 16), "at
 
 @pytest.mark.timeout(90)
 def test_lossy_link_calls_by_name_and_tag_each_run_once_for_each_pairing(tmp_path):
-    with _lab(3) as lab:
+    with lab_or_skip(3) as lab:
         h1, h2, h3 = lab.hosts
         h2.set_loss(LOSS, delay_ms=DELAY)
         # the first lookup crosses the lossy link too: give it time rather than fail the call
@@ -135,7 +128,7 @@ RECOVERY_BOUND = 3.0
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("timeout,cut", [(1.0, 8.0), (0.0, 5.0)], ids=["pyroTimeout-1s-cut-8s", "no-timeout-cut-5s"])
 def test_partition_heals_aio_idempotent_calls_recover_non_idempotent_run_at_most_once(tmp_path, timeout, cut):
-    with _lab(2) as lab:
+    with lab_or_skip(2) as lab:
         h1, h2 = lab.hosts
         with aio_lab.run(lab, tmp_path, {"MESHRPC_REBIND_TIMEOUT": "60"}) as run:
             server, _ = aio_lab.server(run, h1, "A")
@@ -175,7 +168,7 @@ IN_FLIGHT = 20  # of each kind
 
 @pytest.mark.timeout(90)
 def test_kill_mid_call_aio_failover_to_replica_runs_nothing_twice(tmp_path):
-    with _lab(3) as lab:
+    with lab_or_skip(3) as lab:
         with aio_lab.run(lab, tmp_path) as run:
             servers, client, bound, used, other = aio_lab.two_replicas(run, lab, "--retry-proxy")
             assert bound["retry"] == bound["main"], bound
@@ -226,7 +219,7 @@ WAITING = 5  # of each kind
 
 @pytest.mark.timeout(90)
 def test_kill_threaded_replica_mid_call_aio_proxy_sends_waiting_calls_elsewhere(tmp_path):
-    with _lab(3) as lab:
+    with lab_or_skip(3) as lab:
         with aio_lab.run(lab, tmp_path) as run:
             servers, client, _, used, other = aio_lab.two_replicas(run, lab, kind="threaded")
             client.send("call main work W 60")
@@ -266,7 +259,7 @@ IN_PROGRESS = 10  # of each kind, 2 s each (the daemon waits up to SHUTDOWN_GRAC
 
 @pytest.mark.timeout(90)
 def test_graceful_shutdown_of_aio_replica_loses_no_call_idempotent_or_not(tmp_path):
-    with _lab(3) as lab:
+    with lab_or_skip(3) as lab:
         with aio_lab.run(lab, tmp_path) as run:
             servers, client, _, used, other = aio_lab.two_replicas(run, lab)
             client.send(f"call main work W 2 {IN_PROGRESS}")

@@ -12,7 +12,7 @@ import sys
 import uuid
 
 import pytest
-from test_netlab import netlab
+from test_netlab import lab_or_skip
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.netlab]
 
@@ -23,10 +23,7 @@ LOCATE = ("import json, sys\n"
 
 @pytest.fixture
 def lab():
-    ok, reason = netlab.available()
-    if not ok:
-        pytest.skip(reason)
-    with netlab.Lab(2) as lab:
+    with lab_or_skip(2) as lab:
         yield lab
 
 

@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_netlab import load_tool
+from test_netlab import lab_or_skip
 
-netlab = load_tool("netlab.py")
 
 pytestmark = [pytest.mark.netlab, pytest.mark.timeout(120)]
 
@@ -143,10 +142,7 @@ class Child:
 
 @pytest.fixture
 def lab():
-    ok, reason = netlab.available()
-    if not ok:
-        pytest.skip(reason)
-    with netlab.Lab(2) as built:
+    with lab_or_skip(2) as built:
         yield built
 
 

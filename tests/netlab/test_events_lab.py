@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_netlab import netlab  # tools/netlab.py, loaded once by path
+from test_netlab import lab_or_skip
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from subprocs import Proc, Runner, base_env  # noqa: E402 - the helpers of the integration tests
@@ -33,10 +33,7 @@ RATE = 200
 
 @pytest.fixture
 def lab() -> Iterator[object]:
-    ok, reason = netlab.available()
-    if not ok:
-        pytest.skip(reason)
-    with netlab.Lab(4) as lab:
+    with lab_or_skip(4) as lab:
         yield lab
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_netlab import netlab  # tools/netlab.py, loaded once by path
+from test_netlab import lab_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -341,10 +341,7 @@ def _figure(record_property: Callable[[str, Any], None], label: str, seconds: fl
 
 @pytest.fixture
 def lab() -> Iterator[Any]:
-    ok, reason = netlab.available()
-    if not ok:
-        pytest.skip(reason)
-    with netlab.Lab(3) as built:
+    with lab_or_skip(3) as built:
         yield built
 
 

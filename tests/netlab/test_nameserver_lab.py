@@ -12,7 +12,7 @@ import textwrap
 import uuid
 
 import pytest
-from test_netlab import netlab
+from test_netlab import lab_or_skip
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.netlab]
 
@@ -74,10 +74,7 @@ def _route_through(router, host, lab) -> str:
 
 @pytest.fixture
 def lab():
-    ok, reason = netlab.available()
-    if not ok:
-        pytest.skip(reason)
-    with netlab.Lab(3) as lab:
+    with lab_or_skip(3) as lab:
         yield lab
 
 

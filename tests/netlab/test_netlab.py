@@ -34,6 +34,13 @@ def _require_netlab() -> None:
         pytest.skip(reason)
 
 
+def lab_or_skip(hosts: int):
+    """A netlab.Lab of `hosts` hosts to enter (`with lab_or_skip(2) as lab:`); the test is skipped where
+    no lab can be built here."""
+    _require_netlab()
+    return netlab.Lab(hosts)
+
+
 def _netns_list() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}

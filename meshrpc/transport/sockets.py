@@ -100,11 +100,14 @@ def notice_dead_peer(sock: Any, seconds: float) -> None:
             pass
 
 
-def silent_peer(exc: OSError) -> str:
-    """What a ConnectionClosedError says when the kernel gave up on a peer that answered nothing (ETIMEDOUT:
-    notice_dead_peer's probes or TCP_USER_TIMEOUT, or TCP's retransmissions). Python raises it as a
-    TimeoutError, as it raises a socket's own timeout (whose errno is None): it is a lost connection."""
-    return f"connection lost: the peer stopped answering ({exc.strerror or exc}; DEAD_PEER_TIMEOUT)"
+def lost_if_silent_peer(exc: OSError) -> None:
+    """ConnectionClosedError when `exc` is the kernel giving up on a peer that answered nothing
+    (ETIMEDOUT: notice_dead_peer's probes or TCP_USER_TIMEOUT, or TCP's retransmissions). Python raises
+    it as a TimeoutError, as it raises a socket's own timeout (errno None) and SO_RCVTIMEO's (EAGAIN),
+    which the caller goes on to handle: this one is a lost connection."""
+    if exc.errno == errno.ETIMEDOUT:
+        raise ConnectionClosedError(f"connection lost: the peer stopped answering ({exc.strerror or exc}; "
+                                    f"DEAD_PEER_TIMEOUT)") from None
 
 
 def connect(host: str | None, port: int, sockname: str | None, timeout: float | None,
@@ -268,8 +271,7 @@ class FramedConnection:
             for part in parts:
                 self._sendall(part)
         except socket.timeout as exc:
-            if exc.errno:  # the kernel's ETIMEDOUT, not the socket's own timeout
-                raise ConnectionClosedError(silent_peer(exc)) from None
+            lost_if_silent_peer(exc)
             raise TimeoutError("sending timed out") from None
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost while sending: {exc.strerror or exc}") from None
@@ -301,8 +303,7 @@ class FramedConnection:
         try:
             data = self._recv(RECV_CHUNK)
         except socket.timeout as exc:
-            if exc.errno:  # the kernel's ETIMEDOUT, not the socket's own timeout
-                raise ConnectionClosedError(silent_peer(exc)) from None
+            lost_if_silent_peer(exc)
             raise TimeoutError("receiving: timeout") from None  # Pyro5's text (programs compare it)
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
@@ -363,8 +364,7 @@ class FramedConnection:
         try:
             count = self._recv_frame_rest(into)
         except (BlockingIOError, socket.timeout) as exc:  # SO_RCVTIMEO (or a timeout set on the socket) ran out
-            if exc.errno == errno.ETIMEDOUT:  # ... unless it is the kernel's: the peer stopped answering
-                raise ConnectionClosedError(silent_peer(exc)) from None
+            lost_if_silent_peer(exc)
             return False
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
@@ -381,8 +381,7 @@ class FramedConnection:
         try:
             data = self.sock.recv(size)
         except (BlockingIOError, socket.timeout) as exc:  # SO_RCVTIMEO (or a timeout set on the socket) ran out
-            if exc.errno == errno.ETIMEDOUT:  # ... unless it is the kernel's: the peer stopped answering
-                raise ConnectionClosedError(silent_peer(exc)) from None
+            lost_if_silent_peer(exc)
             return None
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
@@ -423,8 +422,7 @@ class FramedConnection:
         try:
             count = self._recv_frame_rest(view)
         except socket.timeout as exc:
-            if exc.errno:  # the kernel's ETIMEDOUT, not the socket's own timeout
-                raise ConnectionClosedError(silent_peer(exc)) from None
+            lost_if_silent_peer(exc)
             raise TimeoutError("receiving: timeout") from None
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None
@@ -437,8 +435,7 @@ class FramedConnection:
         try:
             return self._recv(size)
         except socket.timeout as exc:
-            if exc.errno:  # the kernel's ETIMEDOUT, not the socket's own timeout
-                raise ConnectionClosedError(silent_peer(exc)) from None
+            lost_if_silent_peer(exc)
             raise TimeoutError("receiving: timeout") from None  # Pyro5's text (programs compare it)
         except OSError as exc:
             raise ConnectionClosedError(f"connection lost: {exc.strerror or exc}") from None

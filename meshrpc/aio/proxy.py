@@ -22,13 +22,13 @@ from typing import Any, AsyncIterator, NoReturn
 from .. import errors
 from ..client.batch import BatchedCall
 from ..client.proxy import _PICKLE_PROTOCOL_ATTRS
-from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
+from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts, silent_text
 from ..config import Settings, config as default_config
 from ..context import FRESH_ID, call_state, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError
 from ..limits import RECONNECT_PAUSE, RECV_CHUNK
 from ..resolve import watch_announcements
-from ..transport.sockets import notice_dead_peer, peer_closed_check  # (the threaded proxy's rules, one home)
+from ..transport.sockets import notice_dead_peer, peer_closed_check, silent_peer_check  # (the threaded proxy's rules, one home)
 from ..uri import URI
 from ..wire import constants
 from ..wire import frame as wire
@@ -74,6 +74,7 @@ class _Connection(Receiving):
         self.spin: LoopSpin | None = None  # waits for a lone call's reply while the loop is idle
         self._fd = -1
         self._peer_closed: Any = _unknown  # () -> whether the daemon closed the connection (connection_made)
+        self._silent_for: Any = _never_silent  # (seconds) -> whether the daemon acknowledged nothing for that long
         # a pipelined call's Future: asyncio's own Future class directly, unless the loop makes its own
         # (create_future is a Python call per call otherwise)
         self._new_future: Any = (functools.partial(asyncio.Future, loop=loop)
@@ -93,6 +94,7 @@ class _Connection(Receiving):
         self._fd = sock.fileno() if sock is not None and hasattr(os, "readv") else -1
         # on the socket itself: asyncio's TransportSocket wrapper would add a Python call to every check
         self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else _unknown
+        self._silent_for = silent_peer_check(getattr(sock, "_sock", sock)) if sock is not None else _never_silent
 
     def buffer_updated(self, nbytes: int) -> None:
         self.heard += 1
@@ -267,6 +269,13 @@ class _Connection(Receiving):
         if self.closed or self.transport is None or self.transport.is_closing() or self._peer_closed():
             self._not_open()
 
+    def check_heard(self, timeout: float | None) -> None:
+        """Before a oneway call with the proxy's `timeout`: NotDelivered when the daemon acknowledged
+        nothing sent to it for that long (transport.sockets.silent_peer_check): no reply would tell that
+        the call went into a dead connection, so it goes on a new one."""
+        if timeout and self._silent_for(timeout):
+            raise NotDelivered(silent_text(self.target, timeout), self.target, suspect=False)
+
     def _not_open(self) -> NoReturn:
         """check_open found the connection closed: NotDelivered, saying by whom (the kernel was asked)."""
         if self.closed or self.transport is None or self.transport.is_closing():
@@ -315,6 +324,11 @@ class _Connection(Receiving):
 
 def _unknown() -> bool:
     """A transport with no socket to ask (peer_closed_check): the loop's own read tells."""
+    return False
+
+
+def _never_silent(seconds: float) -> bool:
+    """A transport with no socket to ask (silent_peer_check)."""
     return False
 
 
@@ -706,8 +720,9 @@ class Proxy:
                 parts = session.call_request(object_id or attrs["_pyroUri"].object, methodname, vargs, kwargs, flags,
                                              annotations or None, corr)
                 if flags & _FLAG_ONEWAY:
-                    if not conn.waiting:  # no reply will tell: a closed connection must be seen first
+                    if not conn.waiting:  # no reply will tell: a closed (or silent) connection must be seen first
                         conn.check_open()
+                        conn.check_heard(attrs["_pyroTimeout"])
                     conn.write(parts)
                     set_response_annotations(state, {})  # no reply, so none (as the threaded proxy and Pyro5)
                     if conn.paused:

@@ -21,7 +21,7 @@ from ..wire import frame as wire
 from ..wire.constants import BATCH_METHOD, DAEMON_OBJECT_ID
 from ..wire.serializers import BY_NAME, WIRE_CLASSES, ExceptionWrapper, Serializer, by_name
 from ..wire.session import TAKE_EVENT, ClientSession, ConnectRefused, NotRun, StreamStarted, as_exception
-from .recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts
+from .recovery import NotDelivered, Rebind, Recovery, Step, connect_timeouts, silent_text
 
 log = logging.getLogger("meshrpc.client")
 
@@ -597,6 +597,9 @@ class Proxy:
             # call certainly is not lost
             raise NotDelivered(f"the connection to {self._pyroUri} was closed by the daemon", self._pyroUri,
                                 suspect=False)
+        if conn is not None and flags & _FLAG_ONEWAY and self.__pyroTimeout and conn.silent_for(self.__pyroTimeout):
+            # no reply would tell that a oneway call went into a dead connection: replace it first
+            raise NotDelivered(silent_text(self._pyroUri, self.__pyroTimeout), self._pyroUri, suspect=False)
         if conn is None:
             self.__connect()
             conn = self._pyroConnection

@@ -34,6 +34,13 @@ class NotDelivered(ConnectionClosedError):
         self.in_handshake = in_handshake  # connected, and the handshake failed
 
 
+def silent_text(target: URI | None, timeout: float) -> str:
+    """The words of the NotDelivered that keeps a oneway call out of a silent connection (the peer
+    acknowledged nothing for the proxy's timeout: transport.sockets.silent_peer_check), both drivers."""
+    return (f"{target} acknowledged nothing sent to it for {timeout:g} s (the proxy's timeout): its host is gone, "
+            f"the network is cut, or this host's address changed; the oneway call is sent on a new connection")
+
+
 def handshake_stall(exc: BaseException) -> bool:
     """The attempt connected and the handshake timed out: a provider that does not answer (a
     connect that times out may as well be a partition)."""

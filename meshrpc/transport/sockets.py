@@ -22,6 +22,9 @@ from .spin import SpinGate, others_waiting, single_core, waiters
 log = logging.getLogger("meshrpc.transport")
 
 _TCP_ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's TCP_INFO
+# Linux's TCP_INFO up to tcpi_notsent_bytes (Linux 4.6): tcpi_unacked (segments sent, not acknowledged) at
+# byte 24, tcpi_last_ack_recv (ms since the peer's last acknowledgement) at 56, tcpi_notsent_bytes at 144
+_TCP_ACKS = struct.Struct("=24xI28xI84xI")
 
 
 def is_ipv6(host: str) -> bool:
@@ -167,6 +170,35 @@ def peer_closed_check(sock: Any) -> Callable[[], bool]:
     return readable
 
 
+def silent_peer_check(sock: Any) -> Callable[[float], bool]:
+    """(seconds) -> whether what this side sent on the connection of `sock` has waited longer than
+    `seconds` for the peer's acknowledgement, with none coming meanwhile: a silent peer (its host gone,
+    the network cut, or this host's own address gone, which leaves the connection sending from an
+    address nobody answers). Asked before a oneway call, which no reply would tell; a two-way call
+    learns it from its timeout. Plain TCP on Linux (TCP_INFO); elsewhere never silent.
+
+    Asked before every oneway send, so the last check that found everything acknowledged is older than
+    all that waits now: the wait is counted from it. An error while asking counts as silent."""
+    if not (hasattr(socket, "TCP_INFO") and not hasattr(sock, "pending")
+            and sock.family in (socket.AF_INET, socket.AF_INET6)):
+        return lambda seconds: False
+    tcp_info = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_ACKS.size)
+    acked_at = [time.monotonic()]  # when a check last found nothing waiting for an acknowledgement
+
+    def silent(seconds: float) -> bool:
+        try:
+            unacked, last_ack_ms, unsent = _TCP_ACKS.unpack(tcp_info())
+        except (OSError, struct.error):
+            return True
+        now = time.monotonic()
+        # (data may also wait unsent: from an address that is gone, the kernel cannot send it at all)
+        if not unacked and not unsent:
+            acked_at[0] = now
+            return False
+        return now - acked_at[0] > seconds and last_ack_ms > seconds * 1000
+    return silent
+
+
 def limit_receive_time(sock: socket.socket, seconds: float) -> bool:
     """A blocking read on `sock` that gets no data for `seconds` fails with EAGAIN (SO_RCVTIMEO), which
     FramedConnection.fill_within reports as "nothing came". True when set."""
@@ -240,6 +272,8 @@ class FramedConnection:
         # () -> whether the peer closed this idle connection: a proxy asks before every call it sends on it
         # (an attribute, not a method: no Python frame more per call)
         self.peer_closed: Callable[[], bool] = peer_closed_check(sock)
+        # (seconds) -> whether the peer acknowledged nothing sent for that long: asked before a oneway call
+        self.silent_for: Callable[[float], bool] = silent_peer_check(sock)
         # SO_RCVLOWAT now (plain TCP only; 0: not used): above 1 only while the rest of a large frame comes
         plain_tcp = self.tls is None and sock.family in (socket.AF_INET, socket.AF_INET6)
         self._low_water = 1 if plain_tcp and hasattr(socket, "SO_RCVLOWAT") else 0

@@ -725,7 +725,15 @@ class Daemon(threaded.Daemon):
         """Send the reply of a finished call (nothing for a oneway call, or when the client is gone)."""
         flags, result, annotations = outcome
         if frame.flags & wire.FLAG_ONEWAY or conn.closed:
-            if flags & wire.FLAG_EXCEPTION:
+            stream = flags & wire.FLAG_ITEMSTREAMRESULT
+            if stream:
+                # a remote iterator nobody will know the id of (made after its client left, when the
+                # disconnect could not orphan it): closed now, or it would stay until ITER_STREAM_LIFETIME
+                self._streams.close(result)
+            if not frame.flags & wire.FLAG_ONEWAY:
+                log.info("the answer to a call from %s is dropped: the client is gone%s", conn.addr,
+                         " (the remote iterator made for it is closed)" if stream else "")
+            elif flags & wire.FLAG_EXCEPTION and not stream:
                 log.warning("oneway call failed: %r", result)
             return
         session = conn.wire

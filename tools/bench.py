@@ -453,9 +453,9 @@ class Server:
             return float("nan")
 
     def stderr_tail(self, limit: int = 2000) -> str:
-        try:
-            self.errors.seek(0)
-            text = self.errors.read().decode("utf-8", "replace")
+        try:  # pread: the child writes through this same file, so a seek would move its offset too
+            fd = self.errors.fileno()
+            text = os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
         except (OSError, ValueError):
             return ""
         return text[-limit:].strip()

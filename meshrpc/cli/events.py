@@ -114,7 +114,8 @@ def run_sub(args: argparse.Namespace, out: Output) -> int:
         except KeyboardInterrupt:
             pass
         stats = bus.stats()
-    out.status(f"{stats['received']} events received, {stats['lost']} lost")
+    received = stats["received"]
+    out.status(f"{received} event{'' if received == 1 else 's'} received, {stats['lost']} lost")
     return 0
 
 

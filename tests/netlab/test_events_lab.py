@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.netlab, pytest.mark.timeout(180)]
 PUBLISHER = Path(__file__).resolve().parents[1] / "integration" / "events_publisher.py"
 # long enough that the publisher is still sending when the partitioned subscriber is declared gone:
 # under 20% loss the mesh waits up to ~15 s before a silent daemon counts as gone (docs/mesh.md)
-EVENTS = 7000
+EVENTS = 5000  # 25 s at RATE; measured: h2 dropped ~3.5 s after its link went down, back 0.3 s after link up
 RATE = 200
 
 
@@ -53,12 +53,14 @@ def test_subscribers_on_three_hosts_under_20_percent_loss_get_every_event_in_ord
         pub.expect(r"^ready: 3 subscribers", timeout=60)
         partitioned = subscriber_hosts[0]
         subscribers[0].expect(lambda line: line.startswith('{"msg"') and json.loads(line)["msg"] >= 300, timeout=60)
+        # (from here on: a live host under loss may have been dropped and taken back before the partition)
         partitioned.link_down()
-        gone = pub.expect(r"^subscribers 2 ", timeout=30)
+        pub.expect(r"^subscribers 2 ", timeout=30, start=len(pub.out))
         partitioned.link_up()
-        pub.expect(r"^subscribers 3 ", timeout=30, start=pub.out.index(gone))
+        pub.expect(r"^subscribers 3 ", timeout=30, start=len(pub.out))
         stats = json.loads(pub.expect(r'^\{"stats"', timeout=120))["stats"]
         print(f"[events-lab] publisher: {json.dumps(stats)}")
+        print("[events-lab] " + " | ".join(line for line in pub.out if line.startswith("subscribers")))
         for host, proc in zip(subscriber_hosts, subscribers):
             proc.expect(lambda line: line.startswith('{"msg"') and json.loads(line)["msg"] == EVENTS - 1, timeout=60)
             lines = [json.loads(line) for line in proc.out]

@@ -105,6 +105,10 @@ LARGE_FRAME_PROOF = 4
 # up to this size: a daemon drops it when the connection goes idle (FrameReader.release_spare), a
 # proxy keeps it while it is connected
 SPARE_MAX = 16 * 1024 * 1024
+# a compressed request up to this size is inflated on the asyncio daemon's loop (zlib's ratio is at most
+# ~1:1032: about 1 MiB out, a few ms); a larger one on a worker thread, so that a zip bomb (0.5 MB in,
+# 512 MiB out: 1.4 s of inflating) holds up its own connection, not the loop and every other client
+INFLATE_ON_LOOP_MAX = 1024
 KEY_REPLAY_CACHE_MAX = 65536  # handshake proofs a daemon remembers within KEY_WINDOW (replays are refused)
 
 # --- the gateway (gateway/, docs/gateway.md; its tunable limits are GATEWAY_* Settings)

@@ -37,7 +37,7 @@ from ..socketutil import set_nodelay
 from ..transport.sockets import notice_dead_peer
 from ..wire import constants
 from ..wire import frame as wire
-from ..wire.session import NEED_DATA, TAKE_EVENT, ConnectRequest, ServerSession
+from ..wire.session import NEED_DATA, TAKE_EVENT, Compressed, ConnectRequest, ServerSession
 from .cork import Cork
 from .eager import EagerStarter
 from .receiving import Receiving, receive_buffer
@@ -63,12 +63,20 @@ def nonblocking(method: Any) -> Any:
     return method
 
 
+def _inflate_off_loop(conn: Any, frame: wire.Frame, max_size: int) -> tuple:
+    """On a worker thread: (the frame, inflated, None) or (None, the exception that says why not)."""
+    try:
+        return wire.inflate(frame, max_size), None
+    except Exception as exc:  # ProtocolError, MessageTooLargeError: the connection's, said on the loop
+        return None, exc
+
+
 class _ClientConnection(Receiving):
     """A client's connection as the asyncio daemon sees it (`current_context.client` during its calls)."""
 
     def __init__(self, daemon: "Daemon") -> None:
         self.daemon = daemon
-        self.wire = ServerSession(daemon.settings)
+        self.wire = ServerSession(daemon.settings, inflate_later=True)  # large compressed requests: off the loop
         self.session: dict[str, Any] = {}  # per-connection instances ("session" mode), as the threaded daemon's
         self.transport: asyncio.Transport | None = None
         self.addr: Any = None
@@ -83,6 +91,7 @@ class _ClientConnection(Receiving):
         self.broken = False  # the client broke the protocol: closed once its running calls are answered
         self.write_paused = False  # its replies wait above the high-water mark: none of its requests are read
         self.crowded = False  # MAX_CALLS_PER_CONNECTION of its calls run: none of its requests are read
+        self.inflating = False  # a large compressed request is inflated on a worker: none of its requests are read
         self.unsent = 0  # while write_paused: the bytes that waited at the last sign of progress ...
         self.stalled_since = 0.0  # ... and when that was (SEND_TIMEOUT counts from it)
         loop = self._loop = asyncio.get_running_loop()
@@ -146,7 +155,7 @@ class _ClientConnection(Receiving):
             finally:
                 self.pumping = False
                 written = self._corked.flush()
-            if self.calls or self.closed or self._next is None or self.write_paused:
+            if self.calls or self.closed or self._next is None or self.write_paused or self.inflating:
                 return
             data = self._read_next(written)
             if data is not None and not data:
@@ -183,7 +192,7 @@ class _ClientConnection(Receiving):
             if not self.calls:
                 self.close()
             return
-        if self.calls or self.closed or self._next is None or self.write_paused:
+        if self.calls or self.closed or self._next is None or self.write_paused or self.inflating:
             return
         loop = self._loop
         if _current_task(loop) is not None:
@@ -230,7 +239,8 @@ class _ClientConnection(Receiving):
         """Read this client's requests again, unless something else still holds them back."""
         transport = self.transport
         if (transport is not None and not transport.is_closing() and not transport.is_reading()
-                and not (self.write_paused or self.crowded or self.broken or self._corked.closing)):
+                and not (self.write_paused or self.crowded or self.inflating or self.broken
+                         or self._corked.closing)):
             transport.resume_reading()
 
     def waiting_to_send(self) -> int:
@@ -385,14 +395,56 @@ class Daemon(threaded.Daemon):
                 return
             if event.__class__ is _FRAME and event.type == _INVOKE and not self._stopping:  # the usual one first
                 self._start_call(conn, event)
-            elif isinstance(event, ConnectRequest):
-                self._aio_handshake(conn, event)
-            elif event.type == wire.MSG_PING:
-                conn.send(session.pong(event))
-            elif self._stopping:
-                self._not_run(conn, session, event)
+            elif event.__class__ is Compressed:
+                self._inflate(conn, event.frame)
+                return  # (the messages after it wait: taken in order, once it is inflated)
             else:
-                self._start_call(conn, event)
+                self._take(conn, event)
+
+    def _take(self, conn: _ClientConnection, event: Any) -> None:
+        """One message of the client's (an event of its session)."""
+        if isinstance(event, ConnectRequest):
+            self._aio_handshake(conn, event)
+        elif event.type == wire.MSG_PING:
+            conn.send(conn.wire.pong(event))
+        elif self._stopping:
+            self._not_run(conn, conn.wire, event)
+        else:
+            self._start_call(conn, event)
+
+    def _inflate(self, conn: _ClientConnection, frame: wire.Frame) -> None:
+        """A large compressed message: inflated on a worker thread (INFLATE_ON_LOOP_MAX), in this client's
+        turn; none of its later messages are read or taken meanwhile."""
+        assert self._workers is not None
+        conn.inflating = True
+        conn._hold_reading()
+        self._workers.submit(conn, _inflate_off_loop, self._inflated, conn, frame, conn.wire.max_size)
+
+    def _inflated(self, outcome: tuple, conn: _ClientConnection, frame: wire.Frame, max_size: int) -> None:
+        """On the loop: the message _inflate handed over is inflated (or failed to); take it, then the rest."""
+        conn.inflating = False
+        if conn.closed:
+            return
+        failure = outcome[1]
+        conn.pumping = True
+        try:
+            if failure is not None:  # corrupt, or larger than MAX_MESSAGE_SIZE: as a bad frame read on the loop
+                self._broken(conn, failure)
+                return
+            try:
+                event = conn.wire.inflated(frame, None if conn.wire.handshaken else time.time())
+            except Exception as exc:  # ProtocolError: this connection only
+                self._broken(conn, exc)
+                return
+            self._take(conn, event)
+            if not conn.inflating:
+                self._pump(conn)  # the messages read after it
+        finally:
+            conn.pumping = False
+            conn._corked.flush()
+        conn._read_again()
+        if not conn.calls and not conn.inflating:
+            conn.replied()  # answered on the loop: the client's next request may already wait
 
     @classmethod
     def _not_run(cls, conn: _ClientConnection, session: ServerSession, frame: wire.Frame) -> None:
@@ -782,7 +834,7 @@ class Daemon(threaded.Daemon):
                 log.info("closing connection from %s: no handshake within HANDSHAKE_TIMEOUT (%g s)",
                          conn.addr, handshake)
                 conn.close()
-            elif (idle > 0 and conn.handshaken and now - conn.last_active > idle and not conn.calls
+            elif (idle > 0 and conn.handshaken and now - conn.last_active > idle and not (conn.calls or conn.inflating)
                     and not bytes_waiting(conn.transport.get_extra_info("socket"))):
                 # a request came after the loop's last select (this turn): the loop reads it next
                 conn.close()

@@ -236,12 +236,15 @@ class FrameReader:
     Errors (bad tag, version, magic, type, sizes) raise ProtocolError; the connection is unusable after.
     """
 
-    __slots__ = ("max_size", "max_annotations", "_buf", "_header", "_body", "_start", "_filled", "_end",
-                 "_spare")
+    __slots__ = ("max_size", "max_annotations", "inflate_max", "_buf", "_header", "_body", "_start", "_filled",
+                 "_end", "_spare")
 
-    def __init__(self, max_size: int = 1024 ** 3, max_annotations: int = 64) -> None:
+    def __init__(self, max_size: int = 1024 ** 3, max_annotations: int = 64, inflate_max: int = -1) -> None:
         self.max_size = max_size
         self.max_annotations = max_annotations
+        # a compressed payload larger than this is left compressed (FLAG_COMPRESSED stays set: the caller
+        # inflates it, e.g. on another thread); -1: every payload comes inflated
+        self.inflate_max = inflate_max
         self._buf = bytearray()
         self._header: tuple | None = None
         # a large frame's own buffer (receive_buffer; longer than the frame), where in it the frame
@@ -400,17 +403,27 @@ class FrameReader:
                 if buf[:6] != _GOOD_PREFIX and len(buf) >= 6:
                     check_prefix(buf)
         self._header = None
-        return _frame(header, annotations, payload, self.max_size)
+        return _frame(header, annotations, payload, self.max_size, self.inflate_max)
 
 
-def _frame(header: tuple, annotations: dict, payload: bytes, max_size: int) -> Frame:
-    """The Frame of a checked header, its annotations and its payload (decompressed)."""
+def _frame(header: tuple, annotations: dict, payload: bytes, max_size: int, inflate_max: int = -1) -> Frame:
+    """The Frame of a checked header, its annotations and its payload (decompressed, unless it is
+    larger than inflate_max: see FrameReader)."""
     flags = header[4]
-    if flags & FLAG_COMPRESSED:
+    if flags & FLAG_COMPRESSED and (inflate_max < 0 or len(payload) <= inflate_max):
         payload = decompress(payload, max_size)
         flags &= ~FLAG_COMPRESSED
     return Frame(header[2], header[3], header[5], payload, flags, annotations,
                  header[8] if flags & FLAG_CORR_ID else None)
+
+
+def inflate(frame: Frame, max_size: int) -> Frame:
+    """`frame` (that a FrameReader left compressed) with its payload decompressed. ProtocolError: the
+    payload is corrupt or truncated; MessageTooLargeError: it expands beyond max_size."""
+    if frame.flags & FLAG_COMPRESSED:
+        frame.payload = decompress(frame.payload, max_size)
+        frame.flags &= ~FLAG_COMPRESSED
+    return frame
 
 
 def check_prefix(data: bytes | bytearray) -> None:

@@ -24,12 +24,13 @@ from typing import Any
 
 from ..blob import SerializedBlob
 from ..errors import ConnectionClosedError, DaemonError, ProtocolError, SecurityError, SerializeError
+from ..limits import INFLATE_ON_LOOP_MAX
 from . import keyproof, marshal_check, plain
 from .constants import (BATCH_METHOD, BLOB_ANNOTATION, CAP_BINARY, CAP_OOB, CAP_PIPELINE, CAPABILITIES, KEY_ANNOTATION,
                         NOT_RUN_ANNOTATION, OOB_ANNOTATION, STREAM_ANNOTATION, UNKNOWN_OBJECT_REASON)
-from .frame import (FLAG_BATCH, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEPSERIALIZED, FLAG_ONEWAY,
-                    HEADER, HEADER_SIZE, MAGIC, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE, MSG_PING,
-                    MSG_RESULT, PROTOCOL_VERSION, TAG, ZERO_ID, Frame, FrameReader, capabilities, encode_message,
+from .frame import (FLAG_BATCH, FLAG_COMPRESSED, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEPSERIALIZED,
+                    FLAG_ONEWAY, HEADER, HEADER_SIZE, MAGIC, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE,
+                    MSG_PING, MSG_RESULT, PROTOCOL_VERSION, TAG, ZERO_ID, Frame, FrameReader, capabilities, encode_message,
                     encode_parts, pack_oob, unpack_oob)
 from .frame import _BARE as _BARE_HEAD  # a header as FrameReader.bare_head reads it (receive_results: many)
 from .plain import SCALARS
@@ -128,6 +129,19 @@ class StreamStarted:
 
     def __repr__(self) -> str:
         return f"<StreamStarted {self.stream_id}>"
+
+
+class Compressed:
+    """Server, with `inflate_later`: a message whose compressed payload is larger than
+    INFLATE_ON_LOOP_MAX, not inflated yet. Inflate it (`wire.inflate(event.frame, session.max_size)`,
+    on another thread if you like; it raises as a corrupt or oversized message does), then take its
+    event with `session.inflated(frame, now)`; take no other event before that (messages are taken
+    in order)."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
 
 
 class ConnectRequest:
@@ -571,8 +585,10 @@ class ServerSession(_Session):
                  "_request_heads", "held", "_held_at", "takes_not_run")
 
     def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
-                 pipelining: bool = True, rehandshake: bool = False) -> None:
+                 pipelining: bool = True, rehandshake: bool = False, inflate_later: bool = False) -> None:
         super().__init__(settings)
+        if inflate_later:  # next_event gives a large compressed message as Compressed (an event loop's driver)
+            self.reader.inflate_max = INFLATE_ON_LOOP_MAX
         self.accepts_pipelining = pipelining
         self.takes_not_run = False  # the proxy knows the "not run" answer (not_run_reply); set by accept_connect
         # rehandshake: a CONNECT after the handshake starts over (proxies taking turns on one connected
@@ -605,6 +621,12 @@ class ServerSession(_Session):
             if self._eof:
                 self._next_frame()  # raises ConnectionClosedError
             return NEED_DATA
+        if frame.flags & FLAG_COMPRESSED:  # (left compressed: inflate_later)
+            return Compressed(frame)
+        return self.inflated(frame, now)
+
+    def inflated(self, frame: Frame, now: float | None = None) -> Any:
+        """The event of a Compressed message's frame once it was inflated (as next_event would give it)."""
         msg_type = frame.type
         if self.handshaken:
             if msg_type == MSG_INVOKE or msg_type == MSG_PING:

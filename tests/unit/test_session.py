@@ -3,8 +3,10 @@ socket. Every message kind and every refusal path."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -549,3 +551,42 @@ def test_no_clock_read_in_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "monotonic", forbidden)
     client, server = pair(client_settings=keyed, server_settings=keyed)
     assert client.reply_value(call(client, server, "add", 1, 1)) == 2
+
+
+# ---------------------------------------------------------------- compressed messages inflated later
+
+def test_inflate_later_gives_a_large_compressed_message_as_compressed_and_keeps_the_order() -> None:
+    """A driver on an event loop inflates large compressed messages elsewhere: next_event gives them as
+    Compressed; inflated() then gives their event. Small ones come inflated, as without inflate_later."""
+    settings = Settings(COMPRESSION=True, COMPRESSION_MIN_SIZE=100)
+    client = ws.ClientSession(by_name("marshal"), settings, pipelining=True)
+    server = ws.ServerSession(Settings(), keyproof.ReplayCache(), inflate_later=True)
+    hello = "".join(random.Random(3).choices("abcdefghij", k=20_000))  # compresses to about 9 KB
+    connect = client.connect_request("obj", hello, now=NOW)  # a compressed CONNECT, large
+    deliver(connect, server)
+    event = server.next_event(now=NOW)
+    assert isinstance(event, ws.Compressed) and event.frame.flags & wire.FLAG_COMPRESSED
+    assert len(event.frame.payload) > ws.INFLATE_ON_LOOP_MAX
+    request = server.inflated(wire.inflate(event.frame, server.max_size), now=NOW)
+    assert isinstance(request, ws.ConnectRequest) and request.handshake == hello
+    deliver(server.accept_connect(request, "ok", {}), client)
+    assert isinstance(client.next_event(), ws.Connected)
+
+    large = bytes(range(256)) * 4000  # compresses to more than INFLATE_ON_LOOP_MAX
+    deliver(client.call_request("obj", "add", (large,), {}), server)
+    deliver(client.call_request("obj", "add", (b"y" * 500,), {}), server)  # small once compressed
+    first = server.next_event()
+    assert isinstance(first, ws.Compressed)
+    frame = server.inflated(wire.inflate(first.frame, server.max_size))
+    assert server.decode_call(frame)[2] == (large,)
+    second = server.next_event()  # inflated by the reader: a Frame, after the first
+    assert isinstance(second, wire.Frame) and server.decode_call(second)[2] == (b"y" * 500,)
+
+
+def test_inflate_refuses_a_corrupt_or_oversized_payload() -> None:
+    frame = wire.Frame(wire.MSG_INVOKE, 1, 1, b"not zlib at all" * 100, wire.FLAG_COMPRESSED)
+    with pytest.raises(errors.ProtocolError, match="corrupt"):
+        wire.inflate(frame, 1 << 20)
+    bomb = wire.Frame(wire.MSG_INVOKE, 1, 1, zlib.compress(bytes(2 << 20)), wire.FLAG_COMPRESSED)
+    with pytest.raises(errors.MessageTooLargeError, match="beyond MAX_MESSAGE_SIZE"):
+        wire.inflate(bomb, 1 << 20)

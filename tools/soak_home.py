@@ -230,7 +230,7 @@ out("CLOSED", json.dumps({"id": args.id, "t": time.monotonic()}))
 """
 
 HUB_CODE = r"""
-import argparse, asyncio, collections, json, logging, os, sys, threading, time, traceback
+import argparse, asyncio, collections, json, logging, os, sys, threading, time, traceback, tracemalloc
 import meshrpc, meshrpc.aio
 from meshrpc import errors
 from meshrpc.events.aio import EventBus
@@ -245,11 +245,13 @@ p.add_argument("--callback-every", type=float, required=True)
 p.add_argument("--stall", type=float, required=True)
 p.add_argument("--tick", type=float, default=0.02)
 p.add_argument("--sample", type=float, default=2.0)
+p.add_argument("--trace-memory", action="store_true")
 args = p.parse_args()
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                     format="%(created).3f hub %(threadName)s %(name)s %(levelname)s %(message)s")
 DEVICES = json.loads(args.devices)
 HUB = "hub-%d" % os.getpid()
+tracing = None
 out_lock = threading.Lock()
 
 def out(kind, data):
@@ -269,28 +271,54 @@ def outcome_of(exc):
 
 # ---- loop lag: a periodic task's lateness; a watchdog thread takes the loop's stack when it is late
 beat = [now()]
-lags = []
+LAG_BIN = 0.0001                     # lateness histogram: 0.1 ms bins up to 2 s (constant memory for any run)
+lag_bins = [0] * 20001
+lag_max = [0.0]
+
+def lag_stats():
+    n = sum(lag_bins)
+    def q(f):
+        k, seen = f * n, 0
+        for i, c in enumerate(lag_bins):
+            seen += c
+            if seen >= k and c:
+                return i * LAG_BIN
+        return 0.0
+    return {"n": n, "max": lag_max[0], "p99": q(0.99), "p50": q(0.5)}
 
 async def lag_task(loop):
     while True:
         t0 = loop.time()
         await asyncio.sleep(args.tick)
-        late = loop.time() - t0 - args.tick
+        late = max(0.0, loop.time() - t0 - args.tick)
         beat[0] = now()
-        lags.append(late)
+        lag_bins[min(len(lag_bins) - 1, int(late / LAG_BIN))] += 1
+        lag_max[0] = max(lag_max[0], late)
         if late > args.stall:
             out("LAG", {"t": now(), "late": late})
 
-def watchdog(loop_thread, stop):
-    stalled_at = None
+def thread_cpu(tid):
+    # utime + stime of one thread of this process, in seconds (did the loop run, or wait for the CPU or the GIL?)
+    try:
+        with open("/proc/self/task/%d/stat" % tid) as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+def watchdog(loop_thread, loop_tid, stop):
+    stalled_at = cpu0 = None
     while not stop.wait(0.02):
         silent = now() - beat[0]
         if silent > args.stall + args.tick and stalled_at is None:
-            stalled_at = beat[0]
+            stalled_at, cpu0 = beat[0], thread_cpu(loop_tid)
             frame = sys._current_frames().get(loop_thread)
             stack = traceback.format_stack(frame)[-14:] if frame is not None else []
-            out("STALL", {"t": now(), "since": stalled_at, "stack": [s.strip() for s in stack]})
-        elif silent <= args.stall:
+            out("STALL", {"t": now(), "since": stalled_at, "stack": [s.strip() for s in stack],
+                          "load": os.getloadavg()[0]})
+        elif silent <= args.stall and stalled_at is not None:
+            out("STALLEND", {"t": now(), "since": stalled_at, "loop_cpu": thread_cpu(loop_tid) - cpu0,
+                             "load": os.getloadavg()[0]})
             stalled_at = None
 
 # ---- the callback object, on the hub's own aio.Daemon
@@ -424,7 +452,19 @@ def sample(reg, bus, loop, watches):
 async def main():
     loop = asyncio.get_running_loop()
     stop_watchdog = threading.Event()
-    threading.Thread(target=watchdog, args=(threading.get_ident(), stop_watchdog), daemon=True, name="watchdog").start()
+    threading.Thread(target=watchdog, args=(threading.get_ident(), threading.get_native_id(), stop_watchdog),
+                     daemon=True, name="watchdog").start()
+    global tracing
+    if args.trace_memory:
+        tracemalloc.start(4)
+
+        async def snapshot_later():  # after the start-up: what grows from then on
+            global tracing
+            await asyncio.sleep(60)
+            tracing = tracemalloc.take_snapshot()
+        tasks_extra = [loop.create_task(snapshot_later())]
+    else:
+        tasks_extra = []
     lagger = loop.create_task(lag_task(loop))
     stopping = asyncio.Event()
 
@@ -464,7 +504,7 @@ async def main():
             out("SAMPLE", sample(reg, bus, loop, watches))
             await asyncio.sleep(args.sample)
 
-    tasks += [loop.create_task(view_loop()), loop.create_task(sample_loop())]
+    tasks += [loop.create_task(view_loop()), loop.create_task(sample_loop()), *tasks_extra]
     await stopping.wait()
     out("SAMPLE", sample(reg, bus, loop, watches))
     t0 = now()
@@ -479,10 +519,10 @@ async def main():
     lagger.cancel()
     await asyncio.gather(lagger, return_exceptions=True)
     stop_watchdog.set()
-    ls = sorted(lags)
-    out("RESULT", {"t": now(), "close_seconds": closed,
-                   "lag": {"n": len(ls), "max": ls[-1] if ls else 0, "p99": ls[int(len(ls) * 0.99)] if ls else 0,
-                           "p50": ls[len(ls) // 2] if ls else 0},
+    grown = []
+    if tracing is not None:
+        grown = [str(d) for d in tracemalloc.take_snapshot().compare_to(tracing, "lineno") if d.size_diff > 0][:12]
+    out("RESULT", {"t": now(), "close_seconds": closed, "lag": lag_stats(), "memory_growth": grown,
                    "callbacks": {k: v["n"] for k, v in callbacks.items()},
                    "events": {k: dict(v) for k, v in events.items()}, "lost": dict(lost),
                    "errors": {w.dev: dict(w.errors) for w in watches},
@@ -551,8 +591,9 @@ def schedule(seconds: float, seed: int, devices: list[str]) -> list[Action]:
 
 
 class Soak:
-    def __init__(self, lab: Any, workdir: Path, seed: int) -> None:
+    def __init__(self, lab: Any, workdir: Path, seed: int, trace_memory: bool = False) -> None:
         self.lab = lab
+        self.trace_memory = trace_memory
         self.run = bench.Run(lab, workdir)
         self.hosts = {dev[0]: lab.hosts[i] for i, dev in enumerate(DEVICES)}
         self.hub_host = lab.hosts[len(DEVICES)]
@@ -593,7 +634,7 @@ class Soak:
         self.hub = self.run.start(self.hub_host, HUB_CODE, [
             "--devices", json.dumps([[d[0], d[3]] for d in DEVICES]), "--poll", str(POLL_EVERY),
             "--toggle", str(TOGGLE_EVERY), "--timeout", str(CALL_TIMEOUT), "--callback-every", str(CALLBACK_EVERY),
-            "--stall", str(STALL_AT)], "hub")
+            "--stall", str(STALL_AT), *(["--trace-memory"] if self.trace_memory else [])], "hub")
         self.hub.wait_json("STARTED ", STEP)
         self.started = time.monotonic()
         self.change("start", list(self.hosts))
@@ -701,6 +742,21 @@ def _uri_parts(uri: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else ("", 0)
 
 
+def _resumed(lines: list[dict], samples: list[dict], dev: str, boot: str, t: float, column: int) -> float | None:
+    """When `dev`'s callbacks (column 1 of the samples' "devs") or events (2) came again after a change at t.
+    The hub prints a line when they come after a silence of 3 periods (with its length, "after") or from
+    a new boot: the first such line whose silence began before t + 5 s says when; with none, they kept
+    coming (t itself) if a sample after t + 5 s saw one after t, else they never came again (None)."""
+    for line in lines:
+        if line["t"] > t and line["dev"] == dev and (line["boot"] == boot or line["boot"] is None):
+            if line["after"] is None or line["t"] - line["after"] <= t + 5 or line["boot"] == boot and line["t"] < t + 5:
+                return line["t"]
+            break
+    if any(s["t"] > t + 5 and s.get("devs", {}).get(dev, [0, 0, 0])[column] > t for s in samples):
+        return t
+    return None
+
+
 def analyse(soak: Soak, finish: dict, actions: list[Action], seconds: float) -> dict:
     hub_lines = [(line.split(" ", 1)[0], json.loads(line.split(" ", 1)[1])) for _, line in soak.hub.lines
                  if " " in line and line.split(" ", 1)[1].startswith("{")]
@@ -741,8 +797,8 @@ def analyse(soak: Soak, finish: dict, actions: list[Action], seconds: float) -> 
                 seen = next((v["t"] for v in views if v["t"] > ch["t"] and right(v["view"])), None)
             # later changes to the same device end this one's window
             nxt = min([c["t"] for c in soak.changes if c["t"] > ch["t"] and dev in c["devs"] and c is not ch] + [float("inf")])
-            cb = next((c["t"] for c in by["CB"] if c["t"] > ch["t"] and c["dev"] == dev and c["boot"] == boot), None)
-            ev = next((e["t"] for e in by["EV"] if e["t"] > ch["t"] and e["dev"] == dev and e["boot"] == boot), None)
+            cb = _resumed(by["CB"], by["SAMPLE"], dev, boot, ch["t"], 1)
+            ev = _resumed(by["EV"], by["SAMPLE"], dev, boot, ch["t"], 2)
             # calls: 0 if the device's polls never failed around the change, else until they work again
             marks = sorted([(d["t"], "down") for d in by["DOWN"] if d["dev"] == dev]
                            + [(u["t"], "up") for u in by["UP"] if u["dev"] == dev])
@@ -838,6 +894,11 @@ def analyse(soak: Soak, finish: dict, actions: list[Action], seconds: float) -> 
         "lag_ms": {k: (v * 1000 if k != "n" else v) for k, v in lag.items()},
         "stalls": len(stalls), "stall_causes": causes.most_common(8),
         "stall_stacks": [s["stack"] for s in stalls[:3]],
+        # per stall: how long, the loop thread's own CPU meanwhile (near 0: it waited for the CPU or the GIL;
+        # near the length: it ran something), the machine's load average
+        "stall_details": [{"seconds": round(e["t"] - e["since"], 3), "loop_cpu": e["loop_cpu"], "load": e["load"]}
+                          for e in by["STALLEND"]][:20],
+        "memory_growth": result.get("memory_growth", []),
         "recovery": {k: {w: stat(v) for w, v in d.items()} for k, d in by_kind.items()},
         "recoveries": recoveries,
         "calls": dict(collections.Counter(c["outcome"] for c in by["CALL"])),
@@ -855,13 +916,13 @@ def analyse(soak: Soak, finish: dict, actions: list[Action], seconds: float) -> 
 
 
 def soak(seconds: float, seed: int, workdir: Path, settle: float = CONVERGE_BOUND,
-         actions: list[Action] | None = None) -> dict:
+         actions: list[Action] | None = None, trace_memory: bool = False) -> dict:
     """Build a lab, run the devices and the hub, churn for `seconds` as --seed says (or as `actions`
     say), wait up to `settle` for the hub to see the truth, stop everything, and analyse."""
     if actions is None:
         actions = schedule(seconds, seed, [d[0] for d in DEVICES])
     with netlab.Lab(len(DEVICES) + 1, seed=seed) as lab:
-        s = Soak(lab, workdir, seed)
+        s = Soak(lab, workdir, seed, trace_memory)
         try:
             s.start()
             s.churn(actions)
@@ -881,6 +942,11 @@ def summary(r: dict) -> str:
                  f"over {lag['n']} ticks; {r['stalls']} stalls over {STALL_AT * 1000:.0f} ms")
     for cause, n in r["stall_causes"]:
         lines.append(f"  stall x{n}: {cause}")
+    for d in r.get("stall_details", []):
+        lines.append(f"  stall of {d['seconds'] * 1000:.0f} ms: the loop thread used {d['loop_cpu'] * 1000:.0f} ms "
+                     f"of CPU meanwhile; load average {d['load']:.1f}")
+    for g in r.get("memory_growth", [])[:8]:
+        lines.append(f"  memory grown: {g}")
     lines.append("recovery after a change (s; n, median, max) -- view / call / callback / event:")
     for kind, d in r["recovery"].items():
         lines.append(f"  {kind:13} " + " / ".join(
@@ -910,6 +976,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="seed of the churn schedule and the lab's loss draws")
     p.add_argument("--json", action="store_true", help="print the whole analysis as JSON")
     p.add_argument("--logs", help="keep the processes' logs in this directory")
+    p.add_argument("--trace-memory", action="store_true",
+                   help="the hub traces its allocations (tracemalloc) and reports what grew after its first minute")
     p.add_argument("--schedule", action="store_true", help="print the schedule and exit (no lab)")
     args = p.parse_args(argv)
     seconds = args.minutes * 60
@@ -924,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         workdir = Path(args.logs) if args.logs else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        r = soak(seconds, args.seed, workdir)
+        r = soak(seconds, args.seed, workdir, trace_memory=args.trace_memory)
     print(json.dumps(r, indent=1, default=str) if args.json else summary(r))
     return 1 if r["findings"] else 0
 

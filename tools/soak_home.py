@@ -132,6 +132,14 @@ class Device:
         return BOOT
 
 ROLE_TAGS = {"home." + args.role, "home.dev." + args.id}
+known = [None]
+
+def subscribers(bus):
+    # the subscribers this publisher knows (the hub's inbox): a line when their number changes
+    n = len(bus.subscribers("home." + args.id + ".state"))
+    if n != known[0]:
+        known[0] = n
+        out("SUBS", json.dumps({"n": n, "t": time.monotonic()}))
 
 def ready(uri):
     out("READY", json.dumps({"id": args.id, "uri": str(uri), "boot": BOOT, "pid": os.getpid(), "t": time.monotonic()}))
@@ -146,6 +154,7 @@ def threaded_main():
         n = 0
         while not stop.wait(args.event_every):
             bus.publish("home." + args.id + ".state", {"boot": BOOT, "n": n, **snapshot()})
+            subscribers(bus)
             n += 1
 
     def caller():
@@ -190,6 +199,7 @@ async def aio_main():
         while True:
             await asyncio.sleep(args.event_every)
             bus.publish("home." + args.id + ".state", {"boot": BOOT, "n": n, **snapshot()})
+            subscribers(bus.sync)
             n += 1
 
     async def caller():
@@ -594,6 +604,7 @@ class Soak:
     def __init__(self, lab: Any, workdir: Path, seed: int, trace_memory: bool = False) -> None:
         self.lab = lab
         self.trace_memory = trace_memory
+        self._next_address = 241  # moves take addresses from .240 down (the lab hands out .254 down)
         self.run = bench.Run(lab, workdir)
         self.hosts = {dev[0]: lab.hosts[i] for i, dev in enumerate(DEVICES)}
         self.hub_host = lab.hosts[len(DEVICES)]
@@ -674,8 +685,20 @@ class Soak:
             self.start_device(a.target, 0)
             self.change("new-port", [a.target])
         elif a.kind == "move":
-            self.hosts[a.target].move_address()
+            self.hosts[a.target].move_address(self.fresh_address())
             self.change("move-address", [a.target])
+
+    def fresh_address(self) -> str:
+        """An address of the lab's subnet that no host had yet (a DHCP server does not hand a released
+        address to another host at once; the lab would: the hub's ARP cache would still name the old
+        host's interface for it, and its connects time out until the kernel asks again, ~8 s)."""
+        while True:
+            self._next_address -= 1
+            if self._next_address < 10:
+                self._next_address = 240
+            address = str(self.lab.subnet.network_address + self._next_address)
+            if address not in self.lab._used:
+                return address
 
     def churn(self, actions: list[Action]) -> None:
         for a in actions:
@@ -691,25 +714,41 @@ class Soak:
                 host.link_up()
         self.change("settle", list(self.hosts))
         settled = self.settled(settle)
-        # devices first, gracefully: the hub should see their goodbyes at once
-        stops = {}
-        for dev in self.hosts:
-            child = self.procs[dev][-1]
-            child.terminate()
-            stops[dev] = time.monotonic()
-        device_close = {}
-        for dev in self.hosts:
-            child = self.procs[dev][-1]
-            _, closed = child.wait_json("CLOSED ", STEP)
-            child.wait_exit(STEP)
-            device_close[dev] = closed["t"] - stops[dev]
-        goodbye_seen = self.hub.wait_json("VIEW ", STEP, 0, lambda v: v["t"] > min(stops.values()) and not v["view"])[1]["t"]
+        # half the devices first, gracefully: the hub should see their goodbyes at once; then the hub: the
+        # other half should hear its inbox's goodbye at once; then those devices
+        devs = list(self.hosts)
+        first, second = devs[: len(devs) // 2], devs[len(devs) // 2:]
+        stops, device_close = {}, {}
+
+        def stop(group: list[str]) -> None:
+            for dev in group:
+                self.procs[dev][-1].terminate()
+                stops[dev] = time.monotonic()
+            for dev in group:
+                child = self.procs[dev][-1]
+                _, closed = child.wait_json("CLOSED ", STEP)
+                child.wait_exit(STEP)
+                device_close[dev] = closed["t"] - stops[dev]
+        stop(first)
+        gone = {"home." + d for d in first}
+        goodbye_seen = self.hub.wait_json("VIEW ", STEP, 0, lambda v: v["t"] > min(stops.values())
+                                          and not gone & set(v["view"]))[1]["t"]
+        marks = {dev: self.procs[dev][-1].count() for dev in second}
         t0 = time.monotonic()
         self.hub.send("stop")
         _, result = self.hub.wait_json("RESULT ", STEP)
         code = self.hub.wait_exit(STEP)
         hub_exit = time.monotonic() - t0
-        return {"settled_after": settled, "device_close": device_close, "goodbyes_seen_after": goodbye_seen - max(stops.values()),
+        hub_goodbye = {}
+        for dev in second:
+            try:
+                _, subs = self.procs[dev][-1].wait_json("SUBS ", STEP, marks[dev], lambda d: d["n"] == 0)
+                hub_goodbye[dev] = subs["t"] - t0
+            except bench.ChildError:
+                hub_goodbye[dev] = None
+        stop(second)
+        return {"settled_after": settled, "device_close": device_close, "hub_goodbye_heard_after": hub_goodbye,
+                "goodbyes_seen_after": goodbye_seen - max(stops[d] for d in first),
                 "hub_result": result, "hub_exit_code": code, "hub_exit_seconds": hub_exit}
 
     def settled(self, bound: float) -> float | None:
@@ -882,6 +921,9 @@ def analyse(soak: Soak, finish: dict, actions: list[Action], seconds: float) -> 
         findings.append(f"tracebacks in {sorted(tracebacks)}")
     if finish["goodbyes_seen_after"] > 2.0:
         findings.append(f"the hub saw the devices' goodbyes {finish['goodbyes_seen_after']:.1f} s after the last stop")
+    late = {d: v for d, v in finish["hub_goodbye_heard_after"].items() if v is None or v > 2.0}
+    if late:
+        findings.append(f"devices heard the hub's inbox leave late (s after its stop; None: not in {STEP:g} s): {late}")
     def stat(values: list[float]) -> dict:
         v = sorted(x for x in values if x is not None)
         return {"n": len(v), "max": max(v) if v else None, "median": statistics.median(v) if v else None}
@@ -908,7 +950,8 @@ def analyse(soak: Soak, finish: dict, actions: list[Action], seconds: float) -> 
                                       for s in samples[:: max(1, len(samples) // 12)]],
         "last_sample": samples[-1] if samples else None,
         "settled_after": finish["settled_after"],
-        "shutdown": {k: finish[k] for k in ("device_close", "goodbyes_seen_after", "hub_exit_code", "hub_exit_seconds")}
+        "shutdown": {k: finish[k] for k in ("device_close", "goodbyes_seen_after", "hub_goodbye_heard_after",
+                                            "hub_exit_code", "hub_exit_seconds")}
         | {"hub_close": result["close_seconds"], "left_threads": result["left_threads"]},
         "tracebacks": tracebacks, "zeroconf_unreachable_warnings": zeroconf_moves, "schedule": [[round(a.t, 1), a.kind, a.target, a.args] for a in actions],
         "log": soak.log,
@@ -964,7 +1007,8 @@ def summary(r: dict) -> str:
     sd = r["shutdown"]
     lines.append(f"after the last change the hub saw the truth in {r['settled_after']} s")
     lines.append(f"shutdown: hub closed in {sd['hub_close']:.2f} s, exited in {sd['hub_exit_seconds']:.2f} s (code "
-                 f"{sd['hub_exit_code']}); devices' goodbyes seen {sd['goodbyes_seen_after']:.2f} s after the last stop")
+                 f"{sd['hub_exit_code']}); devices' goodbyes seen {sd['goodbyes_seen_after']:.2f} s after the last stop; the hub's "
+                 f"inbox goodbye heard by the devices after {sd.get('hub_goodbye_heard_after')} s")
     lines.append("findings:" if r["findings"] else "findings: none")
     lines += [f"  - {f}" for f in r["findings"]]
     return "\n".join(lines)

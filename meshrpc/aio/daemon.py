@@ -372,7 +372,9 @@ class Daemon(threaded.Daemon):
         self._aio_connections.discard(conn)
         self._streams.orphan(conn)
         if self._workers is not None:
-            self._workers.forget(conn)  # its plain calls still waiting for a thread: nobody to answer
+            # its plain calls still waiting for a thread: nobody to answer; but a oneway call the daemon
+            # received whole runs, as on the threaded daemon (a client may close right after sending it)
+            self._workers.forget(conn, _oneway_call)
         # as the threaded daemon (and Pyro5): once, only for a client whose handshake was accepted, while
         # its socket is still open (asyncio closes it after connection_lost; aclose drops it before that)
         if conn.handshaken:
@@ -910,6 +912,12 @@ class _PulledOnLoop:
     def close(self) -> None:
         if not self._loop.is_closed():
             asyncio.run_coroutine_threadsafe(self._agen.aclose(), self._loop)
+
+
+def _oneway_call(args: tuple) -> bool:
+    """A plain call waiting for a thread (Workers' args: connection, frame, call) that runs although its
+    client left: a oneway call."""
+    return bool(args[1].flags & _ONEWAY)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -75,10 +75,20 @@ class Workers:
         """Calls submitted and not done yet: those running (or about to) and those waiting their turn."""
         return self.running + sum(map(len, self._waiting.values()))
 
-    def forget(self, owner: Any) -> None:
-        """Drop `owner`'s calls not handed over yet (its connection is gone)."""
-        if self._waiting.pop(owner, None) is not None:
-            self._turns.remove(owner)
+    def forget(self, owner: Any, keep: Callable[[tuple], bool] | None = None) -> None:
+        """Drop `owner`'s calls not handed over yet (its connection is gone), except those whose args
+        `keep(args)` says still run (they wait their turn as before)."""
+        waiting = self._waiting.get(owner)
+        if waiting is None:
+            return
+        if keep is not None:
+            kept = [call for call in waiting if keep(call[2])]
+            if kept:
+                waiting.clear()
+                waiting.extend(kept)
+                return
+        del self._waiting[owner]
+        self._turns.remove(owner)
 
     def _hand_over_waiting(self) -> None:
         """Threads free: the waiting calls, one owner after the other."""

@@ -1,0 +1,88 @@
+"""What a client that leaves in the middle must not cost: findings of tools/cutsweep.py, pinned.
+
+A client may go (its connection cut, or closed after a oneway call) while the daemon still holds its
+requests. A oneway call the daemon received whole runs (the threaded daemon's per-connection queue
+runs on; the aio daemon's calls waiting for a worker thread were dropped). (A stream made for a
+client that left: tests/integration/test_aio_gone_client.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+import meshrpc
+import meshrpc.aio
+from meshrpc.config import config
+
+pytestmark = pytest.mark.timeout(30)
+BOUND = 10.0
+
+
+def run(coro: Any) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, 20)
+    return asyncio.run(bounded())
+
+
+class Watching(meshrpc.aio.Daemon):
+    """An aio daemon that says when a client left (clientDisconnect, on its loop)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gone = asyncio.Event()
+
+    def clientDisconnect(self, conn: Any) -> None:
+        self.gone.set()
+
+
+@meshrpc.expose
+class Busy:
+    def __init__(self) -> None:
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.noted = threading.Event()
+
+    def hold(self) -> str:
+        self.holding.set()
+        self.release.wait(BOUND)
+        return "held"
+
+    @meshrpc.oneway
+    def note(self) -> None:
+        self.noted.set()
+
+
+def test_an_aio_daemon_runs_a_oneway_call_that_waited_for_a_thread_after_its_client_left() -> None:
+    """AIO_EXECUTOR_SIZE=1 and its thread busy: a client sends a oneway call and closes its proxy at
+    once (`with Proxy(uri) as p: p.note()`, or a cut). The daemon received the call whole; it runs
+    when the thread is free, as on the threaded daemon (Pyro5 runs it too)."""
+    busy = Busy()
+
+    async def main() -> None:
+        daemon = Watching(host="127.0.0.1", settings=config.copy(AIO_EXECUTOR_SIZE=1))
+        uri = daemon.register(busy, "busy")
+        await daemon.start()
+        loop = asyncio.get_running_loop()
+        holder = meshrpc.Proxy(uri)
+        holding = loop.run_in_executor(None, lambda: holder.hold())
+        try:
+            assert await loop.run_in_executor(None, busy.holding.wait, BOUND)
+
+            def notify() -> None:
+                with meshrpc.Proxy(uri) as proxy:
+                    proxy.note()
+            await loop.run_in_executor(None, notify)
+            await asyncio.wait_for(daemon.gone.wait(), BOUND)  # the daemon saw the client leave
+            busy.release.set()
+            assert await holding == "held"
+            assert await loop.run_in_executor(None, busy.noted.wait, BOUND), "the oneway call never ran"
+        finally:
+            busy.release.set()
+            holder._pyroRelease()
+            await daemon.aclose()
+
+    run(main())

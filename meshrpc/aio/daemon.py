@@ -787,6 +787,10 @@ class Daemon(threaded.Daemon):
             if not frame.flags & wire.FLAG_ONEWAY:
                 log.info("the answer to a call from %s is dropped: the client is gone%s", conn.addr,
                          " (the remote iterator made for it is closed)" if stream else "")
+            if conn.closed:
+                # a pull that reached its stream after the client left made the gone connection its owner
+                # (StreamTable.next_item): it lingers and expires as the connection's other streams
+                self._streams.orphan(conn)
             elif flags & wire.FLAG_EXCEPTION and not stream:
                 log.warning("oneway call failed: %r", result)
             return

@@ -3,7 +3,8 @@
 A client may go (its connection cut, or closed after a oneway call) while the daemon still holds its
 requests. A oneway call the daemon received whole runs (the threaded daemon's per-connection queue
 runs on; the aio daemon's calls waiting for a worker thread were dropped). (A stream made for a
-client that left: tests/integration/test_aio_gone_client.py.)
+client that left: tests/integration/test_aio_gone_client.py.) A pull that reaches its stream after
+the daemon saw the client leave does not make the gone connection the stream's owner for good.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 import meshrpc
 import meshrpc.aio
+from meshrpc import errors
 from meshrpc.config import config
 
 pytestmark = pytest.mark.timeout(30)
@@ -45,6 +47,7 @@ class Busy:
         self.holding = threading.Event()
         self.release = threading.Event()
         self.noted = threading.Event()
+        self.closed = threading.Event()
 
     def hold(self) -> str:
         self.holding.set()
@@ -54,6 +57,13 @@ class Busy:
     @meshrpc.oneway
     def note(self) -> None:
         self.noted.set()
+
+    def numbers(self) -> Any:
+        try:
+            yield 1
+            yield 2
+        finally:
+            self.closed.set()
 
 
 def test_an_aio_daemon_runs_a_oneway_call_that_waited_for_a_thread_after_its_client_left() -> None:
@@ -83,6 +93,47 @@ def test_an_aio_daemon_runs_a_oneway_call_that_waited_for_a_thread_after_its_cli
         finally:
             busy.release.set()
             holder._pyroRelease()
+            await daemon.aclose()
+
+    run(main())
+
+
+def test_an_aio_daemon_lets_go_of_a_stream_pulled_for_a_client_that_had_left() -> None:
+    """A pull the daemon received whole reaches the stream only after the daemon saw its client leave
+    (a worker thread takes it a moment later): the stream was then owned by the dead connection for
+    good (never orphaned again, kept until the daemon stopped). It lingers and expires as any stream
+    whose client left."""
+    busy = Busy()
+
+    async def main() -> None:
+        daemon = Watching(host="127.0.0.1", settings=config.copy(ITER_STREAM_LINGER=0.2))
+        uri = daemon.register(busy, "busy")
+        await daemon.start()
+        loop = asyncio.get_running_loop()
+        left = threading.Event()
+        daemon.clientDisconnect = lambda conn: left.set()  # type: ignore[method-assign]
+        streams = daemon._streams
+        next_item = streams.next_item
+
+        def late_next_item(stream_id: str, caller: Any) -> Any:
+            left.wait(BOUND)  # the worker gets to the pull once the loop saw the client leave
+            return next_item(stream_id, caller)
+        streams.next_item = late_next_item  # type: ignore[method-assign]
+        proxy = meshrpc.Proxy(uri)
+        proxy._pyroTimeout = 0.3
+
+        def pull() -> Any:
+            numbers = proxy.numbers()
+            try:
+                return next(numbers)
+            except errors.TimeoutError as exc:
+                return exc
+        try:
+            assert isinstance(await loop.run_in_executor(None, pull), errors.TimeoutError)
+            assert await loop.run_in_executor(None, busy.closed.wait, BOUND), "the stream was kept"
+        finally:
+            left.set()
+            proxy._pyroRelease()
             await daemon.aclose()
 
     run(main())

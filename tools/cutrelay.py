@@ -8,7 +8,7 @@
 Real sockets, a thread per relayed connection. The armed cut applies to the next connection the relay
 accepts (or the next one of several relays sharing one `Arming`, so that a proxy's first connection is
 cut whichever provider it picked); later connections are relayed unharmed, so recovery has a way
-through. "up" counts bytes from the client to the daemon, "down" from the daemon to the client. When
+through, unless the cut is armed `persistent` (every connection is cut: recovery has none). "up" counts bytes from the client to the daemon, "down" from the daemon to the client. When
 a byte in the cut's direction would be the (k+1)-th, the first k go through and both connections are
 cut: "rst" resets both (SO_LINGER 0, once the k bytes left the relay's send queue), "fin" closes both
 (FIN after what was sent). k equal to everything the direction carries cuts right after the last byte.
@@ -55,14 +55,19 @@ class Arming:
     last_bytes: dict[str, bytes] = field(default_factory=lambda: {"up": b"", "down": b""})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def arm(self, cut: Cut | None) -> None:
+    persistent: bool = False  # every connection gets the cut, not only the next one
+
+    def arm(self, cut: Cut | None, persistent: bool = False) -> None:
         with self.lock:
             self.cut = cut
+            self.persistent = persistent and cut is not None
             self.fired.clear()
 
     def take(self) -> Cut | None:
         with self.lock:
-            cut, self.cut = self.cut, None
+            cut = self.cut
+            if not self.persistent:
+                self.cut = None
             return cut
 
 

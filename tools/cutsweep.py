@@ -3,6 +3,7 @@
     python3 tools/cutsweep.py                              # the full sweep (every offset, rst and fin)
     python3 tools/cutsweep.py --daemons aio --clients aio --scenarios multi --how rst
     python3 tools/cutsweep.py --boundaries                 # frame ends +-1 only (what the suite runs)
+    python3 tools/cutsweep.py --persistent --boundaries    # every connection cut: recovery has no way
     python3 tools/cutsweep.py serve KIND RUNS_FILE [NAME NATPORT]   # a daemon (used by the sweep)
 
 A daemon (threaded meshrpc.Daemon, meshrpc.aio.Daemon or Pyro5's) runs in a process of its own and
@@ -428,8 +429,10 @@ async def a_idem(p: Any, tag: str, r: RunResult) -> None:
 
 
 async def a_oneway(p: Any, tag: str, r: RunResult) -> None:
-    await p._pyroBind()  # (the oneway mark comes with the metadata)
-    judge_oneway(r, tag, await attempt_async(p.note(tag)))
+    async def note() -> Any:
+        await p._pyroBind()  # (the oneway mark comes with the metadata)
+        return await p.note(tag)
+    judge_oneway(r, tag, await attempt_async(note()))
 
 
 async def a_raises(p: Any, tag: str, r: RunResult) -> None:
@@ -545,9 +548,9 @@ class Rig:
         if value != f"peek {tag}":
             self.findings.append(f"{label}: the healthy client got {value!r}")
 
-    def take(self, label: str, result: RunResult, elapsed: float) -> None:
+    def take(self, label: str, result: RunResult, elapsed: float, slow: float = SLOW) -> None:
         self.runs += 1
-        if elapsed > SLOW:
+        if elapsed > slow:
             result.findings.append(f"took {elapsed:.2f} s")
         self.findings.extend(f"{label}: {finding}" for finding in result.findings)
         self.claims.extend((label, claim) for claim in result.claims)
@@ -623,9 +626,10 @@ class Runner:
         if self.loop is not None:
             self.loop.close()
 
-    def run(self, cut: Cut | None) -> RunResult:
+    def run(self, cut: Cut | None, persistent: bool = False) -> RunResult:
+        """One run under `cut` (None: clean); `persistent`: every connection of the run is cut there."""
         rig = self.rig
-        rig.arming.arm(cut)
+        rig.arming.arm(cut, persistent)
         tag = rig.tag(self.scenario)
         result = RunResult()
         started = time.monotonic()
@@ -638,6 +642,7 @@ class Runner:
             if worker.is_alive():
                 raise RuntimeError(f"{self.label(cut)}: the run hangs")
         elapsed = time.monotonic() - started
+        rig.arming.arm(None)
         if cut is not None and cut.direction == "up" and self.total_up is not None and cut.after >= self.total_up:
             # everything the client sends in this exchange reached the daemon whole: nothing may be lost
             for claim in result.claims:
@@ -645,8 +650,9 @@ class Runner:
                     claim.low, claim.told = 1, f"{claim.told}, and the daemon received it whole"
         for relay in rig.relays:
             relay.wait_idle()
-        rig.take(self.label(cut), result, elapsed)
-        rig.healthy_check(self.label(cut))
+        label = self.label(cut) + (" on every connection" if persistent else "")
+        rig.take(label, result, elapsed, SLOW + (2 * CALL_TIMEOUT if persistent else 0))
+        rig.healthy_check(label)
         return result
 
     def label(self, cut: Cut | None) -> str:
@@ -694,7 +700,8 @@ def offsets(data: bytes, full: bool, limit: int, stride: int, rng: random.Random
 
 
 def sweep(rig: Rig, client: str, scenario: str, hows: list[str], full: bool, limit: int = 400,
-          stride: int = 1, rng: random.Random | None = None, sample: int = 0) -> dict[str, int]:
+          stride: int = 1, rng: random.Random | None = None, sample: int = 0,
+          persistent: bool = False) -> dict[str, int]:
     runner = Runner(rig, client, scenario)
     try:
         data = runner.exchange()
@@ -702,7 +709,7 @@ def sweep(rig: Rig, client: str, scenario: str, hows: list[str], full: bool, lim
         for how in hows:
             for way in ("up", "down"):
                 for k in offsets(data[way], full, limit, stride, rng, sample):
-                    runner.run(Cut(way, k, how))
+                    runner.run(Cut(way, k, how), persistent)
     finally:
         runner.close()
     return sizes
@@ -745,6 +752,8 @@ def main() -> int:
     parser.add_argument("--boundaries", action="store_true", help="frame ends +-1 only")
     parser.add_argument("--limit", type=int, default=100000, help="every offset up to this, then --stride")
     parser.add_argument("--stride", type=int, default=1)
+    parser.add_argument("--persistent", action="store_true",
+                        help="cut every connection of a run at the offset (recovery finds no way through)")
     args = parser.parse_args()
     scenarios = args.scenarios.split(",") if args.scenarios else None
     wanted = combos(args.daemons.split(","), args.clients.split(","), scenarios)
@@ -761,7 +770,8 @@ def main() -> int:
                 before = rig.runs
                 t0 = time.monotonic()
                 sizes[(daemon, client, scenario, named)] = sweep(
-                    rig, client, scenario, args.how.split(","), not args.boundaries, args.limit, args.stride)
+                    rig, client, scenario, args.how.split(","), not args.boundaries, args.limit, args.stride,
+                    persistent=args.persistent)
                 print(f"{daemon:8} {client:6} {scenario + (' by name' if named else ''):14} "
                       f"{rig.runs - before:6} runs {time.monotonic() - t0:7.1f} s  bytes "
                       f"{sizes[(daemon, client, scenario, named)]}", flush=True)

@@ -137,3 +137,42 @@ def test_an_aio_daemon_lets_go_of_a_stream_pulled_for_a_client_that_had_left() -
             await daemon.aclose()
 
     run(main())
+
+
+class WatchingThreaded(meshrpc.Daemon):
+    """A threaded daemon that says when a client left (clientDisconnect, on its worker)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gone = threading.Event()
+
+    def clientDisconnect(self, conn: Any) -> None:
+        self.gone.set()
+
+
+def test_a_threaded_daemon_runs_a_oneway_call_that_waited_for_a_thread_after_its_client_left() -> None:
+    """The twin of the aio daemon's test: two pool threads, one busy, the other serving the client
+    (its handshake, then its oneway call, which waits in the connection's queue for a thread); the
+    client leaves at once, and the call runs."""
+    busy = Busy()
+    daemon = WatchingThreaded(host="127.0.0.1", settings=config.copy(THREADPOOL_SIZE=2, THREADPOOL_SIZE_MIN=2))
+    uri = daemon.register(busy, "busy")
+    loop = threading.Thread(target=daemon.requestLoop, daemon=True)
+    loop.start()
+    holder = meshrpc.Proxy(uri)
+    holding = threading.Thread(target=holder.hold, daemon=True)
+    try:
+        holder._pyroBind()
+        holding.start()
+        assert busy.holding.wait(BOUND)
+        with meshrpc.Proxy(uri) as proxy:
+            proxy.note()
+        assert daemon.gone.wait(BOUND)
+        busy.release.set()
+        assert busy.noted.wait(BOUND), "the oneway call never ran"
+    finally:
+        busy.release.set()
+        holding.join(BOUND)
+        holder._pyroRelease()
+        daemon.shutdown()
+        loop.join(BOUND)

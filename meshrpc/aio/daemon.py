@@ -425,9 +425,9 @@ class Daemon(threaded.Daemon):
     def _inflated(self, outcome: tuple, conn: _ClientConnection, frame: wire.Frame, max_size: int) -> None:
         """On the loop: the message _inflate handed over is inflated (or failed to); take it, then the rest."""
         conn.inflating = False
-        if conn.closed:
-            return
         failure = outcome[1]
+        if conn.closed and (failure is not None or not _oneway_call((conn, frame))):
+            return  # (a oneway call received whole runs although its client left, as in Daemon._dropped)
         conn.pumping = True
         try:
             if failure is not None:  # corrupt, or larger than MAX_MESSAGE_SIZE: as a bad frame read on the loop
@@ -919,8 +919,8 @@ class _PulledOnLoop:
 
 
 def _oneway_call(args: tuple) -> bool:
-    """A plain call waiting for a thread (Workers' args: connection, frame, call) that runs although its
-    client left: a oneway call."""
+    """A plain call waiting for a thread (Workers' args: connection, frame, call), or a request waiting to
+    be inflated (connection, frame, ...), that runs although its client left: a oneway call."""
     return bool(args[1].flags & _ONEWAY)
 
 

@@ -40,6 +40,8 @@ BOMB_SIZE = 160 * 1024 * 1024  # zeros: marshal refuses them at the first byte, 
 class Target:
     def __init__(self) -> None:
         self.seen: list[int] = []
+        self.noted_one = threading.Event()
+        self.release = threading.Event()
 
     def echo(self, value: Any) -> Any:
         return value
@@ -47,23 +49,31 @@ class Target:
     @meshrpc.oneway
     def note(self, number: int, padding: str) -> None:
         self.seen.append(number)
+        self.noted_one.set()
 
     def noted(self) -> list[int]:
         return self.seen
 
 
+    @meshrpc.oneway
+    def block(self) -> None:
+        self.release.wait(20)
+
+
 @pytest.fixture
-def served() -> Any:
-    """An aio daemon on a loop thread of its own, serving a Target as "target": (uri, target)."""
+def served(request: pytest.FixtureRequest) -> Any:
+    """An aio daemon on a loop thread of its own, serving a Target as "target": (uri, target, daemon);
+    more settings as the fixture's parameter (indirect parametrization)."""
     loop = LoopThread()
-    settings = meshrpc.config.copy(MAX_MESSAGE_SIZE=MAX_MESSAGE_SIZE)
+    settings = meshrpc.config.copy(MAX_MESSAGE_SIZE=MAX_MESSAGE_SIZE, **getattr(request, "param", {}))
     target = Target()
     daemon = loop.call(lambda: meshrpc.aio.Daemon(host=HOST, settings=settings))
     uri = loop.call(lambda: daemon.register(target, "target"))
     serving = asyncio.run_coroutine_threadsafe(daemon.serve_forever(), loop.loop)
     try:
-        yield uri, target
+        yield uri, target, daemon
     finally:
+        target.release.set()
         daemon.shutdown()
         serving.result(20)
         loop.close()
@@ -99,7 +109,7 @@ def read_frame(sock: socket.socket) -> wire.Frame:
 
 
 def test_a_zip_bomb_is_inflated_off_the_loop_and_holds_up_no_other_client(served: Any) -> None:
-    uri, _ = served
+    uri, _, _ = served
     marshal = by_name("marshal")
     bomb = zlib.compress(bytes(BOMB_SIZE), 1)
     assert len(bomb) < 1024 * 1024
@@ -139,7 +149,7 @@ def test_a_zip_bomb_is_inflated_off_the_loop_and_holds_up_no_other_client(served
 
 
 def test_large_compressed_requests_are_answered_and_taken_in_order(served: Any) -> None:
-    uri, target = served
+    uri, target, _ = served
     text = "meshrpc " * 100_000  # 800 KB that compress well above INFLATE_ON_LOOP_MAX
     assert len(zlib.compress(text.encode())) > INFLATE_ON_LOOP_MAX
     settings = meshrpc.config.copy(COMPRESSION=True)
@@ -167,7 +177,7 @@ def test_large_compressed_requests_are_answered_and_taken_in_order(served: Any) 
 @pytest.mark.parametrize("what", ["corrupt", "too large"])
 def test_a_bad_large_compressed_request_closes_its_connection_only(served: Any, what: str,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    uri, _ = served
+    uri, _, _ = served
     marshal = by_name("marshal")
     if what == "corrupt":
         whole = zlib.compress(random.Random(5).randbytes(8192))  # does not shrink: above INFLATE_ON_LOOP_MAX
@@ -189,3 +199,25 @@ def test_a_bad_large_compressed_request_closes_its_connection_only(served: Any, 
     expected = "corrupt" if what == "corrupt" else "beyond MAX_MESSAGE_SIZE"
     assert any("closing connection" in r.getMessage() and expected in r.getMessage() for r in caplog.records), \
         [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("served", [{"AIO_EXECUTOR_SIZE": 1}], indirect=True)
+def test_a_large_compressed_oneway_call_runs_although_its_client_left_while_it_waited(served: Any) -> None:
+    """As a oneway call waiting for a thread (the threaded daemon and Pyro5 run it too): the client may close
+    right after sending it. Here it waits to be inflated, behind another client's call on the one thread
+    (its connection is not read meanwhile, so the daemon learns that the client left after it ran)."""
+    uri, target, _ = served
+    marshal = by_name("marshal")
+    padding = "".join(random.Random(7).choices("abcdef", k=20_000))
+    payload = zlib.compress(marshal.dumps_call("target", "note", (7, padding), {}))
+    assert len(payload) > INFLATE_ON_LOOP_MAX
+    header = wire.HEADER.pack(wire.TAG, wire.PROTOCOL_VERSION, wire.MSG_INVOKE, marshal.id,
+                              wire.FLAG_COMPRESSED | wire.FLAG_ONEWAY, 2, len(payload), 0, bytes(16), 0, wire.MAGIC)
+    with meshrpc.Proxy(uri) as busy:
+        busy.block()  # holds the daemon's one worker thread (oneway: it returns at once)
+        leaving = connected(uri, marshal)
+        leaving.sendall(header + payload)
+        leaving.close()
+        target.release.set()
+        assert target.noted_one.wait(10), "the oneway call did not run"
+    assert target.seen == [7]

@@ -165,13 +165,14 @@ class Tour:
         self.processes[victim].send_signal(signal.SIGKILL)
         self.processes[victim].wait(5)
         self.say(f"killed {victim} (pid {self.processes[victim].pid})", "yellow")
-        failures, answers = 0, []
+        failures, answers, errors = 0, [], []
         failover_started = time.monotonic()
         for i in range(CARRY_ON_CALLS):
             try:
                 answers.append(greeting.hello(f"call {i + 1}"))
             except meshrpc.errors.MeshError as exc:
                 failures += 1
+                errors.append(f"call {i + 1}: {type(exc).__name__}: {exc}")
                 self.say(f"call {i + 1} failed: {exc}", "red")
         failover = time.monotonic() - failover_started
         survivor = answers[-1] if answers else "-"
@@ -179,7 +180,8 @@ class Tour:
                  "green" if not failures else "red")
         self.say(f"{CARRY_ON_CALLS} calls including the failover took {failover * 1000:.0f} ms", "dim")
         greeting._pyroRelease()
-        self.results["failover"] = {"answered": len(answers), "failed": failures, "seconds": round(failover, 3)}
+        self.results["failover"] = {"answered": len(answers), "failed": failures, "errors": errors,
+                                    "seconds": round(failover, 3)}
 
         self.step("cleaning up")
         stopped = self.stop_all()

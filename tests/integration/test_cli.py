@@ -227,7 +227,7 @@ def test_demo_end_to_end(runner: Runner) -> None:
     assert elapsed < 20, f"the demo took {elapsed:.1f} s"
     result = json.loads(demo.stdout)
     assert result["ok"] is True
-    assert result["failover"]["failed"] == 0
+    assert result["failover"]["failed"] == 0, result["failover"]["errors"]
     assert len(result["browse"]) == 4
     assert result["pyrometa"]["place"] == "kitchen"
     assert "Traceback" not in demo.stderr

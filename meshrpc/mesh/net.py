@@ -120,7 +120,7 @@ def local_hosts() -> set[str]:
     except OSError:
         pass
     hosts.update(ipv4_addresses())
-    for name in netifaces.interfaces():
+    for name in host_interfaces.interface_names(netifaces):
         try:
             for info in netifaces.ifaddresses(name).get(netifaces.AF_INET6, []):
                 if info.get("addr"):

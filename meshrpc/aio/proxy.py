@@ -43,6 +43,7 @@ from .turn import Turn
 log = logging.getLogger("meshrpc.aio")
 _FRAME = wire.Frame
 _FLAG_ONEWAY = wire.FLAG_ONEWAY
+_FLAG_COMPRESSED = wire.FLAG_COMPRESSED
 _monotonic = time.monotonic
 _read = os.read
 _running_loop = asyncio.get_running_loop
@@ -330,6 +331,18 @@ def _unknown() -> bool:
 def _never_silent(seconds: float) -> bool:
     """A transport with no socket to ask (silent_peer_check)."""
     return False
+
+
+async def _inflated(conn: _Connection, frame: wire.Frame, max_size: int) -> wire.Frame:
+    """A reply whose compressed payload the session left compressed (ClientSession(inflate_later=True)),
+    inflated on the loop's default executor: a large one would hold the caller's whole loop. A corrupt
+    or oversized payload breaks the connection, as it does when the session finds it (_pump)."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, wire.inflate, frame, max_size)
+    except (errors.ProtocolError, errors.MessageTooLargeError) as exc:
+        log.warning("closing the connection to %s: %s", conn.target, exc)
+        conn._fail(exc)
+        raise _closed(exc) from None
 
 
 def _closed(reason: BaseException) -> BaseException:
@@ -791,6 +804,8 @@ class Proxy:
             elif kind is NotRun:
                 raise NotDelivered(f"{self._pyroUri} is shutting down; {methodname} was not run", self._pyroUri)
             else:
+                if event.flags & _FLAG_COMPRESSED:  # larger than INFLATE_ON_LOOP_MAX: inflated off the loop
+                    event = await _inflated(conn, event, session.max_size)
                 outcome = self._reply(session, event, state)
         except (ConnectionClosedError, errors.TimeoutError, errors.NamingError) as exc:
             if started is None:
@@ -892,7 +907,7 @@ class Proxy:
         timeout, handshake_timeout = connect_timeouts(settings, target, by_name=self._pyroLocator is not None,
                                                       proxy_timeout=self._pyroTimeout, rebind=rebind)
         loop = asyncio.get_running_loop()
-        session = ClientSession(self._pyroSerializerObject(), settings, pipelining=True)
+        session = ClientSession(self._pyroSerializerObject(), settings, pipelining=True, inflate_later=True)
 
         def protocol() -> _Connection:
             return _Connection(session, target, settings)

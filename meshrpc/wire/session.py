@@ -31,7 +31,7 @@ from .constants import (BATCH_METHOD, BLOB_ANNOTATION, CAP_BINARY, CAP_OOB, CAP_
 from .frame import (FLAG_BATCH, FLAG_COMPRESSED, FLAG_EXCEPTION, FLAG_ITEMSTREAMRESULT, FLAG_KEEPSERIALIZED,
                     FLAG_ONEWAY, HEADER, HEADER_SIZE, MAGIC, MSG_CONNECT, MSG_CONNECTFAIL, MSG_CONNECTOK, MSG_INVOKE,
                     MSG_PING, MSG_RESULT, PROTOCOL_VERSION, TAG, ZERO_ID, Frame, FrameReader, capabilities, encode_message,
-                    encode_parts, pack_oob, unpack_oob)
+                    encode_parts, inflate, pack_oob, unpack_oob)
 from .frame import _BARE as _BARE_HEAD  # a header as FrameReader.bare_head reads it (receive_results: many)
 from .plain import SCALARS
 from .serializers import BY_ID, Serializer, by_id
@@ -243,8 +243,11 @@ class ClientSession(_Session):
                  "_abandoned", "_connect_seq", "_key_token", "_oob_mode", "_pings", "_result_heads",
                  "_result_codec", "_scalar_form")
 
-    def __init__(self, serializer: Serializer, settings: Any, *, pipelining: bool = False) -> None:
+    def __init__(self, serializer: Serializer, settings: Any, *, pipelining: bool = False,
+                 inflate_later: bool = False) -> None:
         super().__init__(settings)
+        if inflate_later:  # a reply's large compressed payload is left to the driver (an event loop's)
+            self.reader.inflate_max = INFLATE_ON_LOOP_MAX
         self.serializer = serializer
         self.offer = CAP_OOB + (CAP_BINARY if self.serpent_binary else b"") + (CAP_PIPELINE if pipelining else b"")
         self.last_seq = -1       # the seq the last ..._request used
@@ -420,7 +423,7 @@ class ClientSession(_Session):
                     self._next_frame()  # raises ConnectionClosedError
                 return NEED_DATA
             if not self.handshaken:
-                return self._connect_reply(frame)
+                return self._connect_reply(inflate(frame, self.max_size))  # (with inflate_later: one, at the start)
             seq = frame.seq
             if seq == self._waiting and frame.type == MSG_RESULT and not self._pings:
                 self._waiting = -1  # the hot path: the reply to the one call outstanding
@@ -451,7 +454,7 @@ class ClientSession(_Session):
                     raise ProtocolError(f"reply in serializer {frame.serializer_id}, expected {self.serializer.name}")
             if frame.flags & FLAG_EXCEPTION and NOT_RUN_ANNOTATION in frame.annotations:
                 return NotRun(seq, frame.annotations)
-            return frame
+            return frame  # (with inflate_later, maybe still FLAG_COMPRESSED: wire.inflate it before its value)
 
     def receive_result(self, data: bytes) -> Any:
         """receive_data(data) for bytes (not empty) read while the one call outstanding waits for its

@@ -590,3 +590,22 @@ def test_inflate_refuses_a_corrupt_or_oversized_payload() -> None:
     bomb = wire.Frame(wire.MSG_INVOKE, 1, 1, zlib.compress(bytes(2 << 20)), wire.FLAG_COMPRESSED)
     with pytest.raises(errors.MessageTooLargeError, match="beyond MAX_MESSAGE_SIZE"):
         wire.inflate(bomb, 1 << 20)
+
+
+def test_a_client_session_with_inflate_later_leaves_a_large_compressed_reply_compressed() -> None:
+    """The reply Frame keeps FLAG_COMPRESSED (the aio proxy inflates it off its loop); a handshake reply
+    comes inflated all the same."""
+    client = ws.ClientSession(by_name("marshal"), Settings(), pipelining=True, inflate_later=True)
+    server = ws.ServerSession(Settings(COMPRESSION=True, COMPRESSION_MIN_SIZE=100), keyproof.ReplayCache())
+    deliver(client.connect_request("obj", "hi", now=NOW), server)
+    request = server.next_event(now=NOW)
+    metadata = {"methods": {"m%05d" % n for n in range(3000)}}  # compresses to more than INFLATE_ON_LOOP_MAX
+    deliver(server.accept_connect(request, "hello back", metadata), client)
+    connected = client.next_event()
+    assert isinstance(connected, ws.Connected) and len(connected.metadata["methods"]) == 3000
+    large = "".join(random.Random(4).choices("abcdef", k=20_000)).encode()  # about 9 KB compressed
+    deliver(client.call_request("obj", "get", (), {}), server)
+    deliver(server.result_reply(server.next_event(), large), client)
+    reply = client.next_event()
+    assert reply.flags & wire.FLAG_COMPRESSED and len(reply.payload) > ws.INFLATE_ON_LOOP_MAX
+    assert client.reply_value(wire.inflate(reply, client.max_size), None) == large

@@ -426,7 +426,7 @@ class Daemon(threaded.Daemon):
         """On the loop: the message _inflate handed over is inflated (or failed to); take it, then the rest."""
         conn.inflating = False
         failure = outcome[1]
-        if conn.closed and (failure is not None or not _oneway_call((conn, frame))):
+        if conn.closed and (failure is not None or not frame.flags & _ONEWAY):
             return  # (a oneway call received whole runs although its client left, as in Daemon._dropped)
         conn.pumping = True
         try:

@@ -202,8 +202,11 @@ class _Session:
     __slots__ = ("reader", "max_size", "compress_min", "serpent_binary", "key", "handshaken", "oob", "binary",
                  "pipelined", "_eof")
 
-    def __init__(self, settings: Any) -> None:
-        self.reader = FrameReader(settings.MAX_MESSAGE_SIZE, settings.PROTOCOL_ANNOTATIONS_MAX)
+    def __init__(self, settings: Any, inflate_later: bool = False) -> None:
+        # inflate_later: a large compressed payload is left to the driver (an event loop's: it inflates it
+        # on another thread); the server's next_event gives such a message as Compressed
+        self.reader = FrameReader(settings.MAX_MESSAGE_SIZE, settings.PROTOCOL_ANNOTATIONS_MAX,
+                                  INFLATE_ON_LOOP_MAX if inflate_later else -1)
         self.max_size = settings.MAX_MESSAGE_SIZE
         self.compress_min = settings.COMPRESSION_MIN_SIZE if settings.COMPRESSION else -1
         self.serpent_binary = bool(settings.SERPENT_BINARY)
@@ -245,9 +248,7 @@ class ClientSession(_Session):
 
     def __init__(self, serializer: Serializer, settings: Any, *, pipelining: bool = False,
                  inflate_later: bool = False) -> None:
-        super().__init__(settings)
-        if inflate_later:  # a reply's large compressed payload is left to the driver (an event loop's)
-            self.reader.inflate_max = INFLATE_ON_LOOP_MAX
+        super().__init__(settings, inflate_later)
         self.serializer = serializer
         self.offer = CAP_OOB + (CAP_BINARY if self.serpent_binary else b"") + (CAP_PIPELINE if pipelining else b"")
         self.last_seq = -1       # the seq the last ..._request used
@@ -589,9 +590,7 @@ class ServerSession(_Session):
 
     def __init__(self, settings: Any, replay_cache: keyproof.ReplayCache | None = None, *,
                  pipelining: bool = True, rehandshake: bool = False, inflate_later: bool = False) -> None:
-        super().__init__(settings)
-        if inflate_later:  # next_event gives a large compressed message as Compressed (an event loop's driver)
-            self.reader.inflate_max = INFLATE_ON_LOOP_MAX
+        super().__init__(settings, inflate_later)
         self.accepts_pipelining = pipelining
         self.takes_not_run = False  # the proxy knows the "not run" answer (not_run_reply); set by accept_connect
         # rehandshake: a CONNECT after the handshake starts over (proxies taking turns on one connected

@@ -79,21 +79,18 @@ def served(request: pytest.FixtureRequest) -> Any:
         loop.close()
 
 
-def frame_bytes(msg_type: int, ser: Any, payload: bytes, flags: int = 0, seq: int = 1) -> bytes:
-    return wire.encode(wire.Frame(msg_type, ser.id, seq, payload, flags))
-
-
-def compressed_invoke(ser: Any, payload: bytes, seq: int = 2) -> bytes:
+def compressed_invoke(ser: Any, payload: bytes, seq: int = 2, flags: int = 0) -> bytes:
     """An INVOKE whose payload (already compressed, or garbage that says it is) goes as it is."""
-    header = wire.HEADER.pack(wire.TAG, wire.PROTOCOL_VERSION, wire.MSG_INVOKE, ser.id, wire.FLAG_COMPRESSED, seq,
-                              len(payload), 0, bytes(16), 0, wire.MAGIC)
+    header = wire.HEADER.pack(wire.TAG, wire.PROTOCOL_VERSION, wire.MSG_INVOKE, ser.id, wire.FLAG_COMPRESSED | flags,
+                              seq, len(payload), 0, bytes(16), 0, wire.MAGIC)
     return header + payload
 
 
 def connected(uri: Any, ser: Any) -> socket.socket:
     """A raw connection to the daemon, handshake done (CONNECTOK read)."""
     sock = socket.create_connection((uri.host, uri.port), timeout=30)
-    sock.sendall(frame_bytes(wire.MSG_CONNECT, ser, ser.dumps({"handshake": "hello", "object": "target"})))
+    hello = ser.dumps({"handshake": "hello", "object": "target"})
+    sock.sendall(wire.encode(wire.Frame(wire.MSG_CONNECT, ser.id, 1, hello)))
     assert read_frame(sock).type == wire.MSG_CONNECTOK
     return sock
 
@@ -211,12 +208,10 @@ def test_a_large_compressed_oneway_call_runs_although_its_client_left_while_it_w
     padding = "".join(random.Random(7).choices("abcdef", k=20_000))
     payload = zlib.compress(marshal.dumps_call("target", "note", (7, padding), {}))
     assert len(payload) > INFLATE_ON_LOOP_MAX
-    header = wire.HEADER.pack(wire.TAG, wire.PROTOCOL_VERSION, wire.MSG_INVOKE, marshal.id,
-                              wire.FLAG_COMPRESSED | wire.FLAG_ONEWAY, 2, len(payload), 0, bytes(16), 0, wire.MAGIC)
     with meshrpc.Proxy(uri) as busy:
         busy.block()  # holds the daemon's one worker thread (oneway: it returns at once)
         leaving = connected(uri, marshal)
-        leaving.sendall(header + payload)
+        leaving.sendall(compressed_invoke(marshal, payload, flags=wire.FLAG_ONEWAY))
         leaving.close()
         target.release.set()
         assert target.noted_one.wait(10), "the oneway call did not run"

@@ -775,8 +775,9 @@ class Proxy:
                             self._abandon(conn, seq)
                             if conn.heard == heard and not conn.closed:
                                 self._retire(conn)  # nothing at all came on it while the call waited
-                            raise errors.TimeoutError(f"no reply from {self._pyroUri} to {methodname} within "
-                                                      f"{self._pyroTimeout:g} s") from None
+                            raise errors.TimeoutError(
+                                f"no reply from {self._pyroUri} to {methodname} within {self._pyroTimeout:g} s "
+                                "(it was sent: it may have run, or may still run)") from None
                         except BaseException:  # cancelled (or the connection failed): its late reply goes nowhere
                             self._abandon(conn, seq)
                             raise

@@ -791,8 +791,8 @@ class Daemon(threaded.Daemon):
                 # a pull that reached its stream after the client left made the gone connection its owner
                 # (StreamTable.next_item): it lingers and expires as the connection's other streams
                 self._streams.orphan(conn)
-            elif flags & wire.FLAG_EXCEPTION and not stream:
-                log.warning("oneway call failed: %r", result)
+            if frame.flags & wire.FLAG_ONEWAY and flags & wire.FLAG_EXCEPTION and not stream:
+                log.warning("oneway call failed: %r", result)  # (also when its client has left meanwhile)
             return
         session = conn.wire
         if self._reply_annotations is not None:  # a subclass's annotations(), on every reply (as the threaded daemon)

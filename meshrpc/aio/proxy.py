@@ -776,8 +776,8 @@ class Proxy:
                             if conn.heard == heard and not conn.closed:
                                 self._retire(conn)  # nothing at all came on it while the call waited
                             raise errors.TimeoutError(
-                                f"no reply from {self._pyroUri} to {methodname} within {self._pyroTimeout:g} s "
-                                "(it was sent: it may have run, or may still run)") from None
+                                f"no reply from {self._pyroUri} to {methodname} within {self._pyroTimeout:g} s: "
+                                "it was sent, so it may have run or may still run") from None
                         except BaseException:  # cancelled (or the connection failed): its late reply goes nowhere
                             self._abandon(conn, seq)
                             raise

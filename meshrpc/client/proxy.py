@@ -577,8 +577,8 @@ class Proxy:
             self.__close_connection()  # a late reply would put the connection out of step
             # the text stays Pyro5's ("receiving: timeout": programs compare it); the note says what it means
             within = f" within {self._pyroTimeout:g} s" if self._pyroTimeout else ""
-            exc.add_note(f"no reply from {self._pyroUri} to {methodname}{within} "
-                         "(it was sent: it may have run, or may still run)")
+            exc.add_note(f"no reply from {self._pyroUri} to {methodname}{within}: "
+                         "it was sent, so it may have run or may still run")
             raise
         except ProtocolError as exc:  # the daemon broke the protocol (its kind kept): the connection is unusable
             self.__close_connection()

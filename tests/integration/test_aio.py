@@ -302,7 +302,7 @@ def test_timeout_and_cancellation_leave_the_connection_usable() -> None:
             # a timeout while nothing at all came on the connection: the path may be dead (after a
             # partition TCP resends on its backoff), so the next call goes on a new connection
             proxy._pyroTimeout = 0.05
-            with pytest.raises(errors.TimeoutError, match=r"to nap within 0.05 s .*may have run"):
+            with pytest.raises(errors.TimeoutError, match=r"to nap within 0.05 s: .*may have run"):
                 await proxy.nap(0.4, "silent")
             proxy._pyroTimeout = None
             assert await proxy.add(1, 2) == 3

@@ -85,8 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))  # e.g. which target timed out
+        if getattr(args, "lan", None) is False and _LAN_HINT in str(exc):  # the library's hint, in this command's words
+            notes += " (on this command: --lan)"
         out.err(f"{type(exc).__name__}: {exc}{notes}")
         return 1
+
+
+_LAN_HINT = "MESHRPC_HOST=0.0.0.0"  # what an error says when the mesh listened on loopback only (resolve._loopback_note)
 
 
 if __name__ == "__main__":  # pragma: no cover

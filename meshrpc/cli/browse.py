@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import config
 from ..limits import CLI_BROWSE_SETTLE, CLI_BROWSE_TIMEOUT, CLI_EXEC_TIMEOUT
-from .common import add_realm_option, seconds, settings_for
+from .common import add_lan_option, add_realm_option, seconds, settings_for
 from .output import Output
 
 # the environment a --exec handler gets (MESH_*, not MESHRPC_*: those are settings, checked at start)
@@ -37,8 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tag", action="append", default=[], help="only entries with this tag (repeatable: all must match)")
     add_realm_option(p)
     p.add_argument("--all-realms", action="store_true", help="every realm heard (a REALM column is added)")
-    p.add_argument("--lan", action="store_true",
-                   help="listen on every network interface (as MESHRPC_HOST=0.0.0.0), not only this machine's")
+    add_lan_option(p)
     p.add_argument("--source", choices=("mesh", "etcd"), default="mesh",
                    help="the mesh (mDNS, default) or the etcd cluster MESHRPC_RESOLVE names")
     p.add_argument("--timeout", type=seconds, default=CLI_BROWSE_TIMEOUT,
@@ -67,14 +66,11 @@ def registry_for(realm: str | None, args: argparse.Namespace | None = None, sour
     """The process's mesh registry of realm (default: MESHRPC_REALM); --lan listens on every interface.
     source "etcd": the process's mirror of the realm in the etcd cluster RESOLVE names (docs/etcd.md)."""
     quiet_foreign_records(args)
-    settings = settings_for(realm)
     if source == "etcd":
         from ..etcd import get_mirror
-        return get_mirror(settings)
+        return get_mirror(settings_for(realm))
     from ..mesh import get_registry
-    if getattr(args, "lan", False):
-        settings = settings.copy(HOST="0.0.0.0")
-    return get_registry(settings)
+    return get_registry(settings_for(realm, getattr(args, "lan", False)))
 
 
 def realms_heard() -> list[str]:

@@ -12,7 +12,8 @@ from ..errors import MeshError
 from ..limits import CLI_BROWSE_TIMEOUT, CLI_CALL_TIMEOUT
 from ..uri import URI
 from ..wire.constants import DAEMON_OBJECT_ID
-from .common import VALUE_RULE, add_realm_option, parse_call_arguments, parse_value, seconds, settings_for
+from .common import (VALUE_RULE, add_lan_option, add_realm_option, parse_call_arguments, parse_value, seconds,
+                     settings_for)
 from .output import Output
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +63,7 @@ def _common(p: argparse.ArgumentParser, json_help: str, serializer: bool = True)
     if serializer:
         p.add_argument("--serializer", default=None, help="serpent, marshal, json or msgpack")
     add_realm_option(p)
+    add_lan_option(p)
     p.add_argument("--json", action="store_true", help=json_help)
 
 
@@ -72,7 +74,7 @@ def open_proxy(args: argparse.Namespace, uri: str | None = None, out: Output | N
     """A proxy for the command's URI; --timeout bounds the whole command: a name's lookup (the search
     for a name server included) and a provider's recovery wait no longer. With out (and not --json),
     a by-name URI says on stderr where it is looked up."""
-    settings = settings_for(getattr(args, "realm", None))
+    settings = settings_for(getattr(args, "realm", None), getattr(args, "lan", False))
     shorter = {name: args.timeout for name in ("LOOKUP_TIMEOUT", "REBIND_TIMEOUT")
                if 0 < args.timeout < getattr(settings, name)}
     settings = settings.copy(**shorter) if shorter else settings

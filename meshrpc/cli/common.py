@@ -97,5 +97,16 @@ def add_realm_option(p: argparse.ArgumentParser) -> None:
                    help=f"mesh realm (default: MESHRPC_REALM, now {config.REALM!r})")
 
 
-def settings_for(realm: str | None) -> Settings:
-    return config.copy(REALM=realm) if realm else config
+def add_lan_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lan", action="store_true",
+                   help="listen on every network interface (as MESHRPC_HOST=0.0.0.0), not only this machine's")
+
+
+def settings_for(realm: str | None, lan: bool = False) -> Settings:
+    """The process's settings with --realm and --lan (every interface: MESHRPC_HOST=0.0.0.0) applied."""
+    changes: dict[str, str] = {}
+    if realm:
+        changes["REALM"] = realm
+    if lan:
+        changes["HOST"] = "0.0.0.0"
+    return config.copy(**changes) if changes else config

@@ -9,7 +9,7 @@ from typing import Any
 from ..limits import CLI_CALL_TIMEOUT
 from ..wire.constants import DAEMON_OBJECT_ID
 from .call import open_proxy
-from .common import add_realm_option, seconds
+from .common import add_lan_option, add_realm_option, seconds
 from .output import Output
 
 
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait on the network: a name's lookup, connecting, the reply; 0: no limit "
                         "(default %(default)s)")
     add_realm_option(p)
+    add_lan_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(run=run)
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 from ..config import config
-from .common import VALUE_RULE, add_realm_option, parse_value, seconds, settings_for
+from .common import VALUE_RULE, add_lan_option, add_realm_option, parse_value, seconds, settings_for
 from .output import Output
 
 
@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_realm_option(p)
+    add_lan_option(p)
     p.add_argument("--server", default=None, metavar="URI|HOST:PORT",
                    help="use this event server instead of the mesh (default: MESHRPC_EVENTS_SERVER)")
 
@@ -57,7 +58,7 @@ def run_pub(args: argparse.Namespace, out: Output) -> int:
     from ..events import EventBus, check_subject
     check_subject(args.subject)
     message = parse_value(args.message)
-    with EventBus(settings_for(args.realm), server=args.server) as bus:
+    with EventBus(settings_for(args.realm, args.lan), server=args.server) as bus:
         if args.wait > 0:
             out.status(f"looking for subscribers of {args.subject} (up to {args.wait:g} s)...")
             bus.wait_for_subscribers(args.subject, 1, args.wait)
@@ -106,7 +107,7 @@ def run_sub(args: argparse.Namespace, out: Output) -> int:
             else:
                 out.status(f"lost {count} event(s) from publisher {publisher}")
 
-    with EventBus(settings_for(args.realm), server=args.server, on_loss=lost) as bus:
+    with EventBus(settings_for(args.realm, args.lan), server=args.server, on_loss=lost) as bus:
         bus.subscribe(args.patterns, show, regex=args.regex)
         out.status(f"ready: subscribed to {' '.join(args.patterns)} (inbox {bus.stats()['inbox']}); Ctrl-C stops")
         try:

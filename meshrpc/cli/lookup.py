@@ -20,7 +20,7 @@ from ..limits import CLI_BROWSE_TIMEOUT, CLI_NS_TIMEOUT
 from ..uri import URI
 from ..wire.constants import NAMESERVER_NAME
 from . import browse
-from .common import add_realm_option, seconds
+from .common import add_lan_option, add_realm_option, seconds
 from .output import Output
 
 SOURCES = ("mesh", "etcd", "ns", "all")
@@ -84,6 +84,7 @@ def _query_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str
                    help="where to look: the mesh (default), the etcd cluster MESHRPC_RESOLVE names (etcd), a name "
                         "server (ns), or all of them (all)")
     add_realm_option(p)
+    add_lan_option(p)
     p.add_argument("--timeout", type=seconds, default=timeout, help=timeout_help)
     _ns_location(p)
     p.add_argument("--json", action="store_true", help="a JSON array of {name, uri, metadata, host, source}")
@@ -312,7 +313,7 @@ def run_list(args: argparse.Namespace, out: Output) -> int:
         else:
             what = "matching" if args.prefix or args.regex else "registered"
             out.status(f"nothing {what} {sources.where()}." +
-                       (" " + browse.why_empty(sources.realm) if args.source in ("mesh", "all") else ""))
+                       (" " + browse.why_empty(sources.realm, lan=args.lan) if args.source in ("mesh", "all") else ""))
         return 0
     show(out, args, sources.rows)
     return 0
@@ -348,7 +349,7 @@ def run_yplookup(args: argparse.Namespace, out: Output) -> int:
             wanted = " and ".join(filter(None, [f"all of {','.join(sorted(meta_all))}" if meta_all else "",
                                                 f"any of {','.join(sorted(meta_any))}" if meta_any else ""]))
             out.status(f"nothing with {wanted} {sources.where()}." +
-                       (" " + browse.why_empty(sources.realm) if args.source in ("mesh", "all") else ""))
+                       (" " + browse.why_empty(sources.realm, lan=args.lan) if args.source in ("mesh", "all") else ""))
         return 0
     show(out, args, sources.rows)
     return 0

@@ -1,6 +1,7 @@
 """`meshrpc browse --lan` between two hosts of the network lab (tools/netlab.py): only inside lab
 namespaces may discovery listen beyond loopback. Host A serves `meshrpc echo` on 0.0.0.0; on host B,
-`browse --lan` sees it at A's address, and a plain `browse` (loopback only) does not, with a hint."""
+`browse --lan` sees it at A's address, and a plain `browse` (loopback only) does not, with a hint; the
+same for `lookup` and `call` by name (a failed lookup names --lan)."""
 
 from __future__ import annotations
 
@@ -38,5 +39,14 @@ def test_browse_lan_sees_another_host() -> None:
         assert [(r["name"], r["host"]) for r in rows] == [("lan.echo", server.address)], found
         local = browser.run([*cli, "browse", "--timeout", "1"], env=env, capture_output=True, text=True, timeout=60)
         assert local.returncode == 0 and local.stdout == "" and "--lan" in local.stderr, local
+        looked = browser.run([*cli, "lookup", "lan.echo", "--lan", "--json", "--timeout", "10"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert looked.returncode == 0 and [r["uri"] for r in json.loads(looked.stdout)] == [uri], looked
+        called = browser.run([*cli, "call", "PYRONAME:lan.echo", "echo", "over.the.lan", "--lan", "--json",
+                              "--timeout", "10"], env=env, capture_output=True, text=True, timeout=60)
+        assert called.returncode == 0 and json.loads(called.stdout) == {"result": "over.the.lan"}, called
+        unheard = browser.run([*cli, "call", "PYRONAME:lan.echo", "echo", "x", "--timeout", "1"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert unheard.returncode == 1 and "--lan" in unheard.stderr, unheard
         echo.terminate()
         echo.wait(15)

@@ -109,6 +109,11 @@ SPARE_MAX = 16 * 1024 * 1024
 # ~1:1032: about 1 MiB out, a few ms); a larger one on a worker thread, so that a zip bomb (0.5 MB in,
 # 512 MiB out: 1.4 s of inflating) holds up its own connection, not the loop and every other client
 INFLATE_ON_LOOP_MAX = 1024
+# threads that inflate those larger ones, apart from any other work (the asyncio daemon's own pool, the
+# asyncio proxies' one per process): an inflate waits for no method (a plain method that calls an
+# `async def` one of its own daemon held the thread its request needed) and for no code of the program
+# (a loop's default executor); zlib runs without the GIL, so about one per core
+INFLATE_THREADS = 2
 KEY_REPLAY_CACHE_MAX = 65536  # handshake proofs a daemon remembers within KEY_WINDOW (replays are refused)
 
 # --- the gateway (gateway/, docs/gateway.md; its tunable limits are GATEWAY_* Settings)

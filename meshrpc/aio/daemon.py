@@ -30,7 +30,7 @@ from .. import errors
 from ..context import _state as _call_state_var  # the call state's ContextVar (read from a Context)
 from ..context import call_state, current_context
 from ..errors import DaemonError, SerializeError
-from ..limits import HOUSEKEEPING_INTERVAL, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
+from ..limits import HOUSEKEEPING_INTERVAL, INFLATE_THREADS, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..server import daemon as threaded
 from ..server.connections import bytes_waiting
 from ..socketutil import set_nodelay
@@ -64,11 +64,15 @@ def nonblocking(method: Any) -> Any:
 
 
 def _inflate_off_loop(conn: Any, frame: wire.Frame, max_size: int) -> tuple:
-    """On a worker thread: (the frame, inflated, None) or (None, the exception that says why not)."""
+    """On an inflating thread: (the frame, inflated, None) or (None, the exception that says why not)."""
     try:
         return wire.inflate(frame, max_size), None
     except Exception as exc:  # ProtocolError, MessageTooLargeError: the connection's, said on the loop
         return None, exc
+
+
+def _inflate_failed(exc: BaseException, conn: Any, frame: wire.Frame, max_size: int) -> tuple:
+    return None, exc
 
 
 class _ClientConnection(Receiving):
@@ -91,7 +95,7 @@ class _ClientConnection(Receiving):
         self.broken = False  # the client broke the protocol: closed once its running calls are answered
         self.write_paused = False  # its replies wait above the high-water mark: none of its requests are read
         self.crowded = False  # MAX_CALLS_PER_CONNECTION of its calls run: none of its requests are read
-        self.inflating = False  # a large compressed request is inflated on a worker: none of its requests are read
+        self.inflating = False  # a large compressed request is inflated on a thread: none of its requests are read
         self.unsent = 0  # while write_paused: the bytes that waited at the last sign of progress ...
         self.stalled_since = 0.0  # ... and when that was (SEND_TIMEOUT counts from it)
         loop = self._loop = asyncio.get_running_loop()
@@ -291,6 +295,7 @@ class Daemon(threaded.Daemon):
             self._listener.close()
             raise DaemonError("meshrpc.aio.Daemon does not serve TLS yet: use the threaded meshrpc.Daemon for SSL")
         self._workers: Workers | None = None  # made by start(): the threads of plain methods
+        self._inflaters: Workers | None = None  # made by start(): the threads of large compressed requests
         self._loop: asyncio.AbstractEventLoop | None = None
         self._eager: EagerStarter  # made by start(), for the running loop
         self._serving_context: contextvars.Context  # made by start(): the context its connections are read in
@@ -313,6 +318,7 @@ class Daemon(threaded.Daemon):
         self._eager = EagerStarter(self._loop)
         self._serving_context = contextvars.copy_context()  # (as the loop's reads of its connections run)
         self._workers = Workers(self._loop, self.settings.AIO_EXECUTOR_SIZE, "meshrpc-aio-worker", self._plain_failed)
+        self._inflaters = Workers(self._loop, INFLATE_THREADS, "meshrpc-aio-inflate", _inflate_failed)
         self._stopped = asyncio.Event()
         if self._unixsocket:
             self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener)
@@ -375,6 +381,7 @@ class Daemon(threaded.Daemon):
             # its plain calls still waiting for a thread: nobody to answer; but a oneway call the daemon
             # received whole runs, as on the threaded daemon (a client may close right after sending it)
             self._workers.forget(conn, _oneway_call)
+            self._inflaters.forget(conn, _oneway_call)  # (set in start() with the workers)
         # as the threaded daemon (and Pyro5): once, only for a client whose handshake was accepted, while
         # its socket is still open (asyncio closes it after connection_lost; aclose drops it before that)
         if conn.handshaken:
@@ -415,12 +422,13 @@ class Daemon(threaded.Daemon):
             self._start_call(conn, event)
 
     def _inflate(self, conn: _ClientConnection, frame: wire.Frame) -> None:
-        """A large compressed message: inflated on a worker thread (INFLATE_ON_LOOP_MAX), in this client's
-        turn; none of its later messages are read or taken meanwhile."""
-        assert self._workers is not None
+        """A large compressed message (INFLATE_ON_LOOP_MAX): inflated on a thread of the daemon's inflating
+        pool (INFLATE_THREADS; not the plain methods' workers, whose calls may wait for it), in this
+        client's turn; none of its later messages are read or taken meanwhile."""
+        assert self._inflaters is not None
         conn.inflating = True
         conn._hold_reading()
-        self._workers.submit(conn, _inflate_off_loop, self._inflated, conn, frame, conn.wire.max_size)
+        self._inflaters.submit(conn, _inflate_off_loop, self._inflated, conn, frame, conn.wire.max_size)
 
     def _inflated(self, outcome: tuple, conn: _ClientConnection, frame: wire.Frame, max_size: int) -> None:
         """On the loop: the message _inflate handed over is inflated (or failed to); take it, then the rest."""
@@ -860,8 +868,9 @@ class Daemon(threaded.Daemon):
         goodbyes = loop.run_in_executor(None, self._withdraw)
         deadline = loop.time() + SHUTDOWN_GRACE
         pending = set(self._calls) | set(self._background)
-        if self._workers is not None and self._workers.running:
-            pending.add(self._workers.all_done())
+        for pool in (self._workers, self._inflaters):
+            if pool is not None and pool.running:
+                pending.add(pool.all_done())
         if pending:
             await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
         try:
@@ -874,8 +883,9 @@ class Daemon(threaded.Daemon):
         for conn in list(self._aio_connections):
             conn.close()
             self._dropped(conn)
-        if self._workers is not None:
-            self._workers.shutdown()
+        for pool in (self._workers, self._inflaters):
+            if pool is not None:
+                pool.shutdown()
         await loop.run_in_executor(None, super().close)
         if self._stopped is not None:
             self._stopped.set()
@@ -888,8 +898,9 @@ class Daemon(threaded.Daemon):
         if loop is not None and loop.is_running() and not self._closed:
             asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(SHUTDOWN_GRACE * 2)
             return
-        if self._workers is not None:
-            self._workers.shutdown()
+        for pool in (self._workers, self._inflaters):
+            if pool is not None:
+                pool.shutdown()
         super().close()
 
     def __repr__(self) -> str:

@@ -201,8 +201,8 @@ def test_a_bad_large_compressed_request_closes_its_connection_only(served: Any, 
 @pytest.mark.parametrize("served", [{"AIO_EXECUTOR_SIZE": 1}], indirect=True)
 def test_a_large_compressed_oneway_call_runs_although_its_client_left_while_it_waited(served: Any) -> None:
     """As a oneway call waiting for a thread (the threaded daemon and Pyro5 run it too): the client may close
-    right after sending it. Here it waits to be inflated, behind another client's call on the one thread
-    (its connection is not read meanwhile, so the daemon learns that the client left after it ran)."""
+    right after sending it. Here, inflated (on the daemon's inflating threads), it waits for the one worker
+    thread behind another client's call while the daemon learns that its client left."""
     uri, target, _ = served
     marshal = by_name("marshal")
     padding = "".join(random.Random(7).choices("abcdef", k=20_000))

@@ -11,6 +11,7 @@ reply is dropped by the session, never handed to another call.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -26,7 +27,7 @@ from ..client.recovery import NotDelivered, Rebind, Recovery, Step, connect_time
 from ..config import Settings, config as default_config
 from ..context import FRESH_ID, call_state, current_context, current_state, set_response_annotations
 from ..errors import CommunicationError, ConnectionClosedError
-from ..limits import RECONNECT_PAUSE, RECV_CHUNK
+from ..limits import INFLATE_THREADS, RECONNECT_PAUSE, RECV_CHUNK
 from ..resolve import watch_announcements
 from ..transport.sockets import notice_dead_peer, peer_closed_check, silent_peer_check  # (the threaded proxy's rules, one home)
 from ..uri import URI
@@ -333,12 +334,34 @@ def _never_silent(seconds: float) -> bool:
     return False
 
 
+_inflating: concurrent.futures.ThreadPoolExecutor | None = None  # the process's inflating threads (_inflater)
+
+
+def _inflater() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that inflate every aio proxy's large compressed replies (INFLATE_THREADS, made on first use):
+    not the loop's default executor, where the program's own code may wait for such a call's result
+    (`run_coroutine_threadsafe(...).result()`) and so hold the thread the reply needs."""
+    global _inflating
+    if _inflating is None:
+        _inflating = concurrent.futures.ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="meshrpc-aio-inflate")
+    return _inflating
+
+
+def _forget_inflater() -> None:
+    global _inflating
+    _inflating = None  # a forked child has none of the parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inflater)
+
+
 async def _inflated(conn: _Connection, frame: wire.Frame, max_size: int) -> wire.Frame:
     """A reply whose compressed payload the session left compressed (ClientSession(inflate_later=True)),
-    inflated on the loop's default executor: a large one would hold the caller's whole loop. A corrupt
-    or oversized payload breaks the connection, as it does when the session finds it (_pump)."""
+    inflated on the inflating threads (_inflater): a large one would hold the caller's whole loop. A
+    corrupt or oversized payload breaks the connection, as it does when the session finds it (_pump)."""
     try:
-        return await asyncio.get_running_loop().run_in_executor(None, wire.inflate, frame, max_size)
+        return await asyncio.get_running_loop().run_in_executor(_inflater(), wire.inflate, frame, max_size)
     except (errors.ProtocolError, errors.MessageTooLargeError) as exc:
         log.warning("closing the connection to %s: %s", conn.target, exc)
         conn._fail(exc)

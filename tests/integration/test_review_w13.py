@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import concurrent.futures
 import zlib
 from typing import Any
 
 import pytest
 from support import LoopThread
+from test_aio_inflate import compressing_daemon  # noqa: F401 - a fixture: a threaded daemon compressing its replies
 
 import meshrpc
 import meshrpc.aio
@@ -70,3 +72,24 @@ def test_a_large_compressed_request_for_an_async_method_needs_no_worker_thread(a
     with meshrpc.Proxy(uri) as proxy:
         assert proxy.relay(TEXT) == len(TEXT)
     assert relay.kept == [len(TEXT)]
+
+
+def test_a_large_compressed_reply_does_not_need_the_loops_default_executor(compressing_daemon: Any) -> None:
+    """The aio proxy inflated a large compressed reply on the loop's default executor (6f2e7c5): plain code
+    run there that waits for such a call (`run_coroutine_threadsafe(...).result()`, the usual bridge from
+    an executor job back to the loop) held the thread its own reply needed: with every thread of that
+    executor doing so (here its one), a deadlock."""
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        settings = meshrpc.config.copy(SERIALIZER="marshal")  # (bytes in the payload, not out of band)
+        async with meshrpc.aio.Proxy(compressing_daemon, settings=settings) as proxy:
+            await proxy._pyroBind()
+
+            def bridge() -> bytes:  # plain code on the default executor, calling through the loop
+                return asyncio.run_coroutine_threadsafe(proxy.zeros(2_000_000), loop).result(5)
+
+            return await loop.run_in_executor(None, bridge)
+
+    assert asyncio.run(main()) == bytes(2_000_000)

@@ -97,9 +97,10 @@ def add_realm_option(p: argparse.ArgumentParser) -> None:
                    help=f"mesh realm (default: MESHRPC_REALM, now {config.REALM!r})")
 
 
-def add_lan_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lan", action="store_true",
-                   help="listen on every network interface (as MESHRPC_HOST=0.0.0.0), not only this machine's")
+def add_lan_option(p: argparse.ArgumentParser,
+                   text: str = "listen on every network interface (as MESHRPC_HOST=0.0.0.0), not only this "
+                               "machine's") -> None:
+    p.add_argument("--lan", action="store_true", help=text)
 
 
 def settings_for(realm: str | None, lan: bool = False) -> Settings:

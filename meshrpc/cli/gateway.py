@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import config
 from .output import Output
-from .common import seconds
+from .common import add_lan_option, seconds, settings_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait for a service's reply (default %(default)s)")
     p.add_argument("--realm", action="append", default=[],
                    help=f"mesh realm to show and call (repeatable; default: MESHRPC_REALM, now {config.REALM!r})")
+    add_lan_option(p, "the mesh on every network interface (as MESHRPC_HOST=0.0.0.0): show and call the LAN's "
+                      "services (HTTP stays on --host)")
     p.add_argument("--tls-cert", default="", help="PEM certificate: serve HTTPS")
     p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
     p.add_argument("--json", action="store_true", help='print {"url": ...} as JSON once listening')
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     context = tls_context(args.tls_cert, args.tls_key)
     check_bind(args.host, key, context is not None)          # before anything starts
     quiet_foreign_records(args)
-    settings = config.copy(GATEWAY_CALL_TIMEOUT=args.timeout)
+    settings = settings_for(None, args.lan).copy(GATEWAY_CALL_TIMEOUT=args.timeout)
     gateway = Gateway(settings, realms=args.realm, expose=args.expose, key=key, cors=args.cors)
     return asyncio.run(_serve(gateway, args, context, out))
 

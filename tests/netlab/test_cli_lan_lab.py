@@ -1,7 +1,8 @@
 """`meshrpc browse --lan` between two hosts of the network lab (tools/netlab.py): only inside lab
 namespaces may discovery listen beyond loopback. Host A serves `meshrpc echo` on 0.0.0.0; on host B,
 `browse --lan` sees it at A's address, and a plain `browse` (loopback only) does not, with a hint; the
-same for `lookup` and `call` by name (a failed lookup names --lan)."""
+same for `lookup` and `call` by name (a failed lookup names --lan), and `gateway --lan` (HTTP on B's
+loopback) shows and calls it."""
 
 from __future__ import annotations
 
@@ -48,5 +49,30 @@ def test_browse_lan_sees_another_host() -> None:
         unheard = browser.run([*cli, "call", "PYRONAME:lan.echo", "echo", "x", "--timeout", "1"], env=env,
                               capture_output=True, text=True, timeout=60)
         assert unheard.returncode == 1 and "--lan" in unheard.stderr, unheard
+        # the gateway: HTTP on B's loopback, the mesh of the LAN behind it
+        gateway = browser.popen([*cli, "gateway", "--lan", "--port", "0", "--expose", r"lan\.", "--json"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert gateway.stdout is not None
+            url = json.loads(gateway.stdout.readline())["url"].rstrip("/")
+            fetch = ("import json, sys, time, urllib.request\n"
+                     "deadline = time.monotonic() + 20\n"
+                     "while True:\n"
+                     "    mesh = json.load(urllib.request.urlopen(sys.argv[1] + '/mesh', timeout=5))\n"
+                     "    hosts = {e['name']: e['host'] for e in mesh['entries']}\n"
+                     "    if 'lan.echo' in hosts or time.monotonic() > deadline: break\n"
+                     "    time.sleep(0.2)\n"
+                     "print(json.dumps(hosts))\n"
+                     "try:\n"
+                     "    print(urllib.request.urlopen(sys.argv[1] + '/pyro/lan.echo/echo?message=hi', timeout=10).read().decode())\n"
+                     "except urllib.error.HTTPError as e:\n"
+                     "    print(e.read().decode())\n")
+            seen = browser.run([sys.executable, "-c", fetch, url], env=env, capture_output=True, text=True, timeout=60)
+            assert seen.returncode == 0, seen
+            hosts, reply = seen.stdout.splitlines()
+            assert json.loads(hosts).get("lan.echo") == server.address and json.loads(reply) == "hi", seen
+        finally:
+            gateway.terminate()
+            gateway.wait(15)
         echo.terminate()
         echo.wait(15)

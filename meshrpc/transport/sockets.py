@@ -22,9 +22,12 @@ from .spin import SpinGate, others_waiting, single_core, waiters
 log = logging.getLogger("meshrpc.transport")
 
 _TCP_ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's TCP_INFO
-# Linux's TCP_INFO up to tcpi_notsent_bytes (Linux 4.6): tcpi_unacked (segments sent, not acknowledged) at
-# byte 24, tcpi_last_ack_recv (ms since the peer's last acknowledgement) at 56, tcpi_notsent_bytes at 144
-_TCP_ACKS = struct.Struct("=24xI28xI84xI")
+# Linux's TCP_INFO up to tcpi_notsent_bytes (Linux 4.6): tcpi_probes (window probes unanswered) at byte 3,
+# tcpi_snd_mss at 16, tcpi_unacked (segments sent, not acknowledged) at 24, tcpi_last_ack_recv (ms since
+# the peer's last acknowledgement) at 56, tcpi_notsent_bytes at 144; and up to tcpi_snd_wnd (Linux 5.4:
+# the window the peer advertises) at 228
+_TCP_ACKS = struct.Struct("=3xB12xI4xI28xI84xI")
+_TCP_WINDOW = struct.Struct("=228xI")
 
 
 def is_ipv6(host: str) -> bool:
@@ -178,16 +181,23 @@ def silent_peer_check(sock: Any) -> Callable[[float], bool]:
     learns it from its timeout. Plain TCP on Linux (TCP_INFO); elsewhere never silent.
 
     Asked before every oneway send, so the last check that found everything acknowledged is older than
-    all that waits now: the wait is counted from it. An error while asking counts as silent."""
+    all that waits now: the wait is counted from it. An error while asking counts as silent.
+
+    Not silent: a peer that advertises a closed window (a daemon that reads its client no further while
+    it runs what came: docs/servers.md) and answers the window probes. Their spacing doubles (0.2, 0.4,
+    0.8 s ...), so the quiet between two of them soon outlasts a short timeout; the calls wait for the
+    daemon on this connection, in order. Two probes unanswered in a row: silent (kernels before 5.4 do
+    not say the window: there the quiet counts)."""
     if not (hasattr(socket, "TCP_INFO") and not hasattr(sock, "pending")
             and sock.family in (socket.AF_INET, socket.AF_INET6)):
         return lambda seconds: False
-    tcp_info = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_ACKS.size)
+    tcp_info = functools.partial(sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_WINDOW.size)
     acked_at = [time.monotonic()]  # when a check last found nothing waiting for an acknowledgement
 
     def silent(seconds: float) -> bool:
         try:
-            unacked, last_ack_ms, unsent = _TCP_ACKS.unpack(tcp_info())
+            info = tcp_info()
+            probes, mss, unacked, last_ack_ms, unsent = _TCP_ACKS.unpack_from(info)
         except (OSError, struct.error):
             return True
         now = time.monotonic()
@@ -195,7 +205,11 @@ def silent_peer_check(sock: Any) -> Callable[[float], bool]:
         if not unacked and not unsent:
             acked_at[0] = now
             return False
-        return now - acked_at[0] > seconds and last_ack_ms > seconds * 1000
+        if now - acked_at[0] <= seconds or last_ack_ms <= seconds * 1000:
+            return False
+        if unacked or probes >= 2 or len(info) < _TCP_WINDOW.size:
+            return True
+        return _TCP_WINDOW.unpack_from(info)[0] >= mss  # (smaller: the peer's window holds the data back)
     return silent
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 import concurrent.futures
 import zlib
 from typing import Any
@@ -93,3 +95,82 @@ def test_a_large_compressed_reply_does_not_need_the_loops_default_executor(compr
             return await loop.run_in_executor(None, bridge)
 
     assert asyncio.run(main()) == bytes(2_000_000)
+
+
+# ---------------------------------------------------------------- oneway calls with a timeout: silent_peer_check
+
+@meshrpc.expose
+class Backlog:
+    """A daemon that is slow for a while: its oneway calls wait for the test."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.peers: set[Any] = set()
+        self.go = threading.Event()
+        self.counted = threading.Condition()
+
+    @meshrpc.oneway
+    def note(self, number: int, padding: str) -> None:
+        with self.counted:
+            self.seen.append(number)
+            self.counted.notify_all()
+        self.peers.add(meshrpc.current_context.client.sock.getpeername())
+        self.go.wait(10)
+
+    def ran(self, count: int) -> bool:
+        """Whether `count` calls ran within 20 s."""
+        with self.counted:
+            return self.counted.wait_for(lambda: len(self.seen) >= count, 20)
+
+
+@pytest.mark.parametrize("driver", ["threaded", "aio"])
+def test_oneway_calls_into_a_slow_daemons_closed_window_keep_their_connection_and_order(driver: str) -> None:
+    """A daemon that runs a client's oneway calls more slowly than they come stops reading that client
+    (docs/servers.md); its kernel then advertises a zero window and answers the sender's window probes,
+    whose spacing doubles (0.2, 0.4, 0.8 s ...). silent_peer_check (391dfec) took the quiet between two
+    probes for a silent peer: the next oneway call went on a new connection and overtook the ones still
+    queued on the old (docs: oneway calls run in the order sent). The daemon is slow here for 1.5 s,
+    five times the proxy's timeout; the calls fill its window first, then trickle."""
+    settings = meshrpc.config.copy(ONEWAY_THREADED=False)  # one after the other, on the connection's worker
+    daemon = meshrpc.Daemon(host=HOST, settings=settings)
+    backlog = Backlog()
+    uri = daemon.register(backlog, "backlog")
+    thread = threading.Thread(target=daemon.requestLoop, daemon=True)
+    thread.start()
+    slow = threading.Timer(1.5, backlog.go.set)  # the daemon's slow spell
+
+    def padding(number: int) -> str:
+        return "x" * 20_000 if number < 15 else ""  # ~300 KB: the daemon's receive window is closed after them
+
+    sent = 0
+    try:
+        if driver == "threaded":
+            with meshrpc.Proxy(uri) as proxy:
+                proxy._pyroTimeout = 0.3
+                slow.start()
+                while not backlog.go.is_set():
+                    proxy.note(sent, padding(sent))
+                    sent += 1
+                    backlog.go.wait(0.02)  # (a caller's pace)
+                assert backlog.ran(sent), f"{len(backlog.seen)} of {sent} oneway calls ran"
+        else:
+            async def main() -> int:
+                count = 0
+                async with meshrpc.aio.Proxy(uri) as proxy:
+                    proxy._pyroTimeout = 0.3
+                    await proxy._pyroBind()
+                    slow.start()
+                    while not backlog.go.is_set():
+                        await proxy.note(count, padding(count))
+                        count += 1
+                        await asyncio.sleep(0.02)
+                    assert await asyncio.to_thread(backlog.ran, count), f"{len(backlog.seen)} of {count} ran"
+                return count
+            sent = asyncio.run(main())
+    finally:
+        slow.cancel()
+        backlog.go.set()
+        daemon.shutdown()
+        thread.join(10)
+        daemon.close()
+    assert backlog.seen == list(range(sent)) and len(backlog.peers) == 1, (len(backlog.peers), sent)

@@ -4,6 +4,7 @@ kernel's TCP state, which keeps the GIL; elsewhere poll)."""
 from __future__ import annotations
 
 import socket
+import sys
 import time
 
 import pytest
@@ -37,3 +38,36 @@ def test_peer_closed_sees_the_peer_close_an_idle_connection(kind: str) -> None:
     finally:
         client.close()
         server.close()
+
+
+class _Info:
+    """A socket whose TCP_INFO says what a test wants (silent_peer_check reads nothing else)."""
+
+    family = socket.AF_INET
+
+    def __init__(self, *, probes: int = 0, mss: int = 1448, unacked: int = 0, last_ack_ms: int = 0, unsent: int = 0,
+                 window: int | None = 65536) -> None:
+        info = bytearray(232 if window is not None else 160)
+        info[3] = probes
+        for offset, value in ((16, mss), (24, unacked), (56, last_ack_ms), (144, unsent), (228, window)):
+            if value is not None:
+                info[offset:offset + 4] = value.to_bytes(4, sys.byteorder)
+        self.info = bytes(info)
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        return self.info[:size]
+
+
+@pytest.mark.parametrize("info, silent", [
+    (dict(unacked=2), True),                                  # sent, and nothing acknowledged meanwhile
+    (dict(unsent=500), True),                                 # this side cannot send (its address is gone)
+    (dict(unsent=500, window=0), False),                      # the peer's window is closed: it answers probes
+    (dict(unsent=500, window=0, probes=2), True),             # ... two of them in a row unanswered: gone
+    (dict(unsent=500, window=0, last_ack_ms=0), False),       # acknowledged just now
+    (dict(unsent=500, window=None), True),                    # before Linux 5.4 (no window said): the quiet counts
+])
+def test_silent_peer_check_takes_a_closed_window_for_a_slow_peer_not_a_silent_one(info: dict, silent: bool) -> None:
+    """The rules of transport.sockets.silent_peer_check on TCP_INFO as Linux gives it (a stale wait: the
+    timeout 0 has passed since the check was made; the last acknowledgement 5 s ago unless said)."""
+    check = sockets.silent_peer_check(_Info(**{"last_ack_ms": 5000, **info}))
+    assert check(0.0) is silent

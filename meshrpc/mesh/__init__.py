@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .publisher import MeshPublisher
 
 __all__ = ["ADDED", "REMOVED", "UPDATED", "Entry", "Heartbeat", "MeshPublisher", "Registry",
-           "get_registry", "reset_for_tests"]
+           "get_registry", "reset_for_tests", "use_zeroconf"]
 
 _registries: dict[str | tuple[str, str], Registry] = {}
 _registries_lock = threading.Lock()
@@ -49,6 +49,15 @@ def get_registry(settings: Settings | None = None) -> Registry:
         if registry is None:
             registry = _registries[slot] = Registry(settings)
         return registry
+
+
+def use_zeroconf(instance: Any) -> None:
+    """Run the process's mesh on the host program's Zeroconf (a `zeroconf.Zeroconf` or an
+    `AsyncZeroconf`, e.g. Home Assistant's shared instance) instead of one of its own; None: its own
+    again. Before the mesh's first publish or lookup (else ConfigError). The mesh never changes that
+    instance's interfaces and never closes it: docs/mesh.md, "Sharing the host program's Zeroconf"."""
+    from .discovery import use_zeroconf as adopt
+    adopt(instance)
 
 
 def reset_for_tests() -> None:

@@ -13,6 +13,9 @@ questions answered by unicast, oneshot.py), the
 Threading rule from zeroconf: its sync API must not be called from its loop thread. Nothing here
 blocks on the loop; calls made *on* the loop thread (e.g. from an asyncio-based user) are scheduled
 instead of awaited.
+
+The instance may also be the host program's (`use_zeroconf`, docs/mesh.md): then it is used as it
+is, never reconfigured or closed, and closing withdraws only what this process published on it.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from zeroconf import (
 )
 
 from ..config import Settings
-from ..errors import NamingError
+from ..errors import ConfigError, NamingError
 from ..limits import (MESH_INDEX_TTL, MESH_ONE_SHOT_LISTEN, MESH_ONE_SHOT_RCVBUF, MESH_QUESTIONS_BYTES,
                       MESH_TXT_FIRST_QUERY, MESH_TXT_QUERY_ROUNDS)
 from ..wire.constants import (DNS_CLASS_IN, DNS_CLASS_IN_UNIQUE, DNS_FLAGS_QUERY, DNS_FLAGS_RESPONSE_AA, DNS_TYPE_PTR,
@@ -143,10 +146,12 @@ class _Listener(RecordUpdateListener):
 class Discovery:
     """Process-wide: use get_discovery(). `settings` gives the process-wide limits."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, zeroconf: Zeroconf | None = None) -> None:
         self.settings = settings.copy()
         self._lock = threading.Lock()
         self._zc: Zeroconf | None = None
+        self._adopted = zeroconf  # the host program's instance (use_zeroconf): used, never reconfigured or closed
+        self._registered: dict[str, ServiceInfo] = {}  # what this process registered (withdrawn from an adopted one)
         self._interfaces: list[str] = []
         self._needs: dict[int, Callable[[], list[str]]] = {}
         self._registries: list[Registry] = []
@@ -174,6 +179,15 @@ class Discovery:
     def has_registries(self) -> bool:
         return bool(self._registries)
 
+    def adopt(self, zeroconf: Zeroconf | None) -> None:
+        """Use the host program's Zeroconf instead of starting one (None: start one of its own), before
+        the mesh started."""
+        with self._lock:
+            if self._zc is not None and self._zc is not zeroconf:
+                raise ConfigError("the mesh already runs on a Zeroconf instance of its own: call "
+                                  "meshrpc.mesh.use_zeroconf() before the first publish or lookup of the process")
+            self._adopted = zeroconf
+
     # ------------------------------------------------------------ the Zeroconf instance
 
     def zeroconf(self, owner: object, interfaces: Callable[[], list[str]]) -> Zeroconf:
@@ -184,14 +198,21 @@ class Discovery:
             self._needs[id(owner)] = interfaces
             wanted = self._wanted_interfaces()
             if self._zc is None:
-                log.debug("mesh: starting zeroconf on %s", wanted)
-                try:
-                    # a list, never InterfaceChoice.All; on a thread of its own even when created from a running
-                    # asyncio loop: sync and asyncio users of the process share it, whatever loop comes and goes
-                    self._zc = Zeroconf(interfaces=wanted, use_asyncio=False)
-                except Exception as exc:
-                    del self._needs[id(owner)]
-                    raise NamingError(f"cannot start mDNS on interfaces {wanted}: {exc}") from exc
+                if self._adopted is not None:
+                    if self._adopted.done:
+                        del self._needs[id(owner)]
+                        raise NamingError("the Zeroconf instance given to meshrpc.mesh.use_zeroconf() was closed")
+                    log.debug("mesh: using the program's zeroconf (its interfaces; ours would be %s)", wanted)
+                    self._zc = self._adopted
+                else:
+                    log.debug("mesh: starting zeroconf on %s", wanted)
+                    try:
+                        # a list, never InterfaceChoice.All; on a thread of its own even when created from a running
+                        # asyncio loop: sync and asyncio users of the process share it, whatever loop comes and goes
+                        self._zc = Zeroconf(interfaces=wanted, use_asyncio=False)
+                    except Exception as exc:
+                        del self._needs[id(owner)]
+                        raise NamingError(f"cannot start mDNS on interfaces {wanted}: {exc}") from exc
                 self._interfaces = wanted
                 self._zc.add_listener(self._listener, None)
                 self._worker = threading.Thread(target=self._run, name="meshrpc-mesh", daemon=True)
@@ -216,11 +237,13 @@ class Discovery:
         return list(wanted) or list(net.LOOPBACK)
 
     def _set_interfaces(self, wanted: list[str]) -> None:
-        """Lock held. zeroconf re-announces our services on interfaces that appeared."""
+        """Lock held. zeroconf re-announces our services on interfaces that appeared (not on the host
+        program's instance: its interfaces are its owner's)."""
         assert self._zc is not None
         log.info("mesh: interfaces %s -> %s", self._interfaces, wanted)
         self._interfaces = wanted
-        self._schedule(self._zc.async_update_interfaces(wanted), wait=None)
+        if self._zc is not self._adopted:
+            self._schedule(self._zc.async_update_interfaces(wanted), wait=None)
 
     # ------------------------------------------------------------ publishing (used by MeshPublisher)
 
@@ -228,12 +251,14 @@ class Discovery:
         # cooperating_responders: instance labels are unique by construction, so no 1.6 s probing
         async def run(zc: Zeroconf) -> None:
             with self._publishing(info):
+                self._registered[info.key] = info
                 self._announcing(info, await zc.async_register_service(info, cooperating_responders=True))
         self._schedule(run(self._require_zc()), wait=timeout)
 
     def update(self, info: ServiceInfo, timeout: float | None) -> None:
         async def run(zc: Zeroconf) -> None:
             with self._publishing(info):
+                self._registered[info.key] = info
                 self._announcing(info, await zc.async_update_service(info))
         self._schedule(run(self._require_zc()), wait=timeout)
 
@@ -278,6 +303,8 @@ class Discovery:
                 if train is not None:
                     train.cancel()
             _drop_queued_answers(zc, {info.key for info in infos})
+            for info in infos:
+                self._registered.pop(info.key, None)
             broadcasts = [await zc.async_unregister_service(info) for info in infos]
             await asyncio.gather(*broadcasts)
         if infos and self._zc is not None and not self.closed:
@@ -617,14 +644,19 @@ class Discovery:
 
     def _seed_from_cache(self, zc: Zeroconf) -> None:
         """Records heard before we browsed (zeroconf caches everything) count with their age."""
-        async def collect() -> None:
+        def collect() -> None:
             for name in zc.cache.names():
                 if name.endswith(_SUFFIX):
                     for record in zc.cache.async_entries_with_name(name):
                         if record.type == DNS_TYPE_TXT and not record.is_expired(current_time_millis()):
                             self.enqueue_record(record)
-        if not self._on_loop():
-            self._schedule(collect(), wait=self.settings.MESH_PUBLISH_TIMEOUT)
+
+        async def on_loop() -> None:
+            collect()
+        if self._on_loop():
+            collect()  # (only a host program's instance runs on a loop a registry may start from)
+        else:
+            self._schedule(on_loop(), wait=self.settings.MESH_PUBLISH_TIMEOUT)
 
     # ------------------------------------------------------------ the worker thread
 
@@ -730,7 +762,8 @@ class Discovery:
             zc = self._zc
             publishers, registries = list(self._publishers), list(self._registries)
         try:
-            self._schedule(zc.async_update_interfaces(wanted), wait=self.settings.MESH_PUBLISH_TIMEOUT)
+            if zc is not self._adopted:  # (the host program's instance keeps its owner's interfaces)
+                self._schedule(zc.async_update_interfaces(wanted), wait=self.settings.MESH_PUBLISH_TIMEOUT)
         except Exception:  # keep the worker alive; the next check tries again
             log.exception("mesh: could not move mDNS to interfaces %s", wanted)
             with self._lock:
@@ -755,6 +788,8 @@ class Discovery:
         zc = self._zc
         if zc is None or self.closed:
             raise NamingError("mesh discovery is not running")
+        if zc is self._adopted and zc.done:
+            raise NamingError("the Zeroconf instance given to meshrpc.mesh.use_zeroconf() was closed")
         return zc
 
     def _on_loop(self) -> bool:
@@ -768,6 +803,32 @@ class Discovery:
         zc = self._zc
         if zc is not None and zc.loop is not None and not zc.loop.is_closed():
             zc.loop.call_soon_threadsafe(func)
+
+    def _leave(self, zc: Zeroconf, beats: list[_Beat]) -> None:
+        """Closing on the host program's instance: withdraw what this process put there (services with
+        goodbyes, index pages), stop listening, and leave the instance running."""
+        if zc.done or zc.loop is None or zc.loop.is_closed():
+            return                            # its owner closed it: nothing of ours is left there
+        infos = list(self._registered.values())
+        self._registered.clear()
+
+        async def withdraw() -> None:
+            for beat in beats:
+                self._drop_index(zc, beat)
+            zc.async_remove_listener(self._listener)
+            _drop_queued_answers(zc, {info.key for info in infos})
+            broadcasts = []
+            for info in infos:
+                train = self._trains.pop(info.key, None)
+                if train is not None:
+                    train.cancel()
+                if zc.registry.async_get_info_name(info.key) is not None:
+                    broadcasts.append(await zc.async_unregister_service(info))
+            await asyncio.gather(*broadcasts)
+        try:
+            self._schedule(withdraw(), wait=self.settings.MESH_GOODBYE_TIMEOUT)
+        except NamingError as exc:
+            log.warning("mesh: withdrawing from the program's zeroconf failed: %s", exc)
 
     def _schedule(self, coro: Coroutine[Any, Any, Any], wait: float | None) -> None:
         """Run coro on zeroconf's loop; wait up to `wait` seconds for it unless on the loop or None."""
@@ -805,7 +866,9 @@ class Discovery:
             asker, self._asker = self._asker, None
             if asker is not None:
                 self._call_on_loop(asker.close)
-            if not self._on_loop():
+            if zc is self._adopted:
+                self._leave(zc, beats)
+            elif not self._on_loop():
                 zc.remove_listener(self._listener)
                 zc.close()                    # sends goodbyes for every registered service
         try:
@@ -837,6 +900,7 @@ def _log_failure(future: concurrent.futures.Future[Any]) -> None:
 
 _instance: Discovery | None = None
 _instance_lock = threading.Lock()
+_adopted: Zeroconf | None = None  # use_zeroconf(): the host program's instance, for every discovery from now on
 
 
 def get_discovery(settings: Settings | None = None) -> Discovery:
@@ -847,8 +911,23 @@ def get_discovery(settings: Settings | None = None) -> Discovery:
             if settings is None:
                 from ..config import config as default_settings  # the current process default
                 settings = default_settings
-            _instance = Discovery(settings)
+            _instance = Discovery(settings, _adopted)
         return _instance
+
+
+def use_zeroconf(instance: Any) -> None:
+    """The process's mesh uses `instance` (the host program's `Zeroconf` or `AsyncZeroconf`) from now
+    on, instead of a Zeroconf of its own; None: its own again. ConfigError once the mesh runs on
+    another instance (call it before the first publish or lookup). docs/mesh.md."""
+    global _adopted
+    zc = getattr(instance, "zeroconf", instance)  # an AsyncZeroconf holds its Zeroconf
+    if zc is not None and not isinstance(zc, Zeroconf):
+        raise ConfigError(f"use_zeroconf() takes a zeroconf.Zeroconf or zeroconf.asyncio.AsyncZeroconf, "
+                          f"not {type(instance).__name__}")
+    with _instance_lock:
+        if _instance is not None and not _instance.closed:
+            _instance.adopt(zc)
+        _adopted = zc
 
 
 def reset() -> None:

@@ -62,7 +62,7 @@ class Settings:
         "Payloads smaller than this many bytes are never compressed."))
     MAX_MESSAGE_SIZE: int = field(default=1024 ** 3, metadata=_doc(
         "Largest message (annotations plus payload, in bytes) sent or accepted; checked before "
-        "anything is allocated."))
+        "anything is allocated. A compressed payload counts at its inflated size."))
     PROTOCOL_ANNOTATIONS_MAX: int = field(default=64, metadata=_doc(
         "Largest number of annotations accepted in one message."))
     SERPENT_BINARY: bool = field(default=True, metadata=_doc(

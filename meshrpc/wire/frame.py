@@ -177,6 +177,10 @@ def encode_parts(frame: Frame, *, compress_min: int = -1, max_size: int = 0) -> 
     payload = frame.payload
     flags = frame.flags
     if 0 <= compress_min <= len(payload) and not flags & FLAG_COMPRESSED:
+        if max_size and len(payload) > max_size:  # (a receiver's limit holds for the payload it inflates)
+            raise MessageTooLargeError(f"message of {len(payload)} bytes before compression exceeds MAX_MESSAGE_SIZE "
+                                       f"({max_size}), which a meshrpc peer applies to the inflated payload; send "
+                                       "less or raise the limit on both sides")
         packed = zlib.compress(payload)
         if len(packed) < len(payload):
             payload, flags = packed, flags | FLAG_COMPRESSED

@@ -174,3 +174,51 @@ def test_oneway_calls_into_a_slow_daemons_closed_window_keep_their_connection_an
         thread.join(10)
         daemon.close()
     assert backlog.seen == list(range(sent)) and len(backlog.peers) == 1, (len(backlog.peers), sent)
+
+
+# ---------------------------------------------------------------- MAX_MESSAGE_SIZE and compression
+
+@meshrpc.expose
+class Sizes:
+    def length(self, text: str) -> int:
+        return len(text)
+
+    def text(self, size: int) -> str:
+        return "a" * size
+
+
+@pytest.mark.parametrize("driver", ["threaded", "aio"])
+def test_a_message_that_fits_max_message_size_only_compressed_is_refused_by_its_sender(driver: str) -> None:
+    """A meshrpc peer limits the payload it inflates to MAX_MESSAGE_SIZE, and the sender checked only the
+    compressed size: a call whose arguments fit only compressed reached the daemon, which closed the
+    connection, and the caller got ReplyLostError ('it may have run': it did not); a result that fit only
+    compressed broke the connection likewise. Now the sender refuses it as it refuses any message over
+    the limit: the call raises MessageTooLargeError, the result comes as that error, and the connection
+    stays."""
+    settings = meshrpc.config.copy(COMPRESSION=True, MAX_MESSAGE_SIZE=1_000_000)
+    loop = LoopThread()
+    daemon = loop.call(lambda: meshrpc.aio.Daemon(host=HOST, settings=settings))
+    uri = loop.call(lambda: daemon.register(Sizes(), "sizes"))
+    serving = asyncio.run_coroutine_threadsafe(daemon.serve_forever(), loop.loop)
+    big = 2_000_000  # compresses to ~2 KB
+    try:
+        if driver == "threaded":
+            with meshrpc.Proxy(uri, settings=settings) as proxy:
+                with pytest.raises(meshrpc.errors.MessageTooLargeError, match="before compression"):
+                    proxy.length("a" * big)
+                with pytest.raises(meshrpc.errors.MessageTooLargeError, match="could not send its reply"):
+                    proxy.text(big)
+                assert proxy.text(10) == "a" * 10
+        else:
+            async def main() -> None:
+                async with meshrpc.aio.Proxy(uri, settings=settings) as proxy:
+                    with pytest.raises(meshrpc.errors.MessageTooLargeError, match="before compression"):
+                        await proxy.length("a" * big)
+                    with pytest.raises(meshrpc.errors.MessageTooLargeError, match="could not send its reply"):
+                        await proxy.text(big)
+                    assert await proxy.text(10) == "a" * 10
+            asyncio.run(main())
+    finally:
+        daemon.shutdown()
+        serving.result(20)
+        loop.close()

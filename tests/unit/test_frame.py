@@ -330,8 +330,12 @@ def test_encode_rejects_oversized_message():
     assert encode(Frame(F.MSG_RESULT, 1, 1, b"x" * 100), max_size=100)
 
 
-def test_encode_size_limit_applies_after_compression():
-    assert encode(Frame(F.MSG_RESULT, 1, 1, b"x" * 10_000), compress_min=0, max_size=1000)
+def test_encode_size_limit_applies_to_the_payload_before_compression():
+    """As the receiver applies it (decompress: MAX_MESSAGE_SIZE bounds the inflated payload): a message
+    that fits only compressed would reach a meshrpc peer and be refused there, closing the connection."""
+    with pytest.raises(MessageTooLargeError, match="before compression"):
+        encode(Frame(F.MSG_RESULT, 1, 1, b"x" * 10_000), compress_min=0, max_size=1000)
+    assert encode(Frame(F.MSG_RESULT, 1, 1, b"x" * 1000), compress_min=0, max_size=1000)
 
 
 def test_oversized_declared_size_rejected_before_the_body_is_buffered():

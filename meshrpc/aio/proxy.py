@@ -343,7 +343,7 @@ def _inflater() -> concurrent.futures.ThreadPoolExecutor:
     (`run_coroutine_threadsafe(...).result()`) and so hold the thread the reply needs."""
     global _inflating
     if _inflating is None:
-        _inflating = concurrent.futures.ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="meshrpc-aio-inflate")
+        _inflating = concurrent.futures.ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="meshrpc-aio-proxy-inflate")
     return _inflating
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-import time
 import concurrent.futures
 import zlib
 from typing import Any
 
 import pytest
-from support import LoopThread
+from support import LoopThread, wait_until
 from test_aio_inflate import compressing_daemon  # noqa: F401 - a fixture: a threaded daemon compressing its replies
 
 import meshrpc
@@ -219,6 +218,119 @@ def test_a_message_that_fits_max_message_size_only_compressed_is_refused_by_its_
                     assert await proxy.text(10) == "a" * 10
             asyncio.run(main())
     finally:
+        daemon.shutdown()
+        serving.result(20)
+        loop.close()
+
+
+# ---------------------------------------------------------------- settled without a fix (kept: cheap)
+
+@meshrpc.expose
+class Echoes:
+    def big(self, number: int) -> str:
+        return TEXT + str(number)
+
+
+def test_a_call_cancelled_while_its_compressed_reply_is_inflated_leaves_the_others_their_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aio proxy inflates a large compressed reply off the loop after the session matched it to its
+    call: a call cancelled meanwhile drops it, and pipelined calls whose large compressed replies come
+    back to back (an aio daemon with COMPRESSION pipelines) each get their own."""
+    from meshrpc.wire import frame as wire_frame
+    inflate = wire_frame.inflate
+    inflating, go = threading.Event(), threading.Event()
+
+    def held_once(frame: Any, max_size: int) -> Any:
+        if threading.current_thread().name.startswith("meshrpc-aio-proxy-inflate") and not inflating.is_set():
+            inflating.set()
+            go.wait(10)
+        return inflate(frame, max_size)
+
+    loop = LoopThread()
+    daemon = loop.call(lambda: meshrpc.aio.Daemon(host=HOST, settings=meshrpc.config.copy(COMPRESSION=True)))
+    uri = loop.call(lambda: daemon.register(Echoes(), "echoes"))
+    serving = asyncio.run_coroutine_threadsafe(daemon.serve_forever(), loop.loop)
+
+    async def main() -> None:
+        async with meshrpc.aio.Proxy(uri) as proxy:
+            await proxy._pyroBind()
+            monkeypatch.setattr(wire_frame, "inflate", held_once)
+            cancelled = asyncio.ensure_future(proxy.big(-1))
+            assert await asyncio.to_thread(inflating.wait, 10)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            go.set()
+            assert await asyncio.gather(*(proxy.big(n) for n in range(12))) == [TEXT + str(n) for n in range(12)]
+            assert await proxy.big(99) == TEXT + "99"
+
+    try:
+        asyncio.run(main())
+    finally:
+        go.set()
+        daemon.shutdown()
+        serving.result(20)
+        loop.close()
+
+
+@meshrpc.expose
+class Notes:
+    def __init__(self) -> None:
+        self.noted = threading.Event()
+
+    def note(self, text: str) -> None:
+        self.noted.set()
+
+
+@pytest.mark.parametrize("what", ["a oneway call, its client leaves", "a call, the daemon shuts down"])
+def test_an_inflate_in_progress_when_the_client_leaves_or_the_daemon_stops(what: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a large compressed request is being inflated (held here), its client leaves: the oneway call
+    runs and the connection goes; or the daemon shuts down gracefully: it waits for the inflate, then
+    takes the request as one that came too late (not run; a client without meshrpc's capabilities, as
+    Pyro5's, sees its connection closed, as a threaded daemon would do) and stops."""
+    import meshrpc.aio.daemon as aio_daemon
+    from meshrpc.wire import frame as wire
+    from meshrpc.wire.serializers import by_name
+    from test_aio_inflate import compressed_invoke, connected, read_frame
+
+    inflate = aio_daemon._inflate_off_loop
+    inflating, go = threading.Event(), threading.Event()
+
+    def held(*args: Any) -> Any:
+        inflating.set()
+        go.wait(10)
+        return inflate(*args)
+
+    monkeypatch.setattr(aio_daemon, "_inflate_off_loop", held)
+    loop = LoopThread()
+    notes = Notes()
+    daemon = loop.call(lambda: meshrpc.aio.Daemon(host=HOST))
+    uri = loop.call(lambda: daemon.register(notes, "target"))
+    serving = asyncio.run_coroutine_threadsafe(daemon.serve_forever(), loop.loop)
+    marshal = by_name("marshal")
+    oneway = what.startswith("a oneway")
+    client = connected(uri, marshal)
+    try:
+        client.sendall(compressed_invoke(marshal, zlib.compress(marshal.dumps_call("target", "note", (TEXT,), {})),
+                                         flags=wire.FLAG_ONEWAY if oneway else 0))
+        assert inflating.wait(10)
+        if oneway:
+            client.close()
+            go.set()
+            assert notes.noted.wait(10), "the oneway call did not run"
+            wait_until(lambda: not daemon._aio_connections, 10, message="the connection to go")
+        else:
+            daemon.shutdown()
+            wait_until(lambda: daemon._stopping, 10, message="the daemon to stop")
+            go.set()
+            with pytest.raises(ConnectionError):
+                read_frame(client)  # closed, not answered: the call did not run
+            serving.result(10)  # (no hang)
+            assert not notes.noted.is_set()
+    finally:
+        go.set()
+        client.close()
         daemon.shutdown()
         serving.result(20)
         loop.close()

@@ -21,6 +21,10 @@ IDLE_WORKER_EXIT = 60.0  # seconds an idle worker thread waits before it ends: r
 # keep-alive probes before a silent peer counts as gone (transport/sockets.py notice_dead_peer; the time they
 # take is the DEAD_PEER_TIMEOUT setting): six, so that one or two lost on a lossy link end nothing
 DEAD_PEER_PROBES = 6
+# a TCP receiver may hold its acknowledgement this long when it has nothing to send back (Linux's
+# TCP_DELACK_MAX, Windows' delayed ACK): silent_peer_check counts no quiet shorter than this as silence,
+# whatever the proxy's timeout (a oneway call gets no reply for its ACK to ride on)
+ACK_DELAY_MAX = 0.2
 
 # --- proxies and name lookups (client/, aio/, core.py, nameserver.py)
 RECONNECT_PAUSE = 2.0  # seconds between attempts of _pyroReconnect: Pyro5's pace, which its programs expect

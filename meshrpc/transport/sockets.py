@@ -14,7 +14,8 @@ import time
 from typing import Any, Callable
 
 from ..errors import CommunicationError, ConnectionClosedError, TimeoutError
-from ..limits import DEAD_PEER_PROBES, LOW_WATER, RECV_CHUNK, RECV_MAX  # (read sizes and the low-water mark: why, there)
+from ..limits import (ACK_DELAY_MAX, DEAD_PEER_PROBES, LOW_WATER, RECV_CHUNK,  # (read sizes and the low-water mark: why, there)
+                      RECV_MAX)
 from ..wire import frame as wire
 from ..wire.session import NEED_DATA, TAKE_EVENT
 from .spin import SpinGate, others_waiting, single_core, waiters
@@ -187,7 +188,8 @@ def silent_peer_check(sock: Any) -> Callable[[float], bool]:
     it runs what came: docs/servers.md) and answers the window probes. Their spacing doubles (0.2, 0.4,
     0.8 s ...), so the quiet between two of them soon outlasts a short timeout; the calls wait for the
     daemon on this connection, in order. Two probes unanswered in a row: silent (kernels before 5.4 do
-    not say the window: there the quiet counts)."""
+    not say the window: there the quiet counts). Nor is a quiet shorter than ACK_DELAY_MAX (a oneway
+    call's acknowledgement may wait that long at the peer), whatever `seconds` says."""
     if not (hasattr(socket, "TCP_INFO") and not hasattr(sock, "pending")
             and sock.family in (socket.AF_INET, socket.AF_INET6)):
         return lambda seconds: False
@@ -205,6 +207,8 @@ def silent_peer_check(sock: Any) -> Callable[[float], bool]:
         if not unacked and not unsent:
             acked_at[0] = now
             return False
+        if seconds < ACK_DELAY_MAX:  # the peer may delay its acknowledgement that long
+            seconds = ACK_DELAY_MAX
         if now - acked_at[0] <= seconds or last_ack_ms <= seconds * 1000:
             return False
         if unacked or probes >= 2 or len(info) < _TCP_WINDOW.size:

@@ -175,6 +175,46 @@ def test_oneway_calls_into_a_slow_daemons_closed_window_keep_their_connection_an
     assert backlog.seen == list(range(sent)) and len(backlog.peers) == 1, (len(backlog.peers), sent)
 
 
+@meshrpc.expose
+class Chatty:
+    def __init__(self) -> None:
+        self.peers: set[Any] = set()
+
+    def ping(self) -> int:
+        return 1
+
+    @meshrpc.oneway
+    def note(self) -> None:
+        self.peers.add(meshrpc.current_context.client.sock.getpeername())
+
+
+def test_a_oneway_call_after_another_within_the_peers_ack_delay_keeps_its_connection() -> None:
+    """A daemon's kernel may hold its acknowledgement of a oneway call (no reply to ride on) for its
+    delayed-ACK time (Linux: 40 ms and more, up to 200 ms). silent_peer_check (391dfec) took that for
+    silence when the proxy's timeout was shorter: with 20 ms, every oneway call 30 ms after another went
+    on a new connection (and could overtake it)."""
+    daemon = meshrpc.Daemon(host=HOST)
+    chatty = Chatty()
+    uri = daemon.register(chatty, "chatty")
+    thread = threading.Thread(target=daemon.requestLoop, daemon=True)
+    thread.start()
+    pause = threading.Event()  # (never set: its waits are the caller's pace)
+    try:
+        with meshrpc.Proxy(uri) as proxy:
+            proxy._pyroTimeout = 0.02
+            for _ in range(4):
+                assert proxy.ping() == 1  # (a request and its reply: the daemon's side delays its ACKs now)
+                proxy.note()
+                pause.wait(0.03)
+                proxy.note()
+            assert proxy.ping() == 1  # (after the oneway calls on this connection)
+    finally:
+        daemon.shutdown()
+        thread.join(10)
+        daemon.close()
+    assert len(chatty.peers) == 1, chatty.peers
+
+
 # ---------------------------------------------------------------- MAX_MESSAGE_SIZE and compression
 
 @meshrpc.expose

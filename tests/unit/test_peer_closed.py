@@ -66,8 +66,17 @@ class _Info:
     (dict(unsent=500, window=0, last_ack_ms=0), False),       # acknowledged just now
     (dict(unsent=500, window=None), True),                    # before Linux 5.4 (no window said): the quiet counts
 ])
-def test_silent_peer_check_takes_a_closed_window_for_a_slow_peer_not_a_silent_one(info: dict, silent: bool) -> None:
+def test_silent_peer_check_takes_a_closed_window_for_a_slow_peer_not_a_silent_one(
+        info: dict, silent: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rules of transport.sockets.silent_peer_check on TCP_INFO as Linux gives it (a stale wait: the
-    timeout 0 has passed since the check was made; the last acknowledgement 5 s ago unless said)."""
+    timeout 0 has passed since the check was made, with no floor for a delayed ACK; the last
+    acknowledgement 5 s ago unless said)."""
+    monkeypatch.setattr(sockets, "ACK_DELAY_MAX", 0.0)
     check = sockets.silent_peer_check(_Info(**{"last_ack_ms": 5000, **info}))
     assert check(0.0) is silent
+
+
+def test_silent_peer_check_counts_no_quiet_shorter_than_a_delayed_ack() -> None:
+    """A timeout below ACK_DELAY_MAX: data unacknowledged for a moment is no silence yet."""
+    check = sockets.silent_peer_check(_Info(unacked=1, last_ack_ms=150))
+    assert check(0.0) is False

@@ -182,7 +182,8 @@ def silent_peer_check(sock: Any) -> Callable[[float], bool]:
     learns it from its timeout. Plain TCP on Linux (TCP_INFO); elsewhere never silent.
 
     Asked before every oneway send, so the last check that found everything acknowledged is older than
-    all that waits now: the wait is counted from it. An error while asking counts as silent.
+    all that waits now: the wait is counted from it. An error while asking counts as silent; a kernel
+    whose TCP_INFO ends before tcpi_notsent_bytes (before 4.6) never says silent.
 
     Not silent: a peer that advertises a closed window (a daemon that reads its client no further while
     it runs what came: docs/servers.md) and answers the window probes. Their spacing doubles (0.2, 0.4,
@@ -199,9 +200,11 @@ def silent_peer_check(sock: Any) -> Callable[[float], bool]:
     def silent(seconds: float) -> bool:
         try:
             info = tcp_info()
-            probes, mss, unacked, last_ack_ms, unsent = _TCP_ACKS.unpack_from(info)
-        except (OSError, struct.error):
+        except OSError:
             return True
+        if len(info) < _TCP_ACKS.size:  # a kernel before 4.6 says too little: never silent, as elsewhere
+            return False
+        probes, mss, unacked, last_ack_ms, unsent = _TCP_ACKS.unpack_from(info)
         now = time.monotonic()
         # (data may also wait unsent: from an address that is gone, the kernel cannot send it at all)
         if not unacked and not unsent:

@@ -7,6 +7,7 @@ import os
 from typing import Any, Callable
 
 from ..limits import LARGE_FRAME
+from .tlsio import raw_socket
 
 _write, _writev = os.write, os.writev
 _WRITEV_PARTS = 64  # at most this many buffers in one writev (IOV_MAX is 1024; more wait for the next)
@@ -37,7 +38,7 @@ class Cork:
         self._size = 0
         self._turn = False  # something was written in this turn already (and the end is scheduled)
         self._flush_bytes = flush_bytes
-        self._fd = -1  # the socket's, once known
+        self._fd = -1  # the socket's, once known (-2: none the cork may write to directly)
         self._queued = False  # something was handed to the transport (ask it whether that is still waiting)
         self._between = between  # called after a full batch went out while more are being written
         # what did not fit into the socket, uncopied, sent by _write_more (selector event loops)
@@ -101,9 +102,9 @@ class Cork:
         # nothing queued: straight to the socket in one writev (what the transport would do, less its
         # per-write Python and join); whatever does not fit waits (_queue_rest)
         fd = self._fd
-        if fd < 0:
-            sock = transport.get_extra_info("socket")
-            fd = self._fd = sock.fileno() if sock is not None else -1
+        if fd == -1:
+            sock = raw_socket(transport)
+            fd = self._fd = sock.fileno() if sock is not None else -2  # -2: none to write to (TLS): the transport
         try:
             sent = (_writev(fd, parts if len(parts) <= _WRITEV_PARTS else parts[:_WRITEV_PARTS])
                     if fd >= 0 else 0)

@@ -112,6 +112,11 @@ class _ClientConnection(Receiving):
         """The connection's socket (as `conn.sock` of the threaded daemon's connections, for hooks)."""
         return self.transport.get_extra_info("socket") if self.transport is not None else None
 
+    def getpeercert(self) -> dict | None:
+        """The client's verified TLS certificate (two-way TLS), as Pyro5's `conn.getpeercert()` in
+        validateHandshake; None without TLS or without a client certificate."""
+        return self.transport.get_extra_info("peercert") if self.transport is not None else None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.addr = transport.get_extra_info("peername")
@@ -291,9 +296,6 @@ class Daemon(threaded.Daemon):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self._tls_context is not None:
-            self._listener.close()
-            raise DaemonError("meshrpc.aio.Daemon does not serve TLS yet: use the threaded meshrpc.Daemon for SSL")
         self._workers: Workers | None = None  # made by start(): the threads of plain methods
         self._inflaters: Workers | None = None  # made by start(): the threads of large compressed requests
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -320,10 +322,18 @@ class Daemon(threaded.Daemon):
         self._workers = Workers(self._loop, self.settings.AIO_EXECUTOR_SIZE, "meshrpc-aio-worker", self._plain_failed)
         self._inflaters = Workers(self._loop, INFLATE_THREADS, "meshrpc-aio-inflate", _inflate_failed)
         self._stopped = asyncio.Event()
+        # TLS (docs/security.md): asyncio's handshake, before the connection exists for the daemon,
+        # bound by HANDSHAKE_TIMEOUT; a client that fails it never reaches the protocol
+        tls: dict[str, Any] = {}
+        if self._tls_context is not None:
+            from ..transport.tls import server_context
+            tls = {"ssl": server_context(self.settings, optional_client_cert=True),
+                   "ssl_handshake_timeout": self.settings.HANDSHAKE_TIMEOUT or None}
         if self._unixsocket:
-            self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener)
+            self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener,
+                                                               **tls)
         else:
-            self._server = await self._loop.create_server(lambda: _ClientConnection(self), sock=self._listener)
+            self._server = await self._loop.create_server(lambda: _ClientConnection(self), sock=self._listener, **tls)
         self._housekeeper = self._loop.create_task(self._housekeeping_loop())
         log.info("asyncio daemon serving on %s", self.locationStr)
 
@@ -492,6 +502,12 @@ class Daemon(threaded.Daemon):
         if request.refusal is not None:
             log.info("handshake from %s refused: %s", conn.addr, request.refusal)
             conn.send(session.refuse_connect(request, request.refusal))
+            return
+        if self._tls_context is not None and self.settings.SSL_REQUIRECLIENTCERT and not conn.getpeercert():
+            # (the TLS handshake let it through without one: see start(); a certificate it did present was verified)
+            log.info("handshake from %s refused: no client certificate (SSL_REQUIRECLIENTCERT)", conn.addr)
+            conn.send(session.refuse_connect(request, "this daemon requires a client certificate "
+                                                      "(SSL_REQUIRECLIENTCERT): set SSL_CLIENTCERT and SSL_CLIENTKEY"))
             return
         object_id = request.object_id
         if not isinstance(object_id, str) or object_id not in self._objects:

@@ -39,6 +39,7 @@ from . import resolve as aio_resolve
 from .cork import Cork
 from .receiving import Receiving, receive_buffer
 from .spin import LoopSpin
+from .tlsio import client_ssl, raw_socket
 from .turn import Turn
 
 log = logging.getLogger("meshrpc.aio")
@@ -93,7 +94,8 @@ class _Connection(Receiving):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
         if sock is not None:
             notice_dead_peer(sock, self._settings.DEAD_PEER_TIMEOUT)  # a call waiting on a vanished daemon ends
-        self._fd = sock.fileno() if sock is not None and hasattr(os, "readv") else -1
+        raw = raw_socket(transport)  # (None under TLS: the fast paths go through the transport)
+        self._fd = raw.fileno() if raw is not None and hasattr(os, "readv") else -1
         # on the socket itself: asyncio's TransportSocket wrapper would add a Python call to every check
         self._peer_closed = peer_closed_check(getattr(sock, "_sock", sock)) if sock is not None else _unknown
         self._silent_for = silent_peer_check(getattr(sock, "_sock", sock)) if sock is not None else _never_silent
@@ -924,24 +926,37 @@ class Proxy:
 
     async def _connect(self, target: URI, rebind: Rebind | None = None) -> _Connection:
         settings = self._pyroSettings
-        if settings.SSL:
-            raise errors.MeshError("meshrpc.aio does not speak TLS yet: use the threaded meshrpc.Proxy "
-                                   "for SSL daemons (in asyncio code: `await asyncio.to_thread(...)`)")
         # by name: short connect attempts that grow, the handshake within the budget (docs/resilience.md)
         timeout, handshake_timeout = connect_timeouts(settings, target, by_name=self._pyroLocator is not None,
                                                       proxy_timeout=self._pyroTimeout, rebind=rebind)
         loop = asyncio.get_running_loop()
         session = ClientSession(self._pyroSerializerObject(), settings, pipelining=True, inflate_later=True)
+        # TLS (docs/security.md): asyncio's handshake, within the connect budget and the handshake's;
+        # the daemon's certificate must verify and name the URI's host
+        context, hostname = client_ssl(settings, target.host)
+        tls: dict[str, Any] = {}
+        if context is not None:
+            # (asyncio bounds the TLS handshake by its own timeout; this one covers both steps)
+            tls = {"ssl": context, "server_hostname": hostname, "ssl_handshake_timeout": handshake_timeout or None}
+            timeout += handshake_timeout
 
         def protocol() -> _Connection:
             return _Connection(session, target, settings)
         try:
             async with asyncio.timeout(timeout):
                 if target.sockname:
-                    _, conn = await loop.create_unix_connection(protocol, target.sockname)
+                    _, conn = await loop.create_unix_connection(protocol, target.sockname, **tls)
                 else:
-                    _, conn = await loop.create_connection(protocol, target.host, target.port)
+                    _, conn = await loop.create_connection(protocol, target.host, target.port, **tls)
         except (OSError, TimeoutError) as exc:
+            if context is not None and _in_tls_handshake(exc):
+                from ..transport.tls import TLSError, handshake_error
+                if isinstance(exc, ConnectionAbortedError):  # asyncio's ssl_handshake_timeout
+                    exc = TimeoutError(str(exc))
+                failure = handshake_error(exc, target.location or str(target))
+                if isinstance(failure, TLSError):
+                    raise failure from None  # a refused certificate: no retry or other provider helps
+                raise NotDelivered(str(failure), target, timed_out=isinstance(failure, TimeoutError)) from None
             stalled = isinstance(exc, TimeoutError)
             why = "timed out" if stalled else (exc.strerror or str(exc))
             raise NotDelivered(f"cannot connect to {target}: {why}", target, timed_out=stalled) from None
@@ -953,6 +968,17 @@ class Proxy:
                 async with asyncio.timeout(handshake_timeout):
                     event = await conn.handshake
             except (ConnectionClosedError, TimeoutError) as exc:
+                if context is not None:  # TLS 1.3: a refused client certificate shows at the first read
+                    from ..transport.tls import TLSError, peer_refusal
+                    refusal = peer_refusal(str(exc))
+                    if refusal:  # refused for credentials: no retry or other provider changes that
+                        raise TLSError(f"TLS: {target} refused this client: {refusal}") from None
+                    if isinstance(exc, ConnectionClosedError):  # asyncio's TLS layer may drop the alert that says why
+                        exc = ConnectionClosedError(f"{exc} (with TLS, a daemon closes a client whose certificate "
+                                                    "it refuses: check SSL_CLIENTCERT and the daemon's SSL_CACERTS)")
+                elif isinstance(exc, ConnectionClosedError):  # an asyncio TLS daemon closes a plain client unanswered
+                    exc = ConnectionClosedError(f"{exc} (a daemon that serves TLS only closes plain clients: does it? "
+                                                "then set SSL and SSL_CACERTS, docs/security.md)")
                 raise NotDelivered(f"handshake with {target} failed: {str(exc) or 'timed out'}", target,
                                    timed_out=isinstance(exc, TimeoutError), in_handshake=True,
                                    timeout_text=str(exc) or "receiving: timeout") from None
@@ -975,6 +1001,12 @@ class Proxy:
 
     def _pyroBatch(self) -> "BatchProxy":
         return BatchProxy(self)
+
+
+def _in_tls_handshake(exc: BaseException) -> bool:
+    """A connection attempt's failure that came from its TLS handshake (not from connecting)."""
+    import ssl  # (loaded already: the proxy has a TLS context)
+    return isinstance(exc, (ssl.SSLError, ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
 
 
 _DEFAULT_ANNOTATIONS = Proxy._pyroAnnotations

@@ -29,6 +29,7 @@ from typing import Callable
 from ..config import Settings
 from ..limits import RECV_CHUNK
 from ..transport.spin import SpinGate, others_waiting, single_core, waiters
+from .tlsio import raw_socket
 
 
 _READABLE = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1  # an fd's events when it is only readable
@@ -77,8 +78,8 @@ class LoopSpin:
                 and isinstance(getattr(loop, "_ready", None), collections.deque)
                 and isinstance(getattr(loop, "_scheduled", None), list)):
             return None
-        sock = transport.get_extra_info("socket")
-        if sock is None:
+        sock = raw_socket(transport)
+        if sock is None:  # (none, or TLS: its bytes are records only the transport can read)
             return None
         return cls(loop, transport, sock.fileno(), SpinGate.from_settings(settings) if spinning else None,
                    settings.AIO_REPLY_WAIT)  # type: ignore[arg-type]

@@ -22,7 +22,6 @@ import time
 from typing import Any, Callable, Iterator
 
 from ..aio import background as _background
-from ..errors import MeshError
 from ..loopcheck import refuse_in_running_loop
 
 log = logging.getLogger("meshrpc.client")
@@ -290,10 +289,6 @@ class AsyncProxy:
 
     def __init__(self, proxy: Any, loop: _background.BackgroundLoop | None = None) -> None:
         from ..aio.proxy import Proxy as AioProxy
-        if proxy._pyroSettings.SSL:
-            raise MeshError("meshrpc.asyncproxy runs its calls on meshrpc.aio, which does not speak TLS yet: "
-                            "for an SSL daemon, call the threaded proxy from threads of your own (a "
-                            "concurrent.futures.ThreadPoolExecutor, one proxy per thread or copy.copy(proxy))")
         self._pyroProxy = proxy
         self._pyroLoop = loop or _background.shared(proxy._pyroSettings)
         self._pyroAio = AioProxy.from_proxy(proxy)

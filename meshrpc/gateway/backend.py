@@ -55,7 +55,7 @@ def make_backend(settings: Settings) -> Backend:
     kind = settings.GATEWAY_BACKEND.strip().lower()
     if kind not in ("aio", "threads"):
         raise ValueError(f"GATEWAY_BACKEND={settings.GATEWAY_BACKEND!r}: use aio or threads")
-    if kind == "threads" or settings.SSL:       # meshrpc.aio does not speak TLS yet
+    if kind == "threads":
         from .threaded import ThreadedBackend
         return ThreadedBackend(settings)
     from .aio_backend import AioBackend

@@ -89,8 +89,11 @@ def _load_cas(ctx: ssl.SSLContext, cacerts: str) -> None:
         raise SecurityError(f"cannot load SSL_CACERTS {cacerts!r}: {exc.reason or exc}") from None
 
 
-def server_context(settings: Any) -> ssl.SSLContext:
-    """The daemon's context: its certificate, and client certificates checked when SSL_REQUIRECLIENTCERT."""
+def server_context(settings: Any, optional_client_cert: bool = False) -> ssl.SSLContext:
+    """The daemon's context: its certificate, and client certificates checked when SSL_REQUIRECLIENTCERT.
+    `optional_client_cert`: a certificate the client presents must verify, but one it lacks does not fail
+    the handshake (the asyncio daemon refuses such a client in its own handshake, where it can say why:
+    asyncio drops the TLS alert that would)."""
     if not settings.SSL_SERVERCERT:
         raise SecurityError("SSL is on but SSL_SERVERCERT is not set: a TLS daemon needs a certificate "
                             "and private key (docs/security.md)")
@@ -98,7 +101,7 @@ def server_context(settings: Any) -> ssl.SSLContext:
         raise SecurityError("SSL_REQUIRECLIENTCERT needs SSL_CACERTS: the CA certificates that client "
                             "certificates must be signed by")
     key = ("server", _stamp(settings.SSL_SERVERCERT), _stamp(settings.SSL_SERVERKEY), settings.SSL_SERVERKEYPASSWD,
-           _stamp(settings.SSL_CACERTS), bool(settings.SSL_REQUIRECLIENTCERT))
+           _stamp(settings.SSL_CACERTS), bool(settings.SSL_REQUIRECLIENTCERT), optional_client_cert)
     with _contexts_lock:
         ctx = _contexts.get(key)
         if ctx is None:
@@ -110,7 +113,8 @@ def server_context(settings: Any) -> ssl.SSLContext:
             if settings.SSL_CACERTS:
                 _load_cas(ctx, settings.SSL_CACERTS)
             # as Pyro5: one-way TLS unless client certificates are required
-            ctx.verify_mode = ssl.CERT_REQUIRED if settings.SSL_REQUIRECLIENTCERT else ssl.CERT_NONE
+            ctx.verify_mode = (ssl.CERT_NONE if not settings.SSL_REQUIRECLIENTCERT
+                               else ssl.CERT_OPTIONAL if optional_client_cert else ssl.CERT_REQUIRED)
             _contexts[key] = ctx
     return ctx
 
@@ -154,22 +158,29 @@ def wrap_client(sock: socket.socket, settings: Any, host: str | None, timeout: f
         ctx = client_context(settings, check_hostname=bool(host))  # Unix sockets: the chain only, no host
         sock.settimeout(timeout)
         return ctx.wrap_socket(sock, server_side=False, server_hostname=host or None)
-    except ssl.SSLCertVerificationError as exc:
-        raise TLSError(f"TLS: the certificate of {where} was refused: {describe(exc)}") from None
-    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError):
-        raise CommunicationError(f"TLS handshake with {where} failed: the daemon closed the connection "
-                                 "(does it serve TLS? a plain daemon closes TLS connections)") from None
-    except ssl.SSLError as exc:
-        text = describe(exc)
-        if _refused_by_peer(exc):
-            raise TLSError(f"TLS handshake with {where} refused: {text}") from None
-        raise CommunicationError(f"TLS handshake with {where} failed: {text}") from None
-    except socket.timeout:
-        raise TimeoutError(f"TLS handshake with {where} timed out (does it serve TLS?)") from None
     except OSError as exc:
-        raise CommunicationError(f"TLS handshake with {where} failed: {exc.strerror or exc}") from None
+        raise handshake_error(exc, where) from None
     finally:
         sock.close()  # wrap_socket detached it: this closes nothing on success
+
+
+def handshake_error(exc: OSError, where: str) -> Exception:
+    """What a client's failed TLS handshake with `where` raises (both drivers): TLSError when a
+    certificate was refused (this side's or the daemon's: not worth a retry), TimeoutError or
+    CommunicationError when the handshake broke off."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSError(f"TLS: the certificate of {where} was refused: {describe(exc)}")
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError)):
+        return CommunicationError(f"TLS handshake with {where} failed: the daemon closed the connection "
+                                  "(does it serve TLS? a plain daemon closes TLS connections)")
+    if isinstance(exc, ssl.SSLError):
+        text = describe(exc)
+        if _refused_by_peer(exc):
+            return TLSError(f"TLS handshake with {where} refused: {text}")
+        return CommunicationError(f"TLS handshake with {where} failed: {text}")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return TimeoutError(f"TLS handshake with {where} timed out (does it serve TLS?)")
+    return CommunicationError(f"TLS handshake with {where} failed: {exc.strerror or exc}")
 
 
 _HINTS = {
@@ -369,4 +380,5 @@ class TLSChannel:
             return None
 
 
-__all__ = ["TLSChannel", "TLSError", "client_context", "describe", "server_context", "wrap_client", "wrap_server"]
+__all__ = ["TLSChannel", "TLSError", "client_context", "describe", "handshake_error", "peer_refusal", "server_context",
+           "wrap_client", "wrap_server"]

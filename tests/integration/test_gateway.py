@@ -90,7 +90,7 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def gw(backend_kind: str, realm: str, backend: Any, gateways: Any) -> GatewayThread:
-    """A gateway on each backend: meshrpc.aio proxies (the default) and threaded proxies (TLS)."""
+    """A gateway on each backend: meshrpc.aio proxies (the default) and threaded proxies."""
     settings = settings_for(realm)
     if backend_kind == "threaded":
         from meshrpc.gateway.threaded import ThreadedBackend

@@ -361,20 +361,3 @@ def test_a_copied_aio_proxy_has_its_own_connection_and_dropping_it_spares_the_or
             assert await running == 0.3
 
     asyncio.run(main())
-
-
-def test_an_asyncproxy_of_an_ssl_proxy_is_refused_at_once_with_advice_that_works() -> None:
-    """The futures run on meshrpc.aio, which has no TLS: each call of an asyncproxy of an SSL proxy
-    failed, with a text that told the user to use meshrpc.asyncproxy."""
-    proxy = meshrpc.Proxy("PYRO:device@127.0.0.1:1", settings=config.copy(SSL=True))
-    with pytest.raises(meshrpc.errors.MeshError, match="TLS") as info:
-        meshrpc.asyncproxy(proxy)
-    assert "ThreadPoolExecutor" in str(info.value)
-    with pytest.raises(meshrpc.errors.MeshError, match="TLS") as info:
-        proxy._pyroAsync()
-
-    async def main() -> None:
-        await meshrpc.aio.Proxy("PYRO:device@127.0.0.1:1", settings=config.copy(SSL=True))._pyroBind()
-    with pytest.raises(meshrpc.errors.MeshError, match="TLS") as info:
-        asyncio.run(main())
-    assert "asyncproxy" not in str(info.value)

@@ -1,0 +1,33 @@
+"""TLS in the asyncio driver: the same contexts and error texts as the threaded one (transport/tls.py,
+imported only when SSL is on), over asyncio's own SSL transports, and which socket the fast paths
+may touch.
+
+The aio proxy and daemon read and write their sockets directly where that saves a turn of the loop
+or a copy (aio/spin.py, aio/cork.py, the proxy's reads between writes). Under TLS the socket carries
+records only the transport's SSL object can decrypt, so those paths must not touch it:
+`raw_socket(transport)` is None then, and everything goes through the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+def raw_socket(transport: asyncio.BaseTransport) -> Any:
+    """The socket whose bytes are the messages themselves (read and written directly by the fast
+    paths), or None: a TLS transport (its socket carries TLS records), or none at all."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return None
+    return transport.get_extra_info("socket")
+
+
+def client_ssl(settings: Any, host: str | None) -> tuple[Any, str | None]:
+    """(ssl context, server_hostname) for a proxy's connection: (None, None) without SSL. Over a Unix
+    socket (no host) only the chain is checked, as by the threaded proxy; asyncio wants a hostname
+    argument there, and "" names none."""
+    if not settings.SSL:
+        return None, None
+    from ..transport import tls
+    return tls.client_context(settings, check_hostname=bool(host)), host or ""
+

@@ -210,3 +210,23 @@ def test_futures_of_an_ssl_proxy_run_over_tls(certs: Certs, start_daemon: Any) -
             futures = [calls.echo(i) for i in range(20)]
             assert [future.value for future in futures] == list(range(20))
             assert calls.peer().value is None
+
+
+def test_the_gateways_aio_backend_calls_a_tls_daemon(certs: Certs, start_daemon: Any) -> None:
+    """The gateway's default backend (meshrpc.aio proxies) with SSL on: it fell back to threaded
+    proxies before meshrpc.aio spoke TLS."""
+    pytest.importorskip("aiohttp")
+    from meshrpc.gateway.aio_backend import AioBackend
+    from meshrpc.gateway.backend import Call, make_backend
+
+    running, uri = serve(start_daemon, server_settings(certs))
+    settings = client_settings(certs)
+
+    async def main() -> None:
+        backend = make_backend(settings)
+        assert isinstance(backend, AioBackend)
+        try:
+            assert await backend.invoke(Call(str(uri), settings.REALM, "echo", ("over tls",))) == "over tls"
+        finally:
+            backend.close()
+    asyncio.run(main())

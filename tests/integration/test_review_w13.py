@@ -374,3 +374,63 @@ def test_an_inflate_in_progress_when_the_client_leaves_or_the_daemon_stops(what:
         daemon.shutdown()
         serving.result(20)
         loop.close()
+
+
+@meshrpc.expose
+class Mixed:
+    def plain(self, number: int, text: str) -> list:
+        return [number, len(text)]
+
+    async def awaited(self, number: int, text: str) -> list:
+        await asyncio.sleep(0)
+        return [number, len(text)]
+
+    def items(self, count: int) -> Any:
+        return (TEXT + str(n) for n in range(count))
+
+
+def test_compressed_handshakes_batches_streams_and_mixed_calls_of_pyro5_and_pipelining_peers() -> None:
+    """Large compressed messages (inflated off the loop) among small ones, in every kind of exchange: a
+    Pyro5 proxy with COMPRESSION (its CONNECT compressed too: a large handshake), one request at a time;
+    a pipelining aio proxy with COMPRESSION, `async def` and plain methods side by side; batches and
+    remote iterators both ways. Every reply is its call's."""
+    import Pyro5.api
+
+    loop = LoopThread()
+    settings = meshrpc.config.copy(COMPRESSION=True)
+    daemon = loop.call(lambda: meshrpc.aio.Daemon(host=HOST, settings=settings))
+    uri = loop.call(lambda: daemon.register(Mixed(), "mixed"))
+    serving = asyncio.run_coroutine_threadsafe(daemon.serve_forever(), loop.loop)
+
+    def text(number: int) -> str:
+        return TEXT if number % 3 == 0 else "x"
+
+    expected = [[n, len(text(n))] for n in range(24)]
+    Pyro5.config.COMPRESSION = True
+    try:
+        with Pyro5.api.Proxy(str(uri)) as pyro5_proxy:
+            pyro5_proxy._pyroHandshake = TEXT  # (the CONNECT: compressed above INFLATE_ON_LOOP_MAX)
+            assert [(pyro5_proxy.plain if n % 2 else pyro5_proxy.awaited)(n, text(n)) for n in range(24)] == expected
+            batch = Pyro5.api.BatchProxy(pyro5_proxy)
+            for n in range(4):
+                batch.plain(n, TEXT)
+            assert list(batch()) == [[n, len(TEXT)] for n in range(4)]
+            assert list(pyro5_proxy.items(3)) == [TEXT + str(n) for n in range(3)]
+        Pyro5.config.COMPRESSION = False
+
+        async def pipelined() -> None:
+            async with meshrpc.aio.Proxy(uri, settings=settings) as proxy:
+                proxy._pyroHandshake = TEXT
+                calls = [(proxy.plain if n % 2 else proxy.awaited)(n, text(n)) for n in range(24)]
+                assert [list(r) for r in await asyncio.gather(*calls)] == expected
+                batch = meshrpc.aio.BatchProxy(proxy)
+                for n in range(4):
+                    batch.awaited(n, TEXT)
+                assert [list(r) for r in await batch()] == [[n, len(TEXT)] for n in range(4)]
+                assert [item async for item in await proxy.items(3)] == [TEXT + str(n) for n in range(3)]
+        asyncio.run(pipelined())
+    finally:
+        Pyro5.config.COMPRESSION = False
+        daemon.shutdown()
+        serving.result(20)
+        loop.close()

@@ -463,8 +463,10 @@ class Daemon(threaded.Daemon):
             conn.pumping = False
             conn._corked.flush()
         conn._read_again()
-        if not conn.calls and not conn.inflating:
-            conn.replied()  # answered on the loop: the client's next request may already wait
+        if not (conn.calls or conn.inflating or self._inflaters.outcomes_waiting()):  # (set in start())
+            # answered on the loop: the client's next request may already wait (not while others of the
+            # batch wait: replied() may wait for it, as _plain_done says)
+            conn.replied()
 
     @classmethod
     def _not_run(cls, conn: _ClientConnection, session: ServerSession, frame: wire.Frame) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 import concurrent.futures
 import zlib
 from typing import Any
@@ -431,6 +432,60 @@ def test_compressed_handshakes_batches_streams_and_mixed_calls_of_pyro5_and_pipe
         asyncio.run(pipelined())
     finally:
         Pyro5.config.COMPRESSION = False
+        daemon.shutdown()
+        serving.result(20)
+        loop.close()
+
+
+@meshrpc.expose
+class Lengths:
+    async def length(self, text: str) -> int:
+        return len(text)
+
+
+def test_requests_inflated_side_by_side_are_all_answered_before_any_client_is_waited_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inflated requests come back to the loop in batches (aio/workers.py). Taking the first one answered
+    it and then waited, in the loop's selector, for that client's next request (aio/spin.py: up to
+    AIO_REPLY_WAIT, here 2 s, or the loop's next timer), while the others of the batch waited unread:
+    as a worker's reply does, an inflated request now waits for nobody while others of its batch wait."""
+    import meshrpc.aio.daemon as aio_daemon
+    from meshrpc.wire.serializers import by_name
+    from test_aio_inflate import compressed_invoke, connected, read_frame
+
+    inflate = aio_daemon._inflate_off_loop
+    both_held, go = threading.Barrier(3), threading.Event()
+
+    def held(*args: Any) -> Any:
+        both_held.wait(10)
+        go.wait(10)
+        return inflate(*args)
+
+    monkeypatch.setattr(aio_daemon, "_inflate_off_loop", held)
+    loop = LoopThread()
+    daemon = loop.call(lambda: meshrpc.aio.Daemon(host=HOST, settings=meshrpc.config.copy(AIO_REPLY_WAIT=2.0)))
+    uri = loop.call(lambda: daemon.register(Lengths(), "target"))
+    serving = asyncio.run_coroutine_threadsafe(daemon.serve_forever(), loop.loop)
+    marshal = by_name("marshal")
+    clients = [connected(uri, marshal), connected(uri, marshal)]
+    request = compressed_invoke(marshal, zlib.compress(marshal.dumps_call("target", "length", (TEXT,), {})))
+    try:
+        for client in clients:
+            client.sendall(request)
+        both_held.wait(10)  # both inflating (INFLATE_THREADS: 2)
+
+        def hold_the_loop() -> None:  # until both are inflated: the loop takes them in one batch
+            wait_until(lambda: len(daemon._inflaters._outcomes) == 2, 10, 0.001, "both inflated")
+        loop.loop.call_soon_threadsafe(hold_the_loop)
+        go.set()
+        began = time.monotonic()
+        for client in clients:
+            assert marshal.loads(read_frame(client).payload) == len(TEXT)
+        assert time.monotonic() - began < 0.5  # (the second waited for the housekeeping's 1 s timer)
+    finally:
+        go.set()
+        for client in clients:
+            client.close()
         daemon.shutdown()
         serving.result(20)
         loop.close()

@@ -423,8 +423,7 @@ class Settings:
         "to call services or see the mesh. Required (or TLS) for a gateway listening beyond localhost."))
     GATEWAY_BACKEND: str = field(default="aio", metadata=_doc(
         "How the gateway calls services: `aio` (meshrpc.aio proxies on its event loop, pipelined, no "
-        "thread per call) or `threads` (threaded proxies on GATEWAY_WORKERS threads). With SSL it uses "
-        "`threads` (meshrpc.aio has no TLS yet)."))
+        "thread per call) or `threads` (threaded proxies on GATEWAY_WORKERS threads)."))
     GATEWAY_WORKERS: int = field(default=32, metadata=_doc(
         "Threads the gateway's calls run on with GATEWAY_BACKEND=threads (shared by all services); with "
         "`aio`, name-server lookups run on at most 8 of them."))

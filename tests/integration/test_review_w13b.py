@@ -1,0 +1,272 @@
+"""Review of session 13's TLS in meshrpc.aio, meshrpc.mesh.use_zeroconf and the CLI's --lan: what the
+review settled, kept as cheap tests (real sockets, real TLS, real Pyro5, real zeroconf on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import wait_until
+from test_aio_tls import aio_daemon
+from test_tls import HOST, Certs, client_settings, make_certs, server_settings
+
+import meshrpc
+import meshrpc.aio
+from meshrpc.wire import frame as wire
+from meshrpc.wire.serializers import by_name
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def certs() -> Iterator[Certs]:
+    with tempfile.TemporaryDirectory(prefix="meshrpc-w13b-") as root:
+        yield make_certs(Path(root))
+
+
+@meshrpc.expose
+class Guarded:
+    """Records every call that ran: a refused client must leave `ran` empty."""
+
+    def __init__(self) -> None:
+        self.ran: list[Any] = []
+
+    def hit(self, value: Any) -> Any:
+        self.ran.append(value)
+        return value
+
+    @meshrpc.oneway
+    def hit_oneway(self, value: Any) -> None:
+        self.ran.append(value)
+
+    def where(self) -> Any:
+        return meshrpc.current_context.client_sock_addr
+
+    async def ahit(self, value: Any) -> Any:
+        self.ran.append(value)
+        return value
+
+
+# ----------------------------------------------------------------------------- TLS: client certificates
+_SERPENT = by_name("serpent")
+
+
+def _connect_frame(seq: int = 1) -> bytes:
+    return wire.encode(wire.Frame(wire.MSG_CONNECT, _SERPENT.id, seq,
+                                  _SERPENT.dumps({"handshake": "hi", "object": "guarded"})))
+
+
+def _invoke_frame(seq: int, method: str = "hit", flags: int = 0, compressed: bool = False) -> bytes:
+    payload = _SERPENT.dumps_call("guarded", method, (f"intruder-{seq}",), {})
+    if compressed:
+        import zlib
+        return wire.encode(wire.Frame(wire.MSG_INVOKE, _SERPENT.id, seq, zlib.compress(payload),
+                                      flags | wire.FLAG_COMPRESSED))
+    return wire.encode(wire.Frame(wire.MSG_INVOKE, _SERPENT.id, seq, payload, flags))
+
+
+def _read_all(sock: ssl.SSLSocket) -> list[wire.Frame]:
+    """Every frame the daemon sends until it closes the connection (bounded by the socket's timeout)."""
+    reader, frames = wire.FrameReader(), []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError, TimeoutError, OSError):
+            data = b""
+        if not data:
+            return frames
+        reader.feed(data)
+        while (frame := reader.next_frame()) is not None:
+            frames.append(frame)
+
+
+def _no_cert_client(certs: Certs, port: int, version: ssl.TLSVersion) -> ssl.SSLSocket:
+    raw = socket.create_connection((HOST, port), timeout=10)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(certs.ca)
+    context.maximum_version = version
+    return context.wrap_socket(raw, server_hostname=HOST)
+
+
+_ATTEMPTS = {
+    "invoke without connect": lambda: _invoke_frame(2),
+    "oneway invoke without connect": lambda: _invoke_frame(2, "hit_oneway", wire.FLAG_ONEWAY),
+    "compressed invoke without connect": lambda: _invoke_frame(2, compressed=True),
+    "connect then invoke in one write": lambda: _connect_frame() + _invoke_frame(2) + _invoke_frame(3, "ahit"),
+    "connect then oneway and compressed": lambda: (_connect_frame() + _invoke_frame(2, "hit_oneway", wire.FLAG_ONEWAY)
+                                                   + _invoke_frame(3, compressed=True)),
+    "two connects then invoke": lambda: _connect_frame(1) + _connect_frame(2) + _invoke_frame(3),
+}
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls12", "tls13"])
+def test_no_request_of_a_client_without_certificate_runs_on_an_aio_daemon(certs: Certs, version: Any) -> None:
+    """SSL_REQUIRECLIENTCERT on an aio.Daemon lets a client without a certificate through the TLS handshake
+    (CERT_OPTIONAL, so that it can be told why in meshrpc's handshake). Whatever such a client sends (calls
+    before or without CONNECT, oneway or compressed ones, calls pipelined right behind a CONNECT, a second
+    CONNECT), nothing runs, and it gets no CONNECTOK; a client with a certificate still calls."""
+    served = Guarded()
+    settings = server_settings(certs, SSL_REQUIRECLIENTCERT=True)
+    with aio_daemon(settings) as (daemon, _):
+        loop = daemon._loop
+        uri = asyncio.run_coroutine_threadsafe(_register(daemon, served), loop).result(10)
+        for name, attempt in _ATTEMPTS.items():
+            sock = _no_cert_client(certs, uri.port, version)
+            with sock:
+                sock.sendall(attempt())
+                frames = _read_all(sock)
+            types = [frame.type for frame in frames]
+            assert wire.MSG_CONNECTOK not in types and wire.MSG_RESULT not in types, (name, types)
+        known = client_settings(certs, SSL_CLIENTCERT=certs.client, SSL_CLIENTKEY=certs.client_key)
+        with meshrpc.Proxy(uri, settings=known) as proxy:
+            assert proxy.hit("known") == "known"
+        assert served.ran == ["known"]
+
+
+async def _register(daemon: Any, served: Any) -> meshrpc.URI:
+    return daemon.register(served, "guarded")
+
+
+# ----------------------------------------------------------------------------- TLS: is the connection kept?
+@meshrpc.expose
+class Where:
+    """Which client connection a call came on (`context`: meshrpc's current_context or Pyro5's)."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.oneways = 0
+
+    def where(self) -> Any:
+        return tuple(self.context.client_sock_addr)
+
+    @meshrpc.oneway
+    def note(self) -> None:
+        self.oneways += 1
+
+
+@contextlib.contextmanager
+def _tls_daemon(kind: str, certs: Certs, start_daemon: Any) -> Iterator[str]:
+    if kind == "pyro5":
+        pytest.importorskip("Pyro5")
+        import Pyro5.api
+        from test_pyro5_api import serving
+        saved = {name: getattr(Pyro5.config, name) for name in ("SSL", "SSL_SERVERCERT", "SSL_SERVERKEY",
+                                                                 "SSL_CACERTS")}
+        Pyro5.config.SSL, Pyro5.config.SSL_SERVERCERT, Pyro5.config.SSL_SERVERKEY = True, certs.server, certs.server_key
+        Pyro5.config.SSL_CACERTS = certs.ca
+        try:
+            daemon = Pyro5.api.Daemon(host=HOST)
+            uri = daemon.register(Where(Pyro5.api.current_context), "where")
+            with daemon, serving(daemon):
+                yield str(uri)
+        finally:
+            for name, value in saved.items():
+                setattr(Pyro5.config, name, value)
+    elif kind == "threaded":
+        yield str(start_daemon(settings=server_settings(certs)).register(Where(meshrpc.current_context), "where"))
+    else:
+        with aio_daemon(server_settings(certs)) as (daemon, _):
+            async def register() -> meshrpc.URI:
+                return daemon.register(Where(meshrpc.current_context), "where")
+            yield str(asyncio.run_coroutine_threadsafe(register(), daemon._loop).result(10))
+
+
+@pytest.mark.parametrize("kind", ["pyro5", "threaded", "aio"])
+def test_tls_session_tickets_never_look_like_a_closed_connection(certs: Certs, start_daemon: Any, kind: str) -> None:
+    """A TLS 1.3 daemon sends its session tickets after the handshake: bytes on the socket that no call
+    asked for. Neither proxy's peer_closed check before a call (poll on TLS sockets, TCP state on the aio
+    proxy's) may take them for the daemon's close: every call, two-way and oneway alternating, goes on
+    the first connection."""
+    with _tls_daemon(kind, certs, start_daemon) as uri:
+        settings = client_settings(certs)
+        with meshrpc.Proxy(uri, settings=settings) as proxy:
+            first = proxy.where()
+            seen = set()
+            for _ in range(10):
+                proxy.note()
+                seen.add(proxy.where())
+            assert seen == {first}
+
+        async def main() -> set:
+            async with meshrpc.aio.Proxy(uri, settings=settings) as proxy:
+                addresses = {await proxy.where()}
+                for _ in range(10):
+                    await proxy.note()
+                    addresses.add(await proxy.where())
+                return addresses
+        assert len(asyncio.run(main())) == 1
+
+
+# ----------------------------------------------------------------------------- TLS: stalled and silent clients
+def _eof_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the daemon closed `sock` within `seconds` (whatever it sent before: a ServerHello)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_stalled_tls_handshakes_on_an_aio_daemon_block_nobody_and_are_closed(certs: Certs) -> None:
+    """Clients that connect and stall (silent, half a ClientHello, a whole one and no more, a finished TLS
+    handshake and no CONNECT) hold up neither a TLS proxy's connect and call nor the daemon's loop;
+    HANDSHAKE_TIMEOUT closes every one of them."""
+    from test_tls import _client_hello, _tls_raw
+    hello = _client_hello()
+    with aio_daemon(server_settings(certs, HANDSHAKE_TIMEOUT=1.0)) as (daemon, uri):
+        stalled: list[Any] = []
+        try:
+            for i in range(40):
+                if i % 4 == 3:
+                    stalled.append(_tls_raw(certs, uri.port))  # TLS done, no CONNECT
+                    continue
+                raw = socket.create_connection((HOST, uri.port), timeout=10)
+                if i % 4 == 1:
+                    raw.sendall(hello[: len(hello) // 2])
+                elif i % 4 == 2:
+                    raw.sendall(hello)
+                stalled.append(raw)
+            for _ in range(3):
+                with meshrpc.Proxy(uri, settings=client_settings(certs, COMMTIMEOUT=0.9)) as proxy:
+                    assert proxy.echo("through") == "through"
+            assert all(_eof_within(sock, 4.0) for sock in stalled)
+            with meshrpc.Proxy(uri, settings=client_settings(certs)) as proxy:
+                assert proxy.echo("after") == "after"
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_an_aio_tls_daemon_drops_a_client_that_reads_nothing_after_send_timeout(certs: Certs) -> None:
+    """SEND_TIMEOUT on an aio TLS daemon: the replies of a client that sends calls for large results and
+    never reads wait in the SSL transport's buffer (not the socket's); the daemon sees no progress and
+    closes the connection, and serves others meanwhile."""
+    from test_tls import _tls_raw
+    with aio_daemon(server_settings(certs, SEND_TIMEOUT=0.5)) as (daemon, uri):
+        sock = _tls_raw(certs, uri.port)
+        try:
+            sock.sendall(wire.encode(wire.Frame(wire.MSG_CONNECT, _SERPENT.id, 1,
+                                                _SERPENT.dumps({"handshake": "hi", "object": "echo"}))))
+            reader = wire.FrameReader()
+            while (frame := reader.next_frame()) is None:
+                reader.feed(sock.recv(65536))
+            assert frame.type == wire.MSG_CONNECTOK
+            for seq in range(2, 10):
+                sock.sendall(wire.encode(wire.Frame(wire.MSG_INVOKE, _SERPENT.id, seq,
+                                                    _SERPENT.dumps_call("echo", "big", (4 * 1024 * 1024,), {}))))
+            with meshrpc.Proxy(uri, settings=client_settings(certs)) as proxy:
+                assert proxy.echo("served meanwhile") == "served meanwhile"
+            wait_until(lambda: not daemon._aio_connections, timeout=10.0, message="the non-reading client dropped")
+        finally:
+            sock.close()

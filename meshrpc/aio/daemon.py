@@ -42,6 +42,7 @@ from .cork import Cork
 from .eager import EagerStarter
 from .receiving import Receiving, receive_buffer
 from .spin import LoopSpin
+from .tlsio import close_unanswered
 from .workers import Workers
 
 log = logging.getLogger("meshrpc.aio")
@@ -100,6 +101,7 @@ class _ClientConnection(Receiving):
         self.stalled_since = 0.0  # ... and when that was (SEND_TIMEOUT counts from it)
         loop = self._loop = asyncio.get_running_loop()
         self._next: LoopSpin | None = None
+        self._tls = daemon._tls_context is not None  # (close: close_unanswered)
         self._corked = Cork(loop, self, daemon.settings.AIO_CORK_BYTES)
         self._received = receive_buffer(loop, daemon.settings.AIO_RECEIVE_BUFFER)
         self._reader = self.wire.reader  # (Receiving.get_buffer: a large frame's rest goes into its own buffer)
@@ -280,6 +282,8 @@ class _ClientConnection(Receiving):
         """Close once the replies that wait to be sent are out (reading stops at once)."""
         if self.transport is not None:
             self._corked.close()
+            if self._tls:
+                close_unanswered(self.transport)  # (the TLS layer would wait for the client's close_notify)
 
 
 class Daemon(threaded.Daemon):

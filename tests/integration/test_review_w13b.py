@@ -270,3 +270,63 @@ def test_an_aio_tls_daemon_drops_a_client_that_reads_nothing_after_send_timeout(
             wait_until(lambda: not daemon._aio_connections, timeout=10.0, message="the non-reading client dropped")
         finally:
             sock.close()
+
+
+# ----------------------------------------------------------------------------- TLS: closing a client's connection
+_TCP_CLOSE_WAIT = 8  # (linux/tcp_states.h: the peer sent its FIN)
+
+
+def _tcp_closed_by_peer(sock: socket.socket) -> bool:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE_WAIT
+
+
+def _connected_raw(certs: Certs, port: int, object_id: str) -> ssl.SSLSocket:
+    """A TLS client that made its CONNECT (accepted) and then reads only when the test says: as a
+    blocking proxy between calls, it never answers the daemon's close_notify by itself."""
+    from test_tls import _tls_raw
+    sock = _tls_raw(certs, port)
+    sock.sendall(wire.encode(wire.Frame(wire.MSG_CONNECT, _SERPENT.id, 1,
+                                        _SERPENT.dumps({"handshake": "hi", "object": object_id}))))
+    reader = wire.FrameReader()
+    while (frame := reader.next_frame()) is None:
+        reader.feed(sock.recv(65536))
+    assert frame.type == wire.MSG_CONNECTOK
+    return sock
+
+
+@meshrpc.expose
+class Slow:
+    async def slow(self, seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="the TCP state is read from Linux's TCP_INFO")
+def test_an_aio_tls_daemon_closes_connections_without_waiting_for_the_clients_close_notify(certs: Certs) -> None:
+    """A connection the aio TLS daemon closes (HANDSHAKE_TIMEOUT without CONNECT, its aclose() with a call
+    in progress and an idle client) ends at once, as the threaded daemon's and Pyro5's: the replies, the
+    close_notify, then the TCP connection, also for a client that is not reading (a blocking proxy between
+    calls answers close_notify only at its next read). asyncio's TLS layer waited for the client's
+    close_notify up to its ssl_shutdown_timeout (30 s), holding the connection's slot (MAX_CONNECTIONS),
+    and for ever once the loop stopped."""
+    from test_tls import _tls_raw
+    with aio_daemon(server_settings(certs, HANDSHAKE_TIMEOUT=0.5)) as (daemon, uri):
+        loop = daemon._loop
+
+        async def register() -> meshrpc.URI:
+            return daemon.register(Slow(), "slow")
+        asyncio.run_coroutine_threadsafe(register(), loop).result(10)
+        silent = _tls_raw(certs, uri.port)  # TLS done, no CONNECT
+        with silent:
+            wait_until(lambda: _tcp_closed_by_peer(silent), timeout=4.0, message="the silent client's close")
+            wait_until(lambda: not daemon._aio_connections, message="its slot freed")
+        busy, idle = _connected_raw(certs, uri.port, "slow"), _connected_raw(certs, uri.port, "slow")
+        with busy, idle:
+            busy.sendall(wire.encode(wire.Frame(wire.MSG_INVOKE, _SERPENT.id, 2,
+                                                _SERPENT.dumps_call("slow", "slow", (0.3,), {}))))
+            wait_until(lambda: daemon._calls, message="the call running")
+            asyncio.run_coroutine_threadsafe(daemon.aclose(), loop).result(10)
+            wait_until(lambda: _tcp_closed_by_peer(busy) and _tcp_closed_by_peer(idle), timeout=3.0,
+                       message="both connections closed by the daemon")
+            frames = _read_all(busy)
+            assert [(frame.type, frame.seq) for frame in frames] == [(wire.MSG_RESULT, 2)]

@@ -17,6 +17,12 @@ SHUTDOWN_GRACE = 5.0  # seconds close() waits for calls in progress (a call may 
 # stop and from the last answer of a call in progress (its client may call again at once)
 SHUTDOWN_DRAIN_MIN = 0.05
 IDLE_WORKER_EXIT = 60.0  # seconds an idle worker thread waits before it ends: rare bursts keep their threads
+# seconds an aio TLS daemon's listener waits after a failed accept (out of file descriptors: accepting again at
+# once would fail again at once), as asyncio's own servers do
+ACCEPT_RETRY_PAUSE = 1.0
+# seconds between looks at a connection whose first bytes are only part of the plain protocol's tag (a client
+# that sent 1-3 bytes and waits): the bytes stay readable, so waiting for readability would not wait
+PEEK_RETRY_PAUSE = 0.05
 
 # keep-alive probes before a silent peer counts as gone (transport/sockets.py notice_dead_peer; the time they
 # take is the DEAD_PEER_TIMEOUT setting): six, so that one or two lost on a lossy link end nothing

@@ -32,17 +32,17 @@ from ..context import call_state, current_context
 from ..errors import DaemonError, SerializeError
 from ..limits import HOUSEKEEPING_INTERVAL, INFLATE_THREADS, SHUTDOWN_DRAIN_MIN, SHUTDOWN_GRACE
 from ..server import daemon as threaded
-from ..server.connections import bytes_waiting
+from ..server.connections import PLAIN_CLIENT_REFUSAL, bytes_waiting
 from ..socketutil import set_nodelay
 from ..transport.sockets import notice_dead_peer
 from ..wire import constants
 from ..wire import frame as wire
-from ..wire.session import NEED_DATA, TAKE_EVENT, Compressed, ConnectRequest, ServerSession
+from ..wire.session import NEED_DATA, TAKE_EVENT, Compressed, ConnectRequest, ServerSession, refusal_for
 from .cork import Cork
 from .eager import EagerStarter
 from .receiving import Receiving, receive_buffer
 from .spin import LoopSpin
-from .tlsio import close_unanswered
+from .tlsio import TLSAcceptor, close_unanswered
 from .workers import Workers
 
 log = logging.getLogger("meshrpc.aio")
@@ -306,6 +306,7 @@ class Daemon(threaded.Daemon):
         self._eager: EagerStarter  # made by start(), for the running loop
         self._serving_context: contextvars.Context  # made by start(): the context its connections are read in
         self._server: asyncio.AbstractServer | None = None
+        self._acceptor: TLSAcceptor | None = None  # with TLS, instead of _server
         self._aio_connections: set[_ClientConnection] = set()
         self._calls: set[asyncio.Future[Any]] = set()
         self._stopping = False
@@ -318,7 +319,7 @@ class Daemon(threaded.Daemon):
     # ------------------------------------------------------------------ serving
     async def start(self) -> None:
         """Start serving on the running loop (returns at once)."""
-        if self._server is not None:
+        if self._server is not None or self._acceptor is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._eager = EagerStarter(self._loop)
@@ -326,20 +327,29 @@ class Daemon(threaded.Daemon):
         self._workers = Workers(self._loop, self.settings.AIO_EXECUTOR_SIZE, "meshrpc-aio-worker", self._plain_failed)
         self._inflaters = Workers(self._loop, INFLATE_THREADS, "meshrpc-aio-inflate", _inflate_failed)
         self._stopped = asyncio.Event()
-        # TLS (docs/security.md): asyncio's handshake, before the connection exists for the daemon,
-        # bound by HANDSHAKE_TIMEOUT; a client that fails it never reaches the protocol
-        tls: dict[str, Any] = {}
         if self._tls_context is not None:
+            # TLS (docs/security.md): asyncio's handshake, before the connection exists for the daemon, bound
+            # by HANDSHAKE_TIMEOUT; a plain client is told why it is refused (aio/tlsio.py)
             from ..transport.tls import server_context
-            tls = {"ssl": server_context(self.settings, optional_client_cert=True),
-                   "ssl_handshake_timeout": self.settings.HANDSHAKE_TIMEOUT or None}
-        if self._unixsocket:
-            self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener,
-                                                               **tls)
+            context = server_context(self.settings, optional_client_cert=True)
+            self._acceptor = TLSAcceptor(self._loop, self._listener, context, lambda: _ClientConnection(self),
+                                         self.settings.HANDSHAKE_TIMEOUT, self._refuse_plain)
+            self._acceptor.start()
+        elif self._unixsocket:
+            self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener)
         else:
-            self._server = await self._loop.create_server(lambda: _ClientConnection(self), sock=self._listener, **tls)
+            self._server = await self._loop.create_server(lambda: _ClientConnection(self), sock=self._listener)
         self._housekeeper = self._loop.create_task(self._housekeeping_loop())
         log.info("asyncio daemon serving on %s", self.locationStr)
+
+    def _refuse_plain(self, sock: socket.socket, data: bytes) -> None:
+        """A TLS daemon's answer, in the clear, to a client that sent plain protocol 502 (as the threaded daemon's)."""
+        try:
+            peer = sock.getpeername() if sock.family != socket.AF_UNIX else self.locationStr
+            log.info("refused a plain (non-TLS) client from %s: this daemon accepts TLS only", peer)
+            sock.send(refusal_for(data, PLAIN_CLIENT_REFUSAL))
+        except OSError:  # gone already: nobody to tell
+            pass
 
     async def serve_forever(self) -> None:
         """Serve until shutdown() is called, then shut down gracefully."""
@@ -887,6 +897,8 @@ class Daemon(threaded.Daemon):
         loop = asyncio.get_running_loop()
         if self._server is not None:
             self._server.close()  # the listening socket: connecting is refused from now on
+        if self._acceptor is not None:
+            self._acceptor.close()  # (and the connections still before their TLS handshake)
         goodbyes = loop.run_in_executor(None, self._withdraw)
         deadline = loop.time() + SHUTDOWN_GRACE
         pending = set(self._calls) | set(self._background)

@@ -976,9 +976,6 @@ class Proxy:
                     if isinstance(exc, ConnectionClosedError):  # asyncio's TLS layer may drop the alert that says why
                         exc = ConnectionClosedError(f"{exc} (with TLS, a daemon closes a client whose certificate "
                                                     "it refuses: check SSL_CLIENTCERT and the daemon's SSL_CACERTS)")
-                elif isinstance(exc, ConnectionClosedError):  # an asyncio TLS daemon closes a plain client unanswered
-                    exc = ConnectionClosedError(f"{exc} (a daemon that serves TLS only closes plain clients: does it? "
-                                                "then set SSL and SSL_CACERTS, docs/security.md)")
                 raise NotDelivered(f"handshake with {target} failed: {str(exc) or 'timed out'}", target,
                                    timed_out=isinstance(exc, TimeoutError), in_handshake=True,
                                    timeout_text=str(exc) or "receiving: timeout") from None

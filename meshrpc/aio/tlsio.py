@@ -6,14 +6,22 @@ The aio proxy and daemon read and write their sockets directly where that saves 
 or a copy (aio/spin.py, aio/cork.py, the proxy's reads between writes). Under TLS the socket carries
 records only the transport's SSL object can decrypt, so those paths must not touch it:
 `raw_socket(transport)` is None then, and everything goes through the transport.
+
+A TLS daemon accepts through `TLSAcceptor`, not asyncio's TLS server, so that it treats clients as the
+threaded daemon does: a plain client is told why it is refused, and failed handshakes are logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+import socket
+from typing import Any, Callable
 
-from ..limits import HOUSEKEEPING_INTERVAL
+from ..limits import ACCEPT_RETRY_PAUSE, HOUSEKEEPING_INTERVAL, PEEK_RETRY_PAUSE, RECV_CHUNK
+from ..wire.frame import TAG  # the first bytes of a plain protocol 502 message
+
+log = logging.getLogger("meshrpc.aio")
 
 
 def raw_socket(transport: asyncio.BaseTransport) -> Any:
@@ -50,3 +58,99 @@ def close_unanswered(transport: asyncio.BaseTransport) -> None:
         asyncio.get_running_loop().call_later(HOUSEKEEPING_INTERVAL, close_unanswered, transport)
         return
     tcp.close()  # (it sends what it holds first)
+
+
+class TLSAcceptor:
+    """A TLS daemon's listening socket on the loop, as the threaded daemon treats one: each accepted
+    connection's first bytes are peeked at (not taken); a client speaking plain protocol 502 gets a
+    refusal it can read, in the clear (`refuse_plain(sock, data)`); anything else goes through
+    asyncio's TLS handshake (`connect_accepted_socket`) to `protocol_factory`'s connection. Both steps
+    together are bound by `handshake_timeout` (HANDSHAKE_TIMEOUT; 0: none), and a failed handshake is
+    logged with its reason (asyncio's own server drops it without a word)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, listener: socket.socket, context: Any,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol], handshake_timeout: float,
+                 refuse_plain: Callable[[socket.socket, bytes], None]) -> None:
+        self._loop = loop
+        self._listener = listener
+        self._context = context
+        self._factory = protocol_factory
+        self._timeout = handshake_timeout or None
+        self._refuse_plain = refuse_plain
+        self._accepting: asyncio.Task[None] | None = None
+        self._admitting: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._listener.setblocking(False)
+        self._accepting = self._loop.create_task(self._accept())
+
+    def close(self) -> None:
+        """Accept no more, drop the connections still before their handshake, close the listener."""
+        for task in (self._accepting, *self._admitting):
+            if task is not None:
+                task.cancel()
+        self._listener.close()
+
+    async def _accept(self) -> None:
+        while True:
+            try:
+                sock, addr = await self._loop.sock_accept(self._listener)
+            except OSError as exc:  # out of file descriptors, a connection reset before accept: go on
+                if self._listener.fileno() < 0:
+                    return
+                log.warning("accepting a connection failed: %s", exc)
+                await asyncio.sleep(ACCEPT_RETRY_PAUSE)
+                continue
+            task = self._loop.create_task(self._admit(sock, addr))
+            self._admitting.add(task)
+            task.add_done_callback(self._admitting.discard)
+
+    async def _admit(self, sock: socket.socket, addr: Any) -> None:
+        from ..transport.tls import describe
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(self._timeout):
+                head = await self._peek(sock)
+                if head.startswith(TAG):  # plain protocol 502: answered why, in the clear
+                    data = sock.recv(RECV_CHUNK)  # taken: closing with unread bytes would reset the connection
+                    self._refuse_plain(sock, data)
+                    sock.close()
+                    return
+                await self._loop.connect_accepted_socket(self._factory, sock, ssl=self._context,
+                                                         ssl_handshake_timeout=self._timeout)
+        except TimeoutError:
+            log.info("closing connection from %s: no TLS handshake within HANDSHAKE_TIMEOUT (%g s)", addr,
+                     self._timeout)
+            sock.close()
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except OSError as exc:
+            log.info("TLS handshake with %s failed: %s", addr, describe(exc))
+            sock.close()
+
+    async def _peek(self, sock: socket.socket) -> bytes:
+        """The connection's first bytes, left in the socket: as many as tell plain protocol 502 (TAG)
+        from TLS, fewer when the client sent less and stopped, or something else."""
+        while True:
+            try:
+                head = sock.recv(len(TAG), socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                head = None
+            if head is not None and (len(head) >= len(TAG) or not TAG.startswith(head)):
+                return head  # (b"": the client closed; the handshake says so)
+            if head:  # part of TAG came and stays readable: look again a little later (rare: it comes whole)
+                await asyncio.sleep(PEEK_RETRY_PAUSE)
+                continue
+            readable = self._loop.create_future()
+            self._loop.add_reader(sock.fileno(), _settle, readable)
+            try:
+                await readable
+            finally:
+                self._loop.remove_reader(sock.fileno())
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    """A reader callback (it may run again before the waiting task resumes)."""
+    if not future.done():
+        future.set_result(None)

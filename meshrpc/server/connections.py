@@ -47,6 +47,10 @@ _SPECIAL_REPLY = wire.FLAG_ITEMSTREAMRESULT | wire.FLAG_EXCEPTION  # reply flags
 _ONEWAY, _ITEMSTREAMRESULT, _INVOKE = wire.FLAG_ONEWAY, wire.FLAG_ITEMSTREAMRESULT, wire.MSG_INVOKE
 
 
+# what a TLS daemon (threaded or aio) answers, in the clear, to a client that sent plain protocol 502
+PLAIN_CLIENT_REFUSAL = ("this daemon accepts TLS connections only: set SSL=True on the client (and SSL_CACERTS to "
+                        "the CA of the daemon's certificate); see docs/security.md")
+
 class ClientConnection(FramedConnection):
     """A client's connection as the daemon sees it."""
 
@@ -319,9 +323,7 @@ class ConnectionServer:
         except OSError:
             peer = "?"
         log.info("refused a plain (non-TLS) client from %s: this daemon accepts TLS only", peer)
-        reason = ("this daemon accepts TLS connections only: set SSL=True on the client (and SSL_CACERTS to "
-                  "the CA of the daemon's certificate); see docs/security.md")
-        channel.send_plain(refusal_for(data, reason))
+        channel.send_plain(refusal_for(data, PLAIN_CLIENT_REFUSAL))
 
     def _start_reaper(self) -> None:
         limits = [t for t in (self.settings.HANDSHAKE_TIMEOUT, self.settings.IDLE_TIMEOUT) if t > 0]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -164,14 +166,6 @@ def test_refusals_say_why_and_never_retry(certs: Certs, start_daemon: Any) -> No
             async with meshrpc.aio.Proxy(plain_uri, settings=client_settings(certs)) as proxy:
                 await proxy.echo(1)
 
-        daemon = meshrpc.aio.Daemon(host=HOST, settings=server_settings(certs))
-        tls_uri = daemon.register(AsyncEcho(), "echo")
-        async with daemon:
-            with pytest.raises(errors.CommunicationError, match="serves TLS only closes plain clients"):
-                async with meshrpc.aio.Proxy(tls_uri, settings=meshrpc.Settings().copy(COMMTIMEOUT=5.0)) as proxy:
-                    await proxy.aecho(1)
-            async with meshrpc.aio.Proxy(tls_uri, settings=client_settings(certs)) as proxy:
-                assert await proxy.aecho("serving") == "serving"
     asyncio.run(main())
     wait_until(lambda: not running.daemon._connections and not running2.daemon._connections,
                message="refused connections dropped")
@@ -230,3 +224,44 @@ def test_the_gateways_aio_backend_calls_a_tls_daemon(certs: Certs, start_daemon:
         finally:
             backend.close()
     asyncio.run(main())
+
+
+def test_an_aio_tls_daemon_tells_plain_clients_why_and_keeps_serving(certs: Certs,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """As the threaded TLS daemon: a plain meshrpc or Pyro5 client is refused in the clear with the reason;
+    junk, a client that never starts its handshake (HANDSHAKE_TIMEOUT) and a failed handshake are logged
+    and closed; TLS clients are served all along."""
+    pytest.importorskip("Pyro5")
+    import Pyro5.api
+    import Pyro5.errors
+
+    caplog.set_level(logging.INFO, logger="meshrpc.aio")
+    with aio_daemon(server_settings(certs, HANDSHAKE_TIMEOUT=1.0)) as (daemon, uri):
+        stalled = socket.create_connection((HOST, uri.port), timeout=10)  # connects, never says a word
+        with pytest.raises(errors.CommunicationError, match="accepts TLS connections only"):
+            with meshrpc.Proxy(uri, settings=meshrpc.Settings().copy(COMMTIMEOUT=5.0)) as plain:
+                plain.aecho(1)
+
+        async def aio_plain() -> None:
+            async with meshrpc.aio.Proxy(uri, settings=meshrpc.Settings().copy(COMMTIMEOUT=5.0)) as proxy:
+                await proxy.aecho(1)
+        with pytest.raises(errors.CommunicationError, match="accepts TLS connections only"):
+            asyncio.run(aio_plain())
+        with pytest.raises(Pyro5.errors.CommunicationError, match="accepts TLS connections only"):
+            with Pyro5.api.Proxy(str(uri)) as proxy:
+                proxy.aecho(1)
+        for junk in (b"GET / HTTP/1.0\r\n\r\n", b"\x16\x03\x01" + os.urandom(300)):
+            with socket.create_connection((HOST, uri.port), timeout=5) as raw:
+                raw.sendall(junk)
+                raw.shutdown(socket.SHUT_WR)
+                with contextlib.suppress(OSError):
+                    while raw.recv(4096):  # the daemon closes it
+                        pass
+        with meshrpc.Proxy(uri, settings=client_settings(certs)) as proxy:
+            assert proxy.aecho("still serving") == "still serving"
+        stalled.settimeout(10)
+        assert stalled.recv(1) == b"", "a connection that never started its TLS handshake was kept"
+        stalled.close()
+    text = caplog.text
+    assert "refused a plain (non-TLS) client" in text and "TLS handshake with" in text, text
+    assert "no TLS handshake within HANDSHAKE_TIMEOUT" in text, text

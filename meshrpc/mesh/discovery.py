@@ -856,11 +856,13 @@ class Discovery:
             self._browser = None
         atexit.unregister(self.close)
         if zc is not None:
-            if beats:
+            # (the host program's instance may be closed, its loop too: a program that ended, then atexit)
+            if beats and not zc.done and zc.loop is not None and not zc.loop.is_closed():
                 out = DNSOutgoing(DNS_FLAGS_RESPONSE_AA)
                 for beat in beats:
                     out.add_answer_at_time(beat.record(goodbye=True), 0)
-                zc.send(out)
+                with contextlib.suppress(RuntimeError):  # (its loop closed meanwhile)
+                    zc.send(out)
             if browser is not None:
                 browser.cancel()
             asker, self._asker = self._asker, None

@@ -366,3 +366,47 @@ def test_max_connections_counts_tls_handshakes_on_an_aio_daemon(certs: Certs) ->
         assert _closed_at_once(uri.port, 6, 4, 5.0) == 4
     with aio_daemon(server_settings(certs, MAX_CONNECTIONS=2)) as (daemon, uri):
         assert _closed_at_once(uri.port, 6, 4, 0.5) == 4
+
+
+# ----------------------------------------------------------------------------- the mesh on the program's Zeroconf
+@pytest.fixture
+def fresh_mesh() -> Iterator[None]:
+    import meshrpc.mesh
+    meshrpc.mesh.reset_for_tests()
+    yield
+    meshrpc.mesh.reset_for_tests()
+    meshrpc.mesh.use_zeroconf(None)
+
+
+@meshrpc.expose
+class Lamp:
+    def switch(self, on: bool) -> str:
+        return "lamp on" if on else "lamp off"
+
+
+def test_the_mesh_closes_quietly_after_the_program_and_its_loop_are_gone(fresh_mesh: None, realm: str) -> None:
+    """A program that ends (its loop closed, its AsyncZeroconf closed or not) while meshrpc still publishes
+    on the program's Zeroconf (a daemon never closed): the mesh's close at exit (atexit: Discovery.close)
+    sent its heartbeat goodbyes through the closed loop and raised RuntimeError ('Event loop is closed',
+    printed as 'Exception ignored in atexit callback')."""
+    import meshrpc.mesh
+    from zeroconf.asyncio import AsyncZeroconf
+
+    from meshrpc.config import config
+    from meshrpc.mesh import discovery
+    settings = config.copy(REALM=realm, HOST="127.0.0.1")
+
+    for owner_closes in (True, False):
+        async def main() -> None:
+            program = AsyncZeroconf(interfaces=["127.0.0.1"])
+            meshrpc.mesh.use_zeroconf(program)
+            daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=settings)
+            daemon.register(Lamp(), name=f"w13b.lamp.{realm}")
+            await daemon.start()  # (never closed: the program forgot)
+            async with meshrpc.aio.Proxy(f"PYRONAME:w13b.lamp.{realm}", settings=settings) as lamp:
+                assert await lamp.switch(True) == "lamp on"
+            if owner_closes:
+                await program.async_close()
+        asyncio.run(main())
+        discovery.get_discovery().close()  # what atexit runs
+        meshrpc.mesh.reset_for_tests()

@@ -333,7 +333,8 @@ class Daemon(threaded.Daemon):
             from ..transport.tls import server_context
             context = server_context(self.settings, optional_client_cert=True)
             self._acceptor = TLSAcceptor(self._loop, self._listener, context, lambda: _ClientConnection(self),
-                                         self.settings.HANDSHAKE_TIMEOUT, self._refuse_plain)
+                                         self.settings.HANDSHAKE_TIMEOUT, self._refuse_plain,
+                                         self.settings.MAX_CONNECTIONS)
             self._acceptor.start()
         elif self._unixsocket:
             self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener)

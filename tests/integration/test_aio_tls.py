@@ -265,3 +265,20 @@ def test_an_aio_tls_daemon_tells_plain_clients_why_and_keeps_serving(certs: Cert
     text = caplog.text
     assert "refused a plain (non-TLS) client" in text and "TLS handshake with" in text, text
     assert "no TLS handshake within HANDSHAKE_TIMEOUT" in text, text
+
+
+def test_handshakes_pending_are_bounded_by_max_connections(certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
+    """Connections that never start their TLS handshake hold at most MAX_CONNECTIONS slots; the next
+    is closed at once, and once HANDSHAKE_TIMEOUT closed the stalled ones, TLS clients are served."""
+    caplog.set_level(logging.INFO, logger="meshrpc.aio")
+    with aio_daemon(server_settings(certs, HANDSHAKE_TIMEOUT=1.0, MAX_CONNECTIONS=2)) as (daemon, uri):
+        stalled = [socket.create_connection((HOST, uri.port), timeout=10) for _ in range(2)]
+        wait_until(lambda: len(daemon._acceptor._admitting) == 2, message="two handshakes pending")
+        with socket.create_connection((HOST, uri.port), timeout=10) as third:
+            assert third.recv(1) == b"", "a connection beyond MAX_CONNECTIONS pending handshakes was kept"
+        assert "TLS handshakes pending (MAX_CONNECTIONS)" in caplog.text
+        for sock in stalled:
+            assert sock.recv(1) == b""  # HANDSHAKE_TIMEOUT
+            sock.close()
+        with meshrpc.Proxy(uri, settings=client_settings(certs)) as proxy:
+            assert proxy.aecho("served") == "served"

@@ -334,7 +334,7 @@ class Daemon(threaded.Daemon):
             context = server_context(self.settings, optional_client_cert=True)
             self._acceptor = TLSAcceptor(self._loop, self._listener, context, lambda: _ClientConnection(self),
                                          self.settings.HANDSHAKE_TIMEOUT, self._refuse_plain,
-                                         self.settings.MAX_CONNECTIONS)
+                                         lambda: self.settings.MAX_CONNECTIONS - len(self._aio_connections))
             self._acceptor.start()
         elif self._unixsocket:
             self._server = await self._loop.create_unix_server(lambda: _ClientConnection(self), sock=self._listener)

@@ -66,19 +66,20 @@ class TLSAcceptor:
     refusal it can read, in the clear (`refuse_plain(sock, data)`); anything else goes through
     asyncio's TLS handshake (`connect_accepted_socket`) to `protocol_factory`'s connection. Both steps
     together are bound by `handshake_timeout` (HANDSHAKE_TIMEOUT; 0: none), and a failed handshake is
-    logged with its reason (asyncio's own server drops it without a word). At most `most_pending`
-    connections wait for their handshake at once; more are closed at once, as beyond MAX_CONNECTIONS."""
+    logged with its reason (asyncio's own server drops it without a word). Connections waiting for their
+    handshake count with those served (`room()`: how many more the daemon takes); beyond, a connection
+    is closed at once, as the threaded daemon closes one beyond MAX_CONNECTIONS."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, listener: socket.socket, context: Any,
                  protocol_factory: Callable[[], asyncio.BaseProtocol], handshake_timeout: float,
-                 refuse_plain: Callable[[socket.socket, bytes], None], most_pending: int) -> None:
+                 refuse_plain: Callable[[socket.socket, bytes], None], room: Callable[[], int]) -> None:
         self._loop = loop
         self._listener = listener
         self._context = context
         self._factory = protocol_factory
         self._timeout = handshake_timeout or None
         self._refuse_plain = refuse_plain
-        self._most_pending = max(1, most_pending)  # connections before their handshake (MAX_CONNECTIONS)
+        self._room = room  # how many more connections the daemon takes (MAX_CONNECTIONS less those it serves)
         self._accepting: asyncio.Task[None] | None = None
         self._admitting: set[asyncio.Task[None]] = set()
 
@@ -103,7 +104,7 @@ class TLSAcceptor:
                 log.warning("accepting a connection failed: %s", exc)
                 await asyncio.sleep(ACCEPT_RETRY_PAUSE)
                 continue
-            if len(self._admitting) >= self._most_pending:  # a flood of handshakes: as many as connections at most
+            if len(self._admitting) >= self._room():  # with the connections already served: MAX_CONNECTIONS
                 log.warning("refusing connection from %s: %d TLS handshakes pending (MAX_CONNECTIONS)", addr,
                             len(self._admitting))
                 sock.close()

@@ -36,6 +36,11 @@ Usage::
     python3 tools/aio_bench.py --cases idle --idle 10000
     python3 tools/aio_bench.py --cases large --large-repeats 20
     python3 tools/aio_bench.py --quick --json               # a smoke run
+    python3 tools/aio_bench.py --cases sequential,pipelined --tls   # every meshrpc connection over TLS
+
+`--tls` makes a CA and a certificate for 127.0.0.1 with the `openssl` command (a temporary directory)
+and runs every meshrpc daemon and proxy with SSL on (the MESHRPC_SSL* settings, inherited by the
+server children); the Pyro5 daemon's rows are left out.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -335,6 +341,10 @@ def case_pipelined(args: argparse.Namespace) -> dict[str, Any]:
         out["ratio to sequential"] = round(out[conc_label]["calls_per_s"] / out[seq_label]["calls_per_s"], 2)
         out["ratio to sequential, kept in flight"] = round(out[kept_label]["calls_per_s"]
                                                           / out[seq_label]["calls_per_s"], 2)
+    if os.environ.get("MESHRPC_SSL"):
+        out["Pyro5"] = "left out (--tls)"
+        log(f"  {out}")
+        return out
     try:
         with Server("pyro5") as server:
             out["sequential, Pyro5 daemon"] = aio_sequential(server, "echo", n)
@@ -475,6 +485,22 @@ CASES = {"sequential": case_sequential, "pipelined": case_pipelined, "idle": cas
          "large": case_large}
 
 
+def tls_settings(root: Path) -> dict[str, str]:
+    """A CA and a server certificate for 127.0.0.1 made in `root` (openssl); the MESHRPC_SSL* settings
+    that make every meshrpc daemon and proxy of this run use them."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True, timeout=60)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", *ec, "-keyout", "server-key.pem", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (root / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    return {"MESHRPC_SSL": "1", "MESHRPC_SSL_CACERTS": str(root / "ca.pem"),
+            "MESHRPC_SSL_SERVERCERT": str(root / "server.pem"), "MESHRPC_SSL_SERVERKEY": str(root / "server-key.pem")}
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -495,13 +521,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-repeats", type=int, default=20, help="echoes per pairing in 'large' (20)")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run, not a measurement")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--tls", action="store_true", help="every meshrpc connection over TLS (needs `openssl`)")
     args = parser.parse_args(argv)
     if args.serve:
         return serve_main(args.serve)
+    if args.tls:
+        tls_dir = tempfile.TemporaryDirectory(prefix="aio-bench-tls-")
+        os.environ.update(tls_settings(Path(tls_dir.name)))  # before meshrpc's settings are read
     if args.quick:
         args.calls, args.concurrency, args.idle, args.rounds, args.each = 200, 100, 50, 1, 2
         args.large_bytes, args.large_repeats = 1024 * 1024, 2
-    results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
+    results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "tls": args.tls,
                                "command": " ".join([Path(sys.executable).name, *sys.argv])}
     for name in args.cases.split(","):
         log(f"{name}:")

@@ -184,6 +184,9 @@ class Discovery:
         the mesh started."""
         with self._lock:
             if self._zc is not None and self._zc is not zeroconf:
+                if self._zc is self._adopted:
+                    raise ConfigError("the mesh already runs on the Zeroconf given to use_zeroconf(): another "
+                                      "one (or None) takes effect after meshrpc.mesh.reset_for_tests()")
                 raise ConfigError("the mesh already runs on a Zeroconf instance of its own: call "
                                   "meshrpc.mesh.use_zeroconf() before the first publish or lookup of the process")
             self._adopted = zeroconf

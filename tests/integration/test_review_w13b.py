@@ -8,6 +8,7 @@ import contextlib
 import socket
 import ssl
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -407,3 +408,116 @@ def test_the_mesh_closes_quietly_after_the_program_and_its_loop_are_gone(fresh_m
         asyncio.run(main())
         discovery.get_discovery().close()  # what atexit runs
         meshrpc.mesh.reset_for_tests()
+
+
+async def _until(condition: Any, bound: float = 5.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_the_mesh_on_the_programs_loop_never_blocks_it_and_leaves_only_the_programs_own(fresh_mesh: None,
+                                                                                          realm: str) -> None:
+    """The program's AsyncZeroconf on the program's loop (Home Assistant's): a threaded Daemon publishing from
+    the loop thread, an aio.Daemon's start and close, a lookup by name, reset_for_tests() called on the loop
+    thread, twice over (the mesh starts again on the same instance): the loop never waits for them (with
+    MESH_PUBLISH_TIMEOUT and MESH_GOODBYE_TIMEOUT at 5 s, a wait on the loop would stall it that long), and
+    the mesh's close leaves the instance running with the program's own service and browser, and none of
+    meshrpc's: services (its index pages too), its record listener, its browser and its threads."""
+    import meshrpc.mesh
+    from zeroconf import ServiceInfo, ServiceStateChange
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+
+    from meshrpc.config import config
+    from meshrpc.mesh import discovery
+    settings = config.copy(REALM=realm, HOST="127.0.0.1", MESH_PUBLISH_TIMEOUT=5.0, MESH_GOODBYE_TIMEOUT=5.0)
+
+    def mesh_threads() -> list[str]:
+        return [thread.name for thread in threading.enumerate()
+                if thread.name == "meshrpc-mesh" or "ServiceBrowser-_meshrpc" in thread.name]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gaps: list[float] = []
+
+        async def watch_loop() -> None:
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.02)
+                gaps.append(loop.time() - last)
+                last = loop.time()
+        watcher = asyncio.create_task(watch_loop())
+        program = AsyncZeroconf(interfaces=["127.0.0.1"])
+        zc = program.zeroconf
+        own = ServiceInfo("_http._tcp.local.", f"{realm}._http._tcp.local.", port=8123,
+                          addresses=[socket.inet_aton("127.0.0.1")], server=f"{realm}.local.")
+        await program.async_register_service(own, cooperating_responders=True)  # (no 1.5 s of probing)
+        heard: list[str] = []
+
+        def on_change(zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+            heard.append(name)
+        browser = AsyncServiceBrowser(zc, "_http._tcp.local.", handlers=[on_change])
+        meshrpc.mesh.use_zeroconf(program)
+        for round_ in range(2):
+            threaded = meshrpc.Daemon(host="127.0.0.1", settings=settings)
+            threaded.register(Lamp(), name=f"w13b.threaded{round_}.{realm}")  # (a blocking API, on the loop)
+            serving = threading.Thread(target=threaded.requestLoop, daemon=True)
+            serving.start()
+            daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=settings)
+            daemon.register(Lamp(), name=f"w13b.aio{round_}.{realm}")
+            async with daemon:
+                async with meshrpc.aio.Proxy(f"PYRONAME:w13b.threaded{round_}.{realm}", settings=settings) as lamp:
+                    assert await lamp.switch(True) == "lamp on"
+                mine = discovery.get_discovery()
+                assert mine._zc is zc and mesh_threads()
+                assert any(listener is mine._listener for listener in zc.record_manager.listeners)
+            threaded.shutdown()
+            await loop.run_in_executor(None, serving.join, 10)
+            threaded.close()  # (on the loop thread)
+            meshrpc.mesh.reset_for_tests()  # (on the loop thread)
+            assert await _until(lambda: not [info.name for info in zc.registry.async_get_service_infos()
+                                             if info.key != own.key]), "meshrpc left services in the program's"
+            assert await _until(lambda: not mesh_threads()), mesh_threads()
+            assert await _until(lambda: not any(listener is mine._listener or type(listener).__name__ == "ServiceBrowser"
+                                                for listener in zc.record_manager.listeners)), "meshrpc's listeners"
+            assert not zc.done and zc.registry.async_get_info_name(own.key) is not None
+            assert any(listener is browser for listener in zc.record_manager.listeners), "the program's browser"
+        assert own.name in heard
+        assert max(gaps) < 2.5, f"the loop stalled {max(gaps):.1f} s"
+        watcher.cancel()
+        await browser.async_cancel()
+        await program.async_close()
+    asyncio.run(main())
+
+
+def test_use_zeroconf_again_same_other_none_and_after_reset(fresh_mesh: None) -> None:
+    """The same instance twice: fine. Another one (or None) while the mesh runs on the program's: ConfigError
+    that says so (it said the mesh ran 'on a Zeroconf instance of its own'). After reset_for_tests the mesh
+    starts on whichever instance was given last."""
+    import meshrpc.mesh
+    from zeroconf import Zeroconf
+
+    from meshrpc import errors
+    from meshrpc.mesh import discovery
+    first, second = Zeroconf(interfaces=["127.0.0.1"]), Zeroconf(interfaces=["127.0.0.1"])
+    try:
+        meshrpc.mesh.use_zeroconf(first)
+        assert discovery.get_discovery().zeroconf(object(), lambda: ["127.0.0.1"]) is first
+        meshrpc.mesh.use_zeroconf(first)  # (again: nothing changes)
+        for other in (second, None):
+            with pytest.raises(errors.ConfigError, match=r"already runs on the Zeroconf given to use_zeroconf"):
+                meshrpc.mesh.use_zeroconf(other)
+        assert discovery.get_discovery()._zc is first
+        meshrpc.mesh.reset_for_tests()
+        assert not first.done
+        meshrpc.mesh.use_zeroconf(second)
+        assert discovery.get_discovery().zeroconf(object(), lambda: ["127.0.0.1"]) is second
+        meshrpc.mesh.reset_for_tests()
+        assert not second.done
+    finally:
+        first.close()
+        second.close()

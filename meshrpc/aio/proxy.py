@@ -307,6 +307,11 @@ class _Connection(Receiving):
                 waiter.set_exception(_closed(reason))
 
     def close(self) -> None:
+        if not self.closed and self.transport is not None and not self.transport.is_closing():
+            # what this turn of the loop gathered goes first (the cork sends it only at the turn's end):
+            # `await p.note(1); await p.note(2); await p._pyroRelease()` never yields to the loop, and
+            # every oneway call after the first was dropped with the connection
+            self._corked.flush()
         self._fail(ConnectionClosedError(f"the connection to {self.target} was released"))
 
     def close_elsewhere(self, why: str) -> None:

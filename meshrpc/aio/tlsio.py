@@ -145,8 +145,8 @@ class TLSAcceptor:
                 head = sock.recv(len(TAG), socket.MSG_PEEK)
             except (BlockingIOError, InterruptedError):
                 head = None
-            if head is not None and (len(head) >= len(TAG) or not TAG.startswith(head)):
-                return head  # (b"": the client closed; the handshake says so)
+            if head is not None and (not head or len(head) >= len(TAG) or not TAG.startswith(head)):
+                return head  # (b"": the client closed; the handshake says so; waiting, it stays readable)
             if head:  # part of TAG came and stays readable: look again a little later (rare: it comes whole)
                 await asyncio.sleep(PEEK_RETRY_PAUSE)
                 continue

@@ -521,3 +521,16 @@ def test_use_zeroconf_again_same_other_none_and_after_reset(fresh_mesh: None) ->
     finally:
         first.close()
         second.close()
+
+
+def test_a_client_that_connects_and_leaves_at_once_costs_an_aio_tls_daemon_nothing(certs: Certs) -> None:
+    """A port check (connect, close, not a byte sent: `nc -z`, a monitoring probe) at an aio TLS daemon: its
+    acceptor's peek at the first bytes read the end (b"") as 'nothing yet' and waited for the socket to be
+    readable again, which it always was: the loop spun for HANDSHAKE_TIMEOUT (for ever with 0), and the
+    connection counted against MAX_CONNECTIONS meanwhile."""
+    with aio_daemon(server_settings(certs, HANDSHAKE_TIMEOUT=30.0)) as (daemon, uri):
+        for _ in range(5):
+            socket.create_connection((HOST, uri.port), timeout=5).close()
+        with meshrpc.Proxy(uri, settings=client_settings(certs)) as proxy:  # (accepted after the probes)
+            assert proxy.echo("after the probes") == "after the probes"
+        wait_until(lambda: not daemon._acceptor._admitting, timeout=3.0, message="the probes' connections dropped")

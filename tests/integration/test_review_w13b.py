@@ -534,3 +534,18 @@ def test_a_client_that_connects_and_leaves_at_once_costs_an_aio_tls_daemon_nothi
         with meshrpc.Proxy(uri, settings=client_settings(certs)) as proxy:  # (accepted after the probes)
             assert proxy.echo("after the probes") == "after the probes"
         wait_until(lambda: not daemon._acceptor._admitting, timeout=3.0, message="the probes' connections dropped")
+
+
+# ----------------------------------------------------------------------------- the CLI's --lan
+@pytest.mark.xfail(strict=True, reason="meshrpc/cli is the lead's (request in w13-requests.md): `meshrpc lookup` "
+                   "that finds nothing says only 'not found on the mesh', without browse.why_empty's hint")
+def test_a_lookup_that_heard_nothing_on_loopback_names_lan(fresh_mesh: None, realm: str, capsys: Any) -> None:
+    """docs/cli.md: 'A lookup that found nothing on loopback says so and names --lan': `list`, `yplookup`,
+    `browse` and `call PYRONAME:` do; `lookup NAME` did not (its error line had no hint at all)."""
+    from meshrpc.cli import main
+    assert main(["list", "--timeout", "0.3", "--realm", realm]) == 0
+    listed = capsys.readouterr()
+    assert "--lan" in listed.err or "--realm" in listed.err, listed  # (or: other realms were heard)
+    assert main(["lookup", f"nothing.{realm}", "--timeout", "0.3", "--realm", realm]) == 1
+    looked = capsys.readouterr()
+    assert "--lan" in looked.err or "--realm" in looked.err, looked

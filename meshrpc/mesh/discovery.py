@@ -812,10 +812,16 @@ class Discovery:
         goodbyes, index pages), stop listening, and leave the instance running."""
         if zc.done or zc.loop is None or zc.loop.is_closed():
             return                            # its owner closed it: nothing of ours is left there
-        infos = list(self._registered.values())
-        self._registered.clear()
 
         async def withdraw() -> None:
+            # what is registered, or being registered, when this runs on the loop: a register() that came
+            # just before the close completes first, then its goodbye (as unregister); else it stayed
+            # announced in the program's instance for good
+            pending = [task for task in self._in_progress.values() if task is not asyncio.current_task()]
+            if pending:
+                await asyncio.wait(pending)
+            infos = list(self._registered.values())
+            self._registered.clear()
             for beat in beats:
                 self._drop_index(zc, beat)
             zc.async_remove_listener(self._listener)

@@ -549,3 +549,39 @@ def test_a_lookup_that_heard_nothing_on_loopback_names_lan(fresh_mesh: None, rea
     assert main(["lookup", f"nothing.{realm}", "--timeout", "0.3", "--realm", realm]) == 1
     looked = capsys.readouterr()
     assert "--lan" in looked.err or "--realm" in looked.err, looked
+
+
+def test_a_name_registered_just_before_the_mesh_closes_is_withdrawn_from_the_programs_zeroconf(
+        fresh_mesh: None, realm: str) -> None:
+    """On the program's loop thread: a daemon registers a name (its announcement is scheduled, not waited
+    for), then the mesh closes at once. The close's withdrawal ran before that registration completed and
+    missed it: the service stayed announced in the program's Zeroconf, alive, for as long as the program
+    ran. It now waits for registrations in progress, as unregister does."""
+    import meshrpc.mesh
+    from zeroconf.asyncio import AsyncZeroconf
+
+    from meshrpc.config import config
+    settings = config.copy(REALM=realm, HOST="127.0.0.1")
+
+    async def main() -> None:
+        program = AsyncZeroconf(interfaces=["127.0.0.1"])
+        zc = program.zeroconf
+        registered: list[str] = []
+        register_service = zc.async_register_service
+
+        async def registering(info: Any, *args: Any, **kwargs: Any) -> Any:  # (the program's own, watched)
+            try:
+                return await register_service(info, *args, **kwargs)
+            finally:
+                registered.append(info.name)
+        zc.async_register_service = registering  # type: ignore[method-assign]
+        meshrpc.mesh.use_zeroconf(program)
+        daemon = meshrpc.aio.Daemon(host="127.0.0.1", settings=settings)
+        daemon.register(Lamp(), name=f"w13b.late.{realm}")
+        meshrpc.mesh.reset_for_tests()
+        assert await _until(lambda: registered), "the registration never completed"
+        assert await _until(lambda: not zc.registry.async_get_service_infos(), bound=3.0), \
+            [info.name for info in zc.registry.async_get_service_infos()]
+        daemon.close()
+        await program.async_close()
+    asyncio.run(main())

@@ -291,7 +291,8 @@ def run_lookup(args: argparse.Namespace, out: Output) -> int:
         if out.json_mode:
             out.json([])
         out.err(f"{name!r} not found {sources.where()}" +
-                (f" within {args.timeout:g} s" if args.source != "ns" else ""))
+                (f" within {args.timeout:g} s" if args.source != "ns" else "") +
+                ("; " + browse.why_empty(sources.realm, lan=args.lan) if args.source in ("mesh", "all") else ""))
         return 1
     show(out, args, sources.rows)
     return 0

@@ -537,8 +537,6 @@ def test_a_client_that_connects_and_leaves_at_once_costs_an_aio_tls_daemon_nothi
 
 
 # ----------------------------------------------------------------------------- the CLI's --lan
-@pytest.mark.xfail(strict=True, reason="meshrpc/cli is the lead's (request in w13-requests.md): `meshrpc lookup` "
-                   "that finds nothing says only 'not found on the mesh', without browse.why_empty's hint")
 def test_a_lookup_that_heard_nothing_on_loopback_names_lan(fresh_mesh: None, realm: str, capsys: Any) -> None:
     """docs/cli.md: 'A lookup that found nothing on loopback says so and names --lan': `list`, `yplookup`,
     `browse` and `call PYRONAME:` do; `lookup NAME` did not (its error line had no hint at all)."""

@@ -213,6 +213,7 @@ class Cork:
         transport = self._owner.transport
         if transport is None:
             return
+        self.flush()  # what this turn gathered goes first (a oneway call written just before a release)
         if self._pending and not transport.is_closing():
             self._closing = True
             if transport.is_reading():

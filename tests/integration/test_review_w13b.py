@@ -540,12 +540,19 @@ def test_a_client_that_connects_and_leaves_at_once_costs_an_aio_tls_daemon_nothi
 def test_a_lookup_that_heard_nothing_on_loopback_names_lan(fresh_mesh: None, realm: str, capsys: Any) -> None:
     """docs/cli.md: 'A lookup that found nothing on loopback says so and names --lan': `list`, `yplookup`,
     `browse` and `call PYRONAME:` do; `lookup NAME` did not (its error line had no hint at all)."""
+    import logging
+
     from meshrpc.cli import main
-    assert main(["list", "--timeout", "0.3", "--realm", realm]) == 0
-    listed = capsys.readouterr()
-    assert "--lan" in listed.err or "--realm" in listed.err, listed  # (or: other realms were heard)
-    assert main(["lookup", f"nothing.{realm}", "--timeout", "0.3", "--realm", realm]) == 1
-    looked = capsys.readouterr()
+    mesh_log = logging.getLogger("meshrpc.mesh")  # (main() configures logging, and filters the mesh's)
+    handlers, level, filters = logging.root.handlers[:], logging.root.level, mesh_log.filters[:]
+    try:
+        assert main(["list", "--timeout", "0.3", "--realm", realm]) == 0
+        listed = capsys.readouterr()
+        assert "--lan" in listed.err or "--realm" in listed.err, listed  # (or: other realms were heard)
+        assert main(["lookup", f"nothing.{realm}", "--timeout", "0.3", "--realm", realm]) == 1
+        looked = capsys.readouterr()
+    finally:
+        logging.root.handlers[:], logging.root.level, mesh_log.filters[:] = handlers, level, filters
     assert "--lan" in looked.err or "--realm" in looked.err, looked
 
 

@@ -28,6 +28,13 @@ port, the hub's own link flapping. After each change the summary says how long t
 the truth (its registry view: the device's one URI, with its current address and port), to call it
 again, and to get its callbacks and events again.
 
+With --trace-memory the hub traces its allocations (tracemalloc) and, at the end, after full
+collections, says what grew since its second minute (by allocation traceback) and who holds it, how many
+aio proxy connections it made and still has (by state: current, closed, calls waiting; and by the chain
+of referrers that keeps each one that is not a proxy's current connection), and per sample its RSS
+beside Python's traced memory and malloc's bytes in use, free and mmapped. Connections a proxy let go
+of are cyclic garbage until the next full collection: counted live without one, they come and go.
+
 Mesh and event traffic stays inside the lab: the root namespace gets no interface, and every process
 binds to 0.0.0.0 inside its host (loopback and the lab's veth). The lab is torn down at the end, also
 on failure (tests/netlab/test_soak_home_lab.py runs a short one).
@@ -343,6 +350,136 @@ def watchdog(loop_thread, loop_tid, stop):
                              "load": os.getloadavg()[0]})
             stalled_at = None
 
+# ---- with --trace-memory: every aio proxy connection made, weakly (who holds the ones that stay?)
+import ctypes, gc, weakref
+import meshrpc.aio.proxy as aio_proxy
+conns = weakref.WeakSet()
+conns_made = [0]
+if args.trace_memory:
+    _conn_init = aio_proxy._Connection.__init__
+
+    def _counted_init(self, *a, **k):
+        _conn_init(self, *a, **k)
+        conns.add(self)
+        conns_made[0] += 1
+    aio_proxy._Connection.__init__ = _counted_init
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+try:
+    _mallinfo2 = ctypes.CDLL(None).mallinfo2
+    _mallinfo2.restype = _MallInfo2
+except (OSError, AttributeError):  # (not glibc 2.33+)
+    _mallinfo2 = None
+
+def heap():
+    # where the RSS goes: Python's traced blocks (tracemalloc) and blocks, and malloc's own view (all
+    # arenas: in use, free but kept, mmapped); pymalloc's arenas are mmapped apart from these
+    info = {"traced": tracemalloc.get_traced_memory()[0], "blocks": sys.getallocatedblocks()}
+    if _mallinfo2 is not None:
+        m = _mallinfo2()
+        info.update(malloc_used=m.uordblks, malloc_free=m.fordblks, malloc_mmapped=m.hblkhd)
+    return info
+
+def conn_state(c, current):
+    t = c.transport
+    reason = c.close_reason
+    why = "" if reason is None else type(reason).__name__ + ": " + " ".join(
+        w for w in str(reason).split() if not any(ch.isdigit() for ch in w))[:90]
+    return " ".join([
+        "current" if id(c) in current else "not-current",
+        "closed" if c.closed else "open",
+        "transport=" + ("none" if t is None else "closing" if t.is_closing() else "open"),
+        "waiting=%d" % len(c.waiting), "turn=%s/%d" % (c.turn.taken, len(c.turn.queue)),
+        "handshake=" + ("pending" if not c.handshake.done() else "done"),
+        why])
+
+def describe(obj):
+    if isinstance(obj, dict):
+        return "dict(%s)" % ",".join(sorted(str(k) for k in list(obj)[:6]))
+    if isinstance(obj, (list, tuple, set, collections.deque)):
+        return "%s[%d]" % (type(obj).__name__, len(obj))
+    if type(obj).__name__ == "frame":
+        return "frame %s:%s" % (obj.f_code.co_name, obj.f_lineno)
+    if type(obj).__name__ == "coroutine":
+        return "coroutine %s" % obj.__qualname__
+    if type(obj).__name__ in ("function", "method", "builtin_function_or_method"):
+        return "%s %s" % (type(obj).__name__, getattr(obj, "__qualname__", "?"))
+    return type(obj).__module__ + "." + type(obj).__qualname__
+
+def holders(obj, ignore, depth=6):
+    # one chain of referrers, nearest first: at each step the first referrer that is not the census's
+    # own (its frames and the lists get_referrers gives); the others at that step by kind
+    mine = set(ignore)
+    frame = sys._getframe()
+    while frame is not None:
+        mine.add(id(frame))
+        frame = frame.f_back
+    chain = []
+    for _ in range(depth):
+        mine.add(id(obj))
+        found = gc.get_referrers(obj)
+        mine.add(id(found))
+        refs = [r for r in found if id(r) not in mine]
+        mine.add(id(refs))
+        if not refs:
+            chain.append("(nothing more)")
+            break
+        others = collections.Counter(describe(r) for r in refs[1:])
+        obj = refs[0]
+        chain.append(describe(obj) + (" (also: %s)" % ", ".join("%dx %s" % (n, d) for d, n in others.most_common(3))
+                                      if others else ""))
+        mine.update(id(r) for r in refs[1:])
+        del found, refs
+    return " <- ".join(chain)
+
+def grown_holders(stats, top=8):
+    # who holds the blocks that grew most (by allocation traceback): every container's referents are
+    # looked up (tracemalloc.get_object_traceback); per traceback, the containers by kind, a few
+    # values, and the chain of referrers of the first container
+    sites = {tuple((f.filename, f.lineno) for f in st.traceback): i for i, st in enumerate(stats[:top])}
+    kinds = [collections.Counter() for _ in sites]
+    values = [[] for _ in sites]
+    firsts = [None for _ in sites]
+    for container in gc.get_objects():
+        for ref in gc.get_referents(container):
+            tb = tracemalloc.get_object_traceback(ref)
+            if tb is None:
+                continue
+            i = sites.get(tuple((f.filename, f.lineno) for f in tb))
+            if i is None:
+                continue
+            kinds[i][describe(container)] += 1
+            if len(values[i]) < 4:
+                values[i].append(repr(ref)[:60])
+            if firsts[i] is None:
+                firsts[i] = container
+    result = []
+    for i in range(len(sites)):
+        chain = holders(firsts[i], {id(firsts), id(kinds), id(values)}) if firsts[i] is not None else ""
+        result.append({"site": str(stats[i]), "held_in": dict(kinds[i].most_common(4)), "values": values[i],
+                       "first_container_held_by": chain})
+    firsts.clear()
+    return result
+
+def conn_census(watches, referrers):
+    # (gc.collect() first: a connection that only waits for the cycle collector is not retained)
+    gc.collect()
+    current = {id(w.proxy._conn) for w in watches if w.proxy._conn is not None}
+    live = list(conns)
+    states = collections.Counter(conn_state(c, current) for c in live)
+    held = collections.Counter()
+    if referrers:
+        frame = sys._getframe()
+        for c in live:
+            if id(c) not in current:
+                held[holders(c, {id(live), id(frame)})] += 1
+    del live
+    return {"made": conns_made[0], "live": len(conns), "states": dict(states.most_common()),
+            "held_by": dict(held.most_common(12))}
+
 # ---- the callback object, on the hub's own aio.Daemon
 callbacks = collections.defaultdict(lambda: {"n": 0, "last": 0.0, "boot": None})
 
@@ -469,6 +606,7 @@ def sample(reg, bus, loop, watches):
     return {"t": now(), "fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count(),
             "thread_names": dict(names), "tasks": len(asyncio.all_tasks(loop)), "rss": rss,
             "registry": reg.stats(), "bus": {k: v for k, v in bs.items() if isinstance(v, (int, float))},
+            "conns": {"made": conns_made[0], "live": len(conns)}, "heap": heap() if args.trace_memory else None,
             "devs": {w.dev: [w.ok_last, callbacks[w.dev]["last"], events[w.dev]["last"]] for w in watches}}
 
 async def main():
@@ -484,7 +622,8 @@ async def main():
 
         async def snapshot_later():  # after the start-up: what grows from then on
             global tracing
-            await asyncio.sleep(60)
+            await asyncio.sleep(120)
+            out("CONNS", {"t": now(), "when": "snapshot", **conn_census(watches, False)})
             tracing = tracemalloc.take_snapshot()
         tasks_extra = [loop.create_task(snapshot_later())]
     else:
@@ -531,12 +670,25 @@ async def main():
     tasks += [loop.create_task(view_loop()), loop.create_task(sample_loop()), *tasks_extra]
     await stopping.wait()
     out("SAMPLE", sample(reg, bus, loop, watches))
+    tracing_took = 0.0  # seconds of the shutdown spent on --trace-memory's censuses (not the hub's own)
+    if args.trace_memory:  # (a census holds the loop: not a stall of the hub's own)
+        lagger.cancel()
+        stop_watchdog.set()
+        t1 = now()
+        out("CONNS", {"t": now(), "when": "stop", **conn_census(watches, True)})
+        tracing_took += now() - t1
     t0 = now()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for w in watches:
         await w.proxy._pyroRelease()
+    if args.trace_memory:
+        closed, t1 = now() - t0, now()
+        await asyncio.sleep(0.2)  # (closes scheduled on the loop run)
+        out("CONNS", {"t": now(), "when": "released", **conn_census(watches, True)})
+        tracing_took += now() - t1
+        t0 = now() - closed
     await bus.aclose()
     await daemon.aclose()
     closed = now() - t0
@@ -545,8 +697,17 @@ async def main():
     stop_watchdog.set()
     grown = []
     if tracing is not None:
-        grown = [str(d) for d in tracemalloc.take_snapshot().compare_to(tracing, "lineno") if d.size_diff > 0][:12]
-    out("RESULT", {"t": now(), "close_seconds": closed, "lag": lag_stats(), "memory_growth": grown,
+        t1 = now()
+        gc.collect()
+        end = tracemalloc.take_snapshot()
+        grown = [str(d) for d in end.compare_to(tracing, "lineno") if d.size_diff > 0][:12]
+        grown_stats = [d for d in end.compare_to(tracing, "traceback") if d.size_diff > 0][:10]
+        grown_by = [[str(d)] + d.traceback.format()[-8:] for d in grown_stats]
+        end = tracing = None  # (their traces would be found as holders)
+        gc.collect()
+        out("GROWN", {"t": now(), "by_traceback": grown_by, "holders": grown_holders(grown_stats)})
+        tracing_took += now() - t1
+    out("RESULT", {"t": now(), "close_seconds": closed, "tracing_seconds": tracing_took, "lag": lag_stats(), "memory_growth": grown,
                    "callbacks": {k: v["n"] for k, v in callbacks.items()},
                    "events": {k: dict(v) for k, v in events.items()}, "lost": dict(lost),
                    "errors": {w.dev: dict(w.errors) for w in watches},
@@ -923,7 +1084,7 @@ def analyse(soak: Soak, finish: dict, actions: list[Action], seconds: float) -> 
     if finish["settled_after"] is None:
         findings.append("the hub did not see every device right (view, poll, callback, event) after the last change")
     # ---- shutdown
-    if finish["hub_exit_code"] != 0 or finish["hub_exit_seconds"] > 5:
+    if finish["hub_exit_code"] != 0 or finish["hub_exit_seconds"] - result.get("tracing_seconds", 0) > 5:
         findings.append(f"hub shutdown: exit {finish['hub_exit_code']} after {finish['hub_exit_seconds']:.1f} s")
     if result["left_tasks"] > 0:
         findings.append(f"hub shutdown left {result['left_tasks']} tasks")
@@ -965,6 +1126,15 @@ def analyse(soak: Soak, finish: dict, actions: list[Action], seconds: float) -> 
         "stall_details": [{"seconds": round(e["t"] - e["since"], 3), "loop_cpu": e["loop_cpu"], "load": e["load"]}
                           for e in by["STALLEND"]][:20],
         "memory_growth": result.get("memory_growth", []),
+        # --trace-memory: the aio proxy connections the hub made and still has (after a full collection),
+        # by state and by who holds them; what grew, by allocation traceback
+        "connections": by["CONNS"], "memory_growth_by_traceback": by["GROWN"][-1]["by_traceback"] if by["GROWN"] else [],
+        "memory_growth_holders": by["GROWN"][-1]["holders"] if by["GROWN"] else [],
+        "connections_over_time": [[round(s["t"] - soak.started), s["conns"]["made"], s["conns"]["live"]]
+                                  for s in samples[:: max(1, len(samples) // 24)] if "conns" in s],
+        # --trace-memory: RSS beside Python's traced memory and malloc's in-use/free/mmapped bytes
+        "heap_over_time": [{"t": round(s["t"] - soak.started), "rss": s["rss"], **s["heap"]}
+                           for s in samples[:: max(1, len(samples) // 24)] if s.get("heap")],
         "gc_pauses": [round(g["seconds"], 3) for g in by["GC"]][:50],
         "stall_others": [s.get("others", {}) for s in stalls[:3]],
         "recovery": {k: {w: stat(d.get(w, [])) for w in ("view", "call", "callback", "event")} for k, d in by_kind.items()},
@@ -1018,6 +1188,12 @@ def summary(r: dict) -> str:
         lines.append(f"  full collections over 20 ms in the hub: {len(r['gc_pauses'])}, longest {max(r['gc_pauses']) * 1000:.0f} ms")
     for g in r.get("memory_growth", [])[:8]:
         lines.append(f"  memory grown: {g}")
+    for c in r.get("connections", []):
+        lines.append(f"  aio proxy connections at {c['when']}: {c['live']} live of {c['made']} made")
+        for state, n in c["states"].items():
+            lines.append(f"    {n} x {state}")
+        for chain, n in c["held_by"].items():
+            lines.append(f"    {n} x held by {chain}")
     lines.append("recovery after a change (s; n, median, max; windows cut by the next disturbance of the device or "
                  "the hub left out) -- view / call / callback / event:")
     for kind, d in r["recovery"].items():
@@ -1050,7 +1226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the whole analysis as JSON")
     p.add_argument("--logs", help="keep the processes' logs in this directory")
     p.add_argument("--trace-memory", action="store_true",
-                   help="the hub traces its allocations (tracemalloc) and reports what grew after its first minute")
+                   help="the hub traces its allocations (tracemalloc) and reports what grew after its second "
+                        "minute (after full collections), who holds it, and the aio proxy connections it still has")
     p.add_argument("--schedule", action="store_true", help="print the schedule and exit (no lab)")
     args = p.parse_args(argv)
     seconds = args.minutes * 60

@@ -131,8 +131,11 @@ class Cork:
         rest = _after(parts, sent)
         if (self._fd < 0 or not isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop)
                 or transport.get_write_buffer_size()):
-            for piece in rest:
-                transport.write(piece)
+            # in one call: a TLS transport makes a record (and a socket write) of each call's data
+            if len(rest) > 1:
+                transport.writelines(rest)
+            else:
+                transport.write(rest[0])
             return False
         if not self._pending and sum(map(len, rest)) < LARGE_FRAME:
             # small (a burst of calls or replies): the transport's buffer, joined, which it sends whole

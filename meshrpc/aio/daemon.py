@@ -79,7 +79,7 @@ def _inflate_failed(exc: BaseException, conn: Any, frame: wire.Frame, max_size: 
 class _ClientConnection(Receiving):
     """A client's connection as the asyncio daemon sees it (`current_context.client` during its calls)."""
 
-    def __init__(self, daemon: "Daemon") -> None:
+    def __init__(self, daemon: "Daemon", accepted_at: float | None = None) -> None:
         self.daemon = daemon
         self.wire = ServerSession(daemon.settings, inflate_later=True)  # large compressed requests: off the loop
         self.session: dict[str, Any] = {}  # per-connection instances ("session" mode), as the threaded daemon's
@@ -89,7 +89,7 @@ class _ClientConnection(Receiving):
         self.handshaken = False
         self.object_id: str | None = None
         self.connected_at = time.time()
-        self.accepted_at = time.monotonic()
+        self.accepted_at = time.monotonic() if accepted_at is None else accepted_at  # (TLS: before its handshake)
         self.last_active = self.accepted_at
         self.calls = 0  # requests of this connection running now
         self.pumping = False  # the daemon is working through the requests of one read
@@ -332,7 +332,8 @@ class Daemon(threaded.Daemon):
             # by HANDSHAKE_TIMEOUT; a plain client is told why it is refused (aio/tlsio.py)
             from ..transport.tls import server_context
             context = server_context(self.settings, optional_client_cert=True)
-            self._acceptor = TLSAcceptor(self._loop, self._listener, context, lambda: _ClientConnection(self),
+            self._acceptor = TLSAcceptor(self._loop, self._listener, context,
+                                         lambda accepted_at: _ClientConnection(self, accepted_at),
                                          self.settings.HANDSHAKE_TIMEOUT, self._refuse_plain,
                                          lambda: self.settings.MAX_CONNECTIONS - len(self._aio_connections))
             self._acceptor.start()

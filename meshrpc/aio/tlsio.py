@@ -14,8 +14,10 @@ threaded daemon does: a plain client is told why it is refused, and failed hands
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
+import time
 from typing import Any, Callable
 
 from ..limits import ACCEPT_RETRY_PAUSE, HOUSEKEEPING_INTERVAL, PEEK_RETRY_PAUSE, RECV_CHUNK
@@ -64,14 +66,15 @@ class TLSAcceptor:
     """A TLS daemon's listening socket on the loop, as the threaded daemon treats one: each accepted
     connection's first bytes are peeked at (not taken); a client speaking plain protocol 502 gets a
     refusal it can read, in the clear (`refuse_plain(sock, data)`); anything else goes through
-    asyncio's TLS handshake (`connect_accepted_socket`) to `protocol_factory`'s connection. Both steps
+    asyncio's TLS handshake (`connect_accepted_socket`) to `protocol_factory(accepted_at)`'s connection
+    (`time.monotonic()` of the accept, from which the daemon's own HANDSHAKE_TIMEOUT counts). Both steps
     together are bound by `handshake_timeout` (HANDSHAKE_TIMEOUT; 0: none), and a failed handshake is
     logged with its reason (asyncio's own server drops it without a word). Connections waiting for their
     handshake count with those served (`room()`: how many more the daemon takes); beyond, a connection
     is closed at once, as the threaded daemon closes one beyond MAX_CONNECTIONS."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, listener: socket.socket, context: Any,
-                 protocol_factory: Callable[[], asyncio.BaseProtocol], handshake_timeout: float,
+                 protocol_factory: Callable[[float], asyncio.BaseProtocol], handshake_timeout: float,
                  refuse_plain: Callable[[socket.socket, bytes], None], room: Callable[[], int]) -> None:
         self._loop = loop
         self._listener = listener
@@ -115,6 +118,7 @@ class TLSAcceptor:
 
     async def _admit(self, sock: socket.socket, addr: Any) -> None:
         from ..transport.tls import describe
+        accepted = time.monotonic()  # (the connection's HANDSHAKE_TIMEOUT for its CONNECT counts from here too)
         sock.setblocking(False)
         try:
             async with asyncio.timeout(self._timeout):
@@ -124,8 +128,8 @@ class TLSAcceptor:
                     self._refuse_plain(sock, data)
                     sock.close()
                     return
-                await self._loop.connect_accepted_socket(self._factory, sock, ssl=self._context,
-                                                         ssl_handshake_timeout=self._timeout)
+                await self._loop.connect_accepted_socket(functools.partial(self._factory, accepted), sock,
+                                                         ssl=self._context, ssl_handshake_timeout=self._timeout)
         except TimeoutError:
             log.info("closing connection from %s: no TLS handshake within HANDSHAKE_TIMEOUT (%g s)", addr,
                      self._timeout)

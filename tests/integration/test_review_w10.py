@@ -882,7 +882,7 @@ def test_many_calls_of_every_kind_leave_no_objects_tasks_or_threads_behind() -> 
 
     grown, threads, tasks = run(main())
     assert grown < 500, f"{grown} more objects after 6,000 calls"
-    assert threads == 0 and tasks == 0, (threads, tasks)
+    assert threads <= 0 and tasks == 0, (threads, tasks)  # (fewer: a thread of an earlier test ended meanwhile)
 
 
 # --- sound: one read of many kinds of request (the lane, the general path, oneway, failures)

@@ -239,6 +239,7 @@ def pyro5_tls_daemon(certs: Any) -> Iterator[str]:
     saved = {name: getattr(Pyro5.config, name) for name in ("SSL", "SSL_SERVERCERT", "SSL_SERVERKEY", "SSL_CACERTS")}
     Pyro5.config.SSL, Pyro5.config.SSL_SERVERCERT, Pyro5.config.SSL_SERVERKEY = True, certs.server, certs.server_key
     Pyro5.config.SSL_CACERTS = certs.ca
+    Pyro5.socketutil.__dict__["__ssl_server_context"] = None  # Pyro5 caches its context per process (certs of its own)
     try:
         daemon = Pyro5.api.Daemon(host=HOST)
         uri = daemon.register(Where("pyro5 over tls"), "where")
@@ -247,6 +248,7 @@ def pyro5_tls_daemon(certs: Any) -> Iterator[str]:
     finally:
         for name, value in saved.items():
             setattr(Pyro5.config, name, value)
+        Pyro5.socketutil.__dict__["__ssl_server_context"] = None  # (the next Pyro5 TLS daemon's are other certs)
 
 
 @pytest.mark.parametrize("peer", ["meshrpc", "pyro5"])

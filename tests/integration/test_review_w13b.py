@@ -162,6 +162,8 @@ def _tls_daemon(kind: str, certs: Certs, start_daemon: Any) -> Iterator[str]:
                                                                  "SSL_CACERTS")}
         Pyro5.config.SSL, Pyro5.config.SSL_SERVERCERT, Pyro5.config.SSL_SERVERKEY = True, certs.server, certs.server_key
         Pyro5.config.SSL_CACERTS = certs.ca
+        import Pyro5.socketutil
+        Pyro5.socketutil.__dict__["__ssl_server_context"] = None  # Pyro5 caches its context per process
         try:
             daemon = Pyro5.api.Daemon(host=HOST)
             uri = daemon.register(Where(Pyro5.api.current_context), "where")
@@ -170,6 +172,7 @@ def _tls_daemon(kind: str, certs: Certs, start_daemon: Any) -> Iterator[str]:
         finally:
             for name, value in saved.items():
                 setattr(Pyro5.config, name, value)
+            Pyro5.socketutil.__dict__["__ssl_server_context"] = None
     elif kind == "threaded":
         yield str(start_daemon(settings=server_settings(certs)).register(Where(meshrpc.current_context), "where"))
     else:

@@ -54,3 +54,14 @@ def start_daemon() -> Iterator[Callable[..., RunningDaemon]]:
 def realm() -> str:
     """A mesh realm of this test's own, so parallel runs never see each other."""
     return "test-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def fresh_mesh() -> Iterator[None]:
+    """The process's mesh started afresh (goodbyes sent), and after the test without a host program's
+    Zeroconf (meshrpc.mesh.use_zeroconf)."""
+    import meshrpc.mesh
+    meshrpc.mesh.reset_for_tests()
+    yield
+    meshrpc.mesh.reset_for_tests()
+    meshrpc.mesh.use_zeroconf(None)

@@ -41,14 +41,6 @@ def runner(realm: str) -> Iterator[Runner]:
     yield from runner_for(realm)
 
 
-@pytest.fixture
-def fresh_mesh() -> Iterator[None]:
-    meshrpc.mesh.reset_for_tests()
-    yield
-    meshrpc.mesh.reset_for_tests()
-    meshrpc.mesh.use_zeroconf(None)
-
-
 def test_the_mesh_runs_on_the_programs_zeroconf_and_leaves_it_running(fresh_mesh: None, realm: str,
                                                                       runner: Runner) -> None:
     settings = config.copy(REALM=realm, HOST="127.0.0.1")

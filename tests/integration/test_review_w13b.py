@@ -370,15 +370,6 @@ def test_max_connections_counts_tls_handshakes_on_an_aio_daemon(certs: Certs) ->
 
 
 # ----------------------------------------------------------------------------- the mesh on the program's Zeroconf
-@pytest.fixture
-def fresh_mesh() -> Iterator[None]:
-    import meshrpc.mesh
-    meshrpc.mesh.reset_for_tests()
-    yield
-    meshrpc.mesh.reset_for_tests()
-    meshrpc.mesh.use_zeroconf(None)
-
-
 @meshrpc.expose
 class Lamp:
     def switch(self, on: bool) -> str:
